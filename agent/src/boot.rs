@@ -1,0 +1,1 @@
+//! boot (in progress)

@@ -1,0 +1,258 @@
+//! Configuration: one TOML file (`--config`, default `/etc/swarmseal/config.toml`
+//! if it exists), every key optional, unknown keys rejected.
+//!
+//! ```toml
+//! state_dir = "/var/lib/swarmseal"
+//! docker_host = "unix:///run/docker.sock"
+//!
+//! [tpm]
+//! tcti = "device:/dev/tpmrm0"   # else --tcti, TPM2TOOLS_TCTI, TCTI
+//! pcr_bank = "sha256"
+//! pcrs = [7, 11, 15]
+//! phase_pcr = 11
+//!
+//! [swarm]
+//! init = true                   # `agent`: init a swarm when the engine has none
+//! advertise_addr = "192.0.2.10"
+//! listen_addr = "0.0.0.0:2377"
+//!
+//! [escrow]
+//! recipient = "age1…"           # X25519 recipient; key escrowed under state_dir/escrow/
+//!
+//! [proxy]
+//! enabled = true
+//! listen = "0.0.0.0:2376"
+//! client_ca = "/var/lib/swarmseal/pki/ca.pem"
+//! server_cert = "/var/lib/swarmseal/pki/server-cert.pem"
+//! server_key = "/var/lib/swarmseal/pki/server-key.pem"
+//! htpasswd = "/etc/swarmseal/htpasswd"
+//!
+//! [bench]
+//! at_boot = true
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default configuration file, read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/swarmseal/config.toml";
+/// Default state directory (sealed slots, PKI, bench reports, escrow).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/swarmseal";
+/// Default engine socket.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///run/docker.sock";
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the configuration file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for sealed slots, PKI, bench reports and escrow files.
+    pub state_dir: PathBuf,
+    /// Engine API address; only `unix://` is supported (the engine never listens on TCP).
+    pub docker_host: String,
+    pub tpm: TpmConfig,
+    pub swarm: SwarmConfig,
+    pub escrow: EscrowConfig,
+    pub proxy: ProxyConfig,
+    pub bench: BenchConfig,
+}
+
+/// `[tpm]`: which TPM and which measurements the unlock key is bound to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TpmConfig {
+    /// TCTI string (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`).
+    /// Overridden by `--tcti`; when unset, `TPM2TOOLS_TCTI`, then `TCTI`, then
+    /// `device:/dev/tpmrm0`.
+    pub tcti: Option<String>,
+    /// PCR bank; only `sha256` is supported.
+    pub pcr_bank: String,
+    /// PCR indices for PolicyPCR (TPM 2.0 Part 3, TPM2_PolicyPCR).
+    /// Default 7, 11, 15 — see README "Which PCRs".
+    pub pcrs: Vec<u8>,
+    /// The PCR extended after unlocking ("phase lock"); must be in `pcrs`.
+    pub phase_pcr: u8,
+}
+
+/// `[swarm]`: what `agent` and `init` do with an engine that has no swarm.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwarmConfig {
+    /// `agent`: initialize a swarm with autolock when the engine has none.
+    pub init: bool,
+    /// `AdvertiseAddr` of `POST /swarm/init`.
+    pub advertise_addr: Option<String>,
+    /// `ListenAddr` of `POST /swarm/init` (default `0.0.0.0:2377`).
+    pub listen_addr: Option<String>,
+}
+
+/// `[escrow]`: where the operator's copy of the key goes on headless managers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscrowConfig {
+    /// An age X25519 recipient (`age1…`).
+    pub recipient: Option<String>,
+}
+
+/// `[proxy]`: the mutual-TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// `agent` starts the proxy.
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// CA that signs client certificates; default `<state_dir>/pki/ca.pem`.
+    pub client_ca: Option<PathBuf>,
+    /// Server certificate chain (PEM); default `<state_dir>/pki/server-cert.pem`.
+    pub server_cert: Option<PathBuf>,
+    /// Server private key (PEM); default `<state_dir>/pki/server-key.pem`.
+    pub server_key: Option<PathBuf>,
+    /// Optional htpasswd file (bcrypt) for HTTP basic auth on top of the certificate.
+    pub htpasswd: Option<PathBuf>,
+    /// Maximum concurrent connections.
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request head.
+    pub header_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept.
+    pub idle_timeout_secs: u64,
+}
+
+/// `[bench]`: the CIS checks at boot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BenchConfig {
+    pub at_boot: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: DEFAULT_STATE_DIR.into(),
+            docker_host: DEFAULT_DOCKER_HOST.into(),
+            tpm: TpmConfig::default(),
+            swarm: SwarmConfig::default(),
+            escrow: EscrowConfig::default(),
+            proxy: ProxyConfig::default(),
+            bench: BenchConfig::default(),
+        }
+    }
+}
+
+impl Default for TpmConfig {
+    fn default() -> Self {
+        TpmConfig { tcti: None, pcr_bank: "sha256".into(), pcrs: vec![7, 11, 15], phase_pcr: 11 }
+    }
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig { init: true, advertise_addr: None, listen_addr: None }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            enabled: true,
+            listen: "0.0.0.0:2376".parse().expect("static address"),
+            client_ca: None,
+            server_cert: None,
+            server_key: None,
+            htpasswd: None,
+            max_connections: 512,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 120,
+        }
+    }
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig { at_boot: true }
+    }
+}
+
+impl Config {
+    /// Read `path`, or [`DEFAULT_CONFIG`] when `path` is `None` and that file
+    /// exists, else the defaults. Errors name the file and the bad key.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tpm.pcr_bank != "sha256" {
+            return Err(ConfigError::Invalid { key: "tpm.pcr_bank", message: format!("`{}` is not supported; use \"sha256\"", self.tpm.pcr_bank) });
+        }
+        if self.tpm.pcrs.is_empty() || self.tpm.pcrs.iter().any(|&p| p > 23) {
+            return Err(ConfigError::Invalid { key: "tpm.pcrs", message: "give one or more PCR indices from 0 to 23".into() });
+        }
+        if !self.tpm.pcrs.contains(&self.tpm.phase_pcr) {
+            return Err(ConfigError::Invalid { key: "tpm.phase_pcr", message: format!("PCR {} is not in tpm.pcrs; the phase lock only works on a PCR the policy covers", self.tpm.phase_pcr) });
+        }
+        if !self.docker_host.starts_with("unix://") {
+            return Err(ConfigError::Invalid { key: "docker_host", message: format!("`{}`: only unix:///PATH is supported (the engine API never listens on TCP)", self.docker_host) });
+        }
+        if let Some(r) = &self.escrow.recipient {
+            if !r.starts_with("age1") {
+                return Err(ConfigError::Invalid { key: "escrow.recipient", message: "expected an age X25519 recipient (`age1…`, from `age-keygen`)".into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of the engine's unix socket.
+    pub fn docker_socket(&self) -> PathBuf {
+        PathBuf::from(self.docker_host.trim_start_matches("unix://"))
+    }
+
+    /// The PKI directory under the state dir.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.state_dir.join("pki")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[tpm]\npcrz = [7]\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("pcrz"), "{e}");
+    }
+
+    #[test]
+    fn phase_pcr_must_be_in_policy() {
+        let mut c = Config::default();
+        c.tpm.phase_pcr = 16;
+        assert!(c.validate().is_err());
+        assert!(Config::default().validate().is_ok());
+    }
+}

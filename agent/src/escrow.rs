@@ -1,0 +1,1 @@
+//! escrow (in progress)

@@ -1,0 +1,25 @@
+//! swarmseal: the agent of a Docker Swarm manager appliance.
+//!
+//! One module per concern (see `DESIGN.md`):
+//! - [`tpm`]: seal and unseal the unlock key in a TPM 2.0, policies, sessions.
+//! - [`keystore`]: sealed blobs on disk, versioned, written atomically.
+//! - [`swarm`]: the Docker Engine API (state, init, unlock, unlock key, rotation).
+//! - [`boot`]: the boot-flow state machine run by `swarmseal agent`.
+//! - [`proxy`]: the mutual-TLS listener, authorization and forwarding.
+//! - [`bench`]: CIS Docker Benchmark v1.6.0 checks and their report.
+//! - [`config`], [`cli`]: configuration file and command line.
+//!
+//! Errors are typed per module; operator messages and exit codes are decided
+//! in [`cli`] only.
+
+pub mod bench;
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod escrow;
+pub mod keystore;
+pub mod logging;
+pub mod proxy;
+pub mod secret;
+pub mod swarm;
+pub mod tpm;

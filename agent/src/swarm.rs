@@ -1,0 +1,1 @@
+//! swarm (in progress)

@@ -1,0 +1,302 @@
+//! Test fixtures shared by the integration tests: a real software TPM (swtpm)
+//! and a real dockerd, each private to one test and torn down on drop.
+//!
+//! A missing dependency (swtpm, dockerd, unshare) is a test failure, never a skip.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Path of the built `swarmseal` binary.
+pub fn swarmseal_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_swarmseal"))
+}
+
+fn free_port_pair() -> u16 {
+    // Find two consecutive free ports (server, ctrl).
+    for _ in 0..200 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair for swtpm");
+}
+
+fn wait_tcp(port: u16, what: &str) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on port {port} within 10 s");
+}
+
+/// A swtpm (TPM 2.0) on two loopback ports with its own state dir.
+pub struct Swtpm {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Swtpm {
+    /// Start a fresh TPM (new state: a "new machine").
+    pub fn start() -> Swtpm {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Swtpm { dir, port: 0, child: None };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let port = free_port_pair();
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", self.dir.path().display()))
+            .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
+            .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1)])
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("swtpm must be installed (apt-get install swtpm swtpm-tools); run scripts/install-deps");
+        self.port = port;
+        self.child = Some(child);
+        wait_tcp(port, "swtpm");
+        wait_tcp(port + 1, "swtpm ctrl");
+    }
+
+    /// TCTI string for this TPM.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Power cycle: stop swtpm and start it again on the same state. PCRs reset
+    /// to their power-on values (a reboot of the same machine).
+    pub fn power_cycle(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // swtpm saves its state on SIGTERM.
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    /// Extend `pcr` in the sha256 bank with the SHA-256 of `what` (a simulated boot-chain measurement).
+    pub fn extend(&self, pcr: u8, what: &str) {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(what.as_bytes()).unwrap();
+        let digest = String::from_utf8(Command::new("sha256sum").arg(f.path()).output().unwrap().stdout).unwrap();
+        let digest = digest.split_whitespace().next().unwrap().to_string();
+        self.tpm2(&["pcrextend", &format!("{pcr}:sha256={digest}")]);
+    }
+
+    /// Run a tpm2-tools command against this TPM; panics on failure; returns stdout.
+    pub fn tpm2(&self, args: &[&str]) -> String {
+        let out = Command::new(format!("tpm2_{}", args[0]))
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .output()
+            .expect("tpm2-tools must be installed (apt-get install tpm2-tools)");
+        assert!(out.status.success(), "tpm2_{} failed: {}", args[0], String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Number of transient object handles loaded in the TPM.
+    pub fn transient_handles(&self) -> usize {
+        self.tpm2(&["getcap", "handles-transient"]).lines().filter(|l| l.trim_start().starts_with("- 0x")).count()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A real dockerd in its own network namespace (so several can run at once
+/// with swarm mode), reachable on a unix socket in a temp dir.
+pub struct Dockerd {
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub socket: PathBuf,
+    /// Address of the veth interface inside the namespace (swarm advertise address).
+    pub addr: String,
+    child: Option<Child>,
+    n: u32,
+}
+
+impl Dockerd {
+    pub fn start() -> Dockerd {
+        // Short path: unix socket paths are limited to 108 bytes.
+        let tmp = tempfile::Builder::new().prefix("ssd").tempdir_in("/tmp").unwrap();
+        let dir = tmp.path().to_path_buf();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst) + (std::process::id() % 200) * 10;
+        let addr = format!("10.{}.{}.1", 200 + (n / 250) % 50, n % 250);
+        let mut d = Dockerd { socket: dir.join("docker.sock"), dir, _tmp: tmp, addr, child: None, n };
+        d.spawn();
+        d
+    }
+
+    /// `unix://` URL of the engine socket.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn spawn(&mut self) {
+        let d = &self.dir;
+        let script = format!(
+            "set -e; ip link set lo up; ip link add ss0 type veth peer name ss1; ip addr add {addr}/24 dev ss0; ip link set ss1 up; ip link set ss0 up; \
+             exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock --pidfile {d}/docker.pid \
+             --bip 172.31.{b}.1/24 --default-address-pool base=10.250.0.0/16,size=24 --log-level warn",
+            addr = self.addr,
+            d = d.display(),
+            b = self.n % 250,
+        );
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("dockerd.log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["--net", "--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("unshare (util-linux) must be installed");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if self.docker(&["version", "--format", "{{.Server.Version}}"]).status.success() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("dockerd exited ({st}) — log:\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("dockerd did not answer within 60 s — log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// Run the real docker CLI against this engine.
+    pub fn docker(&self, args: &[&str]) -> std::process::Output {
+        Command::new("docker").arg("-H").arg(self.host()).args(args).output().expect("docker CLI must be installed")
+    }
+
+    /// Run the docker CLI, assert success, return trimmed stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(o.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// Graceful engine restart (swarm with autolock comes back `locked`).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join("docker.pid")) {
+                let _ = Command::new("kill").arg("-TERM").arg(pid.trim()).status();
+            }
+            let t = Instant::now();
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(60) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// `docker swarm init --autolock` through the CLI; returns the unlock key.
+    pub fn swarm_init_autolock(&self) -> String {
+        self.docker_ok(&["swarm", "init", "--autolock", "--advertise-addr", &self.addr]);
+        self.docker_ok(&["swarm", "unlock-key", "-q"])
+    }
+
+    /// `Swarm.LocalNodeState` from `docker info`.
+    pub fn swarm_state(&self) -> String {
+        self.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+    }
+
+    /// A tiny image made with `docker import` from the host's static busybox.
+    pub fn import_busybox(&self, tag: &str) {
+        let root = self.dir.join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static must be installed");
+        for l in ["sh", "cat", "echo", "sleep", "ls", "id", "true", "wc", "head", "yes"] {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(l));
+        }
+        let tar = self.dir.join("rootfs.tar");
+        let st = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap();
+        assert!(st.success());
+        self.docker_ok(&["import", "--change", "CMD [\"/bin/sh\"]", tar.to_str().unwrap(), tag]);
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // Leave swarm state alone; just stop the engine and unmount what it left.
+        self.stop();
+        let _ = Command::new("sh").arg("-c").arg(format!("grep ' {}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l", self.dir.display())).status();
+    }
+}
+
+/// Run `swarmseal` with `args`; returns the output.
+pub fn swarmseal(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = Command::new(swarmseal_bin());
+    cmd.args(args).env_remove("TPM2TOOLS_TCTI").env_remove("TCTI").env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
