@@ -1,2 +1,202 @@
-//! Command line (in progress).
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! Command line: parse, load configuration, run, map the error to an exit code.
+//!
+//! This is the only place where errors become operator messages and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+
+/// Exit codes (stable; documented in `--help` and the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// Anything not covered below (I/O error, internal error).
+    Failure = 1,
+    /// Bad command line or configuration file.
+    Usage = 2,
+    /// The Docker Engine API does not answer on its socket.
+    DockerUnreachable = 3,
+    /// No TPM at the configured TCTI, or it fails.
+    TpmUnavailable = 4,
+    /// The TPM refused to unseal: PCRs changed since sealing.
+    PolicyMismatch = 5,
+    /// No sealed key in the state dir.
+    NoSealedKey = 6,
+    /// The swarm is not in the state the command needs.
+    SwarmState = 7,
+    /// A sealed-key file is corrupt, truncated, or from another machine/TPM.
+    BadSealedKey = 8,
+    /// The engine rejected the unlock key.
+    WrongKey = 9,
+    /// `bench --fail-on warn` found WARN results.
+    BenchWarn = 10,
+    /// Proxy/PKI setup: certificates or keys missing or invalid, listener address in use.
+    Proxy = 11,
+}
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+   0  success
+   1  other failure (I/O, internal)
+   2  usage or configuration error
+   3  Docker engine unreachable
+   4  TPM unavailable
+   5  policy mismatch: the PCRs changed since sealing (swarm stays locked)
+   6  no sealed key in the state dir
+   7  swarm state wrong for this command (e.g. no swarm, not locked)
+   8  sealed key file corrupt, truncated or from another machine
+   9  the engine rejected the unlock key
+  10  bench found WARN results (with --fail-on warn)
+  11  proxy/PKI error (certificates missing or invalid, address in use)";
+
+/// The TPM, the engine and the state dir every command shares.
+#[derive(Debug, clap::Args, Clone)]
+pub struct Common {
+    /// Configuration file (TOML); default /etc/swarmseal/config.toml if present.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Engine API socket, unix:///PATH (default unix:///run/docker.sock).
+    #[arg(long, global = true, value_name = "unix:///PATH")]
+    pub docker_host: Option<String>,
+    /// State directory (default /var/lib/swarmseal).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// TPM TCTI (else TPM2TOOLS_TCTI, TCTI, then device:/dev/tpmrm0).
+    #[arg(long, global = true, value_name = "TCTI")]
+    pub tcti: Option<String>,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "swarmseal", version, about = "Keep Docker Swarm autolock on without a human: the unlock key sealed in the TPM, unlocked at boot only when the boot measurements match.", after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the boot flow and stay up (the systemd service).
+    Agent,
+    /// Init a swarm with autolock (or turn autolock on) and seal its unlock key.
+    Init {
+        /// AdvertiseAddr for the new swarm.
+        #[arg(long, value_name = "ADDR")]
+        advertise_addr: Option<String>,
+    },
+    /// Seal the current unlock key, read from the local engine.
+    Seal,
+    /// Unseal the key and unlock the swarm.
+    Unlock {
+        /// Read the key from stdin (no echo), unlock, and reseal it under the current PCRs.
+        #[arg(long)]
+        manual: bool,
+    },
+    /// Rotate the unlock key through the engine and reseal it (crash-safe).
+    Rotate,
+    /// Swarm state, sealed slots, policy PCRs vs current PCRs, proxy, last bench.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run only the mutual-TLS proxy.
+    Proxy,
+    /// Appliance PKI: the client CA and client/server certificates.
+    #[command(subcommand)]
+    Certs(crate::proxy::pki::CertsCommand),
+    /// Run the CIS Docker Benchmark v1.6.0 checks.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Any error a command can end with; mapped to [`Exit`] in [`exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Boot(#[from] crate::boot::BootError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
+    #[error(transparent)]
+    Bench(#[from] crate::bench::BenchError),
+    #[error("{0}")]
+    Usage(String),
+    /// Finished, but the command wants a non-zero exit (e.g. `bench --fail-on warn`).
+    #[error("")]
+    Status(Exit),
+}
+
+/// Map an error to its exit code.
+pub fn exit_code(e: &Error) -> Exit {
+    match e {
+        Error::Config(_) | Error::Usage(_) => Exit::Usage,
+        Error::Boot(b) => b.exit(),
+        Error::Proxy(_) => Exit::Proxy,
+        Error::Bench(b) => b.exit(),
+        Error::Status(x) => *x,
+    }
+}
+
+/// Resolve the configuration: file, then command-line overrides.
+pub fn resolve_config(c: &Common) -> Result<Config, Error> {
+    let mut cfg = Config::load(c.config.as_deref())?;
+    if let Some(h) = &c.docker_host {
+        cfg.docker_host = h.clone();
+    }
+    if let Some(d) = &c.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    if let Some(t) = &c.tcti {
+        cfg.tpm.tcti = Some(t.clone());
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The TCTI to use: `--tcti`/config, then `TPM2TOOLS_TCTI`, `TCTI`, then the kernel resource manager.
+pub fn tcti(cfg: &Config) -> String {
+    cfg.tpm
+        .tcti
+        .clone()
+        .or_else(|| std::env::var("TPM2TOOLS_TCTI").ok().filter(|s| !s.is_empty()))
+        .or_else(|| std::env::var("TCTI").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "device:/dev/tpmrm0".into())
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_agent = matches!(cli.command, Command::Agent | Command::Proxy);
+    crate::logging::init(is_agent);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Status(x)) => ExitCode::from(x as u8),
+        Err(e) => {
+            let code = exit_code(&e);
+            eprintln!("swarmseal: error: {e}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    let cfg = resolve_config(&cli.common)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
+            Command::Bench(a) => crate::bench::run_cli(&cfg, a).await,
+            Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),
+            other => crate::boot::run_command(&cfg, other).await.map_err(Error::from),
+        }
+    })
+}

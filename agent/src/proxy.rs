@@ -1,1 +1,0 @@
-//! proxy (in progress)
