@@ -21,3 +21,8 @@ pub async fn run_command(_cfg: &Config, _c: Command) -> Result<(), BootError> {
 pub async fn run_proxy_only(_cfg: &Config) -> Result<(), BootError> {
     Err(BootError::Other("not built yet".into()))
 }
+
+/// Facts for the bench's appliance checks (stub until the boot flow lands).
+pub async fn appliance_facts(_cfg: &Config) -> crate::bench::ApplianceFacts {
+    crate::bench::ApplianceFacts::default()
+}
