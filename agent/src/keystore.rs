@@ -1,1 +1,357 @@
-//! keystore (in progress)
+//! Sealed unlock keys on disk: two slots, `current` and `previous`, under
+//! `<state_dir>/keys/`, plus the phase-lock record `<state_dir>/phase.json`.
+//!
+//! Files hold TPM blobs and metadata only, never the key. They are JSON,
+//! versioned (`format`, `version`), written atomically (temp file, fsync,
+//! rename, fsync dir) with mode 0600. A file that cannot be read as a slot
+//! (corrupt, truncated, another format or version) is an error that names the
+//! file; it is never deleted or overwritten silently — moving slots keeps a
+//! `.bad-<time>` copy of a file it replaces only if that file is unreadable.
+//!
+//! Slot file (format `swarmseal.sealed-key`, version 1):
+//! ```json
+//! { "format": "swarmseal.sealed-key", "version": 1, "slot": "current",
+//!   "created": "2026-11-29T18:00:00Z",
+//!   "key_fingerprint": "<hex sha256(salt, key)>", "fingerprint_salt": "<hex>",
+//!   "srk_name": "<hex>",
+//!   "policy": { "kind": "pcr", "bank": "sha256", "pcrs": {"7": "<hex>", …}, "digest": "<hex>" },
+//!   "public": "<base64 TPM2B_PUBLIC>", "private": "<base64 TPM2B_PRIVATE>" }
+//! ```
+//! `policy.kind` is a tag so that signed policies (`"authorize"`,
+//! TPM2_PolicyAuthorize with a fleet PCR-signing key plus literal PCRs) can be
+//! added without a format break.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::UnlockKey;
+use crate::tpm::{PcrValues, Policy, SealedObject};
+
+pub const FORMAT: &str = "swarmseal.sealed-key";
+pub const VERSION: u32 = 1;
+
+/// Keystore errors. `Display` is the operator sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum KeystoreError {
+    #[error("no sealed unlock key in {dir} (run `swarmseal init` or `swarmseal seal`)")]
+    NoSealedKey { dir: PathBuf },
+    #[error("the sealed key file {path} is unreadable ({message}); it was left untouched — restore it from a backup or unlock by hand (`swarmseal unlock --manual`), which seals a new one")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Which slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    Current,
+    Previous,
+}
+
+impl Slot {
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::Current => "current",
+            Slot::Previous => "previous",
+        }
+    }
+}
+
+/// The stored policy (tagged by `kind`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoredPolicy {
+    /// TPM2_PolicyPCR over `pcrs` (index → hex digest) in `bank`.
+    Pcr { bank: String, pcrs: BTreeMap<String, String>, digest: String },
+}
+
+/// One slot file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotFile {
+    pub format: String,
+    pub version: u32,
+    pub slot: Slot,
+    pub created: String,
+    pub key_fingerprint: String,
+    pub fingerprint_salt: String,
+    pub srk_name: String,
+    pub policy: StoredPolicy,
+    pub public: String,
+    pub private: String,
+}
+
+impl SlotFile {
+    /// Build a slot file from a sealing result.
+    pub fn new(slot: Slot, obj: &SealedObject, policy: &Policy, fingerprint: String, salt: &[u8]) -> SlotFile {
+        let Policy::Pcr { values } = policy;
+        SlotFile {
+            format: FORMAT.into(),
+            version: VERSION,
+            slot,
+            created: now_rfc3339(),
+            key_fingerprint: fingerprint,
+            fingerprint_salt: hex::encode(salt),
+            srk_name: hex::encode(&obj.srk_name),
+            policy: StoredPolicy::Pcr {
+                bank: "sha256".into(),
+                pcrs: values.iter().map(|(k, v)| (k.to_string(), hex::encode(v))).collect(),
+                digest: hex::encode(&obj.policy_digest),
+            },
+            public: B64.encode(&obj.public),
+            private: B64.encode(&obj.private),
+        }
+    }
+
+    /// The TPM objects and the policy, decoded. Errors as [`KeystoreError::Corrupt`].
+    pub fn decode(&self, path: &Path) -> Result<(SealedObject, Policy), KeystoreError> {
+        let bad = |m: String| KeystoreError::Corrupt { path: path.to_path_buf(), message: m };
+        let StoredPolicy::Pcr { bank, pcrs, digest } = &self.policy;
+        if bank != "sha256" {
+            return Err(bad(format!("PCR bank {bank} is not supported")));
+        }
+        let mut values = PcrValues::new();
+        for (k, v) in pcrs {
+            let idx: u8 = k.parse().map_err(|_| bad(format!("PCR index {k:?}")))?;
+            let val = hex::decode(v).map_err(|_| bad(format!("PCR {k} value is not hex")))?;
+            if val.len() != 32 {
+                return Err(bad(format!("PCR {k} value is not 32 bytes")));
+            }
+            values.insert(idx, val);
+        }
+        let obj = SealedObject {
+            public: B64.decode(&self.public).map_err(|_| bad("`public` is not base64".into()))?,
+            private: B64.decode(&self.private).map_err(|_| bad("`private` is not base64".into()))?,
+            srk_name: hex::decode(&self.srk_name).map_err(|_| bad("`srk_name` is not hex".into()))?,
+            policy_digest: hex::decode(digest).map_err(|_| bad("policy digest is not hex".into()))?,
+        };
+        if obj.public.is_empty() || obj.private.is_empty() {
+            return Err(bad("empty TPM blob".into()));
+        }
+        Ok((obj, Policy::Pcr { values }))
+    }
+
+    pub fn salt(&self) -> Vec<u8> {
+        hex::decode(&self.fingerprint_salt).unwrap_or_default()
+    }
+}
+
+/// Phase-lock record: PCR values of this boot before and after the agent's extend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseRecord {
+    pub format: String,
+    pub version: u32,
+    pub phase_pcr: u8,
+    /// index → hex, before the extend (what the key is sealed to).
+    pub before: BTreeMap<String, String>,
+    /// index → hex, after the extend (how we recognise this boot later).
+    pub after: BTreeMap<String, String>,
+}
+
+pub fn pcrs_to_hex(v: &PcrValues) -> BTreeMap<String, String> {
+    v.iter().map(|(k, x)| (k.to_string(), hex::encode(x))).collect()
+}
+
+pub fn pcrs_from_hex(m: &BTreeMap<String, String>) -> Option<PcrValues> {
+    m.iter().map(|(k, v)| Some((k.parse().ok()?, hex::decode(v).ok()?))).collect()
+}
+
+/// The state dir's sealed-key store.
+#[derive(Debug, Clone)]
+pub struct Keystore {
+    dir: PathBuf,
+}
+
+impl Keystore {
+    pub fn new(state_dir: &Path) -> Keystore {
+        Keystore { dir: state_dir.to_path_buf() }
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.join("keys")
+    }
+
+    pub fn slot_path(&self, slot: Slot) -> PathBuf {
+        self.keys_dir().join(format!("{}.json", slot.name()))
+    }
+
+    fn phase_path(&self) -> PathBuf {
+        self.dir.join("phase.json")
+    }
+
+    /// Read a slot; `Ok(None)` when the file does not exist.
+    pub fn load(&self, slot: Slot) -> Result<Option<SlotFile>, KeystoreError> {
+        let path = self.slot_path(slot);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(KeystoreError::Corrupt { path, message: e.to_string() }),
+        };
+        let f: SlotFile = serde_json::from_slice(&bytes).map_err(|e| KeystoreError::Corrupt { path: path.clone(), message: format!("not a sealed-key file: {e}") })?;
+        if f.format != FORMAT || f.version != VERSION {
+            return Err(KeystoreError::Corrupt { path, message: format!("format {:?} version {} is not {FORMAT} version {VERSION}", f.format, f.version) });
+        }
+        Ok(Some(f))
+    }
+
+    /// Store a new `current` slot. The old `current`, if readable and holding
+    /// another key, becomes `previous` first (so a crash leaves either the old
+    /// pair or the new pair, never no key). A same-key reseal replaces
+    /// `current` only. An unreadable old `current` is kept as `current.json.bad-<unix time>`.
+    pub fn store_current(&self, new: &SlotFile, key: &UnlockKey) -> Result<(), KeystoreError> {
+        std::fs::create_dir_all(self.keys_dir()).map_err(|e| KeystoreError::Io { path: self.keys_dir(), source: e })?;
+        set_mode(&self.keys_dir(), 0o700);
+        match self.load(Slot::Current) {
+            Ok(Some(old)) => {
+                let same = key.fingerprint(&old.salt()) == old.key_fingerprint;
+                if !same {
+                    let mut prev = old.clone();
+                    prev.slot = Slot::Previous;
+                    self.write_json(&self.slot_path(Slot::Previous), &prev)?;
+                }
+            }
+            Ok(None) => {}
+            Err(_) => {
+                let cur = self.slot_path(Slot::Current);
+                let bad = cur.with_extension(format!("json.bad-{}", unix_now()));
+                std::fs::rename(&cur, &bad).map_err(|e| KeystoreError::Io { path: bad.clone(), source: e })?;
+                tracing::warn!(file = %cur.display(), kept_as = %bad.display(), "unreadable current slot kept aside before writing a new one");
+            }
+        }
+        let mut cur = new.clone();
+        cur.slot = Slot::Current;
+        self.write_json(&self.slot_path(Slot::Current), &cur)
+    }
+
+    /// Remove the `previous` slot (after every manager re-encrypted under the new key).
+    pub fn drop_previous(&self) -> Result<(), KeystoreError> {
+        let p = self.slot_path(Slot::Previous);
+        match std::fs::remove_file(&p) {
+            Ok(()) => fsync_dir(&self.keys_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(KeystoreError::Io { path: p, source: e }),
+        }
+    }
+
+    pub fn load_phase(&self) -> Option<PhaseRecord> {
+        let b = std::fs::read(self.phase_path()).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    pub fn store_phase(&self, r: &PhaseRecord) -> Result<(), KeystoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| KeystoreError::Io { path: self.dir.clone(), source: e })?;
+        self.write_json(&self.phase_path(), r)
+    }
+
+    fn write_json<T: Serialize>(&self, path: &Path, v: &T) -> Result<(), KeystoreError> {
+        let mut bytes = serde_json::to_vec_pretty(v).expect("serializable");
+        bytes.push(b'\n');
+        write_atomic(path, &bytes, 0o600)
+    }
+}
+
+/// Write `bytes` to `path` atomically: temp file in the same dir (mode
+/// `mode`), fsync, rename over `path`, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeystoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| KeystoreError::Io { path: path.to_path_buf(), source: e };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("f"), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f: File = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    fsync_dir(dir)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), KeystoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| KeystoreError::Io { path: dir.to_path_buf(), source: e })
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Now as RFC 3339 UTC (`2026-11-29T18:00:00Z`).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> UnlockKey {
+        UnlockKey::new(format!("SWMKEY-1-{s}aaaaaaaaaaaaaaaaaaaa")).unwrap()
+    }
+
+    fn slot(k: &UnlockKey) -> SlotFile {
+        let obj = SealedObject { public: vec![1, 2], private: vec![3], srk_name: vec![4], policy_digest: vec![5; 32] };
+        let mut values = PcrValues::new();
+        values.insert(7, vec![0; 32]);
+        SlotFile::new(Slot::Current, &obj, &Policy::Pcr { values }, k.fingerprint(b"salt"), b"salt")
+    }
+
+    #[test]
+    fn rotation_moves_current_to_previous_and_reseal_does_not() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(d.path());
+        let (a, b) = (key("a"), key("b"));
+        ks.store_current(&slot(&a), &a).unwrap();
+        assert!(ks.load(Slot::Previous).unwrap().is_none());
+        ks.store_current(&slot(&a), &a).unwrap();
+        assert!(ks.load(Slot::Previous).unwrap().is_none(), "same-key reseal must not fill previous");
+        ks.store_current(&slot(&b), &b).unwrap();
+        let prev = ks.load(Slot::Previous).unwrap().unwrap();
+        assert_eq!(prev.key_fingerprint, a.fingerprint(b"salt"));
+        assert_eq!(prev.slot, Slot::Previous);
+        let cur = ks.load(Slot::Current).unwrap().unwrap();
+        assert_eq!(cur.key_fingerprint, b.fingerprint(b"salt"));
+        let text = std::fs::read_to_string(ks.slot_path(Slot::Current)).unwrap();
+        assert!(!text.contains("SWMKEY"), "the key must never be on disk");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(ks.slot_path(Slot::Current)).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn corrupt_slot_is_an_error_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(d.path());
+        std::fs::create_dir_all(ks.keys_dir()).unwrap();
+        std::fs::write(ks.slot_path(Slot::Current), b"{\"format\": \"swarmseal.sealed-key\", \"vers").unwrap();
+        let e = ks.load(Slot::Current).unwrap_err();
+        assert!(matches!(e, KeystoreError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("current.json"));
+        let a = key("a");
+        ks.store_current(&slot(&a), &a).unwrap();
+        let kept: Vec<_> = std::fs::read_dir(ks.keys_dir()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".bad-")).collect();
+        assert_eq!(kept.len(), 1, "the unreadable file is kept aside, not lost");
+    }
+
+    #[test]
+    fn foreign_version_is_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(d.path());
+        let a = key("a");
+        let mut s = slot(&a);
+        s.version = 99;
+        std::fs::create_dir_all(ks.keys_dir()).unwrap();
+        std::fs::write(ks.slot_path(Slot::Current), serde_json::to_vec(&s).unwrap()).unwrap();
+        assert!(ks.load(Slot::Current).unwrap_err().to_string().contains("version 99"));
+    }
+}
