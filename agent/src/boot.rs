@@ -1,28 +1,816 @@
-//! Boot flow (in progress; the lead owns this file).
+//! The boot flow and the key commands: init, seal, unlock, rotate, status, agent.
+//!
+//! Every TPM operation opens its own context on a blocking thread, so no TPM
+//! state outlives a command (see [`crate::tpm`]). Every mutation of the
+//! state dir holds an exclusive `flock` on `<state_dir>/lock`.
+//!
+//! Phase lock: after the boot's unlock decision the agent extends
+//! `tpm.phase_pcr` (default PCR 11) with SHA-256(`swarmseal:unlocked:v1`),
+//! so the sealed key cannot be unsealed again until the next boot. The PCR
+//! values before and after are recorded in `<state_dir>/phase.json` (not
+//! secret): sealing later in the same boot uses the recorded "before" values,
+//! which are what the next boot will show again.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
 use crate::cli::{Command, Exit};
 use crate::config::Config;
+use crate::escrow::EscrowError;
+use crate::keystore::{pcrs_from_hex, pcrs_to_hex, Keystore, KeystoreError, PhaseRecord, Slot, SlotFile};
+use crate::secret::UnlockKey;
+use crate::swarm::{Engine, NodeState, SwarmError};
+use crate::tpm::{PcrValues, Policy, Tpm, TpmError};
 
+/// What the phase PCR is extended with (its SHA-256 is the extend digest).
+pub const PHASE_MARKER: &[u8] = b"swarmseal:unlocked:v1";
+/// How often the agent checks the engine for a changed unlock key.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Boot-flow errors. `Display` is the operator sentence; [`BootError::exit`] the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    #[error(transparent)]
+    Tpm(#[from] TpmError),
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    #[error(transparent)]
+    Escrow(#[from] EscrowError),
+    #[error("the swarm is {state}: {advice}")]
+    State { state: String, advice: String },
+    #[error("the key was already unsealed once in this boot (PCR {pcr} carries swarmseal's phase lock); reboot, or unlock by hand with `swarmseal unlock --manual` or `docker swarm unlock`")]
+    PhaseLocked { pcr: u8 },
+    #[error("{0}")]
+    Input(String),
     #[error("{0}")]
     Other(String),
 }
 
 impl BootError {
+    /// The exit code for this error (see `swarmseal --help`).
     pub fn exit(&self) -> Exit {
-        Exit::Failure
+        match self {
+            BootError::Swarm(SwarmError::Unreachable { .. }) => Exit::DockerUnreachable,
+            BootError::Swarm(SwarmError::WrongKey { .. }) => Exit::WrongKey,
+            BootError::Swarm(SwarmError::NotLocked { .. } | SwarmError::NotManager { .. }) => Exit::SwarmState,
+            BootError::Swarm(SwarmError::Api { .. }) => Exit::Failure,
+            BootError::Tpm(TpmError::Unavailable { .. }) => Exit::TpmUnavailable,
+            BootError::Tpm(TpmError::PolicyMismatch { .. }) | BootError::PhaseLocked { .. } => Exit::PolicyMismatch,
+            BootError::Tpm(TpmError::SrkMismatch) => Exit::BadSealedKey,
+            BootError::Tpm(TpmError::Command { .. }) => Exit::Failure,
+            BootError::Keystore(KeystoreError::NoSealedKey { .. }) => Exit::NoSealedKey,
+            BootError::Keystore(KeystoreError::Corrupt { .. }) => Exit::BadSealedKey,
+            BootError::Keystore(KeystoreError::Io { .. }) => Exit::Failure,
+            BootError::Escrow(EscrowError::Recipient(_)) => Exit::Usage,
+            BootError::Escrow(_) => Exit::Failure,
+            BootError::State { .. } => Exit::SwarmState,
+            BootError::Input(_) => Exit::Usage,
+            BootError::Other(_) => Exit::Failure,
+        }
     }
 }
 
-pub async fn run_command(_cfg: &Config, _c: Command) -> Result<(), BootError> {
-    Err(BootError::Other("not built yet".into()))
+fn state_error(state: NodeState, advice: &str) -> BootError {
+    BootError::State { state: state.to_string(), advice: advice.to_string() }
 }
 
-pub async fn run_proxy_only(_cfg: &Config) -> Result<(), BootError> {
-    Err(BootError::Other("not built yet".into()))
+/// Everything a command needs: configuration, keystore, TPM address.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub cfg: Config,
+    pub ks: Keystore,
+    pub tcti: String,
 }
 
-/// Facts for the bench's appliance checks (stub until the boot flow lands).
-pub async fn appliance_facts(_cfg: &Config) -> crate::bench::ApplianceFacts {
-    crate::bench::ApplianceFacts::default()
+/// Exclusive lock on the state dir, released on drop.
+pub struct StateLock(#[allow(dead_code)] std::fs::File);
+
+impl Ctx {
+    pub fn new(cfg: &Config) -> Ctx {
+        Ctx { ks: Keystore::new(&cfg.state_dir), tcti: crate::cli::tcti(cfg), cfg: cfg.clone() }
+    }
+
+    /// Take the state-dir lock (blocks while another swarmseal process mutates it).
+    pub fn lock(&self) -> Result<StateLock, BootError> {
+        std::fs::create_dir_all(&self.cfg.state_dir).map_err(|e| KeystoreError::Io { path: self.cfg.state_dir.clone(), source: e })?;
+        let p = self.cfg.state_dir.join("lock");
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| KeystoreError::Io { path: p.clone(), source: e })?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| KeystoreError::Io { path: p, source: e.into() })?;
+        Ok(StateLock(f))
+    }
+
+    /// Run `f` on a fresh TPM context on a blocking thread.
+    pub async fn tpm<T: Send + 'static>(&self, f: impl FnOnce(&mut Tpm) -> Result<T, TpmError> + Send + 'static) -> Result<T, TpmError> {
+        let tcti = self.tcti.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut t = Tpm::open(&tcti)?;
+            f(&mut t)
+        })
+        .await
+        .map_err(|e| TpmError::Command { op: "worker", message: e.to_string() })?
+    }
+
+    /// Current values of the policy PCRs.
+    pub async fn read_policy_pcrs(&self) -> Result<PcrValues, TpmError> {
+        let pcrs = self.cfg.tpm.pcrs.clone();
+        self.tpm(move |t| t.read_pcrs(&pcrs)).await
+    }
+
+    /// The PCR values this boot will show again on the next boot of the same
+    /// chain: the current values, unless the phase lock already happened in
+    /// this boot, then the recorded pre-lock values. Second: whether this
+    /// boot is phase-locked.
+    pub async fn boot_pcrs(&self) -> Result<(PcrValues, bool), TpmError> {
+        let current = self.read_policy_pcrs().await?;
+        if let Some(rec) = self.ks.load_phase() {
+            if pcrs_from_hex(&rec.after).as_ref() == Some(&current) {
+                if let Some(before) = pcrs_from_hex(&rec.before) {
+                    return Ok((before, true));
+                }
+            }
+        }
+        Ok((current, false))
+    }
+
+    /// Seal `key` into the `current` slot under this boot's PCR values, moving
+    /// the old `current` to `previous` if it held another key; then refresh
+    /// the escrow copy. TPM 2.0 Part 3, TPM2_Create (see [`Tpm::seal`]).
+    pub async fn seal(&self, key: &UnlockKey) -> Result<SlotFile, BootError> {
+        let (values, _) = self.boot_pcrs().await?;
+        let policy = Policy::Pcr { values: values.clone() };
+        let secret = Zeroizing::new(key.expose().as_bytes().to_vec());
+        let p2 = policy.clone();
+        let obj = self.tpm(move |t| t.seal(&secret, &p2)).await?;
+        let mut salt = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+        let slot = SlotFile::new(Slot::Current, &obj, &policy, key.fingerprint(&salt), &salt);
+        self.ks.store_current(&slot, key)?;
+        tracing::info!(event = "seal", slot = "current", pcrs = %describe_pcrs(&values), "unlock key sealed to the TPM");
+        if let Some(r) = &self.cfg.escrow.recipient {
+            let p = crate::escrow::write(&self.cfg.state_dir, r, key)?;
+            tracing::info!(event = "escrow", file = %p.display(), "escrow copy of the unlock key written (age-encrypted)");
+        }
+        Ok(slot)
+    }
+
+    /// Unseal the key from `current`, then `previous`, and unlock the engine
+    /// with it (`POST /swarm/unlock`). Returns the slot that worked.
+    pub async fn unlock_from_tpm(&self, engine: &Engine) -> Result<Slot, BootError> {
+        let (_, locked) = self.boot_pcrs().await?;
+        if locked {
+            return Err(BootError::PhaseLocked { pcr: self.cfg.tpm.phase_pcr });
+        }
+        let mut first_err: Option<BootError> = None;
+        let mut any = false;
+        for slot in [Slot::Current, Slot::Previous] {
+            let path = self.ks.slot_path(slot);
+            let result: Result<(), BootError> = async {
+                let Some(file) = self.ks.load(slot)? else { return Err(KeystoreError::NoSealedKey { dir: self.ks.keys_dir() }.into()) };
+                any = true;
+                let (obj, policy) = file.decode(&path)?;
+                let bytes = self.tpm(move |t| t.unseal(&obj, &policy)).await?;
+                let key = UnlockKey::from_bytes(&bytes).map_err(|_| KeystoreError::Corrupt { path: path.clone(), message: "the unsealed data is not an unlock key".into() })?;
+                engine.unlock(&key).await?;
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    tracing::info!(event = "unlock", slot = slot.name(), "swarm unlocked with the TPM-sealed key");
+                    return Ok(slot);
+                }
+                Err(BootError::Keystore(KeystoreError::NoSealedKey { .. })) => {}
+                Err(e) => {
+                    tracing::warn!(event = "unlock_attempt_failed", slot = slot.name(), error = %e, "could not unlock with this slot");
+                    if first_err.is_none() {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None if !any => Err(KeystoreError::NoSealedKey { dir: self.ks.keys_dir() }.into()),
+            None => Err(BootError::Other("no slot could unlock the swarm".into())),
+        }
+    }
+
+    /// Extend the phase PCR once per boot (crash-safe: the record, with the
+    /// predicted post-extend value, is written before the extend).
+    /// TPM 2.0 Part 3, TPM2_PCR_Extend.
+    pub async fn phase_lock(&self) -> Result<(), BootError> {
+        let current = self.read_policy_pcrs().await?;
+        if let Some(rec) = self.ks.load_phase() {
+            if pcrs_from_hex(&rec.after).as_ref() == Some(&current) {
+                return Ok(());
+            }
+        }
+        let pcr = self.cfg.tpm.phase_pcr;
+        let mut after = current.clone();
+        let old = current.get(&pcr).cloned().unwrap_or_else(|| vec![0; 32]);
+        let mut h = Sha256::new();
+        h.update(&old);
+        h.update(Sha256::digest(PHASE_MARKER));
+        after.insert(pcr, h.finalize().to_vec());
+        let rec = PhaseRecord { format: "swarmseal.phase".into(), version: 1, phase_pcr: pcr, before: pcrs_to_hex(&current), after: pcrs_to_hex(&after) };
+        self.ks.store_phase(&rec)?;
+        self.tpm(move |t| t.extend(pcr, PHASE_MARKER)).await?;
+        tracing::info!(event = "phase_lock", pcr, "phase PCR extended: the key cannot be unsealed again until the next boot");
+        Ok(())
+    }
+
+    /// Compare the `current` slot's policy with this boot's PCRs.
+    pub async fn sealed_key_fact(&self) -> Option<crate::bench::SealedKeyFact> {
+        let slot = match self.ks.load(Slot::Current) {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(e) => return Some(crate::bench::SealedKeyFact { pcrs_match: Some(false), detail: e.to_string() }),
+        };
+        let path = self.ks.slot_path(Slot::Current);
+        let Ok((_, Policy::Pcr { values: sealed })) = slot.decode(&path) else {
+            return Some(crate::bench::SealedKeyFact { pcrs_match: Some(false), detail: "the current slot cannot be decoded".into() });
+        };
+        match self.boot_pcrs().await {
+            Ok((now, _)) => {
+                let diffs = diff_pcrs(&sealed, &now);
+                Some(crate::bench::SealedKeyFact {
+                    pcrs_match: Some(diffs.is_empty()),
+                    detail: if diffs.is_empty() { format!("sealed to {}", describe_pcrs(&sealed)) } else { format!("PCRs differ from sealing time: {}", diffs.join("; ")) },
+                })
+            }
+            Err(e) => Some(crate::bench::SealedKeyFact { pcrs_match: None, detail: e.to_string() }),
+        }
+    }
+}
+
+/// `PCR 7=ab12…, 11=…` with short digests.
+pub fn describe_pcrs(v: &PcrValues) -> String {
+    v.iter().map(|(k, x)| format!("{k}={}", &hex::encode(x)[..16.min(x.len() * 2)])).collect::<Vec<_>>().join(", ")
+}
+
+/// `PCR n sealed X now Y` for every PCR that differs.
+pub fn diff_pcrs(sealed: &PcrValues, now: &PcrValues) -> Vec<String> {
+    sealed
+        .iter()
+        .filter(|(k, v)| now.get(k) != Some(v))
+        .map(|(k, v)| format!("PCR {k} sealed {} now {}", hex::encode(v), now.get(k).map(hex::encode).unwrap_or_else(|| "unreadable".into())))
+        .collect()
+}
+
+/// Show the operator's copy of the key on the controlling terminal only (never stdout/the journal).
+fn show_key_on_terminal(key: &UnlockKey, what: &str) {
+    use std::io::Write;
+    match std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+        Ok(mut tty) => {
+            let _ = writeln!(
+                tty,
+                "\n{what}. The operator's copy of the unlock key (shown once; store it offline, e.g. in a password manager or on paper):\n\n    {}\n\nWithout it, a manager whose boot chain changed can only be unlocked by another manager's key.\n",
+                key.expose()
+            );
+        }
+        Err(_) => eprintln!("swarmseal: {what}; no terminal, so the operator's copy of the key is not shown: read it with `docker swarm unlock-key -q` through the proxy, or from the escrow file if `[escrow]` is configured"),
+    }
+}
+
+/// Read the unlock key from stdin; no echo when stdin is a terminal.
+fn read_key_from_stdin() -> Result<UnlockKey, BootError> {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let mut saved = None;
+    if tty {
+        eprint!("Swarm unlock key: ");
+        if let Ok(mut t) = rustix::termios::tcgetattr(&stdin) {
+            saved = Some(t.clone());
+            t.local_modes.remove(rustix::termios::LocalModes::ECHO);
+            let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
+        }
+    }
+    let mut line = Zeroizing::new(String::new());
+    let r = stdin.lock().read_line(&mut line);
+    if let Some(t) = saved {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
+        eprintln!();
+    }
+    r.map_err(|e| BootError::Input(format!("cannot read the unlock key from stdin: {e}")))?;
+    UnlockKey::new(line.to_string()).map_err(|e| BootError::Input(format!("{e}; pipe the key on stdin, e.g. `swarmseal unlock --manual < key.txt`")))
+}
+
+async fn engine(cfg: &Config) -> Result<Engine, BootError> {
+    Ok(Engine::connect(&cfg.docker_socket()).await?)
+}
+
+/// Run one of the key commands (`init`, `seal`, `unlock`, `rotate`, `status`, `agent`).
+pub async fn run_command(cfg: &Config, c: Command) -> Result<(), BootError> {
+    let ctx = Ctx::new(cfg);
+    match c {
+        Command::Init { advertise_addr } => cmd_init(&ctx, advertise_addr.or(cfg.swarm.advertise_addr.clone())).await,
+        Command::Seal => cmd_seal(&ctx).await,
+        Command::Unlock { manual } => cmd_unlock(&ctx, manual).await,
+        Command::Rotate => cmd_rotate(&ctx).await,
+        Command::Status { json } => cmd_status(&ctx, json).await,
+        Command::Agent => run_agent(ctx).await,
+        Command::Proxy | Command::Certs(_) | Command::Bench(_) => unreachable!("dispatched in cli"),
+    }
+}
+
+async fn active_manager(engine: &Engine) -> Result<(), BootError> {
+    let st = engine.status().await?;
+    match st.state {
+        NodeState::Active if st.manager => Ok(()),
+        NodeState::Active => Err(state_error(st.state, "this node is a worker; swarmseal runs on managers")),
+        NodeState::Locked => Err(state_error(st.state, "unlock it first (`swarmseal unlock`, or `swarmseal unlock --manual`)")),
+        NodeState::Inactive => Err(state_error(st.state, "this engine has no swarm; run `swarmseal init`")),
+        s => Err(state_error(s, "wait until the node has joined, then retry")),
+    }
+}
+
+async fn cmd_init(ctx: &Ctx, advertise: Option<String>) -> Result<(), BootError> {
+    let engine = engine(&ctx.cfg).await?;
+    let _lock = ctx.lock()?;
+    let st = engine.status().await?;
+    match st.state {
+        NodeState::Inactive => {
+            engine.init_autolock(advertise.as_deref(), ctx.cfg.swarm.listen_addr.as_deref()).await?;
+            tracing::info!(event = "swarm_init", "swarm initialized with autolock on");
+        }
+        NodeState::Active if st.manager => {
+            if !engine.autolock().await? {
+                engine.enable_autolock().await?;
+                tracing::info!(event = "autolock_enabled", "autolock turned on for the existing swarm");
+            }
+        }
+        _ => active_manager(&engine).await?,
+    }
+    let key = engine.unlock_key().await?.ok_or_else(|| BootError::Other("the engine reports no unlock key although autolock is on".into()))?;
+    if let Some(cur) = ctx.ks.load(Slot::Current)? {
+        if key.fingerprint(&cur.salt()) == cur.key_fingerprint {
+            println!("swarm already initialized with autolock; its unlock key is already sealed (since {})", cur.created);
+            return Ok(());
+        }
+    }
+    ctx.seal(&key).await?;
+    println!("swarm initialized with autolock; unlock key sealed to the TPM ({})", ctx.ks.slot_path(Slot::Current).display());
+    show_key_on_terminal(&key, "Swarm autolock is on");
+    Ok(())
+}
+
+async fn cmd_seal(ctx: &Ctx) -> Result<(), BootError> {
+    let engine = engine(&ctx.cfg).await?;
+    active_manager(&engine).await?;
+    let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off, so there is no unlock key: run `swarmseal init` to turn it on"))?;
+    let _lock = ctx.lock()?;
+    let slot = ctx.seal(&key).await?;
+    let StoredPcrs(p) = StoredPcrs::of(&slot);
+    println!("unlock key sealed to the TPM under PCRs {p}");
+    Ok(())
+}
+
+struct StoredPcrs(String);
+impl StoredPcrs {
+    fn of(s: &SlotFile) -> StoredPcrs {
+        let crate::keystore::StoredPolicy::Pcr { pcrs, .. } = &s.policy;
+        StoredPcrs(pcrs.keys().cloned().collect::<Vec<_>>().join(","))
+    }
+}
+
+async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {
+    let engine = engine(&ctx.cfg).await?;
+    let st = engine.status().await?;
+    match st.state {
+        NodeState::Locked => {}
+        NodeState::Active => {
+            println!("the swarm is already unlocked");
+            return Ok(());
+        }
+        s => return Err(state_error(s, "there is nothing to unlock: the engine has no locked swarm")),
+    }
+    let _lock = ctx.lock()?;
+    if manual {
+        let key = read_key_from_stdin()?;
+        engine.unlock(&key).await?;
+        tracing::warn!(event = "manual_unlock", security = true, "swarm unlocked by hand; resealing under the current measurements (the operator accepted this boot chain)");
+        ctx.seal(&key).await?;
+        ctx.phase_lock().await?;
+        println!("swarm unlocked; key resealed under the current PCRs");
+        return Ok(());
+    }
+    let result = ctx.unlock_from_tpm(&engine).await;
+    if !matches!(result, Err(BootError::Tpm(TpmError::Unavailable { .. }))) {
+        ctx.phase_lock().await?;
+    }
+    let slot = result?;
+    println!("swarm unlocked with the sealed key ({} slot)", slot.name());
+    Ok(())
+}
+
+async fn cmd_rotate(ctx: &Ctx) -> Result<(), BootError> {
+    let engine = engine(&ctx.cfg).await?;
+    active_manager(&engine).await?;
+    let _lock = ctx.lock()?;
+    let old = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off: run `swarmseal init` first"))?;
+    tracing::warn!(event = "rotate", security = true, "rotating the swarm unlock key");
+    engine.rotate_unlock_key().await?;
+    // Window: the rotation is committed in the engine, the new key is not sealed yet (README "Rotation").
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        match engine.unlock_key().await? {
+            Some(k) if k != old => break k,
+            _ if Instant::now() > deadline => return Err(BootError::Other("the engine did not report a new unlock key after rotation; the old key is still sealed".into())),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    ctx.seal(&new).await?;
+    println!("unlock key rotated and sealed; the previous key stays sealed in the `previous` slot");
+    show_key_on_terminal(&new, "The swarm unlock key was rotated");
+    Ok(())
+}
+
+/// Gather the status document (`swarmseal status --json`, `GET /swarmseal/v1/status`).
+pub async fn status_json(ctx: &Ctx) -> serde_json::Value {
+    use serde_json::json;
+    let swarm = match Engine::connect(&ctx.cfg.docker_socket()).await {
+        Ok(e) => match e.status().await {
+            Ok(s) => {
+                let autolock = if s.state == NodeState::Active && s.manager { e.autolock().await.ok() } else { None };
+                json!({"state": s.state, "node_id": s.node_id, "manager": s.manager, "autolock": autolock, "error": s.error, "api_version": e.api_version()})
+            }
+            Err(err) => json!({"error": err.to_string()}),
+        },
+        Err(err) => json!({"error": err.to_string()}),
+    };
+    let pcrs = ctx.boot_pcrs().await;
+    let mut slots = serde_json::Map::new();
+    for slot in [Slot::Current, Slot::Previous] {
+        let v = match ctx.ks.load(slot) {
+            Ok(None) => json!(null),
+            Err(e) => json!({"error": e.to_string()}),
+            Ok(Some(f)) => {
+                let crate::keystore::StoredPolicy::Pcr { pcrs: sealed, .. } = &f.policy;
+                let diffs = match (&pcrs, pcrs_from_hex(sealed)) {
+                    (Ok((now, _)), Some(s)) => json!(diff_pcrs(&s, now)),
+                    _ => json!(null),
+                };
+                json!({"created": f.created, "policy": f.policy, "differs": diffs})
+            }
+        };
+        slots.insert(slot.name().into(), v);
+    }
+    let (tpm, phase_locked) = match &pcrs {
+        Ok((v, locked)) => (json!({"tcti": ctx.tcti, "pcrs": pcrs_to_hex(v), "reachable": true}), json!(locked)),
+        Err(e) => (json!({"tcti": ctx.tcti, "reachable": false, "error": e.to_string()}), json!(null)),
+    };
+    let bench = last_bench_summary(&ctx.cfg);
+    json!({
+        "swarm": swarm,
+        "sealed": slots,
+        "tpm": tpm,
+        "phase_locked": phase_locked,
+        "phase_pcr": ctx.cfg.tpm.phase_pcr,
+        "proxy": {"enabled": ctx.cfg.proxy.enabled, "listen": ctx.cfg.proxy.listen.to_string()},
+        "escrow": ctx.cfg.escrow.recipient.as_ref().map(|_| crate::escrow::path(&ctx.cfg.state_dir)),
+        "bench": bench,
+    })
+}
+
+/// Summary of the newest report under `<state_dir>/bench/`, if any.
+fn last_bench_summary(cfg: &Config) -> serde_json::Value {
+    let Some(bytes) = latest_bench_report(cfg) else { return serde_json::Value::Null };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return serde_json::Value::Null };
+    serde_json::json!({"checks": v.get("checks"), "score": v.get("score"), "end": v.get("end")})
+}
+
+/// Bytes of the newest JSON report under `<state_dir>/bench/`.
+pub fn latest_bench_report(cfg: &Config) -> Option<Vec<u8>> {
+    let dir = cfg.state_dir.join("bench");
+    let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
+    for e in std::fs::read_dir(&dir).ok()?.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let m = e.metadata().ok()?.modified().ok()?;
+        if newest.as_ref().map(|(t, _)| m > *t).unwrap_or(true) {
+            newest = Some((m, p));
+        }
+    }
+    std::fs::read(newest?.1).ok()
+}
+
+async fn cmd_status(ctx: &Ctx, json: bool) -> Result<(), BootError> {
+    let v = status_json(ctx).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    let s = |p: &str| v.pointer(p).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_else(|| "-".into());
+    println!("swarm      state {} (manager {}, autolock {}){}", s("/swarm/state"), s("/swarm/manager"), s("/swarm/autolock"), v.pointer("/swarm/error").filter(|x| !x.is_null()).map(|e| format!(" — {e}")).unwrap_or_default());
+    for slot in ["current", "previous"] {
+        match v.pointer(&format!("/sealed/{slot}")) {
+            Some(serde_json::Value::Null) | None => println!("{slot:<10} (empty)"),
+            Some(x) if x.get("error").is_some() => println!("{slot:<10} unreadable: {}", x["error"]),
+            Some(x) => {
+                let d = x.get("differs").and_then(|d| d.as_array()).map(|a| a.len());
+                println!("{slot:<10} sealed {} — {}", x["created"].as_str().unwrap_or("?"), match d {
+                    Some(0) => "policy PCRs match this boot".to_string(),
+                    Some(_) => format!("PCRs differ: {}", x["differs"]),
+                    None => "TPM not readable".to_string(),
+                });
+            }
+        }
+    }
+    println!("tpm        {} reachable {} phase-locked {}", s("/tpm/tcti"), s("/tpm/reachable"), s("/phase_locked"));
+    println!("proxy      enabled {} listen {}", s("/proxy/enabled"), s("/proxy/listen"));
+    println!("bench      {}", v.get("bench").map(|b| b.to_string()).unwrap_or_default());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the agent
+
+/// systemd notification (`sd_notify(3)`): no-op without `NOTIFY_SOCKET`.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let p = path.to_string_lossy();
+    let r = if let Some(name) = p.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &*p)
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+fn status_line(s: &str) {
+    notify(&format!("STATUS={s}"));
+}
+
+/// First-boot settings from systemd credentials (`$CREDENTIALS_DIRECTORY`):
+/// `swarmseal.advertise-addr`, `swarmseal.swarm-init` (`yes`/`no`),
+/// `swarmseal.escrow-recipient` (age1…), `swarmseal.client-ca` (PEM).
+/// A malformed credential is reported and ignored; the safe default stays
+/// (no swarm init without a valid advertise address).
+pub fn apply_credentials(cfg: &mut Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else { return problems };
+    let dir = std::path::PathBuf::from(dir);
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).ok().map(|s| s.trim().to_string());
+    if let Some(a) = read("swarmseal.advertise-addr") {
+        let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(&a);
+        if a.parse::<std::net::IpAddr>().is_ok() || a.parse::<std::net::SocketAddr>().is_ok() || (!host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')) {
+            cfg.swarm.advertise_addr = Some(a);
+        } else {
+            problems.push(format!("credential swarmseal.advertise-addr {a:?} is not an IP address, interface name or host[:port]; the swarm is not initialized until it is fixed"));
+            cfg.swarm.init = false;
+        }
+    }
+    if let Some(v) = read("swarmseal.swarm-init") {
+        match v.as_str() {
+            "yes" | "true" | "1" => cfg.swarm.init = cfg.swarm.init || problems.is_empty(),
+            "no" | "false" | "0" => cfg.swarm.init = false,
+            other => {
+                problems.push(format!("credential swarmseal.swarm-init {other:?} is not yes/no; not initializing a swarm"));
+                cfg.swarm.init = false;
+            }
+        }
+    }
+    if let Some(r) = read("swarmseal.escrow-recipient") {
+        match crate::escrow::parse_recipient(&r) {
+            Ok(_) => cfg.escrow.recipient = Some(r),
+            Err(e) => problems.push(format!("credential swarmseal.escrow-recipient: {e}; no escrow copy is written")),
+        }
+    }
+    if let Ok(pem) = std::fs::read(dir.join("swarmseal.client-ca")) {
+        let target = cfg.proxy.client_ca.clone().unwrap_or_else(|| cfg.pki_dir().join("ca.pem"));
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            problems.push("credential swarmseal.client-ca is not a PEM certificate; the proxy will not start".to_string());
+        } else if std::fs::read(&target).ok().as_deref() != Some(&pem[..]) {
+            let r = std::fs::create_dir_all(target.parent().expect("parent")).map_err(|e| e.to_string()).and_then(|_| crate::keystore::write_atomic(&target, &pem, 0o644).map_err(|e| e.to_string()));
+            if let Err(e) = r {
+                problems.push(format!("cannot install the client CA from credential swarmseal.client-ca: {e}"));
+            }
+        }
+    }
+    problems
+}
+
+struct AgentImpl {
+    ctx: Ctx,
+}
+
+impl crate::proxy::AgentApi for AgentImpl {
+    fn status(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>> {
+        Box::pin(status_json(&self.ctx))
+    }
+    fn bench(&self) -> Option<Vec<u8>> {
+        latest_bench_report(&self.ctx.cfg)
+    }
+    fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+        Box::pin(async move {
+            let r: Result<SlotFile, BootError> = async {
+                let engine = engine(&self.ctx.cfg).await?;
+                active_manager(&engine).await?;
+                let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off"))?;
+                let _lock = self.ctx.lock()?;
+                self.ctx.seal(&key).await
+            }
+            .await;
+            match r {
+                Ok(slot) => {
+                    tracing::warn!(event = "reseal", security = true, "unlock key resealed on request through the proxy");
+                    Ok(serde_json::json!({"sealed": true, "created": slot.created, "policy": slot.policy}))
+                }
+                Err(e @ BootError::State { .. }) => Err((409, e.to_string())),
+                Err(e) => Err((500, e.to_string())),
+            }
+        })
+    }
+    fn escrow(&self) -> Option<Vec<u8>> {
+        self.ctx.cfg.escrow.recipient.as_ref()?;
+        std::fs::read(crate::escrow::path(&self.ctx.cfg.state_dir)).ok()
+    }
+}
+
+/// `swarmseal proxy`: only the TLS proxy, with the agent endpoints.
+pub async fn run_proxy_only(cfg: &Config) -> Result<(), BootError> {
+    let api = Arc::new(AgentImpl { ctx: Ctx::new(cfg) });
+    crate::proxy::serve(cfg, api, shutdown_signal()).await.map_err(|e| BootError::Other(e.to_string()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Facts for the bench's appliance checks.
+pub async fn appliance_facts(cfg: &Config) -> crate::bench::ApplianceFacts {
+    let ctx = Ctx::new(cfg);
+    crate::bench::ApplianceFacts {
+        sealed_key: ctx.sealed_key_fact().await,
+        proxy_requires_client_certs: cfg.proxy.enabled.then_some(true),
+        proxy_listen: cfg.proxy.enabled.then(|| cfg.proxy.listen.to_string()),
+    }
+}
+
+/// The boot decision for one engine state. Returns a one-line STATUS.
+async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> {
+    let _lock = ctx.lock()?;
+    let st = engine.status().await?;
+    match st.state {
+        NodeState::Inactive if ctx.cfg.swarm.init => {
+            engine.init_autolock(ctx.cfg.swarm.advertise_addr.as_deref(), ctx.cfg.swarm.listen_addr.as_deref()).await?;
+            tracing::info!(event = "swarm_init", "swarm initialized with autolock on");
+            let key = engine.unlock_key().await?.ok_or_else(|| BootError::Other("no unlock key after init".into()))?;
+            ctx.seal(&key).await?;
+            Ok("swarm initialized with autolock; key sealed".into())
+        }
+        NodeState::Inactive => Ok("no swarm on this engine and swarm init is off; waiting".into()),
+        NodeState::Locked => {
+            let r = ctx.unlock_from_tpm(engine).await;
+            if let Err(e) = &r {
+                log_refusal(e);
+            }
+            r.map(|slot| format!("swarm unlocked with the sealed key ({} slot)", slot.name()))
+        }
+        NodeState::Active if st.manager => {
+            ensure_sealed(ctx, engine).await?;
+            Ok("swarm active; sealed key up to date".into())
+        }
+        s => Ok(format!("swarm is {s}; waiting")),
+    }
+}
+
+fn log_refusal(e: &BootError) {
+    match e {
+        BootError::Tpm(TpmError::PolicyMismatch { changed }) => {
+            let pcrs: Vec<u8> = changed.iter().map(|d| d.pcr).collect();
+            tracing::error!(event = "unlock_refused", reason = "policy_mismatch", changed_pcrs = ?pcrs, detail = %e, "the boot measurements changed: the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy), then POST /swarmseal/v1/reseal to accept this boot chain");
+        }
+        other => tracing::error!(event = "unlock_refused", reason = ?other.exit(), detail = %other, "the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy)"),
+    }
+}
+
+/// Make sure autolock is on and the sealed key equals the engine's key; reseal if not.
+async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
+    let key = match engine.unlock_key().await? {
+        Some(k) => k,
+        None => {
+            tracing::warn!(event = "autolock_enabled", security = true, "autolock was off: turning it on (this appliance keeps every manager autolocked)");
+            engine.enable_autolock().await?;
+            engine.unlock_key().await?.ok_or_else(|| BootError::Other("no unlock key after enabling autolock".into()))?
+        }
+    };
+    let current = ctx.ks.load(Slot::Current).unwrap_or(None);
+    if current.as_ref().map(|c| key.fingerprint(&c.salt()) == c.key_fingerprint) == Some(true) {
+        return Ok(false);
+    }
+    tracing::info!(event = "key_changed", "the engine's unlock key differs from the sealed one (rotated here or on another manager): resealing");
+    ctx.seal(&key).await?;
+    Ok(true)
+}
+
+/// `swarmseal agent`: the boot flow, then watch for key changes until SIGTERM.
+pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
+    let mut cfg = ctx.cfg.clone();
+    for p in apply_credentials(&mut cfg) {
+        tracing::error!(event = "bad_credential", "{p}");
+        eprintln!("swarmseal: {p}");
+    }
+    let ctx = Ctx { cfg, ..ctx };
+    status_line("waiting for the Docker engine");
+    let t0 = Instant::now();
+    let engine = Engine::wait(&ctx.cfg.docker_socket(), Duration::from_secs(600)).await?;
+    tracing::info!(event = "engine_up", api = %engine.api_version(), waited_ms = t0.elapsed().as_millis() as u64, "Docker engine answers");
+
+    let api = Arc::new(AgentImpl { ctx: ctx.clone() });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let proxy = if ctx.cfg.proxy.enabled {
+        let cfg = ctx.cfg.clone();
+        let api: Arc<dyn crate::proxy::AgentApi> = api.clone();
+        let mut rx = stop_rx.clone();
+        Some(tokio::spawn(async move {
+            let r = crate::proxy::serve(&cfg, api, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = r {
+                tracing::error!(event = "proxy_failed", error = %e, "the TLS proxy is not serving");
+            }
+        }))
+    } else {
+        None
+    };
+
+    let decision = boot_decision(&ctx, &engine).await;
+    let line = match &decision {
+        Ok(l) => l.clone(),
+        Err(e) => format!("locked: {e}"),
+    };
+    if !matches!(decision, Err(BootError::Tpm(TpmError::Unavailable { .. }))) {
+        if let Err(e) = ctx.phase_lock().await {
+            tracing::error!(event = "phase_lock_failed", error = %e, "could not extend the phase PCR");
+        }
+    }
+    status_line(&line);
+    tracing::info!(event = "boot_done", elapsed_ms = t0.elapsed().as_millis() as u64, "{line}");
+
+    if ctx.cfg.bench.at_boot {
+        run_boot_bench(&ctx.cfg).await;
+    }
+    notify("READY=1");
+    status_line(&line);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| BootError::Other(e.to_string()))?;
+    let mut last_state: Option<NodeState> = None;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+        match engine.status().await {
+            Ok(st) => {
+                if last_state != Some(st.state) {
+                    tracing::info!(event = "swarm_state", state = %st.state, "swarm state");
+                    status_line(&format!("swarm {}", st.state));
+                    if st.state == NodeState::Locked && last_state.is_some() {
+                        tracing::warn!(event = "locked_again", "the engine restarted and is locked; the phase lock prevents unsealing again in this boot: unlock by hand (`docker swarm unlock` through the proxy) or reboot");
+                    }
+                    last_state = Some(st.state);
+                }
+                if st.state == NodeState::Active && st.manager {
+                    let _lock = ctx.lock();
+                    if let Err(e) = ensure_sealed(&ctx, &engine).await {
+                        tracing::error!(event = "reseal_failed", error = %e, "could not reseal the changed unlock key");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(event = "engine_unreachable", error = %e, "engine not answering"),
+        }
+    }
+    notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    if let Some(p) = proxy {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
+    Ok(())
+}
+
+async fn run_boot_bench(_cfg: &Config) {
+    // Wired to crate::bench once its boot API lands.
 }
