@@ -1,13 +1,65 @@
-//! Seal and unseal the unlock key in a TPM 2.0 (skeleton: the TPM helper fills this in).
+//! Seal and unseal the unlock key in a TPM 2.0.
 //!
 //! Interface contract used by `keystore`, `boot` and `cli`; see the docs on each item.
+//!
+//! What the TPM holds (DESIGN.md, "Sealing"):
+//! - Parent: the standard ECC P-256 storage root key (SRK) of the TCG template, read from
+//!   the persistent handle `0x81000001` when a key of that template lives there, else
+//!   recreated with TPM2_CreatePrimary in the owner hierarchy (transient, flushed after use).
+//!   Its Name is stored with the sealed object and checked before unsealing.
+//! - Sealed object: KEYEDHASH, `fixedTPM|fixedParent`, no `userWithAuth`, authPolicy only
+//!   (a TPM2_PolicyPCR digest over sha256 PCRs), nameAlg sha256.
+//! - TPM2_Create and TPM2_Unseal run in sessions salted to the SRK, with AES-128-CFB
+//!   parameter encryption, so the secret never crosses the TPM bus in clear. The secret
+//!   comes from the caller (OS RNG); TPM2_GetRandom is never used.
+//!
+//! Every TPM handle this module creates (transient SRK, loaded object, sessions) is held by
+//! a [`Scoped`] guard and released on every path, errors included: without a resource
+//! manager (swtpm, `device:/dev/tpm0`) a leaked handle fills the TPM (TPM_RC_OBJECT_MEMORY).
+//!
+//! Secrets never appear in errors, `Debug` output or logs.
 
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
 
+use sha2::{Digest as _, Sha256};
+use tss_esapi::attributes::{ObjectAttributes, ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::constants::{CapabilityType, SessionType};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, SessionHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    CapabilityData, Digest, DigestValues, EccPoint, KeyedHashScheme, PcrSelectSize, PcrSelectionList, PcrSelectionListBuilder,
+    PcrSlot, Private, Public, PublicBuilder, PublicEccParameters, PublicEccParametersBuilder,
+    PublicKeyedHashParameters, SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::Context;
 use zeroize::Zeroizing;
 
 /// PCR values of one bank: index → digest (32 bytes for sha256).
 pub type PcrValues = BTreeMap<u8, Vec<u8>>;
+
+/// Persistent handle of the SRK (TCG "TPM v2.0 Provisioning Guidance", section 7.8).
+pub const SRK_PERSISTENT_HANDLE: u32 = 0x8100_0001;
+
+/// Highest PCR index accepted (PC Client TPMs have 24 PCRs per bank: 0..=23).
+pub const MAX_PCR: u8 = 23;
+
+/// Largest secret a sealed KEYEDHASH object holds (MAX_SYM_DATA, TPM 2.0 Part 2), in bytes.
+pub const MAX_SECRET_LEN: usize = 128;
+
+/// TPM_CC_PolicyPCR (TPM 2.0 Part 2, table 12).
+const TPM_CC_POLICY_PCR: u32 = 0x0000_017F;
+/// TPM_ALG_SHA256 (TPM 2.0 Part 2, table 9).
+const TPM_ALG_SHA256: u16 = 0x000B;
+/// Size of one sha256 PCR value, in bytes.
+const SHA256_LEN: usize = 32;
 
 /// One PCR whose current value differs from the value at sealing time.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -23,13 +75,13 @@ pub struct PcrDiff {
 /// plus what is needed to load and check it. No secret in here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedObject {
-    /// Marshalled TPM2B_PUBLIC of the sealed KEYEDHASH object.
+    /// Marshalled TPM2B_PUBLIC of the sealed KEYEDHASH object (2-byte big-endian size, then TPMT_PUBLIC).
     pub public: Vec<u8>,
-    /// Marshalled TPM2B_PRIVATE (encrypted by the SRK).
+    /// Marshalled TPM2B_PRIVATE (2-byte big-endian size, then the blob encrypted by the SRK).
     pub private: Vec<u8>,
-    /// Name of the SRK (parent) at sealing time; checked before unsealing.
+    /// Name of the SRK (parent) at sealing time (2-byte nameAlg, then the digest); checked before unsealing.
     pub srk_name: Vec<u8>,
-    /// The object's authPolicy digest.
+    /// The object's authPolicy digest (32 bytes, sha256).
     pub policy_digest: Vec<u8>,
 }
 
@@ -61,30 +113,625 @@ fn describe_diffs(d: &[PcrDiff]) -> String {
     d.iter().map(|x| format!("PCR {} sealed {} now {}", x.pcr, x.sealed, x.current)).collect::<Vec<_>>().join("; ")
 }
 
-/// An open TPM context.
+/// Map a TSS error to `TpmError::Command` for the TPM command `op`.
+fn failed(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+    move |e| TpmError::Command { op, message: e.to_string() }
+}
+
+/// True when the TPM refused because the PCRs do not satisfy the policy:
+/// TPM_RC_VALUE from TPM2_PolicyPCR (the PCR digest differs), TPM_RC_POLICY_FAIL from
+/// TPM2_Unseal (the session digest differs from authPolicy), TPM_RC_PCR_CHANGED (a PCR
+/// was extended between TPM2_PolicyPCR and TPM2_Unseal).
+fn is_policy_failure(e: &tss_esapi::Error) -> bool {
+    match e {
+        tss_esapi::Error::Tss2Error(rc) => matches!(
+            rc.kind(),
+            Some(Tss2ResponseCodeKind::Value | Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::PcrChanged)
+        ),
+        tss_esapi::Error::WrapperError(_) => false,
+    }
+}
+
+/// An open TPM context (one ESAPI context over one TCTI connection).
 pub struct Tpm {
-    _private: (),
+    ctx: Context,
+    tcti: String,
 }
 
 impl Tpm {
-    pub fn open(_tcti: &str) -> Result<Tpm, TpmError> {
-        unimplemented!()
+    /// Open the TPM named by a TCTI string: `device:/dev/tpmrm0` on the appliance,
+    /// `swtpm:host=127.0.0.1,port=2321` for a software TPM, `mssim:…`, `tabrmd:…`.
+    ///
+    /// Errors: `Unavailable` when the string is not a TCTI or the TPM cannot be reached.
+    pub fn open(tcti: &str) -> Result<Tpm, TpmError> {
+        let unavailable = |message: String| TpmError::Unavailable { tcti: tcti.to_string(), message };
+        let conf = TctiNameConf::from_str(tcti).map_err(|e| {
+            unavailable(format!(
+                "not a TCTI configuration ({e}); use `device:/dev/tpmrm0` or `swtpm:host=HOST,port=PORT`"
+            ))
+        })?;
+        let ctx = Context::new(conf).map_err(|e| {
+            unavailable(format!(
+                "the connection failed ({e}); check that the TPM device exists (or the software TPM is running) and is accessible"
+            ))
+        })?;
+        Ok(Tpm { ctx, tcti: tcti.to_string() })
     }
-    pub fn read_pcrs(&mut self, _pcrs: &[u8]) -> Result<PcrValues, TpmError> {
-        unimplemented!()
+
+    /// The TCTI string this context was opened with.
+    pub fn tcti(&self) -> &str {
+        &self.tcti
     }
-    pub fn seal(&mut self, _secret: &[u8], _policy: &Policy) -> Result<SealedObject, TpmError> {
-        unimplemented!()
+
+    /// Read `pcrs` from the sha256 bank (TPM 2.0 Part 3, TPM2_PCR_Read; at most 8 PCRs per
+    /// command, so several commands when needed). Values are 32 bytes each.
+    ///
+    /// Errors: `Command` when an index is above 23 or the TPM has no sha256 bank for it.
+    pub fn read_pcrs(&mut self, pcrs: &[u8]) -> Result<PcrValues, TpmError> {
+        const OP: &str = "TPM2_PCR_Read";
+        let mut wanted: Vec<u8> = pcrs.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        check_indices(OP, &wanted)?;
+        let mut out = PcrValues::new();
+        while !wanted.is_empty() {
+            let (_, selected, digests) = self
+                .ctx
+                .execute_without_session(|c| c.pcr_read(pcr_selection(&wanted)?))
+                .map_err(failed(OP))?;
+            // The TPM answers with the PCRs it read (at most 8) and their values in index order.
+            let read: Vec<u8> = selected
+                .get_selections()
+                .iter()
+                .filter(|s| s.hashing_algorithm() == HashingAlgorithm::Sha256)
+                .flat_map(|s| s.selected())
+                .map(slot_index)
+                .collect();
+            // Fail early: a TPM without the sha256 bank allocated cannot hold our policy.
+            if read.is_empty() || read.len() != digests.value().len() {
+                return Err(TpmError::Command {
+                    op: OP,
+                    message: format!("the TPM returned no sha256 value for PCR(s) {wanted:?}: is the sha256 PCR bank allocated?"),
+                });
+            }
+            for (pcr, digest) in read.iter().zip(digests.value()) {
+                out.insert(*pcr, digest.value().to_vec());
+            }
+            wanted.retain(|p| !read.contains(p));
+        }
+        Ok(out)
     }
-    pub fn unseal(&mut self, _obj: &SealedObject, _policy: &Policy) -> Result<Zeroizing<Vec<u8>>, TpmError> {
-        unimplemented!()
+
+    /// Seal `secret` (1 to 128 bytes, from the OS RNG) under `policy` (TPM 2.0 Part 3,
+    /// TPM2_Create of a KEYEDHASH object under the SRK, in a session salted to the SRK with
+    /// AES-128-CFB encryption of the sensitive parameter).
+    ///
+    /// The authPolicy is computed from the PCR values in `policy` ([`pcr_policy_digest`]),
+    /// which need not be the current ones (e.g. values recorded before the phase PCR is
+    /// extended).
+    ///
+    /// Errors: `Command` for an empty or invalid PCR set, a secret of the wrong size, or a
+    /// TPM failure; `Unavailable` is only returned by [`Tpm::open`].
+    pub fn seal(&mut self, secret: &[u8], policy: &Policy) -> Result<SealedObject, TpmError> {
+        const OP: &str = "TPM2_Create";
+        let Policy::Pcr { values } = policy;
+        check_values(OP, values)?;
+        if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
+            return Err(TpmError::Command {
+                op: OP,
+                message: format!("a sealed object holds 1 to {MAX_SECRET_LEN} bytes; the secret has {}", secret.len()),
+            });
+        }
+        let policy_digest = pcr_policy_digest(values);
+
+        let (mut srk, srk_handle) = load_srk(&mut self.ctx)?;
+        let srk_name = srk.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?.value().to_vec();
+
+        // Salted to the SRK, AES-128-CFB: inSensitive (the secret) is encrypted on the bus.
+        let session = start_salted_session(&mut srk, srk_handle, SessionType::Hmac)?;
+        let mut srk = Scoped::flush(&mut srk, SessionHandle::from(session).into());
+        set_session_attributes(&mut srk, session, true, false)?;
+
+        let template = sealed_object_template(&policy_digest)?;
+        let sensitive = SensitiveData::try_from(secret.to_vec()).map_err(failed(OP))?;
+        let created = srk
+            .execute_with_session(Some(session), |c| c.create(srk_handle, template, None, Some(sensitive), None, None))
+            .map_err(failed(OP))?;
+
+        // The TPM must have bound the object to exactly the policy we computed.
+        if created.out_public.auth_policy().value() != policy_digest.as_slice() {
+            return Err(TpmError::Command {
+                op: OP,
+                message: format!(
+                    "the TPM assigned authPolicy {} but the PCR policy is {}",
+                    hex::encode(created.out_public.auth_policy().value()),
+                    hex::encode(&policy_digest)
+                ),
+            });
+        }
+        Ok(SealedObject {
+            public: marshal_public(&created.out_public)?,
+            private: tpm2b(created.out_private.value()),
+            srk_name,
+            policy_digest,
+        })
     }
-    pub fn extend(&mut self, _pcr: u8, _data: &[u8]) -> Result<(), TpmError> {
-        unimplemented!()
+
+    /// Unseal `obj` under `policy` (the same PCR values it was sealed with): TPM 2.0 Part 3,
+    /// TPM2_Load under the SRK, then a policy session salted to the SRK with AES-128-CFB
+    /// response encryption, TPM2_PolicyPCR, TPM2_Unseal.
+    ///
+    /// Errors: `SrkMismatch` when the SRK Name differs (other machine, or the TPM was
+    /// cleared); `PolicyMismatch` listing every PCR whose current value differs from the
+    /// sealed one (possibly none, when the object was sealed under another policy);
+    /// `Command` for a damaged blob or any other TPM failure.
+    pub fn unseal(&mut self, obj: &SealedObject, policy: &Policy) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let Policy::Pcr { values } = policy;
+        check_values("TPM2_PolicyPCR", values)?;
+        match self.unseal_pcr(obj, values) {
+            Err(TpmError::PolicyMismatch { .. }) => {
+                // Tell the operator which measurements changed, sealed vs current value.
+                let pcrs: Vec<u8> = values.keys().copied().collect();
+                let current = self.read_pcrs(&pcrs)?;
+                Err(TpmError::PolicyMismatch { changed: pcr_diffs(values, &current) })
+            }
+            other => other,
+        }
+    }
+
+    /// The unseal sequence proper; a policy failure is returned as `PolicyMismatch` with no
+    /// diffs ([`Tpm::unseal`] fills them in once every handle is released).
+    fn unseal_pcr(&mut self, obj: &SealedObject, values: &PcrValues) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let (mut srk, srk_handle) = load_srk(&mut self.ctx)?;
+        let srk_name = srk.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?;
+        // A different SRK means a different TPM (the disk moved) or a cleared owner hierarchy.
+        if srk_name.value() != obj.srk_name.as_slice() {
+            return Err(TpmError::SrkMismatch);
+        }
+
+        let public = unmarshal_public(&obj.public)?;
+        let private = unmarshal_private(&obj.private)?;
+        // The policy we are asked to satisfy must be the one the object is bound to; if not,
+        // the TPM would refuse anyway.
+        if public.auth_policy().value() != pcr_policy_digest(values).as_slice() {
+            return Err(TpmError::PolicyMismatch { changed: Vec::new() });
+        }
+
+        // The SRK has an empty auth value (userWithAuth): a password session suffices for Load.
+        let object = srk
+            .execute_with_session(Some(AuthSession::Password), |c| c.load(srk_handle, private, public))
+            .map_err(failed("TPM2_Load"))?;
+        let mut srk = Scoped::flush(&mut srk, object.into());
+
+        // Salted to the SRK, AES-128-CFB: outData (the secret) is encrypted on the bus.
+        let session = start_salted_session(&mut srk, srk_handle, SessionType::Policy)?;
+        let mut srk = Scoped::flush(&mut srk, SessionHandle::from(session).into());
+        set_session_attributes(&mut srk, session, false, true)?;
+        let policy_session = PolicySession::try_from(session).map_err(failed("TPM2_StartAuthSession"))?;
+
+        // The TPM compares the digest of the current PCR values with the sealed values' digest.
+        let sealed_pcr_digest = Digest::try_from(pcr_values_digest(values)).map_err(failed("TPM2_PolicyPCR"))?;
+        let selection = pcr_selection(&values.keys().copied().collect::<Vec<_>>()).map_err(failed("TPM2_PolicyPCR"))?;
+        srk.execute_without_session(|c| c.policy_pcr(policy_session, sealed_pcr_digest, selection))
+            .map_err(policy_or_command("TPM2_PolicyPCR"))?;
+
+        let data = srk
+            .execute_with_session(Some(session), |c| c.unseal(object.into()))
+            .map_err(policy_or_command("TPM2_Unseal"))?;
+        Ok(Zeroizing::new(data.value().to_vec()))
+    }
+
+    /// Extend `pcr` (0..=23) in the sha256 bank with SHA-256(`data`) (TPM 2.0 Part 3,
+    /// TPM2_PCR_Extend): new = SHA-256(old || SHA-256(data)). Used to close the phase PCR
+    /// after unlocking so the key cannot be unsealed again in this boot.
+    ///
+    /// Errors: `Command` for an index above 23 or a TPM failure.
+    pub fn extend(&mut self, pcr: u8, data: &[u8]) -> Result<(), TpmError> {
+        const OP: &str = "TPM2_PCR_Extend";
+        check_indices(OP, &[pcr])?;
+        let handle = PcrHandle::try_from(u32::from(pcr)).map_err(failed(OP))?;
+        let mut digests = DigestValues::new();
+        digests.set(HashingAlgorithm::Sha256, Digest::try_from(Sha256::digest(data).to_vec()).map_err(failed(OP))?);
+        // PCRs have an empty auth value: a password session is the authorization.
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |c| c.pcr_extend(handle, digests))
+            .map_err(failed(OP))
+    }
+
+    /// Name of the SRK this TPM would seal under now (2-byte nameAlg, then its sha256
+    /// digest): the key at 0x81000001 if it has the standard template, else the one
+    /// TPM2_CreatePrimary derives from the template.
+    pub fn srk_name(&mut self) -> Result<Vec<u8>, TpmError> {
+        let (mut srk, srk_handle) = load_srk(&mut self.ctx)?;
+        Ok(srk.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?.value().to_vec())
     }
 }
 
-/// PolicyPCR digest starting from the empty policy (TPM 2.0 Part 3, 23.7).
-pub fn pcr_policy_digest(_values: &PcrValues) -> Vec<u8> {
-    unimplemented!()
+/// PolicyPCR digest starting from the empty policy (TPM 2.0 Part 3, 23.7 TPM2_PolicyPCR):
+/// `SHA-256(0^32 || TPM_CC_PolicyPCR || TPML_PCR_SELECTION || SHA-256(values in index order))`,
+/// the selection being one sha256 entry with a 3-octet bitmap (4 octets if an index is above 23).
+/// Returns 32 bytes. Pure: no TPM involved.
+pub fn pcr_policy_digest(values: &PcrValues) -> Vec<u8> {
+    let size_of_select = if values.keys().any(|&p| p > MAX_PCR) { 4 } else { 3 };
+    let mut select = vec![0u8; size_of_select];
+    for &pcr in values.keys() {
+        if let Some(octet) = select.get_mut(usize::from(pcr / 8)) {
+            *octet |= 1 << (pcr % 8);
+        }
+    }
+    let mut h = Sha256::new();
+    h.update([0u8; SHA256_LEN]); // policyDigest of a fresh session
+    h.update(TPM_CC_POLICY_PCR.to_be_bytes());
+    h.update(1u32.to_be_bytes()); // TPML_PCR_SELECTION.count
+    h.update(TPM_ALG_SHA256.to_be_bytes()); // TPMS_PCR_SELECTION.hash
+    h.update([size_of_select as u8]);
+    h.update(&select);
+    h.update(pcr_values_digest(values));
+    h.finalize().to_vec()
+}
+
+/// SHA-256 of the PCR values concatenated in index order (pcrDigest of TPM2_PolicyPCR).
+fn pcr_values_digest(values: &PcrValues) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for v in values.values() {
+        h.update(v);
+    }
+    h.finalize().to_vec()
+}
+
+/// Every PCR of `sealed` whose `current` value differs (or is missing), hex on both sides.
+fn pcr_diffs(sealed: &PcrValues, current: &PcrValues) -> Vec<PcrDiff> {
+    sealed
+        .iter()
+        .filter(|(pcr, value)| current.get(pcr) != Some(value))
+        .map(|(pcr, value)| PcrDiff {
+            pcr: *pcr,
+            sealed: hex::encode(value),
+            current: current.get(pcr).map(hex::encode).unwrap_or_else(|| "(unreadable)".into()),
+        })
+        .collect()
+}
+
+fn policy_or_command(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+    move |e| {
+        if is_policy_failure(&e) {
+            TpmError::PolicyMismatch { changed: Vec::new() }
+        } else {
+            TpmError::Command { op, message: e.to_string() }
+        }
+    }
+}
+
+fn check_indices(op: &'static str, pcrs: &[u8]) -> Result<(), TpmError> {
+    match pcrs.iter().find(|&&p| p > MAX_PCR) {
+        Some(p) => Err(TpmError::Command { op, message: format!("PCR {p} does not exist: PCR indices are 0 to {MAX_PCR}") }),
+        None => Ok(()),
+    }
+}
+
+fn check_values(op: &'static str, values: &PcrValues) -> Result<(), TpmError> {
+    if values.is_empty() {
+        return Err(TpmError::Command { op, message: "the PCR policy selects no PCR".into() });
+    }
+    check_indices(op, &values.keys().copied().collect::<Vec<_>>())?;
+    if let Some((pcr, v)) = values.iter().find(|(_, v)| v.len() != SHA256_LEN) {
+        return Err(TpmError::Command {
+            op,
+            message: format!("the value given for PCR {pcr} has {} bytes; a sha256 PCR has {SHA256_LEN}", v.len()),
+        });
+    }
+    Ok(())
+}
+
+fn pcr_selection(pcrs: &[u8]) -> tss_esapi::Result<PcrSelectionList> {
+    let slots = pcrs.iter().map(|&p| PcrSlot::try_from(1u32 << p)).collect::<tss_esapi::Result<Vec<_>>>()?;
+    PcrSelectionListBuilder::new()
+        .with_size_of_select(PcrSelectSize::ThreeOctets)
+        .with_selection(HashingAlgorithm::Sha256, &slots)
+        .build()
+}
+
+fn slot_index(slot: PcrSlot) -> u8 {
+    u32::from(slot).trailing_zeros() as u8
+}
+
+/// A TPM handle released when the guard goes out of scope, on every path. It holds the
+/// context so the code keeps using it through the guard; guards nest (the innermost is
+/// released first).
+struct Scoped<'c> {
+    ctx: &'c mut Context,
+    handle: ObjectHandle,
+    release: Release,
+}
+
+enum Release {
+    /// Transient object or session: TPM2_FlushContext (TPM 2.0 Part 3).
+    Flush,
+    /// Persistent object: only release the ESAPI resource (Esys_TR_Close); it stays in the TPM.
+    Close,
+}
+
+impl<'c> Scoped<'c> {
+    fn flush(ctx: &'c mut Context, handle: ObjectHandle) -> Self {
+        Scoped { ctx, handle, release: Release::Flush }
+    }
+    fn close(ctx: &'c mut Context, handle: ObjectHandle) -> Self {
+        Scoped { ctx, handle, release: Release::Close }
+    }
+}
+
+impl Deref for Scoped<'_> {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        self.ctx
+    }
+}
+
+impl DerefMut for Scoped<'_> {
+    fn deref_mut(&mut self) -> &mut Context {
+        self.ctx
+    }
+}
+
+impl Drop for Scoped<'_> {
+    fn drop(&mut self) {
+        let released = match self.release {
+            Release::Flush => self.ctx.flush_context(self.handle),
+            Release::Close => self.ctx.tr_close(&mut self.handle),
+        };
+        if let Err(e) = released {
+            tracing::warn!("could not release TPM handle: {e}");
+        }
+    }
+}
+
+/// The SRK, held by a guard: the persistent key at 0x81000001 when it has the standard
+/// template, else a transient TPM2_CreatePrimary (TPM 2.0 Part 3) of that template in the
+/// owner hierarchy.
+fn load_srk(ctx: &mut Context) -> Result<(Scoped<'_>, KeyHandle), TpmError> {
+    if let Some(handle) = persistent_srk(ctx)? {
+        return Ok((Scoped::close(ctx, handle), handle.into()));
+    }
+    let primary = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.create_primary(Hierarchy::Owner, srk_template()?, None, None, None, None)
+        })
+        .map_err(failed("TPM2_CreatePrimary"))?;
+    Ok((Scoped::flush(ctx, primary.key_handle.into()), primary.key_handle))
+}
+
+/// The ESAPI handle of the key at 0x81000001 if it is a standard SRK, else `None` (absent,
+/// or another kind of key: then we derive our own and leave it alone).
+fn persistent_srk(ctx: &mut Context) -> Result<Option<ObjectHandle>, TpmError> {
+    let tpm_handle = TpmHandle::try_from(SRK_PERSISTENT_HANDLE).map_err(failed("Esys_TR_FromTPMPublic"))?;
+    // Ask first (TPM2_GetCapability) rather than fail on an absent handle: quieter logs.
+    let (handles, _) = ctx
+        .execute_without_session(|c| c.get_capability(CapabilityType::Handles, SRK_PERSISTENT_HANDLE, 1))
+        .map_err(failed("TPM2_GetCapability"))?;
+    let present = matches!(handles, CapabilityData::Handles(list) if list.as_ref().contains(&tpm_handle));
+    if !present {
+        return Ok(None);
+    }
+    let mut handle =
+        ctx.execute_without_session(|c| c.tr_from_tpm_public(tpm_handle)).map_err(failed("Esys_TR_FromTPMPublic"))?;
+    let public = ctx.execute_without_session(|c| c.read_public(handle.into()));
+    match public {
+        Ok((public, _, _)) if is_srk(&public) => Ok(Some(handle)),
+        other => {
+            let _ = ctx.tr_close(&mut handle);
+            match other {
+                Ok(_) => {
+                    tracing::warn!("the key at TPM handle 0x81000001 is not a standard ECC P-256 SRK; deriving the SRK with TPM2_CreatePrimary instead");
+                    Ok(None)
+                }
+                Err(e) => Err(failed("TPM2_ReadPublic")(e)),
+            }
+        }
+    }
+}
+
+/// Attributes of the TCG SRK template (what tpm2-tools and systemd create):
+/// restricted|decrypt|fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth, plus noDA if `no_da`.
+fn srk_attributes(no_da: bool) -> tss_esapi::Result<ObjectAttributes> {
+    ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(no_da)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()
+}
+
+fn srk_parameters() -> tss_esapi::Result<PublicEccParameters> {
+    PublicEccParametersBuilder::new_restricted_decryption_key(SymmetricDefinitionObject::AES_128_CFB, EccCurve::NistP256)
+        .build()
+}
+
+/// TCG SRK template, ECC P-256 (TCG "TPM v2.0 Provisioning Guidance", 7.5.1): nameAlg
+/// sha256, AES-128-CFB, no scheme, no KDF, empty authPolicy and unique, noDA set.
+fn srk_template() -> tss_esapi::Result<Public> {
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(srk_attributes(true)?)
+        .with_ecc_parameters(srk_parameters()?)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+/// Whether `public` is a key of the SRK template. noDA may be clear: `tpm2_createprimary
+/// -G ecc256:aes128cfb` (tpm2-tools' default attributes) omits it; the key is the same kind.
+fn is_srk(public: &Public) -> bool {
+    let (Ok(with_da), Ok(without_da), Ok(params)) = (srk_attributes(true), srk_attributes(false), srk_parameters()) else {
+        return false;
+    };
+    match public {
+        Public::Ecc { object_attributes, name_hashing_algorithm, auth_policy, parameters, .. } => {
+            (*object_attributes == with_da || *object_attributes == without_da)
+                && *name_hashing_algorithm == HashingAlgorithm::Sha256
+                && auth_policy.value().is_empty()
+                && format!("{parameters:?}") == format!("{params:?}")
+        }
+        _ => false,
+    }
+}
+
+/// Sealed data object (TPM 2.0 Part 1, 27.2.5): KEYEDHASH with a null scheme,
+/// fixedTPM|fixedParent, no userWithAuth (the policy is the only way to use it),
+/// nameAlg sha256, authPolicy = `policy_digest`.
+fn sealed_object_template(policy_digest: &[u8]) -> Result<Public, TpmError> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_user_with_auth(false)
+        .with_admin_with_policy(false)
+        .with_sensitive_data_origin(false) // the data comes from the caller
+        .build()
+        .map_err(failed("TPM2_Create"))?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_auth_policy(Digest::try_from(policy_digest.to_vec()).map_err(failed("TPM2_Create"))?)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+        .map_err(failed("TPM2_Create"))
+}
+
+/// Start a session salted to the SRK (the salt is encrypted to its public key), with
+/// AES-128-CFB parameter encryption and sha256 (TPM 2.0 Part 3, TPM2_StartAuthSession).
+/// The caller puts the returned session in a [`Scoped`] guard at once.
+fn start_salted_session(ctx: &mut Context, srk: KeyHandle, kind: SessionType) -> Result<AuthSession, TpmError> {
+    const OP: &str = "TPM2_StartAuthSession";
+    ctx.execute_without_session(|c| {
+        c.start_auth_session(Some(srk), None, None, kind, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
+    })
+    .map_err(failed(OP))?
+    .ok_or(TpmError::Command { op: OP, message: "the TPM returned no session".into() })
+}
+
+/// decrypt: the first command parameter is encrypted; encrypt: the first response
+/// parameter is encrypted (TPM 2.0 Part 1, 21 Session-based encryption).
+fn set_session_attributes(ctx: &mut Context, session: AuthSession, decrypt: bool, encrypt: bool) -> Result<(), TpmError> {
+    let (attributes, mask) =
+        SessionAttributesBuilder::new().with_continue_session(true).with_decrypt(decrypt).with_encrypt(encrypt).build();
+    ctx.tr_sess_set_attributes(session, attributes, mask).map_err(failed("Esys_TRSess_SetAttributes"))
+}
+
+/// TPM2B framing: 2-byte big-endian size, then the bytes.
+fn tpm2b(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 2);
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The bytes inside a TPM2B, which must span exactly `bytes`.
+fn untpm2b<'a>(what: &str, bytes: &'a [u8]) -> Result<&'a [u8], TpmError> {
+    match bytes {
+        [hi, lo, rest @ ..] if usize::from(u16::from_be_bytes([*hi, *lo])) == rest.len() => Ok(rest),
+        _ => Err(TpmError::Command {
+            op: "TPM2_Load",
+            message: format!("the sealed object's {what} is damaged (not a TPM2B of {} bytes)", bytes.len()),
+        }),
+    }
+}
+
+fn marshal_public(public: &Public) -> Result<Vec<u8>, TpmError> {
+    Ok(tpm2b(&public.marshall().map_err(failed("TPM2_Create"))?))
+}
+
+fn unmarshal_public(bytes: &[u8]) -> Result<Public, TpmError> {
+    let inner = untpm2b("public area", bytes)?;
+    Public::unmarshall(inner).map_err(|e| TpmError::Command {
+        op: "TPM2_Load",
+        message: format!("the sealed object's public area is damaged: {e}"),
+    })
+}
+
+fn unmarshal_private(bytes: &[u8]) -> Result<Private, TpmError> {
+    let inner = untpm2b("private area", bytes)?;
+    Private::try_from(inner.to_vec()).map_err(|e| TpmError::Command {
+        op: "TPM2_Load",
+        message: format!("the sealed object's private area is damaged: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(v: &[(u8, Vec<u8>)]) -> PcrValues {
+        v.iter().cloned().collect()
+    }
+
+    // Expected digests produced once with tpm2-tools 5.4 against a swtpm:
+    //   printf '\x07%.0s' {1..32} > pcrs.bin; (then 32 × 0x0b, 32 × 0x0f appended)
+    //   tpm2_createpolicy --policy-pcr -l sha256:7,11,15 -f pcrs.bin -L pol.bin; xxd -p pol.bin
+    #[test]
+    fn policy_digest_matches_tpm2_createpolicy_7_11_15() {
+        let v = values(&[(7, vec![0x07; 32]), (11, vec![0x0b; 32]), (15, vec![0x0f; 32])]);
+        assert_eq!(hex::encode(pcr_policy_digest(&v)), "2610b691f0fe6dff8867119f7439989cda00a33871a05bcfe11746405dda5eaf");
+    }
+
+    // tpm2_createpolicy --policy-pcr -l sha256:7,11,15 -L pol.bin on a fresh swtpm (all three PCRs zero).
+    #[test]
+    fn policy_digest_matches_tpm2_createpolicy_zero_pcrs() {
+        let v = values(&[(7, vec![0; 32]), (11, vec![0; 32]), (15, vec![0; 32])]);
+        assert_eq!(hex::encode(pcr_policy_digest(&v)), "45e65748b92872469a903126d14550943bc668eaf5a7326c8e2b780119f0d134");
+    }
+
+    // 32 × 0xab in pcr7.bin; tpm2_createpolicy --policy-pcr -l sha256:7 -f pcr7.bin -L pol.bin
+    #[test]
+    fn policy_digest_matches_tpm2_createpolicy_single_pcr() {
+        let v = values(&[(7, vec![0xab; 32])]);
+        assert_eq!(hex::encode(pcr_policy_digest(&v)), "5cd221f3d651f93dcd190045ab3df12ba6bcd85299942e3da4fdd8fda7dfdb00");
+    }
+
+    // pcrs.bin = sha256("zero") || sha256("seven") || sha256("twentythree");
+    // tpm2_createpolicy --policy-pcr -l sha256:0,7,23 -f pcrs.bin -L pol.bin (all three selection octets used).
+    #[test]
+    fn policy_digest_matches_tpm2_createpolicy_0_7_23() {
+        let h = |s: &str| Sha256::digest(s.as_bytes()).to_vec();
+        let v = values(&[(0, h("zero")), (7, h("seven")), (23, h("twentythree"))]);
+        assert_eq!(hex::encode(pcr_policy_digest(&v)), "16f24e2745b4b9ba50b8e25edf3b4ec1f67c54790774c9c6e82264b3ecd51b99");
+    }
+
+    #[test]
+    fn diffs_name_each_changed_pcr_with_both_values() {
+        let sealed = values(&[(7, vec![1; 32]), (11, vec![2; 32])]);
+        let current = values(&[(7, vec![1; 32]), (11, vec![3; 32])]);
+        let d = pcr_diffs(&sealed, &current);
+        assert_eq!(d, vec![PcrDiff { pcr: 11, sealed: hex::encode([2; 32]), current: hex::encode([3; 32]) }]);
+        let msg = TpmError::PolicyMismatch { changed: d }.to_string();
+        assert!(msg.contains("PCR 11") && msg.contains(&hex::encode([3; 32])), "{msg}");
+    }
+
+    #[test]
+    fn tpm2b_roundtrip_and_damage() {
+        let b = tpm2b(&[1, 2, 3]);
+        assert_eq!(b, vec![0, 3, 1, 2, 3]);
+        assert_eq!(untpm2b("x", &b).unwrap(), &[1, 2, 3]);
+        assert!(untpm2b("x", &b[..4]).is_err());
+        assert!(untpm2b("x", &[]).is_err());
+    }
+
+    #[test]
+    fn invalid_policies_are_refused() {
+        assert!(check_values("t", &PcrValues::new()).is_err());
+        assert!(check_values("t", &values(&[(24, vec![0; 32])])).is_err());
+        assert!(check_values("t", &values(&[(7, vec![0; 20])])).is_err());
+        assert!(check_values("t", &values(&[(7, vec![0; 32])])).is_ok());
+    }
+
+    #[test]
+    fn sealed_object_template_has_no_user_auth() {
+        let t = sealed_object_template(&[0; 32]).unwrap();
+        let a = t.object_attributes();
+        assert!(a.fixed_tpm() && a.fixed_parent() && !a.user_with_auth() && !a.admin_with_policy());
+        assert_eq!(t.auth_policy().value(), &[0; 32]);
+    }
 }
