@@ -1,12 +1,295 @@
-//! Appliance PKI (in progress).
+//! Appliance PKI: the client CA, the proxy's server certificate, client bundles.
+//!
+//! Layout under `<state_dir>/pki/` (`certs init`):
+//! - `ca.pem`, `ca-key.pem` (0600): the CA that signs client certificates
+//!   (and the server certificate, so one `ca.pem` verifies both directions);
+//! - `server-cert.pem` (chain: server, CA), `server-key.pem` (0600): SANs
+//!   `localhost`, `127.0.0.1`, `::1`, the hostname and every `--san`.
+//!
+//! A client bundle (`certs issue NAME --role admin|readonly --out DIR`) is
+//! `ca.pem`, `cert.pem`, `key.pem` (all 0600), the names the docker CLI
+//! expects in `DOCKER_CERT_PATH` or `--tlscacert/--tlscert/--tlskey`.
+//!
+//! **Role convention**: the client certificate's Subject OU
+//! (organizationalUnitName) is the role, `admin` or `readonly` — the field
+//! Docker's own swarm node certificates use for the node role. The Subject CN
+//! is the identity written to the audit log. All keys are ECDSA P-256.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+};
+use zeroize::Zeroizing;
+
+use super::tls::{self, Role};
+use super::ProxyError;
+use crate::config::Config;
 
 /// `swarmseal certs …`
 #[derive(Debug, clap::Subcommand)]
 pub enum CertsCommand {
-    /// Create the client CA (and the server certificate) under the state dir.
-    Init,
+    /// Create the client CA and the proxy's server certificate under `<state_dir>/pki/`.
+    /// An existing CA is kept (client bundles stay valid) unless --force.
+    Init {
+        /// Extra subject alternative name for the server certificate (DNS name or IP), repeatable.
+        #[arg(long = "san", value_name = "NAME|IP")]
+        san: Vec<String>,
+        /// Replace an existing CA (every issued client certificate stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client bundle (ca.pem, cert.pem, key.pem) for the docker CLI.
+    Issue {
+        /// Identity (certificate Subject CN), shown in the audit log.
+        name: String,
+        /// Role (certificate Subject OU): admin (everything) or readonly (GET/HEAD only).
+        #[arg(long, value_parser = ["admin", "readonly"])]
+        role: String,
+        /// Output directory (default ./NAME).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Overwrite an existing bundle in DIR.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
-pub fn run(_cfg: &crate::config::Config, _c: CertsCommand) -> Result<(), super::ProxyError> {
-    Err(super::ProxyError::Setup("not built yet".into()))
+const CA_CERT: &str = "ca.pem";
+const CA_KEY: &str = "ca-key.pem";
+
+/// Paths of the appliance PKI for `cfg` (config overrides, else `<state_dir>/pki/`).
+pub struct PkiPaths {
+    pub dir: PathBuf,
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl PkiPaths {
+    pub fn of(cfg: &Config) -> PkiPaths {
+        let dir = cfg.pki_dir();
+        PkiPaths {
+            ca_cert: cfg.proxy.client_ca.clone().unwrap_or_else(|| dir.join(CA_CERT)),
+            ca_key: dir.join(CA_KEY),
+            server_cert: cfg.proxy.server_cert.clone().unwrap_or_else(|| dir.join("server-cert.pem")),
+            server_key: cfg.proxy.server_key.clone().unwrap_or_else(|| dir.join("server-key.pem")),
+            dir,
+        }
+    }
+}
+
+fn setup(msg: impl Into<String>) -> ProxyError {
+    ProxyError::Setup(msg.into())
+}
+
+/// `swarmseal certs …`
+pub fn run(cfg: &Config, c: CertsCommand) -> Result<(), ProxyError> {
+    let paths = PkiPaths::of(cfg);
+    match c {
+        CertsCommand::Init { san, force } => {
+            let created = init(&paths, &san, force)?;
+            if created {
+                println!("created the CA {} and the server certificate {}", paths.ca_cert.display(), paths.server_cert.display());
+            } else {
+                println!("kept the existing CA {}; server certificate {}", paths.ca_cert.display(), paths.server_cert.display());
+            }
+            Ok(())
+        }
+        CertsCommand::Issue { name, role, out, days, force } => {
+            let role = Role::parse(&role).ok_or_else(|| setup(format!("unknown role `{role}`: use admin or readonly")))?;
+            let out = match out {
+                Some(o) => o,
+                None => {
+                    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c)) || name.starts_with('.') {
+                        return Err(setup(format!("`{name}` cannot be used as a directory name; give --out DIR")));
+                    }
+                    PathBuf::from(&name)
+                }
+            };
+            let now = time::OffsetDateTime::now_utc();
+            let validity = (now - time::Duration::hours(1), now + time::Duration::days(days.max(1) as i64));
+            issue(&paths, &name, role, validity, &out, force)?;
+            println!(
+                "issued {} certificate for `{name}` in {} (ca.pem, cert.pem, key.pem)\nuse: docker --tlsverify -H tcp://HOST:{} --tlscacert {d}/ca.pem --tlscert {d}/cert.pem --tlskey {d}/key.pem info\n  or: DOCKER_CERT_PATH={d} DOCKER_TLS_VERIFY=1 DOCKER_HOST=tcp://HOST:{} docker info",
+                role.as_str(),
+                out.display(),
+                cfg.proxy.listen.port(),
+                cfg.proxy.listen.port(),
+                d = out.display(),
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Write `data` to `path` with mode 0600 (atomically: temp file, fsync, rename).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ProxyError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| setup(format!("cannot create {}: {e}", dir.display())))?;
+    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("f"), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let res = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok::<_, std::io::Error>(())
+    })();
+    res.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        setup(format!("cannot write {}: {e}", path.display()))
+    })
+}
+
+fn new_key() -> Result<KeyPair, ProxyError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| setup(format!("cannot generate a P-256 key: {e}")))
+}
+
+fn ca_dn() -> DistinguishedName {
+    let host = hostname();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "swarmseal");
+    dn.push(DnType::CommonName, format!("swarmseal CA {host}"));
+    dn
+}
+
+fn hostname() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// Create the CA (unless it exists and `!force`) and the server certificate
+/// (when the CA is new, when it is missing, or when `extra_sans` are given).
+/// Returns whether a new CA was created.
+pub fn init(paths: &PkiPaths, extra_sans: &[String], force: bool) -> Result<bool, ProxyError> {
+    let exists = paths.ca_cert.exists() && paths.ca_key.exists();
+    let created = force || !exists;
+    if created {
+        let key = new_key()?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = ca_dn();
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(3650);
+        let cert = p.self_signed(&key).map_err(|e| setup(format!("cannot create the CA: {e}")))?;
+        let key_pem = Zeroizing::new(key.serialize_pem());
+        write_private(&paths.ca_key, key_pem.as_bytes())?;
+        write_private(&paths.ca_cert, cert.pem().as_bytes())?;
+    }
+    if created || !extra_sans.is_empty() || !paths.server_cert.exists() || !paths.server_key.exists() {
+        issue_server(paths, extra_sans)?;
+    }
+    Ok(created)
+}
+
+/// Load the CA as an rcgen issuer (its subject is read back from `ca.pem`).
+fn load_issuer(paths: &PkiPaths) -> Result<(Issuer<'static, KeyPair>, String), ProxyError> {
+    let ca_pem = std::fs::read_to_string(&paths.ca_cert)
+        .map_err(|e| setup(format!("cannot read the CA {}: {e} (run `swarmseal certs init`)", paths.ca_cert.display())))?;
+    let key_pem = Zeroizing::new(
+        std::fs::read_to_string(&paths.ca_key).map_err(|e| setup(format!("cannot read the CA key {}: {e}", paths.ca_key.display())))?,
+    );
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| setup(format!("{}: invalid key: {e}", paths.ca_key.display())))?;
+    let der = tls::pem_certs(ca_pem.as_bytes()).map_err(|e| setup(format!("{}: {e}", paths.ca_cert.display())))?;
+    let first = der.first().ok_or_else(|| setup(format!("{}: no certificate", paths.ca_cert.display())))?;
+    let subject = tls::subject_attrs(first).ok_or_else(|| setup(format!("{}: cannot parse the CA subject", paths.ca_cert.display())))?;
+    let mut dn = DistinguishedName::new();
+    for (oid, value) in subject {
+        let ty = match oid.as_slice() {
+            tls::OID_CN => DnType::CommonName,
+            tls::OID_O => DnType::OrganizationName,
+            tls::OID_OU => DnType::OrganizationalUnitName,
+            _ => return Err(setup(format!("{}: unsupported attribute in the CA subject", paths.ca_cert.display()))),
+        };
+        dn.push(ty, value);
+    }
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok((Issuer::new(p, key), ca_pem))
+}
+
+fn issue_server(paths: &PkiPaths, extra_sans: &[String]) -> Result<(), ProxyError> {
+    let (issuer, ca_pem) = load_issuer(paths)?;
+    let host = hostname();
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if !host.is_empty() && host != "localhost" && host.parse::<std::net::IpAddr>().is_err() {
+        names.push(host.clone());
+    }
+    for s in extra_sans {
+        if !names.contains(s) {
+            names.push(s.clone());
+        }
+    }
+    let mut p = CertificateParams::new(names).map_err(|e| setup(format!("invalid --san: {e}")))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "swarmseal");
+    dn.push(DnType::CommonName, if host.is_empty() { "swarmseal".to_string() } else { host });
+    p.distinguished_name = dn;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(3 * 365);
+    let key = new_key()?;
+    let cert = p.signed_by(&key, &issuer).map_err(|e| setup(format!("cannot sign the server certificate: {e}")))?;
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    write_private(&paths.server_key, key_pem.as_bytes())?;
+    write_private(&paths.server_cert, format!("{}{}", cert.pem(), ca_pem).as_bytes())?;
+    Ok(())
+}
+
+/// Issue a client bundle (`ca.pem`, `cert.pem`, `key.pem`, all 0600) in `out`
+/// for identity `name` (Subject CN) with `role` (Subject OU), valid over
+/// `validity` (not before, not after).
+pub fn issue(
+    paths: &PkiPaths,
+    name: &str,
+    role: Role,
+    validity: (time::OffsetDateTime, time::OffsetDateTime),
+    out: &Path,
+    force: bool,
+) -> Result<(), ProxyError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        return Err(setup("the name must be 1 to 64 printable characters"));
+    }
+    if !force && out.join("key.pem").exists() {
+        return Err(setup(format!("{} already holds a bundle (key.pem); use --force to replace it", out.display())));
+    }
+    let (issuer, ca_pem) = load_issuer(paths)?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "swarmseal");
+    dn.push(DnType::OrganizationalUnitName, role.as_str());
+    dn.push(DnType::CommonName, name);
+    p.distinguished_name = dn;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    p.not_before = validity.0;
+    p.not_after = validity.1;
+    p.subject_alt_names = vec![];
+    let _: &[SanType] = &p.subject_alt_names;
+    let key = new_key()?;
+    let cert = p.signed_by(&key, &issuer).map_err(|e| setup(format!("cannot sign the client certificate: {e}")))?;
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    write_private(&out.join("ca.pem"), ca_pem.as_bytes())?;
+    write_private(&out.join("cert.pem"), cert.pem().as_bytes())?;
+    write_private(&out.join("key.pem"), key_pem.as_bytes())?;
+    Ok(())
 }

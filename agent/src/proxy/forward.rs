@@ -1,0 +1,509 @@
+//! One request: authenticate (basic auth), authorize, answer the agent's own
+//! endpoints or forward to the engine socket, audit.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::instrument::WithSubscriber;
+
+use super::authz::{self, Decision, KeyEvent};
+use super::ConnCtx;
+
+/// The engine connection dedicated to one client connection.
+pub(crate) type Upstream = hyper::client::conn::http1::SendRequest<ReqBody>;
+
+/// Body sent to the engine.
+pub(crate) enum ReqBody {
+    Stream(Incoming, Arc<AtomicU64>),
+    Full(Option<Bytes>),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Stream(b, n) => {
+                let r = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &r {
+                    if let Some(d) = f.data_ref() {
+                        n.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                r
+            }
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Stream(b, _) => b.is_end_stream(),
+            ReqBody::Full(b) => b.is_none(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Stream(b, _) => b.size_hint(),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0)),
+        }
+    }
+}
+
+/// The audit record of one request; written when dropped (after the last byte
+/// of the response, or at the end of an upgraded stream).
+pub(crate) struct Audit {
+    ctx: Arc<ConnCtx>,
+    method: Method,
+    path: String,
+    status: u16,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+    start: Instant,
+    user: Option<String>,
+    event: Option<&'static str>,
+    upgraded: bool,
+    /// false: moved out (see `take_audit`), logs nothing.
+    live: bool,
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        if !self.live {
+            return;
+        }
+        let i = &self.ctx.ident;
+        tracing::info!(
+            target: "swarmseal::audit",
+            identity = %i.name,
+            role = i.role_str(),
+            peer = %self.ctx.peer,
+            user = self.user.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out.load(Ordering::Relaxed),
+            duration_ms = (self.start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            upgraded = self.upgraded,
+            event = self.event.unwrap_or("-"),
+            "request"
+        );
+        if !self.upgraded {
+            self.ctx.state.end_request();
+        }
+    }
+}
+
+/// Body sent to the client; owns the audit record.
+pub(crate) struct OutBody {
+    inner: OutInner,
+    audit: Option<Audit>,
+}
+
+enum OutInner {
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+impl OutBody {
+    fn full(b: impl Into<Bytes>, audit: Option<Audit>) -> OutBody {
+        let b = b.into();
+        if let Some(a) = &audit {
+            a.bytes_out.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        OutBody { inner: OutInner::Full(if b.is_empty() { None } else { Some(b) }), audit }
+    }
+}
+
+impl Body for OutBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            OutInner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            OutInner::Stream(s) => {
+                let r = Pin::new(s).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(f))), Some(a)) = (&r, &this.audit) {
+                    if let Some(d) = f.data_ref() {
+                        a.bytes_out.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                r
+            }
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            OutInner::Full(b) => b.is_none(),
+            OutInner::Stream(s) => s.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            OutInner::Full(b) => SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0)),
+            OutInner::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+fn json_response(status: u16, body: &serde_json::Value, audit: Audit) -> Response<OutBody> {
+    let mut audit = audit;
+    audit.status = status;
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(OutBody::full(bytes, Some(audit)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn message(status: u16, msg: &str, audit: Audit) -> Response<OutBody> {
+    json_response(status, &serde_json::json!({ "message": msg }), audit)
+}
+
+/// Path as shown in logs: no query, control characters escaped, bounded.
+fn log_path(p: &str) -> String {
+    let mut s: String = p.chars().take(300).flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
+    if p.len() > 300 {
+        s.push('…');
+    }
+    s
+}
+
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(UPGRADE)
+        || h.get_all(CONNECTION).iter().any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false))
+}
+
+fn security_event(ctx: &ConnCtx, ev: &str, method: &Method, path: &str, outcome: &str) {
+    tracing::warn!(
+        target: "swarmseal::security",
+        event = ev,
+        outcome,
+        identity = %ctx.ident.name,
+        role = ctx.ident.role_str(),
+        peer = %ctx.peer,
+        method = %method,
+        path = %path,
+        "security event: {ev} ({outcome})"
+    );
+}
+
+/// Constant-time equality of two byte strings (length is not secret).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<OutBody>, Infallible> {
+    ctx.state.begin_request();
+    let mut audit = Audit {
+        ctx: ctx.clone(),
+        method: req.method().clone(),
+        path: log_path(req.uri().path()),
+        status: 0,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_out: Arc::new(AtomicU64::new(0)),
+        start: Instant::now(),
+        user: None,
+        event: None,
+        upgraded: false,
+        live: true,
+    };
+    Ok(handle_inner(&ctx, req, &mut audit).await.unwrap_or_else(|(status, msg)| message(status, &msg, audit)))
+}
+
+type Early = (u16, String);
+
+async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot: &mut Audit) -> Result<Response<OutBody>, Early> {
+    let shared = &ctx.shared;
+    // 1. Basic auth, when configured.
+    if let Some(basic) = &shared.basic {
+        let hdr = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+        let cached = {
+            let c = ctx.basic_ok.lock().unwrap_or_else(|e| e.into_inner());
+            match (&*c, &hdr) {
+                (Some((h, u)), Some(x)) if ct_eq(h, x) => Some(u.clone()),
+                _ => None,
+            }
+        };
+        let user = match cached {
+            Some(u) => Some(u),
+            None => {
+                let ip = ctx.peer.ip();
+                let delay = basic.delay_for(ip);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let c2 = ctx.clone();
+                let h2 = hdr.clone();
+                let r = tokio::task::spawn_blocking(move || c2.shared.basic.as_ref().and_then(|b| b.check_blocking(ip, h2.as_deref())))
+                    .await
+                    .ok()
+                    .flatten();
+                if let (Some(u), Some(h)) = (&r, hdr) {
+                    *ctx.basic_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some((h, u.clone()));
+                }
+                r
+            }
+        };
+        match user {
+            Some(u) => audit_slot.user = Some(u),
+            None => {
+                security_event(ctx, "basic_auth_failed", req.method(), &audit_slot.path, "denied");
+                let mut audit = take_audit(audit_slot);
+                audit.status = 401;
+                let mut r = message(401, "basic authentication required: wrong or missing user name or password", audit);
+                r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Basic realm=\"swarmseal\", charset=\"UTF-8\""));
+                return Ok(r);
+            }
+        }
+        req.headers_mut().remove(AUTHORIZATION);
+    }
+
+    // 2. Authorization on the canonical path.
+    let canon = authz::canonicalize(req.uri().path());
+    let upgrade = wants_upgrade(req.headers());
+    let method = req.method().clone();
+    let events = authz::key_events(method.as_str(), &canon, req.uri().query());
+    let first_event = events.iter().find(|e| **e != KeyEvent::MaybeAutolock).copied();
+    audit_slot.event = first_event.map(KeyEvent::as_str);
+    if let Decision::Deny(why) = authz::decide(ctx.ident.role, method.as_str(), &canon, upgrade) {
+        for e in &events {
+            security_event(ctx, e.as_str(), &method, &audit_slot.path, "denied");
+        }
+        return Err((403, why));
+    }
+    for e in &events {
+        if *e != KeyEvent::MaybeAutolock {
+            security_event(ctx, e.as_str(), &method, &audit_slot.path, "allowed");
+        }
+    }
+
+    // 3. The agent's own endpoints.
+    if canon.is_agent() {
+        return Ok(agent_endpoint(ctx, &method, &canon, take_audit(audit_slot)).await);
+    }
+
+    // 4. Forward to the engine.
+    let down_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
+    let (mut parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    parts.uri = pq.parse().map_err(|_| (400, "invalid request target".to_string()))?;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let mut sender = ctx.upstream.lock().await;
+    let mut up = take_ready(ctx, sender.take()).await?;
+    let body = if events.contains(&KeyEvent::MaybeAutolock) {
+        let bytes = Box::pin(http_body_util::Limited::new(body, 4 << 20).collect())
+            .await
+            .map_err(|e| (400, format!("cannot read the request body: {e}")))?
+            .to_bytes();
+        audit_slot.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if let Some(ev) = autolock_change(&mut up, &canon, &bytes).await {
+            audit_slot.event.get_or_insert(ev);
+            security_event(ctx, ev, &method, &audit_slot.path, "allowed");
+        }
+        ReqBody::Full(Some(bytes))
+    } else {
+        ReqBody::Stream(body, audit_slot.bytes_in.clone())
+    };
+    let fut = up.send_request(Request::from_parts(parts, body));
+    *sender = Some(up);
+    drop(sender);
+    let mut resp = fut.await.map_err(|e| {
+        (502, format!("the Docker engine did not answer: {e}"))
+    })?;
+    let mut audit = take_audit(audit_slot);
+    audit.status = resp.status().as_u16();
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(down) = down_upgrade else {
+            return Err((502, "the Docker engine switched protocols without being asked".into()));
+        };
+        let up_upgrade = hyper::upgrade::on(&mut resp);
+        audit.upgraded = true;
+        ctx.state.end_request();
+        let idle = ctx.shared.idle_timeout;
+        let task = async move {
+            match tokio::join!(down, up_upgrade) {
+                (Ok(d), Ok(u)) => splice(TokioIo::new(d), TokioIo::new(u), &audit, idle).await,
+                (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+            drop(audit);
+        };
+        tokio::spawn(task.with_current_subscriber());
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, OutBody::full(Bytes::new(), None)));
+    }
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.remove(CONNECTION);
+    parts.headers.remove("keep-alive");
+    Ok(Response::from_parts(parts, OutBody { inner: OutInner::Stream(body), audit: Some(audit) }))
+}
+
+/// Move the audit record out of the slot (the slot keeps an inert copy that logs nothing).
+fn take_audit(slot: &mut Audit) -> Audit {
+    let inert = Audit {
+        ctx: slot.ctx.clone(),
+        method: Method::GET,
+        path: String::new(),
+        status: 0,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_out: Arc::new(AtomicU64::new(0)),
+        start: slot.start,
+        user: None,
+        event: None,
+        upgraded: false,
+        live: false,
+    };
+    std::mem::replace(slot, inert)
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    for n in ["keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer"] {
+        h.remove(n);
+    }
+    if !upgrade {
+        h.remove(CONNECTION);
+        h.remove(UPGRADE);
+    }
+}
+
+async fn connect(ctx: &ConnCtx) -> Result<Upstream, Early> {
+    let sock = &ctx.shared.socket;
+    let s = tokio::net::UnixStream::connect(sock)
+        .await
+        .map_err(|e| (502, format!("cannot reach the Docker engine at {}: {e}", sock.display())))?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(s))
+        .await
+        .map_err(|e| (502, format!("cannot talk to the Docker engine: {e}")))?;
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "engine connection ended with an error");
+            }
+        }
+        .with_current_subscriber(),
+    );
+    Ok(sender)
+}
+
+async fn take_ready(ctx: &ConnCtx, cur: Option<Upstream>) -> Result<Upstream, Early> {
+    if let Some(mut s) = cur {
+        if !s.is_closed() && s.ready().await.is_ok() {
+            return Ok(s);
+        }
+    }
+    let mut s = connect(ctx).await?;
+    s.ready().await.map_err(|e| (502, format!("cannot talk to the Docker engine: {e}")))?;
+    Ok(s)
+}
+
+/// For `POST /swarm/init|update`: does the body change autolock? (compared with `GET /swarm`).
+async fn autolock_change(up: &mut Upstream, canon: &authz::Canon, body: &[u8]) -> Option<&'static str> {
+    let spec: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let wanted = authz::autolock_of(&spec)?;
+    let current = if canon.segs.last().map(|s| s == "init").unwrap_or(false) {
+        false
+    } else {
+        let req = Request::get("/swarm").header("host", "docker").body(ReqBody::Full(None)).ok()?;
+        up.ready().await.ok()?;
+        let resp = up.send_request(req).await.ok()?;
+        let ok = resp.status().is_success();
+        let b = Box::pin(http_body_util::Limited::new(resp.into_body(), 4 << 20).collect()).await.ok()?.to_bytes();
+        if !ok {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+        authz::autolock_of(v.get("Spec")?).unwrap_or(false)
+    };
+    up.ready().await.ok()?;
+    match (current, wanted) {
+        (false, true) => Some("autolock_enable"),
+        (true, false) => Some("autolock_disable"),
+        _ => None,
+    }
+}
+
+async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, audit: Audit) -> Response<OutBody> {
+    let api = &ctx.shared.api;
+    let segs: Vec<&str> = canon.segs.iter().map(|s| s.as_str()).collect();
+    let m = method.as_str();
+    match (m, segs.as_slice()) {
+        ("GET" | "HEAD", ["swarmseal", "v1", "status"]) => json_response(200, &api.status().await, audit),
+        ("GET" | "HEAD", ["swarmseal", "v1", "bench"]) => match api.bench() {
+            Some(b) => {
+                let mut a = audit;
+                a.status = 200;
+                let mut r = Response::new(OutBody::full(b, Some(a)));
+                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r
+            }
+            None => message(404, "no bench report yet", audit),
+        },
+        ("POST", ["swarmseal", "v1", "reseal"]) => match api.reseal().await {
+            Ok(v) => json_response(200, &v, audit),
+            Err((code, msg)) => message(code, &msg, audit),
+        },
+        ("GET" | "HEAD", ["swarmseal", "v1", "escrow"]) => match api.escrow() {
+            Some(b) => {
+                let mut a = audit;
+                a.status = 200;
+                let mut r = Response::new(OutBody::full(b, Some(a)));
+                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                r
+            }
+            None => message(404, "key escrow is not configured ([escrow] recipient)", audit),
+        },
+        (_, ["swarmseal", "v1", "status" | "bench" | "reseal" | "escrow"]) => message(405, &format!("{m} is not allowed here"), audit),
+        _ => message(404, "no such swarmseal endpoint (status, bench, reseal, escrow under /swarmseal/v1/)", audit),
+    }
+}
+
+/// Copy both ways between the client and the engine after `101`. When one side
+/// ends its output (EOF, or the TLS peer closing without close_notify), the
+/// other side's write half is shut down and the copy goes on the other way.
+/// Once the engine has finished, the client gets `idle` to finish too.
+async fn splice<A, B>(client: A, engine: B, audit: &Audit, idle: Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (cr, cw) = tokio::io::split(client);
+    let (er, ew) = tokio::io::split(engine);
+    let up = pipe(cr, ew, audit.bytes_in.clone());
+    let down = pipe(er, cw, audit.bytes_out.clone());
+    tokio::pin!(up, down);
+    tokio::select! {
+        _ = &mut up => { down.await; }
+        _ = &mut down => { let _ = tokio::time::timeout(idle, up).await; }
+    }
+}
+
+async fn pipe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut r: R, mut w: W, count: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
+                    break;
+                }
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = w.shutdown().await;
+}
