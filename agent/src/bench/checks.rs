@@ -1,0 +1,1196 @@
+//! The catalogue: each check is data (CIS Docker Benchmark v1.6.0 ID and
+//! title as docker-bench-security v1.6.0 writes them, remediation, impact)
+//! plus one pure evaluation over a [`Snapshot`] gathered once.
+//!
+//! Titles ending in "(Automated)" are scored (+1 PASS, −1 WARN); "(Manual)"
+//! ones are counted but not scored, as in docker-bench-security.
+//! Appliance checks use the `A` prefix.
+
+use bollard::models::{ContainerInspectResponse, RestartPolicyNameEnum};
+
+use super::host::{self, HostFacts, Settings};
+use super::report::{Outcome, Status};
+use super::{ApplianceFacts, EngineFacts};
+
+/// Everything the evaluations see: the engine, the host and the appliance, read once.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub engine: EngineFacts,
+    pub host: HostFacts,
+    pub appliance: ApplianceFacts,
+    /// Host path of the engine socket (3.15, 3.16).
+    pub docker_socket: String,
+}
+
+/// One check: data plus one evaluation.
+pub struct Check {
+    pub id: &'static str,
+    pub desc: &'static str,
+    pub remediation: &'static str,
+    pub impact: &'static str,
+    pub eval: fn(&Snapshot) -> Outcome,
+}
+
+impl Check {
+    /// Scored as docker-bench-security does: the benchmark's Automated checks.
+    pub fn scored(&self) -> bool {
+        self.desc.ends_with("(Automated)")
+    }
+}
+
+/// Section IDs and titles, in report order.
+pub const SECTIONS: &[(&str, &str)] = &[
+    ("1", "Host Configuration"),
+    ("2", "Docker daemon configuration"),
+    ("3", "Docker daemon configuration files"),
+    ("4", "Container Images and Build File"),
+    ("5", "Container Runtime"),
+    ("6", "Docker Security Operations"),
+    ("7", "Docker Swarm Configuration"),
+    ("A", "Swarm Manager Appliance"),
+];
+
+const AUDIT_IMPACT: &str = "Audit can generate large log files. So you need to make sure that they are rotated and archived periodically. Create a separate partition for audit logs to avoid filling up other critical partitions.";
+const NO_CONTAINERS: &str = "No running containers";
+
+macro_rules! check {
+    ($id:literal, $desc:literal, $rem:expr, $imp:expr, $eval:expr) => {
+        Check { id: $id, desc: $desc, remediation: $rem, impact: $imp, eval: $eval }
+    };
+}
+
+macro_rules! audit {
+    ($id:literal, $desc:literal, $path:literal, $needs_file:literal) => {
+        Check {
+            id: $id,
+            desc: $desc,
+            remediation: concat!("Install auditd. Add -w ", $path, " -k docker to the /etc/audit/rules.d/audit.rules file. Then restart the audit daemon using command service auditd restart."),
+            impact: AUDIT_IMPACT,
+            eval: |s| audit_rule(s, $path, $needs_file),
+        }
+    };
+}
+
+macro_rules! audit_unit {
+    ($id:literal, $desc:literal, $unit:literal) => {
+        Check {
+            id: $id,
+            desc: $desc,
+            remediation: concat!("Install auditd. Add -w <path of ", $unit, "> -k docker to the /etc/audit/rules.d/audit.rules file. Then restart the audit daemon using command service auditd restart."),
+            impact: AUDIT_IMPACT,
+            eval: |s| match s.host.units.get($unit) {
+                Some(p) => audit_present(s, p),
+                None => Outcome::info("File not found"),
+            },
+        }
+    };
+}
+
+/// The whole catalogue, in report order.
+pub fn catalogue() -> Vec<Check> {
+    vec![
+        // ---- 1 Host Configuration ----
+        check!(
+            "1.1.1",
+            "Ensure a separate partition for containers has been created (Automated)",
+            "For new installations, you should create a separate partition for the /var/lib/docker mount point. For systems that have already been installed, you should use the Logical Volume Manager (LVM) within Linux to create a new partition.",
+            "None.",
+            |s| {
+                let Some(dir) = s.engine.info.docker_root_dir.clone() else { return Outcome::note("The engine did not report its DockerRootDir") };
+                let Some(m) = &s.host.mounts else { return Outcome::note("The mount table could not be read") };
+                if m.iter().any(|e| e.target == dir) {
+                    Outcome::pass_with(format!("{dir} is a mount point"))
+                } else {
+                    Outcome::items(Status::Warn, "Not a separate partition", vec![dir])
+                }
+            }
+        ),
+        check!(
+            "1.1.2",
+            "Ensure only trusted users are allowed to control Docker daemon (Automated)",
+            "You should remove any untrusted users from the docker group using command sudo gpasswd -d <your-user> docker or add trusted users to the docker group using command sudo usermod -aG docker <your-user>. You should not create a mapping of sensitive directories from the host to container volumes.",
+            "Only trust user are allow to build and execute containers as normal user.",
+            |s| match &s.host.docker_group {
+                Some((_, users)) if !users.is_empty() => Outcome::items(Status::Info, "doubtfulusers", users.clone()),
+                Some(_) => Outcome::info("The docker group has no members"),
+                None => Outcome::info("No docker group"),
+            }
+        ),
+        audit!("1.1.3", "Ensure auditing is configured for the Docker daemon (Automated)", "/usr/bin/dockerd", false),
+        audit!("1.1.4", "Ensure auditing is configured for Docker files and directories -/run/containerd (Automated)", "/run/containerd", true),
+        audit!("1.1.5", "Ensure auditing is configured for Docker files and directories - /var/lib/docker (Automated)", "/var/lib/docker", true),
+        audit!("1.1.6", "Ensure auditing is configured for Docker files and directories - /etc/docker (Automated)", "/etc/docker", true),
+        audit_unit!("1.1.7", "Ensure auditing is configured for Docker files and directories - docker.service (Automated)", "docker.service"),
+        audit_unit!("1.1.8", "Ensure auditing is configured for Docker files and directories - containerd.sock (Automated)", "containerd.socket"),
+        audit_unit!("1.1.9", "Ensure auditing is configured for Docker files and directories - docker.socket (Automated)", "docker.socket"),
+        audit!("1.1.10", "Ensure auditing is configured for Docker files and directories - /etc/default/docker (Automated)", "/etc/default/docker", true),
+        audit!("1.1.11", "Ensure auditing is configured for Docker files and directories - /etc/docker/daemon.json (Automated)", "/etc/docker/daemon.json", true),
+        audit!("1.1.12", "Ensure auditing is configured for Docker files and directories - /etc/containerd/config.toml (Automated)", "/etc/containerd/config.toml", true),
+        audit!("1.1.13", "Ensure auditing is configured for Docker files and directories - /etc/sysconfig/docker (Automated)", "/etc/sysconfig/docker", true),
+        audit!("1.1.14", "Ensure auditing is configured for Docker files and directories - /usr/bin/containerd (Automated)", "/usr/bin/containerd", true),
+        audit!("1.1.15", "Ensure auditing is configured for Docker files and directories - /usr/bin/containerd-shim (Automated)", "/usr/bin/containerd-shim", true),
+        audit!("1.1.16", "Ensure auditing is configured for Docker files and directories - /usr/bin/containerd-shim-runc-v1 (Automated)", "/usr/bin/containerd-shim-runc-v1", true),
+        audit!("1.1.17", "Ensure auditing is configured for Docker files and directories - /usr/bin/containerd-shim-runc-v2 (Automated)", "/usr/bin/containerd-shim-runc-v2", true),
+        audit!("1.1.18", "Ensure auditing is configured for Docker files and directories - /usr/bin/runc (Automated)", "/usr/bin/runc", true),
+        check!(
+            "1.2.1",
+            "Ensure the container host has been Hardened (Manual)",
+            "You may consider various Security Benchmarks for your container host.",
+            "None.",
+            |_| Outcome::note("Review the host against a hardening benchmark for its operating system")
+        ),
+        check!(
+            "1.2.2",
+            "Ensure that the version of Docker is up to date (Manual)",
+            "You should monitor versions of Docker releases and make sure your software is updated as required.",
+            "You should perform a risk assessment regarding Docker version updates and review how they may impact your operations.",
+            |s| Outcome::info(format!("Using {}", s.engine.version.version.clone().unwrap_or_else(|| "an unknown version".into())))
+        ),
+        // ---- 2 Docker daemon configuration ----
+        check!(
+            "2.1",
+            "Run the Docker daemon as a non-root user, if possible (Manual)",
+            "Follow the current Dockerd rootless documentation on how to install and run the Docker daemon as a non-root user.",
+            "There are multiple prerequisites depending on which distribution that is in use, and also known limitations regarding networking and resource limitation.",
+            |s| {
+                if sec_opt(s, "name=rootless") {
+                    Outcome::pass_with("The daemon runs rootless")
+                } else {
+                    Outcome::info("The daemon runs as root; a swarm manager needs it (overlay networking, raft store)")
+                }
+            }
+        ),
+        check!(
+            "2.2",
+            "Ensure network traffic is restricted between containers on the default bridge (Automated)",
+            "Edit the Docker daemon configuration file to ensure that inter-container communication is disabled: \"icc\": false (or run dockerd --icc=false).",
+            "Inter-container communication is disabled on the default network bridge. Containers that need to talk must be on a user-defined network or use links.",
+            |s| match settings(s).flag("icc") {
+                Some(false) => Outcome::pass(),
+                _ => Outcome::warn("icc is not set to false"),
+            }
+        ),
+        check!(
+            "2.3",
+            "Ensure the logging level is set to 'info' (Automated)",
+            "Ensure that the Docker daemon configuration file has the configuration \"log-level\": \"info\", or start dockerd with --log-level=info.",
+            "None.",
+            |s| match settings(s).value("log-level") {
+                None => Outcome::pass(),
+                Some(l) if l == "info" => Outcome::pass(),
+                Some(l) => Outcome::warn(format!("log-level is {l}")),
+            }
+        ),
+        check!(
+            "2.4",
+            "Ensure Docker is allowed to make changes to iptables (Automated)",
+            "Do not run the Docker daemon with --iptables=false and do not set \"iptables\": false in daemon.json.",
+            "The Docker daemon service requires iptables rules to be enabled before it starts.",
+            |s| match settings(s).flag("iptables") {
+                Some(false) => Outcome::warn("iptables is set to false"),
+                _ => Outcome::pass(),
+            }
+        ),
+        check!(
+            "2.5",
+            "Ensure insecure registries are not used (Automated)",
+            "You should ensure that no insecure registries are in use: remove --insecure-registry flags and \"insecure-registries\" from daemon.json.",
+            "None.",
+            |s| {
+                let mut bad: Vec<String> = Vec::new();
+                if let Some(r) = &s.engine.info.registry_config {
+                    for c in r.insecure_registry_cidrs.iter().flatten() {
+                        if c != "127.0.0.0/8" && c != "::1/128" {
+                            bad.push(c.clone());
+                        }
+                    }
+                    for (name, idx) in r.index_configs.iter().flatten() {
+                        if idx.secure == Some(false) {
+                            bad.push(name.clone());
+                        }
+                    }
+                }
+                bad.sort();
+                bad.dedup();
+                Outcome::warn_if_any("Insecure registries", bad)
+            }
+        ),
+        check!(
+            "2.6",
+            "Ensure aufs storage driver is not used (Automated)",
+            "Do not explicitly use aufs as storage driver.",
+            "aufs is the only storage driver that allows containers to share executable and shared library memory. Its use should be reviewed in line with your organization's security policy.",
+            |s| match s.engine.info.driver.as_deref() {
+                Some("aufs") => Outcome::warn("Storage driver is aufs"),
+                Some(d) => Outcome::pass_with(format!("Storage driver is {d}")),
+                None => Outcome::pass(),
+            }
+        ),
+        check!(
+            "2.7",
+            "Ensure TLS authentication for Docker daemon is configured (Automated)",
+            "Follow the steps mentioned in the Docker documentation or other references. On this appliance remote access goes through the swarmseal mutual-TLS proxy; do not give dockerd a tcp:// host.",
+            "You would need to manage and guard certificates and keys for the Docker daemon and Docker clients.",
+            |s| {
+                let st = settings(s);
+                let tcp: Vec<String> = st.values("hosts").into_iter().filter(|h| h.starts_with("tcp://")).collect();
+                if tcp.is_empty() {
+                    return Outcome::info("Docker daemon not listening on TCP");
+                }
+                if st.value("tlskey").is_none() || st.value("tlscert").is_none() {
+                    return Outcome::items(Status::Warn, "Docker daemon currently listening on TCP without TLS", tcp);
+                }
+                if st.flag("tlsverify") != Some(true) {
+                    return Outcome::items(Status::Warn, "Docker daemon currently listening on TCP with TLS, but no verification", tcp);
+                }
+                Outcome::pass_with("Docker daemon listening on TCP with TLS and client verification")
+            }
+        ),
+        check!(
+            "2.8",
+            "Ensure the default ulimit is configured appropriately (Manual)",
+            "Run Docker in daemon mode and pass --default-ulimit as option with respective ulimits as appropriate in your environment and in line with your security policy.",
+            "If ulimits are not set correctly, overutilization by individual containers could make the host system unusable.",
+            |s| {
+                if settings(s).values("default-ulimits").is_empty() {
+                    Outcome::info("Default ulimit doesn't appear to be set")
+                } else {
+                    Outcome::pass()
+                }
+            }
+        ),
+        check!(
+            "2.9",
+            "Enable user namespace support (Automated)",
+            "Please consult the Docker documentation for various ways in which this can be configured depending upon your requirements (\"userns-remap\": \"default\" in daemon.json).",
+            "User namespace remapping is incompatible with a number of Docker features and also currently breaks with some of its functionalities.",
+            |s| {
+                if sec_opt(s, "name=userns") {
+                    Outcome::pass()
+                } else {
+                    Outcome::warn("User namespace remapping is not enabled")
+                }
+            }
+        ),
+        check!(
+            "2.10",
+            "Ensure the default cgroup usage has been confirmed (Automated)",
+            "The default setting is in line with good security practice and can be left in situ. If you wish to specifically set a non-default cgroup, pass the --cgroup-parent parameter to the Docker daemon when starting it.",
+            "None.",
+            |s| match settings(s).value("cgroup-parent") {
+                Some(p) => Outcome::info(format!("Confirm cgroup usage: cgroup-parent is {p}")),
+                None => Outcome::pass(),
+            }
+        ),
+        check!(
+            "2.11",
+            "Ensure base device size is not changed until needed (Automated)",
+            "Do not set --storage-opt dm.basesize until needed.",
+            "Increasing the base device size allows all future images and containers to be of the new base device size, this may cause a denial of service by ending up in file system being over allocated or full.",
+            |s| {
+                let v: Vec<String> = settings(s).values("storage-opts").into_iter().filter(|o| o.contains("dm.basesize")).collect();
+                Outcome::warn_if_any("Base device size changed", v)
+            }
+        ),
+        check!(
+            "2.12",
+            "Ensure that authorization for Docker client commands is enabled (Automated)",
+            "Install/Create an authorization plugin. Configure the authorization policy as desired. Start the docker daemon with --authorization-plugin=<PLUGIN_ID>.",
+            "Each Docker command specifically passes through the authorization plugin mechanism. This may introduce a slight performance drop.",
+            |s| {
+                let plugins = s.engine.info.plugins.as_ref().and_then(|p| p.authorization.clone()).unwrap_or_default();
+                if plugins.is_empty() {
+                    Outcome::warn("No authorization plugin")
+                } else {
+                    Outcome::pass_with(format!("Authorization plugins: {}", plugins.join(" ")))
+                }
+            }
+        ),
+        check!(
+            "2.13",
+            "Ensure centralized and remote logging is configured (Automated)",
+            "Set up the desired log driver following its documentation, e.g. \"log-driver\": \"syslog\" or \"journald\" in daemon.json.",
+            "None.",
+            |s| match s.engine.info.logging_driver.as_deref() {
+                Some(d @ ("json-file" | "local" | "none")) | Some(d @ "") => Outcome::warn(format!("Logging driver is {d}")),
+                Some(d) => Outcome::pass_with(format!("Logging driver is {d}")),
+                None => Outcome::note("The engine did not report its logging driver"),
+            }
+        ),
+        check!(
+            "2.14",
+            "Ensure containers are restricted from acquiring new privileges (Automated)",
+            "You should run the Docker daemon with --no-new-privileges, or set \"no-new-privileges\": true in daemon.json.",
+            "no_new_priv prevents LSMs such as SELinux from escalating the privileges of individual containers.",
+            |s| match settings(s).flag("no-new-privileges") {
+                Some(true) => Outcome::pass(),
+                _ => Outcome::warn("no-new-privileges is not set"),
+            }
+        ),
+        check!(
+            "2.15",
+            "Ensure live restore is enabled (Automated)",
+            "Run Docker in daemon mode and pass --live-restore to it as an argument, or set \"live-restore\": true in daemon.json.",
+            "None.",
+            |s| {
+                if s.engine.info.live_restore_enabled == Some(true) {
+                    Outcome::pass()
+                } else if s.engine.swarm_active() || s.engine.swarm_state() == "locked" {
+                    Outcome::info("Live restore is incompatible with swarm mode; this appliance is a swarm manager")
+                } else {
+                    Outcome::warn("Live restore is not enabled")
+                }
+            }
+        ),
+        check!(
+            "2.16",
+            "Ensure Userland Proxy is Disabled (Automated)",
+            "You should run the Docker daemon with --userland-proxy=false, or set \"userland-proxy\": false in daemon.json.",
+            "Some systems with older Linux kernels may not be able to support hairpin NAT and therefore require the userland proxy service.",
+            |s| match settings(s).flag("userland-proxy") {
+                Some(false) => Outcome::pass(),
+                _ => Outcome::warn("userland-proxy is enabled"),
+            }
+        ),
+        check!(
+            "2.17",
+            "Ensure that a daemon-wide custom seccomp profile is applied if appropriate (Manual)",
+            "By default, Docker's default seccomp profile is applied. If this is adequate for your environment, no action is necessary. Otherwise, set \"seccomp-profile\" in daemon.json.",
+            "A misconfigured seccomp profile could possibly interrupt your container environment.",
+            |s| {
+                let opts = s.engine.info.security_options.clone().unwrap_or_default();
+                match opts.iter().find(|o| o.starts_with("name=seccomp")) {
+                    Some(o) => Outcome::pass_with(o.clone()),
+                    None => Outcome::info("Seccomp is not enabled on this engine"),
+                }
+            }
+        ),
+        check!(
+            "2.18",
+            "Ensure that experimental features are not implemented in production (Automated)",
+            "You should not pass --experimental as a runtime parameter to the Docker daemon on production systems.",
+            "None.",
+            |s| {
+                if s.engine.info.experimental_build == Some(true) || s.engine.version.experimental == Some(true) {
+                    Outcome::warn("Experimental features are enabled")
+                } else {
+                    Outcome::pass()
+                }
+            }
+        ),
+        // ---- 3 Docker daemon configuration files ----
+        check!("3.1", "Ensure that the docker.service file ownership is set to root:root (Automated)", "Find out the file location: systemctl show -p FragmentPath docker.service. Then run chown root:root <path>.", "None.", |s| owner(s, s.host.units.get("docker.service").map(|x| x.as_str()), "File not found")),
+        check!("3.2", "Ensure that docker.service file permissions are appropriately set (Automated)", "Find out the file location: systemctl show -p FragmentPath docker.service. Then run chmod 644 <path>.", "None.", |s| perms(s, s.host.units.get("docker.service").map(|x| x.as_str()), 0o644, "File not found")),
+        check!("3.3", "Ensure that docker.socket file ownership is set to root:root (Automated)", "Find out the file location: systemctl show -p FragmentPath docker.socket. Then run chown root:root <path>.", "None.", |s| owner(s, s.host.units.get("docker.socket").map(|x| x.as_str()), "File not found")),
+        check!("3.4", "Ensure that docker.socket file permissions are set to 644 or more restrictive (Automated)", "Find out the file location: systemctl show -p FragmentPath docker.socket. Then run chmod 644 <path>.", "None.", |s| perms(s, s.host.units.get("docker.socket").map(|x| x.as_str()), 0o644, "File not found")),
+        check!("3.5", "Ensure that the /etc/docker directory ownership is set to root:root (Automated)", "You should run the following command: chown root:root /etc/docker.", "None.", |s| owner(s, Some(host::DOCKER_ETC), "Directory not found")),
+        check!("3.6", "Ensure that /etc/docker directory permissions are set to 755 or more restrictively (Automated)", "You should run the following command: chmod 755 /etc/docker.", "None.", |s| perms(s, Some(host::DOCKER_ETC), 0o755, "Directory not found")),
+        check!("3.7", "Ensure that registry certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /etc/docker/certs.d/<registry-name>/*.", "None.", |s| match &s.host.registry_certs {
+            None => Outcome::info("Directory not found"),
+            Some(files) => Outcome::warn_if_any("Wrong ownership for", files.iter().filter(|f| s.host.stat_of(f).is_some_and(|st| st.uid != 0 || st.gid != 0)).cloned().collect()),
+        }),
+        check!("3.8", "Ensure that registry certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 /etc/docker/certs.d/<registry-name>/*.", "None.", |s| match &s.host.registry_certs {
+            None => Outcome::info("Directory not found"),
+            Some(files) => Outcome::warn_if_any("Wrong permissions for", files.iter().filter(|f| s.host.stat_of(f).is_some_and(|st| st.mode & !0o444 != 0)).cloned().collect()),
+        }),
+        check!("3.9", "Ensure that TLS CA certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to TLS CA certificate file>.", "None.", |s| owner(s, settings(s).value("tlscacert").as_deref(), "No TLS CA certificate found")),
+        check!("3.10", "Ensure that TLS CA certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to TLS CA certificate file>.", "None.", |s| perms(s, settings(s).value("tlscacert").as_deref(), 0o444, "No TLS CA certificate found")),
+        check!("3.11", "Ensure that Docker server certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate file>.", "None.", |s| owner(s, settings(s).value("tlscert").as_deref(), "No TLS Server certificate found")),
+        check!("3.12", "Ensure that the Docker server certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to Docker server certificate file>.", "None.", |s| perms(s, settings(s).value("tlscert").as_deref(), 0o444, "No TLS Server certificate found")),
+        check!("3.13", "Ensure that the Docker server certificate key file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate key file>.", "None.", |s| owner(s, settings(s).value("tlskey").as_deref(), "No TLS Key found")),
+        check!("3.14", "Ensure that the Docker server certificate key file permissions are set to 400 (Automated)", "You should run the following command: chmod 400 <path to Docker server certificate key file>.", "None.", |s| perms(s, settings(s).value("tlskey").as_deref(), 0o400, "No TLS Key found")),
+        check!("3.15", "Ensure that the Docker socket file ownership is set to root:docker (Automated)", "You should run the following command: chown root:docker <path to the Docker socket>.", "None.", |s| {
+            let p = s.docker_socket.as_str();
+            let Some(st) = s.host.stat_of(p) else { return Outcome::info("File not found") };
+            let docker_gid = s.host.docker_group.as_ref().map(|g| g.0);
+            if st.uid == 0 && (st.gid == 0 || Some(st.gid) == docker_gid) {
+                Outcome::pass()
+            } else {
+                Outcome::items(Status::Warn, "Wrong ownership for", vec![format!("{p}({}:{})", st.uid, st.gid)])
+            }
+        }),
+        check!("3.16", "Ensure that the Docker socket file permissions are set to 660 or more restrictively (Automated)", "You should run the following command: chmod 660 <path to the Docker socket>.", "None.", |s| perms(s, Some(s.docker_socket.as_str()), 0o660, "File not found")),
+        check!("3.17", "Ensure that the daemon.json file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /etc/docker/daemon.json.", "None.", |s| owner(s, Some(s.host.daemon_json_path.as_str()), "File not found")),
+        check!("3.18", "Ensure that daemon.json file permissions are set to 644 or more restrictive (Automated)", "You should run the following command: chmod 644 /etc/docker/daemon.json.", "None.", |s| perms(s, Some(s.host.daemon_json_path.as_str()), 0o644, "File not found")),
+        check!("3.19", "Ensure that the /etc/default/docker file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /etc/default/docker.", "None.", |s| owner(s, Some(host::DEFAULT_DOCKER), "File not found")),
+        check!("3.20", "Ensure that the /etc/default/docker file permissions are set to 644 or more restrictively (Automated)", "You should run the following command: chmod 644 /etc/default/docker.", "None.", |s| perms(s, Some(host::DEFAULT_DOCKER), 0o644, "File not found")),
+        check!("3.21", "Ensure that the /etc/sysconfig/docker file permissions are set to 644 or more restrictively (Automated)", "You should run the following command: chmod 644 /etc/sysconfig/docker.", "None.", |s| perms(s, Some(host::SYSCONFIG_DOCKER), 0o644, "File not found")),
+        check!("3.22", "Ensure that the /etc/sysconfig/docker file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /etc/sysconfig/docker.", "None.", |s| owner(s, Some(host::SYSCONFIG_DOCKER), "File not found")),
+        check!("3.23", "Ensure that the Containerd socket file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /run/containerd/containerd.sock.", "None.", |s| owner(s, Some(host::CONTAINERD_SOCK), "File not found")),
+        check!("3.24", "Ensure that the Containerd socket file permissions are set to 660 or more restrictively (Automated)", "You should run the following command: chmod 660 /run/containerd/containerd.sock.", "None.", |s| perms(s, Some(host::CONTAINERD_SOCK), 0o660, "File not found")),
+        // ---- 4 Container Images and Build File ----
+        check!(
+            "4.1",
+            "Ensure that a user for the container has been created (Automated)",
+            "You should ensure that the Dockerfile for each container image contains the USER instruction, or run the container with --user.",
+            "Running as a non-root user can present challenges where you wish to bind mount volumes from the underlying host.",
+            |s| per_container(s, Status::Warn, "running as root", |c| {
+                let u = c.config.as_ref().and_then(|c| c.user.clone()).unwrap_or_default();
+                let name = u.split(':').next().unwrap_or("");
+                matches!(name, "" | "root" | "0").then(|| cname(c))
+            })
+        ),
+        check!("4.2", "Ensure that containers use only trusted base images (Manual)", "Configure and use Docker Content trust. View the history of each Docker image to evaluate its risk. Scan Docker images for vulnerabilities at regular intervals.", "None.", |_| Outcome::note("Review the provenance of the images in use")),
+        check!("4.3", "Ensure that unnecessary packages are not installed in the container (Manual)", "You should not install anything within the container that is not required.", "None.", |_| Outcome::note("Review the packages in each image")),
+        check!("4.4", "Ensure images are scanned and rebuilt to include security patches (Manual)", "Pull all images, rebuild them with security patches and restart the containers (or update the services).", "None.", |_| Outcome::note("Scan images with a vulnerability scanner")),
+        check!(
+            "4.5",
+            "Ensure Content trust for Docker is Enabled (Automated)",
+            "Add DOCKER_CONTENT_TRUST variable to the /etc/environment file using command echo DOCKER_CONTENT_TRUST=1 | sudo tee -a /etc/environment.",
+            "This prevents users from working with tagged images unless they contain a signature.",
+            |_| Outcome::info("Content trust is enforced by the docker client; the appliance has no docker client, set DOCKER_CONTENT_TRUST=1 where clients run")
+        ),
+        check!(
+            "4.6",
+            "Ensure that HEALTHCHECK instructions have been added to container images (Automated)",
+            "You should follow the Docker documentation and rebuild your container images to include the HEALTHCHECK instruction.",
+            "None.",
+            |s| {
+                let bad: Vec<String> = s
+                    .engine
+                    .image_details
+                    .iter()
+                    .filter(|i| !has_healthcheck(i.config.as_ref().and_then(|c| c.healthcheck.as_ref())))
+                    .map(|i| match i.repo_tags.as_ref().filter(|t| !t.is_empty()) {
+                        Some(t) => format!("[{}]", t.join(",")),
+                        None => short_id(i.id.as_deref().unwrap_or("")),
+                    })
+                    .collect();
+                Outcome::warn_if_any("Images w/o HEALTHCHECK", bad)
+            }
+        ),
+        check!("4.7", "Ensure update instructions are not used alone in the Dockerfile (Manual)", "You should use update instructions together with install instructions and version pinning for packages while installing them.", "None.", |_| Outcome::note("Image histories are not read; review Dockerfiles for lone update instructions")),
+        check!("4.8", "Ensure setuid and setgid permissions are removed (Manual)", "You should allow setuid and setgid permissions only on executables which require them.", "None.", |_| Outcome::note("Review setuid/setgid binaries in each image")),
+        check!("4.9", "Ensure that COPY is used instead of ADD in Dockerfiles (Manual)", "You should use COPY rather than ADD instructions in Dockerfiles.", "None.", |_| Outcome::note("Image histories are not read; review Dockerfiles for ADD")),
+        check!("4.10", "Ensure secrets are not stored in Dockerfiles (Manual)", "Do not store any kind of secrets within Dockerfiles; use docker secrets.", "None.", |_| Outcome::note("Review Dockerfiles for secrets")),
+        check!("4.11", "Ensure only verified packages are installed (Manual)", "You should use a secure package distribution mechanism of your choice to ensure the authenticity of software packages.", "None.", |_| Outcome::note("Review package sources in Dockerfiles")),
+        check!("4.12", "Ensure all signed artifacts are validated (Manual)", "Validate artifacts signatures before uploading to the package registry.", "None.", |_| Outcome::note("Review artifact signature validation")),
+        // ---- 5 Container Runtime ----
+        check!(
+            "5.1",
+            "Ensure swarm mode is not Enabled, if not needed (Automated)",
+            "If swarm mode has been enabled on a system in error, you should run the command: docker swarm leave.",
+            "Disabling swarm mode will impact the operation of Docker Enterprise components if these are in use.",
+            |s| {
+                if s.engine.swarm_state() == "inactive" {
+                    Outcome::pass()
+                } else {
+                    Outcome::info(format!("Swarm mode is {}: this appliance is a swarm manager, swarm mode is what it is for", s.engine.swarm_state()))
+                }
+            }
+        ),
+        check!(
+            "5.2",
+            "Ensure that, if applicable, an AppArmor Profile is enabled (Automated)",
+            "If AppArmor is applicable for your Linux OS, you should enable it: verify it is installed, create or import a profile, and start containers with --security-opt=\"apparmor:PROFILENAME\".",
+            "The container will have the security controls defined in the AppArmor profile.",
+            |s| {
+                if !sec_opt(s, "name=apparmor") {
+                    return Outcome::info("AppArmor is not enabled on this host");
+                }
+                per_container(s, Status::Warn, "No AppArmorProfile Found", |c| matches!(c.app_armor_profile.as_deref(), None | Some("") | Some("unconfined")).then(|| cname(c)))
+            }
+        ),
+        check!(
+            "5.3",
+            "Ensure that, if applicable, SELinux security options are set (Automated)",
+            "Set the SELinux State and Policy, create or import a SELinux policy template for Docker containers, and start Docker in daemon mode with SELinux enabled (--selinux-enabled); start containers with --security-opt label=...",
+            "Any restrictions defined in the SELinux policy will be applied to your containers.",
+            |s| {
+                if !sec_opt(s, "name=selinux") {
+                    return Outcome::info("SELinux is not enabled on this engine");
+                }
+                per_container(s, Status::Warn, "Containers with no SecurityOptions", |c| (!security_opts(c).iter().any(|o| o.starts_with("label"))).then(|| cname(c)))
+            }
+        ),
+        check!(
+            "5.4",
+            "Ensure that Linux kernel capabilities are restricted within containers (Automated)",
+            "You should execute the command: docker run --cap-add={\"Capability 1\",\"Capability 2\"} only with the capabilities the container needs, and --cap-drop for the others.",
+            "Restrictions on processes within a container are based on which Linux capabilities are in force.",
+            |s| per_container(s, Status::Warn, "Capabilities added for containers", |c| {
+                let added = c.host_config.as_ref().and_then(|h| h.cap_add.clone()).unwrap_or_default();
+                added.iter().any(|cap| !DEFAULT_CAPS.contains(&cap.to_uppercase().trim_start_matches("CAP_"))).then(|| cname(c))
+            })
+        ),
+        check!(
+            "5.5",
+            "Ensure that privileged containers are not used (Automated)",
+            "You should not run containers with the --privileged flag.",
+            "If you start a container without the --privileged flag, it will not have excessive default capabilities.",
+            |s| per_container(s, Status::Warn, "Containers running in privileged mode", |c| hc(c, |h| h.privileged).unwrap_or(false).then(|| cname(c)))
+        ),
+        check!(
+            "5.6",
+            "Ensure sensitive host system directories are not mounted on containers (Automated)",
+            "You should not mount directories which are security sensitive on the host within containers, especially in read-write mode.",
+            "None.",
+            |s| per_container_items(s, Status::Warn, "Containers with sensitive directories mounted", |c| {
+                c.mounts
+                    .iter()
+                    .flatten()
+                    .filter(|m| m.rw == Some(true))
+                    .filter_map(|m| m.source.as_deref())
+                    .filter(|src| SENSITIVE_DIRS.iter().any(|d| *src == *d || (*d != "/" && src.starts_with(&format!("{d}/")))))
+                    .map(|src| format!("{}:{src}", cname(c)))
+                    .collect()
+            })
+        ),
+        check!(
+            "5.7",
+            "Ensure sshd is not run within containers (Automated)",
+            "Uninstall the SSH daemon from the container and use docker exec to enter a container on the remote host.",
+            "None.",
+            |_| Outcome::note("The appliance does not exec into containers; check with docker top <container>")
+        ),
+        check!(
+            "5.8",
+            "Ensure privileged ports are not mapped within containers (Automated)",
+            "You should not map container ports to privileged host ports when starting a container.",
+            "None.",
+            |s| per_container_items(s, Status::Warn, "Containers using privileged ports", |c| {
+                host_ports(c).into_iter().filter(|(_, p)| *p > 0 && *p < 1024).map(|(_, p)| format!("{}:{p}", cname(c))).collect()
+            })
+        ),
+        check!("5.9", "Ensure that only needed ports are open on the container (Manual)", "You should fix the Dockerfile of the container image to expose only needed ports, and publish only those (no -P).", "None.", |_| Outcome::note("Review the published ports of each container")),
+        check!(
+            "5.10",
+            "Ensure that the host's network namespace is not shared (Automated)",
+            "You should not pass the --net=host option when starting any container.",
+            "None.",
+            |s| per_container(s, Status::Warn, "Containers running with networking mode 'host'", |c| (hc(c, |h| h.network_mode.clone()).as_deref() == Some("host")).then(|| cname(c)))
+        ),
+        check!(
+            "5.11",
+            "Ensure that the memory usage for containers is limited (Automated)",
+            "You should run the container with only as much memory as it requires by using the --memory argument.",
+            "If correct memory limits are not set on each container, one process can expand its usage and cause other containers to run out of resources.",
+            |s| per_container(s, Status::Warn, "Container running without memory restrictions", |c| (hc(c, |h| h.memory).unwrap_or(0) == 0).then(|| cname(c)))
+        ),
+        check!(
+            "5.12",
+            "Ensure that CPU priority is set appropriately on containers (Automated)",
+            "You should manage the CPU runtime between your containers dependent on their priority within your organization: docker run --cpu-shares.",
+            "If you do not correctly assign CPU thresholds, the container process may run out of resources and become unresponsive.",
+            |s| per_container(s, Status::Warn, "Containers running without CPU restrictions", |c| matches!(hc(c, |h| h.cpu_shares).unwrap_or(0), 0 | 1024).then(|| cname(c)))
+        ),
+        check!(
+            "5.13",
+            "Ensure that the container's root filesystem is mounted as read only (Automated)",
+            "You should add a --read-only flag at a container's runtime to enforce the container's root filesystem being mounted as read only.",
+            "Enabling --read-only at container runtime may break some container OS packages if a data writing strategy is not defined.",
+            |s| per_container(s, Status::Warn, "Containers running with root FS mounted R/W", |c| (!hc(c, |h| h.readonly_rootfs).unwrap_or(false)).then(|| cname(c)))
+        ),
+        check!(
+            "5.14",
+            "Ensure that incoming container traffic is bound to a specific host interface (Automated)",
+            "You should bind the container port to a specific host interface on the desired host port: docker run -p <IP>:<host port>:<container port>.",
+            "None.",
+            |s| per_container_items(s, Status::Warn, "Port being bound to wildcard IP", |c| {
+                host_ports(c).into_iter().filter(|(ip, _)| matches!(ip.as_str(), "" | "0.0.0.0" | "::")).map(|(_, p)| format!("{}:{p}", cname(c))).collect()
+            })
+        ),
+        check!(
+            "5.15",
+            "Ensure that the 'on-failure' container restart policy is set to '5' (Automated)",
+            "If you wish a container to be automatically restarted, a sample command is docker run --restart=on-failure:5.",
+            "If this option is set, a container will only attempt to restart itself 5 times.",
+            |s| per_container(s, Status::Warn, "MaximumRetryCount is not set to 5", |c| {
+                let rp = hc(c, |h| h.restart_policy.clone()).unwrap_or_default();
+                let bad = match rp.name {
+                    Some(RestartPolicyNameEnum::ALWAYS) | Some(RestartPolicyNameEnum::UNLESS_STOPPED) => true,
+                    Some(RestartPolicyNameEnum::ON_FAILURE) => !(1..=5).contains(&rp.maximum_retry_count.unwrap_or(0)),
+                    _ => false,
+                };
+                bad.then(|| cname(c))
+            })
+        ),
+        check!(
+            "5.16",
+            "Ensure that the host's process namespace is not shared (Automated)",
+            "You should not start a container with the --pid=host argument.",
+            "None.",
+            |s| per_container(s, Status::Warn, "Host PID namespace being shared with", |c| (hc(c, |h| h.pid_mode.clone()).as_deref() == Some("host")).then(|| cname(c)))
+        ),
+        check!(
+            "5.17",
+            "Ensure that the host's IPC namespace is not shared (Automated)",
+            "You should not start a container with the --ipc=host argument.",
+            "Shared memory segments are used in order to accelerate interprocess communications, commonly in high-performance applications.",
+            |s| per_container(s, Status::Warn, "Host IPC namespace being shared with", |c| (hc(c, |h| h.ipc_mode.clone()).as_deref() == Some("host")).then(|| cname(c)))
+        ),
+        check!(
+            "5.18",
+            "Ensure that host devices are not directly exposed to containers (Manual)",
+            "You should not directly expose host devices to containers; if you must, use the correct set of permissions (--device=/dev/x:/dev/x:r).",
+            "You would not be able to use host devices directly within containers.",
+            |s| per_container(s, Status::Info, "Containers with host devices", |c| (!hc(c, |h| h.devices.clone()).unwrap_or_default().is_empty()).then(|| cname(c)))
+        ),
+        check!(
+            "5.19",
+            "Ensure that the default ulimit is overwritten at runtime if needed (Manual)",
+            "You should only override the default ulimit settings if needed in a specific case: docker run --ulimit nofile=1024:1024.",
+            "If ulimits are not set correctly, overutilization by individual containers could make the host system unusable.",
+            |s| per_container(s, Status::Info, "Containers with no default ulimit override", |c| hc(c, |h| h.ulimits.clone()).unwrap_or_default().is_empty().then(|| cname(c)))
+        ),
+        check!(
+            "5.20",
+            "Ensure mount propagation mode is not set to shared (Automated)",
+            "Do not mount volumes in shared mode propagation.",
+            "None.",
+            |s| per_container(s, Status::Warn, "Mount propagation mode is shared", |c| c.mounts.iter().flatten().any(|m| matches!(m.propagation.as_deref(), Some("shared") | Some("rshared"))).then(|| cname(c)))
+        ),
+        check!(
+            "5.21",
+            "Ensure that the host's UTS namespace is not shared (Automated)",
+            "You should not start a container with the --uts=host argument.",
+            "None.",
+            |s| per_container(s, Status::Warn, "Host UTS namespace being shared with", |c| (hc(c, |h| h.uts_mode.clone()).as_deref() == Some("host")).then(|| cname(c)))
+        ),
+        check!(
+            "5.22",
+            "Ensure the default seccomp profile is not Disabled (Automated)",
+            "By default, seccomp profiles are enabled. You do not need to do anything unless you want to modify and use a modified seccomp profile; never use --security-opt seccomp=unconfined.",
+            "With Docker 1.10 and greater, the default seccomp profile blocks syscalls, regardless of --cap-add passed to the container.",
+            |s| per_container(s, Status::Warn, "Containers with seccomp disabled", |c| security_opts(c).iter().any(|o| o == "seccomp=unconfined" || o == "seccomp:unconfined").then(|| cname(c)))
+        ),
+        check!("5.23", "Ensure that docker exec commands are not used with the privileged option (Automated)", "You should not use the --privileged option in docker exec commands.", "If you need enhanced capabilities within a container, run it with all the permissions it requires.", |_| Outcome::note("docker exec history is not visible through the API; review the engine's audit log")),
+        check!("5.24", "Ensure that docker exec commands are not used with the user=root option (Manual)", "You should not use the --user=root option in docker exec commands.", "None.", |_| Outcome::note("docker exec history is not visible through the API; review the engine's audit log")),
+        check!(
+            "5.25",
+            "Ensure that cgroup usage is confirmed (Automated)",
+            "You should not use the --cgroup-parent option within the docker run command unless strictly required.",
+            "None.",
+            |s| per_container(s, Status::Warn, "Containers using a non-default cgroup", |c| (!hc(c, |h| h.cgroup_parent.clone()).unwrap_or_default().is_empty()).then(|| cname(c)))
+        ),
+        check!(
+            "5.26",
+            "Ensure that the container is restricted from acquiring additional privileges (Automated)",
+            "You should start your container with the options: docker run --security-opt=no-new-privileges (or set \"no-new-privileges\": true in daemon.json).",
+            "The no_new_priv option prevents LSMs like SELinux from allowing processes to acquire new privileges.",
+            |s| {
+                if settings(s).flag("no-new-privileges") == Some(true) {
+                    return if s.engine.containers.is_empty() { Outcome::info(NO_CONTAINERS) } else { Outcome::pass_with("no-new-privileges is set daemon-wide") };
+                }
+                per_container(s, Status::Warn, "Containers without restricted privileges", |c| {
+                    (!security_opts(c).iter().any(|o| matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true"))).then(|| cname(c))
+                })
+            }
+        ),
+        check!(
+            "5.27",
+            "Ensure that container health is checked at runtime (Automated)",
+            "You should run the container using the --health-cmd parameter (or a HEALTHCHECK in the image).",
+            "None.",
+            |s| per_container(s, Status::Warn, "Containers without health check", |c| (!has_healthcheck(c.config.as_ref().and_then(|c| c.healthcheck.as_ref()))).then(|| cname(c)))
+        ),
+        check!("5.28", "Ensure that Docker commands always make use of the latest version of their image (Manual)", "You should use proper version pinning mechanisms (the \"latest\" tag should be avoided) to ensure that your installation is not vulnerable to cache bugs.", "None.", |_| Outcome::info("Pin images by digest; swarm services resolve tags to digests at deploy time")),
+        check!(
+            "5.29",
+            "Ensure that the PIDs cgroup limit is used (Automated)",
+            "Use --pids-limit flag with an appropriate value when launching the container.",
+            "Set the PIDs limit value as appropriate. Incorrect values might leave containers unusable.",
+            |s| per_container(s, Status::Warn, "Containers without PIDs cgroup limit", |c| (hc(c, |h| h.pids_limit).unwrap_or(0) <= 0).then(|| cname(c)))
+        ),
+        check!(
+            "5.30",
+            "Ensure that Docker's default bridge 'docker0' is not used (Manual)",
+            "You should follow the Docker documentation and set up a user-defined network. All the containers should be run in this network.",
+            "User-defined networks need to be configured and managed in line with organizational security policy.",
+            |s| per_container(s, Status::Info, "Containers using docker0 network", |c| {
+                c.network_settings.as_ref().and_then(|n| n.networks.as_ref()).is_some_and(|n| n.contains_key("bridge")).then(|| cname(c))
+            })
+        ),
+        check!(
+            "5.31",
+            "Ensure that the host's user namespaces are not shared (Automated)",
+            "You should not share user namespaces between host and containers (no --userns=host).",
+            "None.",
+            |s| per_container(s, Status::Warn, "Namespace shared", |c| (hc(c, |h| h.userns_mode.clone()).as_deref() == Some("host")).then(|| cname(c)))
+        ),
+        check!(
+            "5.32",
+            "Ensure that the Docker socket is not mounted inside any containers (Automated)",
+            "You should ensure that no containers mount docker.sock as a volume.",
+            "None.",
+            |s| per_container(s, Status::Warn, "Docker socket shared", |c| {
+                let sock = s.docker_socket.as_str();
+                c.mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| [m.source.as_deref(), m.destination.as_deref()].into_iter().flatten().any(|p| p.contains("docker.sock") || (!sock.is_empty() && p == sock)))
+                    .then(|| cname(c))
+            })
+        ),
+        // ---- 6 Docker Security Operations ----
+        check!(
+            "6.1",
+            "Ensure that image sprawl is avoided (Manual)",
+            "You should keep only the images that you actually need and establish a workflow to remove old or stale images from the host (docker image prune).",
+            "docker system prune -a removes all exited containers as well as all images and volumes that are not referenced by running containers, including for UCP and DTR.",
+            |s| {
+                let used: std::collections::BTreeSet<&str> = s.engine.all_containers.iter().filter_map(|c| c.image_id.as_deref()).collect();
+                Outcome::info(format!("{} active/{} in use", s.engine.images.len(), used.len()))
+            }
+        ),
+        check!(
+            "6.2",
+            "Ensure that container sprawl is avoided (Manual)",
+            "You should periodically check your container inventory on each host and clean up stopped containers (docker container prune).",
+            "You should retain containers that are actively in use, and delete ones which are no longer needed.",
+            |s| Outcome::info(format!("{} total/{} running", s.engine.all_containers.len(), s.engine.containers.len()))
+        ),
+        // ---- 7 Docker Swarm Configuration ----
+        check!(
+            "7.1",
+            "Ensure that the minimum number of manager nodes have been created in a swarm (Automated)",
+            "If an excessive number of managers is configured, the excess nodes can be demoted to workers using command docker node demote <ID>. Keep an odd number of managers.",
+            "None.",
+            |s| {
+                let Some(sw) = swarm_info(s) else { return Outcome::info("Swarm mode not enabled") };
+                match sw.managers {
+                    Some(n) if n % 2 == 0 => Outcome::warn(format!("{n} managers: an even number adds no fault tolerance")),
+                    Some(n) if n > 7 => Outcome::warn(format!("{n} managers: more than 7 slows down consensus")),
+                    Some(n) => Outcome::pass_with(format!("{n} manager(s)")),
+                    None => Outcome::note("The engine did not report the number of managers"),
+                }
+            }
+        ),
+        check!(
+            "7.2",
+            "Ensure that swarm services are bound to a specific host interface (Automated)",
+            "Resolving this issue requires re-initialization of the swarm, specifying a specific interface for the --listen-addr parameter (swarm.listen_addr in the swarmseal configuration).",
+            "None.",
+            |s| {
+                if swarm_info(s).is_none() {
+                    return Outcome::info("Swarm mode not enabled");
+                }
+                let Some(ls) = s.host.dockerd.as_ref().and_then(|d| d.listeners.as_ref()) else { return Outcome::note("The dockerd process or its sockets could not be read") };
+                let swarm: Vec<_> = ls.iter().filter(|l| l.port == SWARM_PORT).collect();
+                let wild: Vec<String> = swarm.iter().filter(|l| l.wildcard).map(|l| l.to_string()).collect();
+                if !wild.is_empty() {
+                    Outcome::items(Status::Warn, "Swarm listens on all interfaces", wild)
+                } else if swarm.is_empty() {
+                    Outcome::note(format!("No dockerd listener on port {SWARM_PORT}"))
+                } else {
+                    Outcome::pass_with(format!("Swarm listens on {}", swarm.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" ")))
+                }
+            }
+        ),
+        check!(
+            "7.3",
+            "Ensure that all Docker swarm overlay networks are encrypted (Automated)",
+            "You should create overlay networks with the --opt encrypted flag.",
+            "None.",
+            |s| {
+                if swarm_info(s).is_none() {
+                    return Outcome::info("Swarm mode not enabled");
+                }
+                let bad: Vec<String> = s
+                    .engine
+                    .networks
+                    .iter()
+                    .filter(|n| n.driver.as_deref() == Some("overlay"))
+                    .filter(|n| !n.options.as_ref().is_some_and(|o| o.contains_key("encrypted")))
+                    .filter_map(|n| n.name.clone())
+                    .collect();
+                Outcome::warn_if_any("Unencrypted overlay networks", bad)
+            }
+        ),
+        check!("7.4", "Ensure that Docker's secret management commands are used for managing secrets in a swarm cluster (Manual)", "You should follow the docker secret documentation and use it to manage secrets effectively.", "None.", |s| {
+            if swarm_info(s).is_none() {
+                Outcome::info("Swarm mode not enabled")
+            } else {
+                Outcome::note("Review that services take their secrets from docker secret")
+            }
+        }),
+        check!(
+            "7.5",
+            "Ensure that swarm manager is run in auto-lock mode (Automated)",
+            "If you are initializing a swarm, use docker swarm init --autolock; on an existing swarm, docker swarm update --autolock (swarmseal init does this and seals the key).",
+            "A swarm in auto-lock mode will not recover from a restart without manual intervention from an administrator to enter the unlock key.",
+            |s| {
+                if s.engine.swarm_state() == "locked" {
+                    return Outcome::pass_with("The swarm is locked: auto-lock is on");
+                }
+                if swarm_info(s).is_none() {
+                    return Outcome::info("Swarm mode not enabled");
+                }
+                match autolock(s) {
+                    Some(true) => Outcome::pass(),
+                    Some(false) => Outcome::warn("Swarm manager is not in auto-lock mode"),
+                    None => Outcome::note("The swarm specification could not be read (not a manager?)"),
+                }
+            }
+        ),
+        check!("7.6", "Ensure that the swarm manager auto-lock key is rotated periodically (Manual)", "You should run the command to rotate the keys: docker swarm unlock-key --rotate (swarmseal rotate reseals the new key).", "None.", |s| {
+            if swarm_info(s).is_none() {
+                Outcome::info("Swarm mode not enabled")
+            } else {
+                Outcome::note("Key age is not visible through the API; rotate with swarmseal rotate")
+            }
+        }),
+        check!(
+            "7.7",
+            "Ensure that node certificates are rotated as appropriate (Manual)",
+            "You should run the command to set the desired expiry time on the node certificate: docker swarm update --cert-expiry 48h.",
+            "None.",
+            |s| {
+                if swarm_info(s).is_none() {
+                    return Outcome::info("Swarm mode not enabled");
+                }
+                let exp = s.engine.swarm.as_ref().and_then(|w| w.spec.as_ref()).and_then(|sp| sp.ca_config.as_ref()).and_then(|c| c.node_cert_expiry);
+                match exp {
+                    Some(ns) => {
+                        let hours = ns / 3_600_000_000_000;
+                        if hours <= 90 * 24 {
+                            Outcome::pass_with(format!("Node certificates expire after {hours}h"))
+                        } else {
+                            Outcome::warn(format!("Node certificates expire after {hours}h (more than 90 days)"))
+                        }
+                    }
+                    None => Outcome::note("The swarm specification could not be read (not a manager?)"),
+                }
+            }
+        ),
+        check!("7.8", "Ensure that CA certificates are rotated as appropriate (Manual)", "You should run the command to rotate a certificate: docker swarm ca --rotate.", "None.", |s| {
+            if swarm_info(s).is_none() {
+                return Outcome::info("Swarm mode not enabled");
+            }
+            match s.engine.swarm.as_ref().and_then(|w| w.root_rotation_in_progress) {
+                Some(true) => Outcome::info("A root CA rotation is in progress"),
+                _ => Outcome::note("The CA certificate's age is not visible through the API; rotate with docker swarm ca --rotate"),
+            }
+        }),
+        check!("7.9", "Ensure that management plane traffic is separated from data plane traffic (Manual)", "You should initialize the swarm with dedicated interfaces for management and data planes respectively: docker swarm init --advertise-addr=<IP> --data-path-addr=<IP>.", "You would need to manage two network interfaces per node.", |s| {
+            match swarm_info(s) {
+                None => Outcome::info("Swarm mode not enabled"),
+                Some(sw) => Outcome::note(format!("Management plane on {}; the data path address is not visible through the API", sw.node_addr.clone().unwrap_or_default())),
+            }
+        }),
+        // ---- A Swarm Manager Appliance ----
+        check!(
+            "A.1",
+            "Ensure swarm autolock is on and the unlock key is sealed in the TPM (Automated)",
+            "Run swarmseal init (new swarm) or swarmseal seal (existing autolocked swarm) so the agent can unlock the swarm at boot.",
+            "None.",
+            |s| {
+                if s.engine.swarm_state() == "inactive" {
+                    return Outcome::info("Swarm mode not enabled");
+                }
+                let locked = s.engine.swarm_state() == "locked";
+                if !locked && autolock(s) == Some(false) {
+                    return Outcome::warn("Swarm autolock is off: the raft keys sit unencrypted on disk");
+                }
+                match &s.appliance.sealed_key {
+                    None => Outcome::warn("No sealed unlock key in the state directory: the swarm cannot be unlocked at boot without an operator"),
+                    Some(_) if locked || autolock(s) == Some(true) => Outcome::pass_with("Autolock on; unlock key sealed"),
+                    Some(_) => Outcome::note("Unlock key sealed; the autolock setting could not be read"),
+                }
+            }
+        ),
+        check!(
+            "A.2",
+            "Ensure the sealed key's PCR policy matches the current boot measurements (Automated)",
+            "If the change in measurements is expected (firmware, bootloader or kernel update), unlock once with swarmseal unlock --manual, which reseals the key under the current PCRs.",
+            "None.",
+            |s| match &s.appliance.sealed_key {
+                None => Outcome::note("No sealed key to compare"),
+                Some(k) => match k.pcrs_match {
+                    Some(true) => Outcome::pass_with(non_empty(&k.detail, "The policy PCRs match their sealed values")),
+                    Some(false) => Outcome::warn(non_empty(&k.detail, "Some policy PCRs differ from their sealed values")),
+                    None => Outcome::note(non_empty(&k.detail, "The TPM could not be read")),
+                },
+            }
+        ),
+        check!(
+            "A.3",
+            "Ensure the Docker Engine API does not listen on TCP (Automated)",
+            "Remove tcp:// entries from dockerd -H and from \"hosts\" in daemon.json; remote clients use the swarmseal mutual-TLS proxy.",
+            "None.",
+            |s| {
+                let mut bad: Vec<String> = settings(s).values("hosts").into_iter().filter(|h| h.starts_with("tcp://")).collect();
+                let Some(d) = &s.host.dockerd else {
+                    return if bad.is_empty() { Outcome::note("The dockerd process could not be found") } else { Outcome::items(Status::Warn, "Engine API configured on TCP", bad) };
+                };
+                let Some(ls) = &d.listeners else { return Outcome::note("The dockerd sockets could not be read") };
+                bad.extend(ls.iter().filter(|l| !SWARM_PORTS.contains(&l.port)).map(|l| l.to_string()));
+                bad.sort();
+                bad.dedup();
+                if bad.is_empty() {
+                    Outcome::pass_with(format!("dockerd (pid {}) listens on TCP only for swarm ({} socket(s))", d.pid, ls.len()))
+                } else {
+                    Outcome::items(Status::Warn, "Engine API on TCP", bad)
+                }
+            }
+        ),
+        check!(
+            "A.4",
+            "Ensure the remote API proxy requires client certificates (Automated)",
+            "Enable the proxy ([proxy] enabled = true) with a client CA; it refuses connections without a certificate signed by that CA.",
+            "None.",
+            |s| {
+                let at = s.appliance.proxy_listen.clone().map(|l| format!(" on {l}")).unwrap_or_default();
+                match s.appliance.proxy_requires_client_certs {
+                    Some(true) => Outcome::pass_with(format!("The proxy{at} requires client certificates")),
+                    Some(false) => Outcome::warn(format!("The proxy{at} accepts clients without certificates")),
+                    None => Outcome::info("The proxy is disabled: the engine API is reachable only on its unix socket"),
+                }
+            }
+        ),
+        check!(
+            "A.5",
+            "Ensure the operating system file system is dm-verity protected (Automated)",
+            "Boot the signed appliance image, whose /usr (or root) partition is verified by dm-verity against a signed root hash.",
+            "None.",
+            verity
+        ),
+        check!(
+            "A.6",
+            "Ensure Secure Boot is enabled (Automated)",
+            "Enroll the appliance's Secure Boot keys in the firmware and enable Secure Boot.",
+            "None.",
+            |s| match s.host.secure_boot {
+                Some(1) => Outcome::pass_with("Secure Boot is enabled"),
+                Some(v) => Outcome::warn(format!("Secure Boot is disabled (SecureBoot={v})")),
+                None => Outcome::note("No SecureBoot EFI variable: not booted with UEFI, or efivarfs is not mounted"),
+            }
+        ),
+    ]
+}
+
+/// Swarm control-plane port (`--listen-addr` default).
+const SWARM_PORT: u16 = 2377;
+/// Ports dockerd itself listens on in swarm mode (raft/control, gossip).
+const SWARM_PORTS: [u16; 2] = [2377, 7946];
+const SENSITIVE_DIRS: [&str; 8] = ["/", "/boot", "/dev", "/etc", "/lib", "/proc", "/sys", "/usr"];
+/// Docker's default capability set: adding these back is not a finding.
+const DEFAULT_CAPS: [&str; 14] = ["AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"];
+
+fn settings(s: &Snapshot) -> Settings<'_> {
+    Settings::new(&s.host)
+}
+
+fn sec_opt(s: &Snapshot, prefix: &str) -> bool {
+    s.engine.info.security_options.iter().flatten().any(|o| o.starts_with(prefix))
+}
+
+fn swarm_info(s: &Snapshot) -> Option<&bollard::models::SwarmInfo> {
+    if s.engine.swarm_active() {
+        s.engine.info.swarm.as_ref()
+    } else {
+        None
+    }
+}
+
+fn autolock(s: &Snapshot) -> Option<bool> {
+    s.engine.swarm.as_ref()?.spec.as_ref()?.encryption_config.as_ref()?.auto_lock_managers.or(Some(false))
+}
+
+fn non_empty(s: &str, default: &str) -> String {
+    if s.is_empty() {
+        default.to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn cname(c: &ContainerInspectResponse) -> String {
+    c.name.as_deref().unwrap_or("").trim_start_matches('/').to_string()
+}
+
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+fn hc<T>(c: &ContainerInspectResponse, f: impl Fn(&bollard::models::HostConfig) -> Option<T>) -> Option<T> {
+    c.host_config.as_ref().and_then(f)
+}
+
+fn security_opts(c: &ContainerInspectResponse) -> Vec<String> {
+    hc(c, |h| h.security_opt.clone()).unwrap_or_default()
+}
+
+fn has_healthcheck(h: Option<&bollard::models::HealthConfig>) -> bool {
+    h.and_then(|h| h.test.as_ref()).and_then(|t| t.first()).is_some_and(|t| t != "NONE")
+}
+
+/// Published ports: (host IP, host port).
+fn host_ports(c: &ContainerInspectResponse) -> Vec<(String, u16)> {
+    let mut v = Vec::new();
+    let maps = [c.network_settings.as_ref().and_then(|n| n.ports.as_ref()), c.host_config.as_ref().and_then(|h| h.port_bindings.as_ref())];
+    for m in maps.into_iter().flatten() {
+        for b in m.values().flatten().flatten() {
+            if let Some(p) = b.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()) {
+                v.push((b.host_ip.clone().unwrap_or_default(), p));
+            }
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// A runtime rule over every running container: `f` names the offender (or `None`).
+/// Offenders make the result `bad` (WARN, or INFO for manual checks); none: PASS.
+fn per_container(s: &Snapshot, bad: Status, details: &str, f: impl Fn(&ContainerInspectResponse) -> Option<String>) -> Outcome {
+    per_container_items(s, bad, details, |c| f(c).into_iter().collect())
+}
+
+fn per_container_items(s: &Snapshot, bad: Status, details: &str, f: impl Fn(&ContainerInspectResponse) -> Vec<String>) -> Outcome {
+    if s.engine.containers.is_empty() {
+        return Outcome::info(NO_CONTAINERS);
+    }
+    let items: Vec<String> = s.engine.containers.iter().flat_map(f).collect();
+    if items.is_empty() {
+        Outcome::pass()
+    } else {
+        Outcome::items(bad, details, items)
+    }
+}
+
+/// 1.1.x: an audit rule names `path`; with `needs_file`, INFO when it does not exist.
+fn audit_rule(s: &Snapshot, path: &str, needs_file: bool) -> Outcome {
+    if needs_file && !s.host.exists.get(path).copied().unwrap_or(false) {
+        return Outcome::info("File not found");
+    }
+    audit_present(s, path)
+}
+
+fn audit_present(s: &Snapshot, path: &str) -> Outcome {
+    if s.host.audit.covers(path) {
+        Outcome::pass()
+    } else {
+        Outcome::items(Status::Warn, format!("No audit rule in {}", s.host.audit.source), vec![path.to_string()])
+    }
+}
+
+/// 3.x ownership: root:root.
+fn owner(s: &Snapshot, path: Option<&str>, missing: &str) -> Outcome {
+    let Some(p) = path else { return Outcome::info(missing) };
+    match s.host.stat_of(p) {
+        None => Outcome::info(missing),
+        Some(st) if st.uid == 0 && st.gid == 0 => Outcome::pass(),
+        Some(st) => Outcome::items(Status::Warn, "Wrong ownership for", vec![format!("{p}({}:{})", st.uid, st.gid)]),
+    }
+}
+
+/// 3.x permissions: no bit beyond `max`.
+fn perms(s: &Snapshot, path: Option<&str>, max: u32, missing: &str) -> Outcome {
+    let Some(p) = path else { return Outcome::info(missing) };
+    match s.host.stat_of(p) {
+        None => Outcome::info(missing),
+        Some(st) if st.mode & !max == 0 => Outcome::pass(),
+        Some(st) => Outcome::items(Status::Warn, "Wrong permissions for", vec![format!("{p}({:o})", st.mode)]),
+    }
+}
+
+/// A.5: `/usr` (when it is its own mount) or `/` sits on a dm-verity target.
+fn verity(s: &Snapshot) -> Outcome {
+    let Some(mounts) = &s.host.mounts else { return Outcome::note("The mount table could not be read") };
+    let mount_of = |t: &str| mounts.iter().rev().find(|m| m.target == t);
+    let dm_of = |dev: &str| {
+        let dev = dev.trim_start_matches("/dev/");
+        s.host.dm.iter().find(|d| match dev.strip_prefix("mapper/") {
+            Some(name) => d.name == name,
+            None => d.kname == dev,
+        })
+    };
+    let mut seen = Vec::new();
+    for t in ["/", "/usr"] {
+        if let Some(m) = mount_of(t) {
+            match dm_of(&m.device) {
+                Some(d) if d.uuid.starts_with("CRYPT-VERITY") => return Outcome::pass_with(format!("{t} is {} on {} (dm-verity {})", m.fstype, m.device, d.name)),
+                _ => seen.push(format!("{t}={}:{}", m.device, m.fstype)),
+            }
+        }
+    }
+    if seen.is_empty() {
+        return Outcome::note("No / or /usr entry in the mount table");
+    }
+    Outcome::items(Status::Warn, "Not on dm-verity", seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::host::{DmDevice, MountEntry};
+    use serde_json::json;
+
+    fn container(v: serde_json::Value) -> ContainerInspectResponse {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn eval(id: &str, s: &Snapshot) -> Outcome {
+        let c = catalogue().into_iter().find(|c| c.id == id).unwrap();
+        (c.eval)(s)
+    }
+
+    #[test]
+    fn ids_are_unique_and_sections_known() {
+        let cs = catalogue();
+        let mut ids: Vec<&str> = cs.iter().map(|c| c.id).collect();
+        ids.sort();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(n, ids.len());
+        for c in &cs {
+            assert!(SECTIONS.iter().any(|(s, _)| *s == crate::bench::report::section_of(c.id)), "{}", c.id);
+            assert!(c.desc.ends_with("(Automated)") || c.desc.ends_with("(Manual)"), "{}", c.id);
+            assert!(!c.remediation.is_empty(), "{}", c.id);
+        }
+    }
+
+    #[test]
+    fn runtime_rule_flags_only_offenders() {
+        let mut s = Snapshot::default();
+        s.engine.containers = vec![
+            container(json!({"Name": "/bad", "HostConfig": {"Privileged": true, "PidMode": "host", "Memory": 0}})),
+            container(json!({"Name": "/good", "HostConfig": {"Privileged": false, "Memory": 1048576}})),
+        ];
+        assert_eq!(eval("5.5", &s).items, vec!["bad"]);
+        assert_eq!(eval("5.16", &s).items, vec!["bad"]);
+        assert_eq!(eval("5.11", &s).items, vec!["bad"]);
+        assert_eq!(eval("5.10", &s).status, Status::Pass);
+        s.engine.containers.clear();
+        assert_eq!(eval("5.5", &s).status, Status::Info);
+    }
+
+    #[test]
+    fn swarm_mode_is_info_on_a_manager() {
+        let mut s = Snapshot::default();
+        s.engine.info = serde_json::from_value(json!({"Swarm": {"LocalNodeState": "active", "ControlAvailable": true, "Managers": 1}})).unwrap();
+        assert_eq!(eval("5.1", &s).status, Status::Info);
+        assert_eq!(eval("7.1", &s).status, Status::Pass);
+        assert_eq!(eval("2.15", &s).status, Status::Info);
+        s.engine.info = serde_json::from_value(json!({"Swarm": {"LocalNodeState": "inactive"}})).unwrap();
+        assert_eq!(eval("5.1", &s).status, Status::Pass);
+        assert_eq!(eval("7.1", &s).status, Status::Info);
+    }
+
+    #[test]
+    fn verity_on_usr_passes_and_plain_root_warns() {
+        let mut s = Snapshot::default();
+        s.host.mounts = Some(vec![
+            MountEntry { device: "/dev/sda3".into(), target: "/".into(), fstype: "ext4".into() },
+            MountEntry { device: "/dev/mapper/usr".into(), target: "/usr".into(), fstype: "erofs".into() },
+        ]);
+        s.host.dm = vec![DmDevice { kname: "dm-0".into(), name: "usr".into(), uuid: "CRYPT-VERITY-abc-usr".into() }];
+        assert_eq!(eval("A.5", &s).status, Status::Pass);
+        s.host.dm[0].uuid = "CRYPT-LUKS2-abc".into();
+        let o = eval("A.5", &s);
+        assert_eq!(o.status, Status::Warn);
+        assert_eq!(o.items, vec!["/=/dev/sda3:ext4", "/usr=/dev/mapper/usr:erofs"]);
+    }
+
+    #[test]
+    fn appliance_facts_drive_a2_and_a4() {
+        let mut s = Snapshot::default();
+        assert_eq!(eval("A.2", &s).status, Status::Note);
+        assert_eq!(eval("A.4", &s).status, Status::Info);
+        s.appliance.sealed_key = Some(crate::bench::SealedKeyFact { pcrs_match: Some(false), detail: "PCR 7 differs".into() });
+        s.appliance.proxy_requires_client_certs = Some(true);
+        assert_eq!(eval("A.2", &s), Outcome::warn("PCR 7 differs"));
+        assert_eq!(eval("A.4", &s).status, Status::Pass);
+    }
+}
