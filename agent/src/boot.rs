@@ -162,18 +162,30 @@ impl Ctx {
     /// Unseal the key from `current`, then `previous`, and unlock the engine
     /// with it (`POST /swarm/unlock`). Returns the slot that worked.
     pub async fn unlock_from_tpm(&self, engine: &Engine) -> Result<Slot, BootError> {
+        // Read both slots first: a missing or unreadable blob is reported as
+        // such, before any TPM work (and before the phase-lock check).
+        let mut slots = Vec::new();
+        let mut first_err: Option<BootError> = None;
+        for slot in [Slot::Current, Slot::Previous] {
+            let path = self.ks.slot_path(slot);
+            match self.ks.load(slot).and_then(|f| f.map(|f| f.decode(&path)).transpose()) {
+                Ok(Some(decoded)) => slots.push((slot, path, decoded)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(event = "slot_unreadable", slot = slot.name(), error = %e, "sealed slot unreadable");
+                    first_err.get_or_insert(e.into());
+                }
+            }
+        }
+        if slots.is_empty() {
+            return Err(first_err.unwrap_or_else(|| KeystoreError::NoSealedKey { dir: self.ks.keys_dir() }.into()));
+        }
         let (_, locked) = self.boot_pcrs().await?;
         if locked {
             return Err(BootError::PhaseLocked { pcr: self.cfg.tpm.phase_pcr });
         }
-        let mut first_err: Option<BootError> = None;
-        let mut any = false;
-        for slot in [Slot::Current, Slot::Previous] {
-            let path = self.ks.slot_path(slot);
+        for (slot, path, (obj, policy)) in slots {
             let result: Result<(), BootError> = async {
-                let Some(file) = self.ks.load(slot)? else { return Err(KeystoreError::NoSealedKey { dir: self.ks.keys_dir() }.into()) };
-                any = true;
-                let (obj, policy) = file.decode(&path)?;
                 let bytes = self.tpm(move |t| t.unseal(&obj, &policy)).await?;
                 let key = UnlockKey::from_bytes(&bytes).map_err(|_| KeystoreError::Corrupt { path: path.clone(), message: "the unsealed data is not an unlock key".into() })?;
                 engine.unlock(&key).await?;
@@ -185,20 +197,16 @@ impl Ctx {
                     tracing::info!(event = "unlock", slot = slot.name(), "swarm unlocked with the TPM-sealed key");
                     return Ok(slot);
                 }
-                Err(BootError::Keystore(KeystoreError::NoSealedKey { .. })) => {}
                 Err(e) => {
                     tracing::warn!(event = "unlock_attempt_failed", slot = slot.name(), error = %e, "could not unlock with this slot");
-                    if first_err.is_none() {
+                    // A TPM refusal says more than an unreadable other slot.
+                    if first_err.as_ref().map(|f| matches!(f, BootError::Keystore(_))).unwrap_or(true) {
                         first_err = Some(e);
                     }
                 }
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None if !any => Err(KeystoreError::NoSealedKey { dir: self.ks.keys_dir() }.into()),
-            None => Err(BootError::Other("no slot could unlock the swarm".into())),
-        }
+        Err(first_err.unwrap_or_else(|| BootError::Other("no slot could unlock the swarm".into())))
     }
 
     /// Extend the phase PCR once per boot (crash-safe: the record, with the
@@ -402,7 +410,9 @@ async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {
         return Ok(());
     }
     let result = ctx.unlock_from_tpm(&engine).await;
-    if !matches!(result, Err(BootError::Tpm(TpmError::Unavailable { .. }))) {
+    // Lock the phase once the TPM was asked to unseal (success or refusal);
+    // not when nothing could be tried (no blob, unreadable blob, no TPM, already locked).
+    if matches!(result, Ok(_) | Err(BootError::Tpm(TpmError::PolicyMismatch { .. } | TpmError::SrkMismatch | TpmError::Command { .. })) | Err(BootError::Swarm(_))) {
         ctx.phase_lock().await?;
     }
     let slot = result?;
