@@ -51,7 +51,7 @@ pub const SECTIONS: &[(&str, &str)] = &[
 ];
 
 const AUDIT_IMPACT: &str = "Audit can generate large log files. So you need to make sure that they are rotated and archived periodically. Create a separate partition for audit logs to avoid filling up other critical partitions.";
-const NO_CONTAINERS: &str = "No running containers";
+const NO_CONTAINERS: &str = "No containers";
 
 macro_rules! check {
     ($id:literal, $desc:literal, $rem:expr, $imp:expr, $eval:expr) => {
@@ -738,7 +738,7 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure that container sprawl is avoided (Manual)",
             "You should periodically check your container inventory on each host and clean up stopped containers (docker container prune).",
             "You should retain containers that are actively in use, and delete ones which are no longer needed.",
-            |s| Outcome::info(format!("{} total/{} running", s.engine.all_containers.len(), s.engine.containers.len()))
+            |s| Outcome::info(format!("{} total/{} running", s.engine.all_containers.len(), s.engine.running()))
         ),
         // ---- 7 Docker Swarm Configuration ----
         check!(
@@ -1031,7 +1031,8 @@ fn host_ports(c: &ContainerInspectResponse) -> Vec<(String, u16)> {
     v
 }
 
-/// A runtime rule over every running container: `f` names the offender (or `None`).
+/// A runtime rule over every container (running, created or stopped: the
+/// configuration is what it runs with): `f` names the offender (or `None`).
 /// Offenders make the result `bad` (WARN, or INFO for manual checks); none: PASS.
 fn per_container(s: &Snapshot, bad: Status, details: &str, f: impl Fn(&ContainerInspectResponse) -> Option<String>) -> Outcome {
     per_container_items(s, bad, details, |c| f(c).into_iter().collect())

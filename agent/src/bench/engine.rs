@@ -1,5 +1,5 @@
 //! One pass over the Docker Engine API: version, info, swarm, networks, images
-//! and containers, each read once; every running container inspected once.
+//! and containers, each read once; every container inspected once.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +26,8 @@ pub struct EngineFacts {
     pub swarm: Option<Swarm>,
     /// `GET /containers/json?all=1`
     pub all_containers: Vec<ContainerSummary>,
-    /// `GET /containers/{id}/json` of each running container.
+    /// `GET /containers/{id}/json` of every container, running or not: a created
+    /// or stopped container runs with this configuration when it starts.
     pub containers: Vec<ContainerInspectResponse>,
     /// `GET /images/json`
     pub images: Vec<ImageSummary>,
@@ -40,6 +41,10 @@ impl EngineFacts {
     /// Swarm mode active on this node.
     pub fn swarm_active(&self) -> bool {
         self.info.swarm.as_ref().and_then(|s| s.local_node_state.as_ref()) == Some(&LocalNodeState::ACTIVE)
+    }
+    /// Containers in state `running`.
+    pub fn running(&self) -> usize {
+        self.all_containers.iter().filter(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running")).count()
     }
     /// Swarm state as the engine reports it (`inactive`, `active`, `locked`…).
     pub fn swarm_state(&self) -> String {
@@ -76,15 +81,10 @@ pub async fn gather(socket: &Path) -> Result<EngineFacts, BenchError> {
         facts.swarm = docker.inspect_swarm().await.ok();
     }
 
-    let running: Vec<String> = facts
-        .all_containers
-        .iter()
-        .filter(|c| c.state.as_ref().map(|s| s.to_string()) == Some("running".into()))
-        .filter_map(|c| c.id.clone())
-        .collect();
+    let ids: Vec<String> = facts.all_containers.iter().filter_map(|c| c.id.clone()).collect();
     let image_ids: Vec<String> = facts.images.iter().map(|i| i.id.clone()).collect();
     let docker = Arc::new(docker);
-    facts.containers = inspect_all(&docker, running, |d, id| async move { d.inspect_container(&id, None).await }).await;
+    facts.containers = inspect_all(&docker, ids, |d, id| async move { d.inspect_container(&id, None).await }).await;
     facts.image_details = inspect_all(&docker, image_ids, |d, id| async move { d.inspect_image(&id).await }).await;
     // Stable order: by name.
     facts.containers.sort_by(|a, b| a.name.cmp(&b.name));

@@ -204,7 +204,7 @@ impl Report {
                 for it in &r.outcome.items {
                     out.push_str(&format!("{}      * {it}\n", paint(st)));
                 }
-                if st != Status::Pass && !r.remediation.is_empty() {
+                if st == Status::Warn && !r.remediation.is_empty() {
                     out.push_str(&format!("         Remediation: {}\n", r.remediation));
                 }
             }

@@ -1,0 +1,338 @@
+//! `swarmseal bench` against a real dockerd: each runtime rule broken by one
+//! container made for it, next to a clean container that passes them all;
+//! daemon and file checks against fixture trees (`--root`); the JSON report
+//! validated against the docker-bench-security log schema.
+mod support;
+use support::*;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use serde_json::Value;
+
+const SCHEMA: &str = include_str!("docker-bench-security.schema.json");
+
+/// id → (result, items, details) from a docker-bench-security JSON report.
+fn results(report: &Value) -> BTreeMap<String, (String, Vec<String>, String)> {
+    let mut m = BTreeMap::new();
+    for t in report["tests"].as_array().unwrap() {
+        for r in t["results"].as_array().unwrap() {
+            let items = r["items"].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect()).unwrap_or_default();
+            m.insert(r["id"].as_str().unwrap().to_string(), (r["result"].as_str().unwrap().to_string(), items, r["details"].as_str().unwrap_or("").to_string()));
+        }
+    }
+    m
+}
+
+fn bench_json(d: &Dockerd, state: &Path, extra: &[&str]) -> Value {
+    let host = d.host();
+    let mut args: Vec<&str> = vec!["--docker-host", &host, "--state-dir", path_str(state), "bench", "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = swarmseal(&args, &[], None);
+    assert!(out.status.success(), "bench failed ({:?}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("bench --format json prints JSON")
+}
+
+fn assert_schema_valid(v: &Value) {
+    let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let errors: Vec<String> = validator.iter_errors(v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "report does not match the docker-bench-security log schema: {errors:#?}");
+}
+
+/// The clean container's options, by name, so each offender drops or replaces one.
+const CLEAN: &[(&str, &[&str])] = &[
+    ("user", &["--user", "1000:1000"]),
+    ("ro", &["--read-only"]),
+    ("mem", &["--memory", "64m"]),
+    ("cpu", &["--cpu-shares", "512"]),
+    ("pids", &["--pids-limit", "64"]),
+    ("nnp", &["--security-opt", "no-new-privileges"]),
+    ("health", &["--health-cmd", "true"]),
+    ("restart", &["--restart", "on-failure:5"]),
+    ("ulimit", &["--ulimit", "nofile=1024:1024"]),
+    ("net", &["--network", "none"]),
+];
+
+/// One container: `run` starts it (`docker run -d`), else `docker create`.
+/// `drop` removes clean options by name, `add` appends options.
+fn make(d: &Dockerd, name: &str, run: bool, drop: &[&str], add: &[&str]) {
+    let mut args: Vec<String> = vec![if run { "run" } else { "create" }.into()];
+    if run {
+        args.push("-d".into());
+    }
+    args.extend(["--name".to_string(), name.to_string()]);
+    for (k, opts) in CLEAN {
+        if !drop.contains(k) {
+            args.extend(opts.iter().map(|s| s.to_string()));
+        }
+    }
+    args.extend(add.iter().map(|s| s.to_string()));
+    args.extend(["bb:1".to_string(), "sleep".to_string(), "1000".to_string()]);
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    d.docker_ok(&a);
+}
+
+#[test]
+fn runtime_rules_flag_exactly_the_offending_containers() {
+    let d = Dockerd::start();
+    d.import_busybox("bb:1");
+    let state = tempfile::tempdir().unwrap();
+    let empty_root = tempfile::tempdir().unwrap();
+    let sock = d.socket.to_str().unwrap().to_string();
+    let shared = d.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let prop = format!("{}:/x:rshared", shared.display());
+    let sock_mount = format!("{sock}:/var/run/docker.sock");
+
+    // The clean container runs; so do a few offenders; the rest are created
+    // (privileged and added capabilities cannot start in every CI sandbox).
+    make(&d, "clean", true, &[], &[]);
+    make(&d, "nomem", true, &["mem"], &[]);
+    make(&d, "asroot", true, &["user"], &[]);
+    make(&d, "rwroot", true, &["ro"], &[]);
+    make(&d, "priv", false, &[], &["--privileged"]);
+    make(&d, "hostnet", false, &["net"], &["--network", "host"]);
+    make(&d, "hostpid", false, &[], &["--pid", "host"]);
+    make(&d, "hostipc", false, &[], &["--ipc", "host"]);
+    make(&d, "hostuts", false, &[], &["--uts", "host"]);
+    make(&d, "dockersock", false, &[], &["-v", &sock_mount]);
+    make(&d, "etcmount", false, &[], &["-v", "/etc:/host-etc"]);
+    make(&d, "etcro", false, &[], &["-v", "/etc:/host-etc-ro:ro"]);
+    make(&d, "caps", false, &[], &["--cap-add", "SYS_ADMIN"]);
+    make(&d, "defaultcap", false, &[], &["--cap-add", "CHOWN"]);
+    make(&d, "seccomp", false, &[], &["--security-opt", "seccomp=unconfined"]);
+    make(&d, "nocpu", false, &["cpu"], &[]);
+    make(&d, "nohealth", false, &["health"], &[]);
+    make(&d, "restartalways", false, &["restart"], &["--restart", "always"]);
+    make(&d, "nopids", false, &["pids"], &[]);
+    make(&d, "nonnp", false, &["nnp"], &[]);
+    make(&d, "noulimit", false, &["ulimit"], &[]);
+    make(&d, "ports", false, &["net"], &["-p", "80:80", "-p", "127.0.0.1:8080:8080"]);
+    make(&d, "devices", false, &[], &["--device", "/dev/null:/dev/xnull"]);
+    make(&d, "propagation", false, &[], &["-v", &prop]);
+    make(&d, "cgroup", false, &[], &["--cgroup-parent", "/swarmseal-test"]);
+
+    let report = bench_json(&d, state.path(), &["--check", "4.1,4.6,5,6", "--root", path_str(empty_root.path())]);
+    assert_schema_valid(&report);
+    let r = results(&report);
+
+    // (check, result when flagged, offenders)
+    let expect: &[(&str, &str, &[&str])] = &[
+        ("4.1", "WARN", &["asroot"]),
+        ("4.6", "WARN", &["[bb:1]"]),
+        ("5.4", "WARN", &["caps"]),
+        ("5.5", "WARN", &["priv"]),
+        ("5.6", "WARN", &["etcmount:/etc"]),
+        ("5.8", "WARN", &["ports:80"]),
+        ("5.10", "WARN", &["hostnet"]),
+        ("5.11", "WARN", &["nomem"]),
+        ("5.12", "WARN", &["nocpu"]),
+        ("5.13", "WARN", &["rwroot"]),
+        ("5.14", "WARN", &["ports:80"]),
+        ("5.15", "WARN", &["restartalways"]),
+        ("5.16", "WARN", &["hostpid"]),
+        ("5.17", "WARN", &["hostipc"]),
+        ("5.18", "INFO", &["devices"]),
+        ("5.19", "INFO", &["noulimit"]),
+        ("5.20", "WARN", &["propagation"]),
+        ("5.21", "WARN", &["hostuts"]),
+        ("5.22", "WARN", &["seccomp"]),
+        ("5.25", "WARN", &["cgroup"]),
+        ("5.26", "WARN", &["nonnp"]),
+        ("5.27", "WARN", &["nohealth"]),
+        ("5.29", "WARN", &["nopids"]),
+        ("5.30", "INFO", &["ports"]),
+        ("5.32", "WARN", &["dockersock"]),
+    ];
+    for (id, status, offenders) in expect {
+        let (res, mut items, details) = r.get(*id).cloned().unwrap_or_else(|| panic!("no result for {id}"));
+        items.sort();
+        let mut want: Vec<String> = offenders.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!((res.as_str(), &items), (*status, &want), "{id}: {details}");
+    }
+    // Rules nobody breaks pass; the swarm is not enabled here.
+    for id in ["5.1", "5.31"] {
+        assert_eq!(r[id].0, "PASS", "{id}: {}", r[id].2);
+    }
+    for id in ["5.7", "5.9", "5.23", "5.24"] {
+        assert_eq!(r[id].0, "NOTE", "{id}");
+    }
+    assert_eq!(r["6.2"].2, "25 total/4 running");
+    assert_eq!(r["6.1"].2, "1 active/1 in use");
+    // Only the selected checks ran.
+    assert!(r.keys().all(|k| k.starts_with("4.") || k.starts_with("5.") || k.starts_with("6.")), "{:?}", r.keys());
+    assert_eq!(report["checks"].as_u64().unwrap() as usize, r.len());
+}
+
+/// A fixture host tree under `root`.
+fn write(root: &Path, rel: &str, body: &str, mode: u32) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn chown(root: &Path, rel: &str, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(root.join(rel), Some(uid), Some(gid)).unwrap();
+}
+
+#[test]
+fn host_and_daemon_checks_read_the_fixture_root() {
+    let d = Dockerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let data_root = d.dir.join("data");
+
+    // A hardened host: rules, ownership and permissions as the benchmark wants.
+    let good = tempfile::tempdir().unwrap();
+    let g = good.path();
+    write(g, "etc/docker/daemon.json", r#"{"icc": false, "no-new-privileges": true, "userland-proxy": false, "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 64000, "Soft": 64000}}}"#, 0o644);
+    std::fs::set_permissions(g.join("etc/docker"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    write(g, "etc/default/docker", "", 0o644);
+    write(g, "usr/lib/systemd/system/docker.service", "[Service]\n", 0o644);
+    write(g, "usr/lib/systemd/system/docker.socket", "[Socket]\n", 0o644);
+    write(g, "run/containerd/containerd.sock", "", 0o660);
+    write(g, "etc/docker/certs.d/registry:5000/ca.crt", "", 0o444);
+    write(g, "etc/group", "root:x:0:\ndocker:x:998:alice,bob\n", 0o644);
+    write(g, "etc/audit/rules.d/docker.rules", "-w /usr/bin/dockerd -k docker\n-w /etc/docker -k docker\n-w /etc/default/docker -k docker\n-w /etc/docker/daemon.json -k docker\n-w /usr/lib/systemd/system/docker.service -k docker\n", 0o640);
+    write(g, "proc/mounts", &format!("/dev/vda2 / ext4 rw 0 0\n/dev/mapper/usr /usr erofs ro 0 0\n/dev/vdb1 {} ext4 rw 0 0\n", data_root.display()), 0o444);
+    write(g, "sys/block/dm-0/dm/name", "usr\n", 0o444);
+    write(g, "sys/block/dm-0/dm/uuid", "CRYPT-VERITY-0123456789abcdef-usr\n", 0o444);
+    std::fs::create_dir_all(g.join("sys/firmware/efi/efivars")).unwrap();
+    std::fs::write(g.join("sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e98c031dede4"), [6u8, 0, 0, 0, 1]).unwrap();
+
+    let rep = bench_json(&d, state.path(), &["--check", "1,2,3,A.5,A.6", "--root", path_str(g)]);
+    assert_schema_valid(&rep);
+    let r = results(&rep);
+    let status = |id: &str| r[id].0.clone();
+    for id in ["1.1.1", "1.1.3", "1.1.6", "1.1.7", "1.1.10", "1.1.11", "2.2", "2.8", "2.14", "2.16", "3.1", "3.2", "3.4", "3.5", "3.6", "3.7", "3.8", "3.17", "3.18", "3.19", "3.20", "3.23", "3.24", "A.5", "A.6"] {
+        assert_eq!(status(id), "PASS", "{id}: {}", r[id].2);
+    }
+    // Files that do not exist: INFO, as docker-bench-security says it.
+    for id in ["1.1.5", "1.1.8", "1.1.13", "1.1.14", "3.9", "3.14", "3.21", "3.22"] {
+        assert_eq!(status(id), "INFO", "{id}: {}", r[id].2);
+    }
+    assert_eq!(r["1.1.2"].1, vec!["alice", "bob"]);
+    // The fixture dockerd runs with --log-level warn (its real command line).
+    assert_eq!((status("2.3").as_str(), r["2.3"].2.as_str()), ("WARN", "log-level is warn"));
+    assert_eq!(status("2.7"), "INFO", "no tcp:// host");
+    assert_eq!(status("1.2.1"), "NOTE");
+
+    // A careless host: everything loose, no rules, no verity, Secure Boot off.
+    let bad = tempfile::tempdir().unwrap();
+    let b = bad.path();
+    write(b, "etc/docker/daemon.json", r#"{"icc": true, "iptables": false, "storage-opts": ["dm.basesize=20G"], "cgroup-parent": "/custom", "hosts": ["tcp://0.0.0.0:2375"]}"#, 0o666);
+    chown(b, "etc/docker/daemon.json", 1000, 1000);
+    std::fs::set_permissions(b.join("etc/docker"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    chown(b, "etc/docker", 0, 1000);
+    write(b, "etc/default/docker", "", 0o664);
+    write(b, "etc/sysconfig/docker", "", 0o600);
+    chown(b, "etc/sysconfig/docker", 1000, 0);
+    write(b, "lib/systemd/system/docker.service", "", 0o666);
+    write(b, "run/containerd/containerd.sock", "", 0o666);
+    write(b, "etc/docker/certs.d/registry:5000/client.key", "", 0o600);
+    write(b, "etc/audit/rules.d/docker.rules", "# -w /usr/bin/dockerd -k docker\n", 0o640);
+    write(b, "proc/mounts", "/dev/vda2 / ext4 rw 0 0\n", 0o444);
+    std::fs::create_dir_all(b.join("sys/firmware/efi/efivars")).unwrap();
+    std::fs::write(b.join("sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e98c031dede4"), [6u8, 0, 0, 0, 0]).unwrap();
+
+    let rep = bench_json(&d, state.path(), &["--check", "1,2,3,A.3,A.5,A.6", "--root", path_str(b)]);
+    assert_schema_valid(&rep);
+    let r = results(&rep);
+    let status = |id: &str| r[id].0.clone();
+    for id in ["1.1.1", "1.1.3", "1.1.6", "1.1.7", "1.1.10", "1.1.11", "1.1.13", "2.2", "2.4", "2.11", "2.14", "3.2", "3.5", "3.6", "3.8", "3.17", "3.18", "3.20", "3.22", "3.24", "A.3", "A.5", "A.6"] {
+        assert_eq!(status(id), "WARN", "{id}: {}", r[id].2);
+    }
+    for id in ["3.1", "3.7", "3.19", "3.21", "3.23"] {
+        assert_eq!(status(id), "PASS", "{id}: {}", r[id].2);
+    }
+    assert_eq!(status("2.10"), "INFO", "cgroup-parent set: confirm");
+    assert_eq!(status("2.7"), "WARN", "tcp:// host without TLS");
+    assert_eq!(r["2.11"].1, vec!["dm.basesize=20G"]);
+    assert_eq!(r["3.17"].1, vec!["/etc/docker/daemon.json(1000:1000)"]);
+    assert_eq!(r["3.6"].1, vec!["/etc/docker(777)"]);
+    assert_eq!(r["A.3"].1, vec!["tcp://0.0.0.0:2375"]);
+    assert_eq!(r["1.1.3"].1, vec!["/usr/bin/dockerd"], "a commented-out rule does not count");
+}
+
+#[test]
+fn swarm_manager_report_validates_and_fail_on_warn_sets_exit_10() {
+    let d = Dockerd::start();
+    d.swarm_init_autolock();
+    d.import_busybox("bb:1");
+    d.docker_ok(&["network", "create", "-d", "overlay", "--opt", "encrypted", "secure-net"]);
+    d.docker_ok(&["network", "create", "-d", "overlay", "plain-net"]);
+    let state = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+
+    let rep = bench_json(&d, state.path(), &["--root", path_str(root.path())]);
+    assert_schema_valid(&rep);
+    assert_eq!(rep["dockerbenchsecurity"], "1.6.0");
+    let r = results(&rep);
+    // Every section of the benchmark plus the appliance section, in order.
+    let sections: Vec<&str> = rep["tests"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(sections, ["1", "2", "3", "4", "5", "6", "7", "A"]);
+    assert_eq!(rep["checks"].as_u64().unwrap() as usize, r.len());
+    assert!(r.len() > 110, "{} checks", r.len());
+    // Score as docker-bench-security: scored PASS +1, scored WARN −1.
+    let mut score = 0i64;
+    for t in rep["tests"].as_array().unwrap() {
+        for x in t["results"].as_array().unwrap() {
+            let scored = x["desc"].as_str().unwrap().ends_with("(Automated)");
+            match (scored, x["result"].as_str().unwrap()) {
+                (true, "PASS") => score += 1,
+                (true, "WARN") => score -= 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(rep["score"].as_i64().unwrap(), score);
+
+    // Not applicable to a swarm manager: INFO with the reason, never WARN.
+    assert_eq!(r["5.1"].0, "INFO");
+    assert!(r["5.1"].2.contains("swarm manager"), "{}", r["5.1"].2);
+    assert_eq!(r["2.15"].0, "INFO");
+    assert_eq!(r["7.1"], ("PASS".into(), vec![], "1 manager(s)".into()));
+    assert_eq!(r["7.5"].0, "PASS");
+    assert_eq!(r["7.2"].0, "WARN", "swarm init without --listen-addr listens on all interfaces");
+    let mut unencrypted = r["7.3"].1.clone();
+    unencrypted.sort();
+    assert_eq!(unencrypted, vec!["ingress", "plain-net"]);
+    assert_eq!(r["A.3"].0, "PASS", "{}", r["A.3"].2);
+    assert_eq!(r["A.1"].0, "WARN", "no sealed key in the state dir");
+    assert_eq!(r["A.6"].0, "NOTE", "no efivars in the fixture root");
+
+    // --fail-on warn: exit 10 with WARNs; text has no colour off a terminal.
+    let host = d.host();
+    let args = ["--docker-host", host.as_str(), "--state-dir", path_str(state.path()), "bench", "--root", path_str(root.path()), "--fail-on", "warn"];
+    let out = swarmseal(&args, &[], None);
+    assert_eq!(out.status.code(), Some(10), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[INFO] 5.1 - Ensure swarm mode is not Enabled, if not needed (Automated)"), "{text}");
+    assert!(text.contains("Score: "));
+    assert!(!text.contains('\x1b'));
+    // A selection without WARNs exits 0; --output writes the file instead of stdout.
+    let outfile = state.path().join("r.json");
+    let args = ["--docker-host", host.as_str(), "--state-dir", path_str(state.path()), "bench", "--check", "7.1,7.5", "--fail-on", "warn", "--format", "json", "--output", path_str(&outfile)];
+    let out = swarmseal(&args, &[], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&outfile).unwrap()).unwrap();
+    assert_schema_valid(&v);
+    assert_eq!(v["checks"], 2);
+    assert_eq!(v["score"], 2);
+    // An unknown ID is a usage error.
+    let out = swarmseal(&["--docker-host", host.as_str(), "bench", "--check", "9.9"], &[], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("9.9"));
+}
+
+#[test]
+fn engine_down_is_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = format!("unix://{}/nothing.sock", dir.path().display());
+    let out = swarmseal(&["--docker-host", &host, "bench"], &[], None);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
