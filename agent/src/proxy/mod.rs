@@ -305,7 +305,7 @@ async fn handle_conn(
     });
     let svc = hyper::service::service_fn(move |req| forward::handle(ctx.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
-        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_headers(128)
         .keep_alive(true)
         .serve_connection(io, svc)

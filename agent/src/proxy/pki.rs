@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use zeroize::Zeroizing;
 
@@ -265,6 +265,19 @@ pub fn issue(
     out: &Path,
     force: bool,
 ) -> Result<(), ProxyError> {
+    issue_with_ou(paths, name, Some(role.as_str()), validity, out, force)
+}
+
+/// Like [`issue`] with any Subject OU, or none (such a certificate passes the
+/// handshake but gets 403 on every request; kept for tests and migrations).
+pub fn issue_with_ou(
+    paths: &PkiPaths,
+    name: &str,
+    ou: Option<&str>,
+    validity: (time::OffsetDateTime, time::OffsetDateTime),
+    out: &Path,
+    force: bool,
+) -> Result<(), ProxyError> {
     if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
         return Err(setup("the name must be 1 to 64 printable characters"));
     }
@@ -275,7 +288,9 @@ pub fn issue(
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "swarmseal");
-    dn.push(DnType::OrganizationalUnitName, role.as_str());
+    if let Some(ou) = ou {
+        dn.push(DnType::OrganizationalUnitName, ou);
+    }
     dn.push(DnType::CommonName, name);
     p.distinguished_name = dn;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -283,8 +298,6 @@ pub fn issue(
     p.use_authority_key_identifier_extension = true;
     p.not_before = validity.0;
     p.not_after = validity.1;
-    p.subject_alt_names = vec![];
-    let _: &[SanType] = &p.subject_alt_names;
     let key = new_key()?;
     let cert = p.signed_by(&key, &issuer).map_err(|e| setup(format!("cannot sign the client certificate: {e}")))?;
     let key_pem = Zeroizing::new(key.serialize_pem());

@@ -1,0 +1,665 @@
+//! The mutual-TLS proxy against a real dockerd, driven by the real docker CLI
+//! (the first `docker` on PATH; docker 28 on the dev machine, talking API 1.41
+//! to dockerd 20.10) and by a raw TLS client for the spellings the CLI never sends.
+//!
+//! Each test owns its dockerd, its PKI (made with the `swarmseal certs` binary)
+//! and an in-process proxy on 127.0.0.1:0 whose log lines are captured.
+mod support;
+use support::*;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use swarmseal::config::Config;
+use swarmseal::proxy::{pki, tls::Role, AgentApi, Proxy};
+use tracing::instrument::WithSubscriber;
+
+// ---------- fixtures ----------
+
+struct Stub;
+impl AgentApi for Stub {
+    fn status(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>> {
+        Box::pin(async { serde_json::json!({"swarm": "active", "stub": true}) })
+    }
+    fn bench(&self) -> Option<Vec<u8>> {
+        Some(br#"{"tests":[]}"#.to_vec())
+    }
+    fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+        Box::pin(async { Ok(serde_json::json!({"resealed": true})) })
+    }
+    fn escrow(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+impl Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+    /// Lines containing every needle.
+    fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.text().lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(String::from).collect()
+    }
+    fn wait_for(&self, needles: &[&str]) -> String {
+        let mut found = None;
+        wait_until(&format!("a log line with {needles:?}"), Duration::from_secs(20), || {
+            found = self.lines_with(needles).pop();
+            found.is_some()
+        });
+        found.unwrap()
+    }
+}
+
+struct ProxyRun {
+    addr: SocketAddr,
+    logs: Logs,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ProxyRun {
+    fn start(cfg: Config) -> ProxyRun {
+        let logs = Logs::default();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let l2 = logs.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let sub = tracing_subscriber::fmt()
+                    .with_writer(move || l2.clone())
+                    .with_ansi(false)
+                    .with_max_level(tracing::Level::DEBUG)
+                    .finish();
+                let p = Proxy::bind(&cfg).await.expect("proxy binds");
+                addr_tx.send(p.local_addr()).unwrap();
+                p.run(Arc::new(Stub), async move {
+                    let _ = stop_rx.await;
+                })
+                .with_subscriber(sub)
+                .await
+                .unwrap();
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("proxy started");
+        ProxyRun { addr, logs, stop: Some(stop_tx) }
+    }
+}
+
+impl Drop for ProxyRun {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+struct Env {
+    d: Dockerd,
+    state: tempfile::TempDir,
+    admin: PathBuf,
+    ro: PathBuf,
+    docker_config: tempfile::TempDir,
+    proxy: ProxyRun,
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(o.status.success(), "{what} failed ({}):\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+impl Env {
+    fn new(tweak: impl FnOnce(&mut Config)) -> Env {
+        let d = Dockerd::start();
+        let state = tempfile::tempdir().unwrap();
+        let s = path_str(state.path()).to_string();
+        ok(&swarmseal(&["--state-dir", &s, "certs", "init"], &[], None), "certs init");
+        for (name, role) in [("admin", "admin"), ("ro", "readonly")] {
+            let out = format!("{s}/bundles/{name}");
+            ok(&swarmseal(&["--state-dir", &s, "certs", "issue", name, "--role", role, "--out", &out], &[], None), "certs issue");
+        }
+        let mut cfg = Config::default();
+        cfg.state_dir = state.path().to_path_buf();
+        cfg.docker_host = d.host();
+        cfg.proxy.listen = "127.0.0.1:0".parse().unwrap();
+        tweak(&mut cfg);
+        let proxy = ProxyRun::start(cfg);
+        Env {
+            admin: state.path().join("bundles/admin"),
+            ro: state.path().join("bundles/ro"),
+            d,
+            state,
+            docker_config: tempfile::tempdir().unwrap(),
+            proxy,
+        }
+    }
+
+    fn paths(&self) -> pki::PkiPaths {
+        let mut cfg = Config::default();
+        cfg.state_dir = self.state.path().to_path_buf();
+        pki::PkiPaths::of(&cfg)
+    }
+
+    fn host(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.proxy.addr.port())
+    }
+
+    /// The docker CLI through the proxy with a bundle (cert and key optional).
+    fn cli(&self, ca: &Path, bundle: Option<&Path>, args: &[&str]) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_CONFIG", self.docker_config.path())
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .env_remove("DOCKER_CONTEXT")
+            .arg("--tlsverify")
+            .arg("--tlscacert")
+            .arg(ca);
+        if let Some(b) = bundle {
+            c.arg("--tlscert").arg(b.join("cert.pem")).arg("--tlskey").arg(b.join("key.pem"));
+        } else {
+            // The CLI falls back to DOCKER_CONFIG's cert.pem/key.pem: point it at an empty dir.
+            c.env("DOCKER_CERT_PATH", self.docker_config.path());
+        }
+        c.arg("-H").arg(self.host()).args(args);
+        c
+    }
+
+    fn docker_as(&self, bundle: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        run_bounded(self.cli(&bundle.join("ca.pem"), Some(bundle), args), stdin, Duration::from_secs(90))
+    }
+
+    fn admin(&self, args: &[&str]) -> String {
+        ok(&self.docker_as(&self.admin, args, None), &format!("docker {args:?} (admin, through the proxy)"))
+    }
+}
+
+/// Run a command with a deadline; kills it and panics when it hangs.
+fn run_bounded(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> Output {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("docker CLI must be installed");
+    if let Some(s) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let s = s.to_string();
+        std::thread::spawn(move || {
+            let _ = w.write_all(s.as_bytes());
+        });
+    }
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            let o = rx.recv().unwrap().unwrap();
+            panic!("{cmd:?} did not finish within {limit:?}; stdout: {} stderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
+/// A long-running command whose stdout lines arrive on a channel; killed on drop.
+struct Streaming {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+impl Streaming {
+    fn start(mut cmd: Command) -> Streaming {
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Streaming { child, lines }
+    }
+    fn wait_line(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if pred(&l) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        panic!("no line {what} within 30 s; got {seen:?}");
+    }
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------- a raw TLS client (for spellings the CLI never sends) ----------
+
+fn client_config(ca: &Path, bundle: Option<&Path>) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match bundle {
+        Some(d) => {
+            let chain: Vec<_> = CertificateDer::pem_file_iter(d.join("cert.pem")).unwrap().map(|c| c.unwrap()).collect();
+            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(d.join("key.pem")).unwrap()).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    };
+    Arc::new(cfg)
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Tls {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Send one raw request (`Connection: close` added) and return (status, body), or Err on a TLS/IO failure.
+fn raw(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, method: &str, target: &str, extra: &str) -> Result<(u16, String), String> {
+    let mut s = connect(addr, cfg);
+    let req = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    match s.read_to_end(&mut buf) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no HTTP response: {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+// ---------- tests ----------
+
+#[test]
+fn admin_bundle_drives_a_swarm_through_the_proxy() {
+    let e = Env::new(|_| {});
+    let key = e.d.swarm_init_autolock();
+
+    assert_eq!(e.admin(&["info", "--format", "{{.Swarm.LocalNodeState}}"]), "active");
+    assert!(!e.admin(&["version", "--format", "{{.Server.Version}}"]).is_empty());
+
+    // The bundle works as DOCKER_CERT_PATH and as a docker context too.
+    let mut c = Command::new("docker");
+    c.env("DOCKER_CONFIG", e.docker_config.path())
+        .env("DOCKER_CERT_PATH", &e.admin)
+        .env("DOCKER_TLS_VERIFY", "1")
+        .env("DOCKER_HOST", e.host())
+        .env_remove("DOCKER_CONTEXT")
+        .args(["version", "--format", "{{.Server.Os}}"]);
+    assert_eq!(ok(&run_bounded(c, None, Duration::from_secs(60)), "DOCKER_CERT_PATH"), "linux");
+    let a = e.admin.display();
+    let mut c = Command::new("docker");
+    c.env("DOCKER_CONFIG", e.docker_config.path()).env_remove("DOCKER_HOST").args([
+        "context",
+        "create",
+        "mgr",
+        "--docker",
+        &format!("host={},ca={a}/ca.pem,cert={a}/cert.pem,key={a}/key.pem", e.host()),
+    ]);
+    ok(&run_bounded(c, None, Duration::from_secs(60)), "context create");
+    let mut c = Command::new("docker");
+    c.env("DOCKER_CONFIG", e.docker_config.path()).env_remove("DOCKER_HOST").args(["--context", "mgr", "node", "ls", "-q"]);
+    assert!(!ok(&run_bounded(c, None, Duration::from_secs(60)), "docker --context").is_empty());
+
+    // Services.
+    e.admin(&["service", "create", "--detach", "--no-resolve-image", "--name", "web", "nosuchimage:1", "sleep", "600"]);
+    assert!(e.admin(&["service", "ls", "--format", "{{.Name}}"]).lines().any(|l| l == "web"));
+    e.admin(&["service", "rm", "web"]);
+    assert!(!e.admin(&["service", "ls", "--format", "{{.Name}}"]).lines().any(|l| l == "web"));
+
+    // The unlock key: read, rotate, autolock off and on — each a security event.
+    assert_eq!(e.admin(&["swarm", "unlock-key", "-q"]), key);
+    let line = e.proxy.logs.wait_for(&["swarmseal::security", "unlock_key_read", "allowed"]);
+    assert!(line.contains("identity=admin"), "{line}");
+    let rotated = e.admin(&["swarm", "unlock-key", "--rotate", "-q"]);
+    assert!(rotated.starts_with("SWMKEY-1-") && rotated != key, "{rotated}");
+    e.proxy.logs.wait_for(&["swarmseal::security", "unlock_key_rotate"]);
+    e.admin(&["swarm", "update", "--autolock=false"]);
+    e.proxy.logs.wait_for(&["swarmseal::security", "autolock_disable"]);
+    e.admin(&["swarm", "update", "--autolock=true"]);
+    e.proxy.logs.wait_for(&["swarmseal::security", "autolock_enable"]);
+    // An update that leaves autolock alone is not a key event.
+    let before = e.proxy.logs.lines_with(&["swarmseal::security"]).len();
+    e.admin(&["swarm", "update", "--task-history-limit", "3"]);
+    e.proxy.logs.wait_for(&["swarmseal::audit", "method=POST", "swarm/update", "status=200"]);
+    assert_eq!(e.proxy.logs.lines_with(&["swarmseal::security"]).len(), before, "{}", e.proxy.logs.text());
+
+    // One audit line per request, with identity, role, method, path, status, bytes and duration.
+    let l = e.proxy.logs.wait_for(&["swarmseal::audit", "swarm/unlockkey", "status=200"]);
+    for f in ["identity=admin", "role=\"admin\"", "method=GET", "bytes_in=0", "bytes_out=", "duration_ms="] {
+        assert!(l.contains(f), "{f} missing in {l}");
+    }
+    assert!(!e.proxy.logs.text().contains(&key), "the key must never be logged");
+}
+
+#[test]
+fn run_exec_logs_and_events_stream_through_the_proxy() {
+    let e = Env::new(|_| {});
+    e.d.import_busybox("bb:1");
+
+    // run -i: stdin in, output back, half-close ends the container's stdin.
+    let o = e.docker_as(&e.admin, &["run", "--rm", "-i", "bb:1", "sh", "-c", "cat; echo done"], Some("hello through the proxy\n"));
+    assert_eq!(ok(&o, "run -i"), "hello through the proxy\ndone");
+    e.proxy.logs.wait_for(&["swarmseal::audit", "/attach", "status=101", "upgraded=true"]);
+
+    // exec -i and plain exec.
+    e.admin(&["run", "-d", "--name", "box", "bb:1", "sleep", "600"]);
+    let o = e.docker_as(&e.admin, &["exec", "-i", "box", "wc", "-c"], Some("12345"));
+    assert_eq!(ok(&o, "exec -i"), "5");
+    assert_eq!(e.admin(&["exec", "box", "echo", "hi"]), "hi");
+
+    // A large request body (chunked upload of a tar) through the proxy.
+    let big = e.d.dir.join("big.tar");
+    let mut f = std::fs::File::create(e.d.dir.join("blob")).unwrap();
+    f.write_all(&vec![b'x'; 8 << 20]).unwrap();
+    drop(f);
+    assert!(Command::new("tar").arg("-C").arg(&e.d.dir).arg("-cf").arg(&big).arg("blob").status().unwrap().success());
+    e.admin(&["cp", path_str(&big), "box:/big.tar"]);
+    assert_eq!(e.admin(&["exec", "box", "sh", "-c", "wc -c < /big.tar"]).trim(), std::fs::metadata(&big).unwrap().len().to_string());
+
+    // logs -f streams while the container runs.
+    e.admin(&["run", "-d", "--name", "ticker", "bb:1", "sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]);
+    let mut logs = Streaming::start(e.cli(&e.admin.join("ca.pem"), Some(&e.admin), &["logs", "-f", "ticker"]));
+    logs.wait_line(|l| l == "tick 5", "`tick 5`");
+    assert!(logs.still_running(), "logs -f ended early");
+
+    // events streams: a container created after the stream opened shows up.
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().saturating_sub(1).to_string();
+    let mut ev = Streaming::start(e.cli(
+        &e.admin.join("ca.pem"),
+        Some(&e.admin),
+        &["events", "--since", &since, "--filter", "type=container", "--format", "{{.Action}} {{.Actor.Attributes.name}}"],
+    ));
+    e.d.docker_ok(&["create", "--name", "evt1", "bb:1"]);
+    ev.wait_line(|l| l == "create evt1", "`create evt1`");
+    e.d.docker_ok(&["rm", "evt1"]);
+    ev.wait_line(|l| l.starts_with("destroy evt1"), "`destroy evt1`");
+    assert!(ev.still_running(), "events ended early");
+    // Streaming connections are not cut by the idle timeout; nothing left for it here.
+    drop(logs);
+    drop(ev);
+}
+
+#[test]
+fn handshake_rejects_and_readonly_is_limited() {
+    let e = Env::new(|_| {});
+    e.d.swarm_init_autolock();
+    let ca = e.admin.join("ca.pem");
+
+    // No client certificate.
+    let o = run_bounded(e.cli(&ca, None, &["version"]), None, Duration::from_secs(60));
+    assert!(!o.status.success(), "no certificate must fail");
+    // A certificate from another CA.
+    let other = tempfile::tempdir().unwrap();
+    let os = path_str(other.path());
+    ok(&swarmseal(&["--state-dir", os, "certs", "init"], &[], None), "other certs init");
+    let ob = other.path().join("b");
+    ok(&swarmseal(&["--state-dir", os, "certs", "issue", "mallory", "--role", "admin", "--out", path_str(&ob)], &[], None), "issue");
+    let o = run_bounded(e.cli(&ca, Some(&ob), &["version"]), None, Duration::from_secs(60));
+    assert!(!o.status.success(), "a certificate from another CA must fail");
+    // An expired certificate from the right CA.
+    let exp = e.state.path().join("expired");
+    let now = time::OffsetDateTime::now_utc();
+    pki::issue(&e.paths(), "old", Role::Admin, (now - time::Duration::days(30), now - time::Duration::days(1)), &exp, false).unwrap();
+    let o = run_bounded(e.cli(&ca, Some(&exp), &["version"]), None, Duration::from_secs(60));
+    assert!(!o.status.success(), "an expired certificate must fail");
+    // All three were refused in the handshake, none reached the engine.
+    wait_until("three rejected handshakes", Duration::from_secs(20), || e.proxy.logs.lines_with(&["TLS handshake rejected"]).len() >= 3);
+    assert!(e.proxy.logs.lines_with(&["swarmseal::audit: request"]).is_empty(), "{}", e.proxy.logs.text());
+    // Same with the raw client: the handshake fails, no HTTP answer.
+    assert!(raw(e.proxy.addr, client_config(&ca, None), "GET", "/_ping", "").is_err());
+    assert!(raw(e.proxy.addr, client_config(&ca, Some(&exp)), "GET", "/_ping", "").is_err());
+
+    // readonly: reads work, changes and the key do not.
+    assert!(ok(&e.docker_as(&e.ro, &["ps", "-a"], None), "ps (readonly)").starts_with("CONTAINER ID"));
+    ok(&e.docker_as(&e.ro, &["service", "ls"], None), "service ls (readonly)");
+    let o = e.docker_as(&e.ro, &["service", "create", "--detach", "--no-resolve-image", "--name", "x", "img:1"], None);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("readonly"), "{err}");
+    let o = e.docker_as(&e.ro, &["swarm", "unlock-key"], None);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unlock key is admin-only"), "{err}");
+    e.proxy.logs.wait_for(&["swarmseal::security", "unlock_key_read", "denied", "identity=ro"]);
+    e.proxy.logs.wait_for(&["swarmseal::audit", "identity=ro", "status=403"]);
+    assert!(e.d.docker_ok(&["service", "ls", "-q"]).is_empty(), "the denied create must not reach the engine");
+
+    // A certificate of our CA without a role (no OU) or with an unknown OU: 403 on everything.
+    for (n, ou) in [("norole", None), ("weird", Some("operators"))] {
+        let b = e.state.path().join(n);
+        pki::issue_with_ou(&e.paths(), n, ou, (now - time::Duration::hours(1), now + time::Duration::days(1)), &b, false).unwrap();
+        let o = e.docker_as(&b, &["ps"], None);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("no swarmseal role"), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn no_spelling_of_a_denied_path_gets_through() {
+    let e = Env::new(|_| {});
+    e.d.swarm_init_autolock();
+    let ca = e.admin.join("ca.pem");
+    let ro = client_config(&ca, Some(&e.ro));
+    let admin = client_config(&ca, Some(&e.admin));
+    let a = e.proxy.addr;
+
+    let denied: &[(&str, &str, &str)] = &[
+        ("GET", "/swarm/unlockkey", ""),
+        ("GET", "/v1.41/swarm/unlockkey", ""),
+        ("GET", "/v1.24/swarm/unlockkey", ""),
+        ("GET", "/V1.41/SWARM/UNLOCKKEY", ""),
+        ("GET", "/Swarm/UnlockKey", ""),
+        ("GET", "//swarm//unlockkey", ""),
+        ("GET", "/v1.41//swarm/unlockkey", ""),
+        ("GET", "/swarm/./unlockkey", ""),
+        ("GET", "/containers/../swarm/unlockkey", ""),
+        ("GET", "/v1.41/containers/json/../../swarm/unlockkey", ""),
+        ("GET", "/swarm/unlockkey/", ""),
+        ("GET", "/%73warm/unlockkey", ""),
+        ("GET", "/swarm%2Funlockkey", ""),
+        ("GET", "/swarm%2funlockkey", ""),
+        ("GET", "/swarm/%75nlock%6Bey", ""),
+        ("GET", "/swarm%252Funlockkey", ""),
+        ("GET", "/%2e%2e/swarm/unlockkey", ""),
+        ("GET", "/containers/%2E%2E/swarm/unlockkey", ""),
+        ("GET", "/swarm/unlockkey%3Fx=1", ""),
+        ("GET", "/swarm/unlockkey?x=1", ""),
+        ("GET", "/swarm/unlockkey%00", ""),
+        ("GET", "/v1.41/v1.41/swarm/unlockkey", ""),
+        ("HEAD", "/swarm/unlockkey", ""),
+        ("GET", "http://localhost/swarm/unlockkey", ""),
+        ("GET", "/swarm", ""),
+        ("GET", "/v1.41/swarm/", ""),
+        ("get", "/containers/json", ""),
+        ("POST", "/containers/create", "Content-Length: 0\r\n"),
+        ("POST", "/v1.41/services/create", "Content-Length: 0\r\n"),
+        ("DELETE", "/containers/x", ""),
+        ("PUT", "/containers/x/archive", "Content-Length: 0\r\n"),
+        ("OPTIONS", "/_ping", ""),
+        ("POST", "/swarm/unlock", "Content-Length: 0\r\n"),
+        ("POST", "/swarm/update?rotateManagerUnlockKey=true", "Content-Length: 0\r\n"),
+        ("GET", "/containers/x/archive?path=/run/secrets", ""),
+        ("GET", "/containers/x/export", ""),
+        ("GET", "/containers/x/attach/ws", "Upgrade: websocket\r\n"),
+        ("GET", "/containers/json", "Upgrade: tcp\r\n"),
+        ("GET", "/swarmseal/v1/escrow", ""),
+        ("POST", "/swarmseal/v1/reseal", "Content-Length: 0\r\n"),
+        ("GET", "/SWARMSEAL/v1/escrow", ""),
+    ];
+    let mut failures = Vec::new();
+    for (m, p, h) in denied {
+        match raw(a, ro.clone(), m, p, h) {
+            Ok((403, body)) if *m == "HEAD" => assert!(body.is_empty()),
+            Ok((403, body)) => {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("403 body is not JSON: {body}"));
+                assert!(v["message"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+            }
+            other => failures.push(format!("{m} {p}: {other:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "not denied for readonly:\n{}", failures.join("\n"));
+
+    // What readonly may do.
+    for (p, want) in [("/_ping", 200), ("/v1.41/containers/json", 200), ("/info", 200), ("/nodes", 200), ("/swarmseal/v1/status", 200), ("/swarmseal/v1/bench", 200)] {
+        assert_eq!(raw(a, ro.clone(), "GET", p, "").unwrap().0, want, "{p}");
+    }
+    assert_eq!(raw(a, ro.clone(), "HEAD", "/_ping", "").unwrap().0, 200);
+    let (_, body) = raw(a, ro.clone(), "GET", "/swarmseal/v1/status", "").unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["stub"], true);
+
+    // Admin: the key under a strange spelling still counts as a key read (security event).
+    let (st, body) = raw(a, admin.clone(), "GET", "/v1.41//Swarm/%75nlockkey", "").unwrap();
+    e.proxy.logs.wait_for(&["swarmseal::security", "unlock_key_read", "allowed", "%75nlockkey"]);
+    let _ = (st, body);
+    assert_eq!(raw(a, admin.clone(), "POST", "/swarmseal/v1/reseal", "Content-Length: 0\r\n").unwrap(), (200, r#"{"resealed":true}"#.to_string()));
+    assert_eq!(raw(a, admin.clone(), "GET", "/swarmseal/v1/escrow", "").unwrap().0, 404);
+    assert_eq!(raw(a, admin.clone(), "GET", "/swarmseal/v1/nope", "").unwrap().0, 404);
+    assert_eq!(raw(a, admin.clone(), "DELETE", "/swarmseal/v1/status", "").unwrap().0, 405);
+    // A request head over the limit is refused.
+    let huge = format!("X-Big: {}\r\n", "a".repeat(100 * 1024));
+    assert_eq!(raw(a, admin, "GET", "/_ping", &huge).map(|r| r.0).unwrap_or(431), 431);
+}
+
+#[test]
+fn basic_auth_on_top_of_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ht = dir.path().join("htpasswd");
+    std::fs::write(&ht, format!("# users\nci:{}\n", bcrypt::hash("s3cret", 4).unwrap())).unwrap();
+    let e = Env::new(|c| c.proxy.htpasswd = Some(ht.clone()));
+    let cfg = client_config(&e.admin.join("ca.pem"), Some(&e.admin));
+    let a = e.proxy.addr;
+    let basic = |u: &str, p: &str| {
+        use base64::Engine;
+        format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+    };
+    assert_eq!(raw(a, cfg.clone(), "GET", "/_ping", &basic("ci", "s3cret")).unwrap(), (200, "OK".into()));
+    let (st, body) = raw(a, cfg.clone(), "GET", "/_ping", "").unwrap();
+    assert_eq!(st, 401);
+    assert!(body.contains("\"message\""), "{body}");
+    // That was the first failed attempt; up to the 10th in a minute they are answered at once...
+    for i in 0..9 {
+        let t = Instant::now();
+        let user = if i % 2 == 0 { "ci" } else { "nobody" };
+        assert_eq!(raw(a, cfg.clone(), "GET", "/_ping", &basic(user, "wrong")).unwrap().0, 401);
+        assert!(t.elapsed() < Duration::from_millis(900), "attempt {} took {:?}", i + 2, t.elapsed());
+    }
+    // ... the 11th is slowed, and so is the next, right password or not (the delay reveals nothing).
+    let t = Instant::now();
+    assert_eq!(raw(a, cfg.clone(), "GET", "/_ping", &basic("ci", "wrong")).unwrap().0, 401);
+    assert!(t.elapsed() >= Duration::from_millis(950), "not slowed: {:?}", t.elapsed());
+    let t = Instant::now();
+    assert_eq!(raw(a, cfg.clone(), "GET", "/_ping", &basic("ci", "s3cret")).unwrap().0, 200);
+    assert!(t.elapsed() >= Duration::from_millis(950), "right password not slowed either: {:?}", t.elapsed());
+    e.proxy.logs.wait_for(&["swarmseal::security", "basic_auth_failed"]);
+    assert!(!e.proxy.logs.text().contains("s3cret"));
+    e.proxy.logs.wait_for(&["swarmseal::audit", "user=\"ci\"", "status=200"]);
+}
+
+#[test]
+fn slowloris_is_dropped_at_the_header_timeout_while_others_are_served() {
+    let e = Env::new(|c| {
+        c.proxy.header_timeout_secs = 3;
+        c.proxy.idle_timeout_secs = 60;
+    });
+    let cfg = client_config(&e.admin.join("ca.pem"), Some(&e.admin));
+    let a = e.proxy.addr;
+
+    // A client with a good certificate that sends its request head a byte per second.
+    let slow_cfg = cfg.clone();
+    let slow = std::thread::spawn(move || {
+        let mut s = connect(a, slow_cfg);
+        s.sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let t = Instant::now();
+        let head = b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for b in head.iter() {
+            if s.write_all(&[*b]).and_then(|_| s.flush()).is_err() {
+                return (t.elapsed(), false);
+            }
+            let mut buf = [0u8; 256];
+            match s.read(&mut buf) {
+                Ok(0) => return (t.elapsed(), false),
+                Ok(_) => return (t.elapsed(), true),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return (t.elapsed(), false),
+            }
+        }
+        (t.elapsed(), true)
+    });
+    // A TCP client that never even starts the TLS handshake.
+    let silent = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 16];
+        let _ = s.read(&mut buf);
+        t.elapsed()
+    });
+    // Meanwhile others are served, promptly.
+    let mut served = 0;
+    let start = Instant::now();
+    while !slow.is_finished() && start.elapsed() < Duration::from_secs(30) {
+        let t = Instant::now();
+        assert_eq!(raw(a, cfg.clone(), "GET", "/_ping", "").unwrap().0, 200);
+        assert!(t.elapsed() < Duration::from_secs(2), "a normal request took {:?}", t.elapsed());
+        served += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (took, answered) = slow.join().unwrap();
+    assert!(!answered, "the slow client got an answer");
+    assert!(took >= Duration::from_millis(2500) && took < Duration::from_secs(7), "slow client dropped after {took:?}");
+    assert!(served >= 5, "only {served} requests served meanwhile");
+    let took = silent.join().unwrap();
+    assert!(took >= Duration::from_millis(2500) && took < Duration::from_secs(7), "silent client dropped after {took:?}");
+    e.proxy.logs.wait_for(&["connection closed: header read timeout"]);
+    e.proxy.logs.wait_for(&["TLS handshake timed out"]);
+
+    // A kept-alive connection between requests is not cut by the header timeout.
+    let mut s = connect(a, cfg);
+    for _ in 0..2 {
+        s.write_all(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        std::thread::sleep(Duration::from_secs(4));
+    }
+}
