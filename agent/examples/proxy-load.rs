@@ -1,0 +1,183 @@
+//! Load generator for `scripts/bench-proxy` (not a test): HTTP/1.1 GETs over
+//! kept-alive connections, or one request per new connection, against the
+//! engine's unix socket or a TLS endpoint with a client certificate.
+//!
+//! ```text
+//! proxy-load (--unix PATH | --tls 127.0.0.1:PORT --ca F --cert F --key F)
+//!            --path /_ping [--conns 4] [--requests 2000] [--new-conns]
+//! ```
+//! Prints one line: `rps=… p50_ms=… p99_ms=… ok=… errors=…`. With
+//! `--new-conns` every request opens a new connection (full TLS 1.3 handshake,
+//! no resumption), so rps is the new-connection rate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+#[derive(Clone)]
+enum Target {
+    Unix(PathBuf),
+    Tls(SocketAddr, tokio_rustls::TlsConnector),
+}
+
+struct Args {
+    target: Target,
+    path: String,
+    conns: usize,
+    requests: usize,
+    new_conns: bool,
+}
+
+fn usage() -> ! {
+    eprintln!("usage: proxy-load (--unix PATH | --tls ADDR --ca F --cert F --key F) --path P [--conns N] [--requests N] [--new-conns]");
+    std::process::exit(2)
+}
+
+fn parse() -> Args {
+    let mut a = std::env::args().skip(1);
+    let (mut unix, mut tls, mut ca, mut cert, mut key) = (None, None, None, None, None);
+    let (mut path, mut conns, mut requests, mut new_conns) = ("/_ping".to_string(), 4usize, 2000usize, false);
+    while let Some(k) = a.next() {
+        let mut v = || a.next().unwrap_or_else(|| usage());
+        match k.as_str() {
+            "--unix" => unix = Some(PathBuf::from(v())),
+            "--tls" => tls = Some(v().parse::<SocketAddr>().unwrap_or_else(|_| usage())),
+            "--ca" => ca = Some(v()),
+            "--cert" => cert = Some(v()),
+            "--key" => key = Some(v()),
+            "--path" => path = v(),
+            "--conns" => conns = v().parse().unwrap_or_else(|_| usage()),
+            "--requests" => requests = v().parse().unwrap_or_else(|_| usage()),
+            "--new-conns" => new_conns = true,
+            _ => usage(),
+        }
+    }
+    let target = match (unix, tls) {
+        (Some(p), None) => Target::Unix(p),
+        (None, Some(addr)) => {
+            let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else { usage() };
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(&ca).expect("ca") {
+                roots.add(c.expect("ca pem")).expect("ca cert");
+            }
+            let chain: Vec<_> = CertificateDer::pem_file_iter(&cert).expect("cert").map(|c| c.expect("cert pem")).collect();
+            let key = PrivateKeyDer::from_pem_file(&key).expect("key");
+            let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .expect("client cert");
+            // Measure full handshakes.
+            cfg.resumption = rustls::client::Resumption::disabled();
+            Target::Tls(addr, tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+        }
+        _ => usage(),
+    };
+    Args { target, path, conns: conns.max(1), requests: requests.max(1), new_conns }
+}
+
+type Sender = SendRequest<Empty<Bytes>>;
+
+async fn open(t: &Target) -> std::io::Result<Sender> {
+    let err = |e: hyper::Error| std::io::Error::other(e);
+    match t {
+        Target::Unix(p) => {
+            let s = tokio::net::UnixStream::connect(p).await?;
+            let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(err)?;
+            tokio::spawn(conn);
+            Ok(tx)
+        }
+        Target::Tls(addr, c) => {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let s = c.connect(ServerName::try_from("localhost").unwrap(), s).await?;
+            let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(err)?;
+            tokio::spawn(conn);
+            Ok(tx)
+        }
+    }
+}
+
+async fn get(tx: &mut Sender, path: &str) -> Result<(), String> {
+    tx.ready().await.map_err(|e| e.to_string())?;
+    let req = Request::get(path).header("host", "localhost").body(Empty::new()).unwrap();
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    let ok = resp.status().is_success();
+    resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    if ok {
+        Ok(())
+    } else {
+        Err("status".into())
+    }
+}
+
+async fn worker(t: Target, path: String, n: usize, new_conns: bool) -> (Vec<Duration>, usize) {
+    let mut lat = Vec::with_capacity(n);
+    let mut errors = 0;
+    let mut tx = None;
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let r = async {
+            if new_conns || tx.is_none() {
+                tx = Some(open(&t).await.map_err(|e| e.to_string())?);
+            }
+            get(tx.as_mut().unwrap(), &path).await
+        }
+        .await;
+        match r {
+            Ok(()) => lat.push(t0.elapsed()),
+            Err(_) => {
+                errors += 1;
+                tx = None;
+            }
+        }
+        if new_conns {
+            tx = None;
+        }
+    }
+    (lat, errors)
+}
+
+fn main() {
+    let a = parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        // Warm-up (connections, engine caches).
+        let warm: Vec<_> = (0..a.conns).map(|_| tokio::spawn(worker(a.target.clone(), a.path.clone(), 50, a.new_conns))).collect();
+        for w in warm {
+            let _ = w.await;
+        }
+        let per = a.requests.div_ceil(a.conns);
+        let t0 = Instant::now();
+        let ws: Vec<_> = (0..a.conns).map(|_| tokio::spawn(worker(a.target.clone(), a.path.clone(), per, a.new_conns))).collect();
+        let mut lat = Vec::new();
+        let mut errors = 0;
+        for w in ws {
+            let (l, e) = w.await.unwrap();
+            lat.extend(l);
+            errors += e;
+        }
+        let el = t0.elapsed();
+        lat.sort();
+        let pct = |p: f64| lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1)).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN);
+        println!(
+            "rps={:.0} p50_ms={:.3} p99_ms={:.3} ok={} errors={}",
+            lat.len() as f64 / el.as_secs_f64(),
+            pct(0.50),
+            pct(0.99),
+            lat.len(),
+            errors
+        );
+    });
+}
