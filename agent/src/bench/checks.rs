@@ -89,7 +89,7 @@ macro_rules! audit_unit {
 /// The whole catalogue, in report order.
 pub fn catalogue() -> Vec<Check> {
     vec![
-        // ---- 1 Host Configuration ----
+        // ---- 1 Host Configuration: host files under --root, audit rules, the mount table; GET /info (DockerRootDir), GET /version ----
         check!(
             "1.1.1",
             "Ensure a separate partition for containers has been created (Automated)",
@@ -146,7 +146,7 @@ pub fn catalogue() -> Vec<Check> {
             "You should perform a risk assessment regarding Docker version updates and review how they may impact your operations.",
             |s| Outcome::info(format!("Using {}", s.engine.version.version.clone().unwrap_or_else(|| "an unknown version".into())))
         ),
-        // ---- 2 Docker daemon configuration ----
+        // ---- 2 Docker daemon configuration: dockerd command line (/proc/<pid>/cmdline), daemon.json, GET /info, GET /version ----
         check!(
             "2.1",
             "Run the Docker daemon as a non-root user, if possible (Manual)",
@@ -378,7 +378,7 @@ pub fn catalogue() -> Vec<Check> {
                 }
             }
         ),
-        // ---- 3 Docker daemon configuration files ----
+        // ---- 3 Docker daemon configuration files: stat (owner, mode) of host files under --root and of the engine socket ----
         check!("3.1", "Ensure that the docker.service file ownership is set to root:root (Automated)", "Find out the file location: systemctl show -p FragmentPath docker.service. Then run chown root:root <path>.", "None.", |s| owner(s, s.host.units.get("docker.service").map(|x| x.as_str()), "File not found")),
         check!("3.2", "Ensure that docker.service file permissions are appropriately set (Automated)", "Find out the file location: systemctl show -p FragmentPath docker.service. Then run chmod 644 <path>.", "None.", |s| perms(s, s.host.units.get("docker.service").map(|x| x.as_str()), 0o644, "File not found")),
         check!("3.3", "Ensure that docker.socket file ownership is set to root:root (Automated)", "Find out the file location: systemctl show -p FragmentPath docker.socket. Then run chown root:root <path>.", "None.", |s| owner(s, s.host.units.get("docker.socket").map(|x| x.as_str()), "File not found")),
@@ -418,7 +418,7 @@ pub fn catalogue() -> Vec<Check> {
         check!("3.22", "Ensure that the /etc/sysconfig/docker file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /etc/sysconfig/docker.", "None.", |s| owner(s, Some(host::SYSCONFIG_DOCKER), "File not found")),
         check!("3.23", "Ensure that the Containerd socket file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /run/containerd/containerd.sock.", "None.", |s| owner(s, Some(host::CONTAINERD_SOCK), "File not found")),
         check!("3.24", "Ensure that the Containerd socket file permissions are set to 660 or more restrictively (Automated)", "You should run the following command: chmod 660 /run/containerd/containerd.sock.", "None.", |s| perms(s, Some(host::CONTAINERD_SOCK), 0o660, "File not found")),
-        // ---- 4 Container Images and Build File ----
+        // ---- 4 Container Images and Build File: GET /containers/{id}/json (Config.User), GET /images/{id}/json (Config.Healthcheck) ----
         check!(
             "4.1",
             "Ensure that a user for the container has been created (Automated)",
@@ -465,7 +465,7 @@ pub fn catalogue() -> Vec<Check> {
         check!("4.10", "Ensure secrets are not stored in Dockerfiles (Manual)", "Do not store any kind of secrets within Dockerfiles; use docker secrets.", "None.", |_| Outcome::note("Review Dockerfiles for secrets")),
         check!("4.11", "Ensure only verified packages are installed (Manual)", "You should use a secure package distribution mechanism of your choice to ensure the authenticity of software packages.", "None.", |_| Outcome::note("Review package sources in Dockerfiles")),
         check!("4.12", "Ensure all signed artifacts are validated (Manual)", "Validate artifacts signatures before uploading to the package registry.", "None.", |_| Outcome::note("Review artifact signature validation")),
-        // ---- 5 Container Runtime ----
+        // ---- 5 Container Runtime: GET /containers/{id}/json (HostConfig, Mounts, Config, NetworkSettings), GET /info ----
         check!(
             "5.1",
             "Ensure swarm mode is not Enabled, if not needed (Automated)",
@@ -722,7 +722,7 @@ pub fn catalogue() -> Vec<Check> {
                     .then(|| cname(c))
             })
         ),
-        // ---- 6 Docker Security Operations ----
+        // ---- 6 Docker Security Operations: GET /images/json, GET /containers/json?all=1 ----
         check!(
             "6.1",
             "Ensure that image sprawl is avoided (Manual)",
@@ -740,7 +740,7 @@ pub fn catalogue() -> Vec<Check> {
             "You should retain containers that are actively in use, and delete ones which are no longer needed.",
             |s| Outcome::info(format!("{} total/{} running", s.engine.all_containers.len(), s.engine.running()))
         ),
-        // ---- 7 Docker Swarm Configuration ----
+        // ---- 7 Docker Swarm Configuration: GET /info (Swarm), GET /swarm (Spec), GET /networks, dockerd's listeners (/proc/<pid>/net/tcp*) ----
         check!(
             "7.1",
             "Ensure that the minimum number of manager nodes have been created in a swarm (Automated)",
@@ -868,7 +868,7 @@ pub fn catalogue() -> Vec<Check> {
                 Some(sw) => Outcome::note(format!("Management plane on {}; the data path address is not visible through the API", sw.node_addr.clone().unwrap_or_default())),
             }
         }),
-        // ---- A Swarm Manager Appliance ----
+        // ---- A Swarm Manager Appliance: ApplianceFacts (sealed key, proxy), GET /swarm, dockerd's listeners, mount table + /sys/block/dm-*/dm, efivars ----
         check!(
             "A.1",
             "Ensure swarm autolock is on and the unlock key is sealed in the TPM (Automated)",
