@@ -301,6 +301,7 @@ fn swarm_manager_report_validates_and_fail_on_warn_sets_exit_10() {
     unencrypted.sort();
     assert_eq!(unencrypted, vec!["ingress", "plain-net"]);
     assert_eq!(r["A.3"].0, "PASS", "{}", r["A.3"].2);
+    assert!(r["A.3"].2.contains("listens on TCP only for swarm (2 socket(s))"), "raft 2377 and gossip 7946 seen: {}", r["A.3"].2);
     assert_eq!(r["A.1"].0, "WARN", "no sealed key in the state dir");
     assert_eq!(r["A.6"].0, "NOTE", "no efivars in the fixture root");
 
@@ -335,4 +336,62 @@ fn engine_down_is_exit_3() {
     let host = format!("unix://{}/nothing.sock", dir.path().display());
     let out = swarmseal(&["--docker-host", &host, "bench"], &[], None);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A dockerd that also serves its API on plain TCP (127.0.0.1:2375 in its own
+/// network namespace): what A.3 and 2.7 exist to catch.
+struct TcpDockerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl TcpDockerd {
+    fn start() -> TcpDockerd {
+        let dir = tempfile::Builder::new().prefix("sst").tempdir_in("/tmp").unwrap();
+        let d = dir.path().display().to_string();
+        let n = std::process::id() % 250;
+        let script = format!(
+            "set -e; ip link set lo up; exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock -H tcp://127.0.0.1:2375 \
+             --pidfile {d}/docker.pid --bip 172.28.{n}.1/24 --log-level error"
+        );
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let child = std::process::Command::new("unshare").args(["--net", "--", "sh", "-c", &script]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let t = TcpDockerd { dir, child };
+        let host = t.host();
+        wait_until("dockerd with a TCP host", std::time::Duration::from_secs(60), || {
+            std::process::Command::new("docker").args(["-H", &host, "version"]).output().map(|o| o.status.success()).unwrap_or(false)
+        });
+        t
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.path().display())
+    }
+}
+
+impl Drop for TcpDockerd {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("docker.pid")) {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.trim()).status();
+        }
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("sh").arg("-c").arg(format!("grep ' {}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l", self.dir.path().display())).status();
+    }
+}
+
+#[test]
+fn engine_api_on_tcp_is_found_on_the_command_line_and_in_proc_net_tcp() {
+    let d = TcpDockerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let host = d.host();
+    let out = swarmseal(&["--docker-host", &host, "--state-dir", path_str(state.path()), "bench", "--format", "json", "--check", "2.7,A.3", "--root", path_str(root.path())], &[], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_schema_valid(&rep);
+    let r = results(&rep);
+    assert_eq!(r["2.7"].0, "WARN");
+    assert!(r["2.7"].2.contains("without TLS"), "{}", r["2.7"].2);
+    // The flag and the live listening socket (/proc/<dockerd>/net/tcp, matched by inode).
+    assert_eq!(r["A.3"], ("WARN".into(), vec!["127.0.0.1:2375".to_string(), "tcp://127.0.0.1:2375".to_string()], "Engine API on TCP: 127.0.0.1:2375 tcp://127.0.0.1:2375".into()));
 }
