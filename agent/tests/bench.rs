@@ -264,6 +264,13 @@ fn swarm_manager_report_validates_and_fail_on_warn_sets_exit_10() {
     d.import_busybox("bb:1");
     d.docker_ok(&["network", "create", "-d", "overlay", "--opt", "encrypted", "secure-net"]);
     d.docker_ok(&["network", "create", "-d", "overlay", "plain-net"]);
+    // An image built with ADD, a lone update instruction and a HEALTHCHECK (legacy builder).
+    let ctx = d.dir.join("build");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("f.txt"), "x").unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM bb:1\nADD f.txt /f.txt\nRUN echo pkg update\nHEALTHCHECK CMD true\n").unwrap();
+    let out = std::process::Command::new("docker").args(["-H", &d.host(), "build", "-q", "-t", "built:1"]).arg(&ctx).env("DOCKER_BUILDKIT", "0").output().unwrap();
+    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
     let state = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
 
@@ -300,6 +307,10 @@ fn swarm_manager_report_validates_and_fail_on_warn_sets_exit_10() {
     let mut unencrypted = r["7.3"].1.clone();
     unencrypted.sort();
     assert_eq!(unencrypted, vec!["ingress", "plain-net"]);
+    // Image checks: HEALTHCHECK from the image config, ADD and update from the history.
+    assert_eq!(r["4.6"].1, vec!["[bb:1]"]);
+    assert_eq!((r["4.7"].0.as_str(), &r["4.7"].1), ("INFO", &vec!["[built:1]".to_string()]));
+    assert_eq!((r["4.9"].0.as_str(), &r["4.9"].1), ("INFO", &vec!["[built:1]".to_string()]));
     assert_eq!(r["A.3"].0, "PASS", "{}", r["A.3"].2);
     assert!(r["A.3"].2.contains("listens on TCP only for swarm (2 socket(s))"), "raft 2377 and gossip 7946 seen: {}", r["A.3"].2);
     assert_eq!(r["A.1"].0, "WARN", "no sealed key in the state dir");

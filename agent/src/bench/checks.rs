@@ -418,7 +418,7 @@ pub fn catalogue() -> Vec<Check> {
         check!("3.22", "Ensure that the /etc/sysconfig/docker file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /etc/sysconfig/docker.", "None.", |s| owner(s, Some(host::SYSCONFIG_DOCKER), "File not found")),
         check!("3.23", "Ensure that the Containerd socket file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /run/containerd/containerd.sock.", "None.", |s| owner(s, Some(host::CONTAINERD_SOCK), "File not found")),
         check!("3.24", "Ensure that the Containerd socket file permissions are set to 660 or more restrictively (Automated)", "You should run the following command: chmod 660 /run/containerd/containerd.sock.", "None.", |s| perms(s, Some(host::CONTAINERD_SOCK), 0o660, "File not found")),
-        // ---- 4 Container Images and Build File: GET /containers/{id}/json (Config.User), GET /images/{id}/json (Config.Healthcheck) ----
+        // ---- 4 Container Images and Build File: GET /containers/{id}/json (Config.User), GET /images/{id}/json (Config.Healthcheck), GET /images/{id}/history ----
         check!(
             "4.1",
             "Ensure that a user for the container has been created (Automated)",
@@ -451,17 +451,18 @@ pub fn catalogue() -> Vec<Check> {
                     .image_details
                     .iter()
                     .filter(|i| !has_healthcheck(i.config.as_ref().and_then(|c| c.healthcheck.as_ref())))
-                    .map(|i| match i.repo_tags.as_ref().filter(|t| !t.is_empty()) {
-                        Some(t) => format!("[{}]", t.join(",")),
-                        None => short_id(i.id.as_deref().unwrap_or("")),
-                    })
+                    .map(|i| s.engine.image_label(i.id.as_deref().unwrap_or("")))
                     .collect();
                 Outcome::warn_if_any("Images w/o HEALTHCHECK", bad)
             }
         ),
-        check!("4.7", "Ensure update instructions are not used alone in the Dockerfile (Manual)", "You should use update instructions together with install instructions and version pinning for packages while installing them.", "None.", |_| Outcome::note("Image histories are not read; review Dockerfiles for lone update instructions")),
+        check!("4.7", "Ensure update instructions are not used alone in the Dockerfile (Manual)", "You should use update instructions together with install instructions and version pinning for packages while installing them.", "None.", |s| {
+            history_matches(s, "Update instructions found", |l| l.contains("update") && !l.contains("install"))
+        }),
         check!("4.8", "Ensure setuid and setgid permissions are removed (Manual)", "You should allow setuid and setgid permissions only on executables which require them.", "None.", |_| Outcome::note("Review setuid/setgid binaries in each image")),
-        check!("4.9", "Ensure that COPY is used instead of ADD in Dockerfiles (Manual)", "You should use COPY rather than ADD instructions in Dockerfiles.", "None.", |_| Outcome::note("Image histories are not read; review Dockerfiles for ADD")),
+        check!("4.9", "Ensure that COPY is used instead of ADD in Dockerfiles (Manual)", "You should use COPY rather than ADD instructions in Dockerfiles.", "None.", |s| {
+            history_matches(s, "Images using ADD", |l| l.starts_with("ADD ") || l.contains(" ADD "))
+        }),
         check!("4.10", "Ensure secrets are not stored in Dockerfiles (Manual)", "Do not store any kind of secrets within Dockerfiles; use docker secrets.", "None.", |_| Outcome::note("Review Dockerfiles for secrets")),
         check!("4.11", "Ensure only verified packages are installed (Manual)", "You should use a secure package distribution mechanism of your choice to ensure the authenticity of software packages.", "None.", |_| Outcome::note("Review package sources in Dockerfiles")),
         check!("4.12", "Ensure all signed artifacts are validated (Manual)", "Validate artifacts signatures before uploading to the package registry.", "None.", |_| Outcome::note("Review artifact signature validation")),
@@ -999,8 +1000,15 @@ fn cname(c: &ContainerInspectResponse) -> String {
     c.name.as_deref().unwrap_or("").trim_start_matches('/').to_string()
 }
 
-fn short_id(id: &str) -> String {
-    id.trim_start_matches("sha256:").chars().take(12).collect()
+/// 4.7/4.9: images whose history (`GET /images/{id}/history`, `CreatedBy`) has a
+/// matching layer: INFO listing them, as docker-bench-security does; none: PASS.
+fn history_matches(s: &Snapshot, details: &str, f: impl Fn(&str) -> bool) -> Outcome {
+    let hits: Vec<String> = s.engine.image_history.iter().filter(|(_, layers)| layers.iter().any(|l| f(l))).map(|(id, _)| s.engine.image_label(id)).collect();
+    if hits.is_empty() {
+        Outcome::pass()
+    } else {
+        Outcome::items(Status::Info, details, hits)
+    }
 }
 
 fn hc<T>(c: &ContainerInspectResponse, f: impl Fn(&bollard::models::HostConfig) -> Option<T>) -> Option<T> {

@@ -33,6 +33,8 @@ pub struct EngineFacts {
     pub images: Vec<ImageSummary>,
     /// `GET /images/{id}/json` of each image.
     pub image_details: Vec<ImageInspect>,
+    /// `GET /images/{id}/history` of each image: (image ID, `CreatedBy` of each layer).
+    pub image_history: Vec<(String, Vec<String>)>,
     /// `GET /networks`
     pub networks: Vec<Network>,
 }
@@ -42,6 +44,14 @@ impl EngineFacts {
     pub fn swarm_active(&self) -> bool {
         self.info.swarm.as_ref().and_then(|s| s.local_node_state.as_ref()) == Some(&LocalNodeState::ACTIVE)
     }
+    /// How an image is named in results: `[repo:tag,…]`, else its short ID.
+    pub fn image_label(&self, id: &str) -> String {
+        match self.images.iter().find(|i| i.id == id).map(|i| &i.repo_tags).filter(|t| !t.is_empty() && t.iter().any(|t| t != "<none>:<none>")) {
+            Some(t) => format!("[{}]", t.join(",")),
+            None => id.trim_start_matches("sha256:").chars().take(12).collect(),
+        }
+    }
+
     /// Containers in state `running`.
     pub fn running(&self) -> usize {
         self.all_containers.iter().filter(|c| c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running")).count()
@@ -85,7 +95,9 @@ pub async fn gather(socket: &Path) -> Result<EngineFacts, BenchError> {
     let image_ids: Vec<String> = facts.images.iter().map(|i| i.id.clone()).collect();
     let docker = Arc::new(docker);
     facts.containers = inspect_all(&docker, ids, |d, id| async move { d.inspect_container(&id, None).await }).await;
-    facts.image_details = inspect_all(&docker, image_ids, |d, id| async move { d.inspect_image(&id).await }).await;
+    facts.image_details = inspect_all(&docker, image_ids.clone(), |d, id| async move { d.inspect_image(&id).await }).await;
+    facts.image_history = inspect_all(&docker, image_ids, |d, id| async move { d.image_history(&id).await.map(|h| (id, h.into_iter().map(|l| l.created_by).collect())) }).await;
+    facts.image_history.sort();
     // Stable order: by name.
     facts.containers.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(facts)

@@ -2,7 +2,7 @@
 //!
 //! - [`engine`]: the Docker Engine API read once (`/version`, `/info`, `/swarm`,
 //!   `/containers/json`, one `/containers/{id}/json` per running container,
-//!   `/images/json`, `/images/{id}/json`, `/networks`).
+//!   `/images/json`, `/images/{id}/json`, `/images/{id}/history`, `/networks`).
 //! - [`host`]: host files (under `--root`), the dockerd command line and its
 //!   TCP listeners from `/proc`, mounts, dm-verity, Secure Boot.
 //! - [`checks`]: the catalogue — data plus a pure evaluation over a [`Snapshot`].
