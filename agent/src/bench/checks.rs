@@ -542,7 +542,13 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure sshd is not run within containers (Automated)",
             "Uninstall the SSH daemon from the container and use docker exec to enter a container on the remote host.",
             "None.",
-            |_| Outcome::note("The appliance does not exec into containers; check with docker top <container>")
+            |s| {
+                let Some(procs) = &s.host.container_procs else { return Outcome::note("Container processes could not be read from /proc") };
+                per_container(s, Status::Warn, "Containers running sshd", |c| {
+                    let pid = c.state.as_ref().and_then(|st| st.pid).filter(|p| *p > 0)?;
+                    procs.get(&(pid as u32))?.iter().any(|n| n == "sshd").then(|| cname(c))
+                })
+            }
         ),
         check!(
             "5.8",

@@ -133,6 +133,9 @@ pub struct HostFacts {
     pub registry_certs: Option<Vec<String>>,
     /// The docker.service / docker.socket / containerd.socket unit files found (host paths).
     pub units: BTreeMap<&'static str, String>,
+    /// Process names (`comm`) in the PID namespace of each running container,
+    /// keyed by the container's init PID (`State.Pid`); `None`: `/proc` unreadable.
+    pub container_procs: Option<BTreeMap<u32, Vec<String>>>,
 }
 
 /// Host paths of the files the checks look at.
@@ -161,9 +164,11 @@ pub const AUDIT_TARGETS: [&str; 11] = [
 ];
 
 impl HostFacts {
-    /// Read everything the checks need from the host.
-    pub fn gather(o: &HostOptions) -> HostFacts {
+    /// Read everything the checks need from the host; `init_pids` are the
+    /// running containers' `State.Pid` (for 5.7).
+    pub fn gather(o: &HostOptions, init_pids: &[u32]) -> HostFacts {
         let mut h = HostFacts { dockerd: find_dockerd(&o.proc_dir, &o.docker_socket), ..Default::default() };
+        h.container_procs = container_procs(&o.proc_dir, init_pids);
 
         // The daemon configuration file: --config-file, else /etc/docker/daemon.json.
         let cfg_file = h.dockerd.as_ref().and_then(|d| flag_values(&d.args, &["--config-file"]).pop()).unwrap_or_else(|| DAEMON_JSON.to_string());
@@ -421,6 +426,37 @@ fn read_dm(sys_block: &Path) -> Vec<DmDevice> {
         .collect();
     v.sort_by(|a, b| a.kname.cmp(&b.kname));
     v
+}
+
+/// One scan of `/proc`: the `comm` of every process sharing a PID namespace
+/// with one of `init_pids`.
+fn container_procs(proc_dir: &Path, init_pids: &[u32]) -> Option<BTreeMap<u32, Vec<String>>> {
+    let ns_of = |pid: &str| std::fs::read_link(proc_dir.join(pid).join("ns/pid")).ok().map(|l| l.to_string_lossy().into_owned());
+    let mut by_ns: BTreeMap<String, u32> = BTreeMap::new();
+    for p in init_pids {
+        if let Some(ns) = ns_of(&p.to_string()) {
+            by_ns.insert(ns, *p);
+        }
+    }
+    if by_ns.len() < init_pids.len() {
+        return None;
+    }
+    let mut out: BTreeMap<u32, Vec<String>> = init_pids.iter().map(|p| (*p, Vec::new())).collect();
+    if by_ns.is_empty() {
+        return Some(out);
+    }
+    for e in std::fs::read_dir(proc_dir).ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Some(init) = ns_of(&name).and_then(|ns| by_ns.get(&ns)) {
+            if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
+                out.entry(*init).or_default().push(comm.trim().to_string());
+            }
+        }
+    }
+    Some(out)
 }
 
 /// The dockerd serving `socket`: the process named dockerd whose command line

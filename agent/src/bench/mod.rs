@@ -124,7 +124,8 @@ pub async fn run_report_with(cfg: &Config, facts: ApplianceFacts, sel: &Selectio
     let socket = cfg.docker_socket();
     let engine = engine::gather(&socket).await?;
     let h = host.clone();
-    let host_facts = tokio::task::spawn_blocking(move || HostFacts::gather(&h)).await.unwrap_or_default();
+    let init_pids: Vec<u32> = engine.containers.iter().filter_map(|c| c.state.as_ref()?.pid).filter(|p| *p > 0).map(|p| p as u32).collect();
+    let host_facts = tokio::task::spawn_blocking(move || HostFacts::gather(&h, &init_pids)).await.unwrap_or_default();
     let snap = Snapshot { engine, host: host_facts, appliance: facts, docker_socket: socket.to_string_lossy().into_owned() };
     let results = evaluate(&snap, sel);
     Ok(Report { start, end: now(), results })
