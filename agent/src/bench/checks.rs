@@ -754,7 +754,7 @@ pub fn catalogue() -> Vec<Check> {
             "If an excessive number of managers is configured, the excess nodes can be demoted to workers using command docker node demote <ID>. Keep an odd number of managers.",
             "None.",
             |s| {
-                let Some(sw) = swarm_info(s) else { return Outcome::info("Swarm mode not enabled") };
+                let Some(sw) = swarm_info(s) else { return no_swarm(s) };
                 match sw.managers {
                     Some(n) if n % 2 == 0 => Outcome::warn(format!("{n} managers: an even number adds no fault tolerance")),
                     Some(n) if n > 7 => Outcome::warn(format!("{n} managers: more than 7 slows down consensus")),
@@ -770,7 +770,7 @@ pub fn catalogue() -> Vec<Check> {
             "None.",
             |s| {
                 if swarm_info(s).is_none() {
-                    return Outcome::info("Swarm mode not enabled");
+                    return no_swarm(s);
                 }
                 let Some(ls) = s.host.dockerd.as_ref().and_then(|d| d.listeners.as_ref()) else { return Outcome::note("The dockerd process or its sockets could not be read") };
                 let swarm: Vec<_> = ls.iter().filter(|l| l.port == SWARM_PORT).collect();
@@ -791,7 +791,7 @@ pub fn catalogue() -> Vec<Check> {
             "None.",
             |s| {
                 if swarm_info(s).is_none() {
-                    return Outcome::info("Swarm mode not enabled");
+                    return no_swarm(s);
                 }
                 let bad: Vec<String> = s
                     .engine
@@ -806,7 +806,7 @@ pub fn catalogue() -> Vec<Check> {
         ),
         check!("7.4", "Ensure that Docker's secret management commands are used for managing secrets in a swarm cluster (Manual)", "You should follow the docker secret documentation and use it to manage secrets effectively.", "None.", |s| {
             if swarm_info(s).is_none() {
-                Outcome::info("Swarm mode not enabled")
+                no_swarm(s)
             } else {
                 Outcome::note("Review that services take their secrets from docker secret")
             }
@@ -821,7 +821,7 @@ pub fn catalogue() -> Vec<Check> {
                     return Outcome::pass_with("The swarm is locked: auto-lock is on");
                 }
                 if swarm_info(s).is_none() {
-                    return Outcome::info("Swarm mode not enabled");
+                    return no_swarm(s);
                 }
                 match autolock(s) {
                     Some(true) => Outcome::pass(),
@@ -832,7 +832,7 @@ pub fn catalogue() -> Vec<Check> {
         ),
         check!("7.6", "Ensure that the swarm manager auto-lock key is rotated periodically (Manual)", "You should run the command to rotate the keys: docker swarm unlock-key --rotate (swarmseal rotate reseals the new key).", "None.", |s| {
             if swarm_info(s).is_none() {
-                Outcome::info("Swarm mode not enabled")
+                no_swarm(s)
             } else {
                 Outcome::note("Key age is not visible through the API; rotate with swarmseal rotate")
             }
@@ -844,7 +844,7 @@ pub fn catalogue() -> Vec<Check> {
             "None.",
             |s| {
                 if swarm_info(s).is_none() {
-                    return Outcome::info("Swarm mode not enabled");
+                    return no_swarm(s);
                 }
                 let exp = s.engine.swarm.as_ref().and_then(|w| w.spec.as_ref()).and_then(|sp| sp.ca_config.as_ref()).and_then(|c| c.node_cert_expiry);
                 match exp {
@@ -862,7 +862,7 @@ pub fn catalogue() -> Vec<Check> {
         ),
         check!("7.8", "Ensure that CA certificates are rotated as appropriate (Manual)", "You should run the command to rotate a certificate: docker swarm ca --rotate.", "None.", |s| {
             if swarm_info(s).is_none() {
-                return Outcome::info("Swarm mode not enabled");
+                return no_swarm(s);
             }
             match s.engine.swarm.as_ref().and_then(|w| w.root_rotation_in_progress) {
                 Some(true) => Outcome::info("A root CA rotation is in progress"),
@@ -871,7 +871,7 @@ pub fn catalogue() -> Vec<Check> {
         }),
         check!("7.9", "Ensure that management plane traffic is separated from data plane traffic (Manual)", "You should initialize the swarm with dedicated interfaces for management and data planes respectively: docker swarm init --advertise-addr=<IP> --data-path-addr=<IP>.", "You would need to manage two network interfaces per node.", |s| {
             match swarm_info(s) {
-                None => Outcome::info("Swarm mode not enabled"),
+                None => no_swarm(s),
                 Some(sw) => Outcome::note(format!("Management plane on {}; the data path address is not visible through the API", sw.node_addr.clone().unwrap_or_default())),
             }
         }),
@@ -883,7 +883,7 @@ pub fn catalogue() -> Vec<Check> {
             "None.",
             |s| {
                 if s.engine.swarm_state() == "inactive" {
-                    return Outcome::info("Swarm mode not enabled");
+                    return no_swarm(s);
                 }
                 let locked = s.engine.swarm_state() == "locked";
                 if !locked && autolock(s) == Some(false) {
@@ -987,6 +987,16 @@ fn swarm_info(s: &Snapshot) -> Option<&bollard::models::SwarmInfo> {
         s.engine.info.swarm.as_ref()
     } else {
         None
+    }
+}
+
+/// Swarm checks on a node without an active swarm: INFO, or NOTE while it is
+/// locked (its settings cannot be read until it is unlocked).
+fn no_swarm(s: &Snapshot) -> Outcome {
+    match s.engine.swarm_state().as_str() {
+        "inactive" => Outcome::info("Swarm mode not enabled"),
+        "locked" => Outcome::note("The swarm is locked: its settings cannot be read until it is unlocked"),
+        other => Outcome::note(format!("The swarm is {other}")),
     }
 }
 
@@ -1181,6 +1191,10 @@ mod tests {
         s.engine.info = serde_json::from_value(json!({"Swarm": {"LocalNodeState": "inactive"}})).unwrap();
         assert_eq!(eval("5.1", &s).status, Status::Pass);
         assert_eq!(eval("7.1", &s).status, Status::Info);
+        s.engine.info = serde_json::from_value(json!({"Swarm": {"LocalNodeState": "locked"}})).unwrap();
+        assert_eq!(eval("5.1", &s).status, Status::Info);
+        assert_eq!(eval("7.1", &s).status, Status::Note);
+        assert_eq!(eval("7.5", &s).status, Status::Pass);
     }
 
     #[test]
