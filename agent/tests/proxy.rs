@@ -311,7 +311,7 @@ fn raw(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, method: &str, target: &
 
 #[test]
 fn admin_bundle_drives_a_swarm_through_the_proxy() {
-    let e = Env::new(|_| {});
+    let mut e = Env::new(|_| {});
     let key = e.d.swarm_init_autolock();
 
     assert_eq!(e.admin(&["info", "--format", "{{.Swarm.LocalNodeState}}"]), "active");
@@ -369,6 +369,16 @@ fn admin_bundle_drives_a_swarm_through_the_proxy() {
         assert!(l.contains(f), "{f} missing in {l}");
     }
     assert!(!e.proxy.logs.text().contains(&key), "the key must never be logged");
+
+    // Recovery with no shell: the engine restarts locked; `docker swarm unlock` through the proxy.
+    let current = e.admin(&["swarm", "unlock-key", "-q"]);
+    e.d.restart();
+    assert_eq!(e.d.swarm_state(), "locked");
+    let o = e.docker_as(&e.admin, &["swarm", "unlock"], Some(&format!("{current}\n")));
+    ok(&o, "swarm unlock through the proxy");
+    assert_eq!(e.d.swarm_state(), "active");
+    e.proxy.logs.wait_for(&["swarmseal::security", "swarm_unlock", "allowed", "identity=admin"]);
+    assert!(!e.proxy.logs.text().contains(&current), "the key must never be logged");
 }
 
 #[test]
@@ -662,4 +672,64 @@ fn slowloris_is_dropped_at_the_header_timeout_while_others_are_served() {
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
         std::thread::sleep(Duration::from_secs(4));
     }
+}
+
+#[test]
+fn idle_connections_close_but_streams_upgrades_stay_and_the_limit_holds() {
+    let e = Env::new(|c| {
+        c.proxy.idle_timeout_secs = 2;
+        c.proxy.header_timeout_secs = 2;
+        c.proxy.max_connections = 6;
+    });
+    e.d.import_busybox("bb:1");
+    let cfg = client_config(&e.admin.join("ca.pem"), Some(&e.admin));
+    let a = e.proxy.addr;
+    let ping = |s: &mut Tls| {
+        s.write_all(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    };
+
+    // A streaming response (events) holds one connection, quiet for longer than the idle timeout.
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().saturating_sub(1).to_string();
+    e.d.docker_ok(&["create", "--name", "first", "bb:1"]);
+    let mut ev = Streaming::start(e.cli(
+        &e.admin.join("ca.pem"),
+        Some(&e.admin),
+        &["events", "--since", &since, "--filter", "type=container", "--format", "{{.Action}} {{.Actor.Attributes.name}}"],
+    ));
+    ev.wait_line(|l| l == "create first", "`create first`");
+
+    // The limit: five more connections fill it; a seventh is closed at once.
+    let mut held: Vec<Tls> = (0..5)
+        .map(|_| {
+            let mut c = connect(a, cfg.clone());
+            ping(&mut c);
+            c
+        })
+        .collect();
+    let t = Instant::now();
+    assert!(raw(a, cfg.clone(), "GET", "/_ping", "").is_err(), "a connection over the limit was served");
+    assert!(t.elapsed() < Duration::from_secs(1), "refusal took {:?}", t.elapsed());
+    e.proxy.logs.wait_for(&["connection refused: limit of 6 connections reached"]);
+
+    // An idle kept-alive connection is closed after the idle timeout.
+    let mut c1 = held.pop().unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let r = c1.read(&mut buf);
+    assert!(matches!(r, Ok(0)) || r.is_err(), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_millis(1500) && t.elapsed() < Duration::from_secs(6), "idle close after {:?}", t.elapsed());
+    e.proxy.logs.wait_for(&["connection closed: idle timeout"]);
+    drop(held);
+    wait_until("a free connection slot", Duration::from_secs(10), || raw(a, cfg.clone(), "GET", "/_ping", "").is_ok());
+
+    // An upgraded connection silent for longer than the idle timeout is not cut.
+    let o = e.docker_as(&e.admin, &["run", "--rm", "-i", "bb:1", "sh", "-c", "sleep 4; echo late"], Some(""));
+    assert_eq!(ok(&o, "run -i with a quiet container"), "late");
+
+    // The events stream lived through all that and still delivers.
+    ev.wait_line(|l| l.starts_with("destroy"), "`destroy` of the --rm container");
+    assert!(ev.still_running(), "the events stream was cut");
 }
