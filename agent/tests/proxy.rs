@@ -650,7 +650,7 @@ fn slowloris_is_dropped_at_the_header_timeout_while_others_are_served() {
     while !slow.is_finished() && start.elapsed() < Duration::from_secs(30) {
         let t = Instant::now();
         assert_eq!(raw(a, cfg.clone(), "GET", "/_ping", "").unwrap().0, 200);
-        assert!(t.elapsed() < Duration::from_secs(2), "a normal request took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_millis(2500), "a normal request took {:?}", t.elapsed());
         served += 1;
         std::thread::sleep(Duration::from_millis(100));
     }

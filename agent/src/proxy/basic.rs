@@ -36,7 +36,7 @@ impl BasicAuth {
             std::fs::read_to_string(path).map_err(|e| ProxyError::Setup(format!("cannot read htpasswd {}: {e}", path.display())))?,
         );
         let mut users = HashMap::new();
-        let mut cost = 5;
+        let mut cost: Option<u32> = None;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -53,11 +53,12 @@ impl BasicAuth {
                 )));
             }
             if let Some(c) = h.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
-                cost = cost.max(c);
+                cost = Some(cost.map_or(c, |m| m.max(c)));
             }
             users.insert(u.to_string(), h.to_string());
         }
-        let dummy = bcrypt::hash("swarmseal-dummy-password", cost).map_err(|e| ProxyError::Setup(format!("bcrypt: {e}")))?;
+        // Same cost as the real entries, so unknown users take as long as known ones.
+        let dummy = bcrypt::hash("swarmseal-dummy-password", cost.unwrap_or(bcrypt::DEFAULT_COST).clamp(4, 31)).map_err(|e| ProxyError::Setup(format!("bcrypt: {e}")))?;
         Ok(BasicAuth { users, dummy, failures: Mutex::new(HashMap::new()) })
     }
 

@@ -328,7 +328,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(down) = down_upgrade else {
-            return Err((502, "the Docker engine switched protocols without being asked".into()));
+            return Ok(message(502, "the Docker engine switched protocols without being asked", audit));
         };
         let up_upgrade = hyper::upgrade::on(&mut resp);
         audit.upgraded = true;
@@ -376,6 +376,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     if !upgrade {
         h.remove(CONNECTION);
         h.remove(UPGRADE);
+    }
+    // hyper decoded a chunked body; never pass a Content-Length beside it (request smuggling).
+    if h.contains_key(hyper::header::TRANSFER_ENCODING) {
+        h.remove(hyper::header::CONTENT_LENGTH);
     }
 }
 
