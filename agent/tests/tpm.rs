@@ -41,6 +41,14 @@ fn measure_boot(tpm: &Swtpm) {
     tpm.extend(15, "var volume key");
 }
 
+/// No transient object and no session left in the TPM (a leak would fill it:
+/// TPM_RC_OBJECT_MEMORY / TPM_RC_SESSION_MEMORY without a resource manager).
+fn assert_no_handles(tpm: &Swtpm) {
+    assert_eq!(tpm.transient_handles(), 0, "a transient object was left loaded");
+    let sessions = tpm.tpm2(&["getcap", "handles-loaded-session"]);
+    assert!(!sessions.contains("0x"), "a session was left open: {sessions}");
+}
+
 fn open(tpm: &Swtpm) -> Tpm {
     Tpm::open(&tpm.tcti()).expect("open swtpm")
 }
@@ -78,7 +86,7 @@ fn seal_then_unseal_round_trip_without_leaking_handles() {
     let tpm = booted();
     let mut t = open(&tpm);
     let (obj, policy) = seal_current(&mut t);
-    assert_eq!(tpm.transient_handles(), 0, "seal leaked a handle");
+    assert_no_handles(&tpm);
     assert_eq!(obj.policy_digest, pcr_policy_digest(match &policy {
         Policy::Pcr { values } => values,
     }));
@@ -90,13 +98,13 @@ fn seal_then_unseal_round_trip_without_leaking_handles() {
 
     let secret = t.unseal(&obj, &policy).unwrap();
     assert_eq!(secret.as_slice(), SECRET);
-    assert_eq!(tpm.transient_handles(), 0, "unseal leaked a handle");
+    assert_no_handles(&tpm);
 
     // Many operations in a row: a leak would fill the TPM (TPM_RC_OBJECT_MEMORY).
     for _ in 0..10 {
         assert_eq!(t.unseal(&obj, &policy).unwrap().as_slice(), SECRET);
     }
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 }
 
 #[test]
@@ -132,7 +140,7 @@ fn reboot_with_the_same_measurements_unseals() {
     measure_boot(&tpm);
     let secret = open(&tpm).unseal(&obj, &policy).unwrap();
     assert_eq!(secret.as_slice(), SECRET);
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 }
 
 #[test]
@@ -161,7 +169,7 @@ fn changed_measurement_is_a_policy_mismatch_naming_that_pcr() {
     let msg = err.to_string();
     assert!(msg.contains("PCR 11") && msg.contains(&hex::encode(&values[&11])) && msg.contains(&hex::encode(&now)), "{msg}");
     assert!(!msg.contains("SWMKEY"));
-    assert_eq!(tpm.transient_handles(), 0, "failed unseal leaked a handle");
+    assert_no_handles(&tpm);
 }
 
 #[test]
@@ -173,7 +181,7 @@ fn another_machine_is_an_srk_mismatch() {
     let err = open(&other).unseal(&obj, &policy).unwrap_err();
     assert!(matches!(err, TpmError::SrkMismatch), "{err:?}");
     assert!(err.to_string().contains("different machine"), "{err}");
-    assert_eq!(other.transient_handles(), 0);
+    assert_no_handles(&other);
 }
 
 #[test]
@@ -191,18 +199,18 @@ fn sealing_to_recorded_values_unseals_once_the_pcrs_reach_them() {
     .collect();
     let policy = Policy::Pcr { values };
     let obj = t.seal(SECRET, &policy).unwrap();
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 
     // Not reached yet: refused, every PCR named.
     match t.unseal(&obj, &policy).unwrap_err() {
         TpmError::PolicyMismatch { changed } => assert_eq!(changed.iter().map(|d| d.pcr).collect::<Vec<_>>(), PCRS),
         other => panic!("expected PolicyMismatch, got {other:?}"),
     }
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 
     measure_boot(&tpm);
     assert_eq!(t.unseal(&obj, &policy).unwrap().as_slice(), SECRET);
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 }
 
 #[test]
@@ -224,7 +232,7 @@ fn extend_closes_the_key_for_the_rest_of_the_boot() {
         }
         other => panic!("expected PolicyMismatch, got {other:?}"),
     }
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 }
 
 #[test]
@@ -238,7 +246,7 @@ fn unseal_under_another_policy_is_a_mismatch_without_diffs() {
         TpmError::PolicyMismatch { changed } => assert!(changed.is_empty(), "{changed:?}"),
         e => panic!("expected PolicyMismatch, got {e:?}"),
     }
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 }
 
 #[test]
@@ -252,7 +260,7 @@ fn damaged_blob_is_a_command_error_without_leaks() {
     assert!(matches!(err, TpmError::Command { .. }), "{err:?}");
     obj.private.truncate(n - 3);
     assert!(matches!(t.unseal(&obj, &policy).unwrap_err(), TpmError::Command { .. }));
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 }
 
 #[test]
@@ -279,15 +287,15 @@ fn persistent_srk_is_used_and_named() {
     tool(&["tpm2_flushcontext", "-t"], &tpm, dir.path());
     tool(&["tpm2_readpublic", "-c", "0x81000001", "-n", "persistent.name"], &tpm, dir.path());
     let persistent_name = std::fs::read(dir.path().join("persistent.name")).unwrap();
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 
     let mut t = open(&tpm);
     assert_eq!(t.srk_name().unwrap(), persistent_name);
     let (obj, policy) = seal_current(&mut t);
     assert_eq!(obj.srk_name, persistent_name, "sealed under another SRK than the persistent one");
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
     assert_eq!(t.unseal(&obj, &policy).unwrap().as_slice(), SECRET);
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
     drop(t);
     // The persistent SRK is still there afterwards.
     assert!(tpm.tpm2(&["getcap", "handles-persistent"]).contains("0x81000001"));
@@ -296,7 +304,7 @@ fn persistent_srk_is_used_and_named() {
     tool(&["tpm2_evictcontrol", "-c", "0x81000001"], &tpm, dir.path());
     let err = open(&tpm).unseal(&obj, &policy).unwrap_err();
     assert!(matches!(err, TpmError::SrkMismatch), "{err:?}");
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
 }
 
 #[test]
@@ -343,5 +351,78 @@ fn seal_and_unseal_timing() {
     }
     let unseal = start.elapsed() / n;
     eprintln!("swtpm: seal {seal:?}, unseal {unseal:?} (mean of {n})");
-    assert_eq!(tpm.transient_handles(), 0);
+    assert_no_handles(&tpm);
+}
+
+/// Records the bytes crossing the "TPM bus": a TCP relay in front of swtpm's server and
+/// control ports (the swtpm TCTI uses PORT and PORT+1).
+struct BusTap {
+    port: u16,
+    seen: std::sync::Arc<Mutex<Vec<u8>>>,
+}
+
+impl BusTap {
+    fn start(tpm: &Swtpm) -> BusTap {
+        use std::net::{TcpListener, TcpStream};
+        let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        let (server, ctrl, port) = loop {
+            let a = TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = a.local_addr().unwrap().port();
+            if let Ok(b) = TcpListener::bind(("127.0.0.1", p + 1)) {
+                break (a, b, p);
+            }
+        };
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        for (listener, target) in [(server, tpm.port), (ctrl, tpm.port + 1)] {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let client = client.unwrap();
+                    let upstream = TcpStream::connect(("127.0.0.1", target)).unwrap();
+                    for (mut from, mut to) in
+                        [(client.try_clone().unwrap(), upstream.try_clone().unwrap()), (upstream, client)]
+                    {
+                        let seen = seen.clone();
+                        std::thread::spawn(move || {
+                            use std::io::{Read, Write};
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = from.read(&mut buf) {
+                                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                }
+            });
+        }
+        BusTap { port, seen }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn contains(&self, needle: &[u8]) -> bool {
+        self.seen.lock().unwrap().windows(needle.len()).any(|w| w == needle)
+    }
+}
+
+#[test]
+fn the_secret_never_crosses_the_bus_in_clear() {
+    let tpm = booted();
+    let tap = BusTap::start(&tpm);
+    let mut t = Tpm::open(&tap.tcti()).unwrap();
+    let (obj, policy) = seal_current(&mut t);
+    assert_eq!(t.unseal(&obj, &policy).unwrap().as_slice(), SECRET);
+    drop(t);
+    // The tap does see the traffic: PCR values travel in clear in TPM2_PCR_Read.
+    let Policy::Pcr { values } = &policy;
+    assert!(tap.contains(&values[&11]), "the tap recorded no TPM traffic");
+    // Create's inSensitive and Unseal's outData are parameter-encrypted.
+    assert!(!tap.contains(SECRET), "the secret crossed the TPM bus in clear");
+    assert!(!tap.contains(&SECRET[..16]), "part of the secret crossed the TPM bus in clear");
+    assert_no_handles(&tpm);
 }
