@@ -132,9 +132,7 @@ impl Env {
             let out = format!("{s}/bundles/{name}");
             ok(&swarmseal(&["--state-dir", &s, "certs", "issue", name, "--role", role, "--out", &out], &[], None), "certs issue");
         }
-        let mut cfg = Config::default();
-        cfg.state_dir = state.path().to_path_buf();
-        cfg.docker_host = d.host();
+        let mut cfg = Config { state_dir: state.path().to_path_buf(), docker_host: d.host(), ..Default::default() };
         cfg.proxy.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut cfg);
         let proxy = ProxyRun::start(cfg);
@@ -149,9 +147,7 @@ impl Env {
     }
 
     fn paths(&self) -> pki::PkiPaths {
-        let mut cfg = Config::default();
-        cfg.state_dir = self.state.path().to_path_buf();
-        pki::PkiPaths::of(&cfg)
+        pki::PkiPaths::of(&Config { state_dir: self.state.path().to_path_buf(), ..Default::default() })
     }
 
     fn host(&self) -> String {

@@ -48,14 +48,17 @@ pub enum ProxyError {
     Listen { addr: SocketAddr, source: std::io::Error },
 }
 
+/// A boxed, sendable future (the shape of [`AgentApi`]'s async methods).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// What the agent offers on `/swarmseal/v1/` (implemented by `boot`).
 pub trait AgentApi: Send + Sync + 'static {
     /// `GET /swarmseal/v1/status` body (JSON).
-    fn status(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>>;
+    fn status(&self) -> BoxFuture<'_, serde_json::Value>;
     /// `GET /swarmseal/v1/bench`: the last bench report (docker-bench-security JSON), if any.
     fn bench(&self) -> Option<Vec<u8>>;
     /// `POST /swarmseal/v1/reseal`: Ok(JSON) or Err((HTTP status, message)).
-    fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>>;
+    fn reseal(&self) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>>;
     /// `GET /swarmseal/v1/escrow`: the age-encrypted key file, if escrow is configured.
     fn escrow(&self) -> Option<Vec<u8>>;
 }
