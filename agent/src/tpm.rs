@@ -572,7 +572,7 @@ fn is_srk(public: &Public) -> bool {
             (*object_attributes == with_da || *object_attributes == without_da)
                 && *name_hashing_algorithm == HashingAlgorithm::Sha256
                 && auth_policy.value().is_empty()
-                && format!("{parameters:?}") == format!("{params:?}")
+                && *parameters == params
         }
         _ => false,
     }
