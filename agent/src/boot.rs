@@ -568,13 +568,13 @@ fn status_line(s: &str) {
 
 /// First-boot settings from systemd credentials (`$CREDENTIALS_DIRECTORY`):
 /// `swarmseal.advertise-addr`, `swarmseal.swarm-init` (`yes`/`no`),
-/// `swarmseal.escrow-recipient` (age1…), `swarmseal.client-ca` (PEM).
+/// `swarmseal.escrow-recipient` (age1…), `swarmseal.client-ca` (PEM: the CA that
+/// signs client certificates), `swarmseal.server-cert` and `swarmseal.server-key`
+/// (PEM: the proxy's certificate, signed by a CA the operator's clients trust).
 /// A malformed credential is reported and ignored; the safe default stays
 /// (no swarm init without a valid advertise address).
-pub fn apply_credentials(cfg: &mut Config) -> Vec<String> {
+pub fn apply_credentials(cfg: &mut Config, dir: &std::path::Path) -> Vec<String> {
     let mut problems = Vec::new();
-    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else { return problems };
-    let dir = std::path::PathBuf::from(dir);
     let read = |n: &str| std::fs::read_to_string(dir.join(n)).ok().map(|s| s.trim().to_string());
     if let Some(a) = read("swarmseal.advertise-addr") {
         let host = a.rsplit_once(':').map(|(h, _)| h).unwrap_or(&a);
@@ -601,14 +601,20 @@ pub fn apply_credentials(cfg: &mut Config) -> Vec<String> {
             Err(e) => problems.push(format!("credential swarmseal.escrow-recipient: {e}; no escrow copy is written")),
         }
     }
-    if let Ok(pem) = std::fs::read(dir.join("swarmseal.client-ca")) {
-        let target = cfg.proxy.client_ca.clone().unwrap_or_else(|| cfg.pki_dir().join("ca.pem"));
-        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-            problems.push("credential swarmseal.client-ca is not a PEM certificate; the proxy will not start".to_string());
-        } else if std::fs::read(&target).ok().as_deref() != Some(&pem[..]) {
-            let r = std::fs::create_dir_all(target.parent().expect("parent")).map_err(|e| e.to_string()).and_then(|_| crate::keystore::write_atomic(&target, &pem, 0o644).map_err(|e| e.to_string()));
+    let pki = cfg.pki_dir();
+    let pem_creds = [
+        ("swarmseal.client-ca", cfg.proxy.client_ca.clone().unwrap_or_else(|| pki.join("ca.pem")), "-----BEGIN CERTIFICATE-----", 0o644),
+        ("swarmseal.server-cert", cfg.proxy.server_cert.clone().unwrap_or_else(|| pki.join("server-cert.pem")), "-----BEGIN CERTIFICATE-----", 0o644),
+        ("swarmseal.server-key", cfg.proxy.server_key.clone().unwrap_or_else(|| pki.join("server-key.pem")), "PRIVATE KEY-----", 0o600),
+    ];
+    for (name, target, marker, mode) in pem_creds {
+        let Ok(pem) = std::fs::read(dir.join(name)).map(Zeroizing::new) else { continue };
+        if !String::from_utf8_lossy(&pem).contains(marker) {
+            problems.push(format!("credential {name} is not PEM ({marker}); the proxy will not start until it is fixed"));
+        } else if std::fs::read(&target).ok().map(Zeroizing::new).as_deref().map(|v| &v[..]) != Some(&pem[..]) {
+            let r = std::fs::create_dir_all(target.parent().expect("parent")).map_err(|e| e.to_string()).and_then(|_| crate::keystore::write_atomic(&target, &pem, mode).map_err(|e| e.to_string()));
             if let Err(e) = r {
-                problems.push(format!("cannot install the client CA from credential swarmseal.client-ca: {e}"));
+                problems.push(format!("cannot install credential {name} as {}: {e}", target.display()));
             }
         }
     }
@@ -737,7 +743,8 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
 /// `swarmseal agent`: the boot flow, then watch for key changes until SIGTERM.
 pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
     let mut cfg = ctx.cfg.clone();
-    for p in apply_credentials(&mut cfg) {
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    for p in creds.map(|d| apply_credentials(&mut cfg, &d)).unwrap_or_default() {
         tracing::error!(event = "bad_credential", "{p}");
         eprintln!("swarmseal: {p}");
     }
@@ -823,4 +830,44 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
 
 async fn run_boot_bench(_cfg: &Config) {
     // Wired to crate::bench once its boot API lands.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(files: &[(&str, &str)]) -> (tempfile::TempDir, tempfile::TempDir, Config, Vec<String>) {
+        let c = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        for (n, v) in files {
+            std::fs::write(c.path().join(n), v).unwrap();
+        }
+        let mut cfg = Config { state_dir: state.path().to_path_buf(), ..Config::default() };
+        let p = apply_credentials(&mut cfg, c.path());
+        (c, state, cfg, p)
+    }
+
+    #[test]
+    fn good_credentials_configure_the_agent() {
+        let id = age::x25519::Identity::generate().to_public().to_string();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let (_c, state, cfg, p) = creds(&[("swarmseal.advertise-addr", "10.0.2.15\n"), ("swarmseal.swarm-init", "yes"), ("swarmseal.escrow-recipient", &id), ("swarmseal.client-ca", pem)]);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(cfg.swarm.advertise_addr.as_deref(), Some("10.0.2.15"));
+        assert!(cfg.swarm.init);
+        assert_eq!(cfg.escrow.recipient.as_deref(), Some(id.as_str()));
+        assert_eq!(std::fs::read_to_string(state.path().join("pki/ca.pem")).unwrap(), pem);
+    }
+
+    #[test]
+    fn malformed_credentials_are_reported_and_keep_the_node_safe() {
+        let (_c, state, cfg, p) = creds(&[("swarmseal.advertise-addr", "not an address!"), ("swarmseal.swarm-init", "yes"), ("swarmseal.escrow-recipient", "age1garbage"), ("swarmseal.server-key", "hello")]);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].contains("swarmseal.advertise-addr"));
+        assert!(!cfg.swarm.init, "no swarm init with a bad advertise address");
+        assert!(cfg.escrow.recipient.is_none());
+        assert!(!state.path().join("pki/server-key.pem").exists());
+        let (_c, _s, cfg, p) = creds(&[("swarmseal.swarm-init", "maybe")]);
+        assert!(!cfg.swarm.init && p.len() == 1, "{p:?}");
+    }
 }
