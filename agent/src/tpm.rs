@@ -33,8 +33,8 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    CapabilityData, Digest, DigestValues, EccPoint, KeyedHashScheme, PcrSelectSize, PcrSelectionList, PcrSelectionListBuilder,
-    PcrSlot, Private, Public, PublicBuilder, PublicEccParameters, PublicEccParametersBuilder,
+    CapabilityData, Digest, DigestValues, EccPoint, KeyedHashScheme, PcrSelectSize, PcrSelectionList,
+    PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder, PublicEccParameters, PublicEccParametersBuilder,
     PublicKeyedHashParameters, SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
@@ -175,10 +175,8 @@ impl Tpm {
         check_indices(OP, &wanted)?;
         let mut out = PcrValues::new();
         while !wanted.is_empty() {
-            let (_, selected, digests) = self
-                .ctx
-                .execute_without_session(|c| c.pcr_read(pcr_selection(&wanted)?))
-                .map_err(failed(OP))?;
+            let (_, selected, digests) =
+                self.ctx.execute_without_session(|c| c.pcr_read(pcr_selection(&wanted)?)).map_err(failed(OP))?;
             // The TPM answers with the PCRs it read (at most 8) and their values in index order.
             let read: Vec<u8> = selected
                 .get_selections()
@@ -191,7 +189,9 @@ impl Tpm {
             if read.is_empty() || read.len() != digests.value().len() {
                 return Err(TpmError::Command {
                     op: OP,
-                    message: format!("the TPM returned no sha256 value for PCR(s) {wanted:?}: is the sha256 PCR bank allocated?"),
+                    message: format!(
+                        "the TPM returned no sha256 value for PCR(s) {wanted:?}: is the sha256 PCR bank allocated?"
+                    ),
                 });
             }
             for (pcr, digest) in read.iter().zip(digests.value()) {
@@ -224,17 +224,18 @@ impl Tpm {
         }
         let policy_digest = pcr_policy_digest(values);
 
-        let (mut srk, srk_handle) = load_srk(&mut self.ctx)?;
-        let srk_name = srk.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?.value().to_vec();
+        // Each guard releases its handle on every path; `tpm` is the innermost.
+        let (mut srk_scope, srk_handle) = load_srk(&mut self.ctx)?;
+        let srk_name = srk_scope.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?.value().to_vec();
 
         // Salted to the SRK, AES-128-CFB: inSensitive (the secret) is encrypted on the bus.
-        let session = start_salted_session(&mut srk, srk_handle, SessionType::Hmac)?;
-        let mut srk = Scoped::flush(&mut srk, SessionHandle::from(session).into());
-        set_session_attributes(&mut srk, session, true, false)?;
+        let session = start_salted_session(&mut srk_scope, srk_handle, SessionType::Hmac)?;
+        let mut tpm = Scoped::flush(&mut srk_scope, SessionHandle::from(session).into());
+        set_session_attributes(&mut tpm, session, true, false)?;
 
         let template = sealed_object_template(&policy_digest)?;
         let sensitive = SensitiveData::try_from(secret.to_vec()).map_err(failed(OP))?;
-        let created = srk
+        let created = tpm
             .execute_with_session(Some(session), |c| c.create(srk_handle, template, None, Some(sensitive), None, None))
             .map_err(failed(OP))?;
 
@@ -282,8 +283,9 @@ impl Tpm {
     /// The unseal sequence proper; a policy failure is returned as `PolicyMismatch` with no
     /// diffs ([`Tpm::unseal`] fills them in once every handle is released).
     fn unseal_pcr(&mut self, obj: &SealedObject, values: &PcrValues) -> Result<Zeroizing<Vec<u8>>, TpmError> {
-        let (mut srk, srk_handle) = load_srk(&mut self.ctx)?;
-        let srk_name = srk.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?;
+        // Each guard releases its handle on every path; `tpm` is the innermost.
+        let (mut srk_scope, srk_handle) = load_srk(&mut self.ctx)?;
+        let srk_name = srk_scope.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?;
         // A different SRK means a different TPM (the disk moved) or a cleared owner hierarchy.
         if srk_name.value() != obj.srk_name.as_slice() {
             return Err(TpmError::SrkMismatch);
@@ -298,24 +300,24 @@ impl Tpm {
         }
 
         // The SRK has an empty auth value (userWithAuth): a password session suffices for Load.
-        let object = srk
+        let object = srk_scope
             .execute_with_session(Some(AuthSession::Password), |c| c.load(srk_handle, private, public))
             .map_err(failed("TPM2_Load"))?;
-        let mut srk = Scoped::flush(&mut srk, object.into());
+        let mut object_scope = Scoped::flush(&mut srk_scope, object.into());
 
         // Salted to the SRK, AES-128-CFB: outData (the secret) is encrypted on the bus.
-        let session = start_salted_session(&mut srk, srk_handle, SessionType::Policy)?;
-        let mut srk = Scoped::flush(&mut srk, SessionHandle::from(session).into());
-        set_session_attributes(&mut srk, session, false, true)?;
+        let session = start_salted_session(&mut object_scope, srk_handle, SessionType::Policy)?;
+        let mut tpm = Scoped::flush(&mut object_scope, SessionHandle::from(session).into());
+        set_session_attributes(&mut tpm, session, false, true)?;
         let policy_session = PolicySession::try_from(session).map_err(failed("TPM2_StartAuthSession"))?;
 
         // The TPM compares the digest of the current PCR values with the sealed values' digest.
         let sealed_pcr_digest = Digest::try_from(pcr_values_digest(values)).map_err(failed("TPM2_PolicyPCR"))?;
         let selection = pcr_selection(&values.keys().copied().collect::<Vec<_>>()).map_err(failed("TPM2_PolicyPCR"))?;
-        srk.execute_without_session(|c| c.policy_pcr(policy_session, sealed_pcr_digest, selection))
+        tpm.execute_without_session(|c| c.policy_pcr(policy_session, sealed_pcr_digest, selection))
             .map_err(policy_or_command("TPM2_PolicyPCR"))?;
 
-        let data = srk
+        let data = tpm
             .execute_with_session(Some(session), |c| c.unseal(object.into()))
             .map_err(policy_or_command("TPM2_Unseal"))?;
         Ok(Zeroizing::new(data.value().to_vec()))
@@ -342,8 +344,8 @@ impl Tpm {
     /// digest): the key at 0x81000001 if it has the standard template, else the one
     /// TPM2_CreatePrimary derives from the template.
     pub fn srk_name(&mut self) -> Result<Vec<u8>, TpmError> {
-        let (mut srk, srk_handle) = load_srk(&mut self.ctx)?;
-        Ok(srk.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?.value().to_vec())
+        let (mut srk_scope, srk_handle) = load_srk(&mut self.ctx)?;
+        Ok(srk_scope.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?.value().to_vec())
     }
 }
 
@@ -404,7 +406,9 @@ fn policy_or_command(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmEr
 
 fn check_indices(op: &'static str, pcrs: &[u8]) -> Result<(), TpmError> {
     match pcrs.iter().find(|&&p| p > MAX_PCR) {
-        Some(p) => Err(TpmError::Command { op, message: format!("PCR {p} does not exist: PCR indices are 0 to {MAX_PCR}") }),
+        Some(p) => {
+            Err(TpmError::Command { op, message: format!("PCR {p} does not exist: PCR indices are 0 to {MAX_PCR}") })
+        }
         None => Ok(()),
     }
 }
@@ -545,8 +549,11 @@ fn srk_attributes(no_da: bool) -> tss_esapi::Result<ObjectAttributes> {
 }
 
 fn srk_parameters() -> tss_esapi::Result<PublicEccParameters> {
-    PublicEccParametersBuilder::new_restricted_decryption_key(SymmetricDefinitionObject::AES_128_CFB, EccCurve::NistP256)
-        .build()
+    PublicEccParametersBuilder::new_restricted_decryption_key(
+        SymmetricDefinitionObject::AES_128_CFB,
+        EccCurve::NistP256,
+    )
+    .build()
 }
 
 /// TCG SRK template, ECC P-256 (TCG "TPM v2.0 Provisioning Guidance", 7.5.1): nameAlg
@@ -564,7 +571,8 @@ fn srk_template() -> tss_esapi::Result<Public> {
 /// Whether `public` is a key of the SRK template. noDA may be clear: `tpm2_createprimary
 /// -G ecc256:aes128cfb` (tpm2-tools' default attributes) omits it; the key is the same kind.
 fn is_srk(public: &Public) -> bool {
-    let (Ok(with_da), Ok(without_da), Ok(params)) = (srk_attributes(true), srk_attributes(false), srk_parameters()) else {
+    let (Ok(with_da), Ok(without_da), Ok(params)) = (srk_attributes(true), srk_attributes(false), srk_parameters())
+    else {
         return false;
     };
     match public {
@@ -615,7 +623,12 @@ fn start_salted_session(ctx: &mut Context, srk: KeyHandle, kind: SessionType) ->
 
 /// decrypt: the first command parameter is encrypted; encrypt: the first response
 /// parameter is encrypted (TPM 2.0 Part 1, 21 Session-based encryption).
-fn set_session_attributes(ctx: &mut Context, session: AuthSession, decrypt: bool, encrypt: bool) -> Result<(), TpmError> {
+fn set_session_attributes(
+    ctx: &mut Context,
+    session: AuthSession,
+    decrypt: bool,
+    encrypt: bool,
+) -> Result<(), TpmError> {
     let (attributes, mask) =
         SessionAttributesBuilder::new().with_continue_session(true).with_decrypt(decrypt).with_encrypt(encrypt).build();
     ctx.tr_sess_set_attributes(session, attributes, mask).map_err(failed("Esys_TRSess_SetAttributes"))
@@ -674,21 +687,30 @@ mod tests {
     #[test]
     fn policy_digest_matches_tpm2_createpolicy_7_11_15() {
         let v = values(&[(7, vec![0x07; 32]), (11, vec![0x0b; 32]), (15, vec![0x0f; 32])]);
-        assert_eq!(hex::encode(pcr_policy_digest(&v)), "2610b691f0fe6dff8867119f7439989cda00a33871a05bcfe11746405dda5eaf");
+        assert_eq!(
+            hex::encode(pcr_policy_digest(&v)),
+            "2610b691f0fe6dff8867119f7439989cda00a33871a05bcfe11746405dda5eaf"
+        );
     }
 
     // tpm2_createpolicy --policy-pcr -l sha256:7,11,15 -L pol.bin on a fresh swtpm (all three PCRs zero).
     #[test]
     fn policy_digest_matches_tpm2_createpolicy_zero_pcrs() {
         let v = values(&[(7, vec![0; 32]), (11, vec![0; 32]), (15, vec![0; 32])]);
-        assert_eq!(hex::encode(pcr_policy_digest(&v)), "45e65748b92872469a903126d14550943bc668eaf5a7326c8e2b780119f0d134");
+        assert_eq!(
+            hex::encode(pcr_policy_digest(&v)),
+            "45e65748b92872469a903126d14550943bc668eaf5a7326c8e2b780119f0d134"
+        );
     }
 
     // 32 × 0xab in pcr7.bin; tpm2_createpolicy --policy-pcr -l sha256:7 -f pcr7.bin -L pol.bin
     #[test]
     fn policy_digest_matches_tpm2_createpolicy_single_pcr() {
         let v = values(&[(7, vec![0xab; 32])]);
-        assert_eq!(hex::encode(pcr_policy_digest(&v)), "5cd221f3d651f93dcd190045ab3df12ba6bcd85299942e3da4fdd8fda7dfdb00");
+        assert_eq!(
+            hex::encode(pcr_policy_digest(&v)),
+            "5cd221f3d651f93dcd190045ab3df12ba6bcd85299942e3da4fdd8fda7dfdb00"
+        );
     }
 
     // pcrs.bin = sha256("zero") || sha256("seven") || sha256("twentythree");
@@ -697,7 +719,10 @@ mod tests {
     fn policy_digest_matches_tpm2_createpolicy_0_7_23() {
         let h = |s: &str| Sha256::digest(s.as_bytes()).to_vec();
         let v = values(&[(0, h("zero")), (7, h("seven")), (23, h("twentythree"))]);
-        assert_eq!(hex::encode(pcr_policy_digest(&v)), "16f24e2745b4b9ba50b8e25edf3b4ec1f67c54790774c9c6e82264b3ecd51b99");
+        assert_eq!(
+            hex::encode(pcr_policy_digest(&v)),
+            "16f24e2745b4b9ba50b8e25edf3b4ec1f67c54790774c9c6e82264b3ecd51b99"
+        );
     }
 
     #[test]

@@ -87,9 +87,12 @@ fn seal_then_unseal_round_trip_without_leaking_handles() {
     let mut t = open(&tpm);
     let (obj, policy) = seal_current(&mut t);
     assert_no_handles(&tpm);
-    assert_eq!(obj.policy_digest, pcr_policy_digest(match &policy {
-        Policy::Pcr { values } => values,
-    }));
+    assert_eq!(
+        obj.policy_digest,
+        pcr_policy_digest(match &policy {
+            Policy::Pcr { values } => values,
+        })
+    );
     // No secret in what goes to disk or in Debug.
     let dbg = format!("{obj:?}");
     assert!(!dbg.contains("SWMKEY"), "secret in Debug: {dbg}");
@@ -167,7 +170,10 @@ fn changed_measurement_is_a_policy_mismatch_naming_that_pcr() {
         other => panic!("expected PolicyMismatch, got {other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("PCR 11") && msg.contains(&hex::encode(&values[&11])) && msg.contains(&hex::encode(&now)), "{msg}");
+    assert!(
+        msg.contains("PCR 11") && msg.contains(&hex::encode(&values[&11])) && msg.contains(&hex::encode(&now)),
+        "{msg}"
+    );
     assert!(!msg.contains("SWMKEY"));
     assert_no_handles(&tpm);
 }
@@ -271,18 +277,35 @@ fn persistent_srk_is_used_and_named() {
     let transient_name = open(&tpm).srk_name().unwrap();
     tool(
         &[
-            "tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb", "-a",
-            "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda", "-c", "tcg.ctx",
+            "tpm2_createprimary",
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:aes128cfb",
+            "-a",
+            "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda",
+            "-c",
+            "tcg.ctx",
         ],
         &tpm,
         dir.path(),
     );
     tool(&["tpm2_readpublic", "-c", "tcg.ctx", "-n", "tcg.name"], &tpm, dir.path());
     tool(&["tpm2_flushcontext", "-t"], &tpm, dir.path());
-    assert_eq!(std::fs::read(dir.path().join("tcg.name")).unwrap(), transient_name, "SRK template differs from the TCG one");
+    assert_eq!(
+        std::fs::read(dir.path().join("tcg.name")).unwrap(),
+        transient_name,
+        "SRK template differs from the TCG one"
+    );
 
     // The operator's persistent SRK, made the usual way (tpm2-tools' default attributes).
-    tool(&["tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb", "-c", "srk.ctx"], &tpm, dir.path());
+    tool(
+        &["tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb", "-c", "srk.ctx"],
+        &tpm,
+        dir.path(),
+    );
     tool(&["tpm2_evictcontrol", "-c", "srk.ctx", "0x81000001"], &tpm, dir.path());
     tool(&["tpm2_flushcontext", "-t"], &tpm, dir.path());
     tool(&["tpm2_readpublic", "-c", "0x81000001", "-n", "persistent.name"], &tpm, dir.path());
