@@ -250,7 +250,7 @@ fn agent_unlocks_at_boot_and_reseals_when_the_key_is_rotated_elsewhere() {
     let k0 = m.key();
     m.reboot("image-v1");
     let cfg = m.state.path().join("agent.toml");
-    std::fs::write(&cfg, "[proxy]\nenabled = false\n[bench]\nat_boot = false\n").unwrap();
+    std::fs::write(&cfg, "[proxy]\nenabled = false\n").unwrap();
     let log = m.state.path().join("agent.log");
     let mut agent = std::process::Command::new(swarmseal_bin())
         .args(["--config", cfg.to_str().unwrap(), "--docker-host", &m.d.host(), "--state-dir", m.state.path().to_str().unwrap(), "--tcti", &m.tpm.tcti(), "agent"])
@@ -259,6 +259,11 @@ fn agent_unlocks_at_boot_and_reseals_when_the_key_is_rotated_elsewhere() {
         .spawn()
         .unwrap();
     wait_until("the agent unlocks the swarm", Duration::from_secs(60), || m.d.swarm_state() == "active");
+    // Then the CIS checks of the boot: the full report on disk, the summary in the log.
+    let report = m.state.path().join("bench/latest.json");
+    wait_until("the boot bench report", Duration::from_secs(60), || report.exists());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(v["checks"].as_u64().unwrap() > 100, "{v}");
 
     // Rotation by another client (as on another manager): the agent reseals within seconds.
     let before = std::fs::read(m.state.path().join("keys/current.json")).unwrap();
@@ -272,6 +277,7 @@ fn agent_unlocks_at_boot_and_reseals_when_the_key_is_rotated_elsewhere() {
     assert!(st.success(), "agent exits cleanly on SIGTERM: {st}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("unlock") && text.contains("phase"), "{text}");
+    assert!(text.contains("CIS Docker Benchmark v1.6.0"), "the bench summary is logged: {text}");
     m.transcript.push_str(&text);
 
     // Next boot unlocks with the new key.
