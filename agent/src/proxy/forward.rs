@@ -392,14 +392,15 @@ async fn connect(ctx: &ConnCtx) -> Result<Upstream, Early> {
         .handshake(TokioIo::new(s))
         .await
         .map_err(|e| (502, format!("cannot talk to the Docker engine: {e}")))?;
-    tokio::spawn(
-        async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "engine connection ended with an error");
-            }
+    let driver: super::Driver = Box::pin(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "engine connection ended with an error");
         }
-        .with_current_subscriber(),
-    );
+    });
+    // Driven by the client connection's task; spawned if that task is gone.
+    if let Err(e) = ctx.driver_tx.send(driver) {
+        tokio::spawn(e.0.with_current_subscriber());
+    }
     Ok(sender)
 }
 

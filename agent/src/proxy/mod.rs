@@ -265,6 +265,8 @@ pub(crate) struct ConnCtx {
     pub upstream: tokio::sync::Mutex<Option<forward::Upstream>>,
     /// Basic-auth header already verified on this connection (and its user).
     pub basic_ok: std::sync::Mutex<Option<(Vec<u8>, String)>>,
+    /// Hands engine-connection futures to the connection task, which drives them.
+    pub driver_tx: tokio::sync::mpsc::UnboundedSender<Driver>,
     /// Held while the connection (or its upgraded stream) lives.
     _permit: OwnedSemaphorePermit,
 }
@@ -297,6 +299,7 @@ async fn handle_conn(
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(Tracked { inner: tls, state: state.clone() });
     let (header_timeout, idle_timeout) = (shared.header_timeout, shared.idle_timeout);
+    let (driver_tx, mut driver_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(ConnCtx {
         shared,
         ident,
@@ -304,6 +307,7 @@ async fn handle_conn(
         state: state.clone(),
         upstream: tokio::sync::Mutex::new(None),
         basic_ok: std::sync::Mutex::new(None),
+        driver_tx,
         _permit: permit,
     });
     let svc = hyper::service::service_fn(move |req| forward::handle(ctx.clone(), req));
@@ -314,18 +318,44 @@ async fn handle_conn(
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    let watch = state.watch(header_timeout, idle_timeout);
+    tokio::pin!(watch);
+    // The engine connection is driven by this same task (no cross-task hop per request).
+    let mut driver: Option<Driver> = None;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            why = &mut watch => {
+                tracing::info!(target: "swarmseal::audit", peer = %peer, "connection closed: {why}");
+                return;
+            }
+            r = stop.changed(), if !stopping => {
+                stopping = true;
+                if r.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            Some(d) = driver_rx.recv() => {
+                if let Some(old) = driver.replace(d) {
+                    tokio::spawn(old.with_current_subscriber());
+                }
+            }
+            _ = async { driver.as_mut().expect("guarded").await }, if driver.is_some() => {
+                driver = None;
             }
         }
-        why = state.watch(header_timeout, idle_timeout) => {
-            tracing::info!(target: "swarmseal::audit", peer = %peer, "connection closed: {why}");
-        }
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
-        }
+    }
+    // Upgraded (or finished): the engine connection may still be handing over its stream.
+    if let Some(d) = driver {
+        tokio::spawn(d.with_current_subscriber());
     }
 }
+
+/// A future driving one engine connection.
+pub(crate) type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
