@@ -113,9 +113,37 @@ fn describe_diffs(d: &[PcrDiff]) -> String {
     d.iter().map(|x| format!("PCR {} sealed {} now {}", x.pcr, x.sealed, x.current)).collect::<Vec<_>>().join("; ")
 }
 
-/// Map a TSS error to `TpmError::Command` for the TPM command `op`.
+/// Map a TSS error to `TpmError::Command` for the TPM command `op`, or to `Unavailable`
+/// when the TPM could not be reached (TCTI layer: device gone, swtpm stopped) or an earlier
+/// command lost the connection; the public methods fill in the TCTI string.
 fn failed(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
-    move |e| TpmError::Command { op, message: e.to_string() }
+    move |e| match tss_raw_code(&e) {
+        Some(rc) if rc >> 16 == TSS2_TCTI_LAYER => TpmError::Unavailable {
+            tcti: String::new(),
+            message: format!(
+                "the TPM stopped answering during {op} (TCTI error {rc:#x}); check the TPM device or the software TPM"
+            ),
+        },
+        // ESAPI refuses every command after a lost connection (TSS2_ESYS_RC_BAD_SEQUENCE).
+        Some(TSS2_ESYS_RC_BAD_SEQUENCE) => TpmError::Unavailable {
+            tcti: String::new(),
+            message: format!("{op} was not sent: the connection to the TPM was lost earlier; open the TPM again"),
+        },
+        Some(rc) => TpmError::Command { op, message: format!("{e} (TSS2_RC {rc:#x})") },
+        None => TpmError::Command { op, message: e.to_string() },
+    }
+}
+
+/// TSS2_RC layer of the TCTI (TCG TSS 2.0 Overview, "TSS2_RC layers": bits 16..23).
+const TSS2_TCTI_LAYER: u32 = 10;
+/// TSS2_ESYS_RC_BAD_SEQUENCE: ESAPI layer (7), TSS2_BASE_RC_BAD_SEQUENCE (7).
+const TSS2_ESYS_RC_BAD_SEQUENCE: u32 = 0x0007_0007;
+
+/// The raw TSS2_RC of a TSS error. tss-esapi 7.7 shows it only in `Debug`
+/// (`FormatZeroResponseCode { .0: 655370, … }`), so it is read from there.
+fn tss_raw_code(e: &tss_esapi::Error) -> Option<u32> {
+    let debug = format!("{e:?}");
+    debug.split(".0: ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// True when the TPM refused because the PCRs do not satisfy the policy:
@@ -158,6 +186,14 @@ impl Tpm {
         Ok(Tpm { ctx, tcti: tcti.to_string() })
     }
 
+    /// Put this context's TCTI in an `Unavailable` raised by a command (see [`failed`]).
+    fn reached_through(&self, e: TpmError) -> TpmError {
+        match e {
+            TpmError::Unavailable { message, .. } => TpmError::Unavailable { tcti: self.tcti.clone(), message },
+            other => other,
+        }
+    }
+
     /// The TCTI string this context was opened with.
     pub fn tcti(&self) -> &str {
         &self.tcti
@@ -168,6 +204,11 @@ impl Tpm {
     ///
     /// Errors: `Command` when an index is above 23 or the TPM has no sha256 bank for it.
     pub fn read_pcrs(&mut self, pcrs: &[u8]) -> Result<PcrValues, TpmError> {
+        let result = self.read_pcrs_op(pcrs);
+        result.map_err(|e| self.reached_through(e))
+    }
+
+    fn read_pcrs_op(&mut self, pcrs: &[u8]) -> Result<PcrValues, TpmError> {
         const OP: &str = "TPM2_PCR_Read";
         let mut wanted: Vec<u8> = pcrs.to_vec();
         wanted.sort_unstable();
@@ -213,6 +254,11 @@ impl Tpm {
     /// Errors: `Command` for an empty or invalid PCR set, a secret of the wrong size, or a
     /// TPM failure; `Unavailable` is only returned by [`Tpm::open`].
     pub fn seal(&mut self, secret: &[u8], policy: &Policy) -> Result<SealedObject, TpmError> {
+        let result = self.seal_op(secret, policy);
+        result.map_err(|e| self.reached_through(e))
+    }
+
+    fn seal_op(&mut self, secret: &[u8], policy: &Policy) -> Result<SealedObject, TpmError> {
         const OP: &str = "TPM2_Create";
         let Policy::Pcr { values } = policy;
         check_values(OP, values)?;
@@ -267,6 +313,11 @@ impl Tpm {
     /// sealed one (possibly none, when the object was sealed under another policy);
     /// `Command` for a damaged blob or any other TPM failure.
     pub fn unseal(&mut self, obj: &SealedObject, policy: &Policy) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let result = self.unseal_op(obj, policy);
+        result.map_err(|e| self.reached_through(e))
+    }
+
+    fn unseal_op(&mut self, obj: &SealedObject, policy: &Policy) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         let Policy::Pcr { values } = policy;
         check_values("TPM2_PolicyPCR", values)?;
         match self.unseal_pcr(obj, values) {
@@ -329,6 +380,11 @@ impl Tpm {
     ///
     /// Errors: `Command` for an index above 23 or a TPM failure.
     pub fn extend(&mut self, pcr: u8, data: &[u8]) -> Result<(), TpmError> {
+        let result = self.extend_op(pcr, data);
+        result.map_err(|e| self.reached_through(e))
+    }
+
+    fn extend_op(&mut self, pcr: u8, data: &[u8]) -> Result<(), TpmError> {
         const OP: &str = "TPM2_PCR_Extend";
         check_indices(OP, &[pcr])?;
         let handle = PcrHandle::try_from(u32::from(pcr)).map_err(failed(OP))?;
@@ -344,6 +400,11 @@ impl Tpm {
     /// digest): the key at 0x81000001 if it has the standard template, else the one
     /// TPM2_CreatePrimary derives from the template.
     pub fn srk_name(&mut self) -> Result<Vec<u8>, TpmError> {
+        let result = self.srk_name_op();
+        result.map_err(|e| self.reached_through(e))
+    }
+
+    fn srk_name_op(&mut self) -> Result<Vec<u8>, TpmError> {
         let (mut srk_scope, srk_handle) = load_srk(&mut self.ctx)?;
         Ok(srk_scope.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?.value().to_vec())
     }
@@ -395,13 +456,7 @@ fn pcr_diffs(sealed: &PcrValues, current: &PcrValues) -> Vec<PcrDiff> {
 }
 
 fn policy_or_command(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
-    move |e| {
-        if is_policy_failure(&e) {
-            TpmError::PolicyMismatch { changed: Vec::new() }
-        } else {
-            TpmError::Command { op, message: e.to_string() }
-        }
-    }
+    move |e| if is_policy_failure(&e) { TpmError::PolicyMismatch { changed: Vec::new() } } else { failed(op)(e) }
 }
 
 fn check_indices(op: &'static str, pcrs: &[u8]) -> Result<(), TpmError> {

@@ -449,3 +449,17 @@ fn the_secret_never_crosses_the_bus_in_clear() {
     assert!(!tap.contains(&SECRET[..16]), "part of the secret crossed the TPM bus in clear");
     assert_no_handles(&tpm);
 }
+
+#[test]
+fn tpm_gone_after_open_is_unavailable() {
+    let tpm = booted();
+    let mut t = open(&tpm);
+    let (obj, policy) = seal_current(&mut t);
+    let tcti = tpm.tcti();
+    drop(tpm); // the TPM goes away (swtpm stopped) while the context is open
+    let err = t.unseal(&obj, &policy).unwrap_err();
+    assert!(err.to_string().contains(&tcti), "{err}");
+    assert!(matches!(err, TpmError::Unavailable { .. }), "{err:?}");
+    let err = t.read_pcrs(&PCRS).unwrap_err();
+    assert!(matches!(err, TpmError::Unavailable { .. }), "{err:?}");
+}
