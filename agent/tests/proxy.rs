@@ -729,3 +729,60 @@ fn idle_connections_close_but_streams_upgrades_stay_and_the_limit_holds() {
     ev.wait_line(|l| l.starts_with("destroy"), "`destroy` of the --rm container");
     assert!(ev.still_running(), "the events stream was cut");
 }
+
+#[test]
+fn certs_cli_writes_bundles_the_docker_cli_can_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = tempfile::tempdir().unwrap();
+    let s = path_str(state.path());
+    // No CA yet: a PKI error (exit code 11), with the fix in the message.
+    let out = state.path().join("alice");
+    let o = swarmseal(&["--state-dir", s, "certs", "issue", "alice", "--role", "admin", "--out", path_str(&out)], &[], None);
+    assert_eq!(o.status.code(), Some(11), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("certs init"));
+
+    ok(&swarmseal(&["--state-dir", s, "certs", "init", "--san", "manager-1.example", "--san", "192.0.2.7"], &[], None), "certs init");
+    let pki = state.path().join("pki");
+    for f in ["ca.pem", "ca-key.pem", "server-cert.pem", "server-key.pem"] {
+        assert_eq!(std::fs::metadata(pki.join(f)).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+    }
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    // Init again keeps the CA (issued bundles stay valid).
+    ok(&swarmseal(&["--state-dir", s, "certs", "init"], &[], None), "certs init again");
+    assert_eq!(std::fs::read(pki.join("ca.pem")).unwrap(), ca);
+
+    ok(&swarmseal(&["--state-dir", s, "certs", "issue", "alice", "--role", "readonly", "--out", path_str(&out)], &[], None), "issue");
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        assert_eq!(std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+    }
+    assert_eq!(std::fs::read(out.join("ca.pem")).unwrap(), ca);
+    // Never overwrite a bundle by accident.
+    let o = swarmseal(&["--state-dir", s, "certs", "issue", "alice", "--role", "admin", "--out", path_str(&out)], &[], None);
+    assert_eq!(o.status.code(), Some(11));
+    // Bad role: a usage error from clap.
+    let o = swarmseal(&["--state-dir", s, "certs", "issue", "bob", "--role", "root"], &[], None);
+    assert!(!o.status.success());
+
+    // The client certificate: CN = identity, OU = role, P-256, clientAuth; the server's SANs.
+    let cert = std::fs::read(out.join("cert.pem")).unwrap();
+    let der = swarmseal::proxy::tls::pem_certs(&cert).unwrap();
+    let id = swarmseal::proxy::tls::Identity::from_cert(&der[0]);
+    assert_eq!((id.name.as_str(), id.role), ("alice", Some(Role::ReadOnly)));
+    let text = |p: &Path| {
+        let o = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(p).output().expect("openssl");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let t = text(&out.join("cert.pem"));
+    assert!(t.contains("TLS Web Client Authentication") && t.contains("prime256v1"), "{t}");
+    let t = text(&pki.join("server-cert.pem"));
+    for san in ["DNS:localhost", "IP Address:127.0.0.1", "DNS:manager-1.example", "IP Address:192.0.2.7", "TLS Web Server Authentication"] {
+        assert!(t.contains(san), "{san} missing in\n{t}");
+    }
+    let o = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(out.join("ca.pem"))
+        .arg(out.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
