@@ -202,7 +202,8 @@ impl Tpm {
     /// Read `pcrs` from the sha256 bank (TPM 2.0 Part 3, TPM2_PCR_Read; at most 8 PCRs per
     /// command, so several commands when needed). Values are 32 bytes each.
     ///
-    /// Errors: `Command` when an index is above 23 or the TPM has no sha256 bank for it.
+    /// Errors: `Command` when an index is above 23 or the TPM has no sha256 bank for it;
+    /// `Unavailable` when the TPM stops answering.
     pub fn read_pcrs(&mut self, pcrs: &[u8]) -> Result<PcrValues, TpmError> {
         let result = self.read_pcrs_op(pcrs);
         result.map_err(|e| self.reached_through(e))
@@ -252,7 +253,7 @@ impl Tpm {
     /// extended).
     ///
     /// Errors: `Command` for an empty or invalid PCR set, a secret of the wrong size, or a
-    /// TPM failure; `Unavailable` is only returned by [`Tpm::open`].
+    /// TPM failure; `Unavailable` when the TPM stops answering.
     pub fn seal(&mut self, secret: &[u8], policy: &Policy) -> Result<SealedObject, TpmError> {
         let result = self.seal_op(secret, policy);
         result.map_err(|e| self.reached_through(e))
@@ -311,7 +312,8 @@ impl Tpm {
     /// Errors: `SrkMismatch` when the SRK Name differs (other machine, or the TPM was
     /// cleared); `PolicyMismatch` listing every PCR whose current value differs from the
     /// sealed one (possibly none, when the object was sealed under another policy);
-    /// `Command` for a damaged blob or any other TPM failure.
+    /// `Command` for a damaged blob or any other TPM failure; `Unavailable` when the TPM
+    /// stops answering.
     pub fn unseal(&mut self, obj: &SealedObject, policy: &Policy) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         let result = self.unseal_op(obj, policy);
         result.map_err(|e| self.reached_through(e))
@@ -378,7 +380,8 @@ impl Tpm {
     /// TPM2_PCR_Extend): new = SHA-256(old || SHA-256(data)). Used to close the phase PCR
     /// after unlocking so the key cannot be unsealed again in this boot.
     ///
-    /// Errors: `Command` for an index above 23 or a TPM failure.
+    /// Errors: `Command` for an index above 23 or a TPM failure; `Unavailable` when the TPM
+    /// stops answering.
     pub fn extend(&mut self, pcr: u8, data: &[u8]) -> Result<(), TpmError> {
         let result = self.extend_op(pcr, data);
         result.map_err(|e| self.reached_through(e))
