@@ -171,6 +171,11 @@ pub fn tcti(cfg: &Config) -> String {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // libtss2 prints `ERROR:esys…` lines on expected refusals (policy
+    // mismatch); our own errors say it better. TSS2_LOG set by the user wins.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+NONE");
+    }
     let is_agent = matches!(cli.command, Command::Agent | Command::Proxy);
     crate::logging::init(is_agent);
     match run(cli) {

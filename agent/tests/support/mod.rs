@@ -17,12 +17,17 @@ pub fn swarmseal_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_swarmseal"))
 }
 
+/// Two consecutive free ports (server, ctrl), never handed out twice in
+/// this process (parallel tests would otherwise race for the same pair).
 fn free_port_pair() -> u16 {
-    // Find two consecutive free ports (server, ctrl).
-    for _ in 0..200 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..500 {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
-        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+        if p < 65000 && !given.contains(&p) && !given.contains(&(p + 1)) && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            given.push(p);
+            given.push(p + 1);
             return p;
         }
     }
@@ -266,7 +271,13 @@ impl Drop for Dockerd {
     fn drop(&mut self) {
         // Leave swarm state alone; just stop the engine and unmount what it left.
         self.stop();
-        let _ = Command::new("sh").arg("-c").arg(format!("grep ' {}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l", self.dir.display())).status();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep ' {}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l",
+                self.dir.display()
+            ))
+            .status();
     }
 }
 
@@ -278,7 +289,9 @@ pub fn swarmseal(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> st
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     if let Some(s) = stdin {
         child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
