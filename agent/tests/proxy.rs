@@ -393,6 +393,23 @@ fn run_exec_logs_and_events_stream_through_the_proxy() {
     assert_eq!(ok(&o, "exec -i"), "5");
     assert_eq!(e.admin(&["exec", "box", "echo", "hi"]), "hi");
 
+    // With a TTY (`script` gives the CLI a pseudo-terminal): exec -it and run -it.
+    for args in [&["exec", "-it", "box", "sh"][..], &["run", "--rm", "-it", "bb:1", "sh"][..]] {
+        let cli = e.cli(&e.admin.join("ca.pem"), Some(&e.admin), args);
+        let line = std::iter::once(cli.get_program()).chain(cli.get_args()).map(|a| format!("'{}'", a.to_str().unwrap())).collect::<Vec<_>>().join(" ");
+        let mut c = Command::new("script");
+        c.args(["-qec", &line, "/dev/null"]);
+        for (k, v) in cli.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let o = run_bounded(c, Some("echo tty-$((6*7))\nexit\n"), Duration::from_secs(90));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("tty-42"), "docker {args:?} with a TTY: {out:?} {}", String::from_utf8_lossy(&o.stderr));
+    }
+
     // A large request body (chunked upload of a tar) through the proxy.
     let big = e.d.dir.join("big.tar");
     let mut f = std::fs::File::create(e.d.dir.join("blob")).unwrap();
