@@ -1,0 +1,501 @@
+//! Harness for the QEMU scenario tests: one [`Vm`] is one manager (a VM folder
+//! of `scripts/run-qemu`: disk overlay, firmware variables, swtpm state, the
+//! operator's admin bundle, serial log). Everything a scenario asserts goes
+//! through what an operator has: the docker CLI through the mutual-TLS proxy,
+//! the agent's `/swarmseal/v1/` endpoints, and the serial console.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub type Check<T = ()> = Result<T, String>;
+
+/// Fail the current check with a message (a scenario is a list of these).
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond { return Err(format!($($msg)+)); }
+    };
+}
+
+/// Where things are: the repository, the suite's working folder, and the
+/// suite's own copy of the image (a rebuild of `build/` during a run must not
+/// change the disk under a VM that is halfway through its story).
+#[derive(Clone, Debug)]
+pub struct Suite {
+    pub repo: PathBuf,
+    pub work: PathBuf,
+    pub image: PathBuf,
+    pub uki: PathBuf,
+}
+
+impl Suite {
+    /// Check the host tools and the built image; copy the image. Missing
+    /// pieces are an error (the suite fails, it never skips).
+    pub fn prepare() -> Check<Suite> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf();
+        let mut missing = Vec::new();
+        for tool in ["qemu-system-x86_64", "qemu-img", "swtpm", "docker", "curl", "objcopy", "python3"] {
+            if !on_path(tool) {
+                missing.push(format!("`{tool}` not on PATH"));
+            }
+        }
+        for f in ["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"] {
+            if !Path::new(f).exists() {
+                missing.push(format!("{f} missing (package ovmf)"));
+            }
+        }
+        let built = repo.join("build");
+        for f in ["swarmseal.raw", "swarmseal.efi"] {
+            if !built.join(f).exists() {
+                missing.push(format!("build/{f} missing: build the image first (scripts/build-image)"));
+            }
+        }
+        if !missing.is_empty() {
+            return Err(format!("cannot run the QEMU scenarios:\n  - {}\n(scripts/install-deps installs the tools)", missing.join("\n  - ")));
+        }
+        let work = std::env::var_os("SWARMSEAL_QEMU_TESTS_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("target/qemu-tests"));
+        let imgdir = work.join("image");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&imgdir).map_err(|e| format!("{}: {e}", imgdir.display()))?;
+        let image = imgdir.join("swarmseal.raw");
+        let uki = imgdir.join("swarmseal.efi");
+        for (from, to) in [(built.join("swarmseal.raw"), &image), (built.join("swarmseal.efi"), &uki)] {
+            run(Command::new("cp").arg("--sparse=always").arg(&from).arg(to))?;
+        }
+        Ok(Suite { repo, work, image, uki })
+    }
+
+    pub fn run_qemu(&self) -> PathBuf {
+        self.repo.join("scripts/run-qemu")
+    }
+
+    /// A copy of the UKI whose `.cmdline` carries one extra word: the same OS,
+    /// a different boot chain (PCR 11 differs).
+    pub fn changed_uki(&self, word: &str) -> Check<PathBuf> {
+        let dir = self.work.join("image");
+        let cmdline = dir.join("cmdline.orig");
+        run(Command::new("objcopy").arg("--dump-section").arg(format!(".cmdline={}", cmdline.display())).arg(&self.uki).arg(dir.join("dump.tmp")))?;
+        let orig = std::fs::read_to_string(&cmdline).map_err(|e| e.to_string())?;
+        let changed = format!("{} {word}", orig.trim_end_matches(['\0', '\n', ' ']));
+        let new_cmdline = dir.join("cmdline.changed");
+        std::fs::write(&new_cmdline, &changed).map_err(|e| e.to_string())?;
+        let out = dir.join("swarmseal-changed.efi");
+        run(Command::new("objcopy").arg("--update-section").arg(format!(".cmdline={}", new_cmdline.display())).arg(&self.uki).arg(&out))?;
+        Ok(out)
+    }
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
+}
+
+/// Run a command; Err with its stderr unless it succeeds.
+pub fn run(cmd: &mut Command) -> Check<Output> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(out)
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// The result of a docker CLI call.
+#[derive(Debug)]
+pub struct Cli {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {} stdout {:?} stderr {:?}", if self.ok { "0" } else { "≠0" }, self.stdout, self.stderr)
+    }
+}
+
+/// What the boot came to, as the status endpoint tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Unlocked,
+    Locked,
+}
+
+/// One manager.
+pub struct Vm {
+    pub name: String,
+    pub dir: PathBuf,
+    pub port: u16,
+    suite: Suite,
+    /// Boot this UKI (QEMU -kernel) instead of the disk's own.
+    pub uki: Option<PathBuf>,
+    /// Extra `scripts/run-qemu` options for every boot (credentials).
+    pub options: Vec<String>,
+    powered_on: Option<(Instant, String)>,
+    /// Every boot: label and power-on → unlocked/locked time.
+    pub boots: Vec<(String, Duration)>,
+}
+
+impl Vm {
+    /// A brand-new manager (its folder is wiped).
+    pub fn new(suite: &Suite, name: &str) -> Check<Vm> {
+        let dir = suite.work.join("vms").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        Ok(Vm { name: name.into(), dir, port: free_port()?, suite: suite.clone(), uki: None, options: vec![], powered_on: None, boots: vec![] })
+    }
+
+    /// This manager's disk in another machine: same disk and operator bundle,
+    /// but fresh firmware variables, a new machine UUID and an empty TPM.
+    pub fn disk_moved_to_new_machine(&self, name: &str) -> Check<Vm> {
+        ensure!(!self.running(), "{}: power it off before moving its disk", self.name);
+        let vm = Vm::new(&self.suite, name)?;
+        run(Command::new("cp").arg("--sparse=always").arg(self.dir.join("disk.qcow2")).arg(vm.dir.join("disk.qcow2")))?;
+        run(Command::new("cp").arg("-a").arg(self.dir.join("pki")).arg(self.dir.join("admin")).arg(&vm.dir))?;
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", vm.dir.join("OVMF_VARS.fd")).map_err(|e| e.to_string())?;
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").map_err(|e| e.to_string())?;
+        std::fs::write(vm.dir.join("uuid"), uuid).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(vm.dir.join("tpm")).map_err(|e| e.to_string())?;
+        Ok(vm)
+    }
+
+    /// Press the power button: `scripts/run-qemu --no-wait` with this VM's folder.
+    pub fn power_on(&mut self, label: &str) -> Check {
+        ensure!(!self.running(), "{}: already running", self.name);
+        let mut cmd = Command::new(self.suite.run_qemu());
+        cmd.arg("--no-wait").arg("--vm-dir").arg(&self.dir).arg("--image").arg(&self.suite.image).arg("--port").arg(self.port.to_string());
+        if let Some(u) = &self.uki {
+            cmd.arg("--uki").arg(u);
+        }
+        cmd.args(&self.options);
+        run(&mut cmd)?;
+        println!("    [{}] power on: {label}{}", self.name, self.uki.as_ref().map(|u| format!(" (UKI {})", u.display())).unwrap_or_default());
+        self.powered_on = Some((Instant::now(), label.into()));
+        Ok(())
+    }
+
+    pub fn qemu_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("qemu.pid")).ok()?.trim().parse().ok()
+    }
+
+    pub fn running(&self) -> bool {
+        self.qemu_pid().map(|p| Path::new(&format!("/proc/{p}")).exists()).unwrap_or(false)
+    }
+
+    /// Wait until the agent has made this boot's decision (the phase PCR is
+    /// extended) and report whether the swarm came up unlocked or locked.
+    /// Records and prints the time since power-on.
+    pub fn wait_for_decision(&mut self, timeout: Duration) -> Check<(Outcome, Value)> {
+        let (t0, label) = self.powered_on.clone().ok_or("not powered on")?;
+        let mut last = String::from("no answer from the proxy yet");
+        while t0.elapsed() < timeout {
+            ensure!(self.running(), "{}: QEMU exited while booting; console tail:\n{}", self.name, self.console_tail(30));
+            match self.status() {
+                Ok(s) => {
+                    let state = s.pointer("/swarm/state").and_then(Value::as_str).unwrap_or("?").to_string();
+                    let decided = s.get("phase_locked") == Some(&Value::Bool(true));
+                    if decided && (state == "active" || state == "locked") {
+                        let outcome = if state == "active" { Outcome::Unlocked } else { Outcome::Locked };
+                        let took = t0.elapsed();
+                        println!("    [{}] {label}: power-on → {} in {:.0} s", self.name, if outcome == Outcome::Unlocked { "unlocked" } else { "locked" }, took.as_secs_f64());
+                        self.boots.push((format!("{label} → {outcome:?}"), took));
+                        return Ok((outcome, s));
+                    }
+                    last = format!("swarm {state}, phase_locked {}", s.get("phase_locked").unwrap_or(&Value::Null));
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Err(format!("{}: {label}: no decision within {} s (last: {last}); console tail:\n{}", self.name, timeout.as_secs(), self.console_tail(30)))
+    }
+
+    /// Boot and insist the swarm unlocks by itself.
+    pub fn boot_expect(&mut self, label: &str, want: Outcome, timeout: Duration) -> Check<Value> {
+        self.power_on(label)?;
+        let (got, status) = self.wait_for_decision(timeout)?;
+        ensure!(got == want, "{}: {label}: expected {want:?}, the swarm is {got:?}; status {}", self.name, status);
+        Ok(status)
+    }
+
+    /// A clean shutdown (ACPI power button, `scripts/run-qemu --stop`).
+    pub fn shutdown(&mut self) -> Check {
+        if !self.running() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        run(Command::new(self.suite.run_qemu()).arg("--stop").arg("--vm-dir").arg(&self.dir))?;
+        ensure!(!self.running(), "{}: still running after run-qemu --stop", self.name);
+        println!("    [{}] clean shutdown in {:.0} s", self.name, t.elapsed().as_secs_f64());
+        self.powered_on = None;
+        Ok(())
+    }
+
+    /// Pull the plug: SIGKILL QEMU; the TPM loses power with it.
+    pub fn power_cut(&mut self) -> Check {
+        if let Some(pid) = self.qemu_pid() {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            for _ in 0..50 {
+                if !self.running() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if let Ok(p) = std::fs::read_to_string(self.dir.join("swtpm.pid")) {
+            let _ = Command::new("kill").arg(p.trim()).status();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = std::fs::remove_file(self.dir.join("qemu.pid"));
+        let _ = std::fs::remove_file(self.dir.join("swtpm.pid"));
+        ensure!(!self.running(), "{}: QEMU survived SIGKILL", self.name);
+        println!("    [{}] power cut (QEMU killed)", self.name);
+        self.powered_on = None;
+        Ok(())
+    }
+
+    /// Shut down cleanly and boot again.
+    pub fn reboot_expect(&mut self, label: &str, want: Outcome, timeout: Duration) -> Check<Value> {
+        self.shutdown()?;
+        self.boot_expect(label, want, timeout)
+    }
+
+    // ------------------------------------------------------------ the console
+
+    /// The serial console so far (escape sequences removed).
+    pub fn console(&self) -> String {
+        let raw = std::fs::read(self.dir.join("serial.log")).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(&raw))
+    }
+
+    pub fn console_tail(&self, n: usize) -> String {
+        let c = self.console();
+        let lines: Vec<&str> = c.lines().collect();
+        lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("      | {l}")).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Lines of the console containing all of `words`.
+    pub fn console_lines(&self, words: &[&str]) -> Vec<String> {
+        self.console().lines().filter(|l| words.iter().all(|w| l.contains(w))).map(str::to_string).collect()
+    }
+
+    /// Wait until the console shows a line with all of `words`.
+    pub fn wait_console(&self, words: &[&str], timeout: Duration) -> Check<String> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Some(l) = self.console_lines(words).into_iter().next() {
+                return Ok(l);
+            }
+            ensure!(self.running(), "{}: QEMU exited; console tail:\n{}", self.name, self.console_tail(30));
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Err(format!("{}: the console never showed {words:?} within {} s; tail:\n{}", self.name, timeout.as_secs(), self.console_tail(30)))
+    }
+
+    // ------------------------------------------------------------ the operator's tools
+
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("admin")
+    }
+
+    fn host(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    fn docker_cmd(&self) -> Command {
+        let mut c = Command::new("docker");
+        // The operator's own CLI, not this host's engine or contexts.
+        c.env_remove("DOCKER_HOST").env_remove("DOCKER_CONTEXT").env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH");
+        c.env("DOCKER_CONFIG", self.dir.join("docker-config"));
+        c
+    }
+
+    fn cli(mut cmd: Command, stdin: Option<&str>) -> Cli {
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn();
+        let out = child.and_then(|mut ch| {
+            if let (Some(input), Some(mut w)) = (stdin, ch.stdin.take()) {
+                let _ = w.write_all(input.as_bytes());
+            }
+            ch.wait_with_output()
+        });
+        match out {
+            Ok(o) => Cli { ok: o.status.success(), stdout: text(&o.stdout), stderr: text(&o.stderr) },
+            Err(e) => Cli { ok: false, stdout: String::new(), stderr: e.to_string() },
+        }
+    }
+
+    /// `docker --tlsverify … -H tcp://127.0.0.1:PORT ARGS` with the admin bundle.
+    pub fn docker(&self, args: &[&str]) -> Cli {
+        self.docker_stdin(args, None)
+    }
+
+    pub fn docker_stdin(&self, args: &[&str], stdin: Option<&str>) -> Cli {
+        let b = self.bundle();
+        let mut c = self.docker_cmd();
+        c.arg("--tlsverify")
+            .arg("--tlscacert")
+            .arg(b.join("ca.pem"))
+            .arg("--tlscert")
+            .arg(b.join("cert.pem"))
+            .arg("--tlskey")
+            .arg(b.join("key.pem"))
+            .arg("-H")
+            .arg(self.host())
+            .args(args);
+        Self::cli(c, stdin)
+    }
+
+    /// The same command with no client certificate (plain TCP, as if the API were open).
+    pub fn docker_without_bundle(&self, args: &[&str]) -> Cli {
+        let mut c = self.docker_cmd();
+        c.arg("-H").arg(self.host()).args(args);
+        Self::cli(c, None)
+    }
+
+    /// The same command over TLS trusting the CA, but without a client certificate.
+    pub fn docker_tls_without_cert(&self, args: &[&str]) -> Cli {
+        let mut c = self.docker_cmd();
+        c.arg("--tls").arg("--tlscacert").arg(self.bundle().join("ca.pem")).arg("-H").arg(self.host()).args(args);
+        Self::cli(c, None)
+    }
+
+    /// `curl` an agent endpoint with the admin bundle: (HTTP status, body).
+    pub fn api(&self, method: &str, path: &str) -> Check<(u16, Vec<u8>)> {
+        let b = self.bundle();
+        self.curl(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem"))], method, path)
+    }
+
+    /// `curl` an agent endpoint trusting the CA but presenting no client certificate.
+    pub fn api_without_cert(&self, method: &str, path: &str) -> Check<(u16, Vec<u8>)> {
+        self.curl(&["--cacert", &p(&self.bundle().join("ca.pem"))], method, path)
+    }
+
+    fn curl(&self, tls: &[&str], method: &str, path: &str) -> Check<(u16, Vec<u8>)> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-X", method, "-o", "-", "-w", "\n%{http_code}"])
+            .args(tls)
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("curl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("curl {method} {path}: {}", text(&out.stderr)));
+        }
+        let body = out.stdout;
+        let cut = body.iter().rposition(|&c| c == b'\n').unwrap_or(0);
+        let code = text(&body[cut..]).parse().map_err(|_| format!("curl {method} {path}: no status code"))?;
+        Ok((code, body[..cut].to_vec()))
+    }
+
+    /// `GET /swarmseal/v1/status`.
+    pub fn status(&self) -> Check<Value> {
+        let (code, body) = self.api("GET", "/swarmseal/v1/status")?;
+        ensure!(code == 200, "status: HTTP {code} {}", text(&body));
+        serde_json::from_slice(&body).map_err(|e| format!("status is not JSON: {e}"))
+    }
+
+    /// The swarm state as the engine reports it through the proxy.
+    pub fn swarm_state(&self) -> String {
+        self.docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).stdout
+    }
+}
+
+impl Drop for Vm {
+    /// A failing scenario must not leave a VM eating the CPUs.
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.power_cut();
+        }
+    }
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// A free TCP port on 127.0.0.1 for the proxy forward.
+fn free_port() -> Check<u16> {
+    for port in 23760..23860 {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port in 23760..23860".into())
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The operator's age identity for the escrow copy of the unlock key.
+pub struct Escrow {
+    identity: age::x25519::Identity,
+}
+
+impl Default for Escrow {
+    fn default() -> Self {
+        Escrow { identity: age::x25519::Identity::generate() }
+    }
+}
+
+impl Escrow {
+    pub fn recipient(&self) -> String {
+        self.identity.to_public().to_string()
+    }
+
+    /// `age -d -i key.txt unlock-key.age`
+    pub fn decrypt(&self, file: &[u8]) -> Check<String> {
+        let d = age::Decryptor::new(file).map_err(|e| format!("escrow file is not age: {e}"))?;
+        let mut r = d.decrypt(std::iter::once(&self.identity as &dyn age::Identity)).map_err(|e| format!("cannot decrypt the escrow file: {e}"))?;
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut r, &mut s).map_err(|e| e.to_string())?;
+        Ok(s.trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ansi_sequences_are_removed() {
+        assert_eq!(strip_ansi("\x1b[0;32m  OK  \x1b[0m] Started docker.service\r"), "  OK  ] Started docker.service");
+    }
+
+    #[test]
+    fn escrow_round_trip() {
+        let e = Escrow::default();
+        let r: age::x25519::Recipient = e.recipient().parse().unwrap();
+        let enc = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+        let mut out = vec![];
+        let mut w = enc.wrap_output(&mut out).unwrap();
+        w.write_all(b"SWMKEY-1-abc\n").unwrap();
+        w.finish().unwrap();
+        assert_eq!(e.decrypt(&out).unwrap(), "SWMKEY-1-abc");
+    }
+}
