@@ -38,7 +38,7 @@ impl Suite {
     pub fn prepare() -> Check<Suite> {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf();
         let mut missing = Vec::new();
-        for tool in ["qemu-system-x86_64", "qemu-img", "swtpm", "docker", "curl", "objcopy", "python3"] {
+        for tool in ["qemu-system-x86_64", "qemu-img", "swtpm", "docker", "curl", "python3"] {
             if !on_path(tool) {
                 missing.push(format!("`{tool}` not on PATH"));
             }
@@ -74,19 +74,44 @@ impl Suite {
     }
 
     /// A copy of the UKI whose `.cmdline` carries one extra word: the same OS,
-    /// a different boot chain (PCR 11 differs).
+    /// a different boot chain (systemd-stub measures `.cmdline` into PCR 11).
     pub fn changed_uki(&self, word: &str) -> Check<PathBuf> {
-        let dir = self.work.join("image");
-        let cmdline = dir.join("cmdline.orig");
-        run(Command::new("objcopy").arg("--dump-section").arg(format!(".cmdline={}", cmdline.display())).arg(&self.uki).arg(dir.join("dump.tmp")))?;
-        let orig = std::fs::read_to_string(&cmdline).map_err(|e| e.to_string())?;
-        let changed = format!("{} {word}", orig.trim_end_matches(['\0', '\n', ' ']));
-        let new_cmdline = dir.join("cmdline.changed");
-        std::fs::write(&new_cmdline, &changed).map_err(|e| e.to_string())?;
-        let out = dir.join("swarmseal-changed.efi");
-        run(Command::new("objcopy").arg("--update-section").arg(format!(".cmdline={}", new_cmdline.display())).arg(&self.uki).arg(&out))?;
+        let mut pe = std::fs::read(&self.uki).map_err(|e| format!("{}: {e}", self.uki.display()))?;
+        let old = append_to_cmdline(&mut pe, word)?;
+        let out = self.work.join("image").join("swarmseal-changed.efi");
+        std::fs::write(&out, &pe).map_err(|e| e.to_string())?;
+        println!("    changed UKI {}: .cmdline {old:?} + {word:?}", out.display());
         Ok(out)
     }
+}
+
+/// Append ` word` to the `.cmdline` section of a PE image in place: the
+/// section's raw data is padded to the file alignment, so a short word fits
+/// there; only the section's VirtualSize grows. (`objcopy --update-section`
+/// keeps a PE section's old size and silently cuts the new text.)
+pub fn append_to_cmdline(pe: &mut [u8], word: &str) -> Check<String> {
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as usize;
+    ensure!(pe.len() > 0x40 && &pe[..2] == b"MZ", "not a PE image");
+    let coff = u32_at(pe, 0x3c) + 4;
+    ensure!(pe.get(coff - 4..coff) == Some(&b"PE\0\0"[..]), "no PE signature");
+    let sections = u16_at(pe, coff + 2);
+    let table = coff + 20 + u16_at(pe, coff + 16);
+    for i in 0..sections {
+        let h = table + 40 * i;
+        if &pe[h..h + 8] != b".cmdline" {
+            continue;
+        }
+        let (vsize, raw_size, raw_at) = (u32_at(pe, h + 8), u32_at(pe, h + 16), u32_at(pe, h + 20));
+        let old = String::from_utf8_lossy(&pe[raw_at..raw_at + vsize.min(raw_size)]).trim_end_matches(['\0', ' ', '\n']).to_string();
+        let new = format!("{old} {word}");
+        ensure!(new.len() <= raw_size, ".cmdline has room for {raw_size} bytes, {} needed", new.len());
+        pe[raw_at..raw_at + raw_size].fill(0);
+        pe[raw_at..raw_at + new.len()].copy_from_slice(new.as_bytes());
+        pe[h + 8..h + 12].copy_from_slice(&(new.len() as u32).to_le_bytes());
+        return Ok(old);
+    }
+    Err("the UKI has no .cmdline section".into())
 }
 
 fn on_path(tool: &str) -> bool {
@@ -485,6 +510,27 @@ mod tests {
     #[test]
     fn ansi_sequences_are_removed() {
         assert_eq!(strip_ansi("\x1b[0;32m  OK  \x1b[0m] Started docker.service\r"), "  OK  ] Started docker.service");
+    }
+
+    #[test]
+    fn one_word_is_appended_to_the_cmdline_section() {
+        // MZ, e_lfanew = 0x40, PE signature, COFF header (1 section, no
+        // optional header), one section header, raw data at 0x100 (0x40 bytes).
+        let mut pe = vec![0u8; 0x140];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[0x3c] = 0x40;
+        pe[0x40..0x44].copy_from_slice(b"PE\0\0");
+        pe[0x46] = 1;
+        let h = 0x44 + 20;
+        pe[h..h + 8].copy_from_slice(b".cmdline");
+        pe[h + 8] = 12; // VirtualSize
+        pe[h + 16] = 0x40; // SizeOfRawData
+        pe[h + 21] = 0x01; // PointerToRawData 0x100
+        pe[0x100..0x10c].copy_from_slice(b"quiet rw x=1");
+        assert_eq!(append_to_cmdline(&mut pe, "extra").unwrap(), "quiet rw x=1");
+        assert_eq!(&pe[0x100..0x112], b"quiet rw x=1 extra");
+        assert_eq!(pe[h + 8], 18);
+        assert!(append_to_cmdline(&mut pe, &"y".repeat(60)).is_err());
     }
 
     #[test]
