@@ -170,7 +170,9 @@ fn main() {
         }
         let el = t0.elapsed();
         lat.sort();
-        let pct = |p: f64| lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1)).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN);
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1)).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
+        };
         println!(
             "rps={:.0} p50_ms={:.3} p99_ms={:.3} ok={} errors={}",
             lat.len() as f64 / el.as_secs_f64(),

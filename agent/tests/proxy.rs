@@ -118,7 +118,13 @@ struct Env {
 }
 
 fn ok(o: &Output, what: &str) -> String {
-    assert!(o.status.success(), "{what} failed ({}):\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
@@ -205,7 +211,11 @@ fn run_bounded(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> Output
         Err(_) => {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
             let o = rx.recv().unwrap().unwrap();
-            panic!("{cmd:?} did not finish within {limit:?}; stdout: {} stderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            panic!(
+                "{cmd:?} did not finish within {limit:?}; stdout: {} stderr: {}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
     }
 }
@@ -396,7 +406,11 @@ fn run_exec_logs_and_events_stream_through_the_proxy() {
     // With a TTY (`script` gives the CLI a pseudo-terminal): exec -it and run -it.
     for args in [&["exec", "-it", "box", "sh"][..], &["run", "--rm", "-it", "bb:1", "sh"][..]] {
         let cli = e.cli(&e.admin.join("ca.pem"), Some(&e.admin), args);
-        let line = std::iter::once(cli.get_program()).chain(cli.get_args()).map(|a| format!("'{}'", a.to_str().unwrap())).collect::<Vec<_>>().join(" ");
+        let line = std::iter::once(cli.get_program())
+            .chain(cli.get_args())
+            .map(|a| format!("'{}'", a.to_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut c = Command::new("script");
         c.args(["-qec", &line, "/dev/null"]);
         for (k, v) in cli.get_envs() {
@@ -563,7 +577,14 @@ fn no_spelling_of_a_denied_path_gets_through() {
     assert!(failures.is_empty(), "not denied for readonly:\n{}", failures.join("\n"));
 
     // What readonly may do.
-    for (p, want) in [("/_ping", 200), ("/v1.41/containers/json", 200), ("/info", 200), ("/nodes", 200), ("/swarmseal/v1/status", 200), ("/swarmseal/v1/bench", 200)] {
+    for (p, want) in [
+        ("/_ping", 200),
+        ("/v1.41/containers/json", 200),
+        ("/info", 200),
+        ("/nodes", 200),
+        ("/swarmseal/v1/status", 200),
+        ("/swarmseal/v1/bench", 200),
+    ] {
         assert_eq!(raw(a, ro.clone(), "GET", p, "").unwrap().0, want, "{p}");
     }
     assert_eq!(raw(a, ro.clone(), "HEAD", "/_ping", "").unwrap().0, 200);
@@ -574,7 +595,10 @@ fn no_spelling_of_a_denied_path_gets_through() {
     let (st, body) = raw(a, admin.clone(), "GET", "/v1.41//Swarm/%75nlockkey", "").unwrap();
     e.proxy.logs.wait_for(&["swarmseal::security", "unlock_key_read", "allowed", "%75nlockkey"]);
     let _ = (st, body);
-    assert_eq!(raw(a, admin.clone(), "POST", "/swarmseal/v1/reseal", "Content-Length: 0\r\n").unwrap(), (200, r#"{"resealed":true}"#.to_string()));
+    assert_eq!(
+        raw(a, admin.clone(), "POST", "/swarmseal/v1/reseal", "Content-Length: 0\r\n").unwrap(),
+        (200, r#"{"resealed":true}"#.to_string())
+    );
     assert_eq!(raw(a, admin.clone(), "GET", "/swarmseal/v1/escrow", "").unwrap().0, 404);
     assert_eq!(raw(a, admin.clone(), "GET", "/swarmseal/v1/nope", "").unwrap().0, 404);
     assert_eq!(raw(a, admin.clone(), "DELETE", "/swarmseal/v1/status", "").unwrap().0, 405);
@@ -795,11 +819,6 @@ fn certs_cli_writes_bundles_the_docker_cli_can_use() {
     for san in ["DNS:localhost", "IP Address:127.0.0.1", "DNS:manager-1.example", "IP Address:192.0.2.7", "TLS Web Server Authentication"] {
         assert!(t.contains(san), "{san} missing in\n{t}");
     }
-    let o = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(out.join("ca.pem"))
-        .arg(out.join("cert.pem"))
-        .output()
-        .unwrap();
+    let o = Command::new("openssl").args(["verify", "-CAfile"]).arg(out.join("ca.pem")).arg(out.join("cert.pem")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }

@@ -108,9 +108,7 @@ pub enum Decision {
 /// Decide for `role` (None: a certificate without a known role).
 pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Decision {
     let Some(role) = role else {
-        return Decision::Deny(
-            "the client certificate has no swarmseal role (its Subject OU must be `admin` or `readonly`)".into(),
-        );
+        return Decision::Deny("the client certificate has no swarmseal role (its Subject OU must be `admin` or `readonly`)".into());
     };
     if role == Role::Admin {
         return Decision::Allow;

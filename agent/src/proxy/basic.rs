@@ -42,15 +42,10 @@ impl BasicAuth {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (u, h) = line
-                .split_once(':')
-                .ok_or_else(|| ProxyError::Setup(format!("{}:{}: expected user:hash", path.display(), n + 1)))?;
+            let (u, h) =
+                line.split_once(':').ok_or_else(|| ProxyError::Setup(format!("{}:{}: expected user:hash", path.display(), n + 1)))?;
             if !(h.starts_with("$2y$") || h.starts_with("$2b$") || h.starts_with("$2a$")) {
-                return Err(ProxyError::Setup(format!(
-                    "{}:{}: only bcrypt entries are accepted (htpasswd -B)",
-                    path.display(),
-                    n + 1
-                )));
+                return Err(ProxyError::Setup(format!("{}:{}: only bcrypt entries are accepted (htpasswd -B)", path.display(), n + 1)));
             }
             if let Some(c) = h.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
                 cost = Some(cost.map_or(c, |m| m.max(c)));
@@ -58,7 +53,8 @@ impl BasicAuth {
             users.insert(u.to_string(), h.to_string());
         }
         // Same cost as the real entries, so unknown users take as long as known ones.
-        let dummy = bcrypt::hash("swarmseal-dummy-password", cost.unwrap_or(bcrypt::DEFAULT_COST).clamp(4, 31)).map_err(|e| ProxyError::Setup(format!("bcrypt: {e}")))?;
+        let dummy = bcrypt::hash("swarmseal-dummy-password", cost.unwrap_or(bcrypt::DEFAULT_COST).clamp(4, 31))
+            .map_err(|e| ProxyError::Setup(format!("bcrypt: {e}")))?;
         Ok(BasicAuth { users, dummy, failures: Mutex::new(HashMap::new()) })
     }
 

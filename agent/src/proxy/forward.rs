@@ -174,7 +174,8 @@ fn message(status: u16, msg: &str, audit: Audit) -> Response<OutBody> {
 
 /// Path as shown in logs: no query, control characters escaped, bounded.
 fn log_path(p: &str) -> String {
-    let mut s: String = p.chars().take(300).flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
+    let mut s: String =
+        p.chars().take(300).flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
     if p.len() > 300 {
         s.push('…');
     }
@@ -183,7 +184,9 @@ fn log_path(p: &str) -> String {
 
 fn wants_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(UPGRADE)
-        || h.get_all(CONNECTION).iter().any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false))
+        || h.get_all(CONNECTION)
+            .iter()
+            .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false))
 }
 
 fn security_event(ctx: &ConnCtx, ev: &str, method: &Method, path: &str, outcome: &str) {
@@ -320,9 +323,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     let fut = up.send_request(Request::from_parts(parts, body));
     *sender = Some(up);
     drop(sender);
-    let mut resp = fut.await.map_err(|e| {
-        (502, format!("the Docker engine did not answer: {e}"))
-    })?;
+    let mut resp = fut.await.map_err(|e| (502, format!("the Docker engine did not answer: {e}")))?;
     let mut audit = take_audit(audit_slot);
     audit.status = resp.status().as_u16();
 

@@ -210,7 +210,8 @@ impl ConnState {
                 h
             } else {
                 let hs = self.head_started.load(Ordering::Acquire);
-                let (deadline, why) = if hs != 0 { (hs + h, "header read timeout") } else { (self.last.load(Ordering::Relaxed) + i, "idle timeout") };
+                let (deadline, why) =
+                    if hs != 0 { (hs + h, "header read timeout") } else { (self.last.load(Ordering::Relaxed) + i, "idle timeout") };
                 if now >= deadline {
                     return why;
                 }

@@ -85,9 +85,8 @@ pub fn pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn read_file(p: &Path, what: &str) -> Result<Vec<u8>, ProxyError> {
-    std::fs::read(p).map_err(|e| {
-        ProxyError::Setup(format!("cannot read the {what} {}: {e} (create the PKI with `swarmseal certs init`)", p.display()))
-    })
+    std::fs::read(p)
+        .map_err(|e| ProxyError::Setup(format!("cannot read the {what} {}: {e} (create the PKI with `swarmseal certs init`)", p.display())))
 }
 
 /// Build the rustls server configuration: TLS 1.3 only, ring, client certificate required.
@@ -101,10 +100,11 @@ pub fn server_config(client_ca: &Path, server_cert: &Path, server_key: &Path) ->
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| ProxyError::Setup(format!("client certificate verifier: {e}")))?;
-    let chain =
-        pem_certs(&read_file(server_cert, "server certificate")?).map_err(|e| ProxyError::Setup(format!("{}: {e}", server_cert.display())))?;
+    let chain = pem_certs(&read_file(server_cert, "server certificate")?)
+        .map_err(|e| ProxyError::Setup(format!("{}: {e}", server_cert.display())))?;
     let key_pem = zeroize::Zeroizing::new(read_file(server_key, "server key")?);
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| ProxyError::Setup(format!("{}: invalid private key: {e}", server_key.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| ProxyError::Setup(format!("{}: invalid private key: {e}", server_key.display())))?;
     let cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ProxyError::Setup(format!("TLS: {e}")))?
