@@ -16,7 +16,7 @@
 //! is the identity written to the audit log. All keys are ECDSA P-256.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -153,6 +153,18 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ProxyError> {
     })
 }
 
+/// Create `dir` (0700) if it does not exist; an existing directory is left as it is.
+fn private_dir(dir: &Path) -> Result<(), ProxyError> {
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| setup(format!("cannot create {}: {e}", dir.display())))
+}
+
 fn new_key() -> Result<KeyPair, ProxyError> {
     KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| setup(format!("cannot generate a P-256 key: {e}")))
 }
@@ -173,6 +185,7 @@ fn hostname() -> String {
 /// (when the CA is new, when it is missing, or when `extra_sans` are given).
 /// Returns whether a new CA was created.
 pub fn init(paths: &PkiPaths, extra_sans: &[String], force: bool) -> Result<bool, ProxyError> {
+    private_dir(&paths.dir)?;
     let exists = paths.ca_cert.exists() && paths.ca_key.exists();
     let created = force || !exists;
     if created {
@@ -285,6 +298,7 @@ pub fn issue_with_ou(
         return Err(setup(format!("{} already holds a bundle (key.pem); use --force to replace it", out.display())));
     }
     let (issuer, ca_pem) = load_issuer(paths)?;
+    private_dir(out)?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "swarmseal");
