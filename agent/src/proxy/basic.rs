@@ -112,3 +112,42 @@ impl BasicAuth {
         ok
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(up: &str) -> Vec<u8> {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(up)).into_bytes()
+    }
+
+    #[test]
+    fn checks_users_and_slows_from_the_eleventh_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("htpasswd");
+        std::fs::write(&p, format!("# comment\nci:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+        let b = BasicAuth::load(&p).unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(b.check_blocking(ip, Some(&basic("ci:pw"))).as_deref(), Some("ci"));
+        assert_eq!(b.check_blocking(ip, Some(&basic("ci:nope"))), None);
+        assert_eq!(b.check_blocking(ip, Some(&basic("nobody:pw"))), None);
+        assert_eq!(b.check_blocking(ip, Some(b"Bearer x")), None);
+        assert_eq!(b.check_blocking(ip, None), None);
+        assert_eq!(b.delay_for(ip), Duration::ZERO, "4 failures are free");
+        for _ in 0..6 {
+            assert_eq!(b.check_blocking(ip, Some(&basic("ci:nope"))), None);
+        }
+        assert_eq!(b.delay_for(ip), Duration::from_secs(1), "the 11th attempt waits");
+        b.check_blocking(ip, Some(&basic("ci:nope")));
+        assert_eq!(b.delay_for(ip), Duration::from_secs(2));
+        assert_eq!(b.delay_for("192.0.2.2".parse().unwrap()), Duration::ZERO, "per client address");
+    }
+
+    #[test]
+    fn rejects_non_bcrypt_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("htpasswd");
+        std::fs::write(&p, "ci:$apr1$abc$def\n").unwrap();
+        assert!(BasicAuth::load(&p).is_err());
+    }
+}
