@@ -42,6 +42,8 @@ pub enum BootError {
     Keystore(#[from] KeystoreError),
     #[error(transparent)]
     Escrow(#[from] EscrowError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
     #[error("the swarm is {state}: {advice}")]
     State { state: String, advice: String },
     #[error("the key was already unsealed once in this boot (PCR {pcr} carries swarmseal's phase lock); reboot, or unlock by hand with `swarmseal unlock --manual` or `docker swarm unlock`")]
@@ -69,6 +71,7 @@ impl BootError {
             BootError::Keystore(KeystoreError::Io { .. }) => Exit::Failure,
             BootError::Escrow(EscrowError::Recipient(_)) => Exit::Usage,
             BootError::Escrow(_) => Exit::Failure,
+            BootError::Proxy(_) => Exit::Proxy,
             BootError::State { .. } => Exit::SwarmState,
             BootError::Input(_) => Exit::Usage,
             BootError::Other(_) => Exit::Failure,
@@ -649,7 +652,7 @@ impl crate::proxy::AgentApi for AgentImpl {
 /// `swarmseal proxy`: only the TLS proxy, with the agent endpoints.
 pub async fn run_proxy_only(cfg: &Config) -> Result<(), BootError> {
     let api = Arc::new(AgentImpl { ctx: Ctx::new(cfg) });
-    crate::proxy::serve(cfg, api, shutdown_signal()).await.map_err(|e| BootError::Other(e.to_string()))
+    Ok(crate::proxy::serve(cfg, api, shutdown_signal()).await?)
 }
 
 async fn shutdown_signal() {
