@@ -286,3 +286,94 @@ fn agent_unlocks_at_boot_and_reseals_when_the_key_is_rotated_elsewhere() {
     assert_eq!(m.d.swarm_state(), "active");
     m.assert_no_leak(&[&k0, &k1]);
 }
+
+/// Free TCP port on loopback for the proxy.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn no_shell_recovery_through_the_proxy_after_a_changed_boot_chain() {
+    let mut m = Manager::new();
+    let state = m.state.path().to_str().unwrap().to_string();
+    let bundle = m.state.path().join("admin");
+    m.ok(&["certs", "init"]);
+    m.ok(&["certs", "issue", "alice", "--role", "admin", "--out", bundle.to_str().unwrap()]);
+    let port = free_port();
+    let cfg = m.state.path().join("agent.toml");
+    std::fs::write(&cfg, format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n")).unwrap();
+    let start_agent = |m: &Manager| {
+        std::process::Command::new(swarmseal_bin())
+            .args(["--config", cfg.to_str().unwrap(), "--docker-host", &m.d.host(), "--state-dir", &state, "--tcti", &m.tpm.tcti(), "agent"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::options().create(true).append(true).open(m.state.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let stop = |mut a: std::process::Child| {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(a.id().to_string()).status();
+        assert!(a.wait().unwrap().success());
+    };
+    let tls = |args: &[&str]| -> std::process::Output {
+        let b = bundle.to_str().unwrap();
+        std::process::Command::new("docker")
+            .args(["--tlsverify", "--tlscacert", &format!("{b}/ca.pem"), "--tlscert", &format!("{b}/cert.pem"), "--tlskey", &format!("{b}/key.pem"), "-H", &format!("tcp://127.0.0.1:{port}")])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let api = |method: &str, path: &str| -> String {
+        let b = bundle.to_str().unwrap();
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body", "-X", method, "--cacert", &format!("{b}/ca.pem"), "--cert", &format!("{b}/cert.pem"), "--key", &format!("{b}/key.pem")])
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl must be installed");
+        assert!(o.status.success(), "{method} {path}: {} {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+
+    // First boot: the agent inits the swarm with autolock and seals.
+    let a = start_agent(&m);
+    wait_until("the agent inits the swarm", Duration::from_secs(90), || m.d.swarm_state() == "active" && m.state.path().join("keys/current.json").exists());
+    wait_until("the proxy serves", Duration::from_secs(30), || tls(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).status.success());
+    let key = String::from_utf8_lossy(&tls(&["swarm", "unlock-key", "-q"]).stdout).trim().to_string();
+    assert!(key.starts_with("SWMKEY-1-"));
+    stop(a);
+
+    // A boot with another UKI: the agent refuses, the swarm stays locked, the status says why.
+    m.reboot("image-v2");
+    let a = start_agent(&m);
+    wait_until("the proxy serves", Duration::from_secs(30), || tls(&["version"]).status.success());
+    wait_until("the agent's refusal is visible", Duration::from_secs(30), || {
+        let v: serde_json::Value = serde_json::from_str(&api("GET", "/swarmseal/v1/status")).unwrap();
+        v["phase_locked"] == true && v["sealed"]["current"]["differs"].as_array().map(|d| d.iter().any(|x| x.as_str().unwrap_or("").starts_with("PCR 11"))).unwrap_or(false)
+    });
+    assert_eq!(tls(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).stdout, b"locked\n");
+
+    // The operator, with no shell: unlock through the proxy, then accept this boot chain.
+    let mut unlock = std::process::Command::new("docker");
+    let b = bundle.to_str().unwrap();
+    unlock
+        .args(["--tlsverify", "--tlscacert", &format!("{b}/ca.pem"), "--tlscert", &format!("{b}/cert.pem"), "--tlskey", &format!("{b}/key.pem"), "-H", &format!("tcp://127.0.0.1:{port}"), "swarm", "unlock"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = unlock.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(format!("{key}\n").as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "docker swarm unlock through the proxy: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(m.d.swarm_state(), "active");
+    let r = api("POST", "/swarmseal/v1/reseal");
+    assert!(r.contains("\"sealed\":true") || r.contains("\"sealed\": true"), "{r}");
+    stop(a);
+
+    // The next boot of the new chain unlocks by itself.
+    m.reboot("image-v2");
+    let a = start_agent(&m);
+    wait_until("the agent unlocks the accepted chain", Duration::from_secs(60), || m.d.swarm_state() == "active");
+    stop(a);
+    m.transcript.push_str(&std::fs::read_to_string(m.state.path().join("agent.log")).unwrap());
+    m.assert_no_leak(&[&key]);
+}
