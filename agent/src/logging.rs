@@ -1,19 +1,32 @@
-//! Logging: tracing to the journal under systemd (`JOURNAL_STREAM` set), to stderr otherwise.
+//! Logging: structured events to the journal under systemd (`JOURNAL_STREAM`
+//! set and journald reachable), plain lines to stderr otherwise — and to
+//! stderr as well when stderr is not the journal stream (the appliance's unit
+//! points stderr at the console: with no shell, that is where an operator at
+//! the machine reads why a manager stayed locked).
 
 use tracing_subscriber::prelude::*;
 
-/// Install the global subscriber. `service`: a long-running command (agent, proxy).
-/// Level from `SWARMSEAL_LOG` (`error|warn|info|debug|trace`, default `info`).
+/// Install the global subscriber. Level from `SWARMSEAL_LOG`
+/// (`error|warn|info|debug|trace`, default `info`).
 pub fn init(_service: bool) {
     let level = std::env::var("SWARMSEAL_LOG").ok().and_then(|s| s.parse::<tracing::Level>().ok()).unwrap_or(tracing::Level::INFO);
     let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
-    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    if under_journal {
-        if let Ok(j) = tracing_journald::layer() {
-            let _ = tracing_subscriber::registry().with(j.with_syslog_identifier("swarmseal".into())).with(filter).try_init();
-            return;
-        }
+    let journal_stream = std::env::var("JOURNAL_STREAM").ok();
+    let journald = journal_stream.as_ref().and_then(|_| tracing_journald::layer().ok()).map(|j| j.with_syslog_identifier("swarmseal".into()));
+    let stderr_is_journal = journal_stream.as_deref().map(stderr_is_stream).unwrap_or(false);
+    let fmt = (journald.is_none() || !stderr_is_journal).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::env::var_os("NO_COLOR").is_none() && rustix::termios::isatty(std::io::stderr()))
+    });
+    let _ = tracing_subscriber::registry().with(journald).with(fmt).with(filter).try_init();
+}
+
+/// `JOURNAL_STREAM` is `DEV:INODE` of the stream systemd connected to the journal.
+fn stderr_is_stream(js: &str) -> bool {
+    let Some((dev, ino)) = js.split_once(':') else { return false };
+    match rustix::fs::fstat(std::io::stderr()) {
+        Ok(st) => dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino),
+        Err(_) => false,
     }
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::env::var_os("NO_COLOR").is_none() && rustix::termios::isatty(std::io::stderr()));
-    let _ = tracing_subscriber::registry().with(fmt).with(filter).try_init();
 }
