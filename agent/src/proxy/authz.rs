@@ -133,6 +133,17 @@ pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Dec
             return Decision::Deny(format!("{why} (readonly certificate)"));
         }
     }
+    // Variable-length names (images carry slashes): decide on the first and last segments.
+    let first = c.segs.first().map(String::as_str);
+    let last = c.segs.last().map(String::as_str);
+    if first == Some("images") && last == Some("get") {
+        // GET /images/get, GET /images/{name}/get: `docker save`, every byte of the image.
+        return Decision::Deny("exporting images is admin-only (readonly certificate)".into());
+    }
+    if first == Some("distribution") {
+        // GET /distribution/{name}/json makes the engine connect to any registry host:port.
+        return Decision::Deny("registry lookups through the engine are admin-only (readonly certificate)".into());
+    }
     Decision::Allow
 }
 
@@ -253,6 +264,10 @@ mod tests {
         assert!(matches!(decide(ro, "GET", &canonicalize("/v1.41/swarm/unlockkey"), false), Decision::Deny(_)));
         assert!(matches!(decide(ro, "GET", &canonicalize("/swarm"), false), Decision::Deny(_)));
         assert!(matches!(decide(ro, "GET", &canonicalize("/containers/x/archive"), false), Decision::Deny(_)));
+        for p in ["/images/get?names=bb:1", "/v1.41/images/bb:1/get", "/images/reg.example:5000/team/app/get", "/distribution/127.0.0.1:24399/x/json"] {
+            assert!(matches!(decide(ro, "GET", &canonicalize(p), false), Decision::Deny(_)), "{p}");
+        }
+        assert_eq!(decide(ro, "GET", &canonicalize("/images/get/json"), false), Decision::Allow);
         assert_eq!(decide(ro, "GET", &canonicalize("/swarmseal/v1/status"), false), Decision::Allow);
         assert!(matches!(decide(None, "GET", &c, false), Decision::Deny(_)));
         assert_eq!(decide(Some(Role::Admin), "POST", &canonicalize("/swarm/unlockkey"), true), Decision::Allow);
