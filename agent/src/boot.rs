@@ -367,7 +367,7 @@ async fn cmd_init(ctx: &Ctx, advertise: Option<String>) -> Result<(), BootError>
         }
     }
     ctx.seal(&key).await?;
-    println!("swarm initialized with autolock; unlock key sealed to the TPM ({})", ctx.ks.slot_path(Slot::Current).display());
+    println!("swarm autolock on; unlock key sealed to the TPM ({})", ctx.ks.slot_path(Slot::Current).display());
     show_key_on_terminal(&key, "Swarm autolock is on");
     Ok(())
 }
@@ -638,7 +638,7 @@ impl crate::proxy::AgentApi for AgentImpl {
                     tracing::warn!(event = "reseal", security = true, "unlock key resealed on request through the proxy");
                     Ok(serde_json::json!({"sealed": true, "created": slot.created, "policy": slot.policy}))
                 }
-                Err(e @ BootError::State { .. }) => Err((409, e.to_string())),
+                Err(BootError::State { state, .. }) => Err((409, format!("the swarm is {state}: unlock it first (`docker swarm unlock` through this proxy), then reseal"))),
                 Err(e) => Err((500, e.to_string())),
             }
         })
@@ -696,7 +696,15 @@ async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> 
         }
         NodeState::Active if st.manager => {
             ensure_sealed(ctx, engine).await?;
-            Ok("swarm active; sealed key up to date".into())
+            match ctx.sealed_key_fact().await {
+                Some(crate::bench::SealedKeyFact { pcrs_match: Some(false), detail }) => {
+                    // Someone unlocked this boot by hand without resealing: do not accept the
+                    // chain on their behalf, but say that the next boot will stay locked.
+                    tracing::warn!(event = "seal_stale", detail = %detail, "swarm active, but the sealed key does not match this boot's PCRs: the next boot of this chain stays locked; POST /swarmseal/v1/reseal (or `swarmseal seal`) accepts this boot chain");
+                    Ok(format!("swarm active; sealed key does not match this boot ({detail})"))
+                }
+                _ => Ok("swarm active; sealed key up to date".into()),
+            }
         }
         s => Ok(format!("swarm is {s}; waiting")),
     }
@@ -724,6 +732,13 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
     };
     let current = ctx.ks.load(Slot::Current).unwrap_or(None);
     if current.as_ref().map(|c| key.fingerprint(&c.salt()) == c.key_fingerprint) == Some(true) {
+        // Escrow configured after the key was sealed: the operator's copy is written now.
+        if let Some(r) = &ctx.cfg.escrow.recipient {
+            if !crate::escrow::path(&ctx.cfg.state_dir).exists() {
+                let p = crate::escrow::write(&ctx.cfg.state_dir, r, &key)?;
+                tracing::info!(event = "escrow", file = %p.display(), "escrow copy of the unlock key written (age-encrypted)");
+            }
+        }
         return Ok(false);
     }
     tracing::info!(event = "key_changed", "the engine's unlock key differs from the sealed one (rotated here or on another manager): resealing");

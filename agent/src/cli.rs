@@ -45,9 +45,10 @@ Exit codes:
    2  usage or configuration error
    3  Docker engine unreachable
    4  TPM unavailable
-   5  policy mismatch: the PCRs changed since sealing (swarm stays locked)
+   5  policy mismatch: the PCRs changed since sealing, or the key was already
+      unsealed in this boot (phase lock); the swarm stays locked
    6  no sealed key in the state dir
-   7  swarm state wrong for this command (e.g. no swarm, not locked)
+   7  swarm state wrong for this command (no swarm, worker, pending)
    8  sealed key file corrupt, truncated or from another machine
    9  the engine rejected the unlock key
   10  bench found WARN results (with --fail-on warn)

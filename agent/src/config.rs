@@ -207,8 +207,11 @@ impl Config {
         if self.tpm.pcr_bank != "sha256" {
             return Err(ConfigError::Invalid { key: "tpm.pcr_bank", message: format!("`{}` is not supported; use \"sha256\"", self.tpm.pcr_bank) });
         }
-        if self.tpm.pcrs.is_empty() || self.tpm.pcrs.iter().any(|&p| p > 23) {
-            return Err(ConfigError::Invalid { key: "tpm.pcrs", message: "give one or more PCR indices from 0 to 23".into() });
+        if self.tpm.pcrs.is_empty() || self.tpm.pcrs.iter().any(|&p| p > 15) {
+            // 16 (debug) and 23 (application) can be reset by anyone with TPM access at
+            // locality 0, 17–22 by dynamic-root events: none holds a boot measurement,
+            // and a resettable phase PCR would undo the phase lock.
+            return Err(ConfigError::Invalid { key: "tpm.pcrs", message: "give one or more PCR indices from 0 to 15 (PCRs 16–23 are resettable or dynamic-root PCRs and cannot hold a boot measurement)".into() });
         }
         if !self.tpm.pcrs.contains(&self.tpm.phase_pcr) {
             return Err(ConfigError::Invalid { key: "tpm.phase_pcr", message: format!("PCR {} is not in tpm.pcrs; the phase lock only works on a PCR the policy covers", self.tpm.phase_pcr) });
@@ -249,10 +252,13 @@ mod tests {
     }
 
     #[test]
-    fn phase_pcr_must_be_in_policy() {
+    fn phase_pcr_must_be_in_policy_and_not_resettable() {
         let mut c = Config::default();
-        c.tpm.phase_pcr = 16;
+        c.tpm.phase_pcr = 14;
         assert!(c.validate().is_err());
+        c.tpm.pcrs = vec![7, 15, 23];
+        c.tpm.phase_pcr = 23;
+        assert!(c.validate().unwrap_err().to_string().contains("resettable"));
         assert!(Config::default().validate().is_ok());
     }
 }

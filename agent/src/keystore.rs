@@ -135,6 +135,12 @@ impl SlotFile {
         if obj.public.is_empty() || obj.private.is_empty() {
             return Err(bad("empty TPM blob".into()));
         }
+        // The recorded PCR values must be the ones the policy digest was computed from;
+        // if not, the file was edited (the TPM would refuse anyway, but "PCRs changed"
+        // would send the operator the wrong way).
+        if crate::tpm::pcr_policy_digest(&values) != obj.policy_digest {
+            return Err(bad("its PCR values do not match its policy digest (the file was edited or damaged)".into()));
+        }
         Ok((obj, Policy::Pcr { values }))
     }
 
@@ -301,9 +307,9 @@ mod tests {
     }
 
     fn slot(k: &UnlockKey) -> SlotFile {
-        let obj = SealedObject { public: vec![1, 2], private: vec![3], srk_name: vec![4], policy_digest: vec![5; 32] };
         let mut values = PcrValues::new();
         values.insert(7, vec![0; 32]);
+        let obj = SealedObject { public: vec![1, 2], private: vec![3], srk_name: vec![4], policy_digest: crate::tpm::pcr_policy_digest(&values) };
         SlotFile::new(Slot::Current, &obj, &Policy::Pcr { values }, k.fingerprint(b"salt"), b"salt")
     }
 
@@ -341,6 +347,17 @@ mod tests {
         ks.store_current(&slot(&a), &a).unwrap();
         let kept: Vec<_> = std::fs::read_dir(ks.keys_dir()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".bad-")).collect();
         assert_eq!(kept.len(), 1, "the unreadable file is kept aside, not lost");
+    }
+
+    #[test]
+    fn edited_pcr_values_are_a_corrupt_file() {
+        let a = key("a");
+        let mut s = slot(&a);
+        let p = Path::new("current.json");
+        assert!(s.decode(p).is_ok());
+        let StoredPolicy::Pcr { pcrs, .. } = &mut s.policy;
+        pcrs.insert("7".into(), "11".repeat(32));
+        assert!(s.decode(p).unwrap_err().to_string().contains("edited"));
     }
 
     #[test]

@@ -899,7 +899,7 @@ pub fn catalogue() -> Vec<Check> {
         check!(
             "A.2",
             "Ensure the sealed key's PCR policy matches the current boot measurements (Automated)",
-            "If the change in measurements is expected (firmware, bootloader or kernel update), unlock once with swarmseal unlock --manual, which reseals the key under the current PCRs.",
+            "If the change in measurements is expected (firmware, bootloader or kernel update), accept the new boot chain: while the swarm is active, POST /swarmseal/v1/reseal through the proxy (or `swarmseal seal` on the appliance); while it is locked, unlock by hand first (`docker swarm unlock` through the proxy, or `swarmseal unlock --manual`, which also reseals).",
             "None.",
             |s| match &s.appliance.sealed_key {
                 None => Outcome::note("No sealed key to compare"),
