@@ -95,6 +95,14 @@ pub fn server_config(client_ca: &Path, server_cert: &Path, server_key: &Path) ->
     let mut roots = RootCertStore::empty();
     let ca = pem_certs(&read_file(client_ca, "client CA")?).map_err(|e| ProxyError::Setup(format!("{}: {e}", client_ca.display())))?;
     for c in ca {
+        // A client certificate configured as the trust anchor would let anyone holding its
+        // key mint `OU=admin` certificates: only CA certificates are accepted here.
+        if !is_ca_cert(&c) {
+            return Err(ProxyError::Setup(format!(
+                "{}: not a CA certificate (basicConstraints CA:TRUE missing); point [proxy] client_ca at the CA (ca.pem from `swarmseal certs init`), not at a client certificate",
+                client_ca.display()
+            )));
+        }
         roots.add(c).map_err(|e| ProxyError::Setup(format!("{}: unusable CA certificate: {e}", client_ca.display())))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -194,4 +202,36 @@ pub fn subject_attrs(cert: &[u8]) -> Option<Vec<(Vec<u8>, String)>> {
         }
     }
     Some(out)
+}
+
+/// Whether a DER certificate carries basicConstraints with cA = TRUE (RFC 5280 §4.2.1.9):
+/// Extension { extnID 2.5.29.19, critical BOOLEAN OPTIONAL, extnValue OCTET STRING { SEQUENCE { cA BOOLEAN, … } } }.
+pub fn is_ca_cert(der: &[u8]) -> bool {
+    const OID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x13];
+    let Some(at) = der.windows(OID.len()).position(|w| w == OID) else { return false };
+    let mut rest = &der[at + OID.len()..];
+    if rest.first() == Some(&0x01) {
+        // critical flag
+        rest = rest.get(3..).unwrap_or(&[]);
+    }
+    // OCTET STRING (short length), SEQUENCE (short length), then cA BOOLEAN if present.
+    matches!(rest, [0x04, _, 0x30, _, 0x01, 0x01, v, ..] if *v != 0)
+}
+
+#[cfg(test)]
+mod ca_tests {
+    use super::*;
+
+    #[test]
+    fn only_ca_certificates_are_trust_anchors() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        assert!(is_ca_cert(p.self_signed(&key).unwrap().der()));
+        let mut p = rcgen::CertificateParams::new(vec!["client".into()]).unwrap();
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
+        assert!(!is_ca_cert(p.self_signed(&key).unwrap().der()));
+        let p = rcgen::CertificateParams::new(vec!["client".into()]).unwrap();
+        assert!(!is_ca_cert(p.self_signed(&key).unwrap().der()));
+    }
 }
