@@ -185,6 +185,9 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = exit_code(&e);
             eprintln!("swarmseal: error: {e}");
+            if code == Exit::PolicyMismatch {
+                eprintln!("swarmseal: the swarm stays locked. If this boot chain is expected, unlock by hand (`swarmseal unlock --manual`, or `docker swarm unlock` through the proxy and then POST /swarmseal/v1/reseal): that reseals the key to it.");
+            }
             ExitCode::from(code as u8)
         }
     }
