@@ -55,7 +55,8 @@ impl Findings {
 }
 
 fn main() {
-    let only: Option<Vec<String>> = std::env::var("SWARMSEAL_SCENARIOS").ok().map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    // SWARMSEAL_SCENARIOS=1,2,7 runs a subset; unset or `all` runs every scenario.
+    let only: Option<Vec<String>> = std::env::var("SWARMSEAL_SCENARIOS").ok().filter(|s| s.trim() != "all").map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
     let t_suite = Instant::now();
     let suite = match Suite::prepare() {
         Ok(s) => s,
@@ -78,6 +79,7 @@ fn main() {
     let mut results = Vec::new();
     for (id, title, f) in scenarios {
         if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == id)) {
+            println!("\n=== scenario {id}: NOT RUN (not in SWARMSEAL_SCENARIOS): {title}");
             continue;
         }
         println!("\n=== scenario {id}: {title}");
@@ -107,6 +109,7 @@ fn main() {
         failed += r.is_err() as usize;
     }
     println!("  total {:.0} s; {} of {} scenarios failed", t_suite.elapsed().as_secs_f64(), failed, results.len());
+    println!("scenarios: {} passed, {} failed", results.len() - failed, failed);
     if failed > 0 {
         std::process::exit(1);
     }
