@@ -265,13 +265,9 @@ pub fn describe_pcrs(v: &PcrValues) -> String {
     v.iter().map(|(k, x)| format!("{k}={}", &hex::encode(x)[..16.min(x.len() * 2)])).collect::<Vec<_>>().join(", ")
 }
 
-/// `PCR n sealed X now Y` for every PCR that differs.
+/// `PCR n sealed X now Y` for every PCR that differs ([`crate::tpm::pcr_diffs`]).
 pub fn diff_pcrs(sealed: &PcrValues, now: &PcrValues) -> Vec<String> {
-    sealed
-        .iter()
-        .filter(|(k, v)| now.get(k) != Some(v))
-        .map(|(k, v)| format!("PCR {k} sealed {} now {}", hex::encode(v), now.get(k).map(hex::encode).unwrap_or_else(|| "unreadable".into())))
-        .collect()
+    crate::tpm::pcr_diffs(sealed, now).iter().map(ToString::to_string).collect()
 }
 
 /// Show the operator's copy of the key on the controlling terminal only (never stdout/the journal).
@@ -378,17 +374,9 @@ async fn cmd_seal(ctx: &Ctx) -> Result<(), BootError> {
     let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off, so there is no unlock key: run `swarmseal init` to turn it on"))?;
     let _lock = ctx.lock()?;
     let slot = ctx.seal(&key).await?;
-    let StoredPcrs(p) = StoredPcrs::of(&slot);
-    println!("unlock key sealed to the TPM under PCRs {p}");
+    let crate::keystore::StoredPolicy::Pcr { pcrs, .. } = &slot.policy;
+    println!("unlock key sealed to the TPM under PCRs {}", pcrs.keys().cloned().collect::<Vec<_>>().join(","));
     Ok(())
-}
-
-struct StoredPcrs(String);
-impl StoredPcrs {
-    fn of(s: &SlotFile) -> StoredPcrs {
-        let crate::keystore::StoredPolicy::Pcr { pcrs, .. } = &s.policy;
-        StoredPcrs(pcrs.keys().cloned().collect::<Vec<_>>().join(","))
-    }
 }
 
 async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {

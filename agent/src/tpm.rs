@@ -71,6 +71,13 @@ pub struct PcrDiff {
     pub current: String,
 }
 
+/// `PCR 11 sealed <hex> now <hex>`.
+impl std::fmt::Display for PcrDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PCR {} sealed {} now {}", self.pcr, self.sealed, self.current)
+    }
+}
+
 /// What the TPM holds for one sealed unlock key (TPM 2.0 Part 3, TPM2_Create outputs),
 /// plus what is needed to load and check it. No secret in here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +117,7 @@ fn describe_diffs(d: &[PcrDiff]) -> String {
     if d.is_empty() {
         return "no PCR in the policy differs from its sealed value; the policy digest itself differs".into();
     }
-    d.iter().map(|x| format!("PCR {} sealed {} now {}", x.pcr, x.sealed, x.current)).collect::<Vec<_>>().join("; ")
+    d.iter().map(PcrDiff::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// Map a TSS error to `TpmError::Command` for the TPM command `op`, or to `Unavailable`
@@ -446,7 +453,8 @@ fn pcr_values_digest(values: &PcrValues) -> Vec<u8> {
 }
 
 /// Every PCR of `sealed` whose `current` value differs (or is missing), hex on both sides.
-fn pcr_diffs(sealed: &PcrValues, current: &PcrValues) -> Vec<PcrDiff> {
+/// Every PCR of `sealed` whose value in `current` differs (or is missing).
+pub fn pcr_diffs(sealed: &PcrValues, current: &PcrValues) -> Vec<PcrDiff> {
     sealed
         .iter()
         .filter(|(pcr, value)| current.get(pcr) != Some(value))
