@@ -323,7 +323,7 @@ pub async fn run_command(cfg: &Config, c: Command) -> Result<(), BootError> {
         Command::Rotate => cmd_rotate(&ctx).await,
         Command::Status { json } => cmd_status(&ctx, json).await,
         Command::Agent => run_agent(ctx).await,
-        Command::Proxy | Command::Certs(_) | Command::Bench(_) => unreachable!("dispatched in cli"),
+        Command::Proxy | Command::Certs(_) | Command::Bench(_) | Command::Var(_) => unreachable!("dispatched in cli"),
     }
 }
 
@@ -631,9 +631,31 @@ impl crate::proxy::AgentApi for AgentImpl {
             }
         })
     }
-    fn escrow(&self) -> Option<Vec<u8>> {
-        self.ctx.cfg.escrow.recipient.as_ref()?;
-        std::fs::read(crate::escrow::path(&self.ctx.cfg.state_dir)).ok()
+    fn var_enroll_tpm(&self, recovery_key: Zeroizing<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+        Box::pin(async move {
+            let r = crate::var::enroll_tpm_via(std::path::Path::new(crate::var::ENROLL_SOCKET), &recovery_key).await;
+            match r {
+                Ok(lines) => {
+                    tracing::warn!(event = "var_tpm_enrolled", security = true, "/var re-bound to this machine's TPM on request through the proxy");
+                    Ok(serde_json::json!({"enrolled": true, "output": lines}))
+                }
+                Err((code, msg)) => {
+                    tracing::warn!(event = "var_tpm_enroll_failed", security = true, status = code, "{msg}");
+                    Err((code, msg))
+                }
+            }
+        })
+    }
+    fn escrow(&self, file: crate::proxy::EscrowFile) -> Option<Vec<u8>> {
+        let dir = &self.ctx.cfg.state_dir;
+        match file {
+            crate::proxy::EscrowFile::UnlockKey => {
+                self.ctx.cfg.escrow.recipient.as_ref()?;
+                std::fs::read(crate::escrow::path(dir)).ok()
+            }
+            // Written by the privileged `swarmseal var escrow-recovery-key`.
+            crate::proxy::EscrowFile::VarRecoveryKey => std::fs::read(crate::var::escrow_path(dir)).ok(),
+        }
     }
 }
 

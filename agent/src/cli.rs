@@ -112,6 +112,9 @@ pub enum Command {
     Certs(crate::proxy::pki::CertsCommand),
     /// Run the CIS Docker Benchmark v1.6.0 checks.
     Bench(crate::bench::BenchArgs),
+    /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
+    #[command(subcommand)]
+    Var(crate::var::VarCommand),
 }
 
 /// Any error a command can end with; mapped to [`Exit`] in [`exit_code`].
@@ -125,6 +128,8 @@ pub enum Error {
     Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
+    #[error(transparent)]
+    Var(#[from] crate::var::VarError),
     #[error("{0}")]
     Usage(String),
     /// Finished, but the command wants a non-zero exit (e.g. `bench --fail-on warn`).
@@ -139,6 +144,7 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Boot(b) => b.exit(),
         Error::Proxy(_) => Exit::Proxy,
         Error::Bench(b) => b.exit(),
+        Error::Var(v) => v.exit(),
         Error::Status(x) => *x,
     }
 }
@@ -204,6 +210,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         match cli.command {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
             Command::Bench(a) => crate::bench::run_cli(&cfg, a).await,
+            Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
             Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),
             other => crate::boot::run_command(&cfg, other).await.map_err(Error::from),
         }

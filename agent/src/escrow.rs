@@ -3,6 +3,7 @@
 //! `<state_dir>/escrow/unlock-key.age` at init and after every rotation.
 //!
 //! The operator decrypts it offline with `age -d -i key.txt unlock-key.age`.
+//! The appliance's `/var` recovery key is escrowed the same way (see [`crate::var`]).
 //! The plaintext key never touches the disk.
 
 use std::path::{Path, PathBuf};
@@ -33,20 +34,27 @@ pub fn parse_recipient(recipient: &str) -> Result<age::x25519::Recipient, Escrow
 
 /// Encrypt `key` to `recipient` (age v1 binary format) and write it atomically, mode 0600.
 pub fn write(state_dir: &Path, recipient: &str, key: &UnlockKey) -> Result<PathBuf, EscrowError> {
+    let p = path(state_dir);
+    write_secret(&p, recipient, key.expose().as_bytes())?;
+    Ok(p)
+}
+
+/// Encrypt `secret` to `recipient` (age v1, X25519) and write it atomically to
+/// `file` (mode 0600, parent created). Only ciphertext reaches the disk.
+pub fn write_secret(file: &Path, recipient: &str, secret: &[u8]) -> Result<(), EscrowError> {
     let r = parse_recipient(recipient)?;
     let enc = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).map_err(|e| EscrowError::Encrypt(e.to_string()))?;
     let mut out = Vec::new();
     {
         use std::io::Write;
         let mut w = enc.wrap_output(&mut out).map_err(|e| EscrowError::Encrypt(e.to_string()))?;
-        w.write_all(key.expose().as_bytes()).map_err(|e| EscrowError::Encrypt(e.to_string()))?;
+        w.write_all(secret).map_err(|e| EscrowError::Encrypt(e.to_string()))?;
         w.finish().map_err(|e| EscrowError::Encrypt(e.to_string()))?;
     }
-    let p = path(state_dir);
-    let dir = p.parent().expect("has parent");
+    let dir = file.parent().expect("has parent");
     std::fs::create_dir_all(dir).map_err(|e| KeystoreError::Io { path: dir.to_path_buf(), source: e })?;
-    write_atomic(&p, &out, 0o600)?;
-    Ok(p)
+    write_atomic(file, &out, 0o600)?;
+    Ok(())
 }
 
 #[cfg(test)]

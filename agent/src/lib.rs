@@ -23,3 +23,4 @@ pub mod proxy;
 pub mod secret;
 pub mod swarm;
 pub mod tpm;
+pub mod var;

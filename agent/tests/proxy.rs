@@ -31,7 +31,7 @@ impl AgentApi for Stub {
     fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
         Box::pin(async { Ok(serde_json::json!({"resealed": true})) })
     }
-    fn escrow(&self) -> Option<Vec<u8>> {
+    fn escrow(&self, _: swarmseal::proxy::EscrowFile) -> Option<Vec<u8>> {
         None
     }
 }
@@ -562,6 +562,8 @@ fn no_spelling_of_a_denied_path_gets_through() {
         ("GET", "/swarmseal/v1/escrow", ""),
         ("POST", "/swarmseal/v1/reseal", "Content-Length: 0\r\n"),
         ("GET", "/SWARMSEAL/v1/escrow", ""),
+        ("GET", "/swarmseal/v1/escrow/var-recovery-key", ""),
+        ("GET", "/swarmseal/v1/escrow/%76ar-recovery-key", ""),
     ];
     let mut failures = Vec::new();
     for (m, p, h) in denied {
@@ -600,6 +602,8 @@ fn no_spelling_of_a_denied_path_gets_through() {
         (200, r#"{"resealed":true}"#.to_string())
     );
     assert_eq!(raw(a, admin.clone(), "GET", "/swarmseal/v1/escrow", "").unwrap().0, 404);
+    assert_eq!(raw(a, admin.clone(), "GET", "/swarmseal/v1/escrow/var-recovery-key", "").unwrap().0, 404);
+    assert_eq!(raw(a, admin.clone(), "POST", "/swarmseal/v1/escrow/var-recovery-key", "Content-Length: 0\r\n").unwrap().0, 405);
     assert_eq!(raw(a, admin.clone(), "GET", "/swarmseal/v1/nope", "").unwrap().0, 404);
     assert_eq!(raw(a, admin.clone(), "DELETE", "/swarmseal/v1/status", "").unwrap().0, 405);
     // A request head over the limit is refused.

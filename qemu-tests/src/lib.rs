@@ -397,6 +397,25 @@ impl Vm {
         self.curl(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem"))], method, path)
     }
 
+    /// `curl -X POST --data-binary BODY` an agent endpoint with the admin bundle.
+    pub fn api_post(&self, path: &str, body: &str) -> Check<(u16, Vec<u8>)> {
+        let b = self.bundle();
+        self.curl(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem")), "--data-binary", body], "POST", path)
+    }
+
+    /// Type `line` and Enter on the serial console (QEMU's `serial.sock`), as an
+    /// operator at the machine would.
+    pub fn type_console(&self, line: &str) -> Check {
+        use std::io::Write as _;
+        let mut s = std::os::unix::net::UnixStream::connect(self.dir.join("serial.sock")).map_err(|e| format!("{}: serial.sock: {e}", self.name))?;
+        for b in line.bytes().chain([b'\r']) {
+            s.write_all(&[b]).map_err(|e| format!("{}: typing on the console: {e}", self.name))?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    }
+
     /// `curl` an agent endpoint trusting the CA but presenting no client certificate.
     pub fn api_without_cert(&self, method: &str, path: &str) -> Check<(u16, Vec<u8>)> {
         self.curl(&["--cacert", &p(&self.bundle().join("ca.pem"))], method, path)

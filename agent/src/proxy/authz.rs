@@ -126,7 +126,9 @@ pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Dec
         (&["containers", "*", "export"], "exporting containers is admin-only"),
         (&["containers", "*", "attach", "ws"], "attaching to containers is admin-only"),
         (&["swarmseal", "v1", "escrow"], "the escrowed key is admin-only"),
+        (&["swarmseal", "v1", "escrow", "*"], "the escrowed keys are admin-only"),
         (&["swarmseal", "v1", "reseal"], "resealing is admin-only"),
+        (&["swarmseal", "v1", "var", "enroll-tpm"], "re-enrolling /var is admin-only"),
     ];
     for (pat, why) in denied {
         if c.is(pat) {
@@ -158,10 +160,12 @@ pub enum KeyEvent {
     UnlockKeyRotate,
     /// `POST /swarm/update` or `/swarm/init` whose body may change autolock (decided on the body).
     MaybeAutolock,
-    /// `GET /swarmseal/v1/escrow`
+    /// `GET /swarmseal/v1/escrow`, `GET /swarmseal/v1/escrow/var-recovery-key`
     EscrowRead,
     /// `POST /swarmseal/v1/reseal`
     Reseal,
+    /// `POST /swarmseal/v1/var/enroll-tpm` (the body is the /var recovery key)
+    VarEnrollTpm,
 }
 
 impl KeyEvent {
@@ -173,6 +177,7 @@ impl KeyEvent {
             KeyEvent::MaybeAutolock => "autolock_change",
             KeyEvent::EscrowRead => "escrow_read",
             KeyEvent::Reseal => "reseal",
+            KeyEvent::VarEnrollTpm => "var_enroll_tpm",
         }
     }
 }
@@ -210,10 +215,12 @@ pub fn key_events(method: &str, c: &Canon, query: Option<&str>) -> Vec<KeyEvent>
         if m == "POST" {
             v.push(KeyEvent::MaybeAutolock);
         }
-    } else if c.is(&["swarmseal", "v1", "escrow"]) {
+    } else if c.is(&["swarmseal", "v1", "escrow"]) || c.is(&["swarmseal", "v1", "escrow", "*"]) {
         v.push(KeyEvent::EscrowRead);
     } else if c.is(&["swarmseal", "v1", "reseal"]) {
         v.push(KeyEvent::Reseal);
+    } else if c.is(&["swarmseal", "v1", "var", "enroll-tpm"]) {
+        v.push(KeyEvent::VarEnrollTpm);
     }
     v
 }

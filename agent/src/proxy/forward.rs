@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::instrument::WithSubscriber;
 
 use super::authz::{self, Decision, KeyEvent};
-use super::ConnCtx;
+use super::{ConnCtx, EscrowFile};
 
 /// The engine connection dedicated to one client connection.
 pub(crate) type Upstream = hyper::client::conn::http1::SendRequest<ReqBody>;
@@ -295,7 +295,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
 
     // 3. The agent's own endpoints.
     if canon.is_agent() {
-        return Ok(agent_endpoint(ctx, &method, &canon, take_audit(audit_slot)).await);
+        return Ok(agent_endpoint(ctx, &method, &canon, req.into_body(), take_audit(audit_slot)).await);
     }
 
     // 4. Forward to the engine.
@@ -442,7 +442,16 @@ async fn autolock_change(up: &mut Upstream, canon: &authz::Canon, body: &[u8]) -
     }
 }
 
-async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, audit: Audit) -> Response<OutBody> {
+/// A 200 with an opaque body (an age file).
+fn octets(b: Vec<u8>, audit: Audit) -> Response<OutBody> {
+    let mut a = audit;
+    a.status = 200;
+    let mut r = Response::new(OutBody::full(b, Some(a)));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    r
+}
+
+async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, body: Incoming, audit: Audit) -> Response<OutBody> {
     let api = &ctx.shared.api;
     let segs: Vec<&str> = canon.segs.iter().map(|s| s.as_str()).collect();
     let m = method.as_str();
@@ -458,22 +467,31 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, au
             }
             None => message(404, "no bench report yet", audit),
         },
+        ("POST", ["swarmseal", "v1", "var", "enroll-tpm"]) => {
+            // The recovery key: 71 characters; anything much longer is not one.
+            let key = match Box::pin(http_body_util::Limited::new(body, 1024).collect()).await {
+                Ok(b) => zeroize::Zeroizing::new(String::from_utf8_lossy(&b.to_bytes()).trim().to_string()),
+                Err(_) => return message(413, "the body must be the /var recovery key (at most 1 KiB of text)", audit),
+            };
+            match api.var_enroll_tpm(key).await {
+                Ok(v) => json_response(200, &v, audit),
+                Err((code, msg)) => message(code, &msg, audit),
+            }
+        }
         ("POST", ["swarmseal", "v1", "reseal"]) => match api.reseal().await {
             Ok(v) => json_response(200, &v, audit),
             Err((code, msg)) => message(code, &msg, audit),
         },
-        ("GET" | "HEAD", ["swarmseal", "v1", "escrow"]) => match api.escrow() {
-            Some(b) => {
-                let mut a = audit;
-                a.status = 200;
-                let mut r = Response::new(OutBody::full(b, Some(a)));
-                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-                r
-            }
-            None => message(404, "key escrow is not configured ([escrow] recipient)", audit),
+        ("GET" | "HEAD", ["swarmseal", "v1", "escrow"]) => match api.escrow(EscrowFile::UnlockKey) {
+            Some(b) => octets(b, audit),
+            None => message(404, "no escrow copy of the unlock key: key escrow is not configured (credential swarmseal.escrow-recipient or [escrow] recipient), or no key was sealed yet", audit),
         },
-        (_, ["swarmseal", "v1", "status" | "bench" | "reseal" | "escrow"]) => message(405, &format!("{m} is not allowed here"), audit),
-        _ => message(404, "no such swarmseal endpoint (status, bench, reseal, escrow under /swarmseal/v1/)", audit),
+        ("GET" | "HEAD", ["swarmseal", "v1", "escrow", "var-recovery-key"]) => match api.escrow(EscrowFile::VarRecoveryKey) {
+            Some(b) => octets(b, audit),
+            None => message(404, "no escrowed /var recovery key: escrow is not configured (credential swarmseal.escrow-recipient), this is not the appliance image, or swarmseal-var-recovery.service has not run (see its journal)", audit),
+        },
+        (_, ["swarmseal", "v1", "status" | "bench" | "reseal" | "escrow"] | ["swarmseal", "v1", "escrow", "var-recovery-key"] | ["swarmseal", "v1", "var", "enroll-tpm"]) => message(405, &format!("{m} is not allowed here"), audit),
+        _ => message(404, "no such swarmseal endpoint (status, bench, reseal, escrow, escrow/var-recovery-key, var/enroll-tpm under /swarmseal/v1/)", audit),
     }
 }
 

@@ -59,8 +59,26 @@ pub trait AgentApi: Send + Sync + 'static {
     fn bench(&self) -> Option<Vec<u8>>;
     /// `POST /swarmseal/v1/reseal`: Ok(JSON) or Err((HTTP status, message)).
     fn reseal(&self) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>>;
-    /// `GET /swarmseal/v1/escrow`: the age-encrypted key file, if escrow is configured.
-    fn escrow(&self) -> Option<Vec<u8>>;
+    /// `POST /swarmseal/v1/var/enroll-tpm`, body: the `/var` recovery key (text):
+    /// bind the appliance's `/var` to this machine's TPM again. Ok(JSON) or
+    /// Err((HTTP status, message)). The default answers 404 (not the appliance).
+    fn var_enroll_tpm(&self, recovery_key: zeroize::Zeroizing<String>) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+        drop(recovery_key);
+        Box::pin(async { Err((404, "not available here: /var re-enrollment exists on the appliance image only".to_string())) })
+    }
+    /// `GET /swarmseal/v1/escrow` (the unlock key) and
+    /// `GET /swarmseal/v1/escrow/var-recovery-key` (the appliance's `/var`
+    /// recovery key): the age-encrypted file, if it exists.
+    fn escrow(&self, file: EscrowFile) -> Option<Vec<u8>>;
+}
+
+/// Which escrow file an admin asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscrowFile {
+    /// `<state_dir>/escrow/unlock-key.age`
+    UnlockKey,
+    /// `<state_dir>/escrow/var-recovery-key.age`
+    VarRecoveryKey,
 }
 
 /// Largest request head accepted (hyper answers 431 beyond).

@@ -1,0 +1,286 @@
+//! `/var` on the appliance: a LUKS2 volume that systemd-repart makes on first
+//! boot, its volume key sealed to this machine's TPM (PCR 7, `Encrypt=tpm2`).
+//! Its recovery path, run as privileged oneshots outside the sandboxed agent:
+//!
+//! - `swarmseal var escrow-recovery-key` (first boot, `swarmseal-var-recovery.service`):
+//!   enrolls a LUKS2 recovery key with `systemd-cryptenroll --recovery-key
+//!   --unlock-tpm2-device=auto --wipe-slot=recovery` (systemd ≥ 256; the TPM
+//!   opens the volume to add the slot, older recovery slots are replaced) and
+//!   writes it age-encrypted to `<state_dir>/escrow/var-recovery-key.age`,
+//!   served to admins at `GET /swarmseal/v1/escrow/var-recovery-key`. The
+//!   plaintext key exists only in the pipe from systemd-cryptenroll and in
+//!   zeroized memory.
+//! - `swarmseal var enroll-tpm` (the recovery key on stdin): after the disk was
+//!   opened with the recovery key on another machine (or after a TPM clear or
+//!   a firmware change that moved PCR 7), bind `/var` to this machine's TPM
+//!   again: `systemd-cryptenroll --unlock-key-file=/dev/stdin --tpm2-device=auto
+//!   --tpm2-pcrs=7 --wipe-slot=tpm2`.
+//!
+//! Where the recovery key is typed: systemd-cryptsetup asks for a passphrase
+//! for disk `var` on the console when the TPM refuses; a recovery key is
+//! accepted wherever a passphrase is.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::escrow::EscrowError;
+
+/// The `/var` partition (GPT label `var`, set by `usr/lib/repart.d/50-var.conf`).
+pub const DEFAULT_DEVICE: &str = "/dev/disk/by-partlabel/var";
+
+/// The root-only socket of `swarmseal-var-enroll.socket`: each connection runs
+/// `swarmseal var enroll-tpm` (privileged) with the connection as stdin and
+/// stdout; the sandboxed agent forwards `POST /swarmseal/v1/var/enroll-tpm` to it.
+pub const ENROLL_SOCKET: &str = "/run/swarmseal-var-enroll.sock";
+
+/// The line `swarmseal var enroll-tpm` prints on success.
+pub const ENROLLED: &str = "/var is bound to this machine's TPM";
+
+/// Ask the privileged enroll service (at `socket`) to bind `/var` to this TPM
+/// with `recovery_key`. Returns its output lines; Ok only when it says [`ENROLLED`].
+pub async fn enroll_tpm_via(socket: &Path, recovery_key: &str) -> Result<Vec<String>, (u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !is_recovery_key(recovery_key) {
+        return Err((400, VarError::BadKey.to_string()));
+    }
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| (404, format!("{}: {e} (swarmseal-var-enroll.socket exists on the appliance image only)", socket.display())))?;
+    s.write_all(recovery_key.as_bytes()).await.map_err(|e| (500, e.to_string()))?;
+    s.shutdown().await.map_err(|e| (500, e.to_string()))?;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(300), (&mut s).take(64 << 10).read_to_end(&mut out)).await;
+    let lines: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect();
+    match read {
+        Ok(Ok(_)) if lines.iter().any(|l| l.starts_with(ENROLLED)) => Ok(lines),
+        Ok(Ok(_)) => Err((422, format!("/var was not re-enrolled: {}", lines.join("; ")))),
+        Ok(Err(e)) => Err((500, e.to_string())),
+        Err(_) => Err((504, "systemd-cryptenroll did not finish within 300 s".into())),
+    }
+}
+
+/// `swarmseal var …`
+#[derive(Debug, clap::Subcommand)]
+pub enum VarCommand {
+    /// Enroll a recovery key for /var and escrow it, age-encrypted, for the operator
+    /// (needs root, the TPM and an escrow recipient).
+    EscrowRecoveryKey {
+        /// The LUKS2 block device.
+        #[arg(long, value_name = "DEV", default_value = DEFAULT_DEVICE)]
+        device: PathBuf,
+        /// Replace an existing escrowed recovery key (the old one stops working).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bind /var to this machine's TPM again, unlocking with the recovery key read
+    /// from stdin (after the disk moved or the TPM was cleared).
+    EnrollTpm {
+        /// The LUKS2 block device.
+        #[arg(long, value_name = "DEV", default_value = DEFAULT_DEVICE)]
+        device: PathBuf,
+        /// PCRs the new TPM2 slot is bound to (systemd-cryptenroll --tpm2-pcrs=).
+        #[arg(long, value_name = "PCRS", default_value = "7")]
+        tpm2_pcrs: String,
+    },
+}
+
+/// Errors of the `/var` recovery commands.
+#[derive(Debug, thiserror::Error)]
+pub enum VarError {
+    #[error("no escrow recipient: set the credential swarmseal.escrow-recipient (age1…) or `[escrow] recipient`; without it /var gets no recovery key an operator could hold")]
+    NoRecipient,
+    #[error("{0}: no such block device (this command runs on the appliance, where /var is the partition labelled `var`; or pass --device)")]
+    NoDevice(PathBuf),
+    #[error("systemd-cryptenroll {what} failed ({status}): {stderr}")]
+    Cryptenroll { what: &'static str, status: String, stderr: String },
+    #[error("systemd-cryptenroll finished but printed no recovery key; nothing was escrowed (run again: the next run replaces the recovery slot)")]
+    NoKey,
+    #[error("stdin is not a recovery key: expected 8 groups of 8 letters separated by '-' (as printed by `age -d` of var-recovery-key.age)")]
+    BadKey,
+    #[error("cannot run {0}: {1}")]
+    Spawn(String, std::io::Error),
+    #[error(transparent)]
+    Escrow(#[from] EscrowError),
+}
+
+impl VarError {
+    pub fn exit(&self) -> crate::cli::Exit {
+        use crate::cli::Exit;
+        match self {
+            VarError::NoRecipient | VarError::NoDevice(_) | VarError::BadKey => Exit::Usage,
+            VarError::Escrow(EscrowError::Recipient(_)) => Exit::Usage,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// The escrow file of the `/var` recovery key.
+pub fn escrow_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("escrow").join("var-recovery-key.age")
+}
+
+/// The systemd-cryptenroll binary (`SWARMSEAL_CRYPTENROLL` overrides, for tests).
+fn cryptenroll() -> String {
+    std::env::var("SWARMSEAL_CRYPTENROLL").unwrap_or_else(|_| "systemd-cryptenroll".into())
+}
+
+/// A systemd recovery key: 64 modhex characters in 8 groups of 8, joined by `-`.
+pub fn is_recovery_key(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 8 && groups.iter().all(|g| g.len() == 8 && g.bytes().all(|b| b"cbdefghijklnrtuv".contains(&b)))
+}
+
+/// The recovery key in systemd-cryptenroll's stdout (the last line that is one).
+fn find_key(stdout: &[u8]) -> Option<Zeroizing<String>> {
+    let s = std::str::from_utf8(stdout).ok()?;
+    s.lines().rev().map(str::trim).find(|l| is_recovery_key(l)).map(|l| Zeroizing::new(l.to_string()))
+}
+
+fn run_cryptenroll(what: &'static str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, VarError> {
+    let bin = cryptenroll();
+    let mut child = Command::new(&bin)
+        .args(args)
+        // No colours, hence no QR code of the key on stderr.
+        .env("NO_COLOR", "1")
+        .env("SYSTEMD_COLORS", "0")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| VarError::Spawn(bin.clone(), e))?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(data).map_err(|e| VarError::Spawn(bin.clone(), e))?;
+    }
+    let mut out = Zeroizing::new(Vec::new());
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut out).map_err(|e| VarError::Spawn(bin.clone(), e))?;
+    }
+    let mut err = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_end(&mut err);
+    }
+    let status = child.wait().map_err(|e| VarError::Spawn(bin.clone(), e))?;
+    if !status.success() {
+        // stderr never carries the key (it goes to stdout, which is dropped here).
+        let stderr = String::from_utf8_lossy(&err).lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("; ");
+        return Err(VarError::Cryptenroll { what, status: status.to_string(), stderr });
+    }
+    Ok(out)
+}
+
+/// The escrow recipient: the credential `swarmseal.escrow-recipient` wins over the config.
+fn recipient(cfg: &Config) -> Result<String, VarError> {
+    let cred = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|d| PathBuf::from(d).join("swarmseal.escrow-recipient"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let r = cred.or_else(|| cfg.escrow.recipient.clone()).ok_or(VarError::NoRecipient)?;
+    crate::escrow::parse_recipient(&r)?;
+    Ok(r)
+}
+
+/// `swarmseal var escrow-recovery-key`: enroll a recovery key (replacing older
+/// recovery slots) and write it age-encrypted to [`escrow_path`]. Idempotent:
+/// does nothing when the escrow file exists (unless `force`).
+pub fn escrow_recovery_key(cfg: &Config, device: &Path, force: bool) -> Result<PathBuf, VarError> {
+    let file = escrow_path(&cfg.state_dir);
+    if file.exists() && !force {
+        tracing::info!(event = "var_recovery_key", file = %file.display(), "the /var recovery key is already escrowed");
+        return Ok(file);
+    }
+    let r = recipient(cfg)?;
+    if !device.exists() {
+        return Err(VarError::NoDevice(device.to_path_buf()));
+    }
+    let out = run_cryptenroll(
+        "--recovery-key",
+        &["--recovery-key".as_ref(), "--unlock-tpm2-device=auto".as_ref(), "--wipe-slot=recovery".as_ref(), device.as_os_str()],
+        None,
+    )?;
+    let key = find_key(&out).ok_or(VarError::NoKey)?;
+    crate::escrow::write_secret(&file, &r, key.as_bytes())?;
+    tracing::info!(event = "var_recovery_key", security = true, file = %file.display(), device = %device.display(), "a /var recovery key was enrolled and escrowed (age-encrypted); older recovery slots were removed");
+    Ok(file)
+}
+
+/// `swarmseal var enroll-tpm`: `recovery_key` opens the volume, a new TPM2 slot
+/// bound to `pcrs` replaces the old TPM2 slot(s).
+pub fn enroll_tpm(device: &Path, recovery_key: &str, pcrs: &str) -> Result<(), VarError> {
+    if !is_recovery_key(recovery_key) {
+        return Err(VarError::BadKey);
+    }
+    if !device.exists() {
+        return Err(VarError::NoDevice(device.to_path_buf()));
+    }
+    let pcr_arg = format!("--tpm2-pcrs={pcrs}");
+    run_cryptenroll(
+        "--tpm2-device=auto",
+        &["--unlock-key-file=/dev/stdin".as_ref(), "--tpm2-device=auto".as_ref(), pcr_arg.as_ref(), "--wipe-slot=tpm2".as_ref(), device.as_os_str()],
+        Some(recovery_key.as_bytes()),
+    )?;
+    tracing::info!(event = "var_tpm_enrolled", security = true, device = %device.display(), pcrs, "/var is bound to this machine's TPM again");
+    Ok(())
+}
+
+/// Run a `swarmseal var` command.
+pub fn run(cfg: &Config, c: VarCommand) -> Result<(), VarError> {
+    match c {
+        VarCommand::EscrowRecoveryKey { device, force } => {
+            let p = escrow_recovery_key(cfg, &device, force)?;
+            println!("{}", p.display());
+            Ok(())
+        }
+        VarCommand::EnrollTpm { device, tpm2_pcrs } => {
+            let mut buf = Zeroizing::new(String::new());
+            std::io::stdin().read_to_string(&mut buf).map_err(|e| VarError::Spawn("stdin".into(), e))?;
+            enroll_tpm(&device, buf.trim(), &tpm2_pcrs)?;
+            println!("{ENROLLED} (PCRs {tpm2_pcrs})");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "fhkcdjbl-nihbggtc-krkhvvtl-ecdbbtuc-bcrkijcn-lgjbeuij-tbhrclgi-ktibfbuj";
+
+    #[test]
+    fn recovery_key_format() {
+        assert!(is_recovery_key(KEY));
+        assert!(!is_recovery_key(&KEY[..70]));
+        assert!(!is_recovery_key(&KEY.replace('f', "a")), "a is not modhex");
+        assert!(!is_recovery_key(&KEY.to_uppercase()));
+        assert!(!is_recovery_key(""));
+    }
+
+    #[test]
+    fn key_found_in_cryptenroll_stdout() {
+        let out = format!("{KEY}\n");
+        assert_eq!(find_key(out.as_bytes()).as_deref().map(String::as_str), Some(KEY));
+        assert!(find_key(b"no key here\n").is_none());
+    }
+
+    #[test]
+    fn escrow_needs_a_recipient_and_a_device() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.state_dir = d.path().to_path_buf();
+        std::env::remove_var("CREDENTIALS_DIRECTORY");
+        let e = escrow_recovery_key(&cfg, Path::new("/nonexistent/var"), false).unwrap_err();
+        assert!(matches!(e, VarError::NoRecipient), "{e}");
+        cfg.escrow.recipient = Some(age::x25519::Identity::generate().to_public().to_string());
+        let e = escrow_recovery_key(&cfg, Path::new("/nonexistent/var"), false).unwrap_err();
+        assert!(matches!(e, VarError::NoDevice(_)), "{e}");
+        assert_eq!(e.exit(), crate::cli::Exit::Usage);
+        assert!(!escrow_path(d.path()).exists());
+        let e = enroll_tpm(Path::new("/nonexistent/var"), "not a key", "7").unwrap_err();
+        assert!(matches!(e, VarError::BadKey), "{e}");
+    }
+}
