@@ -99,13 +99,22 @@ impl Ctx {
         Ctx { ks: Keystore::new(&cfg.state_dir), tcti: crate::cli::tcti(cfg), cfg: cfg.clone() }
     }
 
-    /// Take the state-dir lock (blocks while another swarmseal process mutates it).
-    pub fn lock(&self) -> Result<StateLock, BootError> {
-        std::fs::create_dir_all(&self.cfg.state_dir).map_err(|e| KeystoreError::Io { path: self.cfg.state_dir.clone(), source: e })?;
-        let p = self.cfg.state_dir.join("lock");
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| KeystoreError::Io { path: p.clone(), source: e })?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| KeystoreError::Io { path: p, source: e.into() })?;
-        Ok(StateLock(f))
+    /// Take the state-dir lock (`flock` on `<state_dir>/lock`): waits while
+    /// another swarmseal process, or another task of this one (the agent's
+    /// watch loop vs `POST /swarmseal/v1/reseal`), mutates the state dir. The
+    /// wait happens on a blocking thread: a `flock` on a runtime worker can
+    /// starve the very task that holds the lock (a deadlock seen on the appliance).
+    pub async fn lock(&self) -> Result<StateLock, BootError> {
+        let dir = self.cfg.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| KeystoreError::Io { path: dir.clone(), source: e })?;
+            let p = dir.join("lock");
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| KeystoreError::Io { path: p.clone(), source: e })?;
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| KeystoreError::Io { path: p, source: e.into() })?;
+            Ok(StateLock(f))
+        })
+        .await
+        .map_err(|e| BootError::Other(format!("state-dir lock: {e}")))?
     }
 
     /// Run `f` on a fresh TPM context on a blocking thread.
@@ -340,7 +349,7 @@ async fn active_manager(engine: &Engine) -> Result<(), BootError> {
 
 async fn cmd_init(ctx: &Ctx, advertise: Option<String>) -> Result<(), BootError> {
     let engine = engine(&ctx.cfg).await?;
-    let _lock = ctx.lock()?;
+    let _lock = ctx.lock().await?;
     let st = engine.status().await?;
     match st.state {
         NodeState::Inactive => {
@@ -372,7 +381,7 @@ async fn cmd_seal(ctx: &Ctx) -> Result<(), BootError> {
     let engine = engine(&ctx.cfg).await?;
     active_manager(&engine).await?;
     let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off, so there is no unlock key: run `swarmseal init` to turn it on"))?;
-    let _lock = ctx.lock()?;
+    let _lock = ctx.lock().await?;
     let slot = ctx.seal(&key).await?;
     let crate::keystore::StoredPolicy::Pcr { pcrs, .. } = &slot.policy;
     println!("unlock key sealed to the TPM under PCRs {}", pcrs.keys().cloned().collect::<Vec<_>>().join(","));
@@ -390,7 +399,7 @@ async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {
         }
         s => return Err(state_error(s, "there is nothing to unlock: the engine has no locked swarm")),
     }
-    let _lock = ctx.lock()?;
+    let _lock = ctx.lock().await?;
     if manual {
         let key = read_key_from_stdin()?;
         engine.unlock(&key).await?;
@@ -414,7 +423,7 @@ async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {
 async fn cmd_rotate(ctx: &Ctx) -> Result<(), BootError> {
     let engine = engine(&ctx.cfg).await?;
     active_manager(&engine).await?;
-    let _lock = ctx.lock()?;
+    let _lock = ctx.lock().await?;
     let old = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off: run `swarmseal init` first"))?;
     tracing::warn!(event = "rotate", security = true, "rotating the swarm unlock key");
     engine.rotate_unlock_key().await?;
@@ -617,7 +626,7 @@ impl crate::proxy::AgentApi for AgentImpl {
                 let engine = engine(&self.ctx.cfg).await?;
                 active_manager(&engine).await?;
                 let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off"))?;
-                let _lock = self.ctx.lock()?;
+                let _lock = self.ctx.lock().await?;
                 self.ctx.seal(&key).await
             }
             .await;
@@ -686,7 +695,7 @@ pub async fn appliance_facts(cfg: &Config) -> crate::bench::ApplianceFacts {
 
 /// The boot decision for one engine state. Returns a one-line STATUS.
 async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> {
-    let _lock = ctx.lock()?;
+    let _lock = ctx.lock().await?;
     let st = engine.status().await?;
     match st.state {
         NodeState::Inactive if ctx.cfg.swarm.init => {
@@ -827,7 +836,7 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
                     last_state = Some(st.state);
                 }
                 if st.state == NodeState::Active && st.manager {
-                    let _lock = ctx.lock();
+                    let _lock = ctx.lock().await;
                     if let Err(e) = ensure_sealed(&ctx, &engine).await {
                         tracing::error!(event = "reseal_failed", error = %e, "could not reseal the changed unlock key");
                     }
