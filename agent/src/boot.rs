@@ -508,8 +508,10 @@ async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {
         let key = read_key_from_stdin()?;
         engine.unlock(&key).await?;
         tracing::warn!(event = "manual_unlock", security = true, "swarm unlocked by hand; resealing under the current measurements (the operator accepted this boot chain)");
-        ctx.seal(&key).await?;
+        // Phase-lock even when the seal is refused (an unsigned image under policy = "authorize").
+        let sealed = ctx.seal(&key).await;
         ctx.phase_lock().await?;
+        sealed?;
         println!("swarm unlocked; key resealed under the current PCRs");
         return Ok(());
     }
@@ -750,6 +752,7 @@ impl crate::proxy::AgentApi for AgentImpl {
                     Ok(serde_json::json!({"sealed": true, "created": slot.created, "policy": slot.policy}))
                 }
                 Err(BootError::State { state, .. }) => Err((409, format!("the swarm is {state}: unlock it first (`docker swarm unlock` through this proxy), then reseal"))),
+                Err(e @ BootError::SealRefused { .. }) => Err((409, e.to_string())),
                 Err(e) => Err((500, e.to_string())),
             }
         })

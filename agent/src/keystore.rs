@@ -433,6 +433,64 @@ mod tests {
         assert!(s.decode(p).unwrap_err().to_string().contains("edited"));
     }
 
+    // openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 | openssl pkey -pubout
+    const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEIpL83hNgiQbsr2frv1Zw6ZR4yEDt
+nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
+-----END PUBLIC KEY-----
+";
+
+    fn authorize_slot(k: &UnlockKey) -> SlotFile {
+        let key = PcrPublicKey::from_pem(P256_PEM.as_bytes()).unwrap();
+        let values: PcrValues = [(7, vec![7; 32]), (15, vec![15; 32])].into_iter().collect();
+        let policy = Policy::Authorize { key, signed_pcrs: vec![11], values };
+        let obj = SealedObject { public: vec![1, 2], private: vec![3], srk_name: vec![4], policy_digest: policy.digest() };
+        SlotFile::new(Slot::Current, &obj, &policy, k.fingerprint(b"salt"), b"salt")
+    }
+
+    #[test]
+    fn authorize_slot_round_trips_and_edits_are_corrupt() {
+        let a = key("a");
+        let s = authorize_slot(&a);
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"kind\":\"authorize\"") && text.contains("\"signed_pcrs\":[11]"), "{text}");
+        let back: SlotFile = serde_json::from_str(&text).unwrap();
+        let p = Path::new("current.json");
+        let (_, policy) = back.decode(p).unwrap();
+        let Policy::Authorize { signed_pcrs, values, key } = &policy else { panic!("{policy:?}") };
+        assert_eq!(signed_pcrs, &vec![11]);
+        assert_eq!(values.keys().copied().collect::<Vec<_>>(), vec![7, 15]);
+        assert_eq!(key.der(), PcrPublicKey::from_pem(P256_PEM.as_bytes()).unwrap().der());
+
+        // Another literal value, another key, or PCR 11 made literal: the digest no longer fits.
+        let mut edited = s.clone();
+        if let StoredPolicy::Authorize { pcrs, .. } = &mut edited.policy {
+            pcrs.insert("7".into(), "00".repeat(32));
+        }
+        assert!(edited.decode(p).unwrap_err().to_string().contains("edited"));
+        let mut edited = s.clone();
+        if let StoredPolicy::Authorize { public_key_fingerprint, .. } = &mut edited.policy {
+            *public_key_fingerprint = "00".repeat(32);
+        }
+        assert!(edited.decode(p).unwrap_err().to_string().contains("fingerprint"));
+        let mut edited = s.clone();
+        if let StoredPolicy::Authorize { pcrs, .. } = &mut edited.policy {
+            pcrs.insert("11".into(), "00".repeat(32));
+        }
+        assert!(matches!(edited.decode(p), Err(KeystoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn old_pcr_slot_files_still_read() {
+        // A v1 slot as written before signed policies existed.
+        let a = key("a");
+        let s = slot(&a);
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"kind\":\"pcr\""));
+        let (_, policy) = serde_json::from_str::<SlotFile>(&text).unwrap().decode(Path::new("c.json")).unwrap();
+        assert!(matches!(policy, Policy::Pcr { .. }));
+    }
+
     #[test]
     fn foreign_version_is_rejected() {
         let d = tempfile::tempdir().unwrap();

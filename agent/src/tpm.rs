@@ -1050,6 +1050,40 @@ mod tests {
         );
     }
 
+    // The PolicyAuthorize step by hand from TPM 2.0 Part 3, 23.16: two hashes, the second over
+    // the empty policyRef; then PolicyPCR continues from it. (tests/authorize.rs checks the
+    // same digests against tpm2_policyauthorize + tpm2_policypcr on a swtpm.)
+    #[test]
+    fn authorize_digest_is_policyauthorize_then_policypcr() {
+        let name = [[0x00, 0x0b].as_slice(), &[0x5a; 32]].concat();
+        let mut d1 = Sha256::new();
+        d1.update([0u8; 32]);
+        d1.update(0x0000_016Au32.to_be_bytes());
+        d1.update(&name);
+        let d2 = Sha256::digest(d1.finalize());
+        assert_eq!(authorize_policy_digest(&name, &PcrValues::new()), d2.to_vec());
+        let literal = values(&[(7, vec![0x07; 32]), (15, vec![0x0f; 32])]);
+        assert_eq!(authorize_policy_digest(&name, &literal), policy_pcr_update(&d2, &literal));
+        assert_ne!(authorize_policy_digest(&name, &literal), pcr_policy_digest(&literal));
+    }
+
+    #[test]
+    fn signed_and_literal_pcrs_must_be_distinct() {
+        let key = crate::pcrsig::PcrPublicKey::from_pem(
+            b"-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEIpL83hNgiQbsr2frv1Zw6ZR4yEDt
+nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
+-----END PUBLIC KEY-----
+",
+        )
+        .unwrap();
+        let p = |signed: Vec<u8>, v: &[(u8, Vec<u8>)]| Policy::Authorize { key: key.clone(), signed_pcrs: signed, values: values(v) };
+        assert!(check_policy("t", &p(vec![11], &[(7, vec![0; 32])])).is_ok());
+        assert!(check_policy("t", &p(vec![11], &[])).is_ok(), "no literal PCR: PolicyAuthorize alone");
+        assert!(check_policy("t", &p(vec![], &[(7, vec![0; 32])])).is_err());
+        assert!(check_policy("t", &p(vec![11], &[(11, vec![0; 32])])).is_err());
+    }
+
     #[test]
     fn diffs_name_each_changed_pcr_with_both_values() {
         let sealed = values(&[(7, vec![1; 32]), (11, vec![2; 32])]);

@@ -465,6 +465,10 @@ fn story_signed_image_updates_unlock_without_reseal() {
     wait_until("swarm active", Duration::from_secs(20), || m.d.swarm_state() == "active");
     let after = std::fs::read(m.state.path().join("keys/current.json")).unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&after).unwrap()["created"], slot["created"], "no reseal happened");
+    // status compares with this boot's pre-phase-lock values: nothing differs, PCR 11 is signed.
+    let st: serde_json::Value = serde_json::from_slice(&m.swarmseal(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(st["sealed"]["current"]["differs"], serde_json::json!([]), "{st}");
+    assert_eq!(st["phase_locked"], true);
 
     // Reboot into image v3 whose signature file was not signed for it: locked, exit 5, says
     // which PCR 11 value is unsigned.
@@ -475,6 +479,9 @@ fn story_signed_image_updates_unlock_without_reseal() {
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     assert!(text(&o).contains(&format!("PCR 11 = {}", hex::encode(&v3))), "{}", text(&o));
     assert_eq!(m.d.swarm_state(), "locked");
+    let st: serde_json::Value = serde_json::from_slice(&m.swarmseal(&["status", "--json"]).stdout).unwrap();
+    let differs = st["sealed"]["current"]["differs"].to_string();
+    assert!(differs.contains("not signed") && differs.contains(&hex::encode(&v3)), "{st}");
 
     // Reboot v3 again, now with no signature file at all: locked, exit 5, names the file.
     m.reboot("v3");
