@@ -19,9 +19,10 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::cli::{Command, Exit};
-use crate::config::Config;
+use crate::config::{Config, PolicyKind};
 use crate::escrow::EscrowError;
 use crate::keystore::{pcrs_from_hex, pcrs_to_hex, Keystore, KeystoreError, PhaseRecord, Slot, SlotFile};
+use crate::pcrsig::{PcrPublicKey, PcrSigError, PcrSignatures};
 use crate::secret::UnlockKey;
 use crate::swarm::{Engine, NodeState, SwarmError};
 use crate::tpm::{PcrValues, Policy, Tpm, TpmError};
@@ -48,6 +49,12 @@ pub enum BootError {
     State { state: String, advice: String },
     #[error("the key was already unsealed once in this boot (PCR {pcr} carries swarmseal's phase lock); reboot, or unlock by hand with `swarmseal unlock --manual` or `docker swarm unlock`")]
     PhaseLocked { pcr: u8 },
+    /// Sealing refused before anything was written: this boot could not unseal a signed policy.
+    #[error("not sealing to the signed PCR policy (tpm.policy = \"authorize\"): {reason}. {advice} The sealed key on disk was left as it was.")]
+    SealRefused { reason: String, advice: String },
+    /// Unsealing a signed-policy slot without a usable signature file for this boot.
+    #[error("the unlock key is sealed to a signed PCR policy, but {0}: this boot's image carries no usable PCR signature (systemd-stub copies the UKI's .pcrsig section there); the swarm stays locked")]
+    SignatureFile(PcrSigError),
     #[error("{0}")]
     Input(String),
     #[error("{0}")]
@@ -63,7 +70,10 @@ impl BootError {
             BootError::Swarm(SwarmError::NotLocked { .. } | SwarmError::NotManager { .. }) => Exit::SwarmState,
             BootError::Swarm(SwarmError::Api { .. }) => Exit::Failure,
             BootError::Tpm(TpmError::Unavailable { .. }) => Exit::TpmUnavailable,
-            BootError::Tpm(TpmError::PolicyMismatch { .. }) | BootError::PhaseLocked { .. } => Exit::PolicyMismatch,
+            BootError::Tpm(TpmError::PolicyMismatch { .. } | TpmError::NotSigned { .. } | TpmError::BadSignature { .. })
+            | BootError::PhaseLocked { .. }
+            | BootError::SignatureFile(_) => Exit::PolicyMismatch,
+            BootError::SealRefused { .. } => Exit::SealRefused,
             BootError::Tpm(TpmError::SrkMismatch) => Exit::BadSealedKey,
             BootError::Tpm(TpmError::Command { .. }) => Exit::Failure,
             BootError::Keystore(KeystoreError::NoSealedKey { .. }) => Exit::NoSealedKey,
@@ -128,9 +138,9 @@ impl Ctx {
         .map_err(|e| TpmError::Command { op: "worker", message: e.to_string() })?
     }
 
-    /// Current values of the policy PCRs.
+    /// Current values of the policy PCRs (literal and signed, [`crate::config::TpmConfig::policy_pcrs`]).
     pub async fn read_policy_pcrs(&self) -> Result<PcrValues, TpmError> {
-        let pcrs = self.cfg.tpm.pcrs.clone();
+        let pcrs = self.cfg.tpm.policy_pcrs();
         self.tpm(move |t| t.read_pcrs(&pcrs)).await
     }
 
@@ -155,7 +165,7 @@ impl Ctx {
     /// the escrow copy. TPM 2.0 Part 3, TPM2_Create (see [`Tpm::seal`]).
     pub async fn seal(&self, key: &UnlockKey) -> Result<SlotFile, BootError> {
         let (values, _) = self.boot_pcrs().await?;
-        let policy = Policy::Pcr { values: values.clone() };
+        let policy = self.sealing_policy(values.clone()).await?;
         let secret = Zeroizing::new(key.expose().as_bytes().to_vec());
         let p2 = policy.clone();
         let obj = self.tpm(move |t| t.seal(&secret, &p2)).await?;
@@ -169,6 +179,42 @@ impl Ctx {
             tracing::info!(event = "escrow", file = %p.display(), "escrow copy of the unlock key written (age-encrypted)");
         }
         Ok(slot)
+    }
+
+    /// The policy a new seal uses (`[tpm] policy`) for this boot's PCR `values`
+    /// ([`Ctx::boot_pcrs`]). For `authorize`, this first checks, as systemd-cryptenroll does,
+    /// that the boot could unseal it: the signature file holds a signature by the configured
+    /// key for this boot's signed PCR values, and the TPM verifies it (TPM 2.0 Part 3,
+    /// TPM2_LoadExternal + TPM2_VerifySignature).
+    ///
+    /// Errors: `SealRefused` (exit 12) naming the file, the PCR value and what to do;
+    /// `Tpm` when the TPM fails.
+    pub async fn sealing_policy(&self, values: PcrValues) -> Result<Policy, BootError> {
+        let t = &self.cfg.tpm;
+        if t.policy == PolicyKind::Pcr {
+            return Ok(Policy::Pcr { values });
+        }
+        let refused = |reason: String, advice: &str| BootError::SealRefused { reason, advice: advice.to_string() };
+        let key = PcrPublicKey::load(&t.pcr_public_key).map_err(|e| {
+            refused(e.to_string(), "It is the fleet's PCR-signing public key, the UKI's .pcrpkey section (ukify --pcr-public-key), which systemd-stub copies to /run/systemd/tpm2-pcr-public-key.pem; set tpm.pcr_public_key to where it is, or tpm.policy = \"pcr\" to seal to the literal PCR values")
+        })?;
+        let signatures = PcrSignatures::load(&t.pcr_signature).map_err(|e| {
+            refused(e.to_string(), "It is the image's PCR signature, the UKI's .pcrsig section (ukify --pcr-private-key), which systemd-stub copies to /run/systemd/tpm2-pcr-signature.json; boot a signed image, set tpm.pcr_signature, or set tpm.policy = \"pcr\"")
+        })?;
+        let signed_pcrs = t.signed();
+        let (signed, literal): (PcrValues, PcrValues) = values.into_iter().partition(|(p, _)| signed_pcrs.contains(p));
+        let k = key.clone();
+        match self.tpm(move |tpm| tpm.verify_signed_policy(&k, &signed, &signatures)).await {
+            Ok(()) => Ok(Policy::Authorize { key, signed_pcrs, values: literal }),
+            Err(e @ (TpmError::NotSigned { .. } | TpmError::BadSignature { .. })) => Err(refused(
+                e.to_string(),
+                &format!(
+                    "The next boot of this image could not unseal the key. Sign this image's PCR 11 values with the private key of {} (ukify build --pcr-private-key=… --pcr-public-key=…, or systemd-measure sign), or set tpm.policy = \"pcr\" to seal to the literal PCR values",
+                    t.pcr_public_key.display()
+                ),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Unseal the key from `current`, then `previous`, and unlock the engine
@@ -198,7 +244,12 @@ impl Ctx {
         }
         for (slot, path, (obj, policy)) in slots {
             let result: Result<(), BootError> = async {
-                let bytes = self.tpm(move |t| t.unseal(&obj, &policy)).await?;
+                // A signed policy needs this boot's signatures (read for each slot: it is small).
+                let signatures = match &policy {
+                    Policy::Pcr { .. } => None,
+                    Policy::Authorize { .. } => Some(PcrSignatures::load(&self.cfg.tpm.pcr_signature).map_err(BootError::SignatureFile)?),
+                };
+                let bytes = self.tpm(move |t| t.unseal_signed(&obj, &policy, signatures.as_ref())).await?;
                 let key = UnlockKey::from_bytes(&bytes).map_err(|_| KeystoreError::Corrupt { path: path.clone(), message: "the unsealed data is not an unlock key".into() })?;
                 engine.unlock(&key).await?;
                 Ok(())
@@ -253,19 +304,73 @@ impl Ctx {
             Err(e) => return Some(crate::bench::SealedKeyFact { pcrs_match: Some(false), detail: e.to_string() }),
         };
         let path = self.ks.slot_path(Slot::Current);
-        let Ok((_, Policy::Pcr { values: sealed })) = slot.decode(&path) else {
+        let Ok((_, policy)) = slot.decode(&path) else {
             return Some(crate::bench::SealedKeyFact { pcrs_match: Some(false), detail: "the current slot cannot be decoded".into() });
         };
-        match self.boot_pcrs().await {
-            Ok((now, _)) => {
-                let diffs = diff_pcrs(&sealed, &now);
+        match self.read_pcrs_now(&policy).await {
+            Ok(now) => {
+                let diffs = self.policy_mismatches(&policy, &now);
+                let sealed = policy.literal_values();
+                let what = match &policy {
+                    Policy::Pcr { .. } => format!("sealed to {}", describe_pcrs(sealed)),
+                    Policy::Authorize { signed_pcrs, key, .. } => format!(
+                        "sealed to {} and PCR {signed_pcrs:?} signed by key {}",
+                        describe_pcrs(sealed),
+                        &hex::encode(key.fingerprint())[..16]
+                    ),
+                };
                 Some(crate::bench::SealedKeyFact {
                     pcrs_match: Some(diffs.is_empty()),
-                    detail: if diffs.is_empty() { format!("sealed to {}", describe_pcrs(&sealed)) } else { format!("PCRs differ from sealing time: {}", diffs.join("; ")) },
+                    detail: if diffs.is_empty() { what } else { format!("PCRs differ from sealing time: {}", diffs.join("; ")) },
                 })
             }
             Err(e) => Some(crate::bench::SealedKeyFact { pcrs_match: None, detail: e.to_string() }),
         }
+    }
+
+    /// This boot's values (pre-phase-lock, [`Ctx::boot_pcrs`]) of every PCR `policy` covers.
+    async fn read_pcrs_now(&self, policy: &Policy) -> Result<PcrValues, TpmError> {
+        let (mut now, _) = self.boot_pcrs().await?;
+        let mut wanted: Vec<u8> = policy.literal_values().keys().copied().collect();
+        if let Policy::Authorize { signed_pcrs, .. } = policy {
+            wanted.extend(signed_pcrs);
+        }
+        let missing: Vec<u8> = wanted.iter().copied().filter(|p| !now.contains_key(p)).collect();
+        if !missing.is_empty() {
+            // A slot sealed under another PCR set than the configured one: read those as they are.
+            now.extend(self.tpm(move |t| t.read_pcrs(&missing)).await?);
+        }
+        now.retain(|p, _| wanted.contains(p));
+        Ok(now)
+    }
+
+    /// Why `policy` would not unseal with PCR values `now`: each literal PCR that differs
+    /// (`PCR n sealed X now Y`), and for a signed policy, signed PCR values that the signature
+    /// file does not approve (or that file's problem). Empty: it would unseal. Pure apart
+    /// from reading the signature file; the TPM does not check the signature here.
+    pub fn policy_mismatches(&self, policy: &Policy, now: &PcrValues) -> Vec<String> {
+        let mut out = diff_pcrs(policy.literal_values(), now);
+        if let Policy::Authorize { key, signed_pcrs, .. } = policy {
+            let signed: PcrValues = now.iter().filter(|(p, _)| signed_pcrs.contains(p)).map(|(p, v)| (*p, v.clone())).collect();
+            match PcrSignatures::load(&self.cfg.tpm.pcr_signature) {
+                Ok(sigs) => {
+                    let pkfp = key.fingerprint();
+                    if sigs.find(signed_pcrs, &pkfp, &crate::tpm::pcr_policy_digest(&signed)).is_none() {
+                        out.push(
+                            TpmError::NotSigned {
+                                file: sigs.source.clone(),
+                                key: hex::encode(&pkfp),
+                                signed: crate::tpm::pcr_value_list(&signed),
+                                by_key: sigs.count_by_key(signed_pcrs, &pkfp),
+                            }
+                            .to_string(),
+                        );
+                    }
+                }
+                Err(e) => out.push(format!("no signature for {}: {e}", crate::tpm::pcr_value_list(&signed).iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))),
+            }
+        }
+        out
     }
 }
 
@@ -353,6 +458,8 @@ async fn cmd_init(ctx: &Ctx, advertise: Option<String>) -> Result<(), BootError>
     let st = engine.status().await?;
     match st.state {
         NodeState::Inactive => {
+            // Refuse before the swarm exists: a key that cannot be sealed would exist nowhere else.
+            ctx.sealing_policy(ctx.boot_pcrs().await?.0).await?;
             engine.init_autolock(advertise.as_deref(), ctx.cfg.swarm.listen_addr.as_deref()).await?;
             tracing::info!(event = "swarm_init", "swarm initialized with autolock on");
         }
@@ -383,8 +490,14 @@ async fn cmd_seal(ctx: &Ctx) -> Result<(), BootError> {
     let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off, so there is no unlock key: run `swarmseal init` to turn it on"))?;
     let _lock = ctx.lock().await?;
     let slot = ctx.seal(&key).await?;
-    let crate::keystore::StoredPolicy::Pcr { pcrs, .. } = &slot.policy;
-    println!("unlock key sealed to the TPM under PCRs {}", pcrs.keys().cloned().collect::<Vec<_>>().join(","));
+    let literal = slot.policy.literal_pcrs().keys().cloned().collect::<Vec<_>>().join(",");
+    match &slot.policy {
+        crate::keystore::StoredPolicy::Pcr { .. } => println!("unlock key sealed to the TPM under PCRs {literal}"),
+        crate::keystore::StoredPolicy::Authorize { signed_pcrs, public_key_fingerprint, .. } => println!(
+            "unlock key sealed to the TPM under PCRs {literal} and a signed policy over PCR {} (key {public_key_fingerprint})",
+            signed_pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+        ),
+    }
     Ok(())
 }
 
@@ -404,15 +517,25 @@ async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {
         let key = read_key_from_stdin()?;
         engine.unlock(&key).await?;
         tracing::warn!(event = "manual_unlock", security = true, "swarm unlocked by hand; resealing under the current measurements (the operator accepted this boot chain)");
-        ctx.seal(&key).await?;
+        // Phase-lock even when the seal is refused (an unsigned image under policy = "authorize").
+        let sealed = ctx.seal(&key).await;
         ctx.phase_lock().await?;
+        sealed?;
         println!("swarm unlocked; key resealed under the current PCRs");
         return Ok(());
     }
     let result = ctx.unlock_from_tpm(&engine).await;
     // Lock the phase once the TPM was asked to unseal (success or refusal);
     // not when nothing could be tried (no blob, unreadable blob, no TPM, already locked).
-    if matches!(result, Ok(_) | Err(BootError::Tpm(TpmError::PolicyMismatch { .. } | TpmError::SrkMismatch | TpmError::Command { .. })) | Err(BootError::Swarm(_))) {
+    if matches!(
+        result,
+        Ok(_)
+            | Err(BootError::Tpm(
+                TpmError::PolicyMismatch { .. } | TpmError::NotSigned { .. } | TpmError::BadSignature { .. } | TpmError::SrkMismatch | TpmError::Command { .. }
+            ))
+            | Err(BootError::SignatureFile(_))
+            | Err(BootError::Swarm(_))
+    ) {
         ctx.phase_lock().await?;
     }
     let slot = result?;
@@ -462,9 +585,11 @@ pub async fn status_json(ctx: &Ctx) -> serde_json::Value {
             Ok(None) => json!(null),
             Err(e) => json!({"error": e.to_string()}),
             Ok(Some(f)) => {
-                let crate::keystore::StoredPolicy::Pcr { pcrs: sealed, .. } = &f.policy;
-                let diffs = match (&pcrs, pcrs_from_hex(sealed)) {
-                    (Ok((now, _)), Some(s)) => json!(diff_pcrs(&s, now)),
+                let diffs = match (&pcrs, f.decode(&ctx.ks.slot_path(slot))) {
+                    (Ok(_), Ok((_, policy))) => match ctx.read_pcrs_now(&policy).await {
+                        Ok(now) => json!(ctx.policy_mismatches(&policy, &now)),
+                        Err(_) => json!(null),
+                    },
                     _ => json!(null),
                 };
                 json!({"created": f.created, "policy": f.policy, "differs": diffs})
@@ -636,6 +761,7 @@ impl crate::proxy::AgentApi for AgentImpl {
                     Ok(serde_json::json!({"sealed": true, "created": slot.created, "policy": slot.policy}))
                 }
                 Err(BootError::State { state, .. }) => Err((409, format!("the swarm is {state}: unlock it first (`docker swarm unlock` through this proxy), then reseal"))),
+                Err(e @ BootError::SealRefused { .. }) => Err((409, e.to_string())),
                 Err(e) => Err((500, e.to_string())),
             }
         })
@@ -699,6 +825,8 @@ async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> 
     let st = engine.status().await?;
     match st.state {
         NodeState::Inactive if ctx.cfg.swarm.init => {
+            // Refuse before the swarm exists: a key that cannot be sealed would exist nowhere else.
+            ctx.sealing_policy(ctx.boot_pcrs().await?.0).await?;
             engine.init_autolock(ctx.cfg.swarm.advertise_addr.as_deref(), ctx.cfg.swarm.listen_addr.as_deref()).await?;
             tracing::info!(event = "swarm_init", "swarm initialized with autolock on");
             let key = engine.unlock_key().await?.ok_or_else(|| BootError::Other("no unlock key after init".into()))?;
@@ -734,6 +862,10 @@ fn log_refusal(e: &BootError) {
         BootError::Tpm(TpmError::PolicyMismatch { changed }) => {
             let pcrs: Vec<u8> = changed.iter().map(|d| d.pcr).collect();
             tracing::error!(event = "unlock_refused", reason = "policy_mismatch", changed_pcrs = ?pcrs, detail = %e, "the boot measurements changed: the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy), then POST /swarmseal/v1/reseal to accept this boot chain");
+        }
+        BootError::Tpm(TpmError::NotSigned { signed, .. } | TpmError::BadSignature { signed, .. }) => {
+            let pcrs: Vec<u8> = signed.iter().map(|v| v.pcr).collect();
+            tracing::error!(event = "unlock_refused", reason = "not_signed", unsigned_pcrs = ?pcrs, detail = %e, "this boot's image is not approved by the fleet's PCR signature: the swarm stays locked; boot a signed image, or unlock by hand (`docker swarm unlock` through the proxy), then POST /swarmseal/v1/reseal");
         }
         other => tracing::error!(event = "unlock_refused", reason = ?other.exit(), detail = %other, "the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy)"),
     }

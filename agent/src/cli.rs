@@ -36,6 +36,9 @@ pub enum Exit {
     BenchWarn = 10,
     /// Proxy/PKI setup: certificates or keys missing or invalid, listener address in use.
     Proxy = 11,
+    /// Not sealed: the signed PCR policy (`[tpm] policy = "authorize"`) could not unseal on
+    /// this boot (no signature for the current PCR 11, key or signature file missing or invalid).
+    SealRefused = 12,
 }
 
 const EXIT_CODES_HELP: &str = "\
@@ -52,7 +55,10 @@ Exit codes:
    8  sealed key file corrupt, truncated or from another machine
    9  the engine rejected the unlock key
   10  bench found WARN results (with --fail-on warn)
-  11  proxy/PKI error (certificates missing or invalid, address in use)";
+  11  proxy/PKI error (certificates missing or invalid, address in use)
+  12  not sealed: this boot cannot satisfy the signed PCR policy (policy =
+      \"authorize\"): no signature for the current PCR 11, or the PCR public key
+      or signature file missing or invalid; the previous seal stays";
 
 /// The TPM, the engine and the state dir every command shares.
 #[derive(Debug, clap::Args, Clone)]

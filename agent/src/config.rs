@@ -10,6 +10,10 @@
 //! pcr_bank = "sha256"
 //! pcrs = [7, 11, 15]
 //! phase_pcr = 11
+//! policy = "pcr"                # or "authorize": signed PCR policy (below)
+//! signed_pcrs = [11]            # authorize: covered by a signature instead of by value
+//! pcr_public_key = "/run/systemd/tpm2-pcr-public-key.pem"   # the UKI's .pcrpkey
+//! pcr_signature = "/run/systemd/tpm2-pcr-signature.json"    # the UKI's .pcrsig
 //!
 //! [swarm]
 //! init = true                   # `agent`: init a swarm when the engine has none
@@ -84,6 +88,58 @@ pub struct TpmConfig {
     pub pcrs: Vec<u8>,
     /// The PCR extended after unlocking ("phase lock"); must be in `pcrs`.
     pub phase_pcr: u8,
+    /// The policy new seals use; existing slots keep the one they were sealed with.
+    pub policy: PolicyKind,
+    /// `policy = "authorize"`: PCRs covered by a signature (systemd-measure signs PCR 11)
+    /// rather than by their value; the rest of `pcrs` stays literal. Default `[11]`.
+    pub signed_pcrs: Vec<u8>,
+    /// `policy = "authorize"`: PEM public key that signs PCR policies (the UKI's `.pcrpkey`,
+    /// which systemd-stub copies to this default path).
+    pub pcr_public_key: PathBuf,
+    /// `policy = "authorize"`: systemd's PCR signature JSON (the UKI's `.pcrsig`, which
+    /// systemd-stub copies to this default path).
+    pub pcr_signature: PathBuf,
+}
+
+/// `[tpm] policy`: how new seals bind the key to the boot measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// TPM2_PolicyPCR over the literal values of `pcrs`: any image change needs a reseal.
+    Pcr,
+    /// TPM2_PolicyAuthorize with `pcr_public_key` over signed `signed_pcrs`, plus
+    /// TPM2_PolicyPCR over the other `pcrs`: a new image signed with that key unseals as is.
+    Authorize,
+}
+
+/// Default PCR public key path (systemd-stub writes the UKI's `.pcrpkey` there).
+pub const DEFAULT_PCR_PUBLIC_KEY: &str = "/run/systemd/tpm2-pcr-public-key.pem";
+/// Default PCR signature path (systemd-stub writes the UKI's `.pcrsig` there).
+pub const DEFAULT_PCR_SIGNATURE: &str = "/run/systemd/tpm2-pcr-signature.json";
+
+impl TpmConfig {
+    /// Every PCR the policy of a new seal covers, ascending: `pcrs`, plus `signed_pcrs` when
+    /// `policy = "authorize"`. The phase record and `status` read these.
+    pub fn policy_pcrs(&self) -> Vec<u8> {
+        let mut all = self.pcrs.clone();
+        if self.policy == PolicyKind::Authorize {
+            all.extend(&self.signed_pcrs);
+        }
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// The signed PCRs of a new seal, ascending (none for `policy = "pcr"`).
+    pub fn signed(&self) -> Vec<u8> {
+        if self.policy != PolicyKind::Authorize {
+            return Vec::new();
+        }
+        let mut s = self.signed_pcrs.clone();
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
 }
 
 /// `[swarm]`: what `agent` and `init` do with an engine that has no swarm.
@@ -152,7 +208,16 @@ impl Default for Config {
 
 impl Default for TpmConfig {
     fn default() -> Self {
-        TpmConfig { tcti: None, pcr_bank: "sha256".into(), pcrs: vec![7, 11, 15], phase_pcr: 11 }
+        TpmConfig {
+            tcti: None,
+            pcr_bank: "sha256".into(),
+            pcrs: vec![7, 11, 15],
+            phase_pcr: 11,
+            policy: PolicyKind::Pcr,
+            signed_pcrs: vec![11],
+            pcr_public_key: DEFAULT_PCR_PUBLIC_KEY.into(),
+            pcr_signature: DEFAULT_PCR_SIGNATURE.into(),
+        }
     }
 }
 
@@ -213,7 +278,10 @@ impl Config {
             // and a resettable phase PCR would undo the phase lock.
             return Err(ConfigError::Invalid { key: "tpm.pcrs", message: "give one or more PCR indices from 0 to 15 (PCRs 16–23 are resettable or dynamic-root PCRs and cannot hold a boot measurement)".into() });
         }
-        if !self.tpm.pcrs.contains(&self.tpm.phase_pcr) {
+        if self.tpm.policy == PolicyKind::Authorize && (self.tpm.signed_pcrs.is_empty() || self.tpm.signed_pcrs.iter().any(|&p| p > 15)) {
+            return Err(ConfigError::Invalid { key: "tpm.signed_pcrs", message: "give one or more PCR indices from 0 to 15 for the signed policy (systemd-measure signs PCR 11)".into() });
+        }
+        if !self.tpm.policy_pcrs().contains(&self.tpm.phase_pcr) {
             return Err(ConfigError::Invalid { key: "tpm.phase_pcr", message: format!("PCR {} is not in tpm.pcrs; the phase lock only works on a PCR the policy covers", self.tpm.phase_pcr) });
         }
         if !self.docker_host.starts_with("unix://") {
@@ -260,5 +328,31 @@ mod tests {
         c.tpm.phase_pcr = 23;
         assert!(c.validate().unwrap_err().to_string().contains("resettable"));
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn authorize_policy_settings_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[tpm]\npolicy = \"authorize\"\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.tpm.policy, PolicyKind::Authorize);
+        assert_eq!(c.tpm.signed(), vec![11]);
+        assert_eq!(c.tpm.policy_pcrs(), vec![7, 11, 15]);
+        assert_eq!(c.tpm.pcr_public_key, PathBuf::from(DEFAULT_PCR_PUBLIC_KEY));
+        assert_eq!(c.tpm.pcr_signature, PathBuf::from(DEFAULT_PCR_SIGNATURE));
+        assert_eq!(Config::default().tpm.signed(), Vec::<u8>::new(), "policy = pcr signs nothing");
+
+        std::fs::write(&p, "[tpm]\npolicy = \"signed\"\n").unwrap();
+        assert!(Config::load(Some(&p)).unwrap_err().to_string().contains("signed"));
+        let mut c = Config::default();
+        c.tpm.policy = PolicyKind::Authorize;
+        c.tpm.signed_pcrs = vec![23];
+        assert!(c.validate().unwrap_err().to_string().contains("tpm.signed_pcrs"));
+        // The phase PCR may be a signed one that is not listed in pcrs.
+        c.tpm.signed_pcrs = vec![11];
+        c.tpm.pcrs = vec![7, 15];
+        assert!(c.validate().is_ok());
+        assert_eq!(c.tpm.policy_pcrs(), vec![7, 11, 15]);
     }
 }

@@ -17,9 +17,15 @@
 //!   "policy": { "kind": "pcr", "bank": "sha256", "pcrs": {"7": "<hex>", …}, "digest": "<hex>" },
 //!   "public": "<base64 TPM2B_PUBLIC>", "private": "<base64 TPM2B_PRIVATE>" }
 //! ```
-//! `policy.kind` is a tag so that signed policies (`"authorize"`,
-//! TPM2_PolicyAuthorize with a fleet PCR-signing key plus literal PCRs) can be
-//! added without a format break.
+//! `policy.kind` tags the policy. A signed PCR policy (TPM2_PolicyAuthorize with a fleet
+//! PCR-signing key, then TPM2_PolicyPCR over the literal PCRs) is stored as
+//! ```json
+//!   "policy": { "kind": "authorize", "bank": "sha256",
+//!               "public_key": "<base64 DER SubjectPublicKeyInfo>", "public_key_fingerprint": "<hex sha256 of it>",
+//!               "signed_pcrs": [11], "pcrs": {"7": "<hex>", "15": "<hex>"}, "digest": "<hex>" }
+//! ```
+//! (`pcrs` holds the literal PCRs only). Unsealing uses this stored key, not whatever key
+//! file the running image ships: the object is bound to this key's Name.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,6 +36,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::pcrsig::PcrPublicKey;
 use crate::secret::UnlockKey;
 use crate::tpm::{PcrValues, Policy, SealedObject};
 
@@ -70,6 +77,42 @@ impl Slot {
 pub enum StoredPolicy {
     /// TPM2_PolicyPCR over `pcrs` (index → hex digest) in `bank`.
     Pcr { bank: String, pcrs: BTreeMap<String, String>, digest: String },
+    /// TPM2_PolicyAuthorize with `public_key` (base64 DER SubjectPublicKeyInfo, SHA-256
+    /// `public_key_fingerprint` in hex) over signatures of `signed_pcrs`, then TPM2_PolicyPCR
+    /// over the literal `pcrs` (index → hex digest) in `bank`.
+    Authorize {
+        bank: String,
+        public_key: String,
+        public_key_fingerprint: String,
+        signed_pcrs: Vec<u8>,
+        pcrs: BTreeMap<String, String>,
+        digest: String,
+    },
+}
+
+impl StoredPolicy {
+    /// The literal PCRs (index → hex).
+    pub fn literal_pcrs(&self) -> &BTreeMap<String, String> {
+        match self {
+            StoredPolicy::Pcr { pcrs, .. } | StoredPolicy::Authorize { pcrs, .. } => pcrs,
+        }
+    }
+
+    /// The signed PCRs (none for `pcr`).
+    pub fn signed_pcrs(&self) -> &[u8] {
+        match self {
+            StoredPolicy::Pcr { .. } => &[],
+            StoredPolicy::Authorize { signed_pcrs, .. } => signed_pcrs,
+        }
+    }
+
+    /// `pcr` or `authorize`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoredPolicy::Pcr { .. } => "pcr",
+            StoredPolicy::Authorize { .. } => "authorize",
+        }
+    }
 }
 
 /// One slot file.
@@ -91,7 +134,22 @@ pub struct SlotFile {
 impl SlotFile {
     /// Build a slot file from a sealing result.
     pub fn new(slot: Slot, obj: &SealedObject, policy: &Policy, fingerprint: String, salt: &[u8]) -> SlotFile {
-        let Policy::Pcr { values } = policy;
+        let hex_values = |v: &PcrValues| v.iter().map(|(k, v)| (k.to_string(), hex::encode(v))).collect();
+        let policy = match policy {
+            Policy::Pcr { values } => StoredPolicy::Pcr {
+                bank: "sha256".into(),
+                pcrs: hex_values(values),
+                digest: hex::encode(&obj.policy_digest),
+            },
+            Policy::Authorize { key, signed_pcrs, values } => StoredPolicy::Authorize {
+                bank: "sha256".into(),
+                public_key: B64.encode(key.der()),
+                public_key_fingerprint: hex::encode(key.fingerprint()),
+                signed_pcrs: signed_pcrs.clone(),
+                pcrs: hex_values(values),
+                digest: hex::encode(&obj.policy_digest),
+            },
+        };
         SlotFile {
             format: FORMAT.into(),
             version: VERSION,
@@ -100,11 +158,7 @@ impl SlotFile {
             key_fingerprint: fingerprint,
             fingerprint_salt: hex::encode(salt),
             srk_name: hex::encode(&obj.srk_name),
-            policy: StoredPolicy::Pcr {
-                bank: "sha256".into(),
-                pcrs: values.iter().map(|(k, v)| (k.to_string(), hex::encode(v))).collect(),
-                digest: hex::encode(&obj.policy_digest),
-            },
+            policy,
             public: B64.encode(&obj.public),
             private: B64.encode(&obj.private),
         }
@@ -113,7 +167,9 @@ impl SlotFile {
     /// The TPM objects and the policy, decoded. Errors as [`KeystoreError::Corrupt`].
     pub fn decode(&self, path: &Path) -> Result<(SealedObject, Policy), KeystoreError> {
         let bad = |m: String| KeystoreError::Corrupt { path: path.to_path_buf(), message: m };
-        let StoredPolicy::Pcr { bank, pcrs, digest } = &self.policy;
+        let (bank, pcrs, digest) = match &self.policy {
+            StoredPolicy::Pcr { bank, pcrs, digest } | StoredPolicy::Authorize { bank, pcrs, digest, .. } => (bank, pcrs, digest),
+        };
         if bank != "sha256" {
             return Err(bad(format!("PCR bank {bank} is not supported")));
         }
@@ -135,13 +191,30 @@ impl SlotFile {
         if obj.public.is_empty() || obj.private.is_empty() {
             return Err(bad("empty TPM blob".into()));
         }
-        // The recorded PCR values must be the ones the policy digest was computed from;
-        // if not, the file was edited (the TPM would refuse anyway, but "PCRs changed"
+        let policy = match &self.policy {
+            StoredPolicy::Pcr { .. } => Policy::Pcr { values },
+            StoredPolicy::Authorize { public_key, public_key_fingerprint, signed_pcrs, .. } => {
+                let der = B64.decode(public_key).map_err(|_| bad("`public_key` is not base64".into()))?;
+                let key = PcrPublicKey::from_der(&der).map_err(|e| bad(format!("its PCR signing key is unusable: {e}")))?;
+                if hex::encode(key.fingerprint()) != *public_key_fingerprint {
+                    return Err(bad("its PCR signing key does not match its fingerprint (the file was edited or damaged)".into()));
+                }
+                let mut signed_pcrs = signed_pcrs.clone();
+                signed_pcrs.sort_unstable();
+                signed_pcrs.dedup();
+                if signed_pcrs.is_empty() || signed_pcrs.iter().any(|p| *p > crate::tpm::MAX_PCR || values.contains_key(p)) {
+                    return Err(bad(format!("signed PCRs {signed_pcrs:?} are empty, out of range or also literal")));
+                }
+                Policy::Authorize { key, signed_pcrs, values }
+            }
+        };
+        // The recorded PCR values (and key) must be the ones the policy digest was computed
+        // from; if not, the file was edited (the TPM would refuse anyway, but "PCRs changed"
         // would send the operator the wrong way).
-        if crate::tpm::pcr_policy_digest(&values) != obj.policy_digest {
+        if policy.digest() != obj.policy_digest {
             return Err(bad("its PCR values do not match its policy digest (the file was edited or damaged)".into()));
         }
-        Ok((obj, Policy::Pcr { values }))
+        Ok((obj, policy))
     }
 
     pub fn salt(&self) -> Vec<u8> {
@@ -355,9 +428,67 @@ mod tests {
         let mut s = slot(&a);
         let p = Path::new("current.json");
         assert!(s.decode(p).is_ok());
-        let StoredPolicy::Pcr { pcrs, .. } = &mut s.policy;
+        let StoredPolicy::Pcr { pcrs, .. } = &mut s.policy else { unreachable!() };
         pcrs.insert("7".into(), "11".repeat(32));
         assert!(s.decode(p).unwrap_err().to_string().contains("edited"));
+    }
+
+    // openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 | openssl pkey -pubout
+    const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEIpL83hNgiQbsr2frv1Zw6ZR4yEDt
+nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
+-----END PUBLIC KEY-----
+";
+
+    fn authorize_slot(k: &UnlockKey) -> SlotFile {
+        let key = PcrPublicKey::from_pem(P256_PEM.as_bytes()).unwrap();
+        let values: PcrValues = [(7, vec![7; 32]), (15, vec![15; 32])].into_iter().collect();
+        let policy = Policy::Authorize { key, signed_pcrs: vec![11], values };
+        let obj = SealedObject { public: vec![1, 2], private: vec![3], srk_name: vec![4], policy_digest: policy.digest() };
+        SlotFile::new(Slot::Current, &obj, &policy, k.fingerprint(b"salt"), b"salt")
+    }
+
+    #[test]
+    fn authorize_slot_round_trips_and_edits_are_corrupt() {
+        let a = key("a");
+        let s = authorize_slot(&a);
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"kind\":\"authorize\"") && text.contains("\"signed_pcrs\":[11]"), "{text}");
+        let back: SlotFile = serde_json::from_str(&text).unwrap();
+        let p = Path::new("current.json");
+        let (_, policy) = back.decode(p).unwrap();
+        let Policy::Authorize { signed_pcrs, values, key } = &policy else { panic!("{policy:?}") };
+        assert_eq!(signed_pcrs, &vec![11]);
+        assert_eq!(values.keys().copied().collect::<Vec<_>>(), vec![7, 15]);
+        assert_eq!(key.der(), PcrPublicKey::from_pem(P256_PEM.as_bytes()).unwrap().der());
+
+        // Another literal value, another key, or PCR 11 made literal: the digest no longer fits.
+        let mut edited = s.clone();
+        if let StoredPolicy::Authorize { pcrs, .. } = &mut edited.policy {
+            pcrs.insert("7".into(), "00".repeat(32));
+        }
+        assert!(edited.decode(p).unwrap_err().to_string().contains("edited"));
+        let mut edited = s.clone();
+        if let StoredPolicy::Authorize { public_key_fingerprint, .. } = &mut edited.policy {
+            *public_key_fingerprint = "00".repeat(32);
+        }
+        assert!(edited.decode(p).unwrap_err().to_string().contains("fingerprint"));
+        let mut edited = s.clone();
+        if let StoredPolicy::Authorize { pcrs, .. } = &mut edited.policy {
+            pcrs.insert("11".into(), "00".repeat(32));
+        }
+        assert!(matches!(edited.decode(p), Err(KeystoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn old_pcr_slot_files_still_read() {
+        // A v1 slot as written before signed policies existed.
+        let a = key("a");
+        let s = slot(&a);
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"kind\":\"pcr\""));
+        let (_, policy) = serde_json::from_str::<SlotFile>(&text).unwrap().decode(Path::new("c.json")).unwrap();
+        assert!(matches!(policy, Policy::Pcr { .. }));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! One module per concern (see `DESIGN.md`):
 //! - [`tpm`]: seal and unseal the unlock key in a TPM 2.0, policies, sessions.
+//! - [`pcrsig`]: systemd's PCR-signing public key and PCR signature files (signed policies).
 //! - [`keystore`]: sealed blobs on disk, versioned, written atomically.
 //! - [`swarm`]: the Docker Engine API (state, init, unlock, unlock key, rotation).
 //! - [`boot`]: the boot-flow state machine run by `swarmseal agent`.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod escrow;
 pub mod keystore;
 pub mod logging;
+pub mod pcrsig;
 pub mod proxy;
 pub mod secret;
 pub mod swarm;

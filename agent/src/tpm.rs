@@ -7,8 +7,14 @@
 //!   the persistent handle `0x81000001` when a key of that template lives there, else
 //!   recreated with TPM2_CreatePrimary in the owner hierarchy (transient, flushed after use).
 //!   Its Name is stored with the sealed object and checked before unsealing.
-//! - Sealed object: KEYEDHASH, `fixedTPM|fixedParent`, no `userWithAuth`, authPolicy only
-//!   (a TPM2_PolicyPCR digest over sha256 PCRs), nameAlg sha256.
+//! - Sealed object: KEYEDHASH, `fixedTPM|fixedParent`, no `userWithAuth`, authPolicy only,
+//!   nameAlg sha256. The authPolicy is one of ([`Policy`]):
+//!   - `Pcr`: TPM2_PolicyPCR over literal sha256 PCR values;
+//!   - `Authorize` (signed PCR policy, as systemd-cryptenroll `--tpm2-public-key`):
+//!     TPM2_PolicyAuthorize(Name of a PCR-signing public key, empty policyRef), then
+//!     TPM2_PolicyPCR over the literal PCRs. Unsealing needs a signature by that key over a
+//!     TPM2_PolicyPCR digest of the current signed PCRs (PCR 11), as systemd-measure writes them
+//!     ([`crate::pcrsig`]): a new image ships a new signature instead of needing a reseal.
 //! - TPM2_Create and TPM2_Unseal run in sessions salted to the SRK, with AES-128-CFB
 //!   parameter encryption, so the secret never crosses the TPM bus in clear. The secret
 //!   comes from the caller (OS RNG); TPM2_GetRandom is never used.
@@ -33,7 +39,7 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    CapabilityData, Digest, DigestValues, EccPoint, KeyedHashScheme, PcrSelectSize, PcrSelectionList,
+    CapabilityData, Digest, DigestValues, EccPoint, KeyedHashScheme, Name, Nonce, PcrSelectSize, PcrSelectionList,
     PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder, PublicEccParameters, PublicEccParametersBuilder,
     PublicKeyedHashParameters, SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
 };
@@ -41,6 +47,8 @@ use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 use zeroize::Zeroizing;
+
+use crate::pcrsig::{PcrPublicKey, PcrSignatures};
 
 /// PCR values of one bank: index → digest (32 bytes for sha256).
 pub type PcrValues = BTreeMap<u8, Vec<u8>>;
@@ -56,6 +64,13 @@ pub const MAX_SECRET_LEN: usize = 128;
 
 /// TPM_CC_PolicyPCR (TPM 2.0 Part 2, table 12).
 const TPM_CC_POLICY_PCR: u32 = 0x0000_017F;
+/// TPM_CC_PolicyAuthorize (TPM 2.0 Part 2, table 12).
+const TPM_CC_POLICY_AUTHORIZE: u32 = 0x0000_016A;
+/// Hierarchy the PCR-signing public key is loaded into (TPM2_LoadExternal). Not the null
+/// hierarchy: TPM2_VerifySignature with a key there returns a NULL ticket, which
+/// TPM2_PolicyAuthorize rejects (TPM 2.0 Part 3, 20.1 and 23.16). The owner hierarchy needs
+/// no authorization to load a public key (systemd does the same).
+const SIGNING_KEY_HIERARCHY: Hierarchy = Hierarchy::Owner;
 /// TPM_ALG_SHA256 (TPM 2.0 Part 2, table 9).
 const TPM_ALG_SHA256: u16 = 0x000B;
 /// Size of one sha256 PCR value, in bytes.
@@ -92,12 +107,53 @@ pub struct SealedObject {
     pub policy_digest: Vec<u8>,
 }
 
-/// The policy a key is sealed under. `Pcr` is the only kind implemented;
-/// the format reserves `Authorize` for signed PCR policies (TPM2_PolicyAuthorize).
+/// The policy a key is sealed under (the sealed object's authPolicy, see [`Policy::digest`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Policy {
     /// TPM2_PolicyPCR over `values` in the sha256 bank.
     Pcr { values: PcrValues },
+    /// Signed PCR policy: TPM2_PolicyAuthorize(`key`'s Name, empty policyRef), then
+    /// TPM2_PolicyPCR over the literal `values` (none when empty). Unsealing needs a signature
+    /// by `key` over the TPM2_PolicyPCR digest of the current values of `signed_pcrs`
+    /// (ascending, sha256 bank; systemd-measure signs `[11]`).
+    Authorize { key: PcrPublicKey, signed_pcrs: Vec<u8>, values: PcrValues },
+}
+
+impl Policy {
+    /// The authPolicy digest of this policy (32 bytes, sha256): [`pcr_policy_digest`] or
+    /// [`authorize_policy_digest`]. Pure: no TPM involved.
+    pub fn digest(&self) -> Vec<u8> {
+        match self {
+            Policy::Pcr { values } => pcr_policy_digest(values),
+            Policy::Authorize { key, values, .. } => authorize_policy_digest(&key.name(), values),
+        }
+    }
+
+    /// The PCR values the policy holds literally (every PCR of `Pcr`, the unsigned ones of `Authorize`).
+    pub fn literal_values(&self) -> &PcrValues {
+        match self {
+            Policy::Pcr { values } | Policy::Authorize { values, .. } => values,
+        }
+    }
+}
+
+/// One PCR value, for messages: `PCR 11 = <hex>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PcrValue {
+    pub pcr: u8,
+    /// hex
+    pub value: String,
+}
+
+impl std::fmt::Display for PcrValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PCR {} = {}", self.pcr, self.value)
+    }
+}
+
+/// `values` as [`PcrValue`]s, in index order.
+pub fn pcr_value_list(values: &PcrValues) -> Vec<PcrValue> {
+    values.iter().map(|(pcr, v)| PcrValue { pcr: *pcr, value: hex::encode(v) }).collect()
 }
 
 /// TPM errors. `Display` is the operator sentence.
@@ -109,8 +165,25 @@ pub enum TpmError {
     PolicyMismatch { changed: Vec<PcrDiff> },
     #[error("the storage root key (SRK) differs from the one the key was sealed under: this disk was sealed on a different machine or the TPM was cleared")]
     SrkMismatch,
+    /// Signed PCR policy: the signature file has no entry by the key for the current values.
+    #[error("{} is not signed: {file} holds no signature by the PCR signing key {key} for it ({})", list_values(.signed), describe_key_entries(*.by_key))]
+    NotSigned { file: String, key: String, signed: Vec<PcrValue>, by_key: usize },
+    /// Signed PCR policy: the entry is there but the TPM says its signature is not the key's.
+    #[error("the signature in {file} for {} does not verify with the PCR signing key {key} (TPM2_VerifySignature: {message}): the file is damaged or forged", list_values(.signed))]
+    BadSignature { file: String, key: String, signed: Vec<PcrValue>, message: String },
     #[error("the TPM operation {op} failed: {message}")]
     Command { op: &'static str, message: String },
+}
+
+fn list_values(v: &[PcrValue]) -> String {
+    v.iter().map(PcrValue::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn describe_key_entries(n: usize) -> String {
+    match n {
+        0 => "it holds no signature by that key at all: the image was signed with another key, or not for this policy".into(),
+        n => format!("that key signed {n} other value(s): this boot's image (UKI) is not one it signed, or the PCR was extended since"),
+    }
 }
 
 fn describe_diffs(d: &[PcrDiff]) -> String {
@@ -255,9 +328,10 @@ impl Tpm {
     /// TPM2_Create of a KEYEDHASH object under the SRK, in a session salted to the SRK with
     /// AES-128-CFB encryption of the sensitive parameter).
     ///
-    /// The authPolicy is computed from the PCR values in `policy` ([`pcr_policy_digest`]),
-    /// which need not be the current ones (e.g. values recorded before the phase PCR is
-    /// extended).
+    /// The authPolicy is computed from `policy` ([`Policy::digest`]): from the PCR values it
+    /// holds, which need not be the current ones (e.g. values recorded before the phase PCR is
+    /// extended). Sealing an `Authorize` policy does not check that any signature satisfies
+    /// it: call [`Tpm::verify_signed_policy`] first.
     ///
     /// Errors: `Command` for an empty or invalid PCR set, a secret of the wrong size, or a
     /// TPM failure; `Unavailable` when the TPM stops answering.
@@ -268,15 +342,14 @@ impl Tpm {
 
     fn seal_op(&mut self, secret: &[u8], policy: &Policy) -> Result<SealedObject, TpmError> {
         const OP: &str = "TPM2_Create";
-        let Policy::Pcr { values } = policy;
-        check_values(OP, values)?;
+        check_policy(OP, policy)?;
         if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
             return Err(TpmError::Command {
                 op: OP,
                 message: format!("a sealed object holds 1 to {MAX_SECRET_LEN} bytes; the secret has {}", secret.len()),
             });
         }
-        let policy_digest = pcr_policy_digest(values);
+        let policy_digest = policy.digest();
 
         // Each guard releases its handle on every path; `tpm` is the innermost.
         let (mut srk_scope, srk_handle) = load_srk(&mut self.ctx)?;
@@ -298,7 +371,7 @@ impl Tpm {
             return Err(TpmError::Command {
                 op: OP,
                 message: format!(
-                    "the TPM assigned authPolicy {} but the PCR policy is {}",
+                    "the TPM assigned authPolicy {} but the policy is {}",
                     hex::encode(created.out_public.auth_policy().value()),
                     hex::encode(&policy_digest)
                 ),
@@ -312,26 +385,67 @@ impl Tpm {
         })
     }
 
-    /// Unseal `obj` under `policy` (the same PCR values it was sealed with): TPM 2.0 Part 3,
-    /// TPM2_Load under the SRK, then a policy session salted to the SRK with AES-128-CFB
-    /// response encryption, TPM2_PolicyPCR, TPM2_Unseal.
+    /// Unseal `obj` under a `Pcr` policy (the same PCR values it was sealed with): TPM 2.0
+    /// Part 3, TPM2_Load under the SRK, then a policy session salted to the SRK with
+    /// AES-128-CFB response encryption, TPM2_PolicyPCR, TPM2_Unseal. An `Authorize` policy
+    /// needs the signatures: [`Tpm::unseal_signed`].
     ///
     /// Errors: `SrkMismatch` when the SRK Name differs (other machine, or the TPM was
     /// cleared); `PolicyMismatch` listing every PCR whose current value differs from the
     /// sealed one (possibly none, when the object was sealed under another policy);
-    /// `Command` for a damaged blob or any other TPM failure; `Unavailable` when the TPM
-    /// stops answering.
+    /// `Command` for a damaged blob, an `Authorize` policy, or any other TPM failure;
+    /// `Unavailable` when the TPM stops answering.
     pub fn unseal(&mut self, obj: &SealedObject, policy: &Policy) -> Result<Zeroizing<Vec<u8>>, TpmError> {
-        let result = self.unseal_op(obj, policy);
+        self.unseal_signed(obj, policy, None)
+    }
+
+    /// Unseal `obj` under `policy`; for an `Authorize` policy `signatures` must hold a
+    /// signature by the policy's key over the current values of its signed PCRs.
+    ///
+    /// `Authorize` (TPM 2.0 Part 3): read the signed PCRs (TPM2_PCR_Read) and find their
+    /// TPM2_PolicyPCR digest in `signatures`; TPM2_LoadExternal of the public key (owner
+    /// hierarchy, public part only), TPM2_VerifySignature over SHA-256(digest) → ticket, key
+    /// flushed; TPM2_Load of the object; in the salted policy session TPM2_PolicyPCR(signed
+    /// PCRs), TPM2_PolicyAuthorize(digest, empty policyRef, key Name, ticket),
+    /// TPM2_PolicyPCR(literal PCRs); TPM2_Unseal. Every handle is flushed on every path.
+    ///
+    /// Errors: as [`Tpm::unseal`], plus `NotSigned` naming the signed PCR values no signature
+    /// covers (no `signatures` at all: the same, with an empty source), `BadSignature` when
+    /// the TPM rejects the signature found; `PolicyMismatch` lists the literal PCRs that changed.
+    pub fn unseal_signed(
+        &mut self,
+        obj: &SealedObject,
+        policy: &Policy,
+        signatures: Option<&PcrSignatures>,
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        let result = self.unseal_op(obj, policy, signatures);
         result.map_err(|e| self.reached_through(e))
     }
 
-    fn unseal_op(&mut self, obj: &SealedObject, policy: &Policy) -> Result<Zeroizing<Vec<u8>>, TpmError> {
-        let Policy::Pcr { values } = policy;
-        check_values("TPM2_PolicyPCR", values)?;
-        match self.unseal_pcr(obj, values) {
+    fn unseal_op(
+        &mut self,
+        obj: &SealedObject,
+        policy: &Policy,
+        signatures: Option<&PcrSignatures>,
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+        check_policy("TPM2_PolicyPCR", policy)?;
+        let approval = match policy {
+            Policy::Pcr { .. } => None,
+            Policy::Authorize { key, signed_pcrs, .. } => {
+                let Some(signatures) = signatures else {
+                    return Err(TpmError::Command {
+                        op: "TPM2_PolicyAuthorize",
+                        message: "the key is sealed to a signed PCR policy but no PCR signature file was given".into(),
+                    });
+                };
+                let signed = self.read_pcrs(signed_pcrs)?;
+                Some(self.approve(key, &signed, signatures)?)
+            }
+        };
+        match self.unseal_session(obj, policy, approval) {
             Err(TpmError::PolicyMismatch { .. }) => {
                 // Tell the operator which measurements changed, sealed vs current value.
+                let values = policy.literal_values();
                 let pcrs: Vec<u8> = values.keys().copied().collect();
                 let current = self.read_pcrs(&pcrs)?;
                 Err(TpmError::PolicyMismatch { changed: pcr_diffs(values, &current) })
@@ -340,9 +454,82 @@ impl Tpm {
         }
     }
 
+    /// Check that `signatures` approve `signed` (the values of the signed PCRs the next boot
+    /// will show) for `key`: the entry exists and the TPM verifies its signature (TPM 2.0
+    /// Part 3, TPM2_LoadExternal + TPM2_VerifySignature; the key is flushed again). Used before
+    /// sealing an `Authorize` policy, so a boot that could never unseal it is refused first.
+    ///
+    /// Errors: `NotSigned`, `BadSignature`, `Command`, `Unavailable` (see [`Tpm::unseal_signed`]).
+    pub fn verify_signed_policy(
+        &mut self,
+        key: &PcrPublicKey,
+        signed: &PcrValues,
+        signatures: &PcrSignatures,
+    ) -> Result<(), TpmError> {
+        let result = self.approve(key, signed, signatures).map(|_| ());
+        result.map_err(|e| self.reached_through(e))
+    }
+
+    /// Find the signature over the PolicyPCR digest of `signed` and have the TPM verify it.
+    fn approve(&mut self, key: &PcrPublicKey, signed: &PcrValues, signatures: &PcrSignatures) -> Result<Approval, TpmError> {
+        const OP: &str = "TPM2_VerifySignature";
+        check_values(OP, signed)?;
+        let pcrs: Vec<u8> = signed.keys().copied().collect();
+        let pkfp = key.fingerprint();
+        let approved = pcr_policy_digest(signed);
+        // No entry: this boot's signed PCR values were never approved by the fleet key.
+        let Some(entry) = signatures.find(&pcrs, &pkfp, &approved) else {
+            return Err(TpmError::NotSigned {
+                file: signatures.source.clone(),
+                key: hex::encode(&pkfp),
+                signed: pcr_value_list(signed),
+                by_key: signatures.count_by_key(&pcrs, &pkfp),
+            });
+        };
+        let bad = |message: String| TpmError::BadSignature {
+            file: signatures.source.clone(),
+            key: hex::encode(&pkfp),
+            signed: pcr_value_list(signed),
+            message,
+        };
+        let signature = key.tpm_signature(&entry.sig).map_err(bad)?;
+        // TPM2_VerifySignature checks a signature over a digest: aHash = H(approvedPolicy || policyRef).
+        let a_hash = Digest::try_from(Sha256::digest(&approved).to_vec()).map_err(failed(OP))?;
+
+        let handle = self
+            .ctx
+            .execute_without_session(|c| c.load_external_public(key.tpm_public(), SIGNING_KEY_HIERARCHY))
+            .map_err(failed("TPM2_LoadExternal"))?;
+        let mut tpm = Scoped::flush(&mut self.ctx, handle.into());
+        let name = tpm.tr_get_name(handle.into()).map_err(failed("Esys_TR_GetName"))?;
+        // The Name the sealed policy is bound to is computed without a TPM; it must be the TPM's.
+        if name.value() != key.name().as_slice() {
+            return Err(TpmError::Command {
+                op: "TPM2_LoadExternal",
+                message: format!(
+                    "the TPM names the PCR signing key {} but swarmseal computed {}",
+                    hex::encode(name.value()),
+                    hex::encode(key.name())
+                ),
+            });
+        }
+        let ticket = match tpm.execute_without_session(|c| c.verify_signature(handle, a_hash, signature)) {
+            Ok(t) => t,
+            // TPM_RC_SIGNATURE (and TPM_RC_VALUE for a malformed one): not the key's signature.
+            Err(e @ tss_esapi::Error::Tss2Error(_)) => return Err(bad(e.to_string())),
+            Err(e) => return Err(failed(OP)(e)),
+        };
+        Ok(Approval { approved, key_name: name, ticket, signed: signed.clone() })
+    }
+
     /// The unseal sequence proper; a policy failure is returned as `PolicyMismatch` with no
-    /// diffs ([`Tpm::unseal`] fills them in once every handle is released).
-    fn unseal_pcr(&mut self, obj: &SealedObject, values: &PcrValues) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+    /// diffs ([`Tpm::unseal_signed`] fills them in once every handle is released).
+    fn unseal_session(
+        &mut self,
+        obj: &SealedObject,
+        policy: &Policy,
+        approval: Option<Approval>,
+    ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
         // Each guard releases its handle on every path; `tpm` is the innermost.
         let (mut srk_scope, srk_handle) = load_srk(&mut self.ctx)?;
         let srk_name = srk_scope.tr_get_name(srk_handle.into()).map_err(failed("Esys_TR_GetName"))?;
@@ -355,7 +542,7 @@ impl Tpm {
         let private = unmarshal_private(&obj.private)?;
         // The policy we are asked to satisfy must be the one the object is bound to; if not,
         // the TPM would refuse anyway.
-        if public.auth_policy().value() != pcr_policy_digest(values).as_slice() {
+        if public.auth_policy().value() != policy.digest().as_slice() {
             return Err(TpmError::PolicyMismatch { changed: Vec::new() });
         }
 
@@ -371,11 +558,19 @@ impl Tpm {
         set_session_attributes(&mut tpm, session, false, true)?;
         let policy_session = PolicySession::try_from(session).map_err(failed("TPM2_StartAuthSession"))?;
 
+        if let Some(a) = approval {
+            // The signed PCRs as they are now; their digest must be the one the key approved.
+            policy_pcr(&mut tpm, policy_session, &a.signed)?;
+            tpm.execute_without_session(|c| {
+                c.policy_authorize(policy_session, Digest::try_from(a.approved)?, Nonce::default(), &a.key_name, a.ticket)
+            })
+            .map_err(policy_or_command("TPM2_PolicyAuthorize"))?;
+        }
         // The TPM compares the digest of the current PCR values with the sealed values' digest.
-        let sealed_pcr_digest = Digest::try_from(pcr_values_digest(values)).map_err(failed("TPM2_PolicyPCR"))?;
-        let selection = pcr_selection(&values.keys().copied().collect::<Vec<_>>()).map_err(failed("TPM2_PolicyPCR"))?;
-        tpm.execute_without_session(|c| c.policy_pcr(policy_session, sealed_pcr_digest, selection))
-            .map_err(policy_or_command("TPM2_PolicyPCR"))?;
+        let values = policy.literal_values();
+        if !values.is_empty() {
+            policy_pcr(&mut tpm, policy_session, values)?;
+        }
 
         let data = tpm
             .execute_with_session(Some(session), |c| c.unseal(object.into()))
@@ -420,11 +615,54 @@ impl Tpm {
     }
 }
 
+/// A signature the TPM verified: what TPM2_PolicyAuthorize needs.
+struct Approval {
+    /// The approved TPM2_PolicyPCR digest (the signature file's `pol`).
+    approved: Vec<u8>,
+    key_name: Name,
+    ticket: tss_esapi::structures::VerifiedTicket,
+    /// The signed PCR values `approved` was computed from.
+    signed: PcrValues,
+}
+
+/// TPM2_PolicyPCR (TPM 2.0 Part 3) over `values`: the TPM compares their digest with the
+/// current values of those PCRs.
+fn policy_pcr(ctx: &mut Context, session: PolicySession, values: &PcrValues) -> Result<(), TpmError> {
+    const OP: &str = "TPM2_PolicyPCR";
+    let digest = Digest::try_from(pcr_values_digest(values)).map_err(failed(OP))?;
+    let selection = pcr_selection(&values.keys().copied().collect::<Vec<_>>()).map_err(failed(OP))?;
+    ctx.execute_without_session(|c| c.policy_pcr(session, digest, selection)).map_err(policy_or_command(OP))
+}
+
 /// PolicyPCR digest starting from the empty policy (TPM 2.0 Part 3, 23.7 TPM2_PolicyPCR):
 /// `SHA-256(0^32 || TPM_CC_PolicyPCR || TPML_PCR_SELECTION || SHA-256(values in index order))`,
 /// the selection being one sha256 entry with a 3-octet bitmap (4 octets if an index is above 23).
+/// This is also the `pol` systemd-measure signs for PCR 11.
 /// Returns 32 bytes. Pure: no TPM involved.
 pub fn pcr_policy_digest(values: &PcrValues) -> Vec<u8> {
+    policy_pcr_update(&[0u8; SHA256_LEN], values)
+}
+
+/// Signed-policy digest (TPM 2.0 Part 3, 23.16 TPM2_PolicyAuthorize, then 23.7 TPM2_PolicyPCR):
+/// `d1 = SHA-256(0^32 || TPM_CC_PolicyAuthorize || keyName)`, `d2 = SHA-256(d1 || policyRef)`
+/// with an empty policyRef, then the PolicyPCR update of [`pcr_policy_digest`] from `d2` over
+/// `literal` (none when empty). `key_name` is the signing key's Name (34 bytes,
+/// [`PcrPublicKey::name`]). Returns 32 bytes. Pure: no TPM involved.
+pub fn authorize_policy_digest(key_name: &[u8], literal: &PcrValues) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update([0u8; SHA256_LEN]); // TPM2_PolicyAuthorize resets the digest first
+    h.update(TPM_CC_POLICY_AUTHORIZE.to_be_bytes());
+    h.update(key_name);
+    let d1 = h.finalize();
+    let d2 = Sha256::digest(d1); // || policyRef, empty
+    if literal.is_empty() {
+        return d2.to_vec();
+    }
+    policy_pcr_update(&d2, literal)
+}
+
+/// `SHA-256(previous || TPM_CC_PolicyPCR || TPML_PCR_SELECTION || SHA-256(values))`.
+fn policy_pcr_update(previous: &[u8], values: &PcrValues) -> Vec<u8> {
     let size_of_select = if values.keys().any(|&p| p > MAX_PCR) { 4 } else { 3 };
     let mut select = vec![0u8; size_of_select];
     for &pcr in values.keys() {
@@ -433,7 +671,7 @@ pub fn pcr_policy_digest(values: &PcrValues) -> Vec<u8> {
         }
     }
     let mut h = Sha256::new();
-    h.update([0u8; SHA256_LEN]); // policyDigest of a fresh session
+    h.update(previous);
     h.update(TPM_CC_POLICY_PCR.to_be_bytes());
     h.update(1u32.to_be_bytes()); // TPML_PCR_SELECTION.count
     h.update(TPM_ALG_SHA256.to_be_bytes()); // TPMS_PCR_SELECTION.hash
@@ -476,6 +714,27 @@ fn check_indices(op: &'static str, pcrs: &[u8]) -> Result<(), TpmError> {
             Err(TpmError::Command { op, message: format!("PCR {p} does not exist: PCR indices are 0 to {MAX_PCR}") })
         }
         None => Ok(()),
+    }
+}
+
+/// A `Pcr` policy needs at least one PCR; an `Authorize` policy at least one signed PCR and
+/// possibly no literal one; signed and literal PCRs are distinct.
+fn check_policy(op: &'static str, policy: &Policy) -> Result<(), TpmError> {
+    match policy {
+        Policy::Pcr { values } => check_values(op, values),
+        Policy::Authorize { signed_pcrs, values, .. } => {
+            if signed_pcrs.is_empty() {
+                return Err(TpmError::Command { op, message: "the signed PCR policy covers no PCR".into() });
+            }
+            check_indices(op, signed_pcrs)?;
+            if let Some(p) = signed_pcrs.iter().find(|p| values.contains_key(p)) {
+                return Err(TpmError::Command { op, message: format!("PCR {p} is both signed and literal in the policy") });
+            }
+            if values.is_empty() {
+                return Ok(());
+            }
+            check_values(op, values)
+        }
     }
 }
 
@@ -789,6 +1048,40 @@ mod tests {
             hex::encode(pcr_policy_digest(&v)),
             "16f24e2745b4b9ba50b8e25edf3b4ec1f67c54790774c9c6e82264b3ecd51b99"
         );
+    }
+
+    // The PolicyAuthorize step by hand from TPM 2.0 Part 3, 23.16: two hashes, the second over
+    // the empty policyRef; then PolicyPCR continues from it. (tests/authorize.rs checks the
+    // same digests against tpm2_policyauthorize + tpm2_policypcr on a swtpm.)
+    #[test]
+    fn authorize_digest_is_policyauthorize_then_policypcr() {
+        let name = [[0x00, 0x0b].as_slice(), &[0x5a; 32]].concat();
+        let mut d1 = Sha256::new();
+        d1.update([0u8; 32]);
+        d1.update(0x0000_016Au32.to_be_bytes());
+        d1.update(&name);
+        let d2 = Sha256::digest(d1.finalize());
+        assert_eq!(authorize_policy_digest(&name, &PcrValues::new()), d2.to_vec());
+        let literal = values(&[(7, vec![0x07; 32]), (15, vec![0x0f; 32])]);
+        assert_eq!(authorize_policy_digest(&name, &literal), policy_pcr_update(&d2, &literal));
+        assert_ne!(authorize_policy_digest(&name, &literal), pcr_policy_digest(&literal));
+    }
+
+    #[test]
+    fn signed_and_literal_pcrs_must_be_distinct() {
+        let key = crate::pcrsig::PcrPublicKey::from_pem(
+            b"-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEIpL83hNgiQbsr2frv1Zw6ZR4yEDt
+nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
+-----END PUBLIC KEY-----
+",
+        )
+        .unwrap();
+        let p = |signed: Vec<u8>, v: &[(u8, Vec<u8>)]| Policy::Authorize { key: key.clone(), signed_pcrs: signed, values: values(v) };
+        assert!(check_policy("t", &p(vec![11], &[(7, vec![0; 32])])).is_ok());
+        assert!(check_policy("t", &p(vec![11], &[])).is_ok(), "no literal PCR: PolicyAuthorize alone");
+        assert!(check_policy("t", &p(vec![], &[(7, vec![0; 32])])).is_err());
+        assert!(check_policy("t", &p(vec![11], &[(11, vec![0; 32])])).is_err());
     }
 
     #[test]

@@ -89,9 +89,7 @@ fn seal_then_unseal_round_trip_without_leaking_handles() {
     assert_no_handles(&tpm);
     assert_eq!(
         obj.policy_digest,
-        pcr_policy_digest(match &policy {
-            Policy::Pcr { values } => values,
-        })
+        pcr_policy_digest(policy.literal_values())
     );
     // No secret in what goes to disk or in Debug.
     let dbg = format!("{obj:?}");
@@ -115,7 +113,7 @@ fn object_carries_the_policy_digest_and_attributes_we_computed() {
     let tpm = booted();
     let mut t = open(&tpm);
     let (obj, policy) = seal_current(&mut t);
-    let Policy::Pcr { values } = &policy;
+    let values = policy.literal_values();
 
     // What the TPM put in the object's public area, read back by tpm2-tools.
     let dir = tempfile::tempdir().unwrap();
@@ -150,7 +148,7 @@ fn reboot_with_the_same_measurements_unseals() {
 fn changed_measurement_is_a_policy_mismatch_naming_that_pcr() {
     let mut tpm = booted();
     let (obj, policy) = seal_current(&mut open(&tpm));
-    let Policy::Pcr { values } = &policy;
+    let values = policy.literal_values();
 
     power_cycle(&mut tpm);
     tpm.extend(7, "secure boot policy");
@@ -442,7 +440,7 @@ fn the_secret_never_crosses_the_bus_in_clear() {
     assert_eq!(t.unseal(&obj, &policy).unwrap().as_slice(), SECRET);
     drop(t);
     // The tap does see the traffic: PCR values travel in clear in TPM2_PCR_Read.
-    let Policy::Pcr { values } = &policy;
+    let values = policy.literal_values();
     assert!(tap.contains(&values[&11]), "the tap recorded no TPM traffic");
     // Create's inSensitive and Unseal's outData are parameter-encrypted.
     assert!(!tap.contains(SECRET), "the secret crossed the TPM bus in clear");
