@@ -908,7 +908,19 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
     let ctx = Ctx { cfg, ..ctx };
     status_line("waiting for the Docker engine");
     let t0 = Instant::now();
-    let engine = Engine::wait(&ctx.cfg.docker_socket(), Duration::from_secs(600)).await?;
+    // SIGTERM from here on is handled, not fatal: while waiting for the engine
+    // it stops the agent at once; once the boot decision has begun it is held
+    // until the phase lock is done, so a stop between unseal and phase lock
+    // cannot leave the key unsealable again in this boot.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| BootError::Other(e.to_string()))?;
+    let socket = ctx.cfg.docker_socket();
+    let engine = tokio::select! {
+        e = Engine::wait(&socket, Duration::from_secs(600)) => e?,
+        _ = term.recv() => {
+            tracing::info!(event = "stopped", "stopped while waiting for the Docker engine");
+            return Ok(());
+        }
+    };
     tracing::info!(event = "engine_up", api = %engine.api_version(), waited_ms = t0.elapsed().as_millis() as u64, "Docker engine answers");
 
     let api = Arc::new(AgentImpl { ctx: ctx.clone() });
@@ -949,7 +961,6 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
     notify("READY=1");
     status_line(&line);
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| BootError::Other(e.to_string()))?;
     let mut last_state: Option<NodeState> = None;
     loop {
         tokio::select! {
