@@ -41,24 +41,34 @@ pub enum Exit {
     SealRefused = 12,
 }
 
-const EXIT_CODES_HELP: &str = "\
-Exit codes:
-   0  success
-   1  other failure (I/O, internal)
-   2  usage or configuration error
-   3  Docker engine unreachable
-   4  TPM unavailable
-   5  policy mismatch: the PCRs changed since sealing, or the key was already
-      unsealed in this boot (phase lock); the swarm stays locked
-   6  no sealed key in the state dir
-   7  swarm state wrong for this command (no swarm, worker, pending)
-   8  sealed key file corrupt, truncated or from another machine
-   9  the engine rejected the unlock key
-  10  bench found WARN results (with --fail-on warn)
-  11  proxy/PKI error (certificates missing or invalid, address in use)
-  12  not sealed: this boot cannot satisfy the signed PCR policy (policy =
-      \"authorize\"): no signature for the current PCR 11, or the PCR public key
-      or signature file missing or invalid; the previous seal stays";
+impl Exit {
+    /// Every exit code and its meaning: the one source of `--help`'s list and
+    /// of the README's table (a unit test keeps the README in step).
+    pub const ALL: [(Exit, &'static str); 13] = [
+        (Exit::Ok, "success"),
+        (Exit::Failure, "other failure (I/O, internal)"),
+        (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
+        (Exit::DockerUnreachable, "Docker engine unreachable"),
+        (Exit::TpmUnavailable, "TPM unavailable"),
+        (Exit::PolicyMismatch, "policy mismatch: the PCRs changed since sealing, or the key was already unsealed in this boot (phase lock); the swarm stays locked"),
+        (Exit::NoSealedKey, "no sealed key in the state dir"),
+        (Exit::SwarmState, "swarm state wrong for this command (no swarm, worker, pending)"),
+        (Exit::BadSealedKey, "sealed key file corrupt, truncated, or sealed on another machine (SRK differs)"),
+        (Exit::WrongKey, "the engine rejected the unlock key"),
+        (Exit::BenchWarn, "`bench --fail-on warn` found WARN results"),
+        (Exit::Proxy, "proxy/PKI error (certificates missing or invalid, address in use)"),
+        (Exit::SealRefused, "not sealed: this boot cannot satisfy the signed PCR policy (`policy = \"authorize\"`): no signature for the current PCR 11, or the PCR public key or signature file missing or invalid; the previous seal stays"),
+    ];
+}
+
+/// `--help`'s list of exit codes, from [`Exit::ALL`].
+fn exit_codes_help() -> String {
+    let mut s = String::from("Exit codes:");
+    for (code, what) in Exit::ALL {
+        s.push_str(&format!("\n  {:>2}  {}", code as u8, what.replace('`', "")));
+    }
+    s
+}
 
 /// The TPM, the engine and the state dir every command shares.
 #[derive(Debug, clap::Args, Clone)]
@@ -78,7 +88,7 @@ pub struct Common {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "swarmseal", version, about = "Keep Docker Swarm autolock on without a human: the unlock key sealed in the TPM, unlocked at boot only when the boot measurements match.", after_help = EXIT_CODES_HELP)]
+#[command(name = "swarmseal", version, about = "Keep Docker Swarm autolock on without a human: the unlock key sealed in the TPM, unlocked at boot only when the boot measurements match.", after_help = exit_codes_help())]
 pub struct Cli {
     #[command(flatten)]
     pub common: Common,
@@ -221,4 +231,23 @@ fn run(cli: Cli) -> Result<(), Error> {
             other => crate::boot::run_command(&cfg, other).await.map_err(Error::from),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_exit_code_is_listed_once_in_order_and_the_readme_agrees() {
+        for (i, (code, _)) in Exit::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "Exit::ALL out of order at {code:?}");
+        }
+        let readme = include_str!("../../README.md");
+        for (code, what) in Exit::ALL {
+            let row = format!("| {} | {} |", code as u8, what);
+            assert!(readme.contains(&row), "README.md's exit-code table lacks or differs from: {row}");
+        }
+        let help = exit_codes_help();
+        assert!(help.contains(" 12  not sealed"), "{help}");
+    }
 }
