@@ -836,8 +836,19 @@ async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> 
         NodeState::Inactive => Ok("no swarm on this engine and swarm init is off; waiting".into()),
         NodeState::Locked => {
             let r = ctx.unlock_from_tpm(engine).await;
-            if let Err(e) = &r {
-                log_refusal(e);
+            match &r {
+                Err(e) => log_refusal(e),
+                // A manager that was down during a rotation: its engine rewraps its keys under the
+                // swarm's new key as soon as it has caught up, often before the unlock returns.
+                // Seal that key now, not at the first watch tick, so a power cut in between still
+                // finds it in the TPM. Not active yet: the watch loop reseals.
+                Ok(_) => {
+                    if matches!(engine.status().await, Ok(st) if st.state == NodeState::Active && st.manager) {
+                        if let Err(e) = ensure_sealed(ctx, engine).await {
+                            tracing::warn!(event = "reseal_deferred", error = %e, "could not check the unlock key right after unlocking; the watch loop retries");
+                        }
+                    }
+                }
             }
             r.map(|slot| format!("swarm unlocked with the sealed key ({} slot)", slot.name()))
         }
