@@ -836,8 +836,19 @@ async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> 
         NodeState::Inactive => Ok("no swarm on this engine and swarm init is off; waiting".into()),
         NodeState::Locked => {
             let r = ctx.unlock_from_tpm(engine).await;
-            if let Err(e) = &r {
-                log_refusal(e);
+            match &r {
+                Err(e) => log_refusal(e),
+                // A manager that was down during a rotation: its engine rewraps its keys under the
+                // swarm's new key as soon as it has caught up, often before the unlock returns.
+                // Seal that key now, not at the first watch tick, so a power cut in between still
+                // finds it in the TPM. Not active yet: the watch loop reseals.
+                Ok(_) => {
+                    if matches!(engine.status().await, Ok(st) if st.state == NodeState::Active && st.manager) {
+                        if let Err(e) = ensure_sealed(ctx, engine).await {
+                            tracing::warn!(event = "reseal_deferred", error = %e, "could not check the unlock key right after unlocking; the watch loop retries");
+                        }
+                    }
+                }
             }
             r.map(|slot| format!("swarm unlocked with the sealed key ({} slot)", slot.name()))
         }
@@ -922,6 +933,9 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
         }
     };
     tracing::info!(event = "engine_up", api = %engine.api_version(), waited_ms = t0.elapsed().as_millis() as u64, "Docker engine answers");
+    // From here a SIGTERM waits for the boot decision (unlock, reseal, phase lock) to finish,
+    // then stops the agent cleanly, instead of killing it halfway through.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| BootError::Other(e.to_string()))?;
 
     let api = Arc::new(AgentImpl { ctx: ctx.clone() });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -4,7 +4,6 @@
 //! phase lock; bad input gets its own exit code; no secret leaks, no TPM handle leaks.
 mod support;
 
-use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -70,17 +69,6 @@ impl Manager {
             assert!(!grep_dir(self.state.path(), k.as_bytes()), "an unlock key is stored in plaintext under the state dir");
         }
     }
-}
-
-fn grep_dir(dir: &Path, needle: &[u8]) -> bool {
-    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
-        let p = e.path();
-        if p.is_dir() {
-            grep_dir(&p, needle)
-        } else {
-            std::fs::read(&p).map(|b| b.windows(needle.len()).any(|w| w == needle)).unwrap_or(false)
-        }
-    })
 }
 
 fn code(o: &Output) -> i32 {

@@ -132,6 +132,53 @@ impl Drop for Swtpm {
     }
 }
 
+/// A private LAN for several dockerds: a bridge in a network namespace of its
+/// own, held open by a sleeping process. Each dockerd started with
+/// [`Dockerd::start_on`] plugs a veth into it, so the managers reach each
+/// other on every port (2377, 7946, 4789) while the host's own interfaces,
+/// routes and iptables stay untouched. Dropping the LAN ends that process,
+/// and the kernel removes the namespace with its bridge; drop it after the
+/// dockerds on it.
+pub struct Lan {
+    child: Child,
+    /// The LAN's /24, e.g. `10.199.0`; members get `.1`, `.2`, …
+    pub prefix: String,
+    members: AtomicU32,
+}
+
+impl Lan {
+    pub fn new() -> Lan {
+        let child = Command::new("unshare")
+            .args(["--net", "--", "sh", "-c", "set -e; ip link set lo up; ip link add br0 type bridge; ip link set br0 up; exec sleep infinity"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux) must be installed");
+        let lan = Lan { child, prefix: "10.199.0".into(), members: AtomicU32::new(0) };
+        wait_until("the LAN bridge", Duration::from_secs(10), || lan.ip(&["link", "show", "br0"]).status.success());
+        lan
+    }
+
+    /// `/proc/<pid>/ns/net` of the LAN's namespace.
+    pub fn netns(&self) -> String {
+        format!("/proc/{}/ns/net", self.child.id())
+    }
+
+    fn ip(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter").arg(format!("--net={}", self.netns())).arg("ip").args(args).output().expect("nsenter (util-linux) must be installed")
+    }
+
+    fn next_addr(&self) -> String {
+        format!("{}.{}", self.prefix, self.members.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A real dockerd in its own network namespace (so several can run at once
 /// with swarm mode), reachable on a unix socket in a temp dir.
 pub struct Dockerd {
@@ -142,16 +189,31 @@ pub struct Dockerd {
     pub addr: String,
     child: Option<Child>,
     n: u32,
+    /// The LAN's namespace (`/proc/<pid>/ns/net`) when on a [`Lan`].
+    lan: Option<String>,
+    /// Spawns so far: each gets its own name for the LAN side of the veth
+    /// (the previous namespace's may still be going away).
+    spawns: u32,
 }
 
 impl Dockerd {
     pub fn start() -> Dockerd {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst) + (std::process::id() % 200) * 10;
+        let addr = format!("10.{}.{}.1", 200 + (n / 250) % 50, n % 250);
+        Dockerd::start_with(n, addr, None)
+    }
+
+    /// A dockerd whose namespace is plugged into `lan` (next free address on it).
+    pub fn start_on(lan: &Lan) -> Dockerd {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst) + (std::process::id() % 200) * 10;
+        Dockerd::start_with(n, lan.next_addr(), Some(lan.netns()))
+    }
+
+    fn start_with(n: u32, addr: String, lan: Option<String>) -> Dockerd {
         // Short path: unix socket paths are limited to 108 bytes.
         let tmp = tempfile::Builder::new().prefix("ssd").tempdir_in("/tmp").unwrap();
         let dir = tmp.path().to_path_buf();
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst) + (std::process::id() % 200) * 10;
-        let addr = format!("10.{}.{}.1", 200 + (n / 250) % 50, n % 250);
-        let mut d = Dockerd { socket: dir.join("docker.sock"), dir, _tmp: tmp, addr, child: None, n };
+        let mut d = Dockerd { socket: dir.join("docker.sock"), dir, _tmp: tmp, addr, child: None, n, lan, spawns: 0 };
         d.spawn();
         d
     }
@@ -163,8 +225,18 @@ impl Dockerd {
 
     fn spawn(&mut self) {
         let d = &self.dir;
+        self.spawns += 1;
+        // Alone: a veth pair inside the namespace, for an address to advertise.
+        // On a LAN: the veth's other end goes into the LAN's namespace, onto its bridge.
+        let link = match &self.lan {
+            None => "ip link add ss0 type veth peer name ss1; ip link set ss1 up".to_string(),
+            Some(ns) => {
+                let peer = format!("l{}s{}", self.n, self.spawns);
+                format!("ip link add ss0 type veth peer name {peer} netns {ns}; nsenter --net={ns} ip link set {peer} master br0 up")
+            }
+        };
         let script = format!(
-            "set -e; ip link set lo up; ip link add ss0 type veth peer name ss1; ip addr add {addr}/24 dev ss0; ip link set ss1 up; ip link set ss0 up; \
+            "set -e; ip link set lo up; {link}; ip addr add {addr}/24 dev ss0; ip link set ss0 up; \
              exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock --pidfile {d}/docker.pid \
              --bip 172.31.{b}.1/24 --default-address-pool base=10.250.0.0/16,size=24 --log-level warn",
             addr = self.addr,
@@ -221,11 +293,10 @@ impl Dockerd {
         self.spawn();
     }
 
-    fn stop(&mut self) {
+    /// Graceful stop (SIGTERM, then wait; killed after 60 s): a manager shut down.
+    pub fn stop(&mut self) {
+        self.signal_stop();
         if let Some(mut c) = self.child.take() {
-            if let Ok(pid) = std::fs::read_to_string(self.dir.join("docker.pid")) {
-                let _ = Command::new("kill").arg("-TERM").arg(pid.trim()).status();
-            }
             let t = Instant::now();
             loop {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -237,6 +308,21 @@ impl Dockerd {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Start a stopped engine again on the same data (swarm with autolock comes back `locked`).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "dockerd is still running");
+        self.spawn();
+    }
+
+    /// Send SIGTERM without waiting: several engines then stop side by side (drop waits).
+    pub fn signal_stop(&self) {
+        if self.child.is_some() {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join("docker.pid")) {
+                let _ = Command::new("kill").arg("-TERM").arg(pid.trim()).status();
             }
         }
     }
@@ -308,6 +394,18 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Whether any file under `dir` contains `needle` (a plaintext key left behind).
+pub fn grep_dir(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            grep_dir(&p, needle)
+        } else {
+            std::fs::read(&p).map(|b| b.windows(needle.len()).any(|w| w == needle)).unwrap_or(false)
+        }
+    })
 }
 
 pub fn path_str(p: &Path) -> &str {
