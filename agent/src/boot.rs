@@ -933,9 +933,6 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
         }
     };
     tracing::info!(event = "engine_up", api = %engine.api_version(), waited_ms = t0.elapsed().as_millis() as u64, "Docker engine answers");
-    // From here a SIGTERM waits for the boot decision (unlock, reseal, phase lock) to finish,
-    // then stops the agent cleanly, instead of killing it halfway through.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| BootError::Other(e.to_string()))?;
 
     let api = Arc::new(AgentImpl { ctx: ctx.clone() });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
