@@ -422,10 +422,27 @@ fn moved_disk(s: &mut Story) -> Check {
     f.check(bad == 400, || format!("enroll-tpm with garbage answered HTTP {bad}, not 400"));
     // The next boot on the new machine needs nobody.
     let t = Instant::now();
-    let st = moved.reboot_expect("the moved disk after recovery", Outcome::Unlocked, BOOT)?;
+    moved.shutdown()?;
+    moved.power_on("the moved disk after recovery")?;
+    // If the TPM still does not open /var, say so at once (with systemd-cryptsetup's reasons).
+    let t1 = Instant::now();
+    let asked = loop {
+        let c = moved.console();
+        if c.contains("for disk var") || c.contains("Mounted var.mount") || t1.elapsed() > BOOT {
+            break c.contains("for disk var") && !c.contains("Mounted var.mount");
+        }
+        ensure!(moved.running(), "QEMU exited; console:\n{}", moved.console_tail(30));
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    if asked {
+        let why: Vec<String> = moved.console().lines().filter(|l| l.contains("cryptsetup") || l.contains("TPM") || l.contains("tpm2")).map(|l| format!("      | {}", l.trim())).collect();
+        f.check(false, || format!("the reboot after re-enrolling /var asked for its passphrase again; the console:\n{}", why.join("\n")));
+        moved.power_cut()?;
+        return f.done();
+    }
+    let (outcome, st) = moved.wait_for_decision(BOOT)?;
+    f.check(outcome == Outcome::Unlocked, || format!("the moved disk after recovery: the swarm is {outcome:?}; status {st}"));
     f.check(differs(&st).is_empty(), || format!("after recovery the sealed key's PCRs differ: {:?}", differs(&st)));
-    let asked_again = moved.console().lines().filter(|l| l.contains("assphrase") && l.contains("var")).count();
-    f.check(asked_again == 0, || "the reboot after recovery asked for /var's passphrase again".into());
     println!("    reboot after recovery unlocked by itself ({:.0} s incl. shutdown)", t.elapsed().as_secs_f64());
     moved.shutdown()?;
     f.done()
