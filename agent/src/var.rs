@@ -95,12 +95,14 @@ pub enum VarError {
     NoRecipient,
     #[error("{0}: no such block device (this command runs on the appliance, where /var is the partition labelled `var`; or pass --device)")]
     NoDevice(PathBuf),
-    #[error("systemd-cryptenroll {what} failed ({status}): {stderr}")]
+    #[error("{what} failed ({status}): {stderr}")]
     Cryptenroll { what: &'static str, status: String, stderr: String },
     #[error("systemd-cryptenroll finished but printed no recovery key; nothing was escrowed (run again: the next run replaces the recovery slot)")]
     NoKey,
     #[error("stdin is not a recovery key: expected 8 groups of 8 letters separated by '-' (as printed by `age -d` of var-recovery-key.age)")]
     BadKey,
+    #[error("this recovery key does not open /var (is it this disk's var-recovery-key.age?); nothing was changed")]
+    KeyRefused,
     #[error("cannot run {0}: {1}")]
     Spawn(String, std::io::Error),
     #[error(transparent)]
@@ -112,6 +114,7 @@ impl VarError {
         use crate::cli::Exit;
         match self {
             VarError::NoRecipient | VarError::NoDevice(_) | VarError::BadKey => Exit::Usage,
+            VarError::KeyRefused => Exit::WrongKey,
             VarError::Escrow(EscrowError::Recipient(_)) => Exit::Usage,
             _ => Exit::Failure,
         }
@@ -141,7 +144,13 @@ fn find_key(stdout: &[u8]) -> Option<Zeroizing<String>> {
 }
 
 fn run_cryptenroll(what: &'static str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, VarError> {
-    let bin = cryptenroll();
+    run_tool(&cryptenroll(), what, args, stdin)
+}
+
+/// Run `bin args`, `stdin` piped in; stdout returned (zeroized on drop), stderr
+/// only in the error (the key is never on stderr).
+fn run_tool(bin: &str, what: &'static str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, VarError> {
+    let bin = bin.to_string();
     let mut child = Command::new(&bin)
         .args(args)
         // No colours, hence no QR code of the key on stderr.
@@ -198,7 +207,7 @@ pub fn escrow_recovery_key(cfg: &Config, device: &Path, force: bool) -> Result<P
         return Err(VarError::NoDevice(device.to_path_buf()));
     }
     let out = run_cryptenroll(
-        "--recovery-key",
+        "systemd-cryptenroll --recovery-key",
         &["--recovery-key".as_ref(), "--unlock-tpm2-device=auto".as_ref(), "--wipe-slot=recovery".as_ref(), device.as_os_str()],
         None,
     )?;
@@ -209,7 +218,15 @@ pub fn escrow_recovery_key(cfg: &Config, device: &Path, force: bool) -> Result<P
 }
 
 /// `swarmseal var enroll-tpm`: `recovery_key` opens the volume, a new TPM2 slot
-/// bound to `pcrs` replaces the old TPM2 slot(s).
+/// bound to `pcrs` replaces the old TPM2 slot(s). Three steps, because
+/// systemd-cryptenroll treats a TPM2 slot with the same PCR policy digest as
+/// "already enrolled" (PCR 7 is the same on every machine with the same
+/// firmware), which would keep the slot sealed under the old machine's SRK:
+/// 1. `cryptsetup open --test-passphrase --key-file=-`: the key must open `/var`
+///    (nothing changes otherwise);
+/// 2. `systemd-cryptenroll --wipe-slot=tpm2`: the stale slot goes (the recovery
+///    key still opens `/var` if step 3 fails);
+/// 3. `systemd-cryptenroll --unlock-key-file=/dev/stdin --tpm2-device=auto --tpm2-pcrs=PCRS`.
 pub fn enroll_tpm(device: &Path, recovery_key: &str, pcrs: &str) -> Result<(), VarError> {
     if !is_recovery_key(recovery_key) {
         return Err(VarError::BadKey);
@@ -217,10 +234,17 @@ pub fn enroll_tpm(device: &Path, recovery_key: &str, pcrs: &str) -> Result<(), V
     if !device.exists() {
         return Err(VarError::NoDevice(device.to_path_buf()));
     }
+    let cryptsetup = std::env::var("SWARMSEAL_CRYPTSETUP").unwrap_or_else(|_| "cryptsetup".into());
+    run_tool(&cryptsetup, "cryptsetup open --test-passphrase", &["open".as_ref(), "--test-passphrase".as_ref(), "--key-file=-".as_ref(), device.as_os_str()], Some(recovery_key.as_bytes()))
+        .map_err(|e| match e {
+            VarError::Cryptenroll { .. } => VarError::KeyRefused,
+            e => e,
+        })?;
+    run_cryptenroll("systemd-cryptenroll --wipe-slot=tpm2", &["--unlock-key-file=/dev/stdin".as_ref(), "--wipe-slot=tpm2".as_ref(), device.as_os_str()], Some(recovery_key.as_bytes()))?;
     let pcr_arg = format!("--tpm2-pcrs={pcrs}");
     run_cryptenroll(
-        "--tpm2-device=auto",
-        &["--unlock-key-file=/dev/stdin".as_ref(), "--tpm2-device=auto".as_ref(), pcr_arg.as_ref(), "--wipe-slot=tpm2".as_ref(), device.as_os_str()],
+        "systemd-cryptenroll --tpm2-device=auto",
+        &["--unlock-key-file=/dev/stdin".as_ref(), "--tpm2-device=auto".as_ref(), pcr_arg.as_ref(), device.as_os_str()],
         Some(recovery_key.as_bytes()),
     )?;
     tracing::info!(event = "var_tpm_enrolled", security = true, device = %device.display(), pcrs, "/var is bound to this machine's TPM again");
