@@ -53,6 +53,10 @@ pub fn write_secret(file: &Path, recipient: &str, secret: &[u8]) -> Result<(), E
     }
     let dir = file.parent().expect("has parent");
     std::fs::create_dir_all(dir).map_err(|e| KeystoreError::Io { path: dir.to_path_buf(), source: e })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| KeystoreError::Io { path: dir.to_path_buf(), source: e })?;
+    }
     write_atomic(file, &out, 0o600)?;
     Ok(())
 }

@@ -260,10 +260,20 @@ pub fn run(cfg: &Config, c: VarCommand) -> Result<(), VarError> {
             Ok(())
         }
         VarCommand::EnrollTpm { device, tpm2_pcrs } => {
-            let mut buf = Zeroizing::new(String::new());
-            std::io::stdin().read_to_string(&mut buf).map_err(|e| VarError::Spawn("stdin".into(), e))?;
-            enroll_tpm(&device, buf.trim(), &tpm2_pcrs)?;
+            // At most a little more than a key: anything longer is not one.
+            let mut buf = Zeroizing::new(Vec::new());
+            std::io::stdin().take(4096).read_to_end(&mut buf).map_err(|e| VarError::Spawn("stdin".into(), e))?;
+            let key = std::str::from_utf8(&buf).map_err(|_| VarError::BadKey)?.trim();
+            enroll_tpm(&device, key, &tpm2_pcrs)?;
             println!("{ENROLLED} (PCRs {tpm2_pcrs})");
+            // The old recovery key was typed on a console and sent over the
+            // network: replace it, escrowed to the same recipient, now that the
+            // TPM opens /var again (systemd-cryptenroll --unlock-tpm2-device=auto).
+            match escrow_recovery_key(cfg, &device, true) {
+                Ok(p) => println!("a new /var recovery key replaced the one used for this recovery: {}", p.display()),
+                Err(VarError::NoRecipient) => println!("no escrow recipient: the recovery key used for this recovery stays valid"),
+                Err(e) => return Err(e),
+            }
             Ok(())
         }
     }

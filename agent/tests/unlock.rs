@@ -280,6 +280,19 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A running `swarmseal agent`; killed if a failing test drops it (no agent
+/// outlives the test, holding a port and a deleted state dir).
+struct AgentProcess(std::process::Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn no_shell_recovery_through_the_proxy_after_a_changed_boot_chain() {
     let mut m = Manager::new();
@@ -296,12 +309,13 @@ fn no_shell_recovery_through_the_proxy_after_a_changed_boot_chain() {
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::options().create(true).append(true).open(m.state.path().join("agent.log")).unwrap())
             .spawn()
+            .map(AgentProcess)
             .unwrap()
     };
     let log_path = m.state.path().join("agent.log");
-    let stop = |mut a: std::process::Child| {
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(a.id().to_string()).status();
-        let st = a.wait().unwrap();
+    let stop = |mut a: AgentProcess| {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(a.0.id().to_string()).status();
+        let st = a.0.wait().unwrap();
         assert!(st.success(), "the agent exited with {st}; its log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
     };
     let tls = |args: &[&str]| -> std::process::Output {

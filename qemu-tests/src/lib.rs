@@ -183,6 +183,10 @@ impl Vm {
         let vm = Vm::new(&self.suite, name)?;
         run(Command::new("cp").arg("--sparse=always").arg(self.dir.join("disk.qcow2")).arg(vm.dir.join("disk.qcow2")))?;
         run(Command::new("cp").arg("-a").arg(self.dir.join("pki")).arg(self.dir.join("admin")).arg(&vm.dir))?;
+        // The operator keeps their escrow identity when the disk moves.
+        if self.dir.join("escrow-recipient").exists() {
+            std::fs::copy(self.dir.join("escrow-recipient"), vm.dir.join("escrow-recipient")).map_err(|e| e.to_string())?;
+        }
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", vm.dir.join("OVMF_VARS.fd")).map_err(|e| e.to_string())?;
         let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").map_err(|e| e.to_string())?;
         std::fs::write(vm.dir.join("uuid"), uuid).map_err(|e| e.to_string())?;
@@ -397,10 +401,11 @@ impl Vm {
         self.curl(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem"))], method, path)
     }
 
-    /// `curl -X POST --data-binary BODY` an agent endpoint with the admin bundle.
+    /// `curl -X POST --data-binary @-` an agent endpoint with the admin bundle,
+    /// the body on stdin (a secret never on a command line).
     pub fn api_post(&self, path: &str, body: &str) -> Check<(u16, Vec<u8>)> {
         let b = self.bundle();
-        self.curl(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem")), "--data-binary", body], "POST", path)
+        self.curl_stdin(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem")), "--data-binary", "@-"], "POST", path, Some(body))
     }
 
     /// Type `line` and Enter on the serial console (QEMU's `serial.sock`), as an
@@ -422,13 +427,23 @@ impl Vm {
     }
 
     fn curl(&self, tls: &[&str], method: &str, path: &str) -> Check<(u16, Vec<u8>)> {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "30", "-X", method, "-o", "-", "-w", "\n%{http_code}"])
+        self.curl_stdin(tls, method, path, None)
+    }
+
+    fn curl_stdin(&self, tls: &[&str], method: &str, path: &str, stdin: Option<&str>) -> Check<(u16, Vec<u8>)> {
+        let mut child = Command::new("curl")
+            .args(["-sS", "--max-time", "120", "-X", method, "-o", "-", "-w", "\n%{http_code}"])
             .args(tls)
             .arg(format!("https://127.0.0.1:{}{path}", self.port))
-            .stdin(Stdio::null())
-            .output()
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| format!("curl: {e}"))?;
+        if let (Some(body), Some(mut w)) = (stdin, child.stdin.take()) {
+            w.write_all(body.as_bytes()).map_err(|e| format!("curl stdin: {e}"))?;
+        }
+        let out = child.wait_with_output().map_err(|e| format!("curl: {e}"))?;
         if !out.status.success() {
             return Err(format!("curl {method} {path}: {}", text(&out.stderr)));
         }

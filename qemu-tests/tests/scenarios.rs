@@ -418,6 +418,9 @@ fn moved_disk(s: &mut Story) -> Check {
     let (code, body) = moved.api_post("/swarmseal/v1/var/enroll-tpm", &var_key)?;
     f.check(code == 200, || format!("POST /swarmseal/v1/var/enroll-tpm: HTTP {code} {}", text(&body)));
     println!("    POST /swarmseal/v1/var/enroll-tpm: HTTP {code} {}", text(&body).chars().take(200).collect::<String>());
+    // The key just typed on a console and sent over the network is replaced.
+    let new_var_key = moved.api("GET", "/swarmseal/v1/escrow/var-recovery-key").and_then(|(c, b)| if c == 200 { escrow.decrypt(&b) } else { Err(format!("HTTP {c} {}", text(&b))) });
+    f.check(matches!(&new_var_key, Ok(k) if k.trim() != var_key && k.trim().len() == var_key.len()), || format!("after var/enroll-tpm the escrowed /var recovery key was not replaced: {}", match &new_var_key { Ok(k) if k.trim() == var_key => "still the old key".to_string(), Ok(_) => "not a recovery key".into(), Err(e) => e.clone() }));
     let (bad, _) = moved.api_post("/swarmseal/v1/var/enroll-tpm", "not-a-recovery-key")?;
     f.check(bad == 400, || format!("enroll-tpm with garbage answered HTTP {bad}, not 400"));
     // The next boot on the new machine needs nobody.
