@@ -57,6 +57,7 @@ pub async fn enroll_tpm_via(socket: &Path, recovery_key: &str) -> Result<Vec<Str
     let lines: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect();
     match read {
         Ok(Ok(_)) if lines.iter().any(|l| l.starts_with(ENROLLED)) => Ok(lines),
+        Ok(Ok(_)) if lines.is_empty() => Err((503, "the enroll service closed the connection without an answer: another re-enrollment is running (one at a time), or it failed to start (journalctl -u 'swarmseal-var-enroll@*')".into())),
         Ok(Ok(_)) => Err((422, format!("/var was not re-enrolled: {}", lines.join("; ")))),
         Ok(Err(e)) => Err((500, e.to_string())),
         Err(_) => Err((504, "systemd-cryptenroll did not finish within 300 s".into())),
