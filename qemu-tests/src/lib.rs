@@ -167,6 +167,9 @@ pub struct Vm {
     pub boots: Vec<(String, Duration)>,
 }
 
+/// Appended to a boot's label when it is the retry after a guest kernel panic.
+const KERNEL_PANIC_RETRY: &str = " (again after a kernel panic)";
+
 impl Vm {
     /// A brand-new manager (its folder is wiped).
     pub fn new(suite: &Suite, name: &str) -> Check<Vm> {
@@ -192,6 +195,22 @@ impl Vm {
         std::fs::write(vm.dir.join("uuid"), uuid).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(vm.dir.join("tpm")).map_err(|e| e.to_string())?;
         Ok(vm)
+    }
+
+    /// The guest kernel panicked: seen (rarely) under TCG a few seconds into
+    /// the boot, an `int3` Oops in the kernel's own text patching — before any
+    /// of the appliance's code runs. Once per power-on, the harness pulls the
+    /// plug and boots again, saying so; a second panic fails the scenario.
+    pub fn retry_after_kernel_panic(&mut self) -> Check<bool> {
+        if !self.console().contains("Kernel panic - not syncing") {
+            return Ok(false);
+        }
+        let label = self.powered_on.as_ref().map(|(_, l)| l.clone()).unwrap_or_default();
+        ensure!(!label.ends_with(KERNEL_PANIC_RETRY), "{}: {label}: the guest kernel panicked again; console tail:\n{}", self.name, self.console_tail(30));
+        println!("    [{}] {label}: the guest kernel panicked (TCG); console tail:\n{}\n    power cut, booting again", self.name, self.console_tail(8));
+        self.power_cut()?;
+        self.power_on(&format!("{label}{KERNEL_PANIC_RETRY}"))?;
+        Ok(true)
     }
 
     /// Press the power button: `scripts/run-qemu --no-wait` with this VM's folder.
@@ -223,7 +242,11 @@ impl Vm {
     pub fn wait_for_decision(&mut self, timeout: Duration) -> Check<(Outcome, Value)> {
         let (t0, label) = self.powered_on.clone().ok_or("not powered on")?;
         let mut last = String::from("no answer from the proxy yet");
+        let (mut t0, mut label) = (t0, label);
         while t0.elapsed() < timeout {
+            if self.retry_after_kernel_panic()? {
+                (t0, label) = self.powered_on.clone().ok_or("not powered on")?;
+            }
             ensure!(self.running(), "{}: QEMU exited while booting; console tail:\n{}", self.name, self.console_tail(30));
             match self.status() {
                 Ok(s) => {

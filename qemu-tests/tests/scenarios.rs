@@ -382,6 +382,7 @@ fn moved_disk(s: &mut Story) -> Check {
             break c.lines().filter(|l| (l.contains("assphrase") && l.contains("var")) || l.contains("swarmseal:")).map(|l| l.trim().to_string()).collect::<Vec<_>>();
         }
         ensure!(moved.running(), "QEMU exited; console:\n{}", moved.console_tail(30));
+        moved.retry_after_kernel_panic()?;
         std::thread::sleep(Duration::from_secs(5));
     };
     println!("    after {:.0} s the console says:\n{}", t0.elapsed().as_secs_f64(), said.iter().map(|l| format!("      | {l}")).collect::<Vec<_>>().join("\n"));
@@ -435,6 +436,7 @@ fn moved_disk(s: &mut Story) -> Check {
             break c.contains("for disk var") && !c.contains("Mounted var.mount");
         }
         ensure!(moved.running(), "QEMU exited; console:\n{}", moved.console_tail(30));
+        moved.retry_after_kernel_panic()?;
         std::thread::sleep(Duration::from_secs(3));
     };
     if asked {
