@@ -442,12 +442,12 @@ async fn autolock_change(up: &mut Upstream, canon: &authz::Canon, body: &[u8]) -
     }
 }
 
-/// A 200 with an opaque body (an age file).
-fn octets(b: Vec<u8>, audit: Audit) -> Response<OutBody> {
+/// A 200 with a stored body (the bench report, an age file) of `content_type`.
+fn ok_body(b: Vec<u8>, content_type: &'static str, audit: Audit) -> Response<OutBody> {
     let mut a = audit;
     a.status = 200;
     let mut r = Response::new(OutBody::full(b, Some(a)));
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -458,13 +458,7 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, bo
     match (m, segs.as_slice()) {
         ("GET" | "HEAD", ["swarmseal", "v1", "status"]) => json_response(200, &api.status().await, audit),
         ("GET" | "HEAD", ["swarmseal", "v1", "bench"]) => match api.bench() {
-            Some(b) => {
-                let mut a = audit;
-                a.status = 200;
-                let mut r = Response::new(OutBody::full(b, Some(a)));
-                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                r
-            }
+            Some(b) => ok_body(b, "application/json", audit),
             None => message(404, "no bench report yet", audit),
         },
         ("POST", ["swarmseal", "v1", "var", "enroll-tpm"]) => {
@@ -483,11 +477,11 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, bo
             Err((code, msg)) => message(code, &msg, audit),
         },
         ("GET" | "HEAD", ["swarmseal", "v1", "escrow"]) => match api.escrow(EscrowFile::UnlockKey) {
-            Some(b) => octets(b, audit),
+            Some(b) => ok_body(b, "application/octet-stream", audit),
             None => message(404, "no escrow copy of the unlock key: key escrow is not configured (credential swarmseal.escrow-recipient or [escrow] recipient), or no key was sealed yet", audit),
         },
         ("GET" | "HEAD", ["swarmseal", "v1", "escrow", "var-recovery-key"]) => match api.escrow(EscrowFile::VarRecoveryKey) {
-            Some(b) => octets(b, audit),
+            Some(b) => ok_body(b, "application/octet-stream", audit),
             None => message(404, "no escrowed /var recovery key: escrow is not configured (credential swarmseal.escrow-recipient), this is not the appliance image, or swarmseal-var-recovery.service has not run (see its journal)", audit),
         },
         (_, ["swarmseal", "v1", "status" | "bench" | "reseal" | "escrow"] | ["swarmseal", "v1", "escrow", "var-recovery-key"] | ["swarmseal", "v1", "var", "enroll-tpm"]) => message(405, &format!("{m} is not allowed here"), audit),
