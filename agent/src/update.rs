@@ -459,7 +459,21 @@ fn fsync_dir(p: &Path) -> Result<(), UpdateError> {
 pub async fn receive<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, max: u64, body: R) -> Result<Staged, UpdateError> {
     let lock = try_lock(staging)?;
     let mut tar = Tar { r: body, consumed: 0, max };
-    let (manifest, sums, sig) = read_manifest(&mut tar, key).await?;
+    match receive_locked(&mut tar, key, staging).await {
+        Ok(version) => Ok(Staged { version, dir: staging.join(STAGED), lock }),
+        Err(e) => {
+            if matches!(e, UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. }) {
+                // Read the rest of the upload (within the cap, for at most a minute) so the
+                // client reads our 422 instead of a connection reset in the middle of sending.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(60), tar.drain()).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &PcrPublicKey, staging: &Path) -> Result<String, UpdateError> {
+    let (manifest, sums, sig) = read_manifest(tar, key).await?;
 
     // Verified: now, and only now, write.
     std::fs::create_dir_all(staging).map_err(io_err(staging))?;
@@ -507,7 +521,7 @@ pub async fn receive<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, m
     guard.0 = None;
     let _ = std::fs::remove_dir_all(&old);
     fsync_dir(staging)?;
-    Ok(Staged { version: manifest.version, dir: staged, lock })
+    Ok(manifest.version)
 }
 
 /// Leftovers of an interrupted upload (a crash or power cut mid-transfer).
