@@ -187,3 +187,26 @@ pub async fn probe_proxy(addr: SocketAddr, pinned: Option<CertificateDer<'static
         _ => Err(format!("no TLS 1.3 ServerHello: {outcome}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listen_address_is_probed_on_loopback() {
+        assert_eq!(probe_addr("0.0.0.0:2376".parse().unwrap()), "127.0.0.1:2376".parse().unwrap());
+        assert_eq!(probe_addr("[::]:2376".parse().unwrap()), "[::1]:2376".parse().unwrap());
+        assert_eq!(probe_addr("192.0.2.10:2376".parse().unwrap()), "192.0.2.10:2376".parse().unwrap());
+    }
+
+    #[test]
+    fn nothing_listening_is_proxy_down() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let e = rt.block_on(probe_proxy(SocketAddr::from(([127, 0, 0, 1], port)), None)).unwrap_err();
+        assert!(e.contains("TCP connect"), "{e}");
+        let u = Unhealthy::Proxy { addr: SocketAddr::from(([127, 0, 0, 1], port)), reason: e };
+        assert_eq!(u.exit(), Exit::ProxyDown);
+        assert_eq!(Unhealthy::Locked.exit() as u8, 13);
+    }
+}

@@ -23,6 +23,7 @@
 //! mounts only the root image matching its dm-verity root hash.
 
 use std::fmt::Write as _;
+use std::future::Future as _;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -108,7 +109,6 @@ impl UpdateError {
             UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. } | UpdateError::TooLarge { .. } => Exit::BadRelease,
             UpdateError::Key { .. } => Exit::Usage,
             UpdateError::Tool { .. } => Exit::UpdateFailed,
-            UpdateError::Busy => Exit::SwarmState,
             _ => Exit::Failure,
         }
     }
@@ -228,15 +228,20 @@ pub fn verify_manifest(key: &PcrPublicKey, sums: &[u8], sig: &[u8]) -> Result<Ma
 
 // ------------------------------------------------------------------ the tar stream
 
+/// An upload that sends nothing for this long is abandoned (it would hold the staging lock).
+pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// An [`AsyncRead`] over an HTTP body (the upload), so the release is parsed as it arrives.
+/// A read fails with `TimedOut` when no bytes came for [`UPLOAD_IDLE`].
 pub struct BodyReader<B> {
     body: B,
     pending: Bytes,
+    idle: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<B> BodyReader<B> {
     pub fn new(body: B) -> BodyReader<B> {
-        BodyReader { body, pending: Bytes::new() }
+        BodyReader { body, pending: Bytes::new(), idle: Box::pin(tokio::time::sleep(UPLOAD_IDLE)) }
     }
 }
 
@@ -253,12 +258,22 @@ where
                 self.pending.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(f) => f,
+                Poll::Pending => {
+                    std::task::ready!(self.idle.as_mut().poll(cx));
+                    let msg = format!("no data for {} s", UPLOAD_IDLE.as_secs());
+                    return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, msg)));
+                }
+            };
+            match frame {
                 None => return Poll::Ready(Ok(())),
                 Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e.to_string()))),
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {
                         self.pending = d;
+                        let next = tokio::time::Instant::now() + UPLOAD_IDLE;
+                        self.idle.as_mut().reset(next);
                     }
                 }
             }
@@ -716,6 +731,9 @@ pub async fn run(cfg: &Config, c: UpdateCommand) -> Result<(), UpdateError> {
         }
         UpdateCommand::Apply { staged, reboot, stdin_request } => {
             let staged = staged.unwrap_or_else(|| cfg.update_dir().join(STAGED));
+            // By hand, hold the staging lock so no upload replaces the release meanwhile; run by
+            // the socket, the agent that asked holds it.
+            let _lock = if stdin_request { None } else { Some(try_lock(&cfg.update_dir())?) };
             let (want, reboot) = if stdin_request {
                 let mut line = Vec::new();
                 std::io::stdin().take(4096).read_to_end(&mut line).map_err(|e| UpdateError::Body(e.to_string()))?;
