@@ -39,12 +39,14 @@ pub enum Exit {
     /// Not sealed: the signed PCR policy (`[tpm] policy = "authorize"`) could not unseal on
     /// this boot (no signature for the current PCR 11, key or signature file missing or invalid).
     SealRefused = 12,
+    /// `fleet update` stopped at a manager (quorum, refused release, not back in time, rolled back).
+    FleetStopped = 13,
 }
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
     /// of the README's table (a unit test keeps the README in step).
-    pub const ALL: [(Exit, &'static str); 13] = [
+    pub const ALL: [(Exit, &'static str); 14] = [
         (Exit::Ok, "success"),
         (Exit::Failure, "other failure (I/O, internal)"),
         (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
@@ -58,6 +60,7 @@ impl Exit {
         (Exit::BenchWarn, "`bench --fail-on warn` found WARN results"),
         (Exit::Proxy, "proxy/PKI error (certificates missing or invalid, address in use)"),
         (Exit::SealRefused, "not sealed: this boot cannot satisfy the signed PCR policy (`policy = \"authorize\"`): no signature for the current PCR 11, or the PCR public key or signature file missing or invalid; the previous seal stays"),
+        (Exit::FleetStopped, "`fleet update` stopped at a manager (would lose quorum, release refused, not back unlocked in time, rolled back); managers after it untouched"),
     ];
 }
 
@@ -131,6 +134,9 @@ pub enum Command {
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
     #[command(subcommand)]
     Var(crate::var::VarCommand),
+    /// Operate on a swarm's managers from a workstation, through docker CLI contexts.
+    #[command(subcommand)]
+    Fleet(crate::fleet::FleetCommand),
 }
 
 /// Any error a command can end with; mapped to [`Exit`] in [`exit_code`].
@@ -146,6 +152,8 @@ pub enum Error {
     Bench(#[from] crate::bench::BenchError),
     #[error(transparent)]
     Var(#[from] crate::var::VarError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("{0}")]
     Usage(String),
     /// Finished, but the command wants a non-zero exit (e.g. `bench --fail-on warn`).
@@ -161,6 +169,7 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Proxy(_) => Exit::Proxy,
         Error::Bench(b) => b.exit(),
         Error::Var(v) => v.exit(),
+        Error::Fleet(f) => f.exit(),
         Error::Status(x) => *x,
     }
 }
@@ -227,6 +236,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
             Command::Bench(a) => crate::bench::run_cli(&cfg, a).await,
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
+            Command::Fleet(c) => crate::fleet::run(c).await.map_err(Error::from),
             Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),
             other => crate::boot::run_command(&cfg, other).await.map_err(Error::from),
         }

@@ -18,6 +18,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod escrow;
+pub mod fleet;
 pub mod keystore;
 pub mod logging;
 pub mod pcrsig;
