@@ -306,25 +306,21 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
     let managers: Vec<Manager> = a.contexts.iter().map(|c| Manager::from_context(&a.docker, c)).collect::<Result<_, _>>()?;
     let poll = Duration::from_secs(a.poll.max(1));
 
-    // Who is who, and where every manager stands.
+    // Who is who, and where every manager stands. A manager that is not healthy now stops
+    // the run before anything is touched.
+    let all: Vec<String> = managers.iter().map(|m| m.context.clone()).collect();
+    let not_started = |at: &str, reason: String| FleetError::Stopped { at: at.into(), reason, done: "none".into(), rest: list_or_none(&all) };
     let mut ids = Vec::new();
     for m in &managers {
-        let s = m.status().await.map_err(|e| FleetError::Context { context: m.context.clone(), message: format!("its agent does not answer: {e}") })?;
-        let id = s
-            .node_id
-            .clone()
-            .filter(|_| s.state == "active")
-            .ok_or_else(|| FleetError::Context { context: m.context.clone(), message: format!("swarm state {} (not an active manager)", s.state) })?;
+        let s = m.status().await.map_err(|e| not_started(&m.context, format!("its agent does not answer: {e}")))?;
+        let id = s.node_id.clone().filter(|_| s.state == "active").ok_or_else(|| not_started(&m.context, format!("swarm state {} (not an active manager)", s.state)))?;
         let Some(have) = s.version.clone() else {
-            return Err(FleetError::Context {
-                context: m.context.clone(),
-                message: "its agent does not report an image version (GET /swarmseal/v1/status has no image.version): update it by hand".into(),
-            });
+            return Err(not_started(&m.context, "its agent does not report an image version (GET /swarmseal/v1/status has no image.version): update it by hand".into()));
         };
         clock.say(format_args!("{}: node {}, version {have}", m.context, &id[..id.len().min(12)]));
         ids.push((id, have));
     }
-    let nodes = managers[0].managers().await.map_err(|e| FleetError::Context { context: managers[0].context.clone(), message: e })?;
+    let nodes = managers[0].managers().await.map_err(|e| not_started(&managers[0].context, e))?;
     if nodes.len() != managers.len() || !ids.iter().all(|(id, _)| nodes.iter().any(|n| &n.id == id)) {
         return Err(FleetError::Usage(format!(
             "the swarm has {} managers ({}); --contexts names {}: give every manager exactly once",
