@@ -437,7 +437,7 @@ pub async fn run_command(cfg: &Config, c: Command) -> Result<(), BootError> {
         Command::Rotate => cmd_rotate(&ctx).await,
         Command::Status { json } => cmd_status(&ctx, json).await,
         Command::Agent => run_agent(ctx).await,
-        Command::Proxy | Command::Certs(_) | Command::Bench(_) | Command::Var(_) | Command::Fleet(_) => unreachable!("dispatched in cli"),
+        Command::Proxy | Command::Certs(_) | Command::Bench(_) | Command::Var(_) | Command::Health { .. } | Command::Update(_) | Command::Fleet(_) => unreachable!("dispatched in cli"),
     }
 }
 
@@ -611,6 +611,7 @@ pub async fn status_json(ctx: &Ctx) -> serde_json::Value {
         "proxy": {"enabled": ctx.cfg.proxy.enabled, "listen": ctx.cfg.proxy.listen.to_string()},
         "escrow": ctx.cfg.escrow.recipient.as_ref().map(|_| crate::escrow::path(&ctx.cfg.state_dir)),
         "bench": bench,
+        "image": crate::update::os_image(&ctx.cfg.update.os_release),
     })
 }
 
@@ -781,6 +782,21 @@ impl crate::proxy::AgentApi for AgentImpl {
             }
         })
     }
+    fn update(&self, body: crate::proxy::UpdateBody, content_length: Option<u64>, reboot: bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+        Box::pin(async move {
+            let r = receive_and_apply(&self.ctx.cfg, body, content_length, reboot).await;
+            match r {
+                Ok(version) => {
+                    tracing::warn!(event = "image_update", security = true, version = %version, reboot, "a signed release was staged and installed into the inactive slot on request through the proxy");
+                    Ok(serde_json::json!({"version": version, "staged": true, "reboot": reboot}))
+                }
+                Err(e) => {
+                    tracing::warn!(event = "image_update_refused", security = true, status = e.http_status(), "{e}");
+                    Err((e.http_status(), e.to_string()))
+                }
+            }
+        })
+    }
     fn escrow(&self, file: crate::proxy::EscrowFile) -> Option<Vec<u8>> {
         let dir = &self.ctx.cfg.state_dir;
         match file {
@@ -792,6 +808,25 @@ impl crate::proxy::AgentApi for AgentImpl {
             crate::proxy::EscrowFile::VarRecoveryKey => std::fs::read(crate::var::escrow_path(dir)).ok(),
         }
     }
+}
+
+/// `POST /swarmseal/v1/update`: check the size, receive, verify and stage the release (see
+/// [`crate::update::receive`]), then hand it to the apply service, holding the staging lock
+/// until it answered. Returns the version.
+async fn receive_and_apply(cfg: &Config, body: crate::proxy::UpdateBody, content_length: Option<u64>, reboot: bool) -> Result<String, crate::update::UpdateError> {
+    use crate::update::{self, UpdateError};
+    let max = cfg.update.max_bytes;
+    if content_length.is_some_and(|n| n > max) {
+        return Err(UpdateError::TooLarge { max });
+    }
+    let key = update::load_key(&cfg.update.public_key)?;
+    let staged = update::receive(&key, &cfg.update_dir(), max, body).await?;
+    tracing::info!(event = "image_update_staged", version = %staged.version, dir = %staged.dir.display(), "release verified and staged; asking the apply service to install it");
+    let lines = update::apply_via(&cfg.update.socket, &staged.version, reboot).await?;
+    for l in &lines {
+        tracing::info!(event = "image_update_apply", version = %staged.version, "{l}");
+    }
+    Ok(staged.version)
 }
 
 /// `swarmseal proxy`: only the TLS proxy, with the agent endpoints.

@@ -39,14 +39,22 @@ pub enum Exit {
     /// Not sealed: the signed PCR policy (`[tpm] policy = "authorize"`) could not unseal on
     /// this boot (no signature for the current PCR 11, key or signature file missing or invalid).
     SealRefused = 12,
+    /// `health`: the swarm is locked.
+    Locked = 13,
+    /// `health`: the proxy does not complete a TLS handshake on its listen address.
+    ProxyDown = 14,
+    /// `update`: the release is refused (signature, names, hashes, size).
+    BadRelease = 15,
+    /// `update apply`: systemd-sysupdate (or the reboot) failed.
+    UpdateFailed = 16,
     /// `fleet update` stopped at a manager (quorum, refused release, not back in time, rolled back).
-    FleetStopped = 13,
+    FleetStopped = 17,
 }
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
     /// of the README's table (a unit test keeps the README in step).
-    pub const ALL: [(Exit, &'static str); 14] = [
+    pub const ALL: [(Exit, &'static str); 18] = [
         (Exit::Ok, "success"),
         (Exit::Failure, "other failure (I/O, internal)"),
         (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
@@ -60,6 +68,10 @@ impl Exit {
         (Exit::BenchWarn, "`bench --fail-on warn` found WARN results"),
         (Exit::Proxy, "proxy/PKI error (certificates missing or invalid, address in use)"),
         (Exit::SealRefused, "not sealed: this boot cannot satisfy the signed PCR policy (`policy = \"authorize\"`): no signature for the current PCR 11, or the PCR public key or signature file missing or invalid; the previous seal stays"),
+        (Exit::Locked, "`health`: the swarm is locked (not unlocked in this boot)"),
+        (Exit::ProxyDown, "`health`: the proxy does not answer a TLS handshake on its listen address (or presents another certificate than the configured one)"),
+        (Exit::BadRelease, "`update`: release refused: not signed by this fleet's key, a file missing, unknown or altered, or too large"),
+        (Exit::UpdateFailed, "`update apply`: systemd-sysupdate or the reboot failed"),
         (Exit::FleetStopped, "`fleet update` stopped at a manager (would lose quorum, release refused, not back unlocked in time, rolled back); managers after it untouched"),
     ];
 }
@@ -134,6 +146,16 @@ pub enum Command {
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
     #[command(subcommand)]
     Var(crate::var::VarCommand),
+    /// Exit 0 when the swarm is unlocked (active manager) and the proxy serves; else the reason
+    /// on stderr and its exit code (3, 7, 13, 14). The boot-assessment gate of an update.
+    Health {
+        /// Check again every 2 s until healthy or SECS seconds passed.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
+    /// Image updates: verify a release, install the staged one (appliance, root).
+    #[command(subcommand)]
+    Update(crate::update::UpdateCommand),
     /// Operate on a swarm's managers from a workstation, through docker CLI contexts.
     #[command(subcommand)]
     Fleet(crate::fleet::FleetCommand),
@@ -153,6 +175,10 @@ pub enum Error {
     #[error(transparent)]
     Var(#[from] crate::var::VarError),
     #[error(transparent)]
+    Health(#[from] crate::health::Unhealthy),
+    #[error(transparent)]
+    Update(#[from] crate::update::UpdateError),
+    #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
     #[error("{0}")]
     Usage(String),
@@ -169,6 +195,8 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Proxy(_) => Exit::Proxy,
         Error::Bench(b) => b.exit(),
         Error::Var(v) => v.exit(),
+        Error::Health(h) => h.exit(),
+        Error::Update(u) => u.exit(),
         Error::Fleet(f) => f.exit(),
         Error::Status(x) => *x,
     }
@@ -236,6 +264,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
             Command::Bench(a) => crate::bench::run_cli(&cfg, a).await,
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
+            Command::Health { wait } => crate::health::run(&cfg, wait).await.map_err(Error::from),
+            Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),
             Command::Fleet(c) => crate::fleet::run(c).await.map_err(Error::from),
             Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),
             other => crate::boot::run_command(&cfg, other).await.map_err(Error::from),
@@ -259,5 +289,6 @@ mod tests {
         }
         let help = exit_codes_help();
         assert!(help.contains(" 12  not sealed"), "{help}");
+        assert!(help.contains(" 16  update apply"), "{help}");
     }
 }

@@ -33,6 +33,15 @@
 //!
 //! [bench]
 //! at_boot = true
+//!
+//! [update]
+//! public_key = "/etc/swarmseal/pcr-public-key.pem"  # verifies each release's SHA256SUMS.sig
+//! staging_dir = "/var/lib/swarmseal/updates"         # default <state_dir>/updates
+//! max_bytes = 2147483648                             # largest release tar accepted (413 beyond)
+//! socket = "/run/swarmseal-update.sock"              # the privileged apply service
+//! sysupdate = "systemd-sysupdate"
+//! systemctl = "systemctl"
+//! os_release = "/etc/os-release"                     # IMAGE_ID, IMAGE_VERSION for status
 //! ```
 
 use std::net::SocketAddr;
@@ -71,6 +80,7 @@ pub struct Config {
     pub escrow: EscrowConfig,
     pub proxy: ProxyConfig,
     pub bench: BenchConfig,
+    pub update: UpdateConfig,
 }
 
 /// `[tpm]`: which TPM and which measurements the unlock key is bound to.
@@ -192,6 +202,47 @@ pub struct BenchConfig {
     pub at_boot: bool,
 }
 
+/// `[update]`: image updates received through the proxy (`POST /swarmseal/v1/update`) and
+/// installed by `swarmseal update apply` (see [`crate::update`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// PEM public key (SubjectPublicKeyInfo, RSA 2048–4096 or ECC P-256) that must have signed a
+    /// release's `SHA256SUMS` (`SHA256SUMS.sig`). The image pins the fleet's PCR-signing key here.
+    pub public_key: PathBuf,
+    /// Where releases are received (`V.partial/`) and staged (`staged/`); default `<state_dir>/updates`.
+    pub staging_dir: Option<PathBuf>,
+    /// Largest release tar accepted, in bytes (default 2 GiB); larger uploads get 413.
+    pub max_bytes: u64,
+    /// The root-only socket of `swarmseal-update.socket` (runs `swarmseal update apply`).
+    pub socket: PathBuf,
+    /// The systemd-sysupdate binary `update apply` runs (`sysupdate update V`).
+    pub sysupdate: String,
+    /// The systemctl binary `update apply --reboot` runs (`systemctl reboot`).
+    pub systemctl: String,
+    /// os-release file whose `IMAGE_ID` and `IMAGE_VERSION` `status` reports.
+    pub os_release: PathBuf,
+}
+
+/// Default release-signing public key (the image's copy of the fleet's PCR-signing key).
+pub const DEFAULT_UPDATE_PUBLIC_KEY: &str = "/etc/swarmseal/pcr-public-key.pem";
+/// Default largest release: 2 GiB.
+pub const DEFAULT_UPDATE_MAX_BYTES: u64 = 2 << 30;
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            public_key: DEFAULT_UPDATE_PUBLIC_KEY.into(),
+            staging_dir: None,
+            max_bytes: DEFAULT_UPDATE_MAX_BYTES,
+            socket: "/run/swarmseal-update.sock".into(),
+            sysupdate: "systemd-sysupdate".into(),
+            systemctl: "systemctl".into(),
+            os_release: "/etc/os-release".into(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -202,6 +253,7 @@ impl Default for Config {
             escrow: EscrowConfig::default(),
             proxy: ProxyConfig::default(),
             bench: BenchConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -292,12 +344,20 @@ impl Config {
                 return Err(ConfigError::Invalid { key: "escrow.recipient", message: "expected an age X25519 recipient (`age1…`, from `age-keygen`)".into() });
             }
         }
+        if self.update.max_bytes == 0 {
+            return Err(ConfigError::Invalid { key: "update.max_bytes", message: "must be more than 0 (the largest release tar accepted, in bytes)".into() });
+        }
         Ok(())
     }
 
     /// Path of the engine's unix socket.
     pub fn docker_socket(&self) -> PathBuf {
         PathBuf::from(self.docker_host.trim_start_matches("unix://"))
+    }
+
+    /// Where releases are received and staged: `[update] staging_dir`, else `<state_dir>/updates`.
+    pub fn update_dir(&self) -> PathBuf {
+        self.update.staging_dir.clone().unwrap_or_else(|| self.state_dir.join("updates"))
     }
 
     /// The PKI directory under the state dir.
@@ -354,5 +414,19 @@ mod tests {
         c.tpm.pcrs = vec![7, 15];
         assert!(c.validate().is_ok());
         assert_eq!(c.tpm.policy_pcrs(), vec![7, 11, 15]);
+    }
+
+    #[test]
+    fn update_defaults_follow_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "state_dir = \"/srv/ss\"\n[update]\nmax_bytes = 1024\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.update_dir(), PathBuf::from("/srv/ss/updates"));
+        assert_eq!(c.update.max_bytes, 1024);
+        assert_eq!(c.update.public_key, PathBuf::from(DEFAULT_UPDATE_PUBLIC_KEY));
+        assert_eq!(Config::default().update.max_bytes, 2 * 1024 * 1024 * 1024);
+        std::fs::write(&p, "[update]\nmax_bytes = 0\n").unwrap();
+        assert!(Config::load(Some(&p)).unwrap_err().to_string().contains("update.max_bytes"));
     }
 }

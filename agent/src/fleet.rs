@@ -61,6 +61,10 @@ pub struct UpdateArgs {
     /// Seconds between polls.
     #[arg(long, default_value_t = 3, value_name = "SECONDS")]
     pub poll: u64,
+    /// The fleet's PCR-signing public key (`keys/pcr-signing.pem`): check the release's
+    /// signature and hashes here before any manager is touched (each manager checks again).
+    #[arg(long, value_name = "PEM")]
+    pub public_key: Option<PathBuf>,
     /// The docker CLI that resolves the contexts.
     #[arg(long, default_value = "docker", value_name = "PATH")]
     pub docker: PathBuf,
@@ -300,6 +304,17 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
     let version = release_version(&a.release)
         .ok_or_else(|| FleetError::Usage(format!("{}: not a release (expected swarmseal_VERSION.tar from `scripts/build-image --release`)", a.release.display())))?;
     let meta = std::fs::metadata(&a.release).map_err(|e| FleetError::Usage(format!("{}: {e}", a.release.display())))?;
+    if let Some(k) = &a.public_key {
+        let key = crate::update::load_key(k).map_err(|e| FleetError::Usage(e.to_string()))?;
+        let f = tokio::fs::File::open(&a.release).await.map_err(|e| FleetError::Usage(format!("{}: {e}", a.release.display())))?;
+        let m = crate::update::verify_tar(&key, tokio::io::BufReader::with_capacity(256 << 10, f))
+            .await
+            .map_err(|e| FleetError::Usage(format!("{}: refused before touching any manager: {e}", a.release.display())))?;
+        if m.version != version {
+            return Err(FleetError::Usage(format!("{}: its SHA256SUMS is for version {}, its name says {version}", a.release.display(), m.version)));
+        }
+        clock.say(format_args!("release {version}: signature and hashes verified against {}", k.display()));
+    }
     if a.contexts.is_empty() || a.contexts.iter().any(String::is_empty) {
         return Err(FleetError::Usage("give the managers as --contexts m1,m2,m3".into()));
     }

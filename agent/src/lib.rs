@@ -8,6 +8,8 @@
 //! - [`boot`]: the boot-flow state machine run by `swarmseal agent`.
 //! - [`proxy`]: the mutual-TLS listener, authorization and forwarding.
 //! - [`bench`]: CIS Docker Benchmark v1.6.0 checks and their report.
+//! - [`update`]: signed image releases: receive, verify, stage, install (systemd-sysupdate).
+//! - [`health`]: the boot-assessment gate: swarm unlocked and proxy serving.
 //! - [`config`], [`cli`]: configuration file and command line.
 //!
 //! Errors are typed per module; operator messages and exit codes are decided
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod escrow;
 pub mod fleet;
+pub mod health;
 pub mod keystore;
 pub mod logging;
 pub mod pcrsig;
@@ -26,4 +29,5 @@ pub mod proxy;
 pub mod secret;
 pub mod swarm;
 pub mod tpm;
+pub mod update;
 pub mod var;

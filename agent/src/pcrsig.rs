@@ -64,6 +64,8 @@ pub struct PcrPublicKey {
     der: Vec<u8>,
     kind: KeyKind,
     public: Public,
+    /// RSA: the modulus and exponent (big-endian, no leading zeros); ECC: the SEC 1 point.
+    raw: Vec<Vec<u8>>,
 }
 
 impl PcrPublicKey {
@@ -90,11 +92,11 @@ impl PcrPublicKey {
         use picky_asn1_x509::{oids, AlgorithmIdentifierParameters, EcParameters, PublicKey, SubjectPublicKeyInfo};
         let spki: SubjectPublicKeyInfo =
             picky_asn1_der::from_bytes(der).map_err(|e| format!("not a DER SubjectPublicKeyInfo: {e}"))?;
-        let (kind, public) = match &spki.subject_public_key {
+        let (kind, public, raw) = match &spki.subject_public_key {
             PublicKey::Rsa(key) => {
                 let n = strip_zeros(key.0.modulus.as_unsigned_bytes_be());
                 let e = strip_zeros(key.0.public_exponent.as_unsigned_bytes_be());
-                (KeyKind::Rsa, rsa_public(n, e)?)
+                (KeyKind::Rsa, rsa_public(n, e)?, vec![n.to_vec(), e.to_vec()])
             }
             PublicKey::Ec(point) => {
                 let named_p256 = matches!(spki.algorithm.parameters(),
@@ -102,11 +104,25 @@ impl PcrPublicKey {
                 if !named_p256 {
                     return Err("an ECC key on a curve other than NIST P-256; use RSA 2048 (ukify's default) or P-256".into());
                 }
-                (KeyKind::EccP256, ecc_p256_public(point.0.payload_view())?)
+                let p = point.0.payload_view();
+                (KeyKind::EccP256, ecc_p256_public(p)?, vec![p.to_vec()])
             }
             _ => return Err("neither an RSA nor an ECC P-256 key".into()),
         };
-        Ok(PcrPublicKey { der: der.to_vec(), kind, public })
+        Ok(PcrPublicKey { der: der.to_vec(), kind, public, raw })
+    }
+
+    /// Whether `sig` is this key's signature over `msg` with SHA-256, as `openssl dgst -sha256
+    /// -sign KEY` makes it: RSASSA-PKCS1-v1_5 (RSA 2048–4096 bits) or DER ECDSA (P-256). Checked
+    /// in software (ring); used for release manifests (`SHA256SUMS.sig`), not PCR policies.
+    pub fn verify_sha256(&self, msg: &[u8], sig: &[u8]) -> bool {
+        use ring::signature;
+        match self.kind {
+            KeyKind::Rsa => signature::RsaPublicKeyComponents { n: &self.raw[0], e: &self.raw[1] }
+                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, msg, sig)
+                .is_ok(),
+            KeyKind::EccP256 => signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, &self.raw[0]).verify(msg, sig).is_ok(),
+        }
     }
 
     /// The DER SubjectPublicKeyInfo.

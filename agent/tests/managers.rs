@@ -481,17 +481,19 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
         wait_until(&format!("{} seals the swarm's key", m.name), bound, || m.holds(Slot::Current, &k));
     }
 
-    let fleet = |release: &Path| {
+    let fleet_with = |release: &Path, extra: &[&str]| {
         Command::new(swarmseal_bin())
             .env("DOCKER_CONFIG", &docker_config)
             .env("NO_COLOR", "1")
             .args(["fleet", "update", "--contexts", "m1,m2,m3", "--poll", "1", "--timeout", "300"])
+            .args(extra)
             .arg(release)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
+    let fleet = |release: &Path| fleet_with(release, &[]);
 
     // A release signed by another fleet's key: the first manager refuses it, nothing is
     // written anywhere, nobody reboots, the run stops there.
@@ -499,9 +501,15 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
     let o = fleet(&bad).wait_with_output().unwrap();
     let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
     println!("fleet update with another key's release:\n{out}{err}");
-    assert_eq!(o.status.code(), Some(13), "exit 13 (stopped); stdout {out} stderr {err}");
+    assert_eq!(o.status.code(), Some(17), "exit 17 (stopped); stdout {out} stderr {err}");
     assert!(err.contains("stopped at") && err.contains("422"), "says where and why it stopped: {err}");
     assert!(err.contains("updated: none"), "{err}");
+    // With the fleet's public key the operator's machine refuses it before any manager.
+    let pk = keys.join("pcr-signing.pem");
+    let o = fleet_with(&bad, &["--public-key", pk.to_str().unwrap()]).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "refused locally with exit 2: {err}");
+    assert!(err.contains("refused before touching any manager"), "{err}");
     for (m, sl) in c.m.iter().zip(&slots) {
         assert_eq!(sl.version(), "1.0.0", "{}", m.name);
         assert!(sl.log("sysupdate").is_empty() && sl.log("systemctl").is_empty() && !sl.take_reboot(), "{}: nothing applied, no reboot", m.name);
@@ -514,7 +522,7 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
     let good = make_release(work.path(), "1.0.2", &keys);
     let leader_before = nodes(&c.m[0]).iter().position(|(_, _, ms)| ms == "Leader");
     let t = Instant::now();
-    let mut child = fleet(&good);
+    let mut child = fleet_with(&good, &["--public-key", pk.to_str().unwrap()]);
     let mut order = Vec::new();
     let mut reboots = Vec::new();
     let status = loop {

@@ -14,7 +14,9 @@
 //! - `readonly`: `GET`/`HEAD` only, no connection upgrade (no `attach/ws`), and never
 //!   `/swarm/unlockkey` (the key), `/swarm` (it holds the join tokens, a way to add a
 //!   manager), `/containers/*/archive` and `/containers/*/export` (container files,
-//!   such as mounted secrets), `/swarmseal/v1/escrow` and `/swarmseal/v1/reseal`.
+//!   such as mounted secrets), `/swarmseal/v1/escrow`, `/swarmseal/v1/reseal`,
+//!   `/swarmseal/v1/var/enroll-tpm` and `/swarmseal/v1/update` (already denied as non-GET;
+//!   named so the reason says so).
 
 use super::tls::Role;
 
@@ -113,6 +115,9 @@ pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Dec
     if role == Role::Admin {
         return Decision::Allow;
     }
+    if c.is(&["swarmseal", "v1", "update"]) {
+        return Decision::Deny("image updates are admin-only (readonly certificate)".into());
+    }
     if method != "GET" && method != "HEAD" {
         return Decision::Deny(format!("{method} is not allowed for a readonly certificate (GET and HEAD only)"));
     }
@@ -166,6 +171,8 @@ pub enum KeyEvent {
     Reseal,
     /// `POST /swarmseal/v1/var/enroll-tpm` (the body is the /var recovery key)
     VarEnrollTpm,
+    /// `POST /swarmseal/v1/update`: a new image for this manager (its release key decides).
+    ImageUpdate,
 }
 
 impl KeyEvent {
@@ -178,6 +185,7 @@ impl KeyEvent {
             KeyEvent::EscrowRead => "escrow_read",
             KeyEvent::Reseal => "reseal",
             KeyEvent::VarEnrollTpm => "var_enroll_tpm",
+            KeyEvent::ImageUpdate => "image_update",
         }
     }
 }
@@ -221,6 +229,8 @@ pub fn key_events(method: &str, c: &Canon, query: Option<&str>) -> Vec<KeyEvent>
         v.push(KeyEvent::Reseal);
     } else if c.is(&["swarmseal", "v1", "var", "enroll-tpm"]) {
         v.push(KeyEvent::VarEnrollTpm);
+    } else if c.is(&["swarmseal", "v1", "update"]) {
+        v.push(KeyEvent::ImageUpdate);
     }
     v
 }
@@ -278,6 +288,14 @@ mod tests {
         assert_eq!(decide(ro, "GET", &canonicalize("/swarmseal/v1/status"), false), Decision::Allow);
         assert!(matches!(decide(None, "GET", &c, false), Decision::Deny(_)));
         assert_eq!(decide(Some(Role::Admin), "POST", &canonicalize("/swarm/unlockkey"), true), Decision::Allow);
+        for p in ["/swarmseal/v1/update", "/v1.45/swarmseal/v1/update?reboot=1", "/swarmseal/v1/%55pdate"] {
+            for m in ["POST", "GET", "HEAD"] {
+                let d = decide(ro, m, &canonicalize(p), false);
+                assert!(matches!(&d, Decision::Deny(w) if w.contains("admin-only")), "{m} {p}: {d:?}");
+            }
+            assert_eq!(decide(Some(Role::Admin), "POST", &canonicalize(p), false), Decision::Allow);
+        }
+        assert_eq!(key_events("POST", &canonicalize("/swarmseal/v1/update"), Some("reboot=1")), vec![KeyEvent::ImageUpdate]);
     }
 
     #[test]

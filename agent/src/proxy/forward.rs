@@ -295,7 +295,9 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
 
     // 3. The agent's own endpoints.
     if canon.is_agent() {
-        return Ok(agent_endpoint(ctx, &method, &canon, req.into_body(), take_audit(audit_slot)).await);
+        let query = req.uri().query().map(str::to_string);
+        let len = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        return Ok(agent_endpoint(ctx, &method, &canon, query.as_deref(), len, req.into_body(), take_audit(audit_slot)).await);
     }
 
     // 4. Forward to the engine.
@@ -451,7 +453,7 @@ fn ok_body(b: Vec<u8>, content_type: &'static str, audit: Audit) -> Response<Out
     r
 }
 
-async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, body: Incoming, audit: Audit) -> Response<OutBody> {
+async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, query: Option<&str>, content_length: Option<u64>, body: Incoming, audit: Audit) -> Response<OutBody> {
     let api = &ctx.shared.api;
     let segs: Vec<&str> = canon.segs.iter().map(|s| s.as_str()).collect();
     let m = method.as_str();
@@ -472,6 +474,15 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, bo
                 Err((code, msg)) => message(code, &msg, audit),
             }
         }
+        ("POST", ["swarmseal", "v1", "update"]) => {
+            // Streamed to the agent; the bytes counted for the audit line, never logged.
+            let reader = crate::update::BodyReader::new(ReqBody::Stream(body, audit.bytes_in.clone()));
+            let reboot = authz::query_flag(query, "reboot");
+            match api.update(Box::pin(reader), content_length, reboot).await {
+                Ok(v) => json_response(200, &v, audit),
+                Err((code, msg)) => message(code, &msg, audit),
+            }
+        }
         ("POST", ["swarmseal", "v1", "reseal"]) => match api.reseal().await {
             Ok(v) => json_response(200, &v, audit),
             Err((code, msg)) => message(code, &msg, audit),
@@ -484,8 +495,8 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, bo
             Some(b) => ok_body(b, "application/octet-stream", audit),
             None => message(404, "no escrowed /var recovery key: escrow is not configured (credential swarmseal.escrow-recipient), this is not the appliance image, or swarmseal-var-recovery.service has not run (see its journal)", audit),
         },
-        (_, ["swarmseal", "v1", "status" | "bench" | "reseal" | "escrow"] | ["swarmseal", "v1", "escrow", "var-recovery-key"] | ["swarmseal", "v1", "var", "enroll-tpm"]) => message(405, &format!("{m} is not allowed here"), audit),
-        _ => message(404, "no such swarmseal endpoint (status, bench, reseal, escrow, escrow/var-recovery-key, var/enroll-tpm under /swarmseal/v1/)", audit),
+        (_, ["swarmseal", "v1", "status" | "bench" | "reseal" | "escrow" | "update"] | ["swarmseal", "v1", "escrow", "var-recovery-key"] | ["swarmseal", "v1", "var", "enroll-tpm"]) => message(405, &format!("{m} is not allowed here"), audit),
+        _ => message(404, "no such swarmseal endpoint (status, bench, reseal, escrow, escrow/var-recovery-key, var/enroll-tpm, update under /swarmseal/v1/)", audit),
     }
 }
 

@@ -9,7 +9,8 @@
 //! - HTTP/1.1 through hyper to the engine socket: streaming responses, chunked
 //!   bodies, `101 Switching Protocols` with a raw bidirectional copy that
 //!   honours half-close (`docker exec -it`, `attach`, `run -it`) ([`forward`]).
-//! - The agent's endpoints under `/swarmseal/v1/` (`status`, `bench`, `reseal`, `escrow`).
+//! - The agent's endpoints under `/swarmseal/v1/` (`status`, `bench`, `reseal`, `escrow`,
+//!   `var/enroll-tpm`, `update`).
 //! - One audit line per request (target `swarmseal::audit`), security events
 //!   for requests touching the unlock key (target `swarmseal::security`).
 //! - A fresh connection must finish its TLS handshake, and every request head
@@ -66,11 +67,22 @@ pub trait AgentApi: Send + Sync + 'static {
         drop(recovery_key);
         Box::pin(async { Err((404, "not available here: /var re-enrollment exists on the appliance image only".to_string())) })
     }
+    /// `POST /swarmseal/v1/update[?reboot=1]`, body: a release tar (`swarmseal_V.tar`, streamed,
+    /// `content_length` when the client sent one): verify and stage it, have the apply service
+    /// install it (see [`crate::update`]). Ok(JSON `{"version","staged":true,"reboot"}`) or
+    /// Err((HTTP status, message)). The default answers 404 (no update support here).
+    fn update(&self, body: UpdateBody, content_length: Option<u64>, reboot: bool) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+        drop((body, content_length, reboot));
+        Box::pin(async { Err((404, "not available here: image updates exist on the appliance agent only".to_string())) })
+    }
     /// `GET /swarmseal/v1/escrow` (the unlock key) and
     /// `GET /swarmseal/v1/escrow/var-recovery-key` (the appliance's `/var`
     /// recovery key): the age-encrypted file, if it exists.
     fn escrow(&self, file: EscrowFile) -> Option<Vec<u8>>;
 }
+
+/// The request body of `POST /swarmseal/v1/update`, as a byte stream.
+pub type UpdateBody = Pin<Box<dyn AsyncRead + Send>>;
 
 /// Which escrow file an admin asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,189 @@
+//! `swarmseal health`: is this manager good? The boot-assessment gate of an image update
+//! (`swarmseal-boot-health.service`, before `boot-complete.target`): a new version is good
+//! only when the agent unlocked the swarm and the proxy serves.
+//!
+//! Two checks, in this order; the first failure decides the exit code:
+//! 1. the engine (`GET /info` on the engine socket): `Swarm.LocalNodeState == "active"` and
+//!    `Swarm.ControlAvailable` (a manager). Unreachable → exit 3; `locked` → exit 13; any
+//!    other state (inactive, pending, error, a worker) → exit 7.
+//! 2. the proxy (`[proxy] listen`; `0.0.0.0`/`::` probed on loopback): a TLS 1.3 handshake,
+//!    no client certificate. When the configured server certificate (`[proxy] server_cert`,
+//!    default `<state_dir>/pki/server-cert.pem`) is readable, the server must present exactly
+//!    that certificate and prove its key (CertificateVerify checked): "pinned". When it is not
+//!    readable, the probe only checks that a TLS 1.3 server answers with a ServerHello and a
+//!    certificate (it reaches certificate verification, then aborts; no certificate is ever
+//!    accepted unverified): "hello". Failure → exit 14. A disabled proxy is not checked.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::cli::Exit;
+use crate::config::Config;
+use crate::swarm::{Engine, NodeState, SwarmError};
+
+/// How long one probe of the proxy may take (TCP connect and handshake each).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two checks of `--wait`.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Why the manager is not healthy. `Display` is the operator sentence (stderr).
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    #[error(transparent)]
+    Engine(#[from] SwarmError),
+    #[error("the swarm is locked: the agent did not unlock it in this boot (journalctl -u swarmseal says why)")]
+    Locked,
+    #[error("the swarm is {state}{}: a manager is healthy when its swarm is active", if *.manager { "" } else { " and this node is not a manager" })]
+    State { state: NodeState, manager: bool },
+    #[error("the proxy does not serve on {addr}: {reason}")]
+    Proxy { addr: SocketAddr, reason: String },
+}
+
+impl Unhealthy {
+    /// The exit code of `swarmseal health` (see the module doc).
+    pub fn exit(&self) -> Exit {
+        match self {
+            Unhealthy::Engine(SwarmError::Unreachable { .. }) => Exit::DockerUnreachable,
+            Unhealthy::Engine(_) => Exit::Failure,
+            Unhealthy::Locked => Exit::Locked,
+            Unhealthy::State { .. } => Exit::SwarmState,
+            Unhealthy::Proxy { .. } => Exit::ProxyDown,
+        }
+    }
+}
+
+/// How the proxy probe judged the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// The configured server certificate, presented and its key proven.
+    Pinned,
+    /// A TLS 1.3 ServerHello and a certificate; the certificate not checked (none configured readable).
+    Hello,
+}
+
+/// One check of the engine, then the proxy. Ok: a one-line summary.
+pub async fn check(cfg: &Config) -> Result<String, Unhealthy> {
+    let engine = Engine::connect(&cfg.docker_socket()).await?;
+    let st = engine.status().await?;
+    match st.state {
+        NodeState::Active if st.manager => {}
+        NodeState::Locked => return Err(Unhealthy::Locked),
+        state => return Err(Unhealthy::State { state, manager: st.manager }),
+    }
+    if !cfg.proxy.enabled {
+        return Ok("swarm active (manager); proxy disabled in the configuration, not checked".into());
+    }
+    let addr = probe_addr(cfg.proxy.listen);
+    let paths = crate::proxy::pki::PkiPaths::of(cfg);
+    let pinned = std::fs::read(&paths.server_cert).ok().and_then(|pem| crate::proxy::tls::pem_certs(&pem).ok()).and_then(|c| c.into_iter().next());
+    let mode = probe_proxy(addr, pinned).await.map_err(|reason| Unhealthy::Proxy { addr, reason })?;
+    let how = match mode {
+        ProbeMode::Pinned => "it presented the configured server certificate and proved its key",
+        ProbeMode::Hello => "it answered a TLS 1.3 ServerHello (server certificate not readable here, not checked)",
+    };
+    Ok(format!("swarm active (manager); proxy serving on {addr}: {how}"))
+}
+
+/// `swarmseal health [--wait SECS]`: check; with `wait`, check again every 2 s until healthy or
+/// `wait` seconds passed. Prints the summary on success; the last reason is the error.
+pub async fn run(cfg: &Config, wait: Option<u64>) -> Result<(), Unhealthy> {
+    let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
+    loop {
+        match check(cfg).await {
+            Ok(s) => {
+                println!("healthy: {s}");
+                return Ok(());
+            }
+            Err(e) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(POLL.min(deadline - now)).await;
+            }
+        }
+    }
+}
+
+/// The address to probe for a listen address: a wildcard becomes loopback of its family.
+pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// What the probe's verifier saw (it never accepts a certificate it was not given).
+#[derive(Debug)]
+struct Probe {
+    pinned: Option<CertificateDer<'static>>,
+    provider: Arc<CryptoProvider>,
+    hello: AtomicBool,
+    proven: AtomicBool,
+}
+
+impl ServerCertVerifier for Probe {
+    fn verify_server_cert(&self, end_entity: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        // Reaching this point means a TLS 1.3 ServerHello was processed.
+        self.hello.store(true, Ordering::SeqCst);
+        match &self.pinned {
+            Some(p) if p.as_ref() == end_entity.as_ref() => Ok(ServerCertVerified::assertion()),
+            Some(_) => Err(rustls::Error::General("the server presented another certificate than the configured server_cert".into())),
+            None => Err(rustls::Error::General("probe ends here (ServerHello seen, certificate not checked)".into())),
+        }
+    }
+    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not the proxy's protocol".into()))
+    }
+    fn verify_tls13_signature(&self, msg: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let r = rustls::crypto::verify_tls13_signature(msg, cert, dss, &self.provider.signature_verification_algorithms);
+        if r.is_ok() {
+            self.proven.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Handshake with the proxy at `addr` without a client certificate (see the module doc).
+/// Ok: how it was judged. Err: why it is not serving.
+pub async fn probe_proxy(addr: SocketAddr, pinned: Option<CertificateDer<'static>>) -> Result<ProbeMode, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let probe = Arc::new(Probe { pinned: pinned.clone(), provider: provider.clone(), hello: AtomicBool::new(false), proven: AtomicBool::new(false) });
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(probe.clone())
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("no TCP connection within {} s", PROBE_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("TCP connect: {e}"))?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let r = tokio::time::timeout(PROBE_TIMEOUT, tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp)).await;
+    let outcome = match &r {
+        Err(_) => format!("no TLS handshake within {} s", PROBE_TIMEOUT.as_secs()),
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => String::new(),
+    };
+    match pinned {
+        // The server proved the configured certificate's key; it then refuses us (no client
+        // certificate), which is expected.
+        Some(_) if probe.proven.load(Ordering::SeqCst) => Ok(ProbeMode::Pinned),
+        Some(_) if probe.hello.load(Ordering::SeqCst) => Err(format!("TLS handshake: {outcome}")),
+        None if probe.hello.load(Ordering::SeqCst) => Ok(ProbeMode::Hello),
+        _ => Err(format!("no TLS 1.3 ServerHello: {outcome}")),
+    }
+}

@@ -1,0 +1,372 @@
+//! The operator's story of an image update through the proxy, against a real dockerd, a real
+//! swtpm and the real `swarmseal agent`: a release built and signed here the way
+//! `scripts/build-image --release` does it (sha256sum, `openssl dgst -sha256 -sign` with a key
+//! from `scripts/make-keys`, `tar --format=ustar`) is POSTed with an admin certificate, staged,
+//! and handed to the apply service; releases signed by another key, altered in transit, too
+//! large, or sent with a readonly certificate are refused and leave nothing staged. Then
+//! `swarmseal health`, the boot-assessment gate, with the swarm unlocked, the proxy down, the
+//! swarm locked and the engine gone.
+//!
+//! The apply service is the real `swarmseal update apply --stdin-request`, run per connection
+//! with the connection as stdin/stdout/stderr exactly as `swarmseal-update.socket`
+//! (`Accept=yes`) runs it. systemd-sysupdate and systemctl are fakes that record their
+//! arguments: writing A/B partitions and rebooting cannot happen on this host (the QEMU
+//! scenarios do that on the image).
+mod support;
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const V1: &str = "1.0.0";
+const V2: &str = "1.1.0.g0123abc";
+const ROOT_UUID: &str = "6d2f0c8a-2b1e-4c8e-9a43-2f3c1b0e7d55";
+const VERITY_UUID: &str = "a1b2c3d4-e5f6-4789-8abc-def012345678";
+/// In every UKI of the test releases: it must never reach a log.
+const BODY_MARKER: &str = "release-body-must-not-be-logged";
+
+/// A running `swarmseal agent`, killed if a failing test drops it.
+struct AgentProcess(std::process::Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `swarmseal-update.socket` (Accept=yes, MaxConnections=1) in miniature: each connection runs
+/// `swarmseal update apply --stdin-request` with the connection as stdin, stdout and stderr.
+struct ApplySocket {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    runs: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApplySocket {
+    fn start(path: &Path, args: Vec<String>) -> ApplySocket {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (s2, r2) = (stop.clone(), runs.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                r2.fetch_add(1, Ordering::SeqCst);
+                let fd: OwnedFd = conn.into();
+                let st = Command::new(swarmseal_bin())
+                    .args(&args)
+                    .args(["update", "apply", "--stdin-request"])
+                    .env("NO_COLOR", "1")
+                    .stdin(Stdio::from(fd.try_clone().unwrap()))
+                    .stdout(Stdio::from(fd.try_clone().unwrap()))
+                    .stderr(Stdio::from(fd))
+                    .status();
+                st.expect("swarmseal update apply runs");
+            }
+        });
+        ApplySocket { path: path.to_path_buf(), stop, runs, thread: Some(thread) }
+    }
+}
+
+impl Drop for ApplySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::os::unix::net::UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn sh(script: &str, dir: &Path) {
+    let o = Command::new("sh").arg("-ec").arg(script).current_dir(dir).output().unwrap();
+    assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn names(v: &str) -> [String; 3] {
+    [format!("swarmseal_{v}.efi"), format!("swarmseal_{v}_{ROOT_UUID}.root.raw"), format!("swarmseal_{v}_{VERITY_UUID}.root-verity.raw")]
+}
+
+/// The three files of version `v` (`root_len` bytes of root image).
+fn release_files(v: &str, root_len: usize) -> Vec<(String, Vec<u8>)> {
+    let [efi, root, verity] = names(v);
+    let uki = format!("MZ fake UKI {v} {BODY_MARKER}\n").repeat(2000).into_bytes();
+    let root_img: Vec<u8> = (0..root_len).map(|i| (i * 7 + v.len()) as u8).collect();
+    vec![(efi, uki), (root, root_img), (verity, vec![0x5a; 8192])]
+}
+
+/// Build `swarmseal_V.tar` as the release contract says, signed with `key`; `tamper` changes
+/// one byte of the root image after signing (an alteration in transit).
+fn build_release(work: &Path, v: &str, key: &Path, root_len: usize, tamper: bool) -> PathBuf {
+    let dir = work.join(format!("rel-{v}-{}-{tamper}-{root_len}", key.parent().unwrap().file_name().unwrap().to_string_lossy()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = release_files(v, root_len);
+    for (n, b) in &files {
+        std::fs::write(dir.join(n), b).unwrap();
+    }
+    let [efi, root, verity] = names(v);
+    sh(&format!("sha256sum {efi} {root} {verity} > SHA256SUMS && openssl dgst -sha256 -sign {} -out SHA256SUMS.sig SHA256SUMS", key.display()), &dir);
+    if tamper {
+        let p = dir.join(&root);
+        let mut b = std::fs::read(&p).unwrap();
+        b[1000] ^= 0x01;
+        std::fs::write(&p, b).unwrap();
+    }
+    let tar = PathBuf::from(format!("{}.tar", dir.display()));
+    sh(&format!("tar --format=ustar -cf {} SHA256SUMS SHA256SUMS.sig {efi} {root} {verity}", tar.display()), &dir);
+    tar
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn text(o: &Output) -> String {
+    format!("stdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Everything under `dir`, relative paths, sorted (empty when it does not exist).
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                out.push(e.path().strip_prefix(base).unwrap().display().to_string());
+                if e.path().is_dir() {
+                    walk(base, &e.path(), out);
+                }
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v.sort();
+    v
+}
+
+#[test]
+fn a_signed_release_is_staged_and_installed_and_health_gates_the_boot() {
+    let d = Dockerd::start();
+    let tpm = Swtpm::start();
+    let tmp = tempfile::Builder::new().prefix("ssu").tempdir_in("/tmp").unwrap();
+    let work = tmp.path();
+    let state = work.join("state");
+    let s = path_str(&state).to_string();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let make_keys = repo.join("scripts/make-keys");
+    for k in ["keys", "other-keys"] {
+        let o = Command::new(&make_keys).arg(work.join(k)).output().unwrap();
+        assert!(o.status.success(), "scripts/make-keys: {}", text(&o));
+    }
+    let fleet_key = work.join("keys/pcr-signing.key");
+    let other_key = work.join("other-keys/pcr-signing.key");
+
+    // PKI, fakes, configuration.
+    let run = |args: &[&str]| swarmseal(&[&["--state-dir", &s], args].concat(), &[], None);
+    assert!(run(&["certs", "init"]).status.success());
+    for (n, role) in [("admin", "admin"), ("ro", "readonly")] {
+        let o = run(&["certs", "issue", n, "--role", role, "--out", path_str(&work.join(n))]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    for tool in ["sysupdate", "systemctl"] {
+        let p = work.join(format!("fake-{tool}"));
+        std::fs::write(&p, format!("#!/bin/sh\necho \"$*\" >> {work}/{tool}.argv\necho \"fake {tool}: $*\"\n", work = work.display())).unwrap();
+        sh(&format!("chmod 0755 {}", p.display()), work);
+    }
+    std::fs::write(work.join("os-release"), "ID=debian\nIMAGE_ID=swarmseal\nIMAGE_VERSION=\"0.9.0\"\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let max_bytes = 2 << 20;
+    let cfg_text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n[swarm]\ninit = true\nadvertise_addr = \"{addr}\"\n\
+         [update]\npublic_key = \"{w}/keys/pcr-signing.pem\"\nsocket = \"{w}/update.sock\"\nsysupdate = \"{w}/fake-sysupdate\"\n\
+         systemctl = \"{w}/fake-systemctl\"\nos_release = \"{w}/os-release\"\nmax_bytes = {max_bytes}\n",
+        addr = d.addr,
+        w = work.display()
+    );
+    let cfg = work.join("agent.toml");
+    std::fs::write(&cfg, &cfg_text).unwrap();
+    let common: Vec<String> = ["--config", path_str(&cfg), "--docker-host", &d.host(), "--state-dir", &s, "--tcti", &tpm.tcti()].iter().map(|x| x.to_string()).collect();
+    let apply = ApplySocket::start(&work.join("update.sock"), common.clone());
+    let log = work.join("agent.log");
+    let start_agent = || {
+        Command::new(swarmseal_bin())
+            .args(&common)
+            .arg("agent")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::options().create(true).append(true).open(&log).unwrap())
+            .spawn()
+            .map(AgentProcess)
+            .unwrap()
+    };
+    let stop_agent = |mut a: AgentProcess| {
+        let _ = Command::new("kill").arg("-TERM").arg(a.0.id().to_string()).status();
+        assert!(a.0.wait().unwrap().success(), "agent log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    };
+    let health = |extra: &[&str]| -> Output {
+        let mut args: Vec<&str> = common.iter().map(String::as_str).collect();
+        args.push("health");
+        args.extend_from_slice(extra);
+        swarmseal(&args, &[], None)
+    };
+    // POST through the proxy with curl (streams the file: `-T`); returns (status, body).
+    let post = |bundle: &str, tar: &Path, query: &str| -> (u16, serde_json::Value) {
+        let b = work.join(bundle);
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "120", "-X", "POST", "-H", "Content-Type: application/x-tar", "-w", "\n%{http_code}"])
+            .arg("--cacert").arg(b.join("ca.pem")).arg("--cert").arg(b.join("cert.pem")).arg("--key").arg(b.join("key.pem"))
+            .arg("-T").arg(tar)
+            .arg(format!("https://127.0.0.1:{port}/swarmseal/v1/update{query}"))
+            .output()
+            .expect("curl must be installed");
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (status.trim().parse().unwrap_or_else(|_| panic!("curl: {}", text(&o))), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    };
+    let get_status = || -> serde_json::Value {
+        let b = work.join("admin");
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--fail"])
+            .arg("--cacert").arg(b.join("ca.pem")).arg("--cert").arg(b.join("cert.pem")).arg("--key").arg(b.join("key.pem"))
+            .arg(format!("https://127.0.0.1:{port}/swarmseal/v1/status"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let updates = state.join("updates");
+    let argv = |tool: &str| std::fs::read_to_string(work.join(format!("{tool}.argv"))).unwrap_or_default();
+
+    // First boot: the agent inits the swarm, seals, serves.
+    let agent = start_agent();
+    wait_until("the agent inits the swarm and serves", Duration::from_secs(90), || {
+        d.swarm_state() == "active" && get_status()["swarm"]["state"] == "active"
+    });
+    let st = get_status();
+    assert_eq!(st["image"], serde_json::json!({"id": "swarmseal", "version": "0.9.0"}), "{st}");
+
+    // ---- health: unlocked, proxy serving (pinned to the configured server certificate).
+    let o = health(&[]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("proved its key"), "{}", text(&o));
+    // A proxy presenting another certificate than the configured one is not ours: 14.
+    let wrong = work.join("wrong.toml");
+    std::fs::write(&wrong, format!("{cfg_text}\n").replace("[bench]", &format!("server_cert = \"{}/admin/cert.pem\"\n[bench]", work.display()))).unwrap();
+    let o = swarmseal(&["--config", path_str(&wrong), "--docker-host", &d.host(), "--state-dir", &s, "health"], &[], None);
+    assert_eq!(code(&o), 14, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("another certificate"), "{}", text(&o));
+    // No readable server certificate: the probe settles for a ServerHello, and says so.
+    let hello = work.join("hello.toml");
+    std::fs::write(&hello, cfg_text.replace("[bench]", &format!("server_cert = \"{}/nonexistent.pem\"\n[bench]", work.display()))).unwrap();
+    let o = swarmseal(&["--config", path_str(&hello), "--docker-host", &d.host(), "--state-dir", &s, "health"], &[], None);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ServerHello"), "{}", text(&o));
+
+    // ---- refused releases leave nothing behind.
+    let other = build_release(work, V1, &other_key, 300_000, false);
+    let (code_, body) = post("admin", &other, "");
+    assert_eq!(code_, 422, "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("release not signed by this fleet's key"), "{body}");
+    assert!(tree(&updates).is_empty(), "something was written for an unsigned release: {:?}", tree(&updates));
+
+    let tampered = build_release(work, V1, &fleet_key, 300_000, true);
+    let (code_, body) = post("admin", &tampered, "");
+    assert_eq!(code_, 422, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("does not match SHA256SUMS"), "{body}");
+    assert!(tree(&updates).is_empty(), "an altered release left files: {:?}", tree(&updates));
+
+    let good = build_release(work, V1, &fleet_key, 300_000, false);
+    let (code_, body) = post("ro", &good, "");
+    assert_eq!(code_, 403, "{body}");
+    assert!(tree(&updates).is_empty());
+    assert_eq!(apply.runs.load(Ordering::SeqCst), 0, "the apply service was asked for a refused release");
+
+    let big = build_release(work, V1, &fleet_key, max_bytes as usize, false);
+    let (code_, body) = post("admin", &big, "");
+    assert_eq!(code_, 413, "{body}");
+    assert!(tree(&updates).is_empty());
+
+    // ---- a signed release: staged, verified again and installed by the apply service.
+    let (code_, body) = post("admin", &good, "");
+    assert_eq!(code_, 200, "{body}\nagent log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert_eq!(body, serde_json::json!({"version": V1, "staged": true, "reboot": false}));
+    let staged = updates.join("staged");
+    for (n, b) in release_files(V1, 300_000) {
+        assert_eq!(std::fs::read(staged.join(&n)).unwrap(), b, "{n} staged as sent");
+    }
+    assert!(staged.join("SHA256SUMS").exists() && staged.join("SHA256SUMS.sig").exists());
+    assert_eq!(argv("sysupdate"), format!("update {V1}\n"));
+    assert_eq!(argv("systemctl"), "", "no reboot was asked for");
+    assert_eq!(apply.runs.load(Ordering::SeqCst), 1);
+
+    // The next one, with a reboot: it replaces the staged release.
+    let good2 = build_release(work, V2, &fleet_key, 200_000, false);
+    let (code_, body) = post("admin", &good2, "?reboot=1");
+    assert_eq!(code_, 200, "{body}");
+    assert_eq!(body, serde_json::json!({"version": V2, "staged": true, "reboot": true}));
+    let mut want: Vec<String> = names(V2).to_vec();
+    want.extend(["SHA256SUMS".into(), "SHA256SUMS.sig".into()]);
+    want.sort();
+    assert_eq!(tree(&staged), want, "only one release is staged");
+    assert_eq!(argv("sysupdate"), format!("update {V1}\nupdate {V2}\n"));
+    wait_until("systemctl reboot", Duration::from_secs(10), || argv("systemctl") == "reboot\n");
+
+    // An altered release after that: refused, the staged one untouched.
+    let tampered2 = build_release(work, "1.2.0", &fleet_key, 200_000, true);
+    assert_eq!(post("admin", &tampered2, "").0, 422);
+    assert_eq!(tree(&staged), want);
+    let mut all: Vec<String> = want.iter().map(|n| format!("staged/{n}")).collect();
+    all.push("staged".into());
+    all.sort();
+    assert_eq!(tree(&updates), all, "no partial release left behind");
+
+    // The operator's (and CI's) check of a release file or directory.
+    let verify = |p: &Path| swarmseal(&["--config", path_str(&cfg), "update", "verify", path_str(p)], &[], None);
+    let o = verify(&good);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(code(&verify(&staged)), 0);
+    assert_eq!(code(&verify(&other)), 15);
+    assert_eq!(code(&verify(&tampered)), 15);
+
+    // Audit: security events for each update, never a byte of a body.
+    let agent_log = std::fs::read_to_string(&log).unwrap();
+    assert!(agent_log.contains("image_update") && agent_log.contains("image_update_refused"), "{agent_log}");
+    assert!(agent_log.contains("security event: image_update (denied)"), "the readonly attempt is a security event");
+    assert!(!agent_log.contains(BODY_MARKER), "a release body reached the log");
+
+    // ---- health: proxy down, then locked, then the engine gone.
+    stop_agent(agent);
+    let o = health(&[]);
+    assert_eq!(code(&o), 14, "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("proxy does not serve"), "{}", text(&o));
+
+    let mut d = d;
+    d.restart();
+    assert_eq!(d.swarm_state(), "locked");
+    // The agent again in the same boot: the phase lock keeps it from unsealing, so it stays locked.
+    let agent = start_agent();
+    wait_until("the proxy serves again", Duration::from_secs(60), || get_status()["swarm"]["state"] == "locked");
+    let t = Instant::now();
+    let o = health(&["--wait", "3"]);
+    assert_eq!(code(&o), 13, "{}", text(&o));
+    assert!(t.elapsed() >= Duration::from_secs(3), "--wait polls for its whole time");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("locked"), "{}", text(&o));
+    stop_agent(agent);
+    d.stop();
+    let o = health(&[]);
+    assert_eq!(code(&o), 3, "{}", text(&o));
+
+    let mut keys = String::new();
+    std::fs::File::open(work.join("keys/pcr-signing.key")).unwrap().read_to_string(&mut keys).unwrap();
+    assert!(!agent_log.contains(keys.lines().nth(1).unwrap()), "a private key reached the log");
+}
