@@ -437,7 +437,7 @@ pub async fn run_command(cfg: &Config, c: Command) -> Result<(), BootError> {
         Command::Rotate => cmd_rotate(&ctx).await,
         Command::Status { json } => cmd_status(&ctx, json).await,
         Command::Agent => run_agent(ctx).await,
-        Command::Proxy | Command::Certs(_) | Command::Bench(_) | Command::Var(_) | Command::Health { .. } | Command::Update(_) => unreachable!("dispatched in cli"),
+        Command::Proxy | Command::Certs(_) | Command::Bench(_) | Command::Var(_) | Command::Health { .. } | Command::Update(_) | Command::Fleet(_) => unreachable!("dispatched in cli"),
     }
 }
 

@@ -47,12 +47,14 @@ pub enum Exit {
     BadRelease = 15,
     /// `update apply`: systemd-sysupdate (or the reboot) failed.
     UpdateFailed = 16,
+    /// `fleet update` stopped at a manager (quorum, refused release, not back in time, rolled back).
+    FleetStopped = 17,
 }
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
     /// of the README's table (a unit test keeps the README in step).
-    pub const ALL: [(Exit, &'static str); 17] = [
+    pub const ALL: [(Exit, &'static str); 18] = [
         (Exit::Ok, "success"),
         (Exit::Failure, "other failure (I/O, internal)"),
         (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
@@ -70,6 +72,7 @@ impl Exit {
         (Exit::ProxyDown, "`health`: the proxy does not answer a TLS handshake on its listen address (or presents another certificate than the configured one)"),
         (Exit::BadRelease, "`update`: release refused: not signed by this fleet's key, a file missing, unknown or altered, or too large"),
         (Exit::UpdateFailed, "`update apply`: systemd-sysupdate or the reboot failed"),
+        (Exit::FleetStopped, "`fleet update` stopped at a manager (would lose quorum, release refused, not back unlocked in time, rolled back); managers after it untouched"),
     ];
 }
 
@@ -153,6 +156,9 @@ pub enum Command {
     /// Image updates: verify a release, install the staged one (appliance, root).
     #[command(subcommand)]
     Update(crate::update::UpdateCommand),
+    /// Operate on a swarm's managers from a workstation, through docker CLI contexts.
+    #[command(subcommand)]
+    Fleet(crate::fleet::FleetCommand),
 }
 
 /// Any error a command can end with; mapped to [`Exit`] in [`exit_code`].
@@ -172,6 +178,8 @@ pub enum Error {
     Health(#[from] crate::health::Unhealthy),
     #[error(transparent)]
     Update(#[from] crate::update::UpdateError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("{0}")]
     Usage(String),
     /// Finished, but the command wants a non-zero exit (e.g. `bench --fail-on warn`).
@@ -189,6 +197,7 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Var(v) => v.exit(),
         Error::Health(h) => h.exit(),
         Error::Update(u) => u.exit(),
+        Error::Fleet(f) => f.exit(),
         Error::Status(x) => *x,
     }
 }
@@ -257,6 +266,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
             Command::Health { wait } => crate::health::run(&cfg, wait).await.map_err(Error::from),
             Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),
+            Command::Fleet(c) => crate::fleet::run(c).await.map_err(Error::from),
             Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),
             other => crate::boot::run_command(&cfg, other).await.map_err(Error::from),
         }

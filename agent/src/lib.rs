@@ -20,6 +20,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod escrow;
+pub mod fleet;
 pub mod health;
 pub mod keystore;
 pub mod logging;

@@ -6,7 +6,7 @@
 //! the new one once it has caught up; the swarm ends with three healthy managers.
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -53,8 +53,13 @@ impl Member {
 
     /// The agent's configuration: no proxy, no boot bench; only the first manager inits.
     fn configure(&self, init: bool) {
+        self.configure_with(init, "[proxy]\nenabled = false\n");
+    }
+
+    /// The configuration with `extra` sections (e.g. `[proxy]`, `[update]`).
+    fn configure_with(&self, init: bool, extra: &str) {
         let swarm = if init { format!("init = true\nadvertise_addr = \"{}\"\n", self.d.addr) } else { "init = false\n".into() };
-        std::fs::write(self.state.path().join("agent.toml"), format!("[proxy]\nenabled = false\n[bench]\nat_boot = false\n[swarm]\n{swarm}")).unwrap();
+        std::fs::write(self.state.path().join("agent.toml"), format!("{extra}[bench]\nat_boot = false\n[swarm]\n{swarm}")).unwrap();
     }
 
     fn args<'a>(&'a self, tcti: &'a str, host: &'a str, cfg: &'a str) -> Vec<&'a str> {
@@ -325,4 +330,247 @@ fn every_manager_reseals_a_rotation_and_one_that_missed_it_unlocks_then_catches_
         m.assert_no_leak(&[&k0, &k1, &k2]);
     }
     println!("many managers: {} s", started.elapsed().as_secs());
+}
+
+
+// ------------------------------------------------------------------ fleet update
+
+/// A manager's simulated image slots: what `systemd-sysupdate` (a stand-in: it writes the
+/// next os-release; writing partitions needs the appliance) and `systemctl reboot` (a flag
+/// the test turns into a real reboot of engine + agent + TPM) did.
+struct Slots {
+    dir: PathBuf,
+}
+
+impl Slots {
+    fn new(dir: PathBuf, version: &str) -> Slots {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("os-release"), format!("IMAGE_ID=swarmseal\nIMAGE_VERSION={version}\n")).unwrap();
+        let script = |name: &str, body: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\necho \"$@\" >>{}/{name}.log\n{body}", dir.display())).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        };
+        script("sysupdate", format!("[ \"$1\" = update ] && printf 'IMAGE_ID=swarmseal\\nIMAGE_VERSION=%s\\n' \"$2\" >{}/os-release.next\nexit 0\n", dir.display()));
+        script("systemctl", format!("[ \"$1\" = reboot ] && touch {}/reboot-requested\nexit 0\n", dir.display()));
+        Slots { dir }
+    }
+    fn version(&self) -> String {
+        std::fs::read_to_string(self.dir.join("os-release")).unwrap().lines().find_map(|l| l.strip_prefix("IMAGE_VERSION=").map(str::to_string)).unwrap()
+    }
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+    /// `systemctl reboot` was called; clears the request.
+    fn take_reboot(&self) -> bool {
+        std::fs::remove_file(self.dir.join("reboot-requested")).is_ok()
+    }
+    /// The reboot lands in the slot sysupdate wrote.
+    fn switch(&self) {
+        std::fs::rename(self.dir.join("os-release.next"), self.dir.join("os-release")).unwrap();
+    }
+}
+
+/// What systemd's socket activation (`Accept=yes`) does for `swarmseal-update.socket`: each
+/// connection runs `swarmseal update apply --stdin-request` (root, the real binary) with the
+/// connection as stdin and stdout.
+fn serve_apply(socket: PathBuf, args: Vec<String>) {
+    let l = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { break };
+            let out = conn.try_clone().unwrap();
+            let st = Command::new(swarmseal_bin()).args(&args).args(["update", "apply", "--stdin-request"]).stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(conn))).stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(out))).status();
+            eprintln!("update apply: {st:?}");
+        }
+    });
+}
+
+/// A release tar as `scripts/build-image --release` lays it out (small stand-in payloads),
+/// SHA256SUMS signed with `keys/pcr-signing.key`.
+fn make_release(dir: &Path, version: &str, keys: &Path) -> PathBuf {
+    let rel = dir.join(version);
+    std::fs::create_dir_all(&rel).unwrap();
+    let files = [format!("swarmseal_{version}.efi"), format!("swarmseal_{version}_7f3c1a52-5b1e-4c6e-9d7a-0c2b4e6f8a10.root.raw"), format!("swarmseal_{version}_2b8d9e41-3c5f-4a7b-8e6d-1f0a9c3b5d72.root-verity.raw")];
+    for (i, f) in files.iter().enumerate() {
+        std::fs::write(rel.join(f), format!("{version} payload {i}\n").repeat(1000)).unwrap();
+    }
+    let sums = Command::new("sha256sum").args(&files).current_dir(&rel).output().unwrap();
+    assert!(sums.status.success());
+    std::fs::write(rel.join("SHA256SUMS"), &sums.stdout).unwrap();
+    let st = Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(keys.join("pcr-signing.key")).args(["-out", "SHA256SUMS.sig", "SHA256SUMS"]).current_dir(&rel).status().unwrap();
+    assert!(st.success(), "openssl dgst -sign");
+    let tar = dir.join(format!("swarmseal_{version}.tar"));
+    let st = Command::new("tar").arg("--format=ustar").arg("-cf").arg(&tar).arg("-C").arg(&rel).args(["SHA256SUMS", "SHA256SUMS.sig"]).args(&files).status().unwrap();
+    assert!(st.success(), "tar");
+    tar
+}
+
+fn make_keys(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-keys");
+    let o = Command::new(script).arg(dir).output().unwrap();
+    assert!(o.status.success(), "scripts/make-keys: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Issue 7: `swarmseal fleet update --contexts m1,m2,m3 RELEASE` against three real
+/// managers (dockerds on a private LAN, each with its swtpm, agent and mutual-TLS proxy,
+/// reached through real docker CLI contexts). The release goes through each proxy to the
+/// real `POST /swarmseal/v1/update` and `swarmseal update apply`; only systemd-sysupdate
+/// and the reboot itself are stand-ins (the test reboots engine, TPM and agent for real).
+/// A release signed by another key stops at the first manager with nothing written; the
+/// signed one updates one manager at a time, leader last, and the swarm keeps quorum —
+/// checked by the test from the other managers whenever one is down.
+#[test]
+fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
+    let started = Instant::now();
+    let lan = Lan::new();
+    let m: Vec<Member> = ["m1", "m2", "m3"].into_iter().map(|n| Member::new(&lan, n)).collect();
+    let mut c = Cluster { m, _lan: lan };
+    let bound = Duration::from_secs(60);
+    let work = tempfile::tempdir().unwrap();
+    let (keys, other_keys) = (work.path().join("keys"), work.path().join("other-keys"));
+    make_keys(&keys);
+    make_keys(&other_keys);
+    let docker_config = work.path().join("docker-config");
+    std::fs::create_dir_all(&docker_config).unwrap();
+
+    let mut slots = Vec::new();
+    for (i, m) in c.m.iter_mut().enumerate() {
+        let s = m.state_dir().to_string();
+        let o = swarmseal(&["--state-dir", &s, "certs", "init", "--san", "127.0.0.1"], &[], None);
+        assert!(o.status.success(), "certs init: {}", String::from_utf8_lossy(&o.stderr));
+        let admin = m.state.path().join("admin");
+        let o = swarmseal(&["--state-dir", &s, "certs", "issue", "admin", "--role", "admin", "--out", admin.to_str().unwrap()], &[], None);
+        assert!(o.status.success(), "certs issue: {}", String::from_utf8_lossy(&o.stderr));
+        let sl = Slots::new(m.state.path().join("slots"), "1.0.0");
+        let port = free_port();
+        let socket = m.state.path().join("update.sock");
+        m.configure_with(
+            i == 0,
+            &format!(
+                "[proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n[update]\npublic_key = \"{}\"\nsocket = \"{}\"\nsysupdate = \"{}\"\nsystemctl = \"{}\"\nos_release = \"{}\"\n",
+                keys.join("pcr-signing.pem").display(),
+                socket.display(),
+                sl.dir.join("sysupdate").display(),
+                sl.dir.join("systemctl").display(),
+                sl.dir.join("os-release").display()
+            ),
+        );
+        let cfg = m.state.path().join("agent.toml").to_str().unwrap().to_string();
+        serve_apply(socket, vec!["--config".into(), cfg, "--state-dir".into(), s.clone()]);
+        let ep = format!("host=tcp://127.0.0.1:{port},ca={0}/ca.pem,cert={0}/cert.pem,key={0}/key.pem", admin.display());
+        let o = Command::new("docker").env("DOCKER_CONFIG", &docker_config).args(["context", "create", m.name, "--docker", &ep]).output().unwrap();
+        assert!(o.status.success(), "docker context create: {}", String::from_utf8_lossy(&o.stderr));
+        slots.push(sl);
+        m.start_agent();
+    }
+    wait_until("m1's agent inits the swarm", bound, || c.m[0].d.swarm_state() == "active");
+    let token = c.m[0].d.docker_ok(&["swarm", "join-token", "-q", "manager"]);
+    let leader = format!("{}:2377", c.m[0].d.addr);
+    for m in &c.m[1..] {
+        m.d.docker_ok(&["swarm", "join", "--token", &token, "--advertise-addr", &m.d.addr, &leader]);
+    }
+    wait_until("three healthy managers", bound, || all_healthy(&c.m[0]));
+    // Everyone sealed the swarm's key (the agents' watch loop), so a reboot unlocks by itself.
+    let k = c.m[0].d.docker_ok(&["swarm", "unlock-key", "-q"]);
+    for m in &c.m {
+        wait_until(&format!("{} seals the swarm's key", m.name), bound, || m.holds(Slot::Current, &k));
+    }
+
+    let fleet_with = |release: &Path, extra: &[&str]| {
+        Command::new(swarmseal_bin())
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("NO_COLOR", "1")
+            .args(["fleet", "update", "--contexts", "m1,m2,m3", "--poll", "1", "--timeout", "300"])
+            .args(extra)
+            .arg(release)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let fleet = |release: &Path| fleet_with(release, &[]);
+
+    // A release signed by another fleet's key: the first manager refuses it, nothing is
+    // written anywhere, nobody reboots, the run stops there.
+    let bad = make_release(work.path(), "1.0.1", &other_keys);
+    let o = fleet(&bad).wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    println!("fleet update with another key's release:\n{out}{err}");
+    assert_eq!(o.status.code(), Some(17), "exit 17 (stopped); stdout {out} stderr {err}");
+    assert!(err.contains("stopped at") && err.contains("422"), "says where and why it stopped: {err}");
+    assert!(err.contains("updated: none"), "{err}");
+    // With the fleet's public key the operator's machine refuses it before any manager.
+    let pk = keys.join("pcr-signing.pem");
+    let o = fleet_with(&bad, &["--public-key", pk.to_str().unwrap()]).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "refused locally with exit 2: {err}");
+    assert!(err.contains("refused before touching any manager"), "{err}");
+    for (m, sl) in c.m.iter().zip(&slots) {
+        assert_eq!(sl.version(), "1.0.0", "{}", m.name);
+        assert!(sl.log("sysupdate").is_empty() && sl.log("systemctl").is_empty() && !sl.take_reboot(), "{}: nothing applied, no reboot", m.name);
+        let staged = m.state.path().join("updates/staged");
+        assert!(!staged.exists() || std::fs::read_dir(&staged).unwrap().next().is_none(), "{}: nothing staged", m.name);
+    }
+
+    // The fleet's release: one manager at a time. The test plays the reboots and, while a
+    // manager is down, checks from the others that the swarm still has a majority and a leader.
+    let good = make_release(work.path(), "1.0.2", &keys);
+    let leader_before = nodes(&c.m[0]).iter().position(|(_, _, ms)| ms == "Leader");
+    let t = Instant::now();
+    let mut child = fleet_with(&good, &["--public-key", pk.to_str().unwrap()]);
+    let mut order = Vec::new();
+    let mut reboots = Vec::new();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "fleet update still running after 10 min");
+        for i in 0..3 {
+            if !slots[i].take_reboot() {
+                continue;
+            }
+            let tr = Instant::now();
+            order.push(c.m[i].name);
+            c.m[i].shut_down();
+            // Quorum while it is down: the other two still form a majority with a leader.
+            let other = c.m.iter().enumerate().find(|&(j, _)| j != i).map(|(_, o)| o).unwrap();
+            wait_until("the others elect or keep a leader", bound, || {
+                let n = other.d.docker(&["node", "ls", "--format", "{{.Status}} {{.ManagerStatus}}"]);
+                let text = String::from_utf8_lossy(&n.stdout).to_string();
+                n.status.success() && text.lines().filter(|l| l.starts_with("Ready") && (l.contains("Leader") || l.contains("Reachable"))).count() >= 2 && text.contains("Leader")
+            });
+            slots[i].switch();
+            c.m[i].boot();
+            reboots.push(format!("{} {:.0} s", c.m[i].name, tr.elapsed().as_secs_f64()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    println!("fleet update with the fleet's release ({:.0} s; reboots: {}):\n{out}{err}", t.elapsed().as_secs_f64(), reboots.join(", "));
+    assert!(status.success(), "fleet update failed: {status}\n{out}{err}");
+    assert_eq!(order.len(), 3, "every manager rebooted once: {order:?}");
+    if let Some(l) = leader_before {
+        assert_eq!(order.last(), Some(&c.m[l].name), "the leader goes last");
+    }
+    for (m, sl) in c.m.iter().zip(&slots) {
+        assert_eq!(sl.version(), "1.0.2", "{} runs the new version", m.name);
+        assert_eq!(sl.log("sysupdate").trim(), "update 1.0.2", "{}: sysupdate ran once for the release", m.name);
+    }
+    assert!(out.contains("quorum kept throughout"), "{out}");
+    wait_until("three healthy managers at the end", bound, || all_healthy(&c.m[0]));
+    // Running it again changes nothing: every manager is at the release already.
+    let o = fleet(&good).wait_with_output().unwrap();
+    let again = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success() && again.matches("skipped").count() == 3, "second run: {again}{}", String::from_utf8_lossy(&o.stderr));
+    for m in &mut c.m {
+        m.stop_agent();
+        m.assert_no_leak(&[&k]);
+    }
+    println!("fleet update test: {} s", started.elapsed().as_secs());
 }

@@ -48,10 +48,11 @@ impl Suite {
                 missing.push(format!("{f} missing (package ovmf)"));
             }
         }
-        let built = repo.join("build");
+        // SWARMSEAL_IMAGE_DIR: boot another build (scripts/test-fleet's v1); default build/.
+        let built = std::env::var_os("SWARMSEAL_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("build"));
         for f in ["swarmseal.raw", "swarmseal.efi"] {
             if !built.join(f).exists() {
-                missing.push(format!("build/{f} missing: build the image first (scripts/build-image)"));
+                missing.push(format!("{}/{f} missing: build the image first (scripts/build-image)", built.display()));
             }
         }
         if !missing.is_empty() {
@@ -67,6 +68,16 @@ impl Suite {
             run(Command::new("cp").arg("--sparse=always").arg(&from).arg(to))?;
         }
         Ok(Suite { repo, work, image, uki })
+    }
+
+    /// A release tar named by an environment variable (set by `scripts/test-fleet`). Unset or
+    /// missing is an error: the fleet scenarios fail, they never skip.
+    pub fn release(&self, var: &str) -> Check<(PathBuf, String)> {
+        let path = std::env::var_os(var).map(PathBuf::from).ok_or_else(|| format!("{var} is not set: run the fleet scenarios with scripts/test-fleet (it builds the releases)"))?;
+        ensure!(path.is_file(), "{var}={}: no such release", path.display());
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let version = name.strip_prefix("swarmseal_").and_then(|n| n.strip_suffix(".tar")).ok_or_else(|| format!("{var}={}: not a swarmseal_V.tar", path.display()))?;
+        Ok((path.clone(), version.to_string()))
     }
 
     pub fn run_qemu(&self) -> PathBuf {
@@ -240,6 +251,18 @@ impl Vm {
     /// extended) and report whether the swarm came up unlocked or locked.
     /// Records and prints the time since power-on.
     pub fn wait_for_decision(&mut self, timeout: Duration) -> Check<(Outcome, Value)> {
+        self.wait_for_decision_on(None, timeout)
+    }
+
+    /// The guest rebooted by itself (an update): time the boot from now.
+    pub fn rebooting(&mut self, label: &str) {
+        println!("    [{}] rebooting by itself: {label}", self.name);
+        self.powered_on = Some((Instant::now(), label.into()));
+    }
+
+    /// [`Vm::wait_for_decision`], counting only a boot of image `version`
+    /// (`image.version` in the status): the old system answers until it is down.
+    pub fn wait_for_decision_on(&mut self, version: Option<&str>, timeout: Duration) -> Check<(Outcome, Value)> {
         let (t0, label) = self.powered_on.clone().ok_or("not powered on")?;
         let mut last = String::from("no answer from the proxy yet");
         let (mut t0, mut label) = (t0, label);
@@ -251,7 +274,8 @@ impl Vm {
             match self.status() {
                 Ok(s) => {
                     let state = s.pointer("/swarm/state").and_then(Value::as_str).unwrap_or("?").to_string();
-                    let decided = s.get("phase_locked") == Some(&Value::Bool(true));
+                    let on_version = version.map_or(true, |v| s.pointer("/image/version").and_then(Value::as_str) == Some(v));
+                    let decided = on_version && s.get("phase_locked") == Some(&Value::Bool(true));
                     if decided && (state == "active" || state == "locked") {
                         let outcome = if state == "active" { Outcome::Unlocked } else { Outcome::Locked };
                         let took = t0.elapsed();
@@ -259,7 +283,7 @@ impl Vm {
                         self.boots.push((format!("{label} → {outcome:?}"), took));
                         return Ok((outcome, s));
                     }
-                    last = format!("swarm {state}, phase_locked {}", s.get("phase_locked").unwrap_or(&Value::Null));
+                    last = format!("swarm {state}, phase_locked {}, image {}", s.get("phase_locked").unwrap_or(&Value::Null), s.pointer("/image/version").unwrap_or(&Value::Null));
                 }
                 Err(e) => last = e,
             }
@@ -429,6 +453,13 @@ impl Vm {
     pub fn api_post(&self, path: &str, body: &str) -> Check<(u16, Vec<u8>)> {
         let b = self.bundle();
         self.curl_stdin(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem")), "--data-binary", "@-"], "POST", path, Some(body))
+    }
+
+    /// `curl -X POST --data-binary @FILE` an agent endpoint with the admin bundle.
+    pub fn api_post_file(&self, path: &str, file: &Path) -> Check<(u16, Vec<u8>)> {
+        let b = self.bundle();
+        let data = format!("@{}", p(file));
+        self.curl(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem")), "-H", "content-type: application/x-tar", "--max-time", "900", "--data-binary", &data], "POST", path)
     }
 
     /// Type `line` and Enter on the serial console (QEMU's `serial.sock`), as an

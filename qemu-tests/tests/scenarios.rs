@@ -69,7 +69,7 @@ fn main() {
     };
     let mut story = Story { suite, manager: None, escrow: Escrow::default(), key: None, var_key: None };
     type Scenario = fn(&mut Story) -> Check;
-    let scenarios: [(&str, &str, Scenario); 7] = [
+    let scenarios: [(&str, &str, Scenario); 9] = [
         ("1", "first boot: swarm up with autolock, key sealed, only the admin bundle gets in, bench reported", first_boot),
         ("2", "reboot: unlocked again with nobody typing a key", reboot),
         ("5", "key rotation through the proxy: resealed, next boot unlocks with the new key", rotation),
@@ -77,6 +77,8 @@ fn main() {
         ("3", "changed boot chain: locked, PCRs named, unlocked by hand + reseal, old chain refused", changed_uki),
         ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
         ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
+        ("8", "image update v1 → v2 (same fleet key) through the proxy: A/B slot, reboot, unlocked with no reseal", update_same_key),
+        ("9", "a release signed by another fleet key: refused before anything is written, manager untouched", update_other_key),
     ];
     let mut results = Vec::new();
     for (id, title, f) in scenarios {
@@ -485,5 +487,58 @@ fn bad_credentials(s: &mut Story) -> Check {
     let open = vm.docker_without_bundle(&["info"]);
     f.check(!open.ok, || format!("docker info without TLS reached it: {open}"));
     vm.power_cut()?;
+    f.done()
+}
+
+// ---------------------------------------------------------------- 8
+
+/// Issue 7: a new image signed by the same fleet PCR key unseals the key sealed under the
+/// old one (TPM2_PolicyAuthorize): the update needs no reseal and nobody at the console.
+fn update_same_key(s: &mut Story) -> Check {
+    let (release, version) = s.suite.release("SWARMSEAL_RELEASE_NEXT")?;
+    let vm = s.manager()?;
+    let mut f = Findings::default();
+    let before = vm.status()?;
+    let old = before.pointer("/image/version").and_then(Value::as_str).unwrap_or("?").to_string();
+    let created = before.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null);
+    ensure!(old != version, "the manager already runs {version}: the release must be newer than the image under test");
+    let size = std::fs::metadata(&release).map(|m| m.len()).unwrap_or(0);
+    let t = Instant::now();
+    let (code, body) = vm.api_post_file("/swarmseal/v1/update?reboot=1", &release)?;
+    ensure!(code == 200, "POST /swarmseal/v1/update?reboot=1: HTTP {code} {}", text(&body));
+    println!("    {old} → {version}: {} MB uploaded, verified, written to the inactive slot in {:.0} s: {}", size / 1_000_000, t.elapsed().as_secs_f64(), text(&body));
+    vm.rebooting(&format!("update {old} → {version}"));
+    let (outcome, st) = vm.wait_for_decision_on(Some(&version), BOOT)?;
+    f.check(outcome == Outcome::Unlocked, || format!("after the update to {version} the swarm is {outcome:?}: {st}"));
+    let now_created = st.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null);
+    f.check(now_created == created, || format!("the sealed key was replaced during the update (created {created} → {now_created}): the new image should unseal the old seal"));
+    f.check(st.pointer("/sealed/current/policy").map(|p| p.to_string().contains("authorize")).unwrap_or(false), || format!("the seal is not a signed (PolicyAuthorize) policy: {}", st["sealed"]["current"]));
+    let ls = vm.docker(&["node", "ls"]);
+    f.check(ls.ok && ls.stdout.contains("Leader"), || format!("docker node ls after the update: {ls}"));
+    // Boot assessment: boot-complete.target reached → systemd-bless-boot marks the new entry good.
+    match vm.wait_console(&["Finished", "systemd-bless-boot"], Duration::from_secs(180)) {
+        Ok(l) => println!("    console: {}", l.trim()),
+        Err(e) => f.check(false, || format!("the new boot entry was not blessed (systemd-bless-boot): {e}")),
+    }
+    f.done()
+}
+
+// ---------------------------------------------------------------- 9
+
+/// Issue 7: a release signed by another key is refused before anything is written; the
+/// manager keeps running its image, unlocked.
+fn update_other_key(s: &mut Story) -> Check {
+    let (release, version) = s.suite.release("SWARMSEAL_RELEASE_OTHER_KEY")?;
+    let vm = s.manager()?;
+    let mut f = Findings::default();
+    let before = vm.status()?;
+    let (code, body) = vm.api_post_file("/swarmseal/v1/update?reboot=1", &release)?;
+    println!("    release {version} signed by another key: HTTP {code} {}", text(&body));
+    f.check(code == 422, || format!("expected 422 for a release signed by another key, got HTTP {code} {}", text(&body)));
+    std::thread::sleep(Duration::from_secs(10));
+    let after = vm.status()?;
+    f.check(after.pointer("/image/version") == before.pointer("/image/version"), || format!("the image changed: {} → {}", before["image"], after["image"]));
+    f.check(after.pointer("/swarm/state") == Some(&json!("active")), || format!("the swarm is not active any more: {}", after["swarm"]));
+    f.check(vm.running(), || "the manager is not running any more".into());
     f.done()
 }
