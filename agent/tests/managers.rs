@@ -520,7 +520,13 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
     // The fleet's release: one manager at a time. The test plays the reboots and, while a
     // manager is down, checks from the others that the swarm still has a majority and a leader.
     let good = make_release(work.path(), "1.0.2", &keys);
-    let leader_before = nodes(&c.m[0]).iter().position(|(_, _, ms)| ms == "Leader");
+    // Which member leads: its NodeID is the leader's ID (`node ls` has its own order, not c.m's).
+    // (The CLI appends " *" to the ID of the node it asks, so look for the Leader token anywhere.)
+    let leader_id = c.m[0].d.docker_ok(&["node", "ls", "--format", "{{.ID}} {{.ManagerStatus}}"])
+        .lines()
+        .find(|l| l.split_whitespace().any(|t| t == "Leader"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string));
+    let leader_before = leader_id.and_then(|id| c.m.iter().position(|m| m.d.docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"]) == id));
     let t = Instant::now();
     let mut child = fleet_with(&good, &["--public-key", pk.to_str().unwrap()]);
     let mut order = Vec::new();
