@@ -10,7 +10,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -55,7 +54,7 @@ fn assert_no_handles(tpm: &Swtpm) {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(args[0])
+    let out = support::cmd(args[0])
         .args(&args[1..])
         .current_dir(dir)
         .output()
@@ -328,7 +327,7 @@ fn policy_digest_matches_tpm2_policyauthorize_and_policypcr() {
     let d = tempfile::tempdir().unwrap();
     std::fs::copy(key.public_pem(), d.path().join("pub.pem")).unwrap();
     let tool = |args: &[&str]| {
-        let out = Command::new(args[0])
+        let out = support::cmd(args[0])
             .args(&args[1..])
             .current_dir(d.path())
             .env("TPM2TOOLS_TCTI", tpm.tcti())

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::Mutex;
 
 use support::*;
@@ -71,7 +70,7 @@ fn extended(old: &[u8], text: &str) -> Vec<u8> {
 }
 
 fn tool(args: &[&str], tpm: &Swtpm, dir: &std::path::Path) -> String {
-    let out = Command::new(args[0])
+    let out = support::cmd(args[0])
         .args(&args[1..])
         .current_dir(dir)
         .env("TPM2TOOLS_TCTI", tpm.tcti())

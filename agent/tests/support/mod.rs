@@ -63,7 +63,7 @@ impl Swtpm {
 
     fn spawn(&mut self) {
         let port = free_port_pair();
-        let child = Command::new("swtpm")
+        let child = cmd("swtpm")
             .args(["socket", "--tpm2", "--tpmstate"])
             .arg(format!("dir={}", self.dir.path().display()))
             .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
@@ -111,7 +111,7 @@ impl Swtpm {
 
     /// Run a tpm2-tools command against this TPM; panics on failure; returns stdout.
     pub fn tpm2(&self, args: &[&str]) -> String {
-        let out = Command::new(format!("tpm2_{}", args[0]))
+        let out = cmd(format!("tpm2_{}", args[0]))
             .args(&args[1..])
             .env("TPM2TOOLS_TCTI", self.tcti())
             .output()
@@ -367,10 +367,29 @@ impl Drop for Dockerd {
     }
 }
 
+/// A command whose child inherits only stdin, stdout and stderr. libtss2's swtpm TCTI opens
+/// its socket without O_CLOEXEC: a child started while another test of the same binary holds
+/// a TPM connection would keep that connection open after the test closed it — and swtpm
+/// serves one connection at a time, so that test's next connection would hang. All other
+/// descriptors are marked close-on-exec in the child (close_range(2), CLOSE_RANGE_CLOEXEC;
+/// std's own exec-error pipe is close-on-exec already).
+pub fn cmd(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(program);
+    // SAFETY: only an async-signal-safe syscall runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */);
+            Ok(())
+        });
+    }
+    c
+}
+
 /// Run `swarmseal` with `args`; returns the output.
 pub fn swarmseal(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> std::process::Output {
     use std::io::Write;
-    let mut cmd = Command::new(swarmseal_bin());
+    let mut cmd = cmd(swarmseal_bin());
     cmd.args(args).env_remove("TPM2TOOLS_TCTI").env_remove("TCTI").env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
