@@ -5,7 +5,7 @@
 //!
 //! Signature file (JSON, one entry per boot phase and key):
 //! ```json
-//! { "sha256": [ { "pcrs": [11], "pkfp": "<hex sha256 of the DER SubjectPublicKeyInfo>",
+//! { "sha256": [ { "pcrs": [11], "pkfp": "<hex sha256 of the key, i2d_PublicKey: see below>",
 //!                 "pol": "<hex TPM2_PolicyPCR digest over those PCRs>",
 //!                 "sig": "<base64 signature over sha256(pol)>" }, … ] }
 //! ```
@@ -62,6 +62,9 @@ pub enum KeyKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcrPublicKey {
     der: Vec<u8>,
+    /// The SubjectPublicKeyInfo's subjectPublicKey bits: what OpenSSL's `i2d_PublicKey`
+    /// writes (PKCS#1 RSAPublicKey for RSA, the EC point for ECC), which systemd's `pkfp` hashes.
+    key_bits: Vec<u8>,
     kind: KeyKind,
     public: Public,
     /// RSA: the modulus and exponent (big-endian, no leading zeros); ECC: the SEC 1 point.
@@ -109,7 +112,8 @@ impl PcrPublicKey {
             }
             _ => return Err("neither an RSA nor an ECC P-256 key".into()),
         };
-        Ok(PcrPublicKey { der: der.to_vec(), kind, public, raw })
+        let key_bits = spki_key_bits(der).ok_or("the SubjectPublicKeyInfo has no plain subjectPublicKey BIT STRING")?.to_vec();
+        Ok(PcrPublicKey { der: der.to_vec(), key_bits, kind, public, raw })
     }
 
     /// Whether `sig` is this key's signature over `msg` with SHA-256, as `openssl dgst -sha256
@@ -134,9 +138,11 @@ impl PcrPublicKey {
         self.kind
     }
 
-    /// systemd's `pkfp`: SHA-256 of the DER SubjectPublicKeyInfo (32 bytes).
+    /// systemd's `pkfp` (32 bytes): SHA-256 of `i2d_PublicKey` (systemd's `pubkey_fingerprint`),
+    /// i.e. of the PKCS#1 RSAPublicKey for RSA or the EC point for ECC — not of the whole
+    /// SubjectPublicKeyInfo (`systemd-measure sign` output checked: it is the former).
     pub fn fingerprint(&self) -> Vec<u8> {
-        Sha256::digest(&self.der).to_vec()
+        Sha256::digest(&self.key_bits).to_vec()
     }
 
     /// The public area TPM2_LoadExternal gets, as systemd builds it
@@ -264,12 +270,41 @@ fn ecc_p256_public(point: &[u8]) -> Result<Public, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The content of the subjectPublicKey BIT STRING of a DER SubjectPublicKeyInfo
+/// (`SEQUENCE { AlgorithmIdentifier, BIT STRING }`), without its unused-bits byte.
+fn spki_key_bits(der: &[u8]) -> Option<&[u8]> {
+    // One DER TLV: (tag, content, what follows).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&l, mut b) = b.split_first()?;
+        let len = if l < 0x80 {
+            l as usize
+        } else {
+            let n = (l & 0x7f) as usize;
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
+            b = &b[n..];
+            len
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (0x30, spki, _) = tlv(der)? else { return None };
+    let (0x30, _, rest) = tlv(spki)? else { return None };
+    let (0x03, bits, _) = tlv(rest)? else { return None };
+    match bits.split_first()? {
+        (0, payload) => Some(payload),
+        _ => None,
+    }
+}
+
 /// One signed policy of the signature file (sha256 bank).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedPolicy {
     /// The PCRs the policy covers (systemd-measure: `[11]`), ascending.
     pub pcrs: Vec<u8>,
-    /// SHA-256 fingerprint of the signing key's DER SubjectPublicKeyInfo (32 bytes).
+    /// SHA-256 fingerprint of the signing key ([`PcrPublicKey::fingerprint`], 32 bytes).
     pub pkfp: Vec<u8>,
     /// The signed TPM2_PolicyPCR digest (32 bytes).
     pub pol: Vec<u8>,
@@ -368,7 +403,10 @@ pFaOTAHOe1OzpGDeYyUnZJ5iBM9/PKYOBM+lCwBN/0XQEt8H2qNljKOJyjSzYLhc
         assert!(!object_attributes.fixed_tpm());
         assert_eq!(k.name().len(), 34);
         assert_eq!(&k.name()[..2], &[0, 0x0b]);
-        assert_eq!(k.fingerprint(), Sha256::digest(k.der()).to_vec());
+        // systemd's pkfp hashes the PKCS#1 RSAPublicKey (i2d_PublicKey): the SPKI minus its
+        // 24-byte header (SEQUENCE, rsaEncryption AlgorithmIdentifier, BIT STRING) for RSA 2048.
+        assert_eq!(k.fingerprint(), Sha256::digest(&k.der()[24..]).to_vec());
+        assert_eq!(&k.der()[24..26], &[0x30, 0x82], "an RSAPublicKey SEQUENCE follows the header");
     }
 
     #[test]

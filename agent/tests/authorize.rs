@@ -95,10 +95,20 @@ impl FleetKey {
         PcrPublicKey::load(&self.public_pem()).unwrap()
     }
 
-    /// systemd's `pkfp`: sha256 of the DER SubjectPublicKeyInfo, as openssl writes it.
+    /// systemd's `pkfp`: sha256 of `i2d_PublicKey` — the subjectPublicKey bits of the
+    /// SubjectPublicKeyInfo (PKCS#1 RSAPublicKey for RSA, the EC point for ECC).
     fn pkfp(&self) -> String {
         let der = run(self.dir.path(), &["openssl", "pkey", "-in", "key.pem", "-pubout", "-outform", "DER"]);
-        hex::encode(Sha256::digest(der))
+        // The last element of the SPKI SEQUENCE is the BIT STRING; ask openssl where it is.
+        let parsed = run(self.dir.path(), &["sh", "-c", "openssl pkey -in key.pem -pubout -outform DER | openssl asn1parse -inform DER"]);
+        let line = String::from_utf8_lossy(&parsed).lines().rev().find(|l| l.contains("BIT STRING")).expect("a BIT STRING").to_string();
+        // e.g. "   19:d=1  hl=4 l= 271 prim: BIT STRING"
+        let num = |t: &str| -> usize { t.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap() };
+        let off = num(line.split(':').next().unwrap());
+        let hl = num(line.split("hl=").nth(1).unwrap());
+        let l = num(line.split(" l=").nth(1).unwrap());
+        // Content = unused-bits byte + the key bits.
+        hex::encode(Sha256::digest(&der[off + hl + 1..off + hl + l]))
     }
 
     /// Sign the TPM2_PolicyPCR digest of PCR 11 = `pcr11` the way systemd-measure does:
