@@ -1,8 +1,8 @@
 //! The operator's story, on the real image in QEMU (OVMF + swtpm).
 //!
-//! One manager lives through scenarios 1 → 2 → 5 → 6 → 3 (boots are shared:
-//! each one costs minutes under TCG); 4 moves its disk to a new machine; 7 is a
-//! manager of its own. Scenarios run in order, one VM at a time; a failed
+//! One manager lives through scenarios 1 → 2 → 5 → 6 → 3 → 8 → 9 (boots are
+//! shared: each one costs minutes under TCG); 4 moves its disk to a new machine;
+//! 7 is a manager of its own. 8 and 9 need releases (scripts/test-fleet builds them). Scenarios run in order, one VM at a time; a failed
 //! check is reported and the story goes on where it can; the run fails at the
 //! end if anything failed. Each scenario's duration and every boot's
 //! power-on → unlocked/locked time are printed.
@@ -75,10 +75,10 @@ fn main() {
         ("5", "key rotation through the proxy: resealed, next boot unlocks with the new key", rotation),
         ("6", "power cut in normal operation and right after a rotation", power_cut),
         ("3", "changed boot chain: locked, PCRs named, unlocked by hand + reseal, old chain refused", changed_uki),
-        ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
-        ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
         ("8", "image update v1 → v2 (same fleet key) through the proxy: A/B slot, reboot, unlocked with no reseal", update_same_key),
         ("9", "a release signed by another fleet key: refused before anything is written, manager untouched", update_other_key),
+        ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
+        ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
     ];
     let mut results = Vec::new();
     for (id, title, f) in scenarios {
