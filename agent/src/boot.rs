@@ -782,9 +782,9 @@ impl crate::proxy::AgentApi for AgentImpl {
             }
         })
     }
-    fn update(&self, body: crate::proxy::UpdateBody, content_length: Option<u64>, reboot: bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+    fn update(&self, from: crate::proxy::UpdateFrom, reboot: bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
         Box::pin(async move {
-            let r = receive_and_apply(&self.ctx.cfg, body, content_length, reboot).await;
+            let r = receive_and_apply(&self.ctx.cfg, from, reboot).await;
             match r {
                 Ok(version) => {
                     tracing::warn!(event = "image_update", security = true, version = %version, reboot, "a signed release was staged and installed into the inactive slot on request through the proxy");
@@ -810,17 +810,27 @@ impl crate::proxy::AgentApi for AgentImpl {
     }
 }
 
-/// `POST /swarmseal/v1/update`: check the size, receive, verify and stage the release (see
-/// [`crate::update::receive`]), then hand it to the apply service, holding the staging lock
-/// until it answered. Returns the version.
-async fn receive_and_apply(cfg: &Config, body: crate::proxy::UpdateBody, content_length: Option<u64>, reboot: bool) -> Result<String, crate::update::UpdateError> {
+/// `POST /swarmseal/v1/update`: check the size, receive (the upload, or the release fetched
+/// from `[update] source`: [`crate::update::source::fetch_and_receive`]), verify and stage it
+/// (see [`crate::update::receive`]), then hand it to the apply service, holding the staging
+/// lock until it answered. Returns the version.
+async fn receive_and_apply(cfg: &Config, from: crate::proxy::UpdateFrom, reboot: bool) -> Result<String, crate::update::UpdateError> {
+    use crate::proxy::UpdateFrom;
     use crate::update::{self, UpdateError};
     let max = cfg.update.max_bytes;
-    if content_length.is_some_and(|n| n > max) {
-        return Err(UpdateError::TooLarge { max });
-    }
-    let key = update::load_key(&cfg.update.public_key)?;
-    let staged = update::receive(&key, &cfg.update_dir(), max, body).await?;
+    let staged = match from {
+        UpdateFrom::Upload { body, content_length } => {
+            if content_length.is_some_and(|n| n > max) {
+                return Err(UpdateError::TooLarge { max });
+            }
+            let key = update::load_key(&cfg.update.public_key)?;
+            update::receive(&key, &cfg.update_dir(), max, body).await?
+        }
+        UpdateFrom::Source { version } => {
+            let key = update::load_key(&cfg.update.public_key)?;
+            update::source::fetch_and_receive(cfg, &key, &version).await?
+        }
+    };
     tracing::info!(event = "image_update_staged", version = %staged.version, dir = %staged.dir.display(), "release verified and staged; asking the apply service to install it");
     let lines = update::apply_via(&cfg.update.socket, &staged.version, reboot).await?;
     for l in &lines {

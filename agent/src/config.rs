@@ -42,6 +42,8 @@
 //! sysupdate = "systemd-sysupdate"
 //! systemctl = "systemctl"
 //! os_release = "/etc/os-release"                     # IMAGE_ID, IMAGE_VERSION for status
+//! source = "https://releases.example.org/swarmseal/"  # POST …/update?version=V fetches swarmseal_V.tar here
+//! source_ca = "/etc/swarmseal/update-source-ca.pem"  # roots for source (default: system roots)
 //! ```
 
 use std::net::SocketAddr;
@@ -222,6 +224,13 @@ pub struct UpdateConfig {
     pub systemctl: String,
     /// os-release file whose `IMAGE_ID` and `IMAGE_VERSION` `status` reports.
     pub os_release: PathBuf,
+    /// Base URL of the releases, `https://HOST[:PORT]/PATH/` (https only): with it,
+    /// `POST /swarmseal/v1/update?version=V` and an empty body fetches
+    /// `<source>swarmseal_V.tar` (see [`crate::update::source`]). Unset: uploads only.
+    pub source: Option<String>,
+    /// PEM CA certificates the source's server certificate must chain to; default the system
+    /// roots (`/etc/ssl/certs/ca-certificates.crt`, package ca-certificates).
+    pub source_ca: Option<PathBuf>,
 }
 
 /// Default release-signing public key (the image's copy of the fleet's PCR-signing key).
@@ -239,6 +248,8 @@ impl Default for UpdateConfig {
             sysupdate: "systemd-sysupdate".into(),
             systemctl: "systemctl".into(),
             os_release: "/etc/os-release".into(),
+            source: None,
+            source_ca: None,
         }
     }
 }
@@ -347,6 +358,9 @@ impl Config {
         if self.update.max_bytes == 0 {
             return Err(ConfigError::Invalid { key: "update.max_bytes", message: "must be more than 0 (the largest release tar accepted, in bytes)".into() });
         }
+        if let Some(s) = &self.update.source {
+            crate::update::source::SourceUrl::parse(s).map_err(|message| ConfigError::Invalid { key: "update.source", message })?;
+        }
         Ok(())
     }
 
@@ -428,5 +442,21 @@ mod tests {
         assert_eq!(Config::default().update.max_bytes, 2 * 1024 * 1024 * 1024);
         std::fs::write(&p, "[update]\nmax_bytes = 0\n").unwrap();
         assert!(Config::load(Some(&p)).unwrap_err().to_string().contains("update.max_bytes"));
+    }
+
+    #[test]
+    fn update_source_is_https_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        assert_eq!(Config::default().update.source, None, "uploads only unless a source is set");
+        std::fs::write(&p, "[update]\nsource = \"https://releases.example.org/swarmseal/\"\nsource_ca = \"/etc/swarmseal/update-source-ca.pem\"\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.update.source.as_deref(), Some("https://releases.example.org/swarmseal/"));
+        assert_eq!(c.update.source_ca, Some(PathBuf::from("/etc/swarmseal/update-source-ca.pem")));
+        std::fs::write(&p, "[update]\nsource = \"http://releases.example.org/swarmseal/\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("update.source") && e.contains("plain http:// is not accepted"), "{e}");
+        std::fs::write(&p, "[update]\nsource = \"https://releases.example.org/?k=v\"\n").unwrap();
+        assert!(Config::load(Some(&p)).unwrap_err().to_string().contains("update.source"));
     }
 }

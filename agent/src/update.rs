@@ -13,6 +13,10 @@
 //! ```
 //! (the three files in any order; no directories, no other members).
 //!
+//! It arrives as the body of `POST /swarmseal/v1/update`, or, with `?version=V` and no body,
+//! is fetched by the agent from `[update] source` over HTTPS ([`source`]); both go through
+//! [`receive`].
+//!
 //! Trust: `SHA256SUMS.sig` must verify with `[update] public_key` (the fleet's PCR-signing key,
 //! pinned in the image) before a byte is written; each file must be listed in `SHA256SUMS` and
 //! hash to its line while it is written to `<staging_dir>/V.partial/`. Only a complete, verified
@@ -36,6 +40,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use crate::cli::Exit;
 use crate::config::Config;
 use crate::pcrsig::PcrPublicKey;
+
+pub mod source;
 
 /// The manifest's name in a release.
 pub const SUMS: &str = "SHA256SUMS";
@@ -87,6 +93,19 @@ pub enum UpdateError {
     /// systemd-sysupdate or systemctl failed.
     #[error("{what} failed ({status}): {output}")]
     Tool { what: String, status: String, output: String },
+    /// The request itself is wrong (a bad `?version=`, a body and `?version=` together).
+    #[error("{0}")]
+    Request(String),
+    /// `?version=V` asked for, but `[update] source` is not set.
+    #[error("no [update] source configured: upload the release as the body instead")]
+    NoSource,
+    /// The update source could not be reached, failed TLS verification, answered anything but
+    /// 200, or broke off the download. `url` is the release's URL (never with credentials).
+    #[error("the update source {url}: {message}")]
+    Source { url: String, message: String },
+    /// This manager's `[update] source` or `source_ca` is unusable.
+    #[error("this manager cannot fetch releases: {0}")]
+    SourceSetup(String),
 }
 
 impl UpdateError {
@@ -96,10 +115,10 @@ impl UpdateError {
             UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. } => 422,
             UpdateError::TooLarge { .. } => 413,
             UpdateError::Busy => 409,
-            UpdateError::Body(_) => 400,
+            UpdateError::Body(_) | UpdateError::Request(_) | UpdateError::NoSource => 400,
             UpdateError::ApplyUnavailable(_) => 503,
-            UpdateError::Tool { .. } => 502,
-            UpdateError::Key { .. } | UpdateError::Io { .. } => 500,
+            UpdateError::Tool { .. } | UpdateError::Source { .. } => 502,
+            UpdateError::Key { .. } | UpdateError::Io { .. } | UpdateError::SourceSetup(_) => 500,
         }
     }
 
@@ -107,7 +126,7 @@ impl UpdateError {
     pub fn exit(&self) -> Exit {
         match self {
             UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. } | UpdateError::TooLarge { .. } => Exit::BadRelease,
-            UpdateError::Key { .. } => Exit::Usage,
+            UpdateError::Key { .. } | UpdateError::Request(_) | UpdateError::NoSource | UpdateError::SourceSetup(_) => Exit::Usage,
             UpdateError::Tool { .. } => Exit::UpdateFailed,
             _ => Exit::Failure,
         }
@@ -472,12 +491,24 @@ fn fsync_dir(p: &Path) -> Result<(), UpdateError> {
 /// (order, names, types, missing files), [`UpdateError::HashMismatch`],
 /// [`UpdateError::TooLarge`], [`UpdateError::Body`], [`UpdateError::Io`].
 pub async fn receive<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, max: u64, body: R) -> Result<Staged, UpdateError> {
+    receive_from(key, staging, max, body, None).await
+}
+
+/// [`receive`] for a release fetched as `swarmseal_<version>.tar` ([`source`]): the signed
+/// manifest must be `version` (checked with the signature, before anything is written), not
+/// another release the source chose; a refused release is not read to its end (nobody waits
+/// for our answer on that connection). Errors: [`receive`]'s.
+pub async fn receive_fetched<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, max: u64, body: R, version: &str) -> Result<Staged, UpdateError> {
+    receive_from(key, staging, max, body, Some(version)).await
+}
+
+async fn receive_from<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, max: u64, body: R, fetched: Option<&str>) -> Result<Staged, UpdateError> {
     let lock = try_lock(staging)?;
     let mut tar = Tar { r: body, consumed: 0, max };
-    match receive_locked(&mut tar, key, staging).await {
+    match receive_locked(&mut tar, key, staging, fetched).await {
         Ok(version) => Ok(Staged { version, dir: staging.join(STAGED), lock }),
         Err(e) => {
-            if matches!(e, UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. }) {
+            if fetched.is_none() && matches!(e, UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. }) {
                 // Read the rest of the upload (within the cap, for at most a minute) so the
                 // client reads our 422 instead of a connection reset in the middle of sending.
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(60), tar.drain()).await;
@@ -487,8 +518,11 @@ pub async fn receive<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, m
     }
 }
 
-async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &PcrPublicKey, staging: &Path) -> Result<String, UpdateError> {
+async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &PcrPublicKey, staging: &Path, expect: Option<&str>) -> Result<String, UpdateError> {
     let (manifest, sums, sig) = read_manifest(tar, key).await?;
+    if let Some(want) = expect.filter(|w| *w != manifest.version) {
+        return Err(UpdateError::Invalid(format!("the release is version {}, not {want} as asked for", manifest.version)));
+    }
 
     // Verified: now, and only now, write.
     std::fs::create_dir_all(staging).map_err(io_err(staging))?;
@@ -956,6 +990,11 @@ mod tests {
         assert!(e.to_string().starts_with("release not signed by this fleet's key"), "{e}");
         assert_eq!(e.http_status(), 422);
         assert!(!staging.exists(), "nothing written before the signature verified");
+        // Fetched as swarmseal_9.9.tar, but a signed release of another version: refused unwritten.
+        let e = rt().block_on(receive_fetched(&f.key, &staging, 1 << 30, &tar[..], "9.9")).err().unwrap();
+        assert!(e.to_string().contains(&format!("the release is version {V}, not 9.9")), "{e}");
+        assert_eq!(e.http_status(), 422);
+        assert!(!staging.exists(), "nothing written for another version than asked");
 
         // One byte of the root image flipped (its header and checksum intact).
         let mut bad = tar.clone();

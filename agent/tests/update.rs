@@ -370,3 +370,246 @@ fn a_signed_release_is_staged_and_installed_and_health_gates_the_boot() {
     std::fs::File::open(work.join("keys/pcr-signing.key")).unwrap().read_to_string(&mut keys).unwrap();
     assert!(!agent_log.contains(keys.lines().nth(1).unwrap()), "a private key reached the log");
 }
+
+/// A release server for the HTTPS-source tests: TLS (rustls, ring) on 127.0.0.1 with
+/// `cert_pem`/`key_pem`, answering `routes` (path → status, body) and 404 elsewhere; a 302
+/// carries a Location with a token that must never be repeated. Records the paths asked for.
+struct ReleaseServer {
+    port: u16,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl ReleaseServer {
+    fn start(cert_pem: &str, key_pem: &str, routes: Vec<(String, u16, Vec<u8>)>) -> ReleaseServer {
+        use http_body_util::Full;
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let routes = Arc::new(routes);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (acceptor, routes, seen) = (acceptor.clone(), routes.clone(), seen2.clone());
+                tokio::spawn(async move {
+                    // A client that refuses our certificate ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let path = req.uri().path().to_string();
+                        seen.lock().unwrap().push(path.clone());
+                        let (status, body) = routes.iter().find(|(p, _, _)| *p == path).map(|(_, s, b)| (*s, b.clone())).unwrap_or((404, b"no such release\n".to_vec()));
+                        let mut r = hyper::Response::builder().status(status);
+                        if status == 302 {
+                            r = r.header("location", "https://mirror.example/swarmseal_1.3.0.tar?X-Amz-Signature=not-for-logs");
+                        }
+                        async move { Ok::<_, std::convert::Infallible>(r.body(Full::new(bytes::Bytes::from(body))).unwrap()) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                });
+            }
+        });
+        ReleaseServer { port, seen, _rt: rt }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A CA (PEM cert, issuer) and a server certificate for localhost/127.0.0.1 it signed
+/// (PEM cert, PEM key).
+fn test_ca(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = p.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(p, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut sp = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    sp.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = sp.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// `POST /swarmseal/v1/update?version=V` with an empty body: the agent fetches
+/// `<[update] source>swarmseal_V.tar` over HTTPS (server verified against `source_ca`) and
+/// handles it exactly like an upload. `swarmseal proxy` serves the endpoint the same way the
+/// agent does, without a TPM or an engine, which keeps this fast.
+#[test]
+fn a_release_is_fetched_from_the_https_source() {
+    let t0 = Instant::now();
+    let tmp = tempfile::Builder::new().prefix("ssh").tempdir_in("/tmp").unwrap();
+    let work = tmp.path();
+    let state = work.join("state");
+    let s = path_str(&state).to_string();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for k in ["keys", "other-keys"] {
+        let o = Command::new(repo.join("scripts/make-keys")).arg(work.join(k)).output().unwrap();
+        assert!(o.status.success(), "scripts/make-keys: {}", text(&o));
+    }
+    let fleet_key = work.join("keys/pcr-signing.key");
+    let o = swarmseal(&["--state-dir", &s, "certs", "init"], &[], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = swarmseal(&["--state-dir", &s, "certs", "issue", "admin", "--role", "admin", "--out", path_str(&work.join("admin"))], &[], None);
+    assert!(o.status.success(), "{}", text(&o));
+    for tool in ["sysupdate", "systemctl"] {
+        let p = work.join(format!("fake-{tool}"));
+        std::fs::write(&p, format!("#!/bin/sh\necho \"$*\" >> {work}/{tool}.argv\necho \"fake {tool}: $*\"\n", work = work.display())).unwrap();
+        sh(&format!("chmod 0755 {}", p.display()), work);
+    }
+    let argv = |tool: &str| std::fs::read_to_string(work.join(format!("{tool}.argv"))).unwrap_or_default();
+
+    // The releases the source serves under /rel/.
+    let tar = |p: PathBuf| std::fs::read(p).unwrap();
+    let good = tar(build_release(work, V1, &fleet_key, 300_000, false));
+    let routes = vec![
+        (format!("/rel/swarmseal_{V1}.tar"), 200, good.clone()),
+        ("/rel/swarmseal_1.1.0.tar".into(), 200, tar(build_release(work, "1.1.0", &work.join("other-keys/pcr-signing.key"), 300_000, false))),
+        // Signed by the fleet, but not the version its name says.
+        ("/rel/swarmseal_1.2.0.tar".into(), 200, good.clone()),
+        ("/rel/swarmseal_1.3.0.tar".into(), 302, Vec::new()),
+        ("/rel/swarmseal_1.4.0.tar".into(), 200, tar(build_release(work, "1.4.0", &fleet_key, 1_200_000, false))),
+    ];
+    let (ca_pem, cert_pem, key_pem) = test_ca("swarmseal test release CA");
+    std::fs::write(work.join("source-ca.pem"), &ca_pem).unwrap();
+    let source = ReleaseServer::start(&cert_pem, &key_pem, routes.clone());
+    // Same names and content, but a certificate from a CA the manager does not trust.
+    let (_, rogue_cert, rogue_key) = test_ca("some other CA");
+    let rogue = ReleaseServer::start(&rogue_cert, &rogue_key, routes);
+
+    // Three proxies: source configured, source with the wrong certificate, no source.
+    let log = work.join("proxy.log");
+    let proxy = |name: &str, source_lines: &str| -> (AgentProcess, u16, PathBuf) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = work.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n\
+                 [update]\npublic_key = \"{w}/keys/pcr-signing.pem\"\nsocket = \"{w}/update.sock\"\nsysupdate = \"{w}/fake-sysupdate\"\n\
+                 systemctl = \"{w}/fake-systemctl\"\nmax_bytes = {max}\n{source_lines}",
+                w = work.display(),
+                max = 1 << 20
+            ),
+        )
+        .unwrap();
+        let child = cmd(swarmseal_bin())
+            .args(["--config", path_str(&cfg), "--state-dir", &s, "proxy"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::options().create(true).append(true).open(&log).unwrap())
+            .spawn()
+            .map(AgentProcess)
+            .unwrap();
+        (child, port, cfg)
+    };
+    let ca_line = format!("source_ca = \"{}/source-ca.pem\"\n", work.display());
+    let (_p1, with_source, cfg) = proxy("source", &format!("source = \"https://localhost:{}/rel/\"\n{ca_line}", source.port));
+    let (_p2, wrong_cert, _) = proxy("rogue", &format!("source = \"https://localhost:{}/rel\"\n{ca_line}", rogue.port));
+    let (_p3, no_source, _) = proxy("none", "");
+    let _apply = ApplySocket::start(&work.join("update.sock"), vec!["--config".into(), path_str(&cfg).into(), "--state-dir".into(), s.clone()]);
+    for port in [with_source, wrong_cert, no_source] {
+        wait_until("the proxy listens", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+    // POST with curl: no body unless `upload` (then -T FILE); returns (status, JSON body).
+    let post = |port: u16, query: &str, upload: Option<&Path>| -> (u16, serde_json::Value) {
+        let b = work.join("admin");
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "60", "-X", "POST", "-w", "\n%{http_code}"])
+            .arg("--cacert").arg(b.join("ca.pem")).arg("--cert").arg(b.join("cert.pem")).arg("--key").arg(b.join("key.pem"));
+        if let Some(f) = upload {
+            c.arg("-T").arg(f);
+        }
+        let o = c.arg(format!("https://127.0.0.1:{port}/swarmseal/v1/update{query}")).output().expect("curl must be installed");
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (status.trim().parse().unwrap_or_else(|_| panic!("curl: {}", text(&o))), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    };
+    let msg = |v: &serde_json::Value| v["message"].as_str().unwrap_or_default().to_string();
+    let updates = state.join("updates");
+    let nothing_staged = |what: &str| assert!(tree(&updates).is_empty(), "{what}: something was written: {:?}", tree(&updates));
+
+    // ---- refusals first: each leaves nothing staged and never reaches the apply service.
+    let (c, b) = post(with_source, "?version=1.1.0", None);
+    assert_eq!(c, 422, "{b}");
+    assert!(msg(&b).starts_with("release not signed by this fleet's key"), "{b}");
+    nothing_staged("another key");
+
+    let (c, b) = post(with_source, "?version=1.2.0", None);
+    assert_eq!(c, 422, "{b}");
+    assert!(msg(&b).contains(&format!("the release is version {V1}, not 1.2.0")), "{b}");
+    nothing_staged("another version than asked");
+
+    let (c, b) = post(with_source, "?version=9.9.9", None);
+    assert_eq!(c, 502, "{b}");
+    assert!(msg(&b).contains("404 Not Found") && msg(&b).contains(&format!("https://localhost:{}/rel/swarmseal_9.9.9.tar", source.port)), "{b}");
+    nothing_staged("404");
+
+    let (c, b) = post(with_source, "?version=1.3.0", None);
+    assert_eq!(c, 502, "{b}");
+    assert!(msg(&b).contains("302 Found") && msg(&b).contains("not followed"), "{b}");
+    assert!(!b.to_string().contains("not-for-logs"), "the redirect's Location was repeated: {b}");
+
+    let (c, b) = post(with_source, "?version=1.4.0", None);
+    assert_eq!(c, 413, "{b}");
+    nothing_staged("too large");
+
+    for bad in ["..%2Fx", "", "1_2", "a%20b", "-1"] {
+        let (c, b) = post(with_source, &format!("?version={bad}"), None);
+        assert_eq!(c, 400, "{bad}: {b}");
+        assert!(msg(&b).contains("is not a release version"), "{b}");
+    }
+    let (c, b) = post(with_source, &format!("?version={V1}"), Some(&build_release(work, V1, &fleet_key, 300_000, false)));
+    assert_eq!(c, 400, "{b}");
+    assert!(msg(&b).contains("not both"), "{b}");
+
+    let (c, b) = post(wrong_cert, &format!("?version={V1}"), None);
+    assert_eq!(c, 502, "{b}");
+    assert!(msg(&b).contains("TLS handshake with localhost:") && msg(&b).contains("UnknownIssuer"), "{b}");
+    assert!(rogue.seen().is_empty(), "a request reached a server whose certificate was not trusted");
+
+    let (c, b) = post(no_source, &format!("?version={V1}"), None);
+    assert_eq!(c, 400, "{b}");
+    assert_eq!(msg(&b), "no [update] source configured: upload the release as the body instead");
+    nothing_staged("refusals");
+    assert_eq!(argv("sysupdate"), "", "the apply service ran for a refused release");
+
+    // ---- the release, fetched: staged, installed, rebooted, as an upload would be.
+    let (c, b) = post(with_source, &format!("?version={V1}&reboot=1"), None);
+    assert_eq!(c, 200, "{b}\nlog:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert_eq!(b, serde_json::json!({"version": V1, "staged": true, "reboot": true}));
+    for (n, bytes) in release_files(V1, 300_000) {
+        assert_eq!(std::fs::read(updates.join("staged").join(&n)).unwrap(), bytes, "{n} staged as served");
+    }
+    assert_eq!(argv("sysupdate"), format!("update {V1}\n"));
+    wait_until("systemctl reboot", Duration::from_secs(10), || argv("systemctl") == "reboot\n");
+
+    // The source saw exactly the requests above: no URL built from a bad version, no redirect followed.
+    let mut want: Vec<String> = ["1.1.0", "1.2.0", "9.9.9", "1.3.0", "1.4.0", V1].iter().map(|v| format!("/rel/swarmseal_{v}.tar")).collect();
+    let mut seen = source.seen();
+    want.sort();
+    seen.sort();
+    assert_eq!(seen, want);
+
+    let proxy_log = std::fs::read_to_string(&log).unwrap();
+    assert!(proxy_log.contains("image_update_fetch") && proxy_log.contains("image_update_refused"), "{proxy_log}");
+    assert!(!proxy_log.contains(BODY_MARKER), "a release body reached the log");
+    assert!(!proxy_log.contains("not-for-logs"), "a redirect's Location reached the log");
+    eprintln!("a_release_is_fetched_from_the_https_source: {:.1} s", t0.elapsed().as_secs_f64());
+}

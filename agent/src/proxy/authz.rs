@@ -208,6 +208,16 @@ pub fn query_flag(query: Option<&str>, key: &str) -> bool {
     })
 }
 
+/// The value of the first `key=` in a raw query, percent-decoded (`+` as space); `None` when
+/// `key` is absent. Keys match case-insensitively, as in [`query_flag`].
+pub fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let dec = |s: &str| String::from_utf8_lossy(&percent_decode(s.replace('+', " ").as_bytes())).into_owned();
+        dec(k).trim().eq_ignore_ascii_case(key).then(|| dec(v))
+    })
+}
+
 /// Classify a request (method as sent, canonical path, raw query).
 pub fn key_events(method: &str, c: &Canon, query: Option<&str>) -> Vec<KeyEvent> {
     let mut v = Vec::new();
@@ -308,6 +318,11 @@ mod tests {
         assert_eq!(key_events("POST", &c, Some("version=10&rotateManagerUnlockKey=false")), vec![KeyEvent::MaybeAutolock]);
         assert!(query_flag(Some("rotatemanagerunlockkey=1"), "rotateManagerUnlockKey"));
         assert!(query_flag(Some("rotate%4DanagerUnlockKey=True"), "rotateManagerUnlockKey"));
+        assert_eq!(query_value(Some("reboot=1&version=1.2%5E3"), "version").as_deref(), Some("1.2^3"));
+        assert_eq!(query_value(Some("Version=&version=2"), "version").as_deref(), Some(""), "the first one counts");
+        assert_eq!(query_value(Some("version"), "version").as_deref(), Some(""));
+        assert_eq!(query_value(Some("reboot=1"), "version"), None);
+        assert_eq!(query_value(None, "version"), None);
         assert_eq!(key_events("GET", &canonicalize("/swarm//unlockkey"), None), vec![KeyEvent::UnlockKeyRead]);
         assert_eq!(key_events("POST", &canonicalize("/swarm/unlock"), None), vec![KeyEvent::SwarmUnlock]);
         assert!(key_events("GET", &canonicalize("/containers/json"), None).is_empty());

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::instrument::WithSubscriber;
 
 use super::authz::{self, Decision, KeyEvent};
-use super::{ConnCtx, EscrowFile};
+use super::{ConnCtx, EscrowFile, UpdateFrom};
 
 /// The engine connection dedicated to one client connection.
 pub(crate) type Upstream = hyper::client::conn::http1::SendRequest<ReqBody>;
@@ -453,6 +453,18 @@ fn ok_body(b: Vec<u8>, content_type: &'static str, audit: Audit) -> Response<Out
     r
 }
 
+/// Whether a request body is empty: no body or `Content-Length: 0`, or a chunked body that
+/// ends within `timeout` without a data byte. Anything else is not read further.
+async fn empty_body(body: Incoming, content_length: Option<u64>, timeout: Duration) -> bool {
+    if body.is_end_stream() {
+        return true;
+    }
+    if content_length.is_some_and(|n| n > 0) {
+        return false;
+    }
+    matches!(tokio::time::timeout(timeout, http_body_util::Limited::new(body, 0).collect()).await, Ok(Ok(_)))
+}
+
 async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, query: Option<&str>, content_length: Option<u64>, body: Incoming, audit: Audit) -> Response<OutBody> {
     let api = &ctx.shared.api;
     let segs: Vec<&str> = canon.segs.iter().map(|s| s.as_str()).collect();
@@ -475,10 +487,19 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, qu
             }
         }
         ("POST", ["swarmseal", "v1", "update"]) => {
-            // Streamed to the agent; the bytes counted for the audit line, never logged.
-            let reader = crate::update::BodyReader::new(ReqBody::Stream(body, audit.bytes_in.clone()));
             let reboot = authz::query_flag(query, "reboot");
-            match api.update(Box::pin(reader), content_length, reboot).await {
+            let from = match authz::query_value(query, "version") {
+                // The release comes from [update] source: the body must be empty.
+                Some(version) => {
+                    if !empty_body(body, content_length, ctx.shared.header_timeout).await {
+                        return message(400, "give either the release as the body or ?version=V with an empty body (fetched from [update] source), not both", audit);
+                    }
+                    UpdateFrom::Source { version }
+                }
+                // Streamed to the agent; the bytes counted for the audit line, never logged.
+                None => UpdateFrom::Upload { body: Box::pin(crate::update::BodyReader::new(ReqBody::Stream(body, audit.bytes_in.clone()))), content_length },
+            };
+            match api.update(from, reboot).await {
                 Ok(v) => json_response(200, &v, audit),
                 Err((code, msg)) => message(code, &msg, audit),
             }

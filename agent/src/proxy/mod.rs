@@ -67,12 +67,14 @@ pub trait AgentApi: Send + Sync + 'static {
         drop(recovery_key);
         Box::pin(async { Err((404, "not available here: /var re-enrollment exists on the appliance image only".to_string())) })
     }
-    /// `POST /swarmseal/v1/update[?reboot=1]`, body: a release tar (`swarmseal_V.tar`, streamed,
-    /// `content_length` when the client sent one): verify and stage it, have the apply service
-    /// install it (see [`crate::update`]). Ok(JSON `{"version","staged":true,"reboot"}`) or
-    /// Err((HTTP status, message)). The default answers 404 (no update support here).
-    fn update(&self, body: UpdateBody, content_length: Option<u64>, reboot: bool) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
-        drop((body, content_length, reboot));
+    /// `POST /swarmseal/v1/update[?reboot=1]` with a release tar as the body
+    /// ([`UpdateFrom::Upload`]), or `POST /swarmseal/v1/update?version=V[&reboot=1]` with an
+    /// empty body ([`UpdateFrom::Source`]: fetched from `[update] source`): verify and stage it,
+    /// have the apply service install it (see [`crate::update`]). Ok(JSON
+    /// `{"version","staged":true,"reboot"}`) or Err((HTTP status, message)). The default
+    /// answers 404 (no update support here).
+    fn update(&self, from: UpdateFrom, reboot: bool) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+        drop((from, reboot));
         Box::pin(async { Err((404, "not available here: image updates exist on the appliance agent only".to_string())) })
     }
     /// `GET /swarmseal/v1/escrow` (the unlock key) and
@@ -83,6 +85,15 @@ pub trait AgentApi: Send + Sync + 'static {
 
 /// The request body of `POST /swarmseal/v1/update`, as a byte stream.
 pub type UpdateBody = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Where the release of `POST /swarmseal/v1/update` comes from.
+pub enum UpdateFrom {
+    /// The request body (`content_length` when the client sent one).
+    Upload { body: UpdateBody, content_length: Option<u64> },
+    /// `?version=V` with an empty body: `<[update] source>swarmseal_V.tar`. `version` is the
+    /// query value as sent (percent-decoded), not yet validated.
+    Source { version: String },
+}
 
 /// Which escrow file an admin asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
