@@ -38,7 +38,7 @@ impl Suite {
     pub fn prepare() -> Check<Suite> {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf();
         let mut missing = Vec::new();
-        for tool in ["qemu-system-x86_64", "qemu-img", "swtpm", "docker", "curl", "python3"] {
+        for tool in ["qemu-system-x86_64", "qemu-img", "swtpm", "docker", "curl", "python3", "sbsign", "sbattach"] {
             if !on_path(tool) {
                 missing.push(format!("`{tool}` not on PATH"));
             }
@@ -84,14 +84,21 @@ impl Suite {
         self.repo.join("scripts/run-qemu")
     }
 
-    /// A copy of the UKI whose `.cmdline` carries one extra word: the same OS,
-    /// a different boot chain (systemd-stub measures `.cmdline` into PCR 11).
+    /// A copy of the UKI whose `.cmdline` carries one extra word: the same OS, a
+    /// different boot chain (systemd-stub measures `.cmdline` into PCR 11), which
+    /// the fleet's PCR key did not sign. Signed again for Secure Boot with the
+    /// fleet's key (`SWARMSEAL_KEYS`, default keys/: what build-image signed with),
+    /// so the firmware runs it and the TPM policy is what refuses it.
     pub fn changed_uki(&self, word: &str) -> Check<PathBuf> {
         let mut pe = std::fs::read(&self.uki).map_err(|e| format!("{}: {e}", self.uki.display()))?;
         let old = append_to_cmdline(&mut pe, word)?;
-        let out = self.work.join("image").join("swarmseal-changed.efi");
-        std::fs::write(&out, &pe).map_err(|e| e.to_string())?;
-        println!("    changed UKI {}: .cmdline {old:?} + {word:?}", out.display());
+        let dir = self.work.join("image");
+        let (unsigned, out) = (dir.join("swarmseal-changed.unsigned.efi"), dir.join("swarmseal-changed.efi"));
+        std::fs::write(&unsigned, &pe).map_err(|e| e.to_string())?;
+        let keys = std::env::var_os("SWARMSEAL_KEYS").map(PathBuf::from).unwrap_or_else(|| self.repo.join("keys"));
+        run(Command::new("sbattach").arg("--remove").arg(&unsigned))?;
+        run(Command::new("sbsign").arg("--key").arg(keys.join("secure-boot.key")).arg("--cert").arg(keys.join("secure-boot.crt")).arg("--output").arg(&out).arg(&unsigned))?;
+        println!("    changed UKI {}: .cmdline {old:?} + {word:?}, Secure Boot signature renewed with {}", out.display(), keys.display());
         Ok(out)
     }
 }
