@@ -280,18 +280,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A running `swarmseal agent`; killed if a failing test drops it (no agent
-/// outlives the test, holding a port and a deleted state dir).
-struct AgentProcess(std::process::Child);
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 #[test]
 fn no_shell_recovery_through_the_proxy_after_a_changed_boot_chain() {

@@ -31,17 +31,6 @@ const VERITY_UUID: &str = "a1b2c3d4-e5f6-4789-8abc-def012345678";
 /// In every UKI of the test releases: it must never reach a log.
 const BODY_MARKER: &str = "release-body-must-not-be-logged";
 
-/// A running `swarmseal agent`, killed if a failing test drops it.
-struct AgentProcess(std::process::Child);
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 /// `swarmseal-update.socket` (Accept=yes, MaxConnections=1) in miniature: each connection runs
 /// `swarmseal update apply --stdin-request` with the connection as stdin, stdout and stderr.

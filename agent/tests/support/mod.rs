@@ -386,6 +386,19 @@ pub fn cmd(program: impl AsRef<std::ffi::OsStr>) -> Command {
     c
 }
 
+/// A running `swarmseal agent` (or `swarmseal proxy`); killed if a failing test drops it, so
+/// no agent outlives its test holding a port and a deleted state dir.
+pub struct AgentProcess(pub Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Run `swarmseal` with `args`; returns the output.
 pub fn swarmseal(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> std::process::Output {
     use std::io::Write;
