@@ -243,9 +243,13 @@ pub fn enroll_tpm(device: &Path, recovery_key: &str, pcrs: &str) -> Result<(), V
         })?;
     run_cryptenroll("systemd-cryptenroll --wipe-slot=tpm2", &["--unlock-key-file=/dev/stdin".as_ref(), "--wipe-slot=tpm2".as_ref(), device.as_os_str()], Some(recovery_key.as_bytes()))?;
     let pcr_arg = format!("--tpm2-pcrs={pcrs}");
+    // `--tpm2-public-key=` (empty): no signed PCR 11 policy. systemd-cryptenroll (≥ 256) binds
+    // to /run/systemd/tpm2-pcr-public-key.pem by default when the UKI carries a .pcrpkey; the
+    // recovery key rotation right after this runs after the agent's phase lock moved PCR 11
+    // off every signed value, and could not open /var with such a slot.
     run_cryptenroll(
         "systemd-cryptenroll --tpm2-device=auto",
-        &["--unlock-key-file=/dev/stdin".as_ref(), "--tpm2-device=auto".as_ref(), pcr_arg.as_ref(), device.as_os_str()],
+        &["--unlock-key-file=/dev/stdin".as_ref(), "--tpm2-device=auto".as_ref(), pcr_arg.as_ref(), "--tpm2-public-key=".as_ref(), device.as_os_str()],
         Some(recovery_key.as_bytes()),
     )?;
     tracing::info!(event = "var_tpm_enrolled", security = true, device = %device.display(), pcrs, "/var is bound to this machine's TPM again");
