@@ -273,23 +273,7 @@ fn ecc_p256_public(point: &[u8]) -> Result<Public, String> {
 /// The content of the subjectPublicKey BIT STRING of a DER SubjectPublicKeyInfo
 /// (`SEQUENCE { AlgorithmIdentifier, BIT STRING }`), without its unused-bits byte.
 fn spki_key_bits(der: &[u8]) -> Option<&[u8]> {
-    // One DER TLV: (tag, content, what follows).
-    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, b) = b.split_first()?;
-        let (&l, mut b) = b.split_first()?;
-        let len = if l < 0x80 {
-            l as usize
-        } else {
-            let n = (l & 0x7f) as usize;
-            if n == 0 || n > 4 || b.len() < n {
-                return None;
-            }
-            let len = b[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
-            b = &b[n..];
-            len
-        };
-        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
-    }
+    use crate::proxy::tls::tlv;
     let (0x30, spki, _) = tlv(der)? else { return None };
     let (0x30, _, rest) = tlv(spki)? else { return None };
     let (0x03, bits, _) = tlv(rest)? else { return None };

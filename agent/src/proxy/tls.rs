@@ -124,7 +124,8 @@ pub fn server_config(client_ca: &Path, server_cert: &Path, server_key: &Path) ->
 
 // --- minimal DER reader: enough to read a certificate's Subject ---
 
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+/// One DER TLV (definite length, up to 4 length bytes): (tag, content, what follows).
+pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&l0, mut rest) = rest.split_first()?;
     let len = if l0 < 0x80 {
