@@ -49,12 +49,14 @@ pub enum Exit {
     UpdateFailed = 16,
     /// `fleet update` stopped at a manager (quorum, refused release, not back in time, rolled back).
     FleetStopped = 17,
+    /// `health --agent-unit`: the agent's unit is not running (failed or stopped).
+    AgentDown = 18,
 }
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
     /// of the README's table (a unit test keeps the README in step).
-    pub const ALL: [(Exit, &'static str); 18] = [
+    pub const ALL: [(Exit, &'static str); 19] = [
         (Exit::Ok, "success"),
         (Exit::Failure, "other failure (I/O, internal)"),
         (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
@@ -73,6 +75,7 @@ impl Exit {
         (Exit::BadRelease, "`update`: release refused: not signed by this fleet's key, a file missing, unknown or altered, or too large"),
         (Exit::UpdateFailed, "`update apply`: systemd-sysupdate or the reboot failed"),
         (Exit::FleetStopped, "`fleet update` stopped at a manager (would lose quorum, release refused, not back unlocked in time, rolled back); managers after it untouched"),
+        (Exit::AgentDown, "`health --agent-unit`: the agent's unit failed or is stopped (the swarm stays locked in this boot)"),
     ];
 }
 
@@ -147,11 +150,15 @@ pub enum Command {
     #[command(subcommand)]
     Var(crate::var::VarCommand),
     /// Exit 0 when the swarm is unlocked (active manager) and the proxy serves; else the reason
-    /// on stderr and its exit code (3, 7, 13, 14). The boot-assessment gate of an update.
+    /// on stderr and its exit code (3, 7, 13, 14, 18). The boot-assessment gate of an update.
     Health {
         /// Check again every 2 s until healthy or SECS seconds passed.
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
+        /// The agent's systemd unit (the appliance: swarmseal.service): stop waiting as soon as it
+        /// failed (exit 18) or made its boot decision with the swarm locked (exit 13).
+        #[arg(long, value_name = "UNIT")]
+        agent_unit: Option<String>,
     },
     /// Image updates: verify a release, install the staged one (appliance, root).
     #[command(subcommand)]
@@ -264,7 +271,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
             Command::Bench(a) => crate::bench::run_cli(&cfg, a).await,
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
-            Command::Health { wait } => crate::health::run(&cfg, wait).await.map_err(Error::from),
+            Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),
             Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),
             Command::Fleet(c) => crate::fleet::run(c).await.map_err(Error::from),
             Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),

@@ -13,6 +13,17 @@
 //!    readable, the probe only checks that a TLS 1.3 server answers with a ServerHello and a
 //!    certificate (it reaches certificate verification, then aborts; no certificate is ever
 //!    accepted unverified): "hello". Failure → exit 14. A disabled proxy is not checked.
+//!
+//! `--wait SECS` checks again every 2 s while the manager may still come up (engine starting,
+//! agent restarting, proxy not bound yet). With `--agent-unit UNIT` (the appliance:
+//! `swarmseal.service`, a `Type=notify` unit) it stops waiting as soon as the outcome is final,
+//! so a failing update falls back in one boot's time instead of `SECS`:
+//! - the unit is `active` (the agent sent READY=1 after its boot decision and phase lock) and
+//!   the swarm is locked: the agent will not unseal again in this boot → exit 13 at once;
+//! - the unit is `failed` or `inactive` (e.g. it refused its configuration, exit 2, which
+//!   `RestartPreventExitStatus=2` does not retry) → exit 18 at once.
+//! The unit's state comes from `systemctl show` (`ActiveState`, `SubState`, `Result`,
+//! `ExecMainStatus`); `activating` (including `auto-restart`) keeps waiting.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +55,10 @@ pub enum Unhealthy {
     State { state: NodeState, manager: bool },
     #[error("the proxy does not serve on {addr}: {reason}")]
     Proxy { addr: SocketAddr, reason: String },
+    #[error("the swarm is locked and the agent ({unit}) has made its boot decision: it will not unlock by itself in this boot (journalctl -u {unit} says why)")]
+    Decided { unit: String },
+    #[error("the agent is not running: {unit} is {state} (journalctl -u {unit} says why); the swarm stays locked in this boot")]
+    AgentDown { unit: String, state: String },
 }
 
 impl Unhealthy {
@@ -55,6 +70,8 @@ impl Unhealthy {
             Unhealthy::Locked => Exit::Locked,
             Unhealthy::State { .. } => Exit::SwarmState,
             Unhealthy::Proxy { .. } => Exit::ProxyDown,
+            Unhealthy::Decided { .. } => Exit::Locked,
+            Unhealthy::AgentDown { .. } => Exit::AgentDown,
         }
     }
 }
@@ -91,24 +108,88 @@ pub async fn check(cfg: &Config) -> Result<String, Unhealthy> {
     Ok(format!("swarm active (manager); proxy serving on {addr}: {how}"))
 }
 
-/// `swarmseal health [--wait SECS]`: check; with `wait`, check again every 2 s until healthy or
-/// `wait` seconds passed. Prints the summary on success; the last reason is the error.
-pub async fn run(cfg: &Config, wait: Option<u64>) -> Result<(), Unhealthy> {
+/// `swarmseal health [--wait SECS] [--agent-unit UNIT]`: check; with `wait`, check again every
+/// 2 s until healthy, `wait` seconds passed, or (with `agent_unit`) the outcome is final (see the
+/// module doc). Prints the summary on success; the last reason is the error.
+pub async fn run(cfg: &Config, wait: Option<u64>, agent_unit: Option<&str>) -> Result<(), Unhealthy> {
     let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
     loop {
-        match check(cfg).await {
+        let e = match check(cfg).await {
             Ok(s) => {
                 println!("healthy: {s}");
                 return Ok(());
             }
-            Err(e) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(e);
+            Err(e) => e,
+        };
+        if let Some(unit) = agent_unit {
+            match unit_state(unit).await {
+                Ok(u) => {
+                    if let Some(fin) = final_outcome(&e, unit, &u) {
+                        return Err(fin);
+                    }
                 }
-                tokio::time::sleep(POLL.min(deadline - now)).await;
+                Err(err) => eprintln!("swarmseal: health: cannot read the state of {unit} ({err}); waiting as if it were starting"),
             }
         }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(e);
+        }
+        tokio::time::sleep(POLL.min(deadline - now)).await;
+    }
+}
+
+/// A systemd unit's state as `systemctl show` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitState {
+    /// `ActiveState`: active, activating, deactivating, inactive, failed, reloading.
+    pub active: String,
+    /// `SubState`, e.g. running, auto-restart, dead.
+    pub sub: String,
+    /// `Result`: success, exit-code, signal, timeout, start-limit-hit, …
+    pub result: String,
+    /// `ExecMainStatus`: the main process's exit status.
+    pub status: String,
+}
+
+impl UnitState {
+    /// Parse `systemctl show --property=…` output (`Key=Value` lines).
+    pub fn parse(out: &str) -> UnitState {
+        let mut u = UnitState::default();
+        for line in out.lines() {
+            let Some((k, v)) = line.split_once('=') else { continue };
+            let slot = match k {
+                "ActiveState" => &mut u.active,
+                "SubState" => &mut u.sub,
+                "Result" => &mut u.result,
+                "ExecMainStatus" => &mut u.status,
+                _ => continue,
+            };
+            *slot = v.trim().to_string();
+        }
+        u
+    }
+}
+
+async fn unit_state(unit: &str) -> Result<UnitState, String> {
+    let out = tokio::process::Command::new("systemctl")
+        .args(["show", "--property=ActiveState", "--property=SubState", "--property=Result", "--property=ExecMainStatus", "--", unit])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("systemctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("systemctl show: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(UnitState::parse(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Is this failed check final, given the agent unit's state? `None`: keep waiting.
+pub fn final_outcome(e: &Unhealthy, unit: &str, u: &UnitState) -> Option<Unhealthy> {
+    match u.active.as_str() {
+        "failed" | "inactive" => Some(Unhealthy::AgentDown { unit: unit.to_string(), state: format!("{} ({}, result {}, exit status {})", u.active, u.sub, u.result, u.status) }),
+        "active" if matches!(e, Unhealthy::Locked) => Some(Unhealthy::Decided { unit: unit.to_string() }),
+        _ => None,
     }
 }
 
@@ -208,5 +289,26 @@ mod tests {
         let u = Unhealthy::Proxy { addr: SocketAddr::from(([127, 0, 0, 1], port)), reason: e };
         assert_eq!(u.exit(), Exit::ProxyDown);
         assert_eq!(Unhealthy::Locked.exit() as u8, 13);
+    }
+
+    #[test]
+    fn the_agent_units_state_decides_when_waiting_is_over() {
+        let failed = UnitState::parse("Result=exit-code\nActiveState=failed\nSubState=failed\nExecMainStatus=2\n");
+        assert_eq!(failed, UnitState { active: "failed".into(), sub: "failed".into(), result: "exit-code".into(), status: "2".into() });
+        let down = final_outcome(&Unhealthy::Locked, "swarmseal.service", &failed).expect("a failed agent is final");
+        assert_eq!(down.exit() as u8, 18);
+        assert!(down.to_string().contains("failed (failed, result exit-code, exit status 2)"), "{down}");
+        // READY=1 sent (decision made, phase lock done) and locked: final.
+        let active = UnitState::parse("ActiveState=active\nSubState=running\nResult=success\nExecMainStatus=0");
+        let decided = final_outcome(&Unhealthy::Locked, "swarmseal.service", &active).expect("locked after the decision is final");
+        assert_eq!(decided.exit(), Exit::Locked);
+        // Still deciding, or restarting: wait.
+        let starting = UnitState::parse("ActiveState=activating\nSubState=start\nResult=success\nExecMainStatus=0");
+        assert!(final_outcome(&Unhealthy::Locked, "swarmseal.service", &starting).is_none());
+        let restarting = UnitState::parse("ActiveState=activating\nSubState=auto-restart\nResult=exit-code\nExecMainStatus=1");
+        assert!(final_outcome(&Unhealthy::Locked, "swarmseal.service", &restarting).is_none());
+        // An active agent whose proxy is not up yet: wait for it.
+        let proxy = Unhealthy::Proxy { addr: "127.0.0.1:2376".parse().unwrap(), reason: "TCP connect: refused".into() };
+        assert!(final_outcome(&proxy, "swarmseal.service", &active).is_none());
     }
 }
