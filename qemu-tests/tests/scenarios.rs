@@ -1,8 +1,8 @@
 //! The operator's story, on the real image in QEMU (OVMF + swtpm).
 //!
-//! One manager lives through scenarios 1 → 2 → 5 → 6 → 3 → 8 → 9 (boots are
+//! One manager lives through scenarios 1 → 2 → 5 → 6 → 3 → 8 → 9 → 10 (boots are
 //! shared: each one costs minutes under TCG); 4 moves its disk to a new machine;
-//! 7 is a manager of its own. 8 and 9 need releases (scripts/test-fleet builds them). Scenarios run in order, one VM at a time; a failed
+//! 7 is a manager of its own. 8, 9 and 10 need releases (scripts/test-fleet builds them). Scenarios run in order, one VM at a time; a failed
 //! check is reported and the story goes on where it can; the run fails at the
 //! end if anything failed. Each scenario's duration and every boot's
 //! power-on → unlocked/locked time are printed.
@@ -69,7 +69,7 @@ fn main() {
     };
     let mut story = Story { suite, manager: None, escrow: Escrow::default(), key: None, var_key: None };
     type Scenario = fn(&mut Story) -> Check;
-    let scenarios: [(&str, &str, Scenario); 9] = [
+    let scenarios: [(&str, &str, Scenario); 10] = [
         ("1", "first boot: swarm up with autolock, key sealed, only the admin bundle gets in, bench reported", first_boot),
         ("2", "reboot: unlocked again with nobody typing a key", reboot),
         ("5", "key rotation through the proxy: resealed, next boot unlocks with the new key", rotation),
@@ -77,6 +77,7 @@ fn main() {
         ("3", "boot chain the fleet did not sign: locked, reason named, unlocked by hand, reseal refused, own UKI unlocks", changed_uki),
         ("8", "image update v1 → v2 (same fleet key) through the proxy: A/B slot, reboot, unlocked with no reseal", update_same_key),
         ("9", "a release signed by another fleet key: refused before anything is written, manager untouched", update_other_key),
+        ("10", "a release that fails its health gate: 3 tries, then back on the previous version, unlocked with no reseal", update_rolls_back),
         ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
         ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
     ];
@@ -542,5 +543,44 @@ fn update_other_key(s: &mut Story) -> Check {
     f.check(after.pointer("/image/version") == before.pointer("/image/version"), || format!("the image changed: {} → {}", before["image"], after["image"]));
     f.check(after.pointer("/swarm/state") == Some(&json!("active")), || format!("the swarm is not active any more: {}", after["swarm"]));
     f.check(vm.running(), || "the manager is not running any more".into());
+    f.done()
+}
+
+// ---------------------------------------------------------------- 10
+
+/// Issue 7, boot assessment: a release whose agent refuses its configuration (profile
+/// test-bad-release) is installed and booted as `swarmseal_V+3-0.efi`; each try fails
+/// `swarmseal-boot-health.service` at once (`health --agent-unit`: the agent failed) and
+/// reboots; with no tries left systemd-boot boots the previous version, which unseals the
+/// seal it already had. Whatever the manager runs when this starts is "previous".
+fn update_rolls_back(s: &mut Story) -> Check {
+    let (release, version) = s.suite.release("SWARMSEAL_RELEASE_BAD")?;
+    let vm = s.manager()?;
+    let mut f = Findings::default();
+    let before = vm.status()?;
+    let old = before.pointer("/image/version").and_then(Value::as_str).unwrap_or("?").to_string();
+    let created = before.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null);
+    ensure!(old != version, "the manager already runs {version}");
+    const FAILED: &str = "the agent is not running: swarmseal.service is failed";
+    let failed_before = vm.console().matches(FAILED).count();
+    let t = Instant::now();
+    let (code, body) = vm.api_post_file("/swarmseal/v1/update?reboot=1", &release)?;
+    ensure!(code == 200, "POST /swarmseal/v1/update?reboot=1: HTTP {code} {}", text(&body));
+    println!("    {old} → {version} (fails its health gate): uploaded, verified, written in {:.0} s", t.elapsed().as_secs_f64());
+    vm.rebooting(&format!("update {old} → {version}, 3 failed tries, back on {old}"));
+    let first = vm.wait_console(&[FAILED], BOOT);
+    f.check(first.is_ok(), || format!("the first try of {version} did not fail its health gate as expected: {}", first.as_ref().err().cloned().unwrap_or_default()));
+    if let Ok(l) = &first {
+        println!("    try 1 of {version} failed after {:.0} s: {}", t.elapsed().as_secs_f64(), l.trim());
+    }
+    let (outcome, st) = vm.wait_for_decision_on(Some(&old), 4 * BOOT)?;
+    let tries = vm.console().matches(FAILED).count() - failed_before;
+    println!("    {tries} failed tries of {version} on the console; back on {} ({outcome:?})", st.pointer("/image/version").unwrap_or(&Value::Null));
+    f.check(tries == 3, || format!("expected 3 failed tries of {version} (swarmseal_{version}+3-0.efi), the console shows {tries}"));
+    f.check(outcome == Outcome::Unlocked, || format!("back on {old}, the swarm is {outcome:?}: {st}"));
+    let now_created = st.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null);
+    f.check(now_created == created, || format!("the sealed key was replaced (created {created} → {now_created}): the previous version should unseal its own seal"));
+    let ls = vm.docker(&["node", "ls"]);
+    f.check(ls.ok && ls.stdout.contains("Leader"), || format!("docker node ls after the rollback: {ls}"));
     f.done()
 }
