@@ -1,5 +1,7 @@
 //! `/var` on the appliance: a LUKS2 volume that systemd-repart makes on first
-//! boot, its volume key sealed to this machine's TPM (PCR 7, `Encrypt=tpm2`).
+//! boot, its volume key sealed to this machine's TPM (`Encrypt=tpm2`: PCR 7
+//! literal, and PCR 11 signed by the fleet's PCR key, since the UKI carries a
+//! `.pcrpkey`: a boot chain the fleet did not sign does not open `/var`).
 //! Its recovery path, run as privileged oneshots outside the sandboxed agent:
 //!
 //! - `swarmseal var escrow-recovery-key` (first boot, `swarmseal-var-recovery.service`):
@@ -13,8 +15,10 @@
 //! - `swarmseal var enroll-tpm` (the recovery key on stdin): after the disk was
 //!   opened with the recovery key on another machine (or after a TPM clear or
 //!   a firmware change that moved PCR 7), bind `/var` to this machine's TPM
-//!   again: `systemd-cryptenroll --unlock-key-file=/dev/stdin --tpm2-device=auto
-//!   --tpm2-pcrs=7 --wipe-slot=tpm2`.
+//!   again, as systemd-repart bound it: `systemd-cryptenroll
+//!   --unlock-key-file=/dev/stdin --tpm2-device=auto --tpm2-pcrs=7
+//!   --tpm2-public-key=/etc/swarmseal/pcr-public-key.pem --tpm2-public-key-pcrs=11`
+//!   (after `--wipe-slot=tpm2`), then a new recovery key replaces the one used.
 //!
 //! Where the recovery key is typed: systemd-cryptsetup asks for a passphrase
 //! for disk `var` on the console when the TPM refuses; a recovery key is
@@ -83,9 +87,17 @@ pub enum VarCommand {
         /// The LUKS2 block device.
         #[arg(long, value_name = "DEV", default_value = DEFAULT_DEVICE)]
         device: PathBuf,
-        /// PCRs the new TPM2 slot is bound to (systemd-cryptenroll --tpm2-pcrs=).
+        /// PCRs the new TPM2 slot is bound to literally (systemd-cryptenroll --tpm2-pcrs=).
         #[arg(long, value_name = "PCRS", default_value = "7")]
         tpm2_pcrs: String,
+        /// The fleet's PCR-signing public key (PEM): the slot also trusts the PCRs of
+        /// --tpm2-public-key-pcrs when this key signed their values (TPM2_PolicyAuthorize).
+        /// A missing file or an empty value: no signed binding.
+        #[arg(long, value_name = "PEM", default_value = "/etc/swarmseal/pcr-public-key.pem")]
+        tpm2_public_key: PathBuf,
+        /// PCRs covered by the fleet's signature (systemd-cryptenroll --tpm2-public-key-pcrs=).
+        #[arg(long, value_name = "PCRS", default_value = "11")]
+        tpm2_public_key_pcrs: String,
     },
 }
 
@@ -198,6 +210,12 @@ fn recipient(cfg: &Config) -> Result<String, VarError> {
 /// recovery slots) and write it age-encrypted to [`escrow_path`]. Idempotent:
 /// does nothing when the escrow file exists (unless `force`).
 pub fn escrow_recovery_key(cfg: &Config, device: &Path, force: bool) -> Result<PathBuf, VarError> {
+    escrow_recovery_key_unlocking_with(cfg, device, force, None)
+}
+
+/// [`escrow_recovery_key`], opening the volume with `unlock` (a key that opens it, on
+/// stdin: `--unlock-key-file=/dev/stdin`) instead of the TPM (`--unlock-tpm2-device=auto`).
+pub fn escrow_recovery_key_unlocking_with(cfg: &Config, device: &Path, force: bool, unlock: Option<&str>) -> Result<PathBuf, VarError> {
     let file = escrow_path(&cfg.state_dir);
     if file.exists() && !force {
         tracing::info!(event = "var_recovery_key", file = %file.display(), "the /var recovery key is already escrowed");
@@ -207,10 +225,11 @@ pub fn escrow_recovery_key(cfg: &Config, device: &Path, force: bool) -> Result<P
     if !device.exists() {
         return Err(VarError::NoDevice(device.to_path_buf()));
     }
+    let how = if unlock.is_some() { "--unlock-key-file=/dev/stdin" } else { "--unlock-tpm2-device=auto" };
     let out = run_cryptenroll(
         "systemd-cryptenroll --recovery-key",
-        &["--recovery-key".as_ref(), "--unlock-tpm2-device=auto".as_ref(), "--wipe-slot=recovery".as_ref(), device.as_os_str()],
-        None,
+        &["--recovery-key".as_ref(), how.as_ref(), "--wipe-slot=recovery".as_ref(), device.as_os_str()],
+        unlock.map(str::as_bytes),
     )?;
     let key = find_key(&out).ok_or(VarError::NoKey)?;
     crate::escrow::write_secret(&file, &r, key.as_bytes())?;
@@ -218,8 +237,42 @@ pub fn escrow_recovery_key(cfg: &Config, device: &Path, force: bool) -> Result<P
     Ok(file)
 }
 
+/// How `swarmseal var enroll-tpm` binds the new TPM2 slot.
+#[derive(Debug, Clone)]
+pub struct TpmBinding {
+    /// PCRs bound literally (`--tpm2-pcrs=`), e.g. "7".
+    pub pcrs: String,
+    /// The fleet's PCR-signing public key and the PCRs it signs (`--tpm2-public-key=`,
+    /// `--tpm2-public-key-pcrs=`); `None`: no signed binding (`--tpm2-public-key=` empty).
+    pub signed: Option<(PathBuf, String)>,
+}
+
+impl TpmBinding {
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![format!("--tpm2-pcrs={}", self.pcrs)];
+        match &self.signed {
+            Some((key, pcrs)) => {
+                a.push(format!("--tpm2-public-key={}", key.display()));
+                a.push(format!("--tpm2-public-key-pcrs={pcrs}"));
+            }
+            // Empty: systemd-cryptenroll (≥ 256) would otherwise bind to the UKI-provided
+            // /run/systemd/tpm2-pcr-public-key.pem by default.
+            None => a.push("--tpm2-public-key=".into()),
+        }
+        a
+    }
+
+    /// Human form, e.g. "PCR 7 + PCR 11 signed by /etc/swarmseal/pcr-public-key.pem".
+    pub fn describe(&self) -> String {
+        match &self.signed {
+            Some((key, pcrs)) => format!("PCRs {} + PCRs {pcrs} signed by {}", self.pcrs, key.display()),
+            None => format!("PCRs {}", self.pcrs),
+        }
+    }
+}
+
 /// `swarmseal var enroll-tpm`: `recovery_key` opens the volume, a new TPM2 slot
-/// bound to `pcrs` replaces the old TPM2 slot(s). Three steps, because
+/// bound as `binding` says replaces the old TPM2 slot(s). Three steps, because
 /// systemd-cryptenroll treats a TPM2 slot with the same PCR policy digest as
 /// "already enrolled" (PCR 7 is the same on every machine with the same
 /// firmware), which would keep the slot sealed under the old machine's SRK:
@@ -227,8 +280,11 @@ pub fn escrow_recovery_key(cfg: &Config, device: &Path, force: bool) -> Result<P
 ///    (nothing changes otherwise);
 /// 2. `systemd-cryptenroll --wipe-slot=tpm2`: the stale slot goes (the recovery
 ///    key still opens `/var` if step 3 fails);
-/// 3. `systemd-cryptenroll --unlock-key-file=/dev/stdin --tpm2-device=auto --tpm2-pcrs=PCRS`.
-pub fn enroll_tpm(device: &Path, recovery_key: &str, pcrs: &str) -> Result<(), VarError> {
+/// 3. `systemd-cryptenroll --unlock-key-file=/dev/stdin --tpm2-device=auto --tpm2-pcrs=PCRS
+///    [--tpm2-public-key=PEM --tpm2-public-key-pcrs=PCRS]`. Enrolling a signed binding needs
+///    no signature now (only the key goes into the policy), so it works after the agent's
+///    phase lock moved PCR 11.
+pub fn enroll_tpm(device: &Path, recovery_key: &str, binding: &TpmBinding) -> Result<(), VarError> {
     if !is_recovery_key(recovery_key) {
         return Err(VarError::BadKey);
     }
@@ -242,17 +298,12 @@ pub fn enroll_tpm(device: &Path, recovery_key: &str, pcrs: &str) -> Result<(), V
             e => e,
         })?;
     run_cryptenroll("systemd-cryptenroll --wipe-slot=tpm2", &["--unlock-key-file=/dev/stdin".as_ref(), "--wipe-slot=tpm2".as_ref(), device.as_os_str()], Some(recovery_key.as_bytes()))?;
-    let pcr_arg = format!("--tpm2-pcrs={pcrs}");
-    // `--tpm2-public-key=` (empty): no signed PCR 11 policy. systemd-cryptenroll (≥ 256) binds
-    // to /run/systemd/tpm2-pcr-public-key.pem by default when the UKI carries a .pcrpkey; the
-    // recovery key rotation right after this runs after the agent's phase lock moved PCR 11
-    // off every signed value, and could not open /var with such a slot.
-    run_cryptenroll(
-        "systemd-cryptenroll --tpm2-device=auto",
-        &["--unlock-key-file=/dev/stdin".as_ref(), "--tpm2-device=auto".as_ref(), pcr_arg.as_ref(), "--tpm2-public-key=".as_ref(), device.as_os_str()],
-        Some(recovery_key.as_bytes()),
-    )?;
-    tracing::info!(event = "var_tpm_enrolled", security = true, device = %device.display(), pcrs, "/var is bound to this machine's TPM again");
+    let bind = binding.args();
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--unlock-key-file=/dev/stdin".as_ref(), "--tpm2-device=auto".as_ref()];
+    args.extend(bind.iter().map(|a| std::ffi::OsStr::new(a.as_str())));
+    args.push(device.as_os_str());
+    run_cryptenroll("systemd-cryptenroll --tpm2-device=auto", &args, Some(recovery_key.as_bytes()))?;
+    tracing::info!(event = "var_tpm_enrolled", security = true, device = %device.display(), binding = %binding.describe(), "/var is bound to this machine's TPM again");
     Ok(())
 }
 
@@ -264,17 +315,20 @@ pub fn run(cfg: &Config, c: VarCommand) -> Result<(), VarError> {
             println!("{}", p.display());
             Ok(())
         }
-        VarCommand::EnrollTpm { device, tpm2_pcrs } => {
+        VarCommand::EnrollTpm { device, tpm2_pcrs, tpm2_public_key, tpm2_public_key_pcrs } => {
             // At most a little more than a key: anything longer is not one.
             let mut buf = Zeroizing::new(Vec::new());
             std::io::stdin().take(4096).read_to_end(&mut buf).map_err(|e| VarError::Spawn("stdin".into(), e))?;
             let key = std::str::from_utf8(&buf).map_err(|_| VarError::BadKey)?.trim();
-            enroll_tpm(&device, key, &tpm2_pcrs)?;
-            println!("{ENROLLED} (PCRs {tpm2_pcrs})");
+            let signed = (!tpm2_public_key.as_os_str().is_empty() && tpm2_public_key.is_file()).then(|| (tpm2_public_key.clone(), tpm2_public_key_pcrs.clone()));
+            let binding = TpmBinding { pcrs: tpm2_pcrs, signed };
+            enroll_tpm(&device, key, &binding)?;
+            println!("{ENROLLED} ({})", binding.describe());
             // The old recovery key was typed on a console and sent over the
-            // network: replace it, escrowed to the same recipient, now that the
-            // TPM opens /var again (systemd-cryptenroll --unlock-tpm2-device=auto).
-            match escrow_recovery_key(cfg, &device, true) {
+            // network: replace it, escrowed to the same recipient. The old key
+            // opens the volume for that (the new TPM2 slot may be bound to a
+            // signed PCR 11 this boot has moved past with the phase lock).
+            match escrow_recovery_key_unlocking_with(cfg, &device, true, Some(key)) {
                 Ok(p) => println!("a new /var recovery key replaced the one used for this recovery: {}", p.display()),
                 Err(VarError::NoRecipient) => println!("no escrow recipient: the recovery key used for this recovery stays valid"),
                 Err(e) => return Err(e),

@@ -331,8 +331,12 @@ fn changed_uki(s: &mut Story) -> Check {
     // The image seals with the fleet's signed PCR policy: a boot chain the fleet's PCR key did
     // not sign (here: one more cmdline word, Secure Boot signature renewed so the firmware runs
     // it) stays locked, and cannot be accepted by a reseal — only a signed image can.
+    // /var is bound the same way (PCR 7 + PCR 11 signed by the fleet, systemd-repart's default
+    // with a .pcrpkey): the boot first stops at /var's passphrase prompt; the operator types the
+    // escrowed /var recovery key on the console.
     let changed = s.suite.changed_uki("swarmseal.test=changed-boot-chain")?;
     let key = s.key.clone().ok_or("the operator never read the key")?;
+    let var_key = s.var_key.clone().ok_or("no escrowed /var recovery key (scenario 1)")?;
     let escrow = &s.escrow;
     let vm = s.manager.as_mut().ok_or("no manager")?;
     let mut f = Findings::default();
@@ -340,7 +344,23 @@ fn changed_uki(s: &mut Story) -> Check {
 
     vm.shutdown()?;
     vm.uki = Some(changed);
-    let st = vm.boot_expect("changed UKI (one more cmdline word, not PCR-signed)", Outcome::Locked, BOOT)?;
+    const PROMPT: &str = "Please enter recovery key for disk var";
+    let prompts_before = vm.console().matches(PROMPT).count();
+    vm.power_on("changed UKI (one more cmdline word, not PCR-signed)")?;
+    let t = Instant::now();
+    while vm.console().matches(PROMPT).count() == prompts_before {
+        ensure!(t.elapsed() < BOOT, "the changed UKI never asked for /var's recovery key within {} s; tail:\n{}", BOOT.as_secs(), vm.console_tail(30));
+        ensure!(vm.running(), "QEMU exited; tail:\n{}", vm.console_tail(30));
+        vm.retry_after_kernel_panic()?;
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    println!("    /var asks for its recovery key after {:.0} s (not signed by the fleet: the TPM does not open it)", t.elapsed().as_secs_f64());
+    f.check(vm.console().contains("not signed by the fleet's PCR key"), || "the console's recovery hint does not name an unsigned boot chain".into());
+    f.check(vm.api("GET", "/swarmseal/v1/status").is_err(), || "the proxy answers before /var is open".into());
+    vm.type_console(&var_key)?;
+    let (got, st) = vm.wait_for_decision(BOOT)?;
+    ensure!(got == Outcome::Locked, "changed UKI with /var opened by its recovery key: expected Locked, the swarm is {got:?}; status {st}");
+    f.check(!vm.console().contains(&var_key), || "the /var recovery key appears on the serial console (echoed?)".into());
     let d = differs(&st);
     println!("    the agent says: {d:?}");
     f.check(!d.is_empty(), || format!("status shows no differing/unsigned PCR for the changed UKI: {}", st["sealed"]));
@@ -360,7 +380,8 @@ fn changed_uki(s: &mut Story) -> Check {
     let now = vm.status()?.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null);
     f.check(now == sealed_before, || format!("the sealed key changed ({sealed_before} → {now})"));
 
-    // The disk's own (signed) UKI: unlocks by itself, the seal was never replaced.
+    // The disk's own (signed) UKI: /var opens and the swarm unlocks by itself, the seal was
+    // never replaced.
     vm.uki = None;
     vm.reboot_expect("back to the disk's own UKI", Outcome::Unlocked, BOOT)?;
     f.done()
