@@ -441,7 +441,15 @@ impl<R: AsyncRead + Unpin> Tar<R> {
 
 /// The exclusive hold on the staging area (a `flock` on `<staging_dir>.lock`, beside it so a
 /// refused upload leaves nothing under the staging dir). Released on drop.
-pub struct UpdateLock(#[allow(dead_code)] std::fs::File);
+pub struct UpdateLock(std::fs::File);
+
+impl Drop for UpdateLock {
+    fn drop(&mut self) {
+        // Unlock, not just close: a child forked by another thread (any `Command` spawn) holds a
+        // copy of the descriptor until its exec, and the lock would stay held until then.
+        let _ = rustix::fs::flock(&self.0, rustix::fs::FlockOperation::Unlock);
+    }
+}
 
 /// Take the staging lock without waiting. Errors: [`UpdateError::Busy`] when held.
 pub fn try_lock(staging: &Path) -> Result<UpdateLock, UpdateError> {
@@ -956,6 +964,19 @@ mod tests {
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn the_lock_is_released_on_drop_while_a_copy_of_its_descriptor_is_open() {
+        // A copy as a child forked by a concurrent `Command` spawn holds until its exec.
+        let d = tempfile::tempdir().unwrap();
+        let staging = d.path().join("updates");
+        let lock = try_lock(&staging).unwrap();
+        let copy = lock.0.try_clone().unwrap();
+        assert!(matches!(try_lock(&staging), Err(UpdateError::Busy)));
+        drop(lock);
+        assert!(try_lock(&staging).is_ok(), "released although the copy is still open");
+        drop(copy);
     }
 
     #[test]
