@@ -142,6 +142,8 @@ pub async fn run(cfg: &Config, wait: Option<u64>, agent_unit: Option<&str>) -> R
 /// A systemd unit's state as `systemctl show` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitState {
+    /// `LoadState`: loaded, not-found, masked, …
+    pub load: String,
     /// `ActiveState`: active, activating, deactivating, inactive, failed, reloading.
     pub active: String,
     /// `SubState`, e.g. running, auto-restart, dead.
@@ -159,6 +161,7 @@ impl UnitState {
         for line in out.lines() {
             let Some((k, v)) = line.split_once('=') else { continue };
             let slot = match k {
+                "LoadState" => &mut u.load,
                 "ActiveState" => &mut u.active,
                 "SubState" => &mut u.sub,
                 "Result" => &mut u.result,
@@ -173,7 +176,7 @@ impl UnitState {
 
 async fn unit_state(unit: &str) -> Result<UnitState, String> {
     let out = tokio::process::Command::new("systemctl")
-        .args(["show", "--property=ActiveState", "--property=SubState", "--property=Result", "--property=ExecMainStatus", "--", unit])
+        .args(["show", "--property=LoadState", "--property=ActiveState", "--property=SubState", "--property=Result", "--property=ExecMainStatus", "--", unit])
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -181,7 +184,12 @@ async fn unit_state(unit: &str) -> Result<UnitState, String> {
     if !out.status.success() {
         return Err(format!("systemctl show: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
-    Ok(UnitState::parse(&String::from_utf8_lossy(&out.stdout)))
+    let u = UnitState::parse(&String::from_utf8_lossy(&out.stdout));
+    if u.load == "not-found" {
+        // `systemctl show` reports a unit that does not exist as inactive: not "the agent stopped".
+        return Err(format!("no unit {unit} is loaded (LoadState=not-found): check --agent-unit"));
+    }
+    Ok(u)
 }
 
 /// Is this failed check final, given the agent unit's state? `None`: keep waiting.
@@ -294,7 +302,7 @@ mod tests {
     #[test]
     fn the_agent_units_state_decides_when_waiting_is_over() {
         let failed = UnitState::parse("Result=exit-code\nActiveState=failed\nSubState=failed\nExecMainStatus=2\n");
-        assert_eq!(failed, UnitState { active: "failed".into(), sub: "failed".into(), result: "exit-code".into(), status: "2".into() });
+        assert_eq!(failed, UnitState { load: String::new(), active: "failed".into(), sub: "failed".into(), result: "exit-code".into(), status: "2".into() });
         let down = final_outcome(&Unhealthy::Locked, "swarmseal.service", &failed).expect("a failed agent is final");
         assert_eq!(down.exit() as u8, 18);
         assert!(down.to_string().contains("failed (failed, result exit-code, exit status 2)"), "{down}");

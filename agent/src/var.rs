@@ -62,7 +62,9 @@ pub async fn enroll_tpm_via(socket: &Path, recovery_key: &str) -> Result<Vec<Str
     match read {
         Ok(Ok(_)) if lines.iter().any(|l| l.starts_with(ENROLLED)) => Ok(lines),
         Ok(Ok(_)) if lines.is_empty() => Err((503, "the enroll service closed the connection without an answer: another re-enrollment is running (one at a time), or it failed to start (journalctl -u 'swarmseal-var-enroll@*')".into())),
-        Ok(Ok(_)) => Err((422, format!("/var was not re-enrolled: {}", lines.join("; ")))),
+        // Refused before anything changed (wrong key: 422), or bound but the recovery key not
+        // replaced (the service says which; sending the same key again is safe).
+        Ok(Ok(_)) => Err((422, format!("the enroll service did not finish: {}", lines.join("; ")))),
         Ok(Err(e)) => Err((500, e.to_string())),
         Err(_) => Err((504, "systemd-cryptenroll did not finish within 300 s".into())),
     }
@@ -323,15 +325,24 @@ pub fn run(cfg: &Config, c: VarCommand) -> Result<(), VarError> {
             let signed = (!tpm2_public_key.as_os_str().is_empty() && tpm2_public_key.is_file()).then(|| (tpm2_public_key.clone(), tpm2_public_key_pcrs.clone()));
             let binding = TpmBinding { pcrs: tpm2_pcrs, signed };
             enroll_tpm(&device, key, &binding)?;
-            println!("{ENROLLED} ({})", binding.describe());
             // The old recovery key was typed on a console and sent over the
             // network: replace it, escrowed to the same recipient. The old key
             // opens the volume for that (the new TPM2 slot may be bound to a
             // signed PCR 11 this boot has moved past with the phase lock).
+            // ENROLLED only once all of it is done: the agent answers 200 on that line.
             match escrow_recovery_key_unlocking_with(cfg, &device, true, Some(key)) {
-                Ok(p) => println!("a new /var recovery key replaced the one used for this recovery: {}", p.display()),
-                Err(VarError::NoRecipient) => println!("no escrow recipient: the recovery key used for this recovery stays valid"),
-                Err(e) => return Err(e),
+                Ok(p) => {
+                    println!("{ENROLLED} ({})", binding.describe());
+                    println!("a new /var recovery key replaced the one used for this recovery: {}", p.display());
+                }
+                Err(VarError::NoRecipient) => {
+                    println!("{ENROLLED} ({})", binding.describe());
+                    println!("no escrow recipient: the recovery key used for this recovery stays valid");
+                }
+                Err(e) => {
+                    println!("the recovery key was not replaced ({e}), although /var's new TPM2 slot is enrolled ({}): send the same recovery key again (it still opens /var)", binding.describe());
+                    return Err(e);
+                }
             }
             Ok(())
         }
@@ -373,7 +384,7 @@ mod tests {
         assert!(matches!(e, VarError::NoDevice(_)), "{e}");
         assert_eq!(e.exit(), crate::cli::Exit::Usage);
         assert!(!escrow_path(d.path()).exists());
-        let e = enroll_tpm(Path::new("/nonexistent/var"), "not a key", "7").unwrap_err();
+        let e = enroll_tpm(Path::new("/nonexistent/var"), "not a key", &TpmBinding { pcrs: "7".into(), signed: None }).unwrap_err();
         assert!(matches!(e, VarError::BadKey), "{e}");
     }
 }

@@ -7,7 +7,7 @@
 //! end if anything failed. Each scenario's duration and every boot's
 //! power-on → unlocked/locked time are printed.
 //!
-//!   cargo test -p swarmseal-qemu-tests                      all of it
+//!   cargo test -p swarmseal-qemu-tests                      all of it (8–10 need scripts/test-fleet's releases)
 //!   SWARMSEAL_SCENARIOS=1,2,7 cargo test -p swarmseal-qemu-tests   a subset
 
 use std::time::{Duration, Instant};
