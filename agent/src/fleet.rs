@@ -391,9 +391,13 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
         }
         clock.say(format_args!("{}: staged and rebooting ({:.0} s)", m.context, t.elapsed().as_secs_f64()));
         match wait_back(m, &ids[i].0, &version, &others, Duration::from_secs(a.timeout), poll, &clock).await {
-            Ok(min_up) => {
+            Ok((min_up, no_answer)) => {
+                // While the leader reboots, the others answer GET /nodes only once they elected a
+                // new one: that gap is reported as such, not as "0 reachable".
+                let election = if no_answer.is_zero() { String::new() } else { format!("; no manager could answer GET /nodes for {} s (leader election)", no_answer.as_secs()) };
+                let fewest = if min_up == usize::MAX { "?".to_string() } else { min_up.to_string() };
                 clock.say(format_args!(
-                    "{}: back on {version}, unlocked, Ready/Reachable after {:.0} s (at least {min_up} of {} managers reachable throughout)",
+                    "{}: back on {version}, unlocked, Ready/Reachable after {:.0} s (at least {fewest} of {} managers reachable whenever asked{election})",
                     m.context,
                     t.elapsed().as_secs_f64(),
                     nodes.len()
@@ -429,12 +433,15 @@ async fn ask_others(others: &[&Manager]) -> Result<Vec<NodeView>, String> {
 
 /// Wait until `m` went down and came back active on `version` and the others see it
 /// Ready/Reachable. Meanwhile the others must keep a majority. Returns the fewest
-/// reachable managers seen.
-async fn wait_back(m: &Manager, id: &str, version: &str, others: &[&Manager], timeout: Duration, poll: Duration, clock: &Clock) -> Result<usize, String> {
+/// reachable managers seen in an answer, and the longest time no other manager answered
+/// `GET /nodes` (an election after the leader went down; more than 60 s is an error).
+async fn wait_back(m: &Manager, id: &str, version: &str, others: &[&Manager], timeout: Duration, poll: Duration, clock: &Clock) -> Result<(usize, Duration), String> {
     let start = Instant::now();
     let mut went_down = false;
     let mut no_quorum_since: Option<Instant> = None;
     let mut min_up = usize::MAX;
+    let mut no_answer_since: Option<Instant> = None;
+    let mut longest_no_answer = Duration::ZERO;
     let mut last_state = String::new();
     loop {
         if start.elapsed() > timeout {
@@ -444,6 +451,9 @@ async fn wait_back(m: &Manager, id: &str, version: &str, others: &[&Manager], ti
         // The rest of the swarm: quorum must hold.
         match ask_others(others).await {
             Ok(nodes) => {
+                if let Some(t) = no_answer_since.take() {
+                    longest_no_answer = longest_no_answer.max(t.elapsed());
+                }
                 let up = nodes.iter().filter(|n| n.healthy).count();
                 min_up = min_up.min(up);
                 let (others_ok, q, holds) = quorum_without(&nodes, id);
@@ -464,7 +474,7 @@ async fn wait_back(m: &Manager, id: &str, version: &str, others: &[&Manager], ti
                             last_state = state;
                         }
                         match s.version.as_deref() {
-                            Some(v) if v == version && s.state == "active" && me.healthy => return Ok(min_up),
+                            Some(v) if v == version && s.state == "active" && me.healthy => return Ok((min_up, longest_no_answer)),
                             Some(v) if v != version && s.state == "active" => {
                                 return Err(format!(
                                     "came back on version {v}, not {version}: the new version failed its boot assessment and the boot loader rolled back (its journal says why)"
@@ -479,7 +489,7 @@ async fn wait_back(m: &Manager, id: &str, version: &str, others: &[&Manager], ti
                 }
             }
             Err(e) => {
-                min_up = 0;
+                no_answer_since.get_or_insert_with(Instant::now);
                 let since = *no_quorum_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > QUORUM_GRACE {
                     return Err(format!("quorum lost: no other manager answers GET /nodes for {} s ({e})", since.elapsed().as_secs()));
