@@ -210,14 +210,10 @@ fn recipient(cfg: &Config) -> Result<String, VarError> {
 
 /// `swarmseal var escrow-recovery-key`: enroll a recovery key (replacing older
 /// recovery slots) and write it age-encrypted to [`escrow_path`]. Idempotent:
-/// does nothing when the escrow file exists (unless `force`).
-pub fn escrow_recovery_key(cfg: &Config, device: &Path, force: bool) -> Result<PathBuf, VarError> {
-    escrow_recovery_key_unlocking_with(cfg, device, force, None)
-}
-
-/// [`escrow_recovery_key`], opening the volume with `unlock` (a key that opens it, on
-/// stdin: `--unlock-key-file=/dev/stdin`) instead of the TPM (`--unlock-tpm2-device=auto`).
-pub fn escrow_recovery_key_unlocking_with(cfg: &Config, device: &Path, force: bool, unlock: Option<&str>) -> Result<PathBuf, VarError> {
+/// does nothing when the escrow file exists (unless `force`). The volume is opened with
+/// `unlock` when given (a key that opens it, on stdin: `--unlock-key-file=/dev/stdin`), else
+/// with the TPM (`--unlock-tpm2-device=auto`).
+pub fn escrow_recovery_key(cfg: &Config, device: &Path, force: bool, unlock: Option<&str>) -> Result<PathBuf, VarError> {
     let file = escrow_path(&cfg.state_dir);
     if file.exists() && !force {
         tracing::info!(event = "var_recovery_key", file = %file.display(), "the /var recovery key is already escrowed");
@@ -264,7 +260,7 @@ impl TpmBinding {
         a
     }
 
-    /// Human form, e.g. "PCR 7 + PCR 11 signed by /etc/swarmseal/pcr-public-key.pem".
+    /// Human form, e.g. "PCRs 7 + PCRs 11 signed by /etc/swarmseal/pcr-public-key.pem".
     pub fn describe(&self) -> String {
         match &self.signed {
             Some((key, pcrs)) => format!("PCRs {} + PCRs {pcrs} signed by {}", self.pcrs, key.display()),
@@ -313,7 +309,7 @@ pub fn enroll_tpm(device: &Path, recovery_key: &str, binding: &TpmBinding) -> Re
 pub fn run(cfg: &Config, c: VarCommand) -> Result<(), VarError> {
     match c {
         VarCommand::EscrowRecoveryKey { device, force } => {
-            let p = escrow_recovery_key(cfg, &device, force)?;
+            let p = escrow_recovery_key(cfg, &device, force, None)?;
             println!("{}", p.display());
             Ok(())
         }
@@ -330,20 +326,16 @@ pub fn run(cfg: &Config, c: VarCommand) -> Result<(), VarError> {
             // opens the volume for that (the new TPM2 slot may be bound to a
             // signed PCR 11 this boot has moved past with the phase lock).
             // ENROLLED only once all of it is done: the agent answers 200 on that line.
-            match escrow_recovery_key_unlocking_with(cfg, &device, true, Some(key)) {
-                Ok(p) => {
-                    println!("{ENROLLED} ({})", binding.describe());
-                    println!("a new /var recovery key replaced the one used for this recovery: {}", p.display());
-                }
-                Err(VarError::NoRecipient) => {
-                    println!("{ENROLLED} ({})", binding.describe());
-                    println!("no escrow recipient: the recovery key used for this recovery stays valid");
-                }
+            let rotated = match escrow_recovery_key(cfg, &device, true, Some(key)) {
+                Ok(p) => format!("a new /var recovery key replaced the one used for this recovery: {}", p.display()),
+                Err(VarError::NoRecipient) => "no escrow recipient: the recovery key used for this recovery stays valid".into(),
                 Err(e) => {
                     println!("the recovery key was not replaced ({e}), although /var's new TPM2 slot is enrolled ({}): send the same recovery key again (it still opens /var)", binding.describe());
                     return Err(e);
                 }
-            }
+            };
+            println!("{ENROLLED} ({})", binding.describe());
+            println!("{rotated}");
             Ok(())
         }
     }
@@ -377,10 +369,10 @@ mod tests {
         let mut cfg = Config::default();
         cfg.state_dir = d.path().to_path_buf();
         std::env::remove_var("CREDENTIALS_DIRECTORY");
-        let e = escrow_recovery_key(&cfg, Path::new("/nonexistent/var"), false).unwrap_err();
+        let e = escrow_recovery_key(&cfg, Path::new("/nonexistent/var"), false, None).unwrap_err();
         assert!(matches!(e, VarError::NoRecipient), "{e}");
         cfg.escrow.recipient = Some(age::x25519::Identity::generate().to_public().to_string());
-        let e = escrow_recovery_key(&cfg, Path::new("/nonexistent/var"), false).unwrap_err();
+        let e = escrow_recovery_key(&cfg, Path::new("/nonexistent/var"), false, None).unwrap_err();
         assert!(matches!(e, VarError::NoDevice(_)), "{e}");
         assert_eq!(e.exit(), crate::cli::Exit::Usage);
         assert!(!escrow_path(d.path()).exists());

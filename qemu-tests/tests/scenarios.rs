@@ -516,15 +516,20 @@ fn bad_credentials(s: &mut Story) -> Check {
 
 // ---------------------------------------------------------------- 8
 
+/// The running image version and when the current seal was made (`image.version`,
+/// `sealed.current.created` of the agent's status): an update must not replace the seal.
+fn version_and_seal(st: &Value) -> (String, Value) {
+    let version = st.pointer("/image/version").and_then(Value::as_str).unwrap_or("?").to_string();
+    (version, st.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null))
+}
+
 /// Issue 7: a new image signed by the same fleet PCR key unseals the key sealed under the
 /// old one (TPM2_PolicyAuthorize): the update needs no reseal and nobody at the console.
 fn update_same_key(s: &mut Story) -> Check {
     let (release, version) = s.suite.release("SWARMSEAL_RELEASE_NEXT")?;
     let vm = s.manager()?;
     let mut f = Findings::default();
-    let before = vm.status()?;
-    let old = before.pointer("/image/version").and_then(Value::as_str).unwrap_or("?").to_string();
-    let created = before.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null);
+    let (old, created) = version_and_seal(&vm.status()?);
     ensure!(old != version, "the manager already runs {version}: the release must be newer than the image under test");
     let size = std::fs::metadata(&release).map(|m| m.len()).unwrap_or(0);
     let t = Instant::now();
@@ -534,7 +539,7 @@ fn update_same_key(s: &mut Story) -> Check {
     vm.rebooting(&format!("update {old} → {version}"));
     let (outcome, st) = vm.wait_for_decision_on(Some(&version), BOOT)?;
     f.check(outcome == Outcome::Unlocked, || format!("after the update to {version} the swarm is {outcome:?}: {st}"));
-    let now_created = st.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null);
+    let (_, now_created) = version_and_seal(&st);
     f.check(now_created == created, || format!("the sealed key was replaced during the update (created {created} → {now_created}): the new image should unseal the old seal"));
     f.check(st.pointer("/sealed/current/policy").map(|p| p.to_string().contains("authorize")).unwrap_or(false), || format!("the seal is not a signed (PolicyAuthorize) policy: {}", st["sealed"]["current"]));
     let ls = vm.docker(&["node", "ls"]);
@@ -578,9 +583,7 @@ fn update_rolls_back(s: &mut Story) -> Check {
     let (release, version) = s.suite.release("SWARMSEAL_RELEASE_BAD")?;
     let vm = s.manager()?;
     let mut f = Findings::default();
-    let before = vm.status()?;
-    let old = before.pointer("/image/version").and_then(Value::as_str).unwrap_or("?").to_string();
-    let created = before.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null);
+    let (old, created) = version_and_seal(&vm.status()?);
     ensure!(old != version, "the manager already runs {version}");
     const FAILED: &str = "the agent is not running: swarmseal.service is failed";
     let failed_before = vm.console().matches(FAILED).count();
@@ -599,7 +602,7 @@ fn update_rolls_back(s: &mut Story) -> Check {
     println!("    {tries} failed tries of {version} on the console; back on {} ({outcome:?})", st.pointer("/image/version").unwrap_or(&Value::Null));
     f.check(tries == 3, || format!("expected 3 failed tries of {version} (swarmseal_{version}+3-0.efi), the console shows {tries}"));
     f.check(outcome == Outcome::Unlocked, || format!("back on {old}, the swarm is {outcome:?}: {st}"));
-    let now_created = st.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null);
+    let (_, now_created) = version_and_seal(&st);
     f.check(now_created == created, || format!("the sealed key was replaced (created {created} → {now_created}): the previous version should unseal its own seal"));
     let ls = vm.docker(&["node", "ls"]);
     f.check(ls.ok && ls.stdout.contains("Leader"), || format!("docker node ls after the rollback: {ls}"));
