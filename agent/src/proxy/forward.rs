@@ -218,7 +218,8 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
             .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false))
 }
 
-fn security_event(ctx: &ConnCtx, ev: &str, method: &Method, path: &str, outcome: &str) {
+fn security_event(ev: &str, a: &Audit, outcome: &str) {
+    let ctx = &a.ctx;
     tracing::warn!(
         target: "swarmseal::security",
         event = ev,
@@ -226,8 +227,9 @@ fn security_event(ctx: &ConnCtx, ev: &str, method: &Method, path: &str, outcome:
         role = ctx.ident.role_str(),
         identity = %Esc(&ctx.ident.name),
         peer = %ctx.peer,
-        method = %Esc(method.as_str()),
-        path = %Esc(path),
+        method = %Esc(a.method.as_str()),
+        path = %Esc(&a.path),
+        query = %Esc(&a.query),
         "security event: {ev} ({outcome})"
     );
 }
@@ -298,7 +300,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
         match user {
             Some(u) => audit_slot.user = Some(u),
             None => {
-                security_event(ctx, "basic_auth_failed", req.method(), &audit_slot.path, "denied");
+                security_event("basic_auth_failed", audit_slot, "denied");
                 let mut audit = take_audit(audit_slot);
                 audit.status = 401;
                 let mut r = message(401, "basic authentication required: wrong or missing user name or password", audit);
@@ -317,14 +319,14 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     audit_slot.events = events.iter().map(|e| e.as_str()).collect();
     if let Decision::Deny(why) = authz::decide(ctx.ident.role, method.as_str(), &canon, upgrade) {
         for e in &events {
-            security_event(ctx, e.as_str(), &method, &audit_slot.path, "denied");
+            security_event(e.as_str(), audit_slot, "denied");
         }
         return Err((403, why));
     }
     let inspect = authz::inspect(method.as_str(), &canon);
     if inspect.is_none() {
         for e in &events {
-            security_event(ctx, e.as_str(), &method, &audit_slot.path, "allowed");
+            security_event(e.as_str(), audit_slot, "allowed");
         }
     }
 
@@ -351,12 +353,12 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
             audit_slot.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let more = body_events(&mut up, kind, &canon, &bytes).await.map_err(|why| {
                 for e in &events {
-                    security_event(ctx, e.as_str(), &method, &audit_slot.path, "refused");
+                    security_event(e.as_str(), audit_slot, "refused");
                 }
                 (400, why)
             })?;
             for e in events.iter().chain(&more) {
-                security_event(ctx, e.as_str(), &method, &audit_slot.path, "allowed");
+                security_event(e.as_str(), audit_slot, "allowed");
             }
             audit_slot.events.extend(more.iter().map(|e| e.as_str()));
             ReqBody::Full(Some(bytes))
