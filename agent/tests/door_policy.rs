@@ -227,6 +227,7 @@ fn autolock_changes_are_read_as_the_engine_reads_them() {
     let big = format!("{},\"Pad\":\"{}\"}}", &base[..base.len() - 1], "a".repeat(2 << 20));
     let cases: Vec<(&str, String)> = vec![
         ("lowercase", with(r#""encryptionconfig":{"autolockmanagers":false}"#)),
+        ("lowercase_after", with(r#""EncryptionConfig":{"AutoLockManagers":true,"autolockmanagers":false}"#)),
         ("kelvin", with("\"EncryptionConfig\":{\"AutoLoc\u{212A}Managers\":false}")),
         ("dup_true_false", with(r#""EncryptionConfig":{"AutoLockManagers":true,"AutoLockManagers":false}"#)),
         ("dup_false_true", with(r#""EncryptionConfig":{"AutoLockManagers":false,"AutoLockManagers":true}"#)),
