@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use swarmseal::proxy::{pki, tls};
+use swarmseal::proxy::pki;
 
 // ---------- helpers ----------
 
@@ -47,39 +47,12 @@ fn autolock(sock: &Path) -> (bool, u64) {
 /// A client bundle for CN `cn` (any bytes, unlike `swarmseal certs issue`), OU `ou`,
 /// signed by the appliance CA: what an attacker holding a CA-signed name gets.
 fn issue_raw(paths: &pki::PkiPaths, cn: &str, ou: &str, out: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_pem = std::fs::read_to_string(&paths.ca_cert).unwrap();
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&paths.ca_key).unwrap()).unwrap();
-    let der = tls::pem_certs(ca_pem.as_bytes()).unwrap();
-    let mut dn = DistinguishedName::new();
-    for (oid, v) in tls::subject_attrs(&der[0]).unwrap() {
-        let ty = match oid.as_slice() {
-            tls::OID_CN => DnType::CommonName,
-            tls::OID_O => DnType::OrganizationName,
-            tls::OID_OU => DnType::OrganizationalUnitName,
-            _ => panic!("unexpected CA subject attribute"),
-        };
-        dn.push(ty, v);
-    }
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name = dn;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    let issuer = Issuer::new(ca, ca_key);
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "swarmseal");
-    dn.push(DnType::OrganizationalUnitName, ou);
-    dn.push(DnType::CommonName, cn);
-    p.distinguished_name = dn;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &issuer).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let b = pki::sign_client(paths, cn, Some(ou), (now - time::Duration::hours(1), now + time::Duration::days(1))).unwrap();
     std::fs::create_dir_all(out).unwrap();
-    std::fs::write(out.join("ca.pem"), &ca_pem).unwrap();
-    std::fs::write(out.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(out.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(out.join("ca.pem"), &b.ca_pem).unwrap();
+    std::fs::write(out.join("cert.pem"), &b.cert_pem).unwrap();
+    std::fs::write(out.join("key.pem"), b.key_pem.as_bytes()).unwrap();
 }
 
 /// The `key=value` fields after the message of one log line, values unquoted but
@@ -359,10 +332,8 @@ fn readonly_outbound_endpoints_are_denied_and_the_engine_connects_nowhere() {
 
 #[test]
 fn basic_auth_parallel_guesses_get_429_at_once() {
+    let e = Env::with_basic_auth("ci", "s3cret", 10);
     let dir = tempfile::tempdir().unwrap();
-    let ht = dir.path().join("htpasswd");
-    std::fs::write(&ht, format!("ci:{}\n", bcrypt::hash("s3cret", 10).unwrap())).unwrap();
-    let e = Env::new(|c| c.proxy.htpasswd = Some(ht.clone()));
     // 4 identities x 25 connections from 127.0.0.1, each handshake finished before
     // the guesses start (so only the basic-auth cap is measured, not connection limits).
     let n = 100;

@@ -317,10 +317,7 @@ fn no_spelling_of_a_denied_path_gets_through() {
 
 #[test]
 fn basic_auth_on_top_of_the_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let ht = dir.path().join("htpasswd");
-    std::fs::write(&ht, format!("# users\nci:{}\n", bcrypt::hash("s3cret", 4).unwrap())).unwrap();
-    let e = Env::new(|c| c.proxy.htpasswd = Some(ht.clone()));
+    let e = Env::with_basic_auth("ci", "s3cret", 4);
     let cfg = client_config(&e.admin.join("ca.pem"), Some(&e.admin));
     let a = e.proxy.addr;
     let basic = |u: &str, p: &str| {

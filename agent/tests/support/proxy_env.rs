@@ -149,6 +149,14 @@ impl Env {
         }
     }
 
+    /// [`Env::new`] with basic auth: one `htpasswd` user, bcrypt at `cost` (read at bind).
+    pub fn with_basic_auth(user: &str, password: &str, cost: u32) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let ht = dir.path().join("htpasswd");
+        std::fs::write(&ht, format!("# users\n{user}:{}\n", bcrypt::hash(password, cost).unwrap())).unwrap();
+        Env::new(|c| c.proxy.htpasswd = Some(ht.clone()))
+    }
+
     pub fn paths(&self) -> pki::PkiPaths {
         pki::PkiPaths::of(&Config { state_dir: self.state.path().to_path_buf(), ..Default::default() })
     }
