@@ -351,11 +351,10 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
             // Read as the engine will, decide, then forward exactly these bytes.
             let bytes = read_inspected(kind, &parts.headers, body).await?;
             audit_slot.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            let more = body_events(&mut up, kind, &canon, &bytes).await.map_err(|why| {
+            let more = body_events(&mut up, kind, &canon, &bytes).await.inspect_err(|_| {
                 for e in &events {
                     security_event(e.as_str(), audit_slot, "refused");
                 }
-                (400, why)
             })?;
             for e in events.iter().chain(&more) {
                 security_event(e.as_str(), audit_slot, "allowed");
@@ -509,14 +508,14 @@ async fn engine_json(up: &mut Upstream, path: &str) -> Option<GoValue> {
 /// `encoding/json`, [`gojson`]); `Err`: refused (400) with the reason. Bytes after the
 /// JSON value are refused: dockerd 20.10 ignores them, a later engine may not, so
 /// only a body that means the same to both is forwarded.
-async fn body_events(up: &mut Upstream, kind: authz::Inspect, canon: &authz::Canon, bytes: &[u8]) -> Result<Vec<KeyEvent>, String> {
+async fn body_events(up: &mut Upstream, kind: authz::Inspect, canon: &authz::Canon, bytes: &[u8]) -> Result<Vec<KeyEvent>, Early> {
     use authz::Inspect;
-    let (v, end) = gojson::parse_first(bytes).map_err(|e| e.to_string())?;
+    let (v, end) = gojson::parse_first(bytes).map_err(|e| (400, e.to_string()))?;
     if !bytes[end..].iter().all(|b| b.is_ascii_whitespace()) {
-        return Err("the request body holds bytes after its JSON value; refused so that what the proxy inspects is what the engine applies".into());
+        return Err((400, "the request body holds bytes after its JSON value; refused so that what the proxy inspects is what the engine applies".into()));
     }
     if !matches!(v, GoValue::Object(_)) {
-        return Err("the request body must be a JSON object".into());
+        return Err((400, "the request body must be a JSON object".into()));
     }
     let events = match kind {
         Inspect::SwarmInit => authz::spec_events(kind, &v, None),
@@ -534,8 +533,8 @@ async fn body_events(up: &mut Upstream, kind: authz::Inspect, canon: &authz::Can
         }
         Inspect::SwarmJoin | Inspect::SwarmUnlock => Ok(Vec::new()),
     };
-    up.ready().await.map_err(|e| format!("the Docker engine connection failed: {e}"))?;
-    events.map(|e| e.into_iter().collect()).map_err(|why| format!("{why}; the engine would refuse this body"))
+    up.ready().await.map_err(|e| (502, format!("the Docker engine connection failed: {e}")))?;
+    events.map_err(|why| (400, format!("{why}; the engine would refuse this body")))
 }
 
 /// A 200 with a stored body (the bench report, an age file) of `content_type`.
@@ -650,4 +649,22 @@ async fn pipe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut r: R, mut w: W, c
         }
     }
     let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Esc;
+
+    #[test]
+    fn client_fields_are_bare_only_when_plain() {
+        assert_eq!(Esc("admin").to_string(), "admin");
+        assert_eq!(Esc("/v1.41/containers/c1%3F/json").to_string(), "/v1.41/containers/c1%3F/json");
+        assert_eq!(Esc("").to_string(), "\"\"");
+        assert_eq!(Esc("x role=\"admin\"").to_string(), r#""x role=\"admin\"""#);
+        for hostile in ["a\nb", "\u{1b}[31m", "n\0", "b\u{7}", "a\u{2028}b", "r\u{202e}l", "x\u{85}y", "t\tab"] {
+            let s = Esc(hostile).to_string();
+            assert!(s.starts_with('"') && s.ends_with('"'), "{s}");
+            assert!(s.chars().all(|c| !c.is_control() && c != '\u{2028}' && c != '\u{202e}'), "{hostile:?} -> {s:?}");
+        }
+    }
 }
