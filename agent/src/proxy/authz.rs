@@ -1,22 +1,30 @@
 //! Authorization: which role may send which request, and which requests are
-//! security events (they touch the swarm unlock key).
+//! security events (they touch the unlock key, autolock, the CA, join tokens or
+//! a node's role).
 //!
 //! Decisions are taken on a canonical form of the path so that no spelling of
-//! a denied path gets through: percent-decoding (repeated, so `%2573` is `s`),
-//! `?`/`#` smuggled in encoded form cut, duplicate slashes and `.` dropped,
-//! `..` resolved, trailing whitespace/NUL of a segment dropped, lowercase, and
-//! every leading `/vN[.M]` API-version segment removed. The canonical form is
-//! a superset of what the engine's router could match, so it can only deny more.
+//! a denied path gets through: the query and fragment cut at their RAW `?`/`#`
+//! (as the engine splits them), then percent-decoding (repeated, so `%2573` is
+//! `s`), a decoded `?`, `#` or NUL refused outright, duplicate slashes and `.`
+//! dropped, `..` resolved, trailing whitespace and `;` of a segment dropped,
+//! lowercase, and every leading `/vN[.M]` API-version segment removed. The
+//! canonical form is a superset of what the engine's router could match, so it
+//! can only deny more (`tests/door_policy.rs` checks spellings against dockerd).
 //!
 //! Rules:
 //! - a certificate without a known role (Subject OU `admin` or `readonly`): everything denied;
 //! - `admin`: everything;
+//! - any other role: never an endpoint that makes the engine connect to another
+//!   host (the `OUTBOUND` table, see [`outbound`]: registry search, pulls, pushes, builds, logins, ...);
 //! - `readonly`: `GET`/`HEAD` only, no connection upgrade (no `attach/ws`), and never
 //!   `/swarm/unlockkey` (the key), `/swarm` (it holds the join tokens, a way to add a
 //!   manager), `/containers/*/archive` and `/containers/*/export` (container files,
-//!   such as mounted secrets), `/swarmseal/v1/escrow`, `/swarmseal/v1/reseal`,
-//!   `/swarmseal/v1/var/enroll-tpm` and `/swarmseal/v1/update` (already denied as non-GET;
-//!   named so the reason says so).
+//!   such as mounted secrets), `/images/get` (`docker save`), `/swarmseal/v1/escrow`,
+//!   `/swarmseal/v1/reseal`, `/swarmseal/v1/var/enroll-tpm` and `/swarmseal/v1/update`
+//!   (already denied as non-GET; named so the reason says so).
+//!
+//! Bodies that change autolock, the CA or a node's role are read with Go's rules
+//! ([`super::gojson`], [`Inspect`], [`spec_events`], [`node_events`]).
 
 use super::gojson::GoValue;
 use super::tls::Role;
