@@ -176,7 +176,7 @@ const OUTBOUND: &[(Route, &str)] = &[
     (Route::Exact(&["services", "*", "update"]), "service updates (the engine resolves the image at its registry)"),
 ];
 
-/// Why `c` is an outbound endpoint ([`OUTBOUND`]), if it is one.
+/// Why `c` is an outbound endpoint (the `OUTBOUND` table), if it is one.
 pub fn outbound(c: &Canon) -> Option<&'static str> {
     OUTBOUND.iter().find(|(r, _)| r.matches(c)).map(|(_, why)| *why)
 }
