@@ -472,3 +472,38 @@ fn a_body_the_client_broke_is_a_400_not_a_502() {
     // The connection's engine side is unharmed: the next request is served.
     assert_eq!(raw(a, admin, "GET", "/_ping", "").unwrap().0, 200);
 }
+
+#[test]
+fn the_docker_cli_s_swarm_changes_are_flagged() {
+    let e = Env::new(|_| {});
+    e.d.swarm_init_autolock();
+    let sock = e.d.socket.clone();
+    let sec = |ev: &str| e.proxy.logs.wait_for(&["swarmseal::security", ev, "allowed", "identity=admin"]);
+    // A label change sends the whole node spec (role included): no role change, no event.
+    let id = e.admin(&["node", "ls", "-q"]);
+    e.admin(&["node", "update", "--label-add", "door=1", &id]);
+    let line = e.proxy.logs.wait_for(&["swarmseal::audit: request", "method=POST", "/update", &id]);
+    assert!(!line.contains("node_role_change"), "{line}");
+    // The last duplicate (worker) wins for the engine: flagged, whatever the engine answers.
+    let v = engine_json(&sock, &format!("/nodes/{id}"))["Version"]["Index"].as_u64().unwrap();
+    let body = r#"{"Role":"manager","Availability":"active","rOLE":"worker"}"#;
+    let extra = format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    let (st, msg) = send_body(e.proxy.addr, admin_cfg(&e), "POST", &format!("/v1.41/nodes/{id}/update?version={v}"), &extra, body.as_bytes());
+    assert_ne!(st, 200, "the engine refuses to demote its last manager: {msg}");
+    sec("node_role_change");
+    e.admin(&["swarm", "join-token", "--rotate", "-q", "worker"]);
+    sec("join_token_rotate");
+    e.admin(&["swarm", "unlock-key", "--rotate", "-q"]);
+    sec("unlock_key_rotate");
+    e.admin(&["swarm", "ca", "--rotate", "--detach", "-q"]);
+    sec("ca_change");
+    e.admin(&["swarm", "update", "--autolock=false"]);
+    sec("autolock_disable");
+    assert!(!autolock(&sock).0);
+    e.admin(&["swarm", "update", "--autolock=true"]);
+    sec("autolock_enable");
+    // No false alarm: an unrelated update carries none of these events.
+    e.admin(&["swarm", "update", "--task-history-limit", "7"]);
+    let line = e.proxy.logs.wait_for(&["swarmseal::audit: request", "/swarm/update", "status=200", "event=-"]);
+    let _ = line;
+}
