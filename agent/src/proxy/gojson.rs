@@ -17,6 +17,11 @@
 //!
 //! Tokenizing is serde_json's; this module only keeps every object member in
 //! order (duplicates included) and applies Go's lookup rules on top.
+//!
+//! [`GoValue::field`] is the rule for a Go STRUCT field (`Spec.EncryptionConfig`,
+//! `HostConfig.Privileged`; an embedded struct's fields sit at the top level). A Go
+//! MAP (`Labels`, `Options`) matches keys exactly: read its `Object` members
+//! directly (the last duplicate wins there too).
 
 use std::fmt;
 
