@@ -220,6 +220,19 @@ impl Ctx {
     /// Unseal the key from `current`, then `previous`, and unlock the engine
     /// with it (`POST /swarm/unlock`). Returns the slot that worked.
     pub async fn unlock_from_tpm(&self, engine: &Engine) -> Result<Slot, BootError> {
+        let (slot, ()) = self.unseal_with(|key| async move { Ok(engine.unlock(&key).await?) }).await?;
+        tracing::info!(event = "unlock", slot = slot.name(), "swarm unlocked with the TPM-sealed key");
+        Ok(slot)
+    }
+
+    /// Unseal the key from `current`, then `previous`, and hand each to `accept` until one is
+    /// accepted (the engine's unlock; recovery's node-key check). Returns that slot and what
+    /// `accept` returned. TPM 2.0 Part 3, TPM2_Unseal (see [`Tpm::unseal_signed`]).
+    pub async fn unseal_with<T, F, Fut>(&self, mut accept: F) -> Result<(Slot, T), BootError>
+    where
+        F: FnMut(UnlockKey) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BootError>>,
+    {
         // Read both slots first: a missing or unreadable blob is reported as
         // such, before any TPM work (and before the phase-lock check).
         let mut slots = Vec::new();
@@ -243,7 +256,7 @@ impl Ctx {
             return Err(BootError::PhaseLocked { pcr: self.cfg.tpm.phase_pcr });
         }
         for (slot, path, (obj, policy)) in slots {
-            let result: Result<(), BootError> = async {
+            let result: Result<T, BootError> = async {
                 // A signed policy needs this boot's signatures (read for each slot: it is small).
                 let signatures = match &policy {
                     Policy::Pcr { .. } => None,
@@ -251,17 +264,13 @@ impl Ctx {
                 };
                 let bytes = self.tpm(move |t| t.unseal_signed(&obj, &policy, signatures.as_ref())).await?;
                 let key = UnlockKey::from_bytes(&bytes).map_err(|_| KeystoreError::Corrupt { path: path.clone(), message: "the unsealed data is not an unlock key".into() })?;
-                engine.unlock(&key).await?;
-                Ok(())
+                accept(key).await
             }
             .await;
             match result {
-                Ok(()) => {
-                    tracing::info!(event = "unlock", slot = slot.name(), "swarm unlocked with the TPM-sealed key");
-                    return Ok(slot);
-                }
+                Ok(t) => return Ok((slot, t)),
                 Err(e) => {
-                    tracing::warn!(event = "unlock_attempt_failed", slot = slot.name(), error = %e, "could not unlock with this slot");
+                    tracing::warn!(event = "unlock_attempt_failed", slot = slot.name(), error = %e, "could not use the key of this slot");
                     // A TPM refusal says more than an unreadable other slot.
                     if first_err.as_ref().map(|f| matches!(f, BootError::Keystore(_))).unwrap_or(true) {
                         first_err = Some(e);
@@ -385,7 +394,7 @@ pub fn diff_pcrs(sealed: &PcrValues, now: &PcrValues) -> Vec<String> {
 }
 
 /// Show the operator's copy of the key on the controlling terminal only (never stdout/the journal).
-fn show_key_on_terminal(key: &UnlockKey, what: &str) {
+pub(crate) fn show_key_on_terminal(key: &UnlockKey, what: &str) {
     use std::io::Write;
     match std::fs::OpenOptions::new().write(true).open("/dev/tty") {
         Ok(mut tty) => {
@@ -400,7 +409,7 @@ fn show_key_on_terminal(key: &UnlockKey, what: &str) {
 }
 
 /// Read the unlock key from stdin; no echo when stdin is a terminal.
-fn read_key_from_stdin() -> Result<UnlockKey, BootError> {
+pub(crate) fn read_key_from_stdin() -> Result<UnlockKey, BootError> {
     use std::io::BufRead;
     let stdin = std::io::stdin();
     let tty = stdin.is_terminal();
@@ -437,7 +446,7 @@ pub async fn run_command(cfg: &Config, c: Command) -> Result<(), BootError> {
         Command::Rotate => cmd_rotate(&ctx).await,
         Command::Status { json } => cmd_status(&ctx, json).await,
         Command::Agent => run_agent(ctx).await,
-        Command::Proxy | Command::Certs(_) | Command::Bench(_) | Command::Var(_) | Command::Health { .. } | Command::Update(_) | Command::Fleet(_) => unreachable!("dispatched in cli"),
+        Command::Recover { .. } | Command::Proxy | Command::Certs(_) | Command::Bench(_) | Command::Var(_) | Command::Health { .. } | Command::Update(_) | Command::Fleet(_) => unreachable!("dispatched in cli"),
     }
 }
 
@@ -766,6 +775,9 @@ impl crate::proxy::AgentApi for AgentImpl {
                 Err(e) => Err((500, e.to_string())),
             }
         })
+    }
+    fn recover(&self, key: Option<UnlockKey>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+        Box::pin(crate::recover::via_proxy(&self.ctx, key))
     }
     fn var_enroll_tpm(&self, recovery_key: Zeroizing<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
         Box::pin(async move {

@@ -9,7 +9,7 @@
 //! - HTTP/1.1 through hyper to the engine socket: streaming responses, chunked
 //!   bodies, `101 Switching Protocols` with a raw bidirectional copy that
 //!   honours half-close (`docker exec -it`, `attach`, `run -it`) ([`forward`]).
-//! - The agent's endpoints under `/swarmseal/v1/` (`status`, `bench`, `reseal`, `escrow`,
+//! - The agent's endpoints under `/swarmseal/v1/` (`status`, `bench`, `reseal`, `recover`, `escrow`,
 //!   `var/enroll-tpm`, `update`).
 //! - One audit line per request (target `swarmseal::audit`), security events
 //!   for requests touching the unlock key (target `swarmseal::security`).
@@ -60,6 +60,13 @@ pub trait AgentApi: Send + Sync + 'static {
     fn bench(&self) -> Option<Vec<u8>>;
     /// `POST /swarmseal/v1/reseal`: Ok(JSON) or Err((HTTP status, message)).
     fn reseal(&self) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>>;
+    /// `POST /swarmseal/v1/recover`, body: empty, or the swarm's current unlock key (when the
+    /// TPM cannot unseal it): lost-quorum recovery (see [`crate::recover`]). Ok(JSON) or
+    /// Err((HTTP status, message)); the new key is never in the answer. The default answers 404.
+    fn recover(&self, key: Option<crate::secret::UnlockKey>) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+        drop(key);
+        Box::pin(async { Err((404, "not available here: recovery runs in the agent".to_string())) })
+    }
     /// `POST /swarmseal/v1/var/enroll-tpm`, body: the `/var` recovery key (text):
     /// bind the appliance's `/var` to this machine's TPM again. Ok(JSON) or
     /// Err((HTTP status, message)). The default answers 404 (not the appliance).
