@@ -226,11 +226,12 @@ pub async fn recover(ctx: &Ctx, given: Option<UnlockKey>) -> Result<(Outcome, Un
             None => return Err(BootError::Other("the engine reports no unlock key although autolock is on".into()).into()),
         }
     };
-    match ctx.seal(&key).await {
-        Ok(_) => {
+    let current = ctx.ks.load(crate::keystore::Slot::Current).unwrap_or(None);
+    let already = current.map(|c| key.fingerprint(&c.salt()) == c.key_fingerprint).unwrap_or(false);
+    match if already { Ok(()) } else { ctx.seal(&key).await.map(|_| out.steps.push("sealed")) } {
+        Ok(()) => {
             out.sealed = true;
             out.escrowed = ctx.cfg.escrow.recipient.is_some();
-            out.steps.push("sealed");
         }
         Err(e) => {
             // Custody: the key must not exist only in the engine.
@@ -339,7 +340,7 @@ pub struct NodeKeyError(&'static str);
 /// PKCS#8 `ENCRYPTED PRIVATE KEY` (PBES2: PBKDF2 with the raw 32-byte KEK as password,
 /// AES-256-CBC) becomes a plain `PRIVATE KEY`, and each `raft-dek*` header (a protobuf
 /// `MaybeEncryptedRecord` with a NaCl secretbox under the KEK) becomes the record with
-/// algorithm NONE. The `kek-version` header is kept. The KEK is the unlock key's base64 part.
+/// algorithm NONE. The `kek-version` header becomes 0. The KEK is the unlock key's base64 part.
 /// The secretbox authenticates: a wrong key is refused, never turned into garbage.
 pub fn decrypt_node_key(pem: &str, key: &UnlockKey) -> Result<Zeroizing<String>, NodeKeyError> {
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -361,6 +362,12 @@ pub fn decrypt_node_key(pem: &str, key: &UnlockKey) -> Result<Zeroizing<String>,
             put_varint(&mut plain, dek.len() as u64);
             plain.extend_from_slice(&dek);
             out_headers.push((k.clone(), Zeroizing::new(b64.encode(&*plain))));
+        } else if k == "kek-version" {
+            // 0, below any cluster version: the manager then takes the cluster's KEK as newer
+            // (swarmkit `compareKEKs`). Kept as it was, it can equal the cluster object's version
+            // with another KEK (now none), and the manager stops: "candidate KEK has the same
+            // version as the current KEK, but a different KEK value" (seen on 20.10).
+            out_headers.push((k.clone(), Zeroizing::new("0".to_string())));
         } else {
             out_headers.push((k.clone(), Zeroizing::new(v.to_string())));
         }

@@ -311,15 +311,12 @@ impl Engine {
         self.docker.init_swarm(req).await.map_err(|e| self.bollard_error("POST /swarm/init", e))
     }
 
-    /// How many nodes are managers (`GET /nodes?filters={"role":["manager"]}`); needs a Raft
-    /// leader, so a manager that lost quorum gets an error here.
+    /// How many nodes are Raft members (have a `ManagerStatus`, `GET /nodes`): after a forced
+    /// new cluster the lost managers are still listed, without one. Needs a Raft leader, so a
+    /// manager that lost quorum gets an error here.
     pub async fn manager_count(&self) -> Result<usize, SwarmError> {
-        let mut filters = std::collections::HashMap::new();
-        filters.insert("role".to_string(), vec!["manager".to_string()]);
-        let opts = bollard::query_parameters::ListNodesOptionsBuilder::default().filters(&filters).build();
-        let fut = self.docker.list_nodes(Some(opts));
-        match tokio::time::timeout(Duration::from_secs(10), fut).await {
-            Ok(r) => r.map(|n| n.len()).map_err(|e| self.bollard_error("GET /nodes", e)),
+        match tokio::time::timeout(Duration::from_secs(10), self.docker.list_nodes(None::<bollard::query_parameters::ListNodesOptions>)).await {
+            Ok(r) => r.map(|n| n.iter().filter(|n| n.manager_status.is_some()).count()).map_err(|e| self.bollard_error("GET /nodes", e)),
             Err(_) => Err(SwarmError::Api { op: "GET /nodes", status: 0, message: "no answer within 10 s".into() }),
         }
     }
