@@ -26,7 +26,8 @@
 //! 4. the engine lets go of the node: an active one by the failing init of moby#36852, a locked or
 //!    wedged (`pending`) one by an engine restart (`<[update] systemctl> restart docker.service`);
 //! 5. `POST /swarm/init` with `ForceNewCluster` (skipped if this node already is the only manager);
-//! 6. autolock on (`POST /swarm/update`), the new key read back and sealed (escrowed, shown).
+//! 6. autolock on (`POST /swarm/update`), the new key read back and sealed (escrowed, shown);
+//!    then the phase lock, so the keys cannot be unsealed again in this boot.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -179,7 +180,6 @@ pub async fn recover(ctx: &Ctx, given: Option<UnlockKey>) -> Result<(Outcome, Un
     tracing::info!(event = "recover_start", state = %st.state, manager = st.manager, "lost-quorum recovery");
 
     let done = st.state == NodeState::Active && st.manager && engine.manager_count().await.ok() == Some(1);
-    let mut unsealed = false;
     if !done {
         match st.state {
             NodeState::Active if !st.manager => return Err(RecoverError::NotManager),
@@ -189,7 +189,6 @@ pub async fn recover(ctx: &Ctx, given: Option<UnlockKey>) -> Result<(Outcome, Un
         let pem = read_node_key(&node_key)?;
         if is_encrypted(&pem) {
             let (plain, source) = open_node_key(ctx, &engine, st.state, given.as_ref(), &pem, &node_key, phase_locked).await?;
-            unsealed = source.starts_with("tpm:");
             out.key_source = Some(source);
             if st.state == NodeState::Active {
                 // moby#36852, on purpose: the engine stops the node (and fails to restart it
@@ -241,9 +240,10 @@ pub async fn recover(ctx: &Ctx, given: Option<UnlockKey>) -> Result<(Outcome, Un
             return Err(e.into());
         }
     }
-    if unsealed {
-        ctx.phase_lock().await?;
-    }
+    // The phase lock (idempotent), as after the boot's unlock: the keys sealed here cannot be
+    // unsealed again in this boot. At the end, so that a run killed after the TPM unseal is
+    // finished by the next one with the TPM again.
+    ctx.phase_lock().await?;
     let st = engine.status().await?;
     out.node_id = st.node_id;
     out.managers = engine.manager_count().await.unwrap_or(0);

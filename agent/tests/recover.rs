@@ -7,6 +7,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,9 +38,32 @@ impl Survivor {
         vec!["--config".into(), self.cfg(), "--docker-host".into(), self.d.host(), "--state-dir".into(), self.s().into(), "--tcti".into(), self.tpm.tcti()]
     }
     fn run(&self, extra: &[&str], stdin: Option<&str>) -> std::process::Output {
-        let mut a: Vec<&str> = self.args().iter().map(|s| s.as_str()).collect::<Vec<_>>().into_iter().map(|s| Box::leak(s.to_string().into_boxed_str()) as &str).collect();
+        let args = self.args();
+        let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
         a.extend_from_slice(extra);
         swarmseal(&a, &[], stdin)
+    }
+    fn spawn_recover(&self) -> std::process::Child {
+        cmd(swarmseal_bin()).args(self.args()).args(["recover", "--force-new-cluster"]).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+    /// Serve a restart asked for by a killed run (systemd finishes it without its caller).
+    fn finish_pending_restart(&mut self) {
+        std::thread::sleep(Duration::from_millis(300));
+        if std::fs::remove_file(self.flag("restart-requested")).is_ok() {
+            self.d.restart();
+            std::fs::write(self.flag("restart-done"), b"").unwrap();
+        }
+    }
+    /// One manager, autolock on, the key sealed, and the next boot unlocks by itself.
+    fn assert_recovered(&mut self, old: &str) -> String {
+        assert_eq!(self.d.swarm_state(), "active");
+        assert_eq!(managers(&self.d), vec!["Leader".to_string()], "one manager");
+        assert!(autolock(&self.d), "autolock on");
+        let k = self.d.docker_ok(&["swarm", "unlock-key", "-q"]);
+        assert_ne!(k, old, "a new key");
+        assert!(self.holds(&k), "the new key is sealed");
+        assert!(self.d.docker_ok(&["service", "ls", "--format", "{{.Name}}"]).contains("web"), "services kept");
+        k
     }
     fn holds(&self, key: &str) -> bool {
         match Keystore::new(self.state.path()).load(Slot::Current) {
@@ -133,15 +157,33 @@ fn curl(port: u16, certs: &Path, method: &str, path: &str) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// A survivor-to-be on `lan`: engine, TPM with its boot chain measured, configuration with the
+/// proxy on `port` and the stand-in `systemctl`.
+fn survivor(lan: &Lan, port: u16) -> Survivor {
+    let s = Survivor { d: Dockerd::start_on(lan), tpm: Swtpm::start(), state: tempfile::tempdir().unwrap() };
+    s.measure_boot_chain();
+    let systemctl = stand_in_systemctl(&s);
+    std::fs::write(s.cfg(), format!("[proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n[update]\nsystemctl = \"{}\"\n[bench]\nat_boot = false\n", systemctl.display())).unwrap();
+    s
+}
+
+/// `swarmseal init` (autolock, key sealed) and some swarm state to keep; returns the key.
+fn init_with_state(s: &Survivor) -> String {
+    let o = s.run(&["init", "--advertise-addr", &s.d.addr.clone()], None);
+    assert!(o.status.success(), "init: {}", String::from_utf8_lossy(&o.stderr));
+    let k0 = s.d.docker_ok(&["swarm", "unlock-key", "-q"]);
+    assert!(s.holds(&k0));
+    s.d.docker_ok(&["service", "create", "-d", "--name", "web", "--replicas", "1", "busybox:none"]);
+    s.d.docker_ok(&["secret", "create", "s1", s.cfg().as_str()]);
+    k0
+}
+
 #[test]
 fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new_key_sealed() {
     let started = Instant::now();
     let lan = Lan::new();
-    let mut s = Survivor { d: Dockerd::start_on(&lan), tpm: Swtpm::start(), state: tempfile::tempdir().unwrap() };
-    s.measure_boot_chain();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let systemctl = stand_in_systemctl(&s);
-    std::fs::write(s.cfg(), format!("[proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n[update]\nsystemctl = \"{}\"\n[bench]\nat_boot = false\n", systemctl.display())).unwrap();
+    let mut s = survivor(&lan, port);
 
     // Without --force-new-cluster: a usage error that says what the command does; nothing changes.
     let o = s.run(&["recover"], None);
@@ -151,13 +193,7 @@ fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new
     let o = s.run(&["recover", "--force-new-cluster"], None);
     assert_eq!(o.status.code(), Some(7), "no swarm: {}", String::from_utf8_lossy(&o.stderr));
 
-    let o = s.run(&["init", "--advertise-addr", &s.d.addr.clone()], None);
-    assert!(o.status.success(), "init: {}", String::from_utf8_lossy(&o.stderr));
-    let k0 = s.d.docker_ok(&["swarm", "unlock-key", "-q"]);
-    assert!(s.holds(&k0));
-    s.d.docker_ok(&["service", "create", "-d", "--name", "web", "--replicas", "1", "busybox:none"]);
-    s.d.docker_ok(&["secret", "create", "s1", s.cfg().as_str()]);
-
+    let k0 = init_with_state(&s);
     lose_quorum(&lan, &mut s);
     let t_lost = started.elapsed();
 
@@ -168,21 +204,13 @@ fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new
 
     // The recovery, the key unsealed from the TPM.
     let t = Instant::now();
-    let child = Command::new(swarmseal_bin()).args(s.args()).args(["recover", "--force-new-cluster"]).env("NO_COLOR", "1").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let _ = pid;
+    let child = s.spawn_recover();
     let (st, restarts) = s.serve_restarts(child, Duration::from_secs(300));
     let took = t.elapsed();
     let log = std::fs::read_to_string(s.flag("systemctl.log")).unwrap_or_default();
     assert!(st.success(), "recover exited {st}; systemctl log: {log}; engine log tail: {}", s.d.log().lines().rev().take(20).collect::<Vec<_>>().join("\n"));
     println!("recover --force-new-cluster on the locked survivor: {} ms ({restarts} engine restart)", took.as_millis());
-    assert_eq!(s.d.swarm_state(), "active");
-    assert_eq!(managers(&s.d), vec!["Leader".to_string()], "one manager");
-    assert!(autolock(&s.d), "autolock on");
-    let k1 = s.d.docker_ok(&["swarm", "unlock-key", "-q"]);
-    assert_ne!(k1, k0, "a new key");
-    assert!(s.holds(&k1), "the new key is sealed");
-    assert!(s.d.docker_ok(&["service", "ls", "--format", "{{.Name}}"]).contains("web"), "services kept");
+    let k1 = s.assert_recovered(&k0);
     assert!(s.d.docker_ok(&["secret", "ls", "--format", "{{.Name}}"]).contains("s1"), "secrets kept");
 
     // Again: nothing left to do, still fine (idempotent).
@@ -229,8 +257,6 @@ fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let out_path = curl_child.stdout.as_ref().map(|_| ());
-    let _ = out_path;
     let t = Instant::now();
     let mut curl_child = curl_child;
     let mut stdout = curl_child.stdout.take().unwrap();
@@ -262,4 +288,59 @@ fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new
     let o = s.run(&["unlock"], None);
     assert!(o.status.success(), "unlock after the endpoint's recovery: {}", String::from_utf8_lossy(&o.stderr));
     println!("lost quorum: first loss at {} s, CLI part done at {} s, whole test {} s", t_lost.as_secs(), t_cli.as_secs(), started.elapsed().as_secs());
+}
+
+/// `kill -9` of `recover` at three points (a random delay in the first 400 ms: key and node key;
+/// when it asks for the engine restart; a random delay in the 800 ms after the restart: init,
+/// autolock, seal), each on a fresh lost quorum; the next run finishes the recovery and the
+/// next boot unlocks by itself. SWARMSEAL_SEED replays a run.
+#[test]
+fn a_killed_recovery_is_finished_by_the_next_run() {
+    let started = Instant::now();
+    let seed: u64 = std::env::var("SWARMSEAL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    println!("seed {seed} (SWARMSEAL_SEED={seed} replays it)");
+    let mut rng = seed;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let lan = Lan::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut s = survivor(&lan, port);
+    let mut key = init_with_state(&s);
+    for point in ["early", "at_restart", "after_restart"] {
+        lose_quorum(&lan, &mut s);
+        let mut child = s.spawn_recover();
+        let t = Instant::now();
+        let delay = match point {
+            "early" => Duration::from_millis(next(400)),
+            _ => Duration::ZERO,
+        };
+        match point {
+            "early" => std::thread::sleep(delay),
+            "at_restart" => wait_until("recover asks for the engine restart", Duration::from_secs(60), || s.flag("restart-requested").exists()),
+            _ => {
+                wait_until("recover asks for the engine restart", Duration::from_secs(60), || s.flag("restart-requested").exists());
+                std::fs::remove_file(s.flag("restart-requested")).unwrap();
+                s.d.restart();
+                std::fs::write(s.flag("restart-done"), b"").unwrap();
+                std::thread::sleep(Duration::from_millis(next(800)));
+            }
+        }
+        let _ = child.kill();
+        let st = child.wait().unwrap();
+        let killed_at = t.elapsed();
+        s.finish_pending_restart();
+        println!("{point}: killed {} ms in ({}), engine {}", killed_at.as_millis(), if st.signal() == Some(9) { "by SIGKILL" } else { "it had already ended" }, s.d.swarm_state());
+        let (st, restarts) = s.serve_restarts(s.spawn_recover(), Duration::from_secs(300));
+        assert!(st.success(), "{point}: the run after the kill failed (seed {seed})");
+        println!("{point}: the next run finished it ({restarts} engine restart)");
+        key = s.assert_recovered(&key);
+        s.reboot();
+        let o = s.run(&["unlock"], None);
+        assert!(o.status.success(), "{point}: unlock after the repaired recovery (seed {seed}): {}", String::from_utf8_lossy(&o.stderr));
+    }
+    println!("killed recoveries: {} s", started.elapsed().as_secs());
 }
