@@ -563,6 +563,28 @@ mod tests {
         assert!(key_from_body(b"{\"x\":1}").is_err());
     }
 
+    /// A node key written by dockerd 20.10 with autolock on (a scratch swarm's, since destroyed),
+    /// and what the same file looks like decrypted by an independent implementation (Python
+    /// `cryptography` + PyNaCl).
+    #[test]
+    fn the_node_key_of_a_real_engine_is_opened_by_its_key_and_refused_by_another() {
+        let enc = include_str!("../tests/fixtures/recover/swarm-node.key.encrypted");
+        let plain = include_str!("../tests/fixtures/recover/swarm-node.key.plain");
+        let key = UnlockKey::new(include_str!("../tests/fixtures/recover/unlock-key").to_string()).unwrap();
+        assert!(is_encrypted(enc) && !is_encrypted(plain));
+        let out = decrypt_node_key(enc, &key).unwrap();
+        assert_eq!(parse_pem(&out).unwrap(), parse_pem(plain).unwrap(), "{}", out.as_str());
+        assert!(out.starts_with("-----BEGIN PRIVATE KEY-----\nkek-version: 0\nraft-dek: "));
+        let other = UnlockKey::new("SWMKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()).unwrap();
+        assert!(decrypt_node_key(enc, &other).is_err());
+        // A flipped byte in the encrypted key body is refused, not turned into garbage.
+        let body_at = enc.find("\n\n").unwrap() + 10;
+        let mut bad = enc.to_string();
+        let c = if &bad[body_at..body_at + 1] == "A" { "B" } else { "A" };
+        bad.replace_range(body_at..body_at + 1, c);
+        assert!(decrypt_node_key(&bad, &key).is_err());
+    }
+
     #[test]
     fn varints_round_trip() {
         for v in [0u64, 1, 127, 128, 300, 1 << 40] {

@@ -141,17 +141,21 @@ fn stand_in_systemctl(s: &Survivor) -> PathBuf {
     p
 }
 
-fn curl(port: u16, certs: &Path, method: &str, path: &str) -> (u16, String) {
-    let o = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "300", "--cacert"])
+/// `curl` with the client certificate in `certs`; prints the body, then the status on its own line.
+fn curl_cmd(port: u16, certs: &Path, method: &str, path: &str) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "300", "--cacert"])
         .arg(certs.join("ca.pem"))
         .arg("--cert")
         .arg(certs.join("cert.pem"))
         .arg("--key")
         .arg(certs.join("key.pem"))
-        .args(["-X", method, &format!("https://127.0.0.1:{port}{path}")])
-        .output()
-        .expect("curl must be installed");
+        .args(["-X", method, &format!("https://127.0.0.1:{port}{path}")]);
+    c
+}
+
+fn curl(port: u16, certs: &Path, method: &str, path: &str) -> (u16, String) {
+    let o = curl_cmd(port, certs, method, path).output().expect("curl must be installed");
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
@@ -245,18 +249,7 @@ fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new
     assert_eq!(s.d.swarm_state(), "locked", "a refused request changes nothing");
 
     // The admin's request, served while the test restarts the engine on request.
-    let admin = s.state.path().join("admin");
-    let curl_child = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "300", "--cacert"])
-        .arg(admin.join("ca.pem"))
-        .arg("--cert")
-        .arg(admin.join("cert.pem"))
-        .arg("--key")
-        .arg(admin.join("key.pem"))
-        .args(["-X", "POST", &format!("https://127.0.0.1:{port}/swarmseal/v1/recover")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let curl_child = curl_cmd(port, &s.state.path().join("admin"), "POST", "/swarmseal/v1/recover").stdout(Stdio::piped()).spawn().unwrap();
     let t = Instant::now();
     let mut curl_child = curl_child;
     let mut stdout = curl_child.stdout.take().unwrap();
