@@ -193,6 +193,10 @@ fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new
     let o = s.run(&["recover"], None);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("only manager of a new cluster"), "{}", String::from_utf8_lossy(&o.stderr));
+    // Engine unreachable: exit 3.
+    let (cfg, st, tcti) = (s.cfg(), s.s().to_string(), s.tpm.tcti());
+    let o = swarmseal(&["--config", &cfg, "--docker-host", "unix:///nonexistent/docker.sock", "--state-dir", &st, "--tcti", &tcti, "recover", "--force-new-cluster"], &[], None);
+    assert_eq!(o.status.code(), Some(3), "engine unreachable: {}", String::from_utf8_lossy(&o.stderr));
     // No swarm at all: exit 7.
     let o = s.run(&["recover", "--force-new-cluster"], None);
     assert_eq!(o.status.code(), Some(7), "no swarm: {}", String::from_utf8_lossy(&o.stderr));
