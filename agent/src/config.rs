@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! state_dir = "/var/lib/swarmseal"
+//! runtime_dir = "/run/swarmseal"  # tmpfs: this boot's copy of the phase record
 //! docker_host = "unix:///run/docker.sock"
 //!
 //! [tpm]
@@ -75,6 +76,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Directory for sealed slots, PKI, bench reports and escrow files.
     pub state_dir: PathBuf,
+    /// Per-boot files (tmpfs): a copy of the phase-lock record, so a full state dir cannot lose it.
+    pub runtime_dir: PathBuf,
     /// Engine API address; only `unix://` is supported (the engine never listens on TCP).
     pub docker_host: String,
     pub tpm: TpmConfig,
@@ -258,6 +261,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             state_dir: DEFAULT_STATE_DIR.into(),
+            runtime_dir: "/run/swarmseal".into(),
             docker_host: DEFAULT_DOCKER_HOST.into(),
             tpm: TpmConfig::default(),
             swarm: SwarmConfig::default(),
