@@ -640,9 +640,9 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// How long a young write-ahead marker may still see its change arrive (a killed command's
-/// request can commit in the engine after the kill).
-const PENDING_SETTLE: Duration = Duration::from_secs(2);
+/// How long after a write-ahead marker was written its change may still arrive in the engine
+/// (a killed command's request goes on in the engine: `POST /swarm/init` takes seconds).
+const PENDING_SETTLE: Duration = Duration::from_secs(3);
 
 /// Change the engine's key (`change`: init with autolock, autolock on, rotate) under the rule
 /// that the new key ends sealed, escrowed or shown: prepare the seal first (a failure there is
@@ -687,8 +687,8 @@ where
 pub async fn repair_pending(ctx: &Ctx, engine: &Engine, custody: Custody) -> Result<(), BootError> {
     let Some(m) = ctx.ks.load_pending() else { return Ok(()) };
     let salt = hex::decode(&m.fingerprint_salt).unwrap_or_default();
-    let young = unix_now().saturating_sub(m.started) <= PENDING_SETTLE.as_secs() + 1;
-    let deadline = Instant::now() + if young { PENDING_SETTLE } else { Duration::ZERO };
+    let age = Duration::from_secs(unix_now().saturating_sub(m.started));
+    let deadline = Instant::now() + (PENDING_SETTLE + Duration::from_secs(1)).saturating_sub(age);
     loop {
         let st = engine.status().await?;
         match st.state {
@@ -711,7 +711,8 @@ pub async fn repair_pending(ctx: &Ctx, engine: &Engine, custody: Custody) -> Res
                 ctx.ks.clear_pending()?;
                 return Ok(());
             }
-            NodeState::Inactive if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            NodeState::Locked => return Ok(()),
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
             NodeState::Inactive => {
                 ctx.ks.clear_pending()?;
                 return Ok(());
