@@ -340,18 +340,34 @@ impl Dockerd {
     /// Power cut: SIGKILL dockerd and its containerd (dockerd's graceful stop of a swarm
     /// manager takes 6–25 s; a power cut is what a reboot test needs anyway).
     pub fn power_cut(&mut self) {
-        let containerd = std::fs::read_to_string(self.dir.join("exec/containerd/containerd.pid")).unwrap_or_default();
         if let Some(mut c) = self.child.take() {
+            // Everything in the engine's network namespace (dockerd, containerd, shims) dies at once.
+            let ns = std::fs::read_link(format!("/proc/{}/ns/net", c.id())).ok();
+            let pids: Vec<String> = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().chars().all(|ch| ch.is_ascii_digit()))
+                .filter(|e| ns.is_some() && std::fs::read_link(e.path().join("ns/net")).ok() == ns)
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect();
+            if !pids.is_empty() {
+                let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+            }
             let _ = c.kill();
             let _ = c.wait();
-        }
-        if let Ok(pid) = containerd.trim().parse::<i32>() {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            // The namespace's processes are gone once none of them is left.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) && pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && std::fs::read_link(format!("/proc/{p}/ns/net")).ok() == ns) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let _ = Command::new("sh")
             .arg("-c")
             .arg(format!("grep ' {}/' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l", self.dir.display()))
             .status();
+        // A reboot empties /run, where the engine's exec root and pid files live.
+        let _ = std::fs::remove_dir_all(self.dir.join("exec"));
+        let _ = std::fs::remove_file(self.dir.join("docker.pid"));
     }
 
     /// Start a stopped engine again on the same data (swarm with autolock comes back `locked`).
