@@ -263,9 +263,17 @@ fn tpm_killed_during_rotate_leaves_the_key_sealed_shown_or_escrowed() {
     n.ok(&["init", "--advertise-addr", &n.d.addr.clone()]);
     let mut rng = Rng::from_env("tpm-killed-mid-rotate", 1301);
     let dur = duration_of(&n, &["rotate"], None);
+    // Delays: random at first, then bisecting between the longest delay that still failed the
+    // preflight (exit 4) and the shortest that let the seal finish (exit 0), to land in the
+    // window between the engine's rotation and TPM2_Create (exit 19: key shown and escrowed).
+    let (mut lo, mut hi) = (Duration::ZERO, dur);
     let mut outcomes = Vec::new();
-    for i in 0..8 {
-        let delay = Duration::from_millis(rng.below(dur.as_millis() as u64 + 1));
+    let mut shown_once = false;
+    for i in 0..12 {
+        if shown_once && i >= 6 {
+            break;
+        }
+        let delay = if i < 2 { Duration::from_millis(rng.below(dur.as_millis() as u64 + 1)) } else { lo + (hi - lo) / 2 + Duration::from_micros(rng.below(2000)) };
         // The TPM dies `delay` into the command (power loss of the TPM alone).
         let killer = {
             let pid = n.tpm_pid();
@@ -279,11 +287,14 @@ fn tpm_killed_during_rotate_leaves_the_key_sealed_shown_or_escrowed() {
         n.tpm.kill();
         let shown = shown_key(&text);
         match c {
-            0 | 4 => {}
+            0 => hi = hi.min(delay),
+            4 => lo = lo.max(delay),
             19 => {
+                shown_once = true;
                 assert!(shown.is_some(), "exit 19 must show the key on the terminal: {text}");
                 assert!(text.contains("swarmseal seal"), "says what to do: {text}");
                 assert!(n.escrowed_key().is_some(), "and write the escrow copy");
+                assert!(n.marker().exists(), "and leave the marker for the next command");
             }
             other => panic!("rotate with the TPM killed after {delay:?}: exit {other}: {text}"),
         }
@@ -295,6 +306,7 @@ fn tpm_killed_during_rotate_leaves_the_key_sealed_shown_or_escrowed() {
         }
         outcomes.push(format!("#{i} {delay:?}: exit {c}, opened by {how}"));
     }
+    assert!(shown_once, "no kill landed between the engine's rotation and the seal: {outcomes:?}");
     eprintln!("[{}] {}", n.name, outcomes.join("; "));
     n.done();
 }
@@ -486,6 +498,7 @@ fn kill_series(name: &'static str, seed: u64, args: &[&str], with_agent: bool, m
         }
         let delay = Duration::from_micros(rng.below(dur.as_micros() as u64 * 11 / 10 + 1));
         let ended = kill_after(n.spawn(args, stdin(&n).as_deref()), delay);
+        let marked = if n.marker().exists() { "+marker" } else { "" };
         if with_agent {
             wait_until("the agent resolves the marker", Duration::from_secs(30), || !n.marker().exists());
         } else {
@@ -496,10 +509,10 @@ fn kill_series(name: &'static str, seed: u64, args: &[&str], with_agent: bool, m
             n.start_agent();
             wait_until("the agent unlocks after the reboot", Duration::from_secs(60), || n.d.swarm_state() == "active" || n.agent_log().matches("boot_done").count() > i + 1);
             assert_eq!(n.d.swarm_state(), "active", "[{name}] kill #{i} after {delay:?}: the agent did not unlock after the reboot:\n{}", n.agent_log());
-            log.push(format!("{delay:?}{}", if ended.is_some() { "(done)" } else { "" }));
+            log.push(format!("{delay:?}{}{marked}", if ended.is_some() { "(done)" } else { "" }));
         } else {
             let how = n.assert_opens(None, allow);
-            log.push(format!("{delay:?}{}:{how}", if ended.is_some() { "(done)" } else { "" }));
+            log.push(format!("{delay:?}{}{marked}:{how}", if ended.is_some() { "(done)" } else { "" }));
         }
     }
     eprintln!("[{name}] {KILLS} kill points over {dur:?}: {}", log.join(" "));
