@@ -60,6 +60,19 @@ impl Node {
         n
     }
 
+    /// A node whose swarm `swarmseal init` created (autolock on, key sealed and escrowed).
+    fn with_swarm(name: &'static str, tmpfs: Option<&str>) -> Node {
+        let n = Node::new(name, tmpfs);
+        n.ok(&["init", "--advertise-addr", &n.d.addr.clone()]);
+        n
+    }
+
+    /// Reboot; the TPM alone must open the swarm.
+    fn reboot_opens_with_tpm(&mut self) {
+        self.reboot();
+        assert_eq!(self.assert_opens(None, &[]), "tpm", "[{}] the TPM must open the swarm after the reboot", self.name);
+    }
+
     fn measure_boot_chain(&self) {
         self.tpm.extend(7, "secure-boot-state");
         self.tpm.extend(11, "uki image-v1");
@@ -250,8 +263,7 @@ fn tpm_stopped_rotate_and_init_refuse_before_the_engine_changes() {
     assert_eq!(code(&o), 4, "{}", stderr(&o));
     assert!(stderr(&o).contains("TPM"), "{}", stderr(&o));
     assert_eq!(n.engine_key(), before, "a failed preflight must leave the engine's key as it was");
-    n.reboot();
-    assert_eq!(n.assert_opens(None, &[]), "tpm");
+    n.reboot_opens_with_tpm();
     n.done();
 }
 
@@ -259,8 +271,7 @@ fn tpm_stopped_rotate_and_init_refuse_before_the_engine_changes() {
 
 #[test]
 fn tpm_killed_during_rotate_leaves_the_key_sealed_shown_or_escrowed() {
-    let mut n = Node::new("tpm-killed-mid-rotate", None);
-    n.ok(&["init", "--advertise-addr", &n.d.addr.clone()]);
+    let mut n = Node::with_swarm("tpm-killed-mid-rotate", None);
     let mut rng = Rng::from_env("tpm-killed-mid-rotate", 1301);
     let dur = duration_of(&n, &["rotate"], None);
     // Delays: random at first, then bisecting between the longest delay that still failed the
@@ -311,12 +322,39 @@ fn tpm_killed_during_rotate_leaves_the_key_sealed_shown_or_escrowed() {
     n.done();
 }
 
+#[test]
+fn agent_escrows_a_rotated_key_it_cannot_seal_and_says_so_without_the_key() {
+    let mut n = Node::with_swarm("agent-tpm-down", None);
+    n.start_agent();
+    wait_until("the agent is up", Duration::from_secs(30), || n.agent_log().contains("boot_done"));
+    let escrow = n.state.join("escrow/unlock-key.age");
+    let before = std::fs::read(&escrow).unwrap();
+    // The TPM dies, then the key is rotated elsewhere (another manager, or the docker CLI).
+    n.tpm.kill();
+    n.d.docker_ok(&["swarm", "unlock-key", "--rotate", "-q"]);
+    wait_until("the agent reports the unsealed key", Duration::from_secs(30), || n.agent_log().contains("key_unsealed_pending"));
+    assert_ne!(std::fs::read(&escrow).unwrap(), before, "the escrow copy holds the new key");
+    let key = n.escrowed_key().unwrap();
+    assert!(!n.agent_log().contains(&key), "the key itself is never logged");
+    // Power cut; the TPM comes back: the swarm opens (TPM's old key if the engine had not
+    // rewrapped yet, else the escrow copy), and the agent seals the engine's key again.
+    n.reboot();
+    let how = n.assert_opens(None, &["escrow"]);
+    n.start_agent();
+    wait_until("the agent reseals", Duration::from_secs(30), || {
+        let v: serde_json::Value = serde_json::from_str(&n.ok(&["status", "--json"])).unwrap();
+        v["sealed_key_stale"] == false
+    });
+    eprintln!("[{}] first opened by {how}", n.name);
+    n.reboot_opens_with_tpm();
+    n.done();
+}
+
 // --------------------------------------------------------------- case 2 and 5: state dir full
 
 #[test]
 fn full_state_dir_rotate_refuses_and_the_phase_lock_still_closes() {
-    let mut n = Node::new("disk-full", Some("512k"));
-    n.ok(&["init", "--advertise-addr", &n.d.addr.clone()]);
+    let mut n = Node::with_swarm("disk-full", Some("512k"));
     let fs = n.tmpfs.as_ref().unwrap();
     // Case 2: rotate with no room → refused before the engine changes, the message names the cause.
     let before = n.engine_key();
@@ -345,8 +383,8 @@ fn full_state_dir_rotate_refuses_and_the_phase_lock_still_closes() {
     let o = n.run(&["unlock", "--manual"], Some(&format!("{}\n", n.escrowed_key().unwrap())));
     assert!(o.status.success(), "{}", stderr(&o));
     n.ok(&["seal"]);
-    n.reboot();
-    assert_eq!(n.assert_opens(None, &[]), "tpm", "the seal made after the phase lock opens the next boot");
+    // The seal made after the phase lock opens the next boot.
+    n.reboot_opens_with_tpm();
     n.done();
 }
 
@@ -369,8 +407,7 @@ fn fill_object_slots(tpm: &Swtpm) -> usize {
 
 #[test]
 fn busy_tpm_does_not_consume_the_boots_unlock() {
-    let mut n = Node::new("tpm-busy", None);
-    n.ok(&["init", "--advertise-addr", &n.d.addr.clone()]);
+    let mut n = Node::with_swarm("tpm-busy", None);
     n.reboot();
     let loaded = fill_object_slots(&n.tpm);
     assert!(loaded > 0);
@@ -392,8 +429,7 @@ fn busy_tpm_does_not_consume_the_boots_unlock() {
     assert_eq!(n.d.swarm_state(), "locked");
     n.tpm.tpm2(&["flushcontext", "-t"]);
     wait_until("the agent unlocks once the TPM is free", Duration::from_secs(30), || n.d.swarm_state() == "active");
-    n.reboot();
-    assert_eq!(n.assert_opens(None, &[]), "tpm");
+    n.reboot_opens_with_tpm();
     n.done();
 }
 
@@ -401,8 +437,7 @@ fn busy_tpm_does_not_consume_the_boots_unlock() {
 
 #[test]
 fn concurrent_seal_and_rotate_end_with_the_engines_key_sealed() {
-    let mut n = Node::new("seal-vs-rotate", None);
-    n.ok(&["init", "--advertise-addr", &n.d.addr.clone()]);
+    let mut n = Node::with_swarm("seal-vs-rotate", None);
     for i in 0..6 {
         let a = n.spawn(&["seal"], None);
         let b = n.spawn(&["rotate"], None);
@@ -411,8 +446,7 @@ fn concurrent_seal_and_rotate_end_with_the_engines_key_sealed() {
         let v: serde_json::Value = serde_json::from_str(&n.ok(&["status", "--json"])).unwrap();
         assert_eq!(v["sealed_key_stale"], false, "#{i}: `current` must hold the engine's key");
     }
-    n.reboot();
-    assert_eq!(n.assert_opens(None, &[]), "tpm");
+    n.reboot_opens_with_tpm();
     n.done();
 }
 
@@ -420,8 +454,7 @@ fn concurrent_seal_and_rotate_end_with_the_engines_key_sealed() {
 
 #[test]
 fn replaced_garbage_is_kept_temp_files_cleaned_stale_key_reported() {
-    let n = Node::new("never-silent", None);
-    n.ok(&["init", "--advertise-addr", &n.d.addr.clone()]);
+    let n = Node::with_swarm("never-silent", None);
     let keys = n.state.join("keys");
     // Two garbage `previous.json` replaced within the same second: two distinct .bad copies.
     for i in 0..2 {
@@ -484,8 +517,7 @@ fn next_command(n: &mut Node, i: usize) {
 /// `kill -9` `args` at KILLS random points over its duration; after each: the next command (or
 /// the agent, when `with_agent`), a reboot, and the swarm must open with the TPM.
 fn kill_series(name: &'static str, seed: u64, args: &[&str], with_agent: bool, mut before: impl FnMut(&mut Node), stdin: impl Fn(&Node) -> Option<String>, allow: &[&str]) {
-    let mut n = Node::new(name, None);
-    n.ok(&["init", "--advertise-addr", &n.d.addr.clone()]);
+    let mut n = Node::with_swarm(name, None);
     let mut rng = Rng::from_env(name, seed);
     before(&mut n);
     let dur = duration_of(&n, args, stdin(&n).as_deref());
