@@ -355,16 +355,17 @@ impl Keystore {
         Ok(r)
     }
 
-    /// Remove temp files (`.<name>.tmp-<pid>`) another, killed, process left in the state dir,
-    /// `keys/` and `escrow/`. Call with the state-dir lock held. Returns what was removed.
+    /// Remove temp files (`.<name>.tmp-<pid>`) that a process no longer running left in the
+    /// state dir, `keys/` and `escrow/` (a live writer's are left alone). Returns what was removed.
     pub fn clean_temp(&self) -> Vec<PathBuf> {
-        let own = format!(".tmp-{}", std::process::id());
         let mut removed = Vec::new();
         for d in [self.dir.clone(), self.keys_dir(), self.dir.join("escrow")] {
             let Ok(rd) = std::fs::read_dir(&d) else { continue };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with('.') && name.contains(".tmp-") && !name.ends_with(&own) && std::fs::remove_file(e.path()).is_ok() {
+                let Some((_, pid)) = name.rsplit_once(".tmp-") else { continue };
+                let gone = pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+                if name.starts_with('.') && gone && std::fs::remove_file(e.path()).is_ok() {
                     removed.push(e.path());
                 }
             }
