@@ -1207,6 +1207,10 @@ pub async fn appliance_facts(cfg: &Config) -> crate::bench::ApplianceFacts {
 async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> {
     let _lock = ctx.lock().await?;
     let st = engine.status().await?;
+    if st.state != NodeState::Locked {
+        // A locked engine's key is readable only after the unlock (then ensure_sealed repairs).
+        repair_pending(ctx, engine, Custody::Journal).await?;
+    }
     match st.state {
         NodeState::Inactive if ctx.cfg.swarm.init => {
             // Prepared first: a key that cannot be sealed would exist nowhere else.
@@ -1396,6 +1400,11 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
                     let _lock = ctx.lock().await;
                     if let Err(e) = ensure_sealed(&ctx, &engine).await {
                         tracing::error!(event = "reseal_failed", error = %e, "could not reseal the changed unlock key");
+                    }
+                } else if st.state != NodeState::Locked && ctx.ks.load_pending().is_some() {
+                    let _lock = ctx.lock().await;
+                    if let Err(e) = repair_pending(&ctx, &engine, Custody::Journal).await {
+                        tracing::error!(event = "reseal_failed", error = %e, "could not finish an interrupted key change");
                     }
                 }
             }
