@@ -656,6 +656,9 @@ where
     F: std::future::Future<Output = Result<(), SwarmError>>,
 {
     let prep = ctx.prepare_seal().await?;
+    if old.is_some_and(|k| ctx.sealed_holds(k)) {
+        ctx.ks.stage_previous()?;
+    }
     ctx.mark_pending(op, old)?;
     let t0 = Instant::now();
     if let Err(e) = change.await {

@@ -410,7 +410,8 @@ impl Keystore {
         match self.load(Slot::Current) {
             Ok(Some(old)) => {
                 let same = key.fingerprint(&old.salt()) == old.key_fingerprint;
-                if !same {
+                let staged = matches!(self.load(Slot::Previous), Ok(Some(p)) if p.key_fingerprint == old.key_fingerprint && p.public == old.public);
+                if !same && !staged {
                     if self.load(Slot::Previous).is_err() {
                         keep_bad(&self.slot_path(Slot::Previous))?;
                     }
@@ -427,6 +428,19 @@ impl Keystore {
         let mut cur = new.clone();
         cur.slot = Slot::Current;
         self.write_json(&self.slot_path(Slot::Current), &cur)
+    }
+
+    /// Copy `current` to `previous` ahead of a key change ([`Keystore::store_current`] then
+    /// writes `current` only): fewer writes between the engine's change and the new key in
+    /// place. A readable `previous` is replaced, an unreadable one kept aside; no `current`: nothing.
+    pub fn stage_previous(&self) -> Result<(), KeystoreError> {
+        let Ok(Some(cur)) = self.load(Slot::Current) else { return Ok(()) };
+        if self.load(Slot::Previous).is_err() {
+            keep_bad(&self.slot_path(Slot::Previous))?;
+        }
+        let mut prev = cur;
+        prev.slot = Slot::Previous;
+        self.write_json(&self.slot_path(Slot::Previous), &prev)
     }
 
     /// Remove the `previous` slot (after every manager re-encrypted under the new key).
