@@ -324,12 +324,13 @@ impl Ctx {
         let slot = SlotFile::new(Slot::Current, &obj, &policy, key.fingerprint(&salt), &salt);
         self.ks.store_current(&slot, key)?;
         let in_place = Instant::now();
-        drop(_room);
         tracing::info!(event = "seal", slot = "current", pcrs = %describe_pcrs(&values), "unlock key sealed to the TPM");
         if let Some(r) = &self.cfg.escrow.recipient {
+            // Into the room reserved for it.
             let p = crate::escrow::write(&self.cfg.state_dir, r, key)?;
             tracing::info!(event = "escrow", file = %p.display(), "escrow copy of the unlock key written (age-encrypted)");
         }
+        drop(_room);
         Ok(Sealed { slot, in_place })
     }
 
