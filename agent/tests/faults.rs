@@ -285,7 +285,7 @@ fn tpm_killed_during_rotate_leaves_the_key_sealed_shown_or_escrowed() {
     let (mut lo, mut hi) = (Duration::ZERO, dur);
     let mut outcomes = Vec::new();
     let mut shown_once = false;
-    for i in 0..12 {
+    for i in 0..16 {
         if shown_once && i >= 6 {
             break;
         }
