@@ -215,7 +215,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         method: req.method().clone(),
         path: log_path(req.uri().path()),
         status: 0,
-        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_in: ctx.state.body_counter(),
         bytes_out: Arc::new(AtomicU64::new(0)),
         start: Instant::now(),
         user: None,
@@ -287,6 +287,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
         }
         return Err((403, why));
     }
+    ctx.long_stream(&canon, req.uri().query(), upgrade)?;
     for e in &events {
         if *e != KeyEvent::MaybeAutolock {
             security_event(ctx, e.as_str(), &method, &audit_slot.path, "allowed");
