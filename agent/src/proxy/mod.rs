@@ -466,7 +466,7 @@ async fn handle_conn(
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Err(_) => {
-            let why = format!("TLS handshake not finished within {} s (handshake_timeout_secs)", shared.handshake_timeout.as_secs());
+            let why = format!("TLS handshake timed out (not finished within {} s, handshake_timeout_secs)", shared.handshake_timeout.as_secs());
             return shared.refusals.note(peer.ip(), Refusal::Timeout, &why);
         }
         Ok(Err(e)) => return shared.refusals.note(peer.ip(), Refusal::Failed, &format!("TLS handshake rejected: {e}")),
