@@ -429,6 +429,27 @@ mod tests {
         assert!(e.contains("pcrz"), "{e}");
     }
 
+    /// The documented example (this module's doc) parses, and its `[proxy]` capacity numbers
+    /// are the defaults: the documentation cannot drift from the code.
+    #[test]
+    fn documented_example_parses_and_shows_the_proxy_defaults() {
+        let src = include_str!("config.rs");
+        let doc: String = src.lines().filter_map(|l| l.strip_prefix("//!")).map(|l| l.strip_prefix(' ').unwrap_or(l)).collect::<Vec<_>>().join("\n");
+        let example = doc.split("```toml").nth(1).and_then(|s| s.split("```").next()).expect("a toml example");
+        let c: Config = toml::from_str(example).expect("the documented example parses");
+        let (p, d) = (c.proxy, ProxyConfig::default());
+        let caps = |p: &ProxyConfig| {
+            (
+                [p.max_connections, p.admin_reserved_connections, p.max_connections_per_role, p.max_connections_per_identity],
+                [p.max_streams_per_identity, p.max_handshakes, p.max_handshakes_per_address],
+                [p.handshake_timeout_secs, p.header_timeout_secs, p.body_timeout_secs, p.idle_timeout_secs],
+            )
+        };
+        assert_eq!(caps(&p), caps(&d));
+        assert!(d.max_connections_per_identity < d.max_connections_per_role, "one identity cannot fill its role");
+        assert!(d.max_connections_per_role <= d.max_connections - d.admin_reserved_connections, "one role cannot fill the shared part");
+    }
+
     #[test]
     fn phase_pcr_must_be_in_policy_and_not_resettable() {
         let mut c = Config::default();
