@@ -177,16 +177,9 @@ impl Proxy {
     /// Serve until `shutdown` resolves; then stop accepting, let open
     /// connections finish their current request (at most 10 s) and return.
     pub async fn run(self, api: Arc<dyn AgentApi>, shutdown: impl Future<Output = ()> + Send) -> Result<(), ProxyError> {
-        let l = &self.limits;
         tracing::info!(
             listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            max_connections = l.max_connections,
-            admin_reserved_connections = l.admin_reserved_connections,
-            max_connections_per_role = l.max_connections_per_role,
-            max_connections_per_identity = l.max_connections_per_identity,
-            max_streams_per_identity = l.max_streams_per_identity,
-            max_handshakes = l.max_handshakes,
-            max_handshakes_per_address = l.max_handshakes_per_address,
+            limits = ?self.limits,
             "proxy listening (TLS 1.3, client certificate required)"
         );
         let shared = Arc::new(Shared {
@@ -460,11 +453,18 @@ async fn handle_conn(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    hs: HandshakeSlot,
+    mut hs: HandshakeSlot,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
-    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+    let handshake = tokio::select! {
+        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+        _ = &mut hs.evicted => {
+            let why = "the handshake pool is full: this address's oldest TLS handshake was closed for a newcomer from a less busy address";
+            return shared.refusals.note(peer.ip(), Refusal::Busy, why);
+        }
+    };
+    let tls = match handshake {
         Err(_) => {
             let why = format!("TLS handshake timed out (not finished within {} s, handshake_timeout_secs)", shared.handshake_timeout.as_secs());
             return shared.refusals.note(peer.ip(), Refusal::Timeout, &why);
@@ -482,7 +482,10 @@ async fn handle_conn(
         Err(why) => {
             // Still on the handshake slot: the excess stays under the per-address cap.
             shared.refusals.note(peer.ip(), Refusal::OverCap, &why);
-            let _ = tokio::time::timeout_at(deadline, answer_over_cap(tls, why)).await;
+            tokio::select! {
+                _ = tokio::time::timeout_at(deadline, answer_over_cap(tls, why)) => {}
+                _ = &mut hs.evicted => {}
+            }
             return;
         }
     };

@@ -4,10 +4,13 @@
 //! certificate can hold it:
 //!
 //! 1. **Handshakes** ([`Slots::handshake`]): a TCP connection gets a handshake
-//!    slot at accept, or is closed at once. At most `max_handshakes` in all and
-//!    `max_handshakes_per_address` per source IP address; a handshake must end
-//!    within `handshake_timeout_secs`. Nothing else is held before the client
-//!    certificate is verified.
+//!    slot at accept, or is closed at once. At most `max_handshakes_per_address`
+//!    per source (an IPv4 address, an IPv6 /64) and `max_handshakes` in all;
+//!    when all are taken, a newcomer from a source holding fewer than the busiest
+//!    source takes the oldest handshake slot of the busiest source (that handshake
+//!    is closed), so many attacking addresses cannot keep a new one out.
+//!    A handshake must end within `handshake_timeout_secs`. Nothing else is held
+//!    before the client certificate is verified.
 //! 2. **Connections** ([`Slots::connection`]): a connection with a verified
 //!    certificate then needs a connection slot: at most `max_connections` in
 //!    all, of which `admin_reserved_connections` only the `admin` role may use;
@@ -24,7 +27,7 @@
 //! Refused connections are logged through [`RefusalLog`]: the first refusal from
 //! a source address at once, then one line per address per minute with the counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,7 +73,9 @@ pub(crate) struct Slots {
 #[derive(Default)]
 struct Counts {
     handshakes: usize,
-    handshakes_by_ip: HashMap<IpAddr, usize>,
+    /// Per source, oldest first: (id, closes the handshake when dropped).
+    handshakes_by_source: HashMap<IpAddr, VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>,
+    next_handshake: u64,
     connections: usize,
     /// Connections of every role but admin.
     non_admin: usize,
@@ -88,17 +93,36 @@ fn dec<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) {
     }
 }
 
-/// Held from accept until the connection has a [`ConnSlot`] (or is closed).
+/// The source a handshake cap counts: the IPv4 address, or the IPv6 /64 (one host's share).
+pub(crate) fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
+/// Held from accept until the connection has a [`ConnSlot`] (or is closed). `evicted`
+/// resolves when a newcomer took this slot: the handshake must end then.
 pub(crate) struct HandshakeSlot {
     slots: Arc<Slots>,
-    ip: IpAddr,
+    source: IpAddr,
+    id: u64,
+    pub evicted: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut c = self.slots.lock();
+        let Some(q) = c.handshakes_by_source.get_mut(&self.source) else { return };
+        let Some(i) = q.iter().position(|(id, _)| *id == self.id) else { return }; // evicted: already uncounted
+        q.remove(i);
+        if q.is_empty() {
+            c.handshakes_by_source.remove(&self.source);
+        }
         c.handshakes -= 1;
-        dec(&mut c.handshakes_by_ip, &self.ip);
     }
 }
 
@@ -145,17 +169,38 @@ impl Slots {
     /// A handshake slot for a connection from `ip`, or why not.
     pub fn handshake(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakeSlot, String> {
         let l = &self.limits;
+        let source = source_of(ip);
         let mut c = self.lock();
-        let mine = c.handshakes_by_ip.get(&ip).copied().unwrap_or(0);
+        let mine = c.handshakes_by_source.get(&source).map_or(0, VecDeque::len);
         if mine >= l.max_handshakes_per_address {
             return Err(format!("{mine} TLS handshakes already in progress from this address (max_handshakes_per_address)"));
         }
         if c.handshakes >= l.max_handshakes {
-            return Err(format!("{} TLS handshakes already in progress (max_handshakes)", c.handshakes));
+            // Full: take the oldest slot of the busiest source (the oldest among equals), if that
+            // source holds more than the newcomer's; a newcomer's own handshake is evicted last.
+            let busiest = c
+                .handshakes_by_source
+                .iter()
+                .max_by_key(|(_, q)| (q.len(), std::cmp::Reverse(q.front().map_or(0, |h| h.0))))
+                .map(|(s, q)| (*s, q.len()));
+            match busiest {
+                Some((b, n)) if n > mine => {
+                    let q = c.handshakes_by_source.get_mut(&b).expect("present");
+                    drop(q.pop_front()); // its sender dropped: that handshake ends
+                    if q.is_empty() {
+                        c.handshakes_by_source.remove(&b);
+                    }
+                    c.handshakes -= 1;
+                }
+                _ => return Err(format!("{} TLS handshakes already in progress (max_handshakes)", c.handshakes)),
+            }
         }
         c.handshakes += 1;
-        *c.handshakes_by_ip.entry(ip).or_default() += 1;
-        Ok(HandshakeSlot { slots: self.clone(), ip })
+        c.next_handshake += 1;
+        let id = c.next_handshake;
+        let (tx, evicted) = tokio::sync::oneshot::channel();
+        c.handshakes_by_source.entry(source).or_default().push_back((id, tx));
+        Ok(HandshakeSlot { slots: self.clone(), source, id, evicted })
     }
 
     /// A connection slot for a verified certificate, or the message for the `503`.
@@ -261,8 +306,10 @@ pub(crate) struct RefusalLog {
 }
 
 impl RefusalLog {
-    /// Count one refusal; the first one from `ip` in a window is logged at once with `detail`.
+    /// Count one refusal; the first one from `ip`'s source (see [`source_of`]) in a window is
+    /// logged at once with `detail`.
     pub fn note(&self, ip: IpAddr, kind: Refusal, detail: &str) {
+        let ip = source_of(ip);
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (map, untracked) = &mut *g;
         let now = Instant::now();
@@ -351,14 +398,30 @@ mod tests {
     fn handshakes_are_capped_per_address_and_in_all() {
         let s = Slots::new(limits());
         let (a, b, c): (IpAddr, IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap(), "::1".parse().unwrap());
-        let h1 = s.handshake(a).unwrap();
-        let _h2 = s.handshake(a).unwrap();
+        let mut h1 = s.handshake(a).unwrap();
+        let h2 = s.handshake(a).unwrap();
         assert!(err(s.handshake(a)).contains("max_handshakes_per_address"));
-        let _h3 = s.handshake(b).unwrap();
-        assert!(err(s.handshake(c)).contains("(max_handshakes)"));
-        drop(h1);
-        let _h4 = s.handshake(c).expect("a freed handshake slot is usable again");
+        let h3 = s.handshake(b).unwrap();
+        // Full: the newcomer from c takes the oldest slot of a (2 > 0).
+        let h4 = s.handshake(c).expect("a source with no handshake gets in");
+        assert!(h1.evicted.try_recv().is_err_and(|e| e == tokio::sync::oneshot::error::TryRecvError::Closed), "a's oldest handshake is told to end");
         assert_eq!(s.busy(), 3);
+        drop(h1); // the evicted one ending counts nothing twice
+        assert_eq!(s.busy(), 3);
+        // a, b, c hold one each: a fourth source takes the oldest (a's), never the newest (c's);
+        // c, holding one, cannot take from anyone (nobody holds more).
+        let mut h2 = h2;
+        let d: IpAddr = "127.0.0.4".parse().unwrap();
+        let h5 = s.handshake(d).expect("a new source gets in");
+        assert!(h2.evicted.try_recv().is_err_and(|e| e == tokio::sync::oneshot::error::TryRecvError::Closed));
+        assert!(err(s.handshake(c)).contains("(max_handshakes)"));
+        drop((h2, h3, h4, h5));
+        assert_eq!(s.busy(), 0);
+        // IPv6: one /64 is one source.
+        let s = Slots::new(limits());
+        let _x = s.handshake("2001:db8::1".parse().unwrap()).unwrap();
+        let _y = s.handshake("2001:db8::2".parse().unwrap()).unwrap();
+        assert!(err(s.handshake("2001:db8::ffff:1".parse().unwrap())).contains("per_address"));
     }
 
     #[test]
