@@ -423,7 +423,7 @@ fn raise_fd_limit(l: &slots::Limits) {
     let mut r = getrlimit(Resource::Nofile);
     if r.current < r.maximum {
         r.current = r.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, r.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, r) {
             tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit");
         }
     }
