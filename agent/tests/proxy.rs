@@ -7,311 +7,13 @@
 mod support;
 use support::*;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use swarmseal::config::Config;
-use swarmseal::proxy::{pki, tls::Role, AgentApi, Proxy};
-use tracing::instrument::WithSubscriber;
-
-// ---------- fixtures ----------
-
-struct Stub;
-impl AgentApi for Stub {
-    fn status(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>> {
-        Box::pin(async { serde_json::json!({"swarm": "active", "stub": true}) })
-    }
-    fn bench(&self) -> Option<Vec<u8>> {
-        Some(br#"{"tests":[]}"#.to_vec())
-    }
-    fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
-        Box::pin(async { Ok(serde_json::json!({"resealed": true})) })
-    }
-    fn escrow(&self, _: swarmseal::proxy::EscrowFile) -> Option<Vec<u8>> {
-        None
-    }
-}
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-impl Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-    /// Lines containing every needle.
-    fn lines_with(&self, needles: &[&str]) -> Vec<String> {
-        self.text().lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(String::from).collect()
-    }
-    fn wait_for(&self, needles: &[&str]) -> String {
-        let mut found = None;
-        wait_until(&format!("a log line with {needles:?}"), Duration::from_secs(20), || {
-            found = self.lines_with(needles).pop();
-            found.is_some()
-        });
-        found.unwrap()
-    }
-}
-
-struct ProxyRun {
-    addr: SocketAddr,
-    logs: Logs,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl ProxyRun {
-    fn start(cfg: Config) -> ProxyRun {
-        let logs = Logs::default();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let l2 = logs.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            rt.block_on(async move {
-                let sub = tracing_subscriber::fmt()
-                    .with_writer(move || l2.clone())
-                    .with_ansi(false)
-                    .with_max_level(tracing::Level::DEBUG)
-                    .finish();
-                let p = Proxy::bind(&cfg).await.expect("proxy binds");
-                addr_tx.send(p.local_addr()).unwrap();
-                p.run(Arc::new(Stub), async move {
-                    let _ = stop_rx.await;
-                })
-                .with_subscriber(sub)
-                .await
-                .unwrap();
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("proxy started");
-        ProxyRun { addr, logs, stop: Some(stop_tx) }
-    }
-}
-
-impl Drop for ProxyRun {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-struct Env {
-    d: Dockerd,
-    state: tempfile::TempDir,
-    admin: PathBuf,
-    ro: PathBuf,
-    docker_config: tempfile::TempDir,
-    proxy: ProxyRun,
-}
-
-fn ok(o: &Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-impl Env {
-    fn new(tweak: impl FnOnce(&mut Config)) -> Env {
-        let d = Dockerd::start();
-        let state = tempfile::tempdir().unwrap();
-        let s = path_str(state.path()).to_string();
-        ok(&swarmseal(&["--state-dir", &s, "certs", "init"], &[], None), "certs init");
-        for (name, role) in [("admin", "admin"), ("ro", "readonly")] {
-            let out = format!("{s}/bundles/{name}");
-            ok(&swarmseal(&["--state-dir", &s, "certs", "issue", name, "--role", role, "--out", &out], &[], None), "certs issue");
-        }
-        let mut cfg = Config { state_dir: state.path().to_path_buf(), docker_host: d.host(), ..Default::default() };
-        cfg.proxy.listen = "127.0.0.1:0".parse().unwrap();
-        tweak(&mut cfg);
-        let proxy = ProxyRun::start(cfg);
-        Env {
-            admin: state.path().join("bundles/admin"),
-            ro: state.path().join("bundles/ro"),
-            d,
-            state,
-            docker_config: tempfile::tempdir().unwrap(),
-            proxy,
-        }
-    }
-
-    fn paths(&self) -> pki::PkiPaths {
-        pki::PkiPaths::of(&Config { state_dir: self.state.path().to_path_buf(), ..Default::default() })
-    }
-
-    fn host(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.proxy.addr.port())
-    }
-
-    /// The docker CLI through the proxy with a bundle (cert and key optional).
-    fn cli(&self, ca: &Path, bundle: Option<&Path>, args: &[&str]) -> Command {
-        let mut c = Command::new("docker");
-        c.env("DOCKER_CONFIG", self.docker_config.path())
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_TLS_VERIFY")
-            .env_remove("DOCKER_CERT_PATH")
-            .env_remove("DOCKER_CONTEXT")
-            .arg("--tlsverify")
-            .arg("--tlscacert")
-            .arg(ca);
-        if let Some(b) = bundle {
-            c.arg("--tlscert").arg(b.join("cert.pem")).arg("--tlskey").arg(b.join("key.pem"));
-        } else {
-            // The CLI falls back to DOCKER_CONFIG's cert.pem/key.pem: point it at an empty dir.
-            c.env("DOCKER_CERT_PATH", self.docker_config.path());
-        }
-        c.arg("-H").arg(self.host()).args(args);
-        c
-    }
-
-    fn docker_as(&self, bundle: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        run_bounded(self.cli(&bundle.join("ca.pem"), Some(bundle), args), stdin, Duration::from_secs(90))
-    }
-
-    fn admin(&self, args: &[&str]) -> String {
-        ok(&self.docker_as(&self.admin, args, None), &format!("docker {args:?} (admin, through the proxy)"))
-    }
-}
-
-/// Run a command with a deadline; kills it and panics when it hangs.
-fn run_bounded(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> Output {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("docker CLI must be installed");
-    if let Some(s) = stdin {
-        let mut w = child.stdin.take().unwrap();
-        let s = s.to_string();
-        std::thread::spawn(move || {
-            let _ = w.write_all(s.as_bytes());
-        });
-    }
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(o) => o.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            let o = rx.recv().unwrap().unwrap();
-            panic!(
-                "{cmd:?} did not finish within {limit:?}; stdout: {} stderr: {}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-    }
-}
-
-/// A long-running command whose stdout lines arrive on a channel; killed on drop.
-struct Streaming {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-impl Streaming {
-    fn start(mut cmd: Command) -> Streaming {
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Streaming { child, lines }
-    }
-    fn wait_line(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) if pred(&l) => return l,
-                Ok(l) => seen.push(l),
-                Err(_) => break,
-            }
-        }
-        panic!("no line {what} within 30 s; got {seen:?}");
-    }
-    fn still_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ---------- a raw TLS client (for spellings the CLI never sends) ----------
-
-fn client_config(ca: &Path, bundle: Option<&Path>) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match bundle {
-        Some(d) => {
-            let chain: Vec<_> = CertificateDer::pem_file_iter(d.join("cert.pem")).unwrap().map(|c| c.unwrap()).collect();
-            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(d.join("key.pem")).unwrap()).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    Arc::new(cfg)
-}
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-fn connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Tls {
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let conn = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
-    rustls::StreamOwned::new(conn, tcp)
-}
-
-/// Send one raw request (`Connection: close` added) and return (status, body), or Err on a TLS/IO failure.
-fn raw(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, method: &str, target: &str, extra: &str) -> Result<(u16, String), String> {
-    let mut s = connect(addr, cfg);
-    let req = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    match s.read_to_end(&mut buf) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no HTTP response: {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
-    Ok((status, body))
-}
+use swarmseal::proxy::{pki, tls::Role};
 
 // ---------- tests ----------
 
@@ -571,6 +273,8 @@ fn no_spelling_of_a_denied_path_gets_through() {
     for (m, p, h) in denied {
         match raw(a, ro.clone(), m, p, h) {
             Ok((403, body)) if *m == "HEAD" => assert!(body.is_empty()),
+            // A path that decodes to ?, # or NUL is refused before any decision (400).
+            Ok((400, body)) if p.contains("%3F") || p.contains("%00") => assert!(body.contains("encoded"), "{body}"),
             Ok((403, body)) => {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("403 body is not JSON: {body}"));
                 assert!(v["message"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
@@ -615,10 +319,7 @@ fn no_spelling_of_a_denied_path_gets_through() {
 
 #[test]
 fn basic_auth_on_top_of_the_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let ht = dir.path().join("htpasswd");
-    std::fs::write(&ht, format!("# users\nci:{}\n", bcrypt::hash("s3cret", 4).unwrap())).unwrap();
-    let e = Env::new(|c| c.proxy.htpasswd = Some(ht.clone()));
+    let e = Env::with_basic_auth("ci", "s3cret", 4);
     let cfg = client_config(&e.admin.join("ca.pem"), Some(&e.admin));
     let a = e.proxy.addr;
     let basic = |u: &str, p: &str| {
@@ -629,23 +330,24 @@ fn basic_auth_on_top_of_the_certificate() {
     let (st, body) = raw(a, cfg.clone(), "GET", "/_ping", "").unwrap();
     assert_eq!(st, 401);
     assert!(body.contains("\"message\""), "{body}");
-    // That was the first failed attempt; up to the 10th in a minute they are answered at once...
-    for i in 0..9 {
+    // No header: 401 at once, and it costs no attempt (no bcrypt ran). Ten wrong
+    // passwords from this address are answered 401 at once...
+    for i in 0..10 {
         let t = Instant::now();
         let user = if i % 2 == 0 { "ci" } else { "nobody" };
         assert_eq!(raw(a, cfg.clone(), "GET", "/_ping", &basic(user, "wrong")).unwrap().0, 401);
-        assert!(t.elapsed() < Duration::from_millis(900), "attempt {} took {:?}", i + 2, t.elapsed());
+        assert!(t.elapsed() < Duration::from_millis(900), "attempt {} took {:?}", i + 1, t.elapsed());
     }
-    // ... the 11th is slowed, and so is the next, right password or not (the delay reveals nothing).
-    let t = Instant::now();
-    assert_eq!(raw(a, cfg.clone(), "GET", "/_ping", &basic("ci", "wrong")).unwrap().0, 401);
-    assert!(t.elapsed() >= Duration::from_millis(950), "not slowed: {:?}", t.elapsed());
-    let t = Instant::now();
-    assert_eq!(raw(a, cfg.clone(), "GET", "/_ping", &basic("ci", "s3cret")).unwrap().0, 200);
-    assert!(t.elapsed() >= Duration::from_millis(950), "right password not slowed either: {:?}", t.elapsed());
+    // ... the 11th gets 429 at once, and so does the right password (the answer reveals nothing).
+    for (u, p) in [("ci", "wrong"), ("ci", "s3cret")] {
+        let t = Instant::now();
+        let (st, body) = raw(a, cfg.clone(), "GET", "/_ping", &basic(u, p)).unwrap();
+        assert_eq!(st, 429, "{body}");
+        assert!(t.elapsed() < Duration::from_millis(900), "429 not at once: {:?}", t.elapsed());
+    }
     e.proxy.logs.wait_for(&["swarmseal::security", "basic_auth_failed"]);
     assert!(!e.proxy.logs.text().contains("s3cret"));
-    e.proxy.logs.wait_for(&["swarmseal::audit", "user=\"ci\"", "status=200"]);
+    e.proxy.logs.wait_for(&["swarmseal::audit", "user=ci", "status=200"]);
 }
 
 #[test]

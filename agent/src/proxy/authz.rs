@@ -1,36 +1,48 @@
 //! Authorization: which role may send which request, and which requests are
-//! security events (they touch the swarm unlock key).
+//! security events (they touch the unlock key, autolock, the CA, join tokens or
+//! a node's role).
 //!
 //! Decisions are taken on a canonical form of the path so that no spelling of
-//! a denied path gets through: percent-decoding (repeated, so `%2573` is `s`),
-//! `?`/`#` smuggled in encoded form cut, duplicate slashes and `.` dropped,
-//! `..` resolved, trailing whitespace/NUL of a segment dropped, lowercase, and
-//! every leading `/vN[.M]` API-version segment removed. The canonical form is
-//! a superset of what the engine's router could match, so it can only deny more.
+//! a denied path gets through: the query and fragment cut at their RAW `?`/`#`
+//! (as the engine splits them), then percent-decoding (repeated, so `%2573` is
+//! `s`), a decoded `?`, `#` or NUL refused outright, duplicate slashes and `.`
+//! dropped, `..` resolved, trailing whitespace and `;` of a segment dropped,
+//! lowercase, and every leading `/vN[.M]` API-version segment removed. The
+//! canonical form is a superset of what the engine's router could match, so it
+//! can only deny more (`tests/door_policy.rs` checks spellings against dockerd).
 //!
 //! Rules:
 //! - a certificate without a known role (Subject OU `admin` or `readonly`): everything denied;
 //! - `admin`: everything;
+//! - any other role: never an endpoint that makes the engine connect to another
+//!   host (the `OUTBOUND` table, see [`outbound`]: registry search, pulls, pushes, builds, logins, ...);
 //! - `readonly`: `GET`/`HEAD` only, no connection upgrade (no `attach/ws`), and never
 //!   `/swarm/unlockkey` (the key), `/swarm` (it holds the join tokens, a way to add a
 //!   manager), `/containers/*/archive` and `/containers/*/export` (container files,
-//!   such as mounted secrets), `/swarmseal/v1/escrow`, `/swarmseal/v1/reseal`,
-//!   `/swarmseal/v1/var/enroll-tpm` and `/swarmseal/v1/update` (already denied as non-GET;
-//!   named so the reason says so).
+//!   such as mounted secrets), `/images/get` (`docker save`), `/swarmseal/v1/escrow`,
+//!   `/swarmseal/v1/reseal`, `/swarmseal/v1/var/enroll-tpm` and `/swarmseal/v1/update`
+//!   (already denied as non-GET; named so the reason says so).
+//!
+//! Bodies that change autolock, the CA or a node's role are read with Go's rules
+//! ([`super::gojson`], [`Inspect`], [`spec_events`], [`node_events`]).
 
+use super::gojson::GoValue;
 use super::tls::Role;
 
 /// The canonical path (segments) used for decisions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Canon {
+    /// Lower-cased segments (what decisions compare).
     pub segs: Vec<String>,
+    /// The same segments as sent (decoded, case kept), e.g. a node ID to look up.
+    pub raw_segs: Vec<String>,
 }
 
 impl Canon {
     pub fn path(&self) -> String {
         format!("/{}", self.segs.join("/"))
     }
-    fn is(&self, pat: &[&str]) -> bool {
+    pub(crate) fn is(&self, pat: &[&str]) -> bool {
         self.segs.len() == pat.len() && self.segs.iter().zip(pat).all(|(s, p)| *p == "*" || s == p)
     }
     /// Under `/swarmseal/` (the agent's own endpoints; never forwarded).
@@ -71,8 +83,13 @@ fn is_version(seg: &str) -> bool {
     !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.') && rest.as_bytes()[0].is_ascii_digit()
 }
 
-/// Canonical form of a raw request path (see the module doc).
-pub fn canonicalize(raw: &str) -> Canon {
+/// Canonical form of a raw request path (see the module doc). The query and the
+/// fragment are cut at their raw `?`/`#` BEFORE decoding; a path that decodes to a
+/// `?`, `#` or NUL is refused (`Err`, the operator's sentence): the engine routes on
+/// the decoded path, where such a byte is part of a name, so no shorter canonical
+/// form could stand for it.
+pub fn canonicalize(raw: &str) -> Result<Canon, String> {
+    let raw = raw.split(['?', '#']).next().unwrap_or("");
     let mut bytes = raw.as_bytes().to_vec();
     for _ in 0..8 {
         let d = percent_decode(&bytes);
@@ -81,23 +98,87 @@ pub fn canonicalize(raw: &str) -> Canon {
         }
         bytes = d;
     }
-    let s = String::from_utf8_lossy(&bytes).to_lowercase();
-    let s = s.split(['?', '#']).next().unwrap_or("");
-    let mut segs: Vec<String> = Vec::new();
+    if bytes.iter().any(|b| matches!(b, b'?' | b'#' | 0)) {
+        return Err("the path holds an encoded '?', '#' or NUL (%3F, %23, %00); such a path is refused".into());
+    }
+    let s = String::from_utf8_lossy(&bytes);
+    let mut raw_segs: Vec<String> = Vec::new();
     for seg in s.split(['/', '\\']) {
-        let seg = seg.trim_end_matches(|c: char| c.is_whitespace() || c == '\0' || c == ';');
+        let seg = seg.trim_end_matches(|c: char| c.is_whitespace() || c == ';');
         match seg {
             "" | "." => {}
             ".." => {
-                segs.pop();
+                raw_segs.pop();
             }
-            _ => segs.push(seg.to_string()),
+            _ => raw_segs.push(seg.to_string()),
         }
     }
-    while segs.first().map(|s| is_version(s)).unwrap_or(false) {
-        segs.remove(0);
+    while raw_segs.first().map(|s| is_version(&s.to_lowercase())).unwrap_or(false) {
+        raw_segs.remove(0);
     }
-    Canon { segs }
+    Ok(Canon { segs: raw_segs.iter().map(|s| s.to_lowercase()).collect(), raw_segs })
+}
+
+/// How a route is matched on the canonical segments.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// Exactly these segments (`*`: any one segment).
+    Exact(&'static [&'static str]),
+    /// `/{first}/{name}/{last}` where the name may hold slashes (images, plugins).
+    Named(&'static str, &'static str),
+    /// This prefix and anything under it.
+    Under(&'static [&'static str]),
+}
+
+impl Route {
+    fn matches(self, c: &Canon) -> bool {
+        match self {
+            Route::Exact(p) => c.is(p),
+            Route::Named(first, last) => {
+                c.segs.len() >= 3 && c.segs[0] == first && c.segs.last().map(String::as_str) == Some(last)
+            }
+            Route::Under(p) => c.segs.len() >= p.len() && c.segs.iter().zip(p).all(|(s, p)| s == p),
+        }
+    }
+}
+
+/// Endpoints that make the engine open a connection to a host the client names
+/// (or to a registry): admin-only, whatever the method (Docker Engine API v1.41;
+/// the engine would answer 404/405 to the other methods anyway).
+const OUTBOUND: &[(Route, &str)] = &[
+    // GET /images/search?term=HOST:PORT/x: the engine queries the registry in `term`.
+    (Route::Exact(&["images", "search"]), "registry searches"),
+    // GET /plugins/privileges?remote=HOST:PORT/x: the engine fetches the plugin's manifest.
+    (Route::Exact(&["plugins", "privileges"]), "plugin privilege lookups"),
+    // POST /plugins/pull?remote=: pulls a plugin from its registry.
+    (Route::Exact(&["plugins", "pull"]), "plugin pulls"),
+    // POST /plugins/{name}/upgrade?remote=: pulls the new plugin version.
+    (Route::Named("plugins", "upgrade"), "plugin upgrades"),
+    // POST /plugins/{name}/push: pushes to the plugin's registry.
+    (Route::Named("plugins", "push"), "plugin pushes"),
+    // POST /images/create?fromImage= pulls; ?fromSrc=URL downloads from any URL.
+    (Route::Exact(&["images", "create"]), "image pulls and imports"),
+    // POST /images/{name}/push: pushes to the image's registry.
+    (Route::Named("images", "push"), "image pushes"),
+    // GET /distribution/{name}/json: the engine asks the image's registry for its manifest.
+    (Route::Under(&["distribution"]), "registry lookups"),
+    // POST /build?remote=URL fetches a context; FROM images are pulled.
+    (Route::Exact(&["build"]), "image builds"),
+    // POST /session, /grpc: BuildKit sessions (the builder pulls and fetches for the client).
+    (Route::Exact(&["session"]), "build sessions"),
+    (Route::Exact(&["grpc"]), "build sessions"),
+    // POST /auth: the engine logs in to `serveraddress`.
+    (Route::Exact(&["auth"]), "registry logins"),
+    // POST /swarm/join: the engine connects to `RemoteAddrs`.
+    (Route::Exact(&["swarm", "join"]), "joining a swarm"),
+    // POST /services/create, /services/{id}/update: the image digest is resolved at its registry.
+    (Route::Exact(&["services", "create"]), "service creation (the engine resolves the image at its registry)"),
+    (Route::Exact(&["services", "*", "update"]), "service updates (the engine resolves the image at its registry)"),
+];
+
+/// Why `c` is an outbound endpoint (the `OUTBOUND` table), if it is one.
+pub fn outbound(c: &Canon) -> Option<&'static str> {
+    OUTBOUND.iter().find(|(r, _)| r.matches(c)).map(|(_, why)| *why)
 }
 
 /// Outcome of the authorization check.
@@ -114,6 +195,9 @@ pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Dec
     };
     if role == Role::Admin {
         return Decision::Allow;
+    }
+    if let Some(what) = outbound(c) {
+        return Decision::Deny(format!("{what} make the engine connect to another host; admin-only ({} certificate)", role.as_str()));
     }
     if c.is(&["swarmseal", "v1", "update"]) {
         return Decision::Deny("image updates are admin-only (readonly certificate)".into());
@@ -147,14 +231,12 @@ pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Dec
         // GET /images/get, GET /images/{name}/get: `docker save`, every byte of the image.
         return Decision::Deny("exporting images is admin-only (readonly certificate)".into());
     }
-    if first == Some("distribution") {
-        // GET /distribution/{name}/json makes the engine connect to any registry host:port.
-        return Decision::Deny("registry lookups through the engine are admin-only (readonly certificate)".into());
-    }
     Decision::Allow
 }
 
-/// A request that touches the unlock key (before looking at its body).
+/// A security event: a request that touches the unlock key, autolock, the CA, the
+/// join tokens or a node's role (decided on the path and query; see [`Inspect`] for
+/// the ones decided on the body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyEvent {
     /// `GET /swarm/unlockkey`
@@ -163,8 +245,18 @@ pub enum KeyEvent {
     SwarmUnlock,
     /// `POST /swarm/update?rotateManagerUnlockKey=true`
     UnlockKeyRotate,
-    /// `POST /swarm/update` or `/swarm/init` whose body may change autolock (decided on the body).
-    MaybeAutolock,
+    /// `POST /swarm/update?rotateWorkerToken=true` or `rotateManagerToken=true`
+    JoinTokenRotate,
+    /// `POST /swarm/join`: this node joins another swarm (its CA, its role)
+    SwarmJoin,
+    /// The body turns autolock on (`/swarm/init`, `/swarm/update`).
+    AutolockEnable,
+    /// The body turns autolock off (`/swarm/update`).
+    AutolockDisable,
+    /// The body changes the swarm's CA (signing CA, external CAs, forced rotation).
+    CaChange,
+    /// `POST /nodes/{id}/update` whose body changes the node's role.
+    NodeRoleChange,
     /// `GET /swarmseal/v1/escrow`, `GET /swarmseal/v1/escrow/var-recovery-key`
     EscrowRead,
     /// `POST /swarmseal/v1/reseal`
@@ -181,7 +273,12 @@ impl KeyEvent {
             KeyEvent::UnlockKeyRead => "unlock_key_read",
             KeyEvent::SwarmUnlock => "swarm_unlock",
             KeyEvent::UnlockKeyRotate => "unlock_key_rotate",
-            KeyEvent::MaybeAutolock => "autolock_change",
+            KeyEvent::JoinTokenRotate => "join_token_rotate",
+            KeyEvent::SwarmJoin => "swarm_join",
+            KeyEvent::AutolockEnable => "autolock_enable",
+            KeyEvent::AutolockDisable => "autolock_disable",
+            KeyEvent::CaChange => "ca_change",
+            KeyEvent::NodeRoleChange => "node_role_change",
             KeyEvent::EscrowRead => "escrow_read",
             KeyEvent::Reseal => "reseal",
             KeyEvent::VarEnrollTpm => "var_enroll_tpm",
@@ -190,16 +287,64 @@ impl KeyEvent {
     }
 }
 
+/// Requests whose body the proxy reads as the engine will ([`super::gojson`]) before
+/// forwarding: what they change is decided on the body. A body over `limit` bytes is
+/// refused (413), one that does not parse is refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inspect {
+    /// `POST /swarm/init` (`InitRequest`: `AutoLockManagers`, `Spec`)
+    SwarmInit,
+    /// `POST /swarm/update` (`Spec`, replaced as a whole)
+    SwarmUpdate,
+    /// `POST /swarm/join` (`JoinRequest`, holds a join token: never logged)
+    SwarmJoin,
+    /// `POST /swarm/unlock` (`UnlockRequest`, holds the key: never logged)
+    SwarmUnlock,
+    /// `POST /nodes/{id}/update` (`NodeSpec`: `Role`)
+    NodeUpdate,
+}
+
+impl Inspect {
+    /// Largest body accepted, in bytes (a spec with a signing CA and external CAs is a
+    /// few KiB; a key or a token request well under 1 KiB).
+    pub fn limit(self) -> u64 {
+        match self {
+            Inspect::SwarmInit | Inspect::SwarmUpdate | Inspect::NodeUpdate => 1 << 20,
+            Inspect::SwarmJoin | Inspect::SwarmUnlock => 64 << 10,
+        }
+    }
+}
+
+/// Whether a request's body must be inspected (method matched case-insensitively:
+/// more than the engine's router, never less).
+pub fn inspect(method: &str, c: &Canon) -> Option<Inspect> {
+    if !method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    [
+        (&["swarm", "init"][..], Inspect::SwarmInit),
+        (&["swarm", "update"], Inspect::SwarmUpdate),
+        (&["swarm", "join"], Inspect::SwarmJoin),
+        (&["swarm", "unlock"], Inspect::SwarmUnlock),
+        (&["nodes", "*", "update"], Inspect::NodeUpdate),
+    ]
+    .into_iter()
+    .find(|(p, _)| c.is(p))
+    .map(|(_, i)| i)
+}
+
 /// Go's `httputils.BoolValue`: anything but "", "0", "no", "false", "none" is true.
 fn truthy(v: &str) -> bool {
     let v = v.trim().to_ascii_lowercase();
     !(v.is_empty() || v == "0" || v == "no" || v == "false" || v == "none")
 }
 
-/// Whether a query string asks for `rotateManagerUnlockKey` (key matched case-insensitively, decoded).
+/// Whether a query string sets `key` to a true value: any occurrence counts (Go reads
+/// the first), keys matched case-insensitively (Go: exactly), decoded, and `;` taken as a
+/// separator too (Go before 1.17 did): it finds at least what the engine finds.
 pub fn query_flag(query: Option<&str>, key: &str) -> bool {
     let Some(q) = query else { return false };
-    q.split('&').any(|kv| {
+    q.split(['&', ';']).any(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         let plus = |s: &str| s.replace('+', " ");
         let k = String::from_utf8_lossy(&percent_decode(plus(k).as_bytes())).into_owned();
@@ -218,20 +363,21 @@ pub fn query_value(query: Option<&str>, key: &str) -> Option<String> {
     })
 }
 
-/// Classify a request (method as sent, canonical path, raw query).
-pub fn key_events(method: &str, c: &Canon, query: Option<&str>) -> Vec<KeyEvent> {
+/// Security events decided on the canonical path and the raw query alone.
+pub fn key_events(c: &Canon, query: Option<&str>) -> Vec<KeyEvent> {
     let mut v = Vec::new();
-    let m = method.to_ascii_uppercase();
     if c.is(&["swarm", "unlockkey"]) {
         v.push(KeyEvent::UnlockKeyRead);
     } else if c.is(&["swarm", "unlock"]) {
         v.push(KeyEvent::SwarmUnlock);
-    } else if c.is(&["swarm", "update"]) || c.is(&["swarm", "init"]) {
-        if c.is(&["swarm", "update"]) && query_flag(query, "rotateManagerUnlockKey") {
+    } else if c.is(&["swarm", "join"]) {
+        v.push(KeyEvent::SwarmJoin);
+    } else if c.is(&["swarm", "update"]) {
+        if query_flag(query, "rotateManagerUnlockKey") {
             v.push(KeyEvent::UnlockKeyRotate);
         }
-        if m == "POST" {
-            v.push(KeyEvent::MaybeAutolock);
+        if query_flag(query, "rotateWorkerToken") || query_flag(query, "rotateManagerToken") {
+            v.push(KeyEvent::JoinTokenRotate);
         }
     } else if c.is(&["swarmseal", "v1", "escrow"]) || c.is(&["swarmseal", "v1", "escrow", "*"]) {
         v.push(KeyEvent::EscrowRead);
@@ -245,14 +391,56 @@ pub fn key_events(method: &str, c: &Canon, query: Option<&str>) -> Vec<KeyEvent>
     v
 }
 
-/// `EncryptionConfig.AutoLockManagers` of a swarm spec (body of init/update, or `Spec` of `GET /swarm`).
-pub fn autolock_of(spec: &serde_json::Value) -> Option<bool> {
-    spec.get("EncryptionConfig")?.get("AutoLockManagers")?.as_bool()
+/// Events a swarm spec body brings, against the current spec (`GET /swarm`'s `Spec`;
+/// `None`: unknown, e.g. `/swarm/init`, where there is none). The body is read as Go
+/// reads it: `/swarm/update` replaces the whole spec, so an absent
+/// `EncryptionConfig.AutoLockManagers` means false. `Err`: a field the engine would
+/// refuse (the request is refused too).
+pub fn spec_events(kind: Inspect, body: &GoValue, current: Option<&GoValue>) -> Result<Vec<KeyEvent>, String> {
+    let mut v = Vec::new();
+    let (spec, wanted) = match kind {
+        Inspect::SwarmInit => {
+            let top = body.bool_at("AutoLockManagers")?.unwrap_or(false);
+            let spec = body.field("Spec").unwrap_or(GoValue::Object(Vec::new()));
+            let inner = spec.bool_at("EncryptionConfig.AutoLockManagers")?.unwrap_or(false);
+            (spec, top || inner)
+        }
+        _ => (body.clone(), body.bool_at("EncryptionConfig.AutoLockManagers")?.unwrap_or(false)),
+    };
+    let now = match (kind, current) {
+        (Inspect::SwarmInit, _) => Some(false),
+        (_, Some(c)) => Some(c.bool_at("EncryptionConfig.AutoLockManagers").ok().flatten().unwrap_or(false)),
+        (_, None) => None,
+    };
+    if now != Some(wanted) {
+        v.push(if wanted { KeyEvent::AutolockEnable } else { KeyEvent::AutolockDisable });
+    }
+    // The CA settings as Go would hold them (zero values dropped, so absent == empty).
+    let ca = |s: &GoValue| {
+        let fields = ["ExternalCAs", "SigningCACert", "SigningCAKey", "ForceRotate"];
+        GoValue::Object(fields.iter().filter_map(|f| Some((f.to_string(), s.path(&format!("CAConfig.{f}"))?))).collect()).canonical()
+    };
+    let empty = GoValue::Object(Vec::new());
+    if ca(&spec) != ca(current.unwrap_or(&empty)) {
+        v.push(KeyEvent::CaChange);
+    }
+    Ok(v)
+}
+
+/// `POST /nodes/{id}/update`: does the body's `Role` differ from the node's current one
+/// (`GET /nodes/{id}`'s `Spec.Role`; `None`: unknown)? The engine upper-cases the role.
+pub fn node_events(body: &GoValue, current_role: Option<&str>) -> Result<Vec<KeyEvent>, String> {
+    let wanted = body.str_at("Role")?.unwrap_or_default().to_ascii_uppercase();
+    Ok(if current_role.map(str::to_ascii_uppercase).as_deref() == Some(wanted.as_str()) { vec![] } else { vec![KeyEvent::NodeRoleChange] })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cz(raw: &str) -> Canon {
+        canonicalize(raw).unwrap()
+    }
 
     #[test]
     fn canonical_forms() {
@@ -268,54 +456,75 @@ mod tests {
             "/swarm%2Funlockkey",
             "/swarm%252Funlockkey",
             "/v1.45/v1.45/swarm/unlockkey",
-            "/swarm/unlockkey%3Fx",
-            "/swarm/unlockkey%00",
             "/swarm/unlockkey%20",
             "/swarm\\unlockkey",
         ] {
-            assert_eq!(canonicalize(raw).segs, vec!["swarm", "unlockkey"], "{raw}");
+            assert_eq!(cz(raw).segs, vec!["swarm", "unlockkey"], "{raw}");
         }
-        assert_eq!(canonicalize("/v1.45/containers/json").path(), "/containers/json");
-        assert_eq!(canonicalize("/../../etc").path(), "/etc");
+        assert_eq!(cz("/v1.45/containers/json").path(), "/containers/json");
+        // The query is cut before decoding; what decodes to ?, # or NUL is refused.
+        assert_eq!(cz("/containers/c1/export?x#y").path(), "/containers/c1/export");
+        for raw in ["/containers/c1%3F/export", "/containers/c1%3f/export", "/containers/c1%23/export", "/swarm/unlockkey%00", "/x%253F/y", "/a%2500"] {
+            assert!(canonicalize(raw).is_err(), "{raw}");
+        }
+        assert_eq!(cz("/V1.41/Nodes/AbC/update").raw_segs, vec!["Nodes", "AbC", "update"]);
+        assert_eq!(cz("/../../etc").path(), "/etc");
     }
 
     #[test]
     fn readonly_rules() {
         let ro = Some(Role::ReadOnly);
-        let c = canonicalize("/containers/json");
+        let c = cz("/containers/json");
         assert_eq!(decide(ro, "GET", &c, false), Decision::Allow);
         assert_eq!(decide(ro, "HEAD", &c, false), Decision::Allow);
         assert!(matches!(decide(ro, "POST", &c, false), Decision::Deny(_)));
         assert!(matches!(decide(ro, "get", &c, false), Decision::Deny(_)));
         assert!(matches!(decide(ro, "GET", &c, true), Decision::Deny(_)));
-        assert!(matches!(decide(ro, "GET", &canonicalize("/v1.41/swarm/unlockkey"), false), Decision::Deny(_)));
-        assert!(matches!(decide(ro, "GET", &canonicalize("/swarm"), false), Decision::Deny(_)));
-        assert!(matches!(decide(ro, "GET", &canonicalize("/containers/x/archive"), false), Decision::Deny(_)));
-        for p in ["/images/get?names=bb:1", "/v1.41/images/bb:1/get", "/images/reg.example:5000/team/app/get", "/distribution/127.0.0.1:24399/x/json"] {
-            assert!(matches!(decide(ro, "GET", &canonicalize(p), false), Decision::Deny(_)), "{p}");
+        assert!(matches!(decide(ro, "GET", &cz("/v1.41/swarm/unlockkey"), false), Decision::Deny(_)));
+        assert!(matches!(decide(ro, "GET", &cz("/swarm"), false), Decision::Deny(_)));
+        assert!(matches!(decide(ro, "GET", &cz("/containers/x/archive"), false), Decision::Deny(_)));
+        for p in [
+            "/images/get?names=bb:1",
+            "/v1.41/images/bb:1/get",
+            "/images/reg.example:5000/team/app/get",
+            "/distribution/127.0.0.1:24399/x/json",
+            "/images/search?term=127.0.0.1:1/x",
+            "/plugins/privileges?remote=127.0.0.1:1/x",
+            "/plugins/reg:5000/team/p:1/upgrade",
+            "/images/reg:5000/a/b/push",
+            "/build?remote=http://x",
+            "/auth",
+            "/services/s1/update",
+        ] {
+            assert!(matches!(decide(ro, "GET", &cz(p), false), Decision::Deny(_)), "{p}");
         }
-        assert_eq!(decide(ro, "GET", &canonicalize("/images/get/json"), false), Decision::Allow);
-        assert_eq!(decide(ro, "GET", &canonicalize("/swarmseal/v1/status"), false), Decision::Allow);
+        assert_eq!(decide(ro, "GET", &cz("/images/get/json"), false), Decision::Allow);
+        assert_eq!(decide(ro, "GET", &cz("/swarmseal/v1/status"), false), Decision::Allow);
         assert!(matches!(decide(None, "GET", &c, false), Decision::Deny(_)));
-        assert_eq!(decide(Some(Role::Admin), "POST", &canonicalize("/swarm/unlockkey"), true), Decision::Allow);
+        assert_eq!(decide(Some(Role::Admin), "POST", &cz("/swarm/unlockkey"), true), Decision::Allow);
         for p in ["/swarmseal/v1/update", "/v1.45/swarmseal/v1/update?reboot=1", "/swarmseal/v1/%55pdate"] {
             for m in ["POST", "GET", "HEAD"] {
-                let d = decide(ro, m, &canonicalize(p), false);
+                let d = decide(ro, m, &cz(p), false);
                 assert!(matches!(&d, Decision::Deny(w) if w.contains("admin-only")), "{m} {p}: {d:?}");
             }
-            assert_eq!(decide(Some(Role::Admin), "POST", &canonicalize(p), false), Decision::Allow);
+            assert_eq!(decide(Some(Role::Admin), "POST", &cz(p), false), Decision::Allow);
         }
-        assert_eq!(key_events("POST", &canonicalize("/swarmseal/v1/update"), Some("reboot=1")), vec![KeyEvent::ImageUpdate]);
+        assert_eq!(key_events(&cz("/swarmseal/v1/update"), Some("reboot=1")), vec![KeyEvent::ImageUpdate]);
     }
 
     #[test]
     fn events() {
-        let c = canonicalize("/v1.45/swarm/update");
+        let c = cz("/v1.45/swarm/update");
         assert_eq!(
-            key_events("POST", &c, Some("version=10&rotateManagerUnlockKey=true")),
-            vec![KeyEvent::UnlockKeyRotate, KeyEvent::MaybeAutolock]
+            key_events(&c, Some("version=10&rotateManagerUnlockKey=true")),
+            vec![KeyEvent::UnlockKeyRotate]
         );
-        assert_eq!(key_events("POST", &c, Some("version=10&rotateManagerUnlockKey=false")), vec![KeyEvent::MaybeAutolock]);
+        assert_eq!(key_events(&c, Some("version=10&rotateManagerUnlockKey=false")), vec![]);
+        assert_eq!(key_events(&c, Some("version=10;rotateManagerUnlockKey=1")), vec![KeyEvent::UnlockKeyRotate], "Go < 1.17 splits on ;");
+        assert_eq!(key_events(&c, Some("rotateWorkerToken=true")), vec![KeyEvent::JoinTokenRotate]);
+        assert_eq!(inspect("POST", &c), Some(Inspect::SwarmUpdate));
+        assert_eq!(inspect("post", &cz("/nodes/abc/update")), Some(Inspect::NodeUpdate));
+        assert_eq!(inspect("GET", &c), None);
         assert!(query_flag(Some("rotatemanagerunlockkey=1"), "rotateManagerUnlockKey"));
         assert!(query_flag(Some("rotate%4DanagerUnlockKey=True"), "rotateManagerUnlockKey"));
         assert_eq!(query_value(Some("reboot=1&version=1.2%5E3"), "version").as_deref(), Some("1.2^3"));
@@ -323,8 +532,37 @@ mod tests {
         assert_eq!(query_value(Some("version"), "version").as_deref(), Some(""));
         assert_eq!(query_value(Some("reboot=1"), "version"), None);
         assert_eq!(query_value(None, "version"), None);
-        assert_eq!(key_events("GET", &canonicalize("/swarm//unlockkey"), None), vec![KeyEvent::UnlockKeyRead]);
-        assert_eq!(key_events("POST", &canonicalize("/swarm/unlock"), None), vec![KeyEvent::SwarmUnlock]);
-        assert!(key_events("GET", &canonicalize("/containers/json"), None).is_empty());
+        assert_eq!(key_events(&cz("/swarm//unlockkey"), None), vec![KeyEvent::UnlockKeyRead]);
+        assert_eq!(key_events(&cz("/swarm/unlock"), None), vec![KeyEvent::SwarmUnlock]);
+        assert!(key_events(&cz("/containers/json"), None).is_empty());
+    }
+
+    #[test]
+    fn body_events_follow_go() {
+        let ev = |kind, body: &str, cur: Option<&str>| {
+            let b = crate::proxy::gojson::parse_first(body.as_bytes()).unwrap().0;
+            let c = cur.map(|c| crate::proxy::gojson::parse_first(c.as_bytes()).unwrap().0);
+            spec_events(kind, &b, c.as_ref()).map(|v| v.into_iter().map(KeyEvent::as_str).collect::<Vec<_>>())
+        };
+        let locked = Some(r#"{"EncryptionConfig":{"AutoLockManagers":true},"CAConfig":{"NodeCertExpiry":7776000000000000}}"#);
+        let up = Inspect::SwarmUpdate;
+        assert_eq!(ev(up, r#"{"EncryptionConfig":{"AutoLockManagers":true}}"#, locked).unwrap(), Vec::<&str>::new());
+        assert_eq!(ev(up, r#"{"encryptionconfig":{"autolockmanagers":false}}"#, locked).unwrap(), ["autolock_disable"]);
+        assert_eq!(ev(up, r#"{"Annotations":{"Name":"default"}}"#, locked).unwrap(), ["autolock_disable"], "the spec is replaced as a whole");
+        assert_eq!(ev(up, r#"{"EncryptionConfig":{"AutoLockManagers":true,"AutoLockManagers":false}}"#, locked).unwrap(), ["autolock_disable"]);
+        assert_eq!(ev(up, r#"{"EncryptionConfig":{"AutoLockManagers":false,"AutoLockManagers":true}}"#, locked).unwrap(), Vec::<&str>::new());
+        assert_eq!(ev(up, r#"{"EncryptionConfig":{"AutoLockManagers":true}}"#, None).unwrap(), ["autolock_enable"], "unknown current state: flagged");
+        assert_eq!(ev(up, r#"{"EncryptionConfig":{"AutoLockManagers":true},"CAConfig":{"ForceRotate":1}}"#, locked).unwrap(), ["ca_change"]);
+        assert_eq!(ev(up, r#"{"EncryptionConfig":{"AutoLockManagers":true},"cAcOnfig":{"signingcacert":"x"}}"#, locked).unwrap(), ["ca_change"]);
+        assert!(ev(up, r#"{"EncryptionConfig":{"AutoLockManagers":0}}"#, locked).is_err());
+        let init = Inspect::SwarmInit;
+        assert_eq!(ev(init, r#"{"ListenAddr":"0.0.0.0"}"#, None).unwrap(), Vec::<&str>::new());
+        assert_eq!(ev(init, r#"{"autolockmanagers":true}"#, None).unwrap(), ["autolock_enable"]);
+        assert_eq!(ev(init, r#"{"Spec":{"EncryptionConfig":{"AutoLockManagers":true}}}"#, None).unwrap(), ["autolock_enable"]);
+        let node = |body: &str, cur| node_events(&crate::proxy::gojson::parse_first(body.as_bytes()).unwrap().0, cur).unwrap();
+        assert_eq!(node(r#"{"Role":"manager"}"#, Some("manager")), vec![]);
+        assert_eq!(node(r#"{"role":"MANAGER"}"#, Some("manager")), vec![]);
+        assert_eq!(node(r#"{"Role":"manager","rOLE":"worker"}"#, Some("manager")), vec![KeyEvent::NodeRoleChange]);
+        assert_eq!(node(r#"{"Role":"manager"}"#, None), vec![KeyEvent::NodeRoleChange]);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::instrument::WithSubscriber;
 
 use super::authz::{self, Decision, KeyEvent};
+use super::gojson::{self, GoValue};
 use super::{ConnCtx, EscrowFile, UpdateFrom};
 
 /// The engine connection dedicated to one client connection.
@@ -25,7 +26,9 @@ pub(crate) type Upstream = hyper::client::conn::http1::SendRequest<ReqBody>;
 
 /// Body sent to the engine.
 pub(crate) enum ReqBody {
-    Stream(Incoming, Arc<AtomicU64>),
+    /// The client's body as it arrives: bytes counted, and a flag set when the client
+    /// broke it (malformed chunked encoding, cut short): a 400, not the engine's fault.
+    Stream(Incoming, Arc<AtomicU64>, Arc<AtomicBool>),
     Full(Option<Bytes>),
 }
 
@@ -34,12 +37,16 @@ impl Body for ReqBody {
     type Error = hyper::Error;
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ReqBody::Stream(b, n) => {
+            ReqBody::Stream(b, n, broken) => {
                 let r = Pin::new(b).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(f))) = &r {
-                    if let Some(d) = f.data_ref() {
-                        n.fetch_add(d.len() as u64, Ordering::Relaxed);
+                match &r {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            n.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        }
                     }
+                    Poll::Ready(Some(Err(_))) => broken.store(true, Ordering::Relaxed),
+                    _ => {}
                 }
                 r
             }
@@ -48,13 +55,13 @@ impl Body for ReqBody {
     }
     fn is_end_stream(&self) -> bool {
         match self {
-            ReqBody::Stream(b, _) => b.is_end_stream(),
+            ReqBody::Stream(b, ..) => b.is_end_stream(),
             ReqBody::Full(b) => b.is_none(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
-            ReqBody::Stream(b, _) => b.size_hint(),
+            ReqBody::Stream(b, ..) => b.size_hint(),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0)),
         }
     }
@@ -66,12 +73,14 @@ pub(crate) struct Audit {
     ctx: Arc<ConnCtx>,
     method: Method,
     path: String,
+    query: String,
+    agent: String,
     status: u16,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
     start: Instant,
     user: Option<String>,
-    event: Option<&'static str>,
+    events: Vec<&'static str>,
     upgraded: bool,
     /// false: moved out (see `take_audit`), logs nothing.
     live: bool,
@@ -83,20 +92,23 @@ impl Drop for Audit {
             return;
         }
         let i = &self.ctx.ident;
+        let events = if self.events.is_empty() { "-".to_string() } else { self.events.join(",") };
         tracing::info!(
             target: "swarmseal::audit",
-            identity = %i.name,
             role = i.role_str(),
+            identity = %Esc(&i.name),
             peer = %self.ctx.peer,
-            user = self.user.as_deref().unwrap_or("-"),
-            method = %self.method,
-            path = %self.path,
+            user = %Esc(self.user.as_deref().unwrap_or("-")),
+            method = %Esc(self.method.as_str()),
+            path = %Esc(&self.path),
+            query = %Esc(&self.query),
+            user_agent = %Esc(&self.agent),
             status = self.status,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out.load(Ordering::Relaxed),
             duration_ms = (self.start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             upgraded = self.upgraded,
-            event = self.event.unwrap_or("-"),
+            event = %events,
             "request"
         );
         if !self.upgraded {
@@ -172,14 +184,31 @@ fn message(status: u16, msg: &str, audit: Audit) -> Response<OutBody> {
     json_response(status, &serde_json::json!({ "message": msg }), audit)
 }
 
-/// Path as shown in logs: no query, control characters escaped, bounded.
-fn log_path(p: &str) -> String {
-    let mut s: String =
-        p.chars().take(300).flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
-    if p.len() > 300 {
+/// A client-controlled string as shown in logs, bounded to 300 characters.
+fn bounded(p: &str) -> String {
+    let mut s: String = p.chars().take(300).collect();
+    if s.len() < p.len() {
         s.push('…');
     }
     s
+}
+
+/// A log field value a client controls (certificate CN, path, query, user agent,
+/// user name): written bare when it is plain (letters, digits and `-._:/@%+,~*`),
+/// otherwise quoted and Rust-escaped (`"a\nb"`, `"\u{1b}"`, `"\""`), so no value
+/// can hold a raw control byte, end the line, or pose as another field. The same
+/// text goes to the journal field.
+pub(crate) struct Esc<'a>(pub &'a str);
+
+impl std::fmt::Display for Esc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = !self.0.is_empty() && self.0.chars().all(|c| c.is_ascii_alphanumeric() || "-._:/@%+,~*".contains(c));
+        if plain {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
 }
 
 fn wants_upgrade(h: &HeaderMap) -> bool {
@@ -189,16 +218,18 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
             .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false))
 }
 
-fn security_event(ctx: &ConnCtx, ev: &str, method: &Method, path: &str, outcome: &str) {
+fn security_event(ev: &str, a: &Audit, outcome: &str) {
+    let ctx = &a.ctx;
     tracing::warn!(
         target: "swarmseal::security",
         event = ev,
         outcome,
-        identity = %ctx.ident.name,
         role = ctx.ident.role_str(),
+        identity = %Esc(&ctx.ident.name),
         peer = %ctx.peer,
-        method = %method,
-        path = %path,
+        method = %Esc(a.method.as_str()),
+        path = %Esc(&a.path),
+        query = %Esc(&a.query),
         "security event: {ev} ({outcome})"
     );
 }
@@ -213,13 +244,15 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
     let mut audit = Audit {
         ctx: ctx.clone(),
         method: req.method().clone(),
-        path: log_path(req.uri().path()),
+        path: bounded(req.uri().path()),
+        query: bounded(req.uri().query().unwrap_or("")),
+        agent: bounded(&req.headers().get(hyper::header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()),
         status: 0,
         bytes_in: ctx.state.body_counter(),
         bytes_out: Arc::new(AtomicU64::new(0)),
         start: Instant::now(),
         user: None,
-        event: None,
+        events: Vec::new(),
         upgraded: false,
         live: true,
     };
@@ -244,9 +277,13 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
             Some(u) => Some(u),
             None => {
                 let ip = ctx.peer.ip();
-                let delay = basic.delay_for(ip);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+                if let Err(wait) = basic.admit(ip, hdr.as_deref()) {
+                    let mut audit = take_audit(audit_slot);
+                    audit.status = 429;
+                    let secs = wait.as_secs().max(1);
+                    let mut r = message(429, &format!("too many failed basic-auth attempts from this address or for this user; try again in {secs} s"), audit);
+                    r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+                    return Ok(r);
                 }
                 let c2 = ctx.clone();
                 let h2 = hdr.clone();
@@ -263,7 +300,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
         match user {
             Some(u) => audit_slot.user = Some(u),
             None => {
-                security_event(ctx, "basic_auth_failed", req.method(), &audit_slot.path, "denied");
+                security_event("basic_auth_failed", audit_slot, "denied");
                 let mut audit = take_audit(audit_slot);
                 audit.status = 401;
                 let mut r = message(401, "basic authentication required: wrong or missing user name or password", audit);
@@ -275,29 +312,29 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     }
 
     // 2. Authorization on the canonical path.
-    let canon = authz::canonicalize(req.uri().path());
+    let canon = authz::canonicalize(req.uri().path()).map_err(|why| (400, why))?;
     let upgrade = wants_upgrade(req.headers());
     let method = req.method().clone();
-    let events = authz::key_events(method.as_str(), &canon, req.uri().query());
-    let first_event = events.iter().find(|e| **e != KeyEvent::MaybeAutolock).copied();
-    audit_slot.event = first_event.map(KeyEvent::as_str);
+    let events = authz::key_events(&canon, req.uri().query());
+    audit_slot.events = events.iter().map(|e| e.as_str()).collect();
     if let Decision::Deny(why) = authz::decide(ctx.ident.role, method.as_str(), &canon, upgrade) {
         for e in &events {
-            security_event(ctx, e.as_str(), &method, &audit_slot.path, "denied");
+            security_event(e.as_str(), audit_slot, "denied");
         }
         return Err((403, why));
     }
     ctx.long_stream(&canon, req.uri().query(), upgrade)?;
-    for e in &events {
-        if *e != KeyEvent::MaybeAutolock {
-            security_event(ctx, e.as_str(), &method, &audit_slot.path, "allowed");
+    let inspect = authz::inspect(method.as_str(), &canon);
+    if inspect.is_none() {
+        for e in &events {
+            security_event(e.as_str(), audit_slot, "allowed");
         }
     }
 
     // 3. The agent's own endpoints.
     if canon.is_agent() {
         let query = req.uri().query().map(str::to_string);
-        let len = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        let len = content_length(req.headers());
         return Ok(agent_endpoint(ctx, &method, &canon, query.as_deref(), len, req.into_body(), take_audit(audit_slot)).await);
     }
 
@@ -309,24 +346,35 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let mut sender = ctx.upstream.lock().await;
     let mut up = take_ready(ctx, sender.take()).await?;
-    let body = if events.contains(&KeyEvent::MaybeAutolock) {
-        let bytes = Box::pin(http_body_util::Limited::new(body, 4 << 20).collect())
-            .await
-            .map_err(|e| (400, format!("cannot read the request body: {e}")))?
-            .to_bytes();
-        audit_slot.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if let Some(ev) = autolock_change(&mut up, &canon, &bytes).await {
-            audit_slot.event.get_or_insert(ev);
-            security_event(ctx, ev, &method, &audit_slot.path, "allowed");
+    let broken = Arc::new(AtomicBool::new(false));
+    let body = match inspect {
+        Some(kind) => {
+            // Read as the engine will, decide, then forward exactly these bytes.
+            let bytes = read_inspected(kind, &parts.headers, body).await?;
+            audit_slot.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let more = body_events(&mut up, kind, &canon, &bytes).await.inspect_err(|_| {
+                for e in &events {
+                    security_event(e.as_str(), audit_slot, "refused");
+                }
+            })?;
+            for e in events.iter().chain(&more) {
+                security_event(e.as_str(), audit_slot, "allowed");
+            }
+            audit_slot.events.extend(more.iter().map(|e| e.as_str()));
+            ReqBody::Full(Some(bytes))
         }
-        ReqBody::Full(Some(bytes))
-    } else {
-        ReqBody::Stream(body, audit_slot.bytes_in.clone())
+        None => ReqBody::Stream(body, audit_slot.bytes_in.clone(), broken.clone()),
     };
     let fut = up.send_request(Request::from_parts(parts, body));
     *sender = Some(up);
     drop(sender);
-    let mut resp = fut.await.map_err(|e| (502, format!("the Docker engine did not answer: {e}")))?;
+    let mut resp = fut.await.map_err(|e| {
+        if broken.load(Ordering::Relaxed) {
+            (400, format!("the request body is malformed or was cut short ({e}); nothing was done"))
+        } else {
+            (502, format!("the Docker engine did not answer: {e}"))
+        }
+    })?;
     let mut audit = take_audit(audit_slot);
     audit.status = resp.status().as_u16();
 
@@ -361,12 +409,14 @@ fn take_audit(slot: &mut Audit) -> Audit {
         ctx: slot.ctx.clone(),
         method: Method::GET,
         path: String::new(),
+        query: String::new(),
+        agent: String::new(),
         status: 0,
         bytes_in: Arc::new(AtomicU64::new(0)),
         bytes_out: Arc::new(AtomicU64::new(0)),
         start: slot.start,
         user: None,
-        event: None,
+        events: Vec::new(),
         upgraded: false,
         live: false,
     };
@@ -419,30 +469,73 @@ async fn take_ready(ctx: &ConnCtx, cur: Option<Upstream>) -> Result<Upstream, Ea
     Ok(s)
 }
 
-/// For `POST /swarm/init|update`: does the body change autolock? (compared with `GET /swarm`).
-async fn autolock_change(up: &mut Upstream, canon: &authz::Canon, body: &[u8]) -> Option<&'static str> {
-    let spec: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let wanted = authz::autolock_of(&spec)?;
-    let current = if canon.segs.last().map(|s| s == "init").unwrap_or(false) {
-        false
-    } else {
-        let req = Request::get("/swarm").header("host", "docker").body(ReqBody::Full(None)).ok()?;
-        up.ready().await.ok()?;
-        let resp = up.send_request(req).await.ok()?;
-        let ok = resp.status().is_success();
-        let b = Box::pin(http_body_util::Limited::new(resp.into_body(), 4 << 20).collect()).await.ok()?.to_bytes();
-        if !ok {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
-        authz::autolock_of(v.get("Spec")?).unwrap_or(false)
-    };
-    up.ready().await.ok()?;
-    match (current, wanted) {
-        (false, true) => Some("autolock_enable"),
-        (true, false) => Some("autolock_disable"),
-        _ => None,
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// The whole body of an inspected request ([`authz::Inspect`]), within its limit.
+/// 413 over the limit (before reading when `Content-Length` says so), 400 when the
+/// client broke the body or sent a form (Go's `ParseForm` would read a form body as
+/// query parameters).
+async fn read_inspected(kind: authz::Inspect, h: &HeaderMap, body: Incoming) -> Result<Bytes, Early> {
+    let limit = kind.limit();
+    let too_big = || (413, format!("the request body is larger than {} KiB, the most accepted for this endpoint; nothing was forwarded", limit >> 10));
+    if content_length(h).is_some_and(|n| n > limit) {
+        return Err(too_big());
     }
+    let form = h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    if form {
+        return Err((400, "a form body (application/x-www-form-urlencoded) is refused here; send JSON".into()));
+    }
+    match Box::pin(http_body_util::Limited::new(body, limit as usize).collect()).await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
+        Err(e) => Err((400, format!("the request body is malformed or was cut short ({e}); nothing was forwarded"))),
+    }
+}
+
+/// GET `path` from the engine on this connection and parse its JSON (None: any failure).
+async fn engine_json(up: &mut Upstream, path: &str) -> Option<GoValue> {
+    let req = Request::get(path).header("host", "docker").body(ReqBody::Full(None)).ok()?;
+    up.ready().await.ok()?;
+    let resp = up.send_request(req).await.ok()?;
+    let ok = resp.status().is_success();
+    let b = Box::pin(http_body_util::Limited::new(resp.into_body(), 4 << 20).collect()).await.ok()?.to_bytes();
+    let v = gojson::parse_first(&b).ok()?.0;
+    ok.then_some(v)
+}
+
+/// The security events of an inspected body, read as the engine reads it (Go's
+/// `encoding/json`, [`gojson`]); `Err`: refused (400) with the reason. Bytes after the
+/// JSON value are refused: dockerd 20.10 ignores them, a later engine may not, so
+/// only a body that means the same to both is forwarded.
+async fn body_events(up: &mut Upstream, kind: authz::Inspect, canon: &authz::Canon, bytes: &[u8]) -> Result<Vec<KeyEvent>, Early> {
+    use authz::Inspect;
+    let (v, end) = gojson::parse_first(bytes).map_err(|e| (400, e.to_string()))?;
+    if !bytes[end..].iter().all(|b| b.is_ascii_whitespace()) {
+        return Err((400, "the request body holds bytes after its JSON value; refused so that what the proxy inspects is what the engine applies".into()));
+    }
+    if !matches!(v, GoValue::Object(_)) {
+        return Err((400, "the request body must be a JSON object".into()));
+    }
+    let events = match kind {
+        Inspect::SwarmInit => authz::spec_events(kind, &v, None),
+        Inspect::SwarmUpdate => {
+            let cur = engine_json(up, "/swarm").await.and_then(|s| s.field("Spec"));
+            authz::spec_events(kind, &v, cur.as_ref())
+        }
+        Inspect::NodeUpdate => {
+            let id = canon.raw_segs.get(1).filter(|id| id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+            let cur = match id {
+                Some(id) => engine_json(up, &format!("/nodes/{id}")).await.and_then(|n| n.str_at("Spec.Role").ok().flatten()),
+                None => None,
+            };
+            authz::node_events(&v, cur.as_deref())
+        }
+        Inspect::SwarmJoin | Inspect::SwarmUnlock => Ok(Vec::new()),
+    };
+    up.ready().await.map_err(|e| (502, format!("the Docker engine connection failed: {e}")))?;
+    events.map_err(|why| (400, format!("{why}; the engine would refuse this body")))
 }
 
 /// A 200 with a stored body (the bench report, an age file) of `content_type`.
@@ -498,7 +591,7 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, qu
                     UpdateFrom::Source { version }
                 }
                 // Streamed to the agent; the bytes counted for the audit line, never logged.
-                None => UpdateFrom::Upload { body: Box::pin(crate::update::BodyReader::new(ReqBody::Stream(body, audit.bytes_in.clone()))), content_length },
+                None => UpdateFrom::Upload { body: Box::pin(crate::update::BodyReader::new(ReqBody::Stream(body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))))), content_length },
             };
             match api.update(from, reboot).await {
                 Ok(v) => json_response(200, &v, audit),
@@ -557,4 +650,22 @@ async fn pipe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut r: R, mut w: W, c
         }
     }
     let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Esc;
+
+    #[test]
+    fn client_fields_are_bare_only_when_plain() {
+        assert_eq!(Esc("admin").to_string(), "admin");
+        assert_eq!(Esc("/v1.41/containers/c1%3F/json").to_string(), "/v1.41/containers/c1%3F/json");
+        assert_eq!(Esc("").to_string(), "\"\"");
+        assert_eq!(Esc("x role=\"admin\"").to_string(), r#""x role=\"admin\"""#);
+        for hostile in ["a\nb", "\u{1b}[31m", "n\0", "b\u{7}", "a\u{2028}b", "r\u{202e}l", "x\u{85}y", "t\tab"] {
+            let s = Esc(hostile).to_string();
+            assert!(s.starts_with('"') && s.ends_with('"'), "{s}");
+            assert!(s.chars().all(|c| !c.is_control() && c != '\u{2028}' && c != '\u{202e}'), "{hostile:?} -> {s:?}");
+        }
+    }
 }

@@ -26,6 +26,7 @@
 //!   as they do); request heads are limited to 64 KiB.
 
 pub mod authz;
+pub mod gojson;
 pub mod basic;
 mod forward;
 pub mod pki;
@@ -490,7 +491,7 @@ async fn handle_conn(
         }
     };
     drop(hs);
-    tracing::debug!(target: "swarmseal::audit", peer = %peer, identity = %ident.name, role = ident.role_str(), "TLS connection");
+    tracing::debug!(target: "swarmseal::audit", peer = %peer, role = ident.role_str(), identity = %forward::Esc(&ident.name), "TLS connection");
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(Tracked { inner: tls, state: state.clone() });
     let (header_timeout, body_timeout, idle_timeout) = (shared.header_timeout, shared.body_timeout, shared.idle_timeout);

@@ -297,8 +297,31 @@ pub fn issue_with_ou(
     if !force && out.join("key.pem").exists() {
         return Err(setup(format!("{} already holds a bundle (key.pem); use --force to replace it", out.display())));
     }
-    let (issuer, ca_pem) = load_issuer(paths)?;
+    let b = sign_client(paths, name, ou, validity)?;
     private_dir(out)?;
+    write_private(&out.join("ca.pem"), b.ca_pem.as_bytes())?;
+    write_private(&out.join("cert.pem"), b.cert_pem.as_bytes())?;
+    write_private(&out.join("key.pem"), b.key_pem.as_bytes())?;
+    Ok(())
+}
+
+/// A client bundle in memory (PEM): the CA, the certificate, its private key.
+pub struct ClientBundle {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: Zeroizing<String>,
+}
+
+/// Sign a client certificate for Subject CN `name` (taken as given: [`issue_with_ou`]
+/// checks it; tests use this to forge hostile names), Subject OU `ou`, valid over
+/// `validity`, with the CA of `paths`.
+pub fn sign_client(
+    paths: &PkiPaths,
+    name: &str,
+    ou: Option<&str>,
+    validity: (time::OffsetDateTime, time::OffsetDateTime),
+) -> Result<ClientBundle, ProxyError> {
+    let (issuer, ca_pem) = load_issuer(paths)?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "swarmseal");
@@ -314,9 +337,5 @@ pub fn issue_with_ou(
     p.not_after = validity.1;
     let key = new_key()?;
     let cert = p.signed_by(&key, &issuer).map_err(|e| setup(format!("cannot sign the client certificate: {e}")))?;
-    let key_pem = Zeroizing::new(key.serialize_pem());
-    write_private(&out.join("ca.pem"), ca_pem.as_bytes())?;
-    write_private(&out.join("cert.pem"), cert.pem().as_bytes())?;
-    write_private(&out.join("key.pem"), key_pem.as_bytes())?;
-    Ok(())
+    Ok(ClientBundle { ca_pem, cert_pem: cert.pem(), key_pem: Zeroizing::new(key.serialize_pem()) })
 }

@@ -10,6 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod proxy_env;
+#[allow(unused_imports)]
+pub use proxy_env::*;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Path of the built `swarmseal` binary.
@@ -216,6 +220,12 @@ impl Dockerd {
         let mut d = Dockerd { socket: dir.join("docker.sock"), dir, _tmp: tmp, addr, child: None, n, lan, spawns: 0 };
         d.spawn();
         d
+    }
+
+    /// The engine's network namespace (`/proc/PID/ns/net`): a socket bound there
+    /// is on the engine's own loopback.
+    pub fn netns(&self) -> String {
+        format!("/proc/{}/ns/net", self.child.as_ref().expect("dockerd is running").id())
     }
 
     /// `unix://` URL of the engine socket.
