@@ -51,12 +51,14 @@ pub enum Exit {
     FleetStopped = 17,
     /// `health --agent-unit`: the agent's unit is not running (failed or stopped).
     AgentDown = 18,
+    /// The engine's key changed but could not be sealed; it was shown and/or escrowed.
+    NotSealed = 19,
 }
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
     /// of the README's table (a unit test keeps the README in step).
-    pub const ALL: [(Exit, &'static str); 19] = [
+    pub const ALL: [(Exit, &'static str); 20] = [
         (Exit::Ok, "success"),
         (Exit::Failure, "other failure (I/O, internal)"),
         (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
@@ -76,6 +78,7 @@ impl Exit {
         (Exit::UpdateFailed, "`update apply`: systemd-sysupdate or the reboot failed"),
         (Exit::FleetStopped, "`fleet update` stopped at a manager (would lose quorum, release refused, not back unlocked in time, rolled back); managers after it untouched"),
         (Exit::AgentDown, "`health --agent-unit`: the agent's unit failed or is stopped (the swarm stays locked in this boot)"),
+        (Exit::NotSealed, "the engine's unlock key changed but could not be sealed (TPM or disk failed after the change): it was shown on the terminal and written to the escrow file if configured; fix the cause, then `swarmseal seal`"),
     ];
 }
 

@@ -248,7 +248,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         query: bounded(req.uri().query().unwrap_or("")),
         agent: bounded(&req.headers().get(hyper::header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()),
         status: 0,
-        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_in: ctx.state.body_counter(),
         bytes_out: Arc::new(AtomicU64::new(0)),
         start: Instant::now(),
         user: None,
@@ -323,6 +323,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
         }
         return Err((403, why));
     }
+    ctx.long_stream(&canon, req.uri().query(), upgrade)?;
     let inspect = authz::inspect(method.as_str(), &canon);
     if inspect.is_none() {
         for e in &events {
