@@ -9,6 +9,12 @@
 //! Prints one line: `rps=… p50_ms=… p99_ms=… ok=… errors=…`. With
 //! `--new-conns` every request opens a new connection (full TLS 1.3 handshake,
 //! no resumption), so rps is the new-connection rate.
+//!
+//! ```text
+//! proxy-load --flood N --from 127.0.0.2 --to 127.0.0.1:PORT --secs S
+//! ```
+//! holds N plain TCP connections from `--from` that never start TLS, re-opening each
+//! as soon as the server closes it, for S seconds; prints `opened=…`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -149,7 +155,52 @@ async fn worker(t: Target, path: String, n: usize, new_conns: bool) -> (Vec<Dura
     (lat, errors)
 }
 
+/// `--flood N --from ADDR --to ADDR --secs S`, if given.
+fn flood_args() -> Option<(usize, std::net::IpAddr, SocketAddr, Duration)> {
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let get = |k: &str| v.iter().position(|a| a == k).and_then(|i| v.get(i + 1)).map(String::as_str);
+    let n = get("--flood")?.parse().unwrap_or_else(|_| usage());
+    let from = get("--from").and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
+    let to = get("--to").and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
+    let secs = get("--secs").and_then(|s| s.parse().ok()).unwrap_or(60);
+    Some((n, from, to, Duration::from_secs(secs)))
+}
+
+async fn flood(n: usize, from: std::net::IpAddr, to: SocketAddr, secs: Duration) -> usize {
+    let stop = Instant::now() + secs;
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut opened = 0usize;
+                while Instant::now() < stop {
+                    let s = tokio::net::TcpSocket::new_v4().and_then(|s| s.bind(SocketAddr::new(from, 0)).map(|_| s));
+                    let Ok(s) = s else { break };
+                    match s.connect(to).await {
+                        Ok(mut c) => {
+                            opened += 1;
+                            let mut b = [0u8; 64];
+                            let _ = tokio::time::timeout(stop.saturating_duration_since(Instant::now()), tokio::io::AsyncReadExt::read(&mut c, &mut b)).await;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                opened
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total
+}
+
 fn main() {
+    if let Some((n, from, to, secs)) = flood_args() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        println!("opened={}", rt.block_on(flood(n, from, to, secs)));
+        return;
+    }
     let a = parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {

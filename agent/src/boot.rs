@@ -7,9 +7,16 @@
 //! Phase lock: after the boot's unlock decision the agent extends
 //! `tpm.phase_pcr` (default PCR 11) with SHA-256(`swarmseal:unlocked:v1`),
 //! so the sealed key cannot be unsealed again until the next boot. The PCR
-//! values before and after are recorded in `<state_dir>/phase.json` (not
-//! secret): sealing later in the same boot uses the recorded "before" values,
-//! which are what the next boot will show again.
+//! values before and after are recorded in `<runtime_dir>/phase.json` and
+//! `<state_dir>/phase.json` (not secret): sealing later in the same boot uses
+//! the recorded "before" values, which are what the next boot will show again.
+//!
+//! Key custody: a command that changes the engine's key (`init`, `rotate`, the
+//! agent's autolock re-enable) first prepares the seal ([`Ctx::prepare_seal`]:
+//! room on disk, policy, TPM session) and writes a write-ahead marker; if the
+//! seal still fails after the change, the key is escrowed and shown
+//! ([`Ctx::keep_reachable`]); a marker left by a killed command is resolved by
+//! the next one ([`repair_pending`]).
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -21,11 +28,11 @@ use zeroize::Zeroizing;
 use crate::cli::{Command, Exit};
 use crate::config::{Config, PolicyKind};
 use crate::escrow::EscrowError;
-use crate::keystore::{pcrs_from_hex, pcrs_to_hex, Keystore, KeystoreError, PhaseRecord, Slot, SlotFile};
+use crate::keystore::{pcrs_from_hex, pcrs_to_hex, Keystore, KeystoreError, PendingChange, PhaseRecord, Reservation, Slot, SlotFile};
 use crate::pcrsig::{PcrPublicKey, PcrSigError, PcrSignatures};
 use crate::secret::UnlockKey;
 use crate::swarm::{Engine, NodeState, SwarmError};
-use crate::tpm::{PcrValues, Policy, Tpm, TpmError};
+use crate::tpm::{PcrValues, Policy, SealedObject, Tpm, TpmError};
 
 /// What the phase PCR is extended with (its SHA-256 is the extend digest).
 pub const PHASE_MARKER: &[u8] = b"swarmseal:unlocked:v1";
@@ -55,6 +62,9 @@ pub enum BootError {
     /// Unsealing a signed-policy slot without a usable signature file for this boot.
     #[error("the unlock key is sealed to a signed PCR policy, but {0}: this boot's image carries no usable PCR signature (systemd-stub copies the UKI's .pcrsig section there); the swarm stays locked")]
     SignatureFile(PcrSigError),
+    /// The engine's key changed but could not be sealed; where the operator can read it instead.
+    #[error("the engine's unlock key changed but could not be sealed: {cause}. {}", custody_advice(.escrowed.as_deref(), *.shown))]
+    NotSealed { cause: String, escrowed: Option<std::path::PathBuf>, shown: bool },
     #[error("{0}")]
     Input(String),
     #[error("{0}")]
@@ -69,7 +79,8 @@ impl BootError {
             BootError::Swarm(SwarmError::WrongKey { .. }) => Exit::WrongKey,
             BootError::Swarm(SwarmError::NotLocked { .. } | SwarmError::NotManager { .. }) => Exit::SwarmState,
             BootError::Swarm(SwarmError::Api { .. }) => Exit::Failure,
-            BootError::Tpm(TpmError::Unavailable { .. }) => Exit::TpmUnavailable,
+            BootError::Tpm(TpmError::Unavailable { .. } | TpmError::Busy { .. }) => Exit::TpmUnavailable,
+            BootError::NotSealed { .. } => Exit::NotSealed,
             BootError::Tpm(TpmError::PolicyMismatch { .. } | TpmError::NotSigned { .. } | TpmError::BadSignature { .. })
             | BootError::PhaseLocked { .. }
             | BootError::SignatureFile(_) => Exit::PolicyMismatch,
@@ -89,6 +100,59 @@ impl BootError {
     }
 }
 
+fn custody_advice(escrowed: Option<&std::path::Path>, shown: bool) -> String {
+    let mut places = Vec::new();
+    if shown {
+        places.push("shown on this terminal".to_string());
+    }
+    if let Some(p) = escrowed {
+        places.push(format!("escrowed in {}", p.display()));
+    }
+    let held = if places.is_empty() { "It is held only by the engine (and the swarm's other managers): read it now with `docker swarm unlock-key -q` through the proxy".to_string() } else { format!("The new key was {}", places.join(" and ")) };
+    format!("{held}. Fix the cause, then run `swarmseal seal` (the next swarmseal command or the agent also seals it)")
+}
+
+/// Whether the outcome of a boot's unlock attempt consumes that boot's unlock (the phase lock
+/// follows): success, a TPM refusal (policy, signature, another SRK), a TPM failure that is not
+/// transient, an engine that rejected or lost the unsealed key. Not: the TPM did not answer or
+/// answered "busy" ([`TpmError::is_retryable`]: retried, the phase stays open), nothing could be
+/// tried (no sealed key, unreadable slot files), or the phase is locked already.
+/// The one rule for `swarmseal unlock` and the agent.
+pub fn consumes_unlock<T>(outcome: &Result<T, BootError>) -> bool {
+    match outcome {
+        Ok(_) => true,
+        Err(BootError::Tpm(e)) => !e.is_retryable(),
+        Err(BootError::Keystore(KeystoreError::NoSealedKey { .. } | KeystoreError::Corrupt { .. }) | BootError::PhaseLocked { .. }) => false,
+        Err(_) => true,
+    }
+}
+
+/// Pauses between attempts of a TPM operation that failed transiently (3 s in all).
+const TPM_RETRY_DELAYS: [Duration; 5] = [Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800), Duration::from_millis(1500)];
+
+/// Where the operator reads a key that could not be sealed: the command's terminal, or (the
+/// agent, no terminal) the journal says where the escrow copy is — never the key itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Custody {
+    Terminal,
+    Journal,
+}
+
+/// A seal made ready before the key exists ([`Ctx::prepare_seal`]).
+pub struct PreparedSeal {
+    key_tx: tokio::sync::oneshot::Sender<Zeroizing<Vec<u8>>>,
+    worker: tokio::task::JoinHandle<Result<Option<SealedObject>, TpmError>>,
+    policy: Policy,
+    values: PcrValues,
+    _room: Reservation,
+}
+
+/// A sealed key: the slot written, and when `current` was in place.
+pub struct Sealed {
+    pub slot: SlotFile,
+    pub in_place: Instant,
+}
+
 fn state_error(state: NodeState, advice: &str) -> BootError {
     BootError::State { state: state.to_string(), advice: advice.to_string() }
 }
@@ -106,7 +170,7 @@ pub struct StateLock(#[allow(dead_code)] std::fs::File);
 
 impl Ctx {
     pub fn new(cfg: &Config) -> Ctx {
-        Ctx { ks: Keystore::new(&cfg.state_dir), tcti: crate::cli::tcti(cfg), cfg: cfg.clone() }
+        Ctx { ks: Keystore::new(&cfg.state_dir).with_runtime_dir(&cfg.runtime_dir), tcti: crate::cli::tcti(cfg), cfg: cfg.clone() }
     }
 
     /// Take the state-dir lock (`flock` on `<state_dir>/lock`): waits while
@@ -114,13 +178,18 @@ impl Ctx {
     /// watch loop vs `POST /swarmseal/v1/reseal`), mutates the state dir. The
     /// wait happens on a blocking thread: a `flock` on a runtime worker can
     /// starve the very task that holds the lock (a deadlock seen on the appliance).
+    /// Once held, temp files a killed command left are removed ([`Keystore::clean_temp`]).
     pub async fn lock(&self) -> Result<StateLock, BootError> {
         let dir = self.cfg.state_dir.clone();
+        let ks = self.ks.clone();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| KeystoreError::Io { path: dir.clone(), source: e })?;
             let p = dir.join("lock");
             let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| KeystoreError::Io { path: p.clone(), source: e })?;
             rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| KeystoreError::Io { path: p, source: e.into() })?;
+            for t in ks.clean_temp() {
+                tracing::warn!(event = "temp_removed", file = %t.display(), "removed a temp file an interrupted swarmseal command left");
+            }
             Ok(StateLock(f))
         })
         .await
@@ -138,10 +207,30 @@ impl Ctx {
         .map_err(|e| TpmError::Command { op: "worker", message: e.to_string() })?
     }
 
+    /// [`Ctx::tpm`], repeated with back-off ([`TPM_RETRY_DELAYS`]) while the TPM fails
+    /// transiently ([`TpmError::is_retryable`]); the last error when it persists.
+    pub async fn tpm_retry<T: Send + 'static>(&self, f: impl Fn(&mut Tpm) -> Result<T, TpmError> + Send + Sync + 'static) -> Result<T, TpmError> {
+        let f = Arc::new(f);
+        let mut delays = TPM_RETRY_DELAYS.iter();
+        loop {
+            let g = f.clone();
+            match self.tpm(move |t| g(t)).await {
+                Err(e) if e.is_retryable() => match delays.next() {
+                    Some(d) => {
+                        tracing::debug!(event = "tpm_retry", error = %e, "transient TPM failure; retrying");
+                        tokio::time::sleep(*d).await;
+                    }
+                    None => return Err(e),
+                },
+                r => return r,
+            }
+        }
+    }
+
     /// Current values of the policy PCRs (literal and signed, [`crate::config::TpmConfig::policy_pcrs`]).
     pub async fn read_policy_pcrs(&self) -> Result<PcrValues, TpmError> {
         let pcrs = self.cfg.tpm.policy_pcrs();
-        self.tpm(move |t| t.read_pcrs(&pcrs)).await
+        self.tpm_retry(move |t| t.read_pcrs(&pcrs)).await
     }
 
     /// The PCR values this boot will show again on the next boot of the same
@@ -150,7 +239,7 @@ impl Ctx {
     /// boot is phase-locked.
     pub async fn boot_pcrs(&self) -> Result<(PcrValues, bool), TpmError> {
         let current = self.read_policy_pcrs().await?;
-        if let Some(rec) = self.ks.load_phase() {
+        for rec in self.ks.load_phases() {
             if pcrs_from_hex(&rec.after).as_ref() == Some(&current) {
                 if let Some(before) = pcrs_from_hex(&rec.before) {
                     return Ok((before, true));
@@ -162,23 +251,138 @@ impl Ctx {
 
     /// Seal `key` into the `current` slot under this boot's PCR values, moving
     /// the old `current` to `previous` if it held another key; then refresh
-    /// the escrow copy. TPM 2.0 Part 3, TPM2_Create (see [`Tpm::seal`]).
+    /// the escrow copy. TPM 2.0 Part 3, TPM2_Create (see [`Tpm::seal_prepared`]).
     pub async fn seal(&self, key: &UnlockKey) -> Result<SlotFile, BootError> {
+        let prep = self.prepare_seal().await?;
+        Ok(self.seal_with(prep, key).await?.slot)
+    }
+
+    /// Everything a seal needs that does not depend on the key, checked before a command lets
+    /// the engine change its key (preflight): room in the state dir for both slot files and
+    /// the escrow copy (reserved, [`Keystore::reserve`]), the sealing policy of this boot
+    /// ([`Ctx::sealing_policy`]: for `authorize`, a signature for this boot's PCR 11), and a
+    /// TPM context with the SRK loaded and the salted session started, on a blocking thread
+    /// that then waits for the key. Transient TPM failures are retried ([`TPM_RETRY_DELAYS`]).
+    ///
+    /// Errors: `Keystore(Io)` (state dir not writable or full), `SealRefused`, `Tpm`.
+    pub async fn prepare_seal(&self) -> Result<PreparedSeal, BootError> {
+        let escrow = self.cfg.escrow.recipient.as_ref().map(|_| crate::escrow::path(&self.cfg.state_dir));
+        let room = self.ks.reserve(escrow.as_deref())?;
         let (values, _) = self.boot_pcrs().await?;
         let policy = self.sealing_policy(values.clone()).await?;
-        let secret = Zeroizing::new(key.expose().as_bytes().to_vec());
-        let p2 = policy.clone();
-        let obj = self.tpm(move |t| t.seal(&secret, &p2)).await?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), TpmError>>();
+        let (key_tx, key_rx) = tokio::sync::oneshot::channel::<Zeroizing<Vec<u8>>>();
+        let (tcti, p) = (self.tcti.clone(), policy.clone());
+        let worker = tokio::task::spawn_blocking(move || {
+            let (mut ready, mut key_rx) = (Some(ready_tx), Some(key_rx));
+            let mut delays = TPM_RETRY_DELAYS.iter();
+            loop {
+                let mut wait = || {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Ok(()));
+                    }
+                    key_rx.take()?.blocking_recv().ok()
+                };
+                let r = Tpm::open(&tcti).and_then(|mut t| t.seal_prepared(&p, &mut wait));
+                match (r, ready.take()) {
+                    (Err(e), Some(r)) if e.is_retryable() => match delays.next() {
+                        Some(d) => {
+                            ready = Some(r);
+                            std::thread::sleep(*d);
+                        }
+                        None => {
+                            let _ = r.send(Err(e));
+                            return Ok(None);
+                        }
+                    },
+                    (Err(e), Some(r)) => {
+                        let _ = r.send(Err(e));
+                        return Ok(None);
+                    }
+                    (r, _) => return r,
+                }
+            }
+        });
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(PreparedSeal { key_tx, worker, policy, values, _room: room }),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(BootError::Other("the TPM worker ended before the seal was prepared".into())),
+        }
+    }
+
+    /// Seal `key` with a prepared seal: TPM2_Create at once, then the slot files (written into
+    /// the reserved room), then the escrow copy.
+    pub async fn seal_with(&self, prep: PreparedSeal, key: &UnlockKey) -> Result<Sealed, BootError> {
+        let PreparedSeal { key_tx, worker, policy, values, _room } = prep;
+        let _ = key_tx.send(Zeroizing::new(key.expose().as_bytes().to_vec()));
+        let obj = worker
+            .await
+            .map_err(|e| TpmError::Command { op: "worker", message: e.to_string() })??
+            .ok_or(TpmError::Command { op: "TPM2_Create", message: "the prepared seal was abandoned".into() })?;
         let mut salt = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
         let slot = SlotFile::new(Slot::Current, &obj, &policy, key.fingerprint(&salt), &salt);
         self.ks.store_current(&slot, key)?;
+        let in_place = Instant::now();
         tracing::info!(event = "seal", slot = "current", pcrs = %describe_pcrs(&values), "unlock key sealed to the TPM");
         if let Some(r) = &self.cfg.escrow.recipient {
+            // Into the room reserved for it.
             let p = crate::escrow::write(&self.cfg.state_dir, r, key)?;
             tracing::info!(event = "escrow", file = %p.display(), "escrow copy of the unlock key written (age-encrypted)");
         }
-        Ok(slot)
+        drop(_room);
+        Ok(Sealed { slot, in_place })
+    }
+
+    /// Seal a key the engine already changed to; if that fails, keep it reachable
+    /// ([`Ctx::keep_reachable`]) and return `NotSealed`.
+    pub async fn seal_changed(&self, prep: Result<PreparedSeal, BootError>, key: &UnlockKey, custody: Custody) -> Result<Sealed, BootError> {
+        let r = match prep {
+            Ok(p) => self.seal_with(p, key).await,
+            Err(e) => Err(e),
+        };
+        r.map_err(|e| self.keep_reachable(key, &e, custody))
+    }
+
+    /// The engine holds a key that could not be sealed (`cause`): write the escrow copy if
+    /// configured, and show the key on the terminal (`Terminal`: `/dev/tty`, else stderr) or
+    /// log `key_unsealed_pending` (`Journal`: never the key). Returns the `NotSealed` error.
+    pub fn keep_reachable(&self, key: &UnlockKey, cause: &BootError, custody: Custody) -> BootError {
+        let escrowed = self.cfg.escrow.recipient.as_ref().and_then(|r| match crate::escrow::write(&self.cfg.state_dir, r, key) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(event = "escrow_failed", error = %e, "the escrow copy of the unsealed key could not be written either");
+                None
+            }
+        });
+        let shown = custody == Custody::Terminal;
+        if shown {
+            show_unsealed_key(key, cause, escrowed.as_deref());
+        } else {
+            tracing::error!(event = "key_unsealed_pending", security = true, escrowed = %escrowed.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "no".into()), cause = %cause, "the engine's unlock key changed but could not be sealed; retrying at every watch tick");
+        }
+        BootError::NotSealed { cause: cause.to_string(), escrowed, shown }
+    }
+
+    /// Write the write-ahead marker before asking the engine to change its key (`op`).
+    fn mark_pending(&self, op: &str, old: Option<&UnlockKey>) -> Result<(), BootError> {
+        let mut salt = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+        let p = PendingChange {
+            format: "swarmseal.change-pending".into(),
+            version: 1,
+            op: op.into(),
+            pid: std::process::id(),
+            started: unix_now(),
+            old_key_fingerprint: old.map(|k| k.fingerprint(&salt)),
+            fingerprint_salt: hex::encode(salt),
+        };
+        Ok(self.ks.store_pending(&p)?)
+    }
+
+    /// Whether the `current` slot holds `key`.
+    fn sealed_holds(&self, key: &UnlockKey) -> bool {
+        matches!(self.ks.load(Slot::Current), Ok(Some(c)) if key.fingerprint(&c.salt()) == c.key_fingerprint)
     }
 
     /// The policy a new seal uses (`[tpm] policy`) for this boot's PCR `values`
@@ -204,7 +408,7 @@ impl Ctx {
         let signed_pcrs = t.signed();
         let (signed, literal): (PcrValues, PcrValues) = values.into_iter().partition(|(p, _)| signed_pcrs.contains(p));
         let k = key.clone();
-        match self.tpm(move |tpm| tpm.verify_signed_policy(&k, &signed, &signatures)).await {
+        match self.tpm_retry(move |tpm| tpm.verify_signed_policy(&k, &signed, &signatures)).await {
             Ok(()) => Ok(Policy::Authorize { key, signed_pcrs, values: literal }),
             Err(e @ (TpmError::NotSigned { .. } | TpmError::BadSignature { .. })) => Err(refused(
                 e.to_string(),
@@ -218,8 +422,29 @@ impl Ctx {
     }
 
     /// Unseal the key from `current`, then `previous`, and unlock the engine
-    /// with it (`POST /swarm/unlock`). Returns the slot that worked.
-    pub async fn unlock_from_tpm(&self, engine: &Engine) -> Result<Slot, BootError> {
+    /// with it (`POST /swarm/unlock`). Returns the slot that worked and how long the engine's
+    /// unlock call took. Transient TPM failures are retried ([`Ctx::tpm_retry`]).
+    pub async fn unlock_from_tpm(&self, engine: &Engine) -> Result<(Slot, Duration), BootError> {
+        let (slot, engine_time) = self
+            .unseal_with(|key| async move {
+                let t = Instant::now();
+                engine.unlock(&key).await?;
+                Ok(t.elapsed())
+            })
+            .await?;
+        tracing::info!(event = "unlock", slot = slot.name(), "swarm unlocked with the TPM-sealed key");
+        Ok((slot, engine_time))
+    }
+
+    /// Unseal the key from `current`, then `previous`, and hand each to `accept` until one is
+    /// accepted (the engine's unlock; recovery's node-key check). Returns that slot and what
+    /// `accept` returned. TPM 2.0 Part 3, TPM2_Unseal (see [`Tpm::unseal_signed`]); transient
+    /// TPM failures are retried ([`Ctx::tpm_retry`]).
+    pub async fn unseal_with<T, F, Fut>(&self, mut accept: F) -> Result<(Slot, T), BootError>
+    where
+        F: FnMut(UnlockKey) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BootError>>,
+    {
         // Read both slots first: a missing or unreadable blob is reported as
         // such, before any TPM work (and before the phase-lock check).
         let mut slots = Vec::new();
@@ -243,25 +468,21 @@ impl Ctx {
             return Err(BootError::PhaseLocked { pcr: self.cfg.tpm.phase_pcr });
         }
         for (slot, path, (obj, policy)) in slots {
-            let result: Result<(), BootError> = async {
+            let result: Result<T, BootError> = async {
                 // A signed policy needs this boot's signatures (read for each slot: it is small).
                 let signatures = match &policy {
                     Policy::Pcr { .. } => None,
                     Policy::Authorize { .. } => Some(PcrSignatures::load(&self.cfg.tpm.pcr_signature).map_err(BootError::SignatureFile)?),
                 };
-                let bytes = self.tpm(move |t| t.unseal_signed(&obj, &policy, signatures.as_ref())).await?;
+                let bytes = self.tpm_retry(move |t| t.unseal_signed(&obj, &policy, signatures.as_ref())).await?;
                 let key = UnlockKey::from_bytes(&bytes).map_err(|_| KeystoreError::Corrupt { path: path.clone(), message: "the unsealed data is not an unlock key".into() })?;
-                engine.unlock(&key).await?;
-                Ok(())
+                accept(key).await
             }
             .await;
             match result {
-                Ok(()) => {
-                    tracing::info!(event = "unlock", slot = slot.name(), "swarm unlocked with the TPM-sealed key");
-                    return Ok(slot);
-                }
+                Ok(t) => return Ok((slot, t)),
                 Err(e) => {
-                    tracing::warn!(event = "unlock_attempt_failed", slot = slot.name(), error = %e, "could not unlock with this slot");
+                    tracing::warn!(event = "unlock_attempt_failed", slot = slot.name(), error = %e, "could not use the key of this slot");
                     // A TPM refusal says more than an unreadable other slot.
                     if first_err.as_ref().map(|f| matches!(f, BootError::Keystore(_))).unwrap_or(true) {
                         first_err = Some(e);
@@ -272,15 +493,18 @@ impl Ctx {
         Err(first_err.unwrap_or_else(|| BootError::Other("no slot could unlock the swarm".into())))
     }
 
-    /// Extend the phase PCR once per boot (crash-safe: the record, with the
-    /// predicted post-extend value, is written before the extend).
-    /// TPM 2.0 Part 3, TPM2_PCR_Extend.
+    /// Extend the phase PCR once per boot. TPM 2.0 Part 3, TPM2_PCR_Extend.
+    ///
+    /// Fails closed: the record (PCR values before and after) is written first, to the runtime
+    /// dir and the state dir, and the PCR is extended whether or not either write worked — a
+    /// full state dir cannot leave the key unsealable for the rest of the boot. The record goes
+    /// first so that a crash between the two cannot leave an extended PCR without a record
+    /// (sealing later in the boot would then seal to the locked value); the `/run` copy keeps
+    /// that working when the state dir is full. Errors: the TPM's; a record written nowhere.
     pub async fn phase_lock(&self) -> Result<(), BootError> {
         let current = self.read_policy_pcrs().await?;
-        if let Some(rec) = self.ks.load_phase() {
-            if pcrs_from_hex(&rec.after).as_ref() == Some(&current) {
-                return Ok(());
-            }
+        if self.ks.load_phases().iter().any(|rec| pcrs_from_hex(&rec.after).as_ref() == Some(&current)) {
+            return Ok(());
         }
         let pcr = self.cfg.tpm.phase_pcr;
         let mut after = current.clone();
@@ -290,10 +514,21 @@ impl Ctx {
         h.update(Sha256::digest(PHASE_MARKER));
         after.insert(pcr, h.finalize().to_vec());
         let rec = PhaseRecord { format: "swarmseal.phase".into(), version: 1, phase_pcr: pcr, before: pcrs_to_hex(&current), after: pcrs_to_hex(&after) };
-        self.ks.store_phase(&rec)?;
+        let recorded = self.ks.store_phase(&rec);
+        // Not retried: an extend that reached the TPM before the connection failed would be doubled.
         self.tpm(move |t| t.extend(pcr, PHASE_MARKER)).await?;
         tracing::info!(event = "phase_lock", pcr, "phase PCR extended: the key cannot be unsealed again until the next boot");
-        Ok(())
+        match recorded {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => {
+                tracing::warn!(event = "phase_record_partial", error = %e, "the phase record was written to one place only; sealing later in this boot still works");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(event = "phase_record_failed", error = %e, "the phase PCR is extended but its record was written nowhere: sealing later in this boot would seal to the locked value; reboot before resealing");
+                Err(e.into())
+            }
+        }
     }
 
     /// Compare the `current` slot's policy with this boot's PCRs.
@@ -338,7 +573,7 @@ impl Ctx {
         let missing: Vec<u8> = wanted.iter().copied().filter(|p| !now.contains_key(p)).collect();
         if !missing.is_empty() {
             // A slot sealed under another PCR set than the configured one: read those as they are.
-            now.extend(self.tpm(move |t| t.read_pcrs(&missing)).await?);
+            now.extend(self.tpm_retry(move |t| t.read_pcrs(&missing)).await?);
         }
         now.retain(|p, _| wanted.contains(p));
         Ok(now)
@@ -385,7 +620,7 @@ pub fn diff_pcrs(sealed: &PcrValues, now: &PcrValues) -> Vec<String> {
 }
 
 /// Show the operator's copy of the key on the controlling terminal only (never stdout/the journal).
-fn show_key_on_terminal(key: &UnlockKey, what: &str) {
+pub(crate) fn show_key_on_terminal(key: &UnlockKey, what: &str) {
     use std::io::Write;
     match std::fs::OpenOptions::new().write(true).open("/dev/tty") {
         Ok(mut tty) => {
@@ -399,8 +634,115 @@ fn show_key_on_terminal(key: &UnlockKey, what: &str) {
     }
 }
 
+/// Show a key that could not be sealed on the controlling terminal, or on stderr when there is
+/// none (the command's own output, never a log): the key must not end up only in the engine.
+fn show_unsealed_key(key: &UnlockKey, cause: &BootError, escrowed: Option<&std::path::Path>) {
+    use std::io::Write;
+    let text = format!(
+        "\nswarmseal: THE SWARM'S UNLOCK KEY CHANGED BUT COULD NOT BE SEALED ({cause}).\n{}Store this key offline now (password manager, paper):\n\n    {}\n\nThen fix the cause and run `swarmseal seal`. Until it is sealed, a reboot of this manager needs this key (`swarmseal unlock --manual`).\n",
+        escrowed.map(|p| format!("An age-encrypted copy is in {}. ", p.display())).unwrap_or_default(),
+        key.expose()
+    );
+    match std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+        Ok(mut tty) => {
+            let _ = tty.write_all(text.as_bytes());
+        }
+        Err(_) => eprint!("{text}"),
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// How long after a write-ahead marker was written its change may still arrive in the engine
+/// (a killed command's request goes on in the engine: `POST /swarm/init` takes seconds).
+const PENDING_SETTLE: Duration = Duration::from_secs(3);
+
+/// Change the engine's key (`change`: init with autolock, autolock on, rotate) under the rule
+/// that the new key ends sealed, escrowed or shown: prepare the seal first (a failure there is
+/// the command's error and the engine is not touched), write the write-ahead marker, change,
+/// read the new key (differs from `old`), seal it at once; a seal failure keeps the key
+/// reachable ([`Ctx::keep_reachable`], `NotSealed`) and leaves the marker for the next command.
+/// Call with the state-dir lock held. Returns the new key, the seal, and the window from the
+/// engine call to `current` in place.
+async fn change_key<F>(ctx: &Ctx, engine: &Engine, op: &str, old: Option<&UnlockKey>, custody: Custody, change: F) -> Result<(UnlockKey, Sealed, Duration), BootError>
+where
+    F: std::future::Future<Output = Result<(), SwarmError>>,
+{
+    let prep = ctx.prepare_seal().await?;
+    if old.is_some_and(|k| ctx.sealed_holds(k)) {
+        ctx.ks.stage_previous()?;
+    }
+    ctx.mark_pending(op, old)?;
+    let t0 = Instant::now();
+    if let Err(e) = change.await {
+        if matches!(e, SwarmError::Api { .. }) {
+            // The engine refused: nothing changed.
+            let _ = ctx.ks.clear_pending();
+        }
+        return Err(e.into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let key = loop {
+        match engine.unlock_key().await? {
+            Some(k) if old != Some(&k) => break k,
+            _ if Instant::now() > deadline => return Err(BootError::Other(format!("the engine reports no new unlock key 10 s after `{op}`; the next swarmseal command seals whatever key it then holds"))),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let sealed = ctx.seal_changed(Ok(prep), &key, custody).await?;
+    let window = sealed.in_place - t0;
+    ctx.ks.clear_pending()?;
+    Ok((key, sealed, window))
+}
+
+/// Finish what a killed or failed command left (its write-ahead marker): once the engine is an
+/// active manager, seal the key it holds now unless `current` already does, then remove the
+/// marker. A marker younger than [`PENDING_SETTLE`] whose change has not shown yet is waited
+/// for. A locked engine keeps the marker (its key is readable after the unlock).
+/// Call with the state-dir lock held.
+pub async fn repair_pending(ctx: &Ctx, engine: &Engine, custody: Custody) -> Result<(), BootError> {
+    let Some(m) = ctx.ks.load_pending() else { return Ok(()) };
+    let salt = hex::decode(&m.fingerprint_salt).unwrap_or_default();
+    let age = Duration::from_secs(unix_now().saturating_sub(m.started));
+    let deadline = Instant::now() + (PENDING_SETTLE + Duration::from_secs(1)).saturating_sub(age);
+    loop {
+        let st = engine.status().await?;
+        match st.state {
+            NodeState::Active if st.manager => {
+                let key = engine.unlock_key().await?;
+                let unchanged = match (&key, &m.old_key_fingerprint) {
+                    (Some(k), Some(f)) => k.fingerprint(&salt) == *f,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                };
+                if unchanged && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                if let Some(k) = key.filter(|k| !ctx.sealed_holds(k)) {
+                    tracing::warn!(event = "change_pending_repaired", op = %m.op, "an interrupted `{}` left the engine's unlock key unsealed: sealing it now", m.op);
+                    let prep = ctx.prepare_seal().await;
+                    ctx.seal_changed(prep, &k, custody).await?;
+                }
+                ctx.ks.clear_pending()?;
+                return Ok(());
+            }
+            NodeState::Locked => return Ok(()),
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            NodeState::Inactive => {
+                ctx.ks.clear_pending()?;
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Read the unlock key from stdin; no echo when stdin is a terminal.
-fn read_key_from_stdin() -> Result<UnlockKey, BootError> {
+pub(crate) fn read_key_from_stdin() -> Result<UnlockKey, BootError> {
     use std::io::BufRead;
     let stdin = std::io::stdin();
     let tty = stdin.is_terminal();
@@ -437,7 +779,7 @@ pub async fn run_command(cfg: &Config, c: Command) -> Result<(), BootError> {
         Command::Rotate => cmd_rotate(&ctx).await,
         Command::Status { json } => cmd_status(&ctx, json).await,
         Command::Agent => run_agent(ctx).await,
-        Command::Proxy | Command::Certs(_) | Command::Bench(_) | Command::Var(_) | Command::Health { .. } | Command::Update(_) | Command::Fleet(_) => unreachable!("dispatched in cli"),
+        Command::Recover { .. } | Command::Proxy | Command::Certs(_) | Command::Bench(_) | Command::Var(_) | Command::Health { .. } | Command::Update(_) | Command::Fleet(_) => unreachable!("dispatched in cli"),
     }
 }
 
@@ -455,21 +797,20 @@ async fn active_manager(engine: &Engine) -> Result<(), BootError> {
 async fn cmd_init(ctx: &Ctx, advertise: Option<String>) -> Result<(), BootError> {
     let engine = engine(&ctx.cfg).await?;
     let _lock = ctx.lock().await?;
+    repair_pending(ctx, &engine, Custody::Terminal).await?;
     let st = engine.status().await?;
-    match st.state {
-        NodeState::Inactive => {
-            // Refuse before the swarm exists: a key that cannot be sealed would exist nowhere else.
-            ctx.sealing_policy(ctx.boot_pcrs().await?.0).await?;
-            engine.init_autolock(advertise.as_deref(), ctx.cfg.swarm.listen_addr.as_deref()).await?;
-            tracing::info!(event = "swarm_init", "swarm initialized with autolock on");
-        }
-        NodeState::Active if st.manager => {
-            if !engine.autolock().await? {
-                engine.enable_autolock().await?;
-                tracing::info!(event = "autolock_enabled", "autolock turned on for the existing swarm");
-            }
-        }
-        _ => active_manager(&engine).await?,
+    let changed = match st.state {
+        // Prepared first: a key that cannot be sealed would exist nowhere else.
+        NodeState::Inactive => Some(change_key(ctx, &engine, "init", None, Custody::Terminal, async { engine.init_autolock(advertise.as_deref(), ctx.cfg.swarm.listen_addr.as_deref()).await.map(|_| ()) }).await?),
+        NodeState::Active if st.manager && !engine.autolock().await? => Some(change_key(ctx, &engine, "autolock", None, Custody::Terminal, engine.enable_autolock()).await?),
+        NodeState::Active if st.manager => None,
+        _ => return active_manager(&engine).await,
+    };
+    if let Some((key, _, _)) = changed {
+        tracing::info!(event = "swarm_init", "autolock on (swarm initialized or autolock enabled)");
+        println!("swarm autolock on; unlock key sealed to the TPM ({})", ctx.ks.slot_path(Slot::Current).display());
+        show_key_on_terminal(&key, "Swarm autolock is on");
+        return Ok(());
     }
     let key = engine.unlock_key().await?.ok_or_else(|| BootError::Other("the engine reports no unlock key although autolock is on".into()))?;
     if let Some(cur) = ctx.ks.load(Slot::Current)? {
@@ -487,9 +828,12 @@ async fn cmd_init(ctx: &Ctx, advertise: Option<String>) -> Result<(), BootError>
 async fn cmd_seal(ctx: &Ctx) -> Result<(), BootError> {
     let engine = engine(&ctx.cfg).await?;
     active_manager(&engine).await?;
-    let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off, so there is no unlock key: run `swarmseal init` to turn it on"))?;
+    // The key is read under the lock: a `rotate` in between would otherwise be sealed over.
     let _lock = ctx.lock().await?;
+    repair_pending(ctx, &engine, Custody::Terminal).await?;
+    let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off, so there is no unlock key: run `swarmseal init` to turn it on"))?;
     let slot = ctx.seal(&key).await?;
+    let _ = ctx.ks.clear_pending();
     let literal = slot.policy.literal_pcrs().keys().cloned().collect::<Vec<_>>().join(",");
     match &slot.policy {
         crate::keystore::StoredPolicy::Pcr { .. } => println!("unlock key sealed to the TPM under PCRs {literal}"),
@@ -507,6 +851,8 @@ async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {
     match st.state {
         NodeState::Locked => {}
         NodeState::Active => {
+            let _lock = ctx.lock().await?;
+            repair_pending(ctx, &engine, Custody::Terminal).await?;
             println!("the swarm is already unlocked");
             return Ok(());
         }
@@ -521,25 +867,19 @@ async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {
         let sealed = ctx.seal(&key).await;
         ctx.phase_lock().await?;
         sealed?;
+        repair_pending(ctx, &engine, Custody::Terminal).await?;
         println!("swarm unlocked; key resealed under the current PCRs");
         return Ok(());
     }
     let result = ctx.unlock_from_tpm(&engine).await;
-    // Lock the phase once the TPM was asked to unseal (success or refusal);
-    // not when nothing could be tried (no blob, unreadable blob, no TPM, already locked).
-    if matches!(
-        result,
-        Ok(_)
-            | Err(BootError::Tpm(
-                TpmError::PolicyMismatch { .. } | TpmError::NotSigned { .. } | TpmError::BadSignature { .. } | TpmError::SrkMismatch | TpmError::Command { .. }
-            ))
-            | Err(BootError::SignatureFile(_))
-            | Err(BootError::Swarm(_))
-    ) {
+    if consumes_unlock(&result) {
         ctx.phase_lock().await?;
+    } else if let Err(BootError::Tpm(e)) = &result {
+        eprintln!("swarmseal: the TPM failed transiently ({e}); this boot's unlock was not consumed (no phase lock): run `swarmseal unlock` again once the TPM answers");
     }
-    let slot = result?;
-    println!("swarm unlocked with the sealed key ({} slot)", slot.name());
+    let (slot, engine_time) = result?;
+    repair_pending(ctx, &engine, Custody::Terminal).await?;
+    println!("swarm unlocked with the sealed key ({} slot; the engine's unlock call took {} ms)", slot.name(), engine_time.as_millis());
     Ok(())
 }
 
@@ -547,20 +887,12 @@ async fn cmd_rotate(ctx: &Ctx) -> Result<(), BootError> {
     let engine = engine(&ctx.cfg).await?;
     active_manager(&engine).await?;
     let _lock = ctx.lock().await?;
+    repair_pending(ctx, &engine, Custody::Terminal).await?;
     let old = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off: run `swarmseal init` first"))?;
     tracing::warn!(event = "rotate", security = true, "rotating the swarm unlock key");
-    engine.rotate_unlock_key().await?;
-    // Window: the rotation is committed in the engine, the new key is not sealed yet (README "Rotation").
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let new = loop {
-        match engine.unlock_key().await? {
-            Some(k) if k != old => break k,
-            _ if Instant::now() > deadline => return Err(BootError::Other("the engine did not report a new unlock key after rotation; the old key is still sealed".into())),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    ctx.seal(&new).await?;
-    println!("unlock key rotated and sealed; the previous key stays sealed in the `previous` slot");
+    // Window: from the rotation call to the new key sealed in `current` (README "Rotation").
+    let (new, _, window) = change_key(ctx, &engine, "rotate", Some(&old), Custody::Terminal, engine.rotate_unlock_key()).await?;
+    println!("unlock key rotated and sealed; the previous key stays sealed in the `previous` slot (window from the engine's rotation call to the sealed slot: {} ms)", window.as_millis());
     show_key_on_terminal(&new, "The swarm unlock key was rotated");
     Ok(())
 }
@@ -568,10 +900,17 @@ async fn cmd_rotate(ctx: &Ctx) -> Result<(), BootError> {
 /// Gather the status document (`swarmseal status --json`, `GET /swarmseal/v1/status`).
 pub async fn status_json(ctx: &Ctx) -> serde_json::Value {
     use serde_json::json;
+    // Whether `current` holds the engine's key (null: the engine's key is not readable now).
+    let mut stale = serde_json::Value::Null;
     let swarm = match Engine::connect(&ctx.cfg.docker_socket()).await {
         Ok(e) => match e.status().await {
             Ok(s) => {
                 let autolock = if s.state == NodeState::Active && s.manager { e.autolock().await.ok() } else { None };
+                if autolock == Some(true) {
+                    if let Ok(Some(k)) = e.unlock_key().await {
+                        stale = json!(!ctx.sealed_holds(&k));
+                    }
+                }
                 json!({"state": s.state, "node_id": s.node_id, "manager": s.manager, "autolock": autolock, "error": s.error, "api_version": e.api_version()})
             }
             Err(err) => json!({"error": err.to_string()}),
@@ -605,6 +944,8 @@ pub async fn status_json(ctx: &Ctx) -> serde_json::Value {
     json!({
         "swarm": swarm,
         "sealed": slots,
+        "sealed_key_stale": stale,
+        "change_pending": ctx.ks.load_pending().map(|p| json!({"op": p.op, "started": p.started})),
         "tpm": tpm,
         "phase_locked": phase_locked,
         "phase_pcr": ctx.cfg.tpm.phase_pcr,
@@ -628,6 +969,15 @@ pub fn latest_bench_report(cfg: &Config) -> Option<Vec<u8>> {
 }
 
 async fn cmd_status(ctx: &Ctx, json: bool) -> Result<(), BootError> {
+    // Like every command that reaches the engine, finish what an interrupted one left.
+    if ctx.ks.load_pending().is_some() {
+        if let Ok(engine) = engine(&ctx.cfg).await {
+            let _lock = ctx.lock().await?;
+            if let Err(e) = repair_pending(ctx, &engine, Custody::Terminal).await {
+                eprintln!("swarmseal: {e}");
+            }
+        }
+    }
     let v = status_json(ctx).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -648,6 +998,12 @@ async fn cmd_status(ctx: &Ctx, json: bool) -> Result<(), BootError> {
                 });
             }
         }
+    }
+    if v["sealed_key_stale"] == true {
+        println!("key        sealed key is stale: the engine's unlock key differs from the sealed one; run `swarmseal seal` (a reboot now would need the operator's or the escrowed key)");
+    }
+    if let Some(p) = v.get("change_pending").filter(|p| !p.is_null()) {
+        println!("pending    an interrupted `{}` is not finished: the next command with the swarm active seals the engine's key", p["op"].as_str().unwrap_or("?"));
     }
     println!("tpm        {} reachable {} phase-locked {}", s("/tpm/tcti"), s("/tpm/reachable"), s("/phase_locked"));
     println!("proxy      enabled {} listen {}", s("/proxy/enabled"), s("/proxy/listen"));
@@ -751,9 +1107,11 @@ impl crate::proxy::AgentApi for AgentImpl {
             let r: Result<SlotFile, BootError> = async {
                 let engine = engine(&self.ctx.cfg).await?;
                 active_manager(&engine).await?;
-                let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off"))?;
                 let _lock = self.ctx.lock().await?;
-                self.ctx.seal(&key).await
+                let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off"))?;
+                let slot = self.ctx.seal(&key).await?;
+                let _ = self.ctx.ks.clear_pending();
+                Ok(slot)
             }
             .await;
             match r {
@@ -766,6 +1124,9 @@ impl crate::proxy::AgentApi for AgentImpl {
                 Err(e) => Err((500, e.to_string())),
             }
         })
+    }
+    fn recover(&self, key: Option<UnlockKey>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+        Box::pin(crate::recover::via_proxy(&self.ctx, key))
     }
     fn var_enroll_tpm(&self, recovery_key: Zeroizing<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
         Box::pin(async move {
@@ -868,19 +1229,21 @@ pub async fn appliance_facts(cfg: &Config) -> crate::bench::ApplianceFacts {
 async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> {
     let _lock = ctx.lock().await?;
     let st = engine.status().await?;
+    if st.state != NodeState::Locked {
+        // A locked engine's key is readable only after the unlock (then ensure_sealed repairs).
+        repair_pending(ctx, engine, Custody::Journal).await?;
+    }
     match st.state {
         NodeState::Inactive if ctx.cfg.swarm.init => {
-            // Refuse before the swarm exists: a key that cannot be sealed would exist nowhere else.
-            ctx.sealing_policy(ctx.boot_pcrs().await?.0).await?;
-            engine.init_autolock(ctx.cfg.swarm.advertise_addr.as_deref(), ctx.cfg.swarm.listen_addr.as_deref()).await?;
+            // Prepared first: a key that cannot be sealed would exist nowhere else.
+            let c = &ctx.cfg.swarm;
+            change_key(ctx, engine, "init", None, Custody::Journal, async { engine.init_autolock(c.advertise_addr.as_deref(), c.listen_addr.as_deref()).await.map(|_| ()) }).await?;
             tracing::info!(event = "swarm_init", "swarm initialized with autolock on");
-            let key = engine.unlock_key().await?.ok_or_else(|| BootError::Other("no unlock key after init".into()))?;
-            ctx.seal(&key).await?;
             Ok("swarm initialized with autolock; key sealed".into())
         }
         NodeState::Inactive => Ok("no swarm on this engine and swarm init is off; waiting".into()),
         NodeState::Locked => {
-            let r = ctx.unlock_from_tpm(engine).await;
+            let r = ctx.unlock_from_tpm(engine).await.map(|(slot, _)| slot);
             match &r {
                 Err(e) => log_refusal(e),
                 // A manager that was down during a rotation: its engine rewraps its keys under the
@@ -927,18 +1290,20 @@ fn log_refusal(e: &BootError) {
     }
 }
 
-/// Make sure autolock is on and the sealed key equals the engine's key; reseal if not.
+/// Make sure autolock is on and the sealed key equals the engine's key; reseal if not. First
+/// finishes what an interrupted command left ([`repair_pending`]). Turning autolock on goes
+/// through [`change_key`]: not at all when the seal cannot be prepared. Call with the lock held.
 async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
+    repair_pending(ctx, engine, Custody::Journal).await?;
     let key = match engine.unlock_key().await? {
         Some(k) => k,
         None => {
             tracing::warn!(event = "autolock_enabled", security = true, "autolock was off: turning it on (this appliance keeps every manager autolocked)");
-            engine.enable_autolock().await?;
-            engine.unlock_key().await?.ok_or_else(|| BootError::Other("no unlock key after enabling autolock".into()))?
+            change_key(ctx, engine, "autolock", None, Custody::Journal, engine.enable_autolock()).await?;
+            return Ok(true);
         }
     };
-    let current = ctx.ks.load(Slot::Current).unwrap_or(None);
-    if current.as_ref().map(|c| key.fingerprint(&c.salt()) == c.key_fingerprint) == Some(true) {
+    if ctx.sealed_holds(&key) {
         // Escrow configured after the key was sealed: the operator's copy is written now.
         if let Some(r) = &ctx.cfg.escrow.recipient {
             if !crate::escrow::path(&ctx.cfg.state_dir).exists() {
@@ -949,7 +1314,8 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
         return Ok(false);
     }
     tracing::info!(event = "key_changed", "the engine's unlock key differs from the sealed one (rotated here or on another manager): resealing");
-    ctx.seal(&key).await?;
+    let prep = ctx.prepare_seal().await;
+    ctx.seal_changed(prep, &key, Custody::Journal).await?;
     Ok(true)
 }
 
@@ -998,12 +1364,30 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
         None
     };
 
-    let decision = boot_decision(&ctx, &engine).await;
+    // While the TPM fails transiently (not answering, busy), nothing is consumed: decide again.
+    let decision = loop {
+        let d = boot_decision(&ctx, &engine).await;
+        match &d {
+            Err(BootError::Tpm(e)) if e.is_retryable() => {
+                tracing::warn!(event = "boot_decision_retry", error = %e, "the TPM failed transiently; the boot's unlock is not consumed, trying again in {} s", WATCH_INTERVAL.as_secs());
+                status_line(&format!("waiting for the TPM: {e}"));
+                tokio::select! {
+                    _ = term.recv() => {
+                        tracing::info!(event = "stopped", "stopped while waiting for the TPM");
+                        let _ = stop_tx.send(true);
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                }
+            }
+            _ => break d,
+        }
+    };
     let line = match &decision {
         Ok(l) => l.clone(),
         Err(e) => format!("locked: {e}"),
     };
-    if !matches!(decision, Err(BootError::Tpm(TpmError::Unavailable { .. }))) {
+    if consumes_unlock(&decision) {
         if let Err(e) = ctx.phase_lock().await {
             tracing::error!(event = "phase_lock_failed", error = %e, "could not extend the phase PCR");
         }
@@ -1038,6 +1422,11 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
                     let _lock = ctx.lock().await;
                     if let Err(e) = ensure_sealed(&ctx, &engine).await {
                         tracing::error!(event = "reseal_failed", error = %e, "could not reseal the changed unlock key");
+                    }
+                } else if st.state != NodeState::Locked && ctx.ks.load_pending().is_some() {
+                    let _lock = ctx.lock().await;
+                    if let Err(e) = repair_pending(&ctx, &engine, Custody::Journal).await {
+                        tracing::error!(event = "reseal_failed", error = %e, "could not finish an interrupted key change");
                     }
                 }
             }

@@ -51,12 +51,14 @@ pub enum Exit {
     FleetStopped = 17,
     /// `health --agent-unit`: the agent's unit is not running (failed or stopped).
     AgentDown = 18,
+    /// The engine's key changed but could not be sealed; it was shown and/or escrowed.
+    NotSealed = 19,
 }
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
     /// of the README's table (a unit test keeps the README in step).
-    pub const ALL: [(Exit, &'static str); 19] = [
+    pub const ALL: [(Exit, &'static str); 20] = [
         (Exit::Ok, "success"),
         (Exit::Failure, "other failure (I/O, internal)"),
         (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
@@ -76,6 +78,7 @@ impl Exit {
         (Exit::UpdateFailed, "`update apply`: systemd-sysupdate or the reboot failed"),
         (Exit::FleetStopped, "`fleet update` stopped at a manager (would lose quorum, release refused, not back unlocked in time, rolled back); managers after it untouched"),
         (Exit::AgentDown, "`health --agent-unit`: the agent's unit failed or is stopped (the swarm stays locked in this boot)"),
+        (Exit::NotSealed, "the engine's unlock key changed but could not be sealed (TPM or disk failed after the change): it was shown on the terminal and written to the escrow file if configured; fix the cause, then `swarmseal seal`"),
     ];
 }
 
@@ -134,6 +137,16 @@ pub enum Command {
     },
     /// Rotate the unlock key through the engine and reseal it (crash-safe).
     Rotate,
+    /// Disaster recovery after a lost quorum: make this manager (locked or active) the only
+    /// manager of a new cluster built from its own Raft data, autolock on, the key sealed.
+    Recover {
+        /// Required: say that you mean it (the other managers are dropped from the cluster).
+        #[arg(long)]
+        force_new_cluster: bool,
+        /// Read the current unlock key from stdin (when the TPM cannot unseal it).
+        #[arg(long)]
+        key_stdin: bool,
+    },
     /// Swarm state, sealed slots, policy PCRs vs current PCRs, proxy, last bench.
     Status {
         #[arg(long)]
@@ -187,6 +200,8 @@ pub enum Error {
     Update(#[from] crate::update::UpdateError),
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
+    Recover(#[from] crate::recover::RecoverError),
     #[error("{0}")]
     Usage(String),
     /// Finished, but the command wants a non-zero exit (e.g. `bench --fail-on warn`).
@@ -205,6 +220,7 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Health(h) => h.exit(),
         Error::Update(u) => u.exit(),
         Error::Fleet(f) => f.exit(),
+        Error::Recover(r) => r.exit(),
         Error::Status(x) => *x,
     }
 }
@@ -275,6 +291,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),
             Command::Fleet(c) => crate::fleet::run(c).await.map_err(Error::from),
             Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),
+            Command::Recover { force_new_cluster, key_stdin } => crate::recover::run_cli(&cfg, force_new_cluster, key_stdin).await.map_err(Error::from),
             other => crate::boot::run_command(&cfg, other).await.map_err(Error::from),
         }
     })

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! state_dir = "/var/lib/swarmseal"
+//! runtime_dir = "/run/swarmseal"  # tmpfs: this boot's copy of the phase record
 //! docker_host = "unix:///run/docker.sock"
 //!
 //! [tpm]
@@ -30,6 +31,17 @@
 //! server_cert = "/var/lib/swarmseal/pki/server-cert.pem"
 //! server_key = "/var/lib/swarmseal/pki/server-key.pem"
 //! htpasswd = "/etc/swarmseal/htpasswd"
+//! header_timeout_secs = 10          # a request head must arrive within this
+//! body_timeout_secs = 30            # a request body may pause at most this long before its answer
+//! idle_timeout_secs = 120           # keep-alive connection with no request in flight
+//! handshake_timeout_secs = 5        # TLS handshake (client certificate verified) within this
+//! max_handshakes = 64               # TLS handshakes in progress, in all
+//! max_handshakes_per_address = 8    # … from one source IP address
+//! max_connections = 512             # connections with a verified certificate, in all
+//! admin_reserved_connections = 64   # … of which only the admin role may use these
+//! max_connections_per_role = 256    # … per role other than admin
+//! max_connections_per_identity = 64 # … per certificate (SHA-256 fingerprint)
+//! max_streams_per_identity = 32     # events, followed logs, attach, exec, stats per certificate
 //!
 //! [bench]
 //! at_boot = true
@@ -75,6 +87,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Directory for sealed slots, PKI, bench reports and escrow files.
     pub state_dir: PathBuf,
+    /// Per-boot files (tmpfs): a copy of the phase-lock record, so a full state dir cannot lose it.
+    pub runtime_dir: PathBuf,
     /// Engine API address; only `unix://` is supported (the engine never listens on TCP).
     pub docker_host: String,
     pub tpm: TpmConfig,
@@ -189,10 +203,27 @@ pub struct ProxyConfig {
     pub server_key: Option<PathBuf>,
     /// Optional htpasswd file (bcrypt) for HTTP basic auth on top of the certificate.
     pub htpasswd: Option<PathBuf>,
-    /// Maximum concurrent connections.
+    /// Connections with a verified client certificate, in all (see [`crate::proxy::slots`]).
     pub max_connections: usize,
+    /// Of `max_connections`, how many only the `admin` role may use.
+    pub admin_reserved_connections: usize,
+    /// Connections of one role other than `admin` (readonly, or no known role).
+    pub max_connections_per_role: usize,
+    /// Connections of one certificate (identity = SHA-256 fingerprint of the certificate).
+    pub max_connections_per_identity: usize,
+    /// Long streams (events, followed logs, attach, exec, stats, upgrades) of one certificate.
+    pub max_streams_per_identity: usize,
+    /// TLS handshakes in progress, in all; further TCP connections are closed at once.
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress from one source IP address.
+    pub max_handshakes_per_address: usize,
+    /// Seconds a TLS handshake (with the client certificate) may take.
+    pub handshake_timeout_secs: u64,
     /// Seconds a client may take to send a request head.
     pub header_timeout_secs: u64,
+    /// Seconds a request body may pause (no byte from the client) while its answer has not
+    /// started; then the connection is closed.
+    pub body_timeout_secs: u64,
     /// Seconds an idle keep-alive connection is kept.
     pub idle_timeout_secs: u64,
 }
@@ -258,6 +289,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             state_dir: DEFAULT_STATE_DIR.into(),
+            runtime_dir: "/run/swarmseal".into(),
             docker_host: DEFAULT_DOCKER_HOST.into(),
             tpm: TpmConfig::default(),
             swarm: SwarmConfig::default(),
@@ -300,7 +332,15 @@ impl Default for ProxyConfig {
             server_key: None,
             htpasswd: None,
             max_connections: 512,
+            admin_reserved_connections: 64,
+            max_connections_per_role: 256,
+            max_connections_per_identity: 64,
+            max_streams_per_identity: 32,
+            max_handshakes: 64,
+            max_handshakes_per_address: 8,
+            handshake_timeout_secs: 5,
             header_timeout_secs: 10,
+            body_timeout_secs: 30,
             idle_timeout_secs: 120,
         }
     }
@@ -391,6 +431,27 @@ mod tests {
         std::fs::write(&p, "[tpm]\npcrz = [7]\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("pcrz"), "{e}");
+    }
+
+    /// The documented example (this module's doc) parses, and its `[proxy]` capacity numbers
+    /// are the defaults: the documentation cannot drift from the code.
+    #[test]
+    fn documented_example_parses_and_shows_the_proxy_defaults() {
+        let src = include_str!("config.rs");
+        let doc: String = src.lines().filter_map(|l| l.strip_prefix("//!")).map(|l| l.strip_prefix(' ').unwrap_or(l)).collect::<Vec<_>>().join("\n");
+        let example = doc.split("```toml").nth(1).and_then(|s| s.split("```").next()).expect("a toml example");
+        let c: Config = toml::from_str(example).expect("the documented example parses");
+        let (p, d) = (c.proxy, ProxyConfig::default());
+        let caps = |p: &ProxyConfig| {
+            (
+                [p.max_connections, p.admin_reserved_connections, p.max_connections_per_role, p.max_connections_per_identity],
+                [p.max_streams_per_identity, p.max_handshakes, p.max_handshakes_per_address],
+                [p.handshake_timeout_secs, p.header_timeout_secs, p.body_timeout_secs, p.idle_timeout_secs],
+            )
+        };
+        assert_eq!(caps(&p), caps(&d));
+        assert!(d.max_connections_per_identity < d.max_connections_per_role, "one identity cannot fill its role");
+        assert!(d.max_connections_per_role <= d.max_connections - d.admin_reserved_connections, "one role cannot fill the shared part");
     }
 
     #[test]

@@ -5,8 +5,15 @@
 //! versioned (`format`, `version`), written atomically (temp file, fsync,
 //! rename, fsync dir) with mode 0600. A file that cannot be read as a slot
 //! (corrupt, truncated, another format or version) is an error that names the
-//! file; it is never deleted or overwritten silently — moving slots keeps a
-//! `.bad-<time>` copy of a file it replaces only if that file is unreadable.
+//! file; it is never deleted or overwritten silently — a slot file that is
+//! replaced while unreadable is kept as `<name>.bad-<unix time>-<n>` (`n` counts
+//! up: no copy overwrites another). Temp files (`.<name>.tmp-<pid>`) a killed
+//! process left are removed by the next command ([`Keystore::clean_temp`]).
+//!
+//! Also here: the write-ahead marker `keys/change-pending.json` ([`PendingChange`]),
+//! written before a command asks the engine to change its key and removed once the
+//! new key is sealed; and the room reserved for a seal before the engine changes
+//! ([`Keystore::reserve`]).
 //!
 //! Slot file (format `swarmseal.sealed-key`, version 1):
 //! ```json
@@ -48,7 +55,7 @@ pub const VERSION: u32 = 1;
 pub enum KeystoreError {
     #[error("no sealed unlock key in {dir} (run `swarmseal init` or `swarmseal seal`)")]
     NoSealedKey { dir: PathBuf },
-    #[error("the sealed key file {path} is unreadable ({message}); it was left untouched — restore it from a backup or unlock by hand (`swarmseal unlock --manual`), which seals a new one")]
+    #[error("the sealed key file {path} is unreadable ({message}); it was left untouched. Unlock with the escrowed key (`age -d -i KEY <state_dir>/escrow/unlock-key.age | swarmseal unlock --manual`) or the operator's copy: that seals it again")]
     Corrupt { path: PathBuf, message: String },
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -247,11 +254,123 @@ pub fn pcrs_from_hex(m: &BTreeMap<String, String>) -> Option<PcrValues> {
 #[derive(Debug, Clone)]
 pub struct Keystore {
     dir: PathBuf,
+    /// Where a copy of the phase record lives for this boot (`runtime_dir`, tmpfs `/run/swarmseal`).
+    runtime: Option<PathBuf>,
+}
+
+/// Room a seal reserves before the engine changes: each slot file, and the escrow copy (bytes).
+pub const SLOT_RESERVE: u64 = 16 * 1024;
+pub const ESCROW_RESERVE: u64 = 4 * 1024;
+
+/// Write-ahead marker (`keys/change-pending.json`, no secret): a command is about to change the
+/// engine's unlock key (`op`: `init`, `autolock`, `rotate`). Until it is removed, the next
+/// command that reaches the engine seals the engine's key first ([`crate::boot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingChange {
+    pub format: String,
+    pub version: u32,
+    pub op: String,
+    pub pid: u32,
+    /// Unix time (s) when the marker was written.
+    pub started: u64,
+    /// Salted fingerprint of the engine's key before the change (none: no key yet).
+    pub old_key_fingerprint: Option<String>,
+    pub fingerprint_salt: String,
 }
 
 impl Keystore {
     pub fn new(state_dir: &Path) -> Keystore {
-        Keystore { dir: state_dir.to_path_buf() }
+        Keystore { dir: state_dir.to_path_buf(), runtime: None }
+    }
+
+    /// Also keep the phase record in `runtime_dir` (tmpfs): a full state dir cannot lose it.
+    pub fn with_runtime_dir(mut self, runtime_dir: &Path) -> Keystore {
+        self.runtime = Some(runtime_dir.to_path_buf());
+        self
+    }
+
+    fn pending_path(&self) -> PathBuf {
+        self.keys_dir().join("change-pending.json")
+    }
+
+    /// Write the marker (atomic, mode 0600). Errors: `Io` (the command must not go on).
+    pub fn store_pending(&self, p: &PendingChange) -> Result<(), KeystoreError> {
+        self.make_keys_dir()?;
+        self.write_json(&self.pending_path(), p)
+    }
+
+    /// The marker, if any. An unreadable marker still counts as one (the next command checks).
+    pub fn load_pending(&self) -> Option<PendingChange> {
+        let b = std::fs::read(self.pending_path()).ok()?;
+        Some(serde_json::from_slice(&b).unwrap_or(PendingChange {
+            format: "swarmseal.change-pending".into(),
+            version: 1,
+            op: "unknown".into(),
+            pid: 0,
+            started: 0,
+            old_key_fingerprint: None,
+            fingerprint_salt: String::new(),
+        }))
+    }
+
+    pub fn clear_pending(&self) -> Result<(), KeystoreError> {
+        match std::fs::remove_file(self.pending_path()) {
+            Ok(()) => fsync_dir(&self.keys_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(KeystoreError::Io { path: self.pending_path(), source: e }),
+        }
+    }
+
+    fn make_keys_dir(&self) -> Result<(), KeystoreError> {
+        std::fs::create_dir_all(self.keys_dir()).map_err(|e| KeystoreError::Io { path: self.keys_dir(), source: e })?;
+        set_mode(&self.keys_dir(), 0o700);
+        Ok(())
+    }
+
+    /// Reserve the room a seal writes ([`SLOT_RESERVE`] for each slot, [`ESCROW_RESERVE`] for
+    /// `escrow` if given): the temp files [`write_atomic`] then fills in place, so a disk that
+    /// fills up after this call cannot stop the seal. Removed when the guard drops.
+    ///
+    /// Errors: `Io` naming the file when the state dir is not writable or has no room.
+    pub fn reserve(&self, escrow: Option<&Path>) -> Result<Reservation, KeystoreError> {
+        self.make_keys_dir()?;
+        let mut files = vec![(self.slot_path(Slot::Current), SLOT_RESERVE), (self.slot_path(Slot::Previous), SLOT_RESERVE)];
+        if let Some(e) = escrow {
+            let dir = e.parent().expect("has parent");
+            std::fs::create_dir_all(dir).map_err(|err| KeystoreError::Io { path: dir.to_path_buf(), source: err })?;
+            set_mode(dir, 0o700);
+            files.push((e.to_path_buf(), ESCROW_RESERVE));
+        }
+        let mut r = Reservation(Vec::new());
+        for (target, size) in files {
+            let tmp = temp_path(&target);
+            r.0.push(tmp.clone());
+            let io = |e: std::io::Error| KeystoreError::Io { path: tmp.clone(), source: std::io::Error::new(e.kind(), format!("cannot reserve {size} bytes for {}: {e}", target.display())) };
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&tmp).map_err(io)?;
+            f.write_all(&vec![0u8; size as usize]).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        Ok(r)
+    }
+
+    /// Remove temp files (`.<name>.tmp-<pid>`) that a process no longer running left in the
+    /// state dir, `keys/` and `escrow/` (a live writer's are left alone). Returns what was removed.
+    pub fn clean_temp(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for d in [self.dir.clone(), self.keys_dir(), self.dir.join("escrow")] {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let Some((_, pid)) = name.rsplit_once(".tmp-") else { continue };
+                let gone = pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+                if name.starts_with('.') && gone && std::fs::remove_file(e.path()).is_ok() {
+                    removed.push(e.path());
+                }
+            }
+        }
+        removed
     }
 
     pub fn keys_dir(&self) -> PathBuf {
@@ -262,8 +381,8 @@ impl Keystore {
         self.keys_dir().join(format!("{}.json", slot.name()))
     }
 
-    fn phase_path(&self) -> PathBuf {
-        self.dir.join("phase.json")
+    fn phase_paths(&self) -> Vec<PathBuf> {
+        self.runtime.iter().map(|r| r.join("phase.json")).chain([self.dir.join("phase.json")]).collect()
     }
 
     /// Read a slot; `Ok(None)` when the file does not exist.
@@ -284,14 +403,18 @@ impl Keystore {
     /// Store a new `current` slot. The old `current`, if readable and holding
     /// another key, becomes `previous` first (so a crash leaves either the old
     /// pair or the new pair, never no key). A same-key reseal replaces
-    /// `current` only. An unreadable old `current` is kept as `current.json.bad-<unix time>`.
+    /// `current` only. An unreadable file about to be replaced (`current`, or
+    /// `previous` when the old `current` moves there) is kept as `<name>.bad-<time>-<n>`.
     pub fn store_current(&self, new: &SlotFile, key: &UnlockKey) -> Result<(), KeystoreError> {
-        std::fs::create_dir_all(self.keys_dir()).map_err(|e| KeystoreError::Io { path: self.keys_dir(), source: e })?;
-        set_mode(&self.keys_dir(), 0o700);
+        self.make_keys_dir()?;
         match self.load(Slot::Current) {
             Ok(Some(old)) => {
                 let same = key.fingerprint(&old.salt()) == old.key_fingerprint;
-                if !same {
+                let staged = matches!(self.load(Slot::Previous), Ok(Some(p)) if p.key_fingerprint == old.key_fingerprint && p.public == old.public);
+                if !same && !staged {
+                    if self.load(Slot::Previous).is_err() {
+                        keep_bad(&self.slot_path(Slot::Previous))?;
+                    }
                     let mut prev = old.clone();
                     prev.slot = Slot::Previous;
                     self.write_json(&self.slot_path(Slot::Previous), &prev)?;
@@ -299,15 +422,25 @@ impl Keystore {
             }
             Ok(None) => {}
             Err(_) => {
-                let cur = self.slot_path(Slot::Current);
-                let bad = cur.with_extension(format!("json.bad-{}", unix_now()));
-                std::fs::rename(&cur, &bad).map_err(|e| KeystoreError::Io { path: bad.clone(), source: e })?;
-                tracing::warn!(file = %cur.display(), kept_as = %bad.display(), "unreadable current slot kept aside before writing a new one");
+                keep_bad(&self.slot_path(Slot::Current))?;
             }
         }
         let mut cur = new.clone();
         cur.slot = Slot::Current;
         self.write_json(&self.slot_path(Slot::Current), &cur)
+    }
+
+    /// Copy `current` to `previous` ahead of a key change ([`Keystore::store_current`] then
+    /// writes `current` only): fewer writes between the engine's change and the new key in
+    /// place. A readable `previous` is replaced, an unreadable one kept aside; no `current`: nothing.
+    pub fn stage_previous(&self) -> Result<(), KeystoreError> {
+        let Ok(Some(cur)) = self.load(Slot::Current) else { return Ok(()) };
+        if self.load(Slot::Previous).is_err() {
+            keep_bad(&self.slot_path(Slot::Previous))?;
+        }
+        let mut prev = cur;
+        prev.slot = Slot::Previous;
+        self.write_json(&self.slot_path(Slot::Previous), &prev)
     }
 
     /// Remove the `previous` slot (after every manager re-encrypted under the new key).
@@ -320,14 +453,27 @@ impl Keystore {
         }
     }
 
-    pub fn load_phase(&self) -> Option<PhaseRecord> {
-        let b = std::fs::read(self.phase_path()).ok()?;
-        serde_json::from_slice(&b).ok()
+    /// Every readable phase record: the runtime dir's copy first, then the state dir's.
+    pub fn load_phases(&self) -> Vec<PhaseRecord> {
+        self.phase_paths().iter().filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok()).collect()
     }
 
-    pub fn store_phase(&self, r: &PhaseRecord) -> Result<(), KeystoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| KeystoreError::Io { path: self.dir.clone(), source: e })?;
-        self.write_json(&self.phase_path(), r)
+    /// Write the phase record to the runtime dir and the state dir. `Ok` when at least one
+    /// copy was written; the other's failure is returned as the second value (to log).
+    pub fn store_phase(&self, r: &PhaseRecord) -> Result<Option<KeystoreError>, KeystoreError> {
+        let mut errors = Vec::new();
+        let paths = self.phase_paths();
+        for p in &paths {
+            let dir = p.parent().expect("has parent");
+            let written = std::fs::create_dir_all(dir).map_err(|e| KeystoreError::Io { path: dir.to_path_buf(), source: e }).and_then(|_| self.write_json(p, r));
+            if let Err(e) = written {
+                errors.push(e);
+            }
+        }
+        if errors.len() == paths.len() {
+            return Err(errors.remove(0));
+        }
+        Ok(errors.pop())
     }
 
     fn write_json<T: Serialize>(&self, path: &Path, v: &T) -> Result<(), KeystoreError> {
@@ -337,20 +483,63 @@ impl Keystore {
     }
 }
 
-/// Write `bytes` to `path` atomically: temp file in the same dir (mode
-/// `mode`), fsync, rename over `path`, fsync the directory.
+/// Write `bytes` to `path` atomically: temp file `.<name>.tmp-<pid>` in the same dir (mode
+/// `mode`), fsync, rename over `path`, fsync the directory. A temp file reserved beforehand
+/// ([`Keystore::reserve`]) is overwritten in place, so it needs no new blocks.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeystoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e: std::io::Error| KeystoreError::Io { path: path.to_path_buf(), source: e };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("f"), std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f: File = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
+    let tmp = temp_path(path);
+    let mut f: File = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(mode).open(&tmp).map_err(io)?;
+    let written = f.write_all(bytes).and_then(|_| f.set_len(bytes.len() as u64)).and_then(|_| f.sync_all());
     drop(f);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     std::fs::rename(&tmp, path).map_err(io)?;
     fsync_dir(dir)
+}
+
+/// `.<name>.tmp-<pid>` next to `path`.
+fn temp_path(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("f"), std::process::id()))
+}
+
+/// Room reserved by [`Keystore::reserve`]; whatever was not used is removed on drop.
+pub struct Reservation(Vec<PathBuf>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Move `path` (unreadable, about to be replaced) aside as `<name>.bad-<unix time>-<n>`, the
+/// first `n` free (a hard link cannot replace an existing name), and warn. No file: nothing.
+fn keep_bad(path: &Path) -> Result<Option<PathBuf>, KeystoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("slot");
+    let now = unix_now();
+    for n in 0..10_000 {
+        let bad = path.with_file_name(format!("{name}.bad-{now}-{n}"));
+        match std::fs::hard_link(path, &bad) {
+            Ok(()) => {
+                std::fs::remove_file(path).map_err(|e| KeystoreError::Io { path: path.to_path_buf(), source: e })?;
+                tracing::warn!(event = "slot_kept_aside", file = %path.display(), kept_as = %bad.display(), "unreadable sealed-key file kept aside before writing a new one");
+                return Ok(Some(bad));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(KeystoreError::Io { path: bad, source: e }),
+        }
+    }
+    Err(KeystoreError::Io { path: path.to_path_buf(), source: std::io::Error::other("too many .bad copies") })
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), KeystoreError> {

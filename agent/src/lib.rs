@@ -26,6 +26,7 @@ pub mod keystore;
 pub mod logging;
 pub mod pcrsig;
 pub mod proxy;
+pub mod recover;
 pub mod secret;
 pub mod swarm;
 pub mod tpm;

@@ -295,6 +295,33 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// `DockerRootDir` of `GET /info`: where the engine keeps `swarm/` (its node key, Raft data).
+    pub async fn docker_root(&self) -> Result<PathBuf, SwarmError> {
+        let info = self.docker.info().await.map_err(|e| self.bollard_error("GET /info", e))?;
+        info.docker_root_dir.filter(|s| !s.is_empty()).map(PathBuf::from).ok_or_else(|| SwarmError::Api { op: "GET /info", status: 200, message: "no DockerRootDir in the answer".into() })
+    }
+
+    /// `POST /swarm/init` with `ForceNewCluster: true` (Docker Engine API v1.24+): this manager
+    /// becomes the only manager of a new cluster built from its own Raft data (services, secrets,
+    /// nodes kept). The spec sent is the default one, so the new cluster starts with autolock
+    /// **off** (the engine applies the request's spec). Returns the node ID.
+    pub async fn init_force_new_cluster(&self, advertise_addr: Option<&str>, listen_addr: &str) -> Result<String, SwarmError> {
+        let req = SwarmInitRequest { listen_addr: Some(listen_addr.to_string()), advertise_addr: advertise_addr.map(str::to_string), force_new_cluster: Some(true), ..Default::default() };
+        self.docker.init_swarm(req).await.map_err(|e| self.bollard_error("POST /swarm/init", e))
+    }
+
+    /// How many nodes are Raft members (have a `ManagerStatus`, `GET /nodes`): after a forced
+    /// new cluster the lost managers are still listed, without one. Needs a Raft leader, so a
+    /// manager that lost quorum gets an error here.
+    pub async fn manager_count(&self) -> Result<usize, SwarmError> {
+        match tokio::time::timeout(Duration::from_secs(10), self.docker.list_nodes(None::<bollard::query_parameters::ListNodesOptions>)).await {
+            Ok(r) => r.map(|n| n.iter().filter(|n| n.manager_status.is_some()).count()).map_err(|e| self.bollard_error("GET /nodes", e)),
+            Err(_) => Err(SwarmError::Api { op: "GET /nodes", status: 0, message: "no answer within 10 s".into() }),
+        }
+    }
+}
+
 fn message_of(body: &[u8]) -> String {
     serde_json::from_slice::<EngineMessage>(body).map(|m| m.message).unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_string())
 }

@@ -163,7 +163,7 @@ pub enum TpmError {
     Unavailable { tcti: String, message: String },
     #[error("the TPM refused to unseal: the boot measurements changed since sealing ({})", describe_diffs(.changed))]
     PolicyMismatch { changed: Vec<PcrDiff> },
-    #[error("the storage root key (SRK) differs from the one the key was sealed under: this disk was sealed on a different machine or the TPM was cleared")]
+    #[error("the storage root key (SRK) differs from the one the key was sealed under: this disk was sealed on a different machine or the TPM was cleared. Unlock with the escrowed key (`age -d -i KEY <state_dir>/escrow/unlock-key.age | swarmseal unlock --manual`) or the operator's copy: that reseals it to this TPM")]
     SrkMismatch,
     /// Signed PCR policy: the signature file has no entry by the key for the current values.
     #[error("{} is not signed: {file} holds no signature by the PCR signing key {key} for it ({})", list_values(.signed), describe_key_entries(*.by_key))]
@@ -173,6 +173,19 @@ pub enum TpmError {
     BadSignature { file: String, key: String, signed: Vec<PcrValue>, message: String },
     #[error("the TPM operation {op} failed: {message}")]
     Command { op: &'static str, message: String },
+    /// A transient TPM condition (TPM 2.0 Part 2, 6.6.3 format-zero warnings: TPM_RC_RETRY,
+    /// TPM_RC_YIELDED, TPM_RC_TESTING, TPM_RC_OBJECT_MEMORY, TPM_RC_SESSION_MEMORY, …): the
+    /// command did nothing and may succeed when repeated.
+    #[error("the TPM is busy: {op} answered {message}; nothing was consumed, retry in a moment (a TPM without a resource manager fills up when another program leaves objects loaded: `tpm2_flushcontext -t`)")]
+    Busy { op: &'static str, message: String },
+}
+
+impl TpmError {
+    /// True when repeating the operation may succeed: the TPM did not answer (`Unavailable`)
+    /// or answered with a transient warning (`Busy`). A refusal (policy, signature, SRK) is not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TpmError::Unavailable { .. } | TpmError::Busy { .. })
+    }
 }
 
 fn list_values(v: &[PcrValue]) -> String {
@@ -209,10 +222,18 @@ fn failed(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
             tcti: String::new(),
             message: format!("{op} was not sent: the connection to the TPM was lost earlier; open the TPM again"),
         },
+        Some(rc) if rc >> 16 == 0 && TPM_RC_TRANSIENT.contains(&(rc & 0xFFFF)) => {
+            TpmError::Busy { op, message: format!("{e} (TSS2_RC {rc:#x})") }
+        }
         Some(rc) => TpmError::Command { op, message: format!("{e} (TSS2_RC {rc:#x})") },
         None => TpmError::Command { op, message: e.to_string() },
     }
 }
+
+/// TPM format-zero warnings that mean "not now" (TPM 2.0 Part 2, table 16): CONTEXT_GAP,
+/// OBJECT_MEMORY, SESSION_MEMORY, MEMORY, SESSION_HANDLES, OBJECT_HANDLES, YIELDED, CANCELED,
+/// TESTING, RETRY. TPM layer (bits 16..23 zero) only.
+const TPM_RC_TRANSIENT: [u32; 10] = [0x901, 0x902, 0x903, 0x904, 0x905, 0x906, 0x908, 0x909, 0x90A, 0x922];
 
 /// TSS2_RC layer of the TCTI (TCG TSS 2.0 Overview, "TSS2_RC layers": bits 16..23).
 const TSS2_TCTI_LAYER: u32 = 10;
@@ -336,20 +357,37 @@ impl Tpm {
     /// Errors: `Command` for an empty or invalid PCR set, a secret of the wrong size, or a
     /// TPM failure; `Unavailable` when the TPM stops answering.
     pub fn seal(&mut self, secret: &[u8], policy: &Policy) -> Result<SealedObject, TpmError> {
-        let result = self.seal_op(secret, policy);
+        let mut given = Some(Zeroizing::new(secret.to_vec()));
+        let sealed = self.seal_prepared(policy, &mut || given.take())?;
+        sealed.ok_or(TpmError::Command { op: "TPM2_Create", message: "no secret to seal".into() })
+    }
+
+    /// Seal in two steps, for a secret that exists only later (a rotated unlock key): load the
+    /// SRK and start the salted session (TPM 2.0 Part 3, TPM2_CreatePrimary or the persistent
+    /// SRK, TPM2_StartAuthSession), then call `secret` — which may block until the secret exists
+    /// — and send TPM2_Create at once, with no other TPM round trip in between. `secret`
+    /// returning `None` abandons the seal (`Ok(None)`); every handle is flushed on every path.
+    ///
+    /// Errors: as [`Tpm::seal`]; an error before `secret` was called means nothing was asked of
+    /// the caller (the preparation failed: the caller may retry, see [`TpmError::is_retryable`]).
+    pub fn seal_prepared(
+        &mut self,
+        policy: &Policy,
+        secret: &mut dyn FnMut() -> Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<Option<SealedObject>, TpmError> {
+        let result = self.seal_op(policy, secret);
         result.map_err(|e| self.reached_through(e))
     }
 
-    fn seal_op(&mut self, secret: &[u8], policy: &Policy) -> Result<SealedObject, TpmError> {
+    fn seal_op(
+        &mut self,
+        policy: &Policy,
+        secret: &mut dyn FnMut() -> Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<Option<SealedObject>, TpmError> {
         const OP: &str = "TPM2_Create";
         check_policy(OP, policy)?;
-        if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
-            return Err(TpmError::Command {
-                op: OP,
-                message: format!("a sealed object holds 1 to {MAX_SECRET_LEN} bytes; the secret has {}", secret.len()),
-            });
-        }
         let policy_digest = policy.digest();
+        let template = sealed_object_template(&policy_digest)?;
 
         // Each guard releases its handle on every path; `tpm` is the innermost.
         let (mut srk_scope, srk_handle) = load_srk(&mut self.ctx)?;
@@ -360,7 +398,13 @@ impl Tpm {
         let mut tpm = Scoped::flush(&mut srk_scope, SessionHandle::from(session).into());
         set_session_attributes(&mut tpm, session, true, false)?;
 
-        let template = sealed_object_template(&policy_digest)?;
+        let Some(secret) = secret() else { return Ok(None) };
+        if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
+            return Err(TpmError::Command {
+                op: OP,
+                message: format!("a sealed object holds 1 to {MAX_SECRET_LEN} bytes; the secret has {}", secret.len()),
+            });
+        }
         let sensitive = SensitiveData::try_from(secret.to_vec()).map_err(failed(OP))?;
         let created = tpm
             .execute_with_session(Some(session), |c| c.create(srk_handle, template, None, Some(sensitive), None, None))
@@ -377,12 +421,12 @@ impl Tpm {
                 ),
             });
         }
-        Ok(SealedObject {
+        Ok(Some(SealedObject {
             public: marshal_public(&created.out_public)?,
             private: tpm2b(created.out_private.value()),
             srk_name,
             policy_digest,
-        })
+        }))
     }
 
     /// Unseal `obj` under a `Pcr` policy (the same PCR values it was sealed with): TPM 2.0

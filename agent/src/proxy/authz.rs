@@ -217,6 +217,7 @@ pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Dec
         (&["swarmseal", "v1", "escrow"], "the escrowed key is admin-only"),
         (&["swarmseal", "v1", "escrow", "*"], "the escrowed keys are admin-only"),
         (&["swarmseal", "v1", "reseal"], "resealing is admin-only"),
+        (&["swarmseal", "v1", "recover"], "lost-quorum recovery is admin-only"),
         (&["swarmseal", "v1", "var", "enroll-tpm"], "re-enrolling /var is admin-only"),
     ];
     for (pat, why) in denied {
@@ -261,6 +262,8 @@ pub enum KeyEvent {
     EscrowRead,
     /// `POST /swarmseal/v1/reseal`
     Reseal,
+    /// `POST /swarmseal/v1/recover` (the body may be the unlock key)
+    Recover,
     /// `POST /swarmseal/v1/var/enroll-tpm` (the body is the /var recovery key)
     VarEnrollTpm,
     /// `POST /swarmseal/v1/update`: a new image for this manager (its release key decides).
@@ -281,6 +284,7 @@ impl KeyEvent {
             KeyEvent::NodeRoleChange => "node_role_change",
             KeyEvent::EscrowRead => "escrow_read",
             KeyEvent::Reseal => "reseal",
+            KeyEvent::Recover => "recover",
             KeyEvent::VarEnrollTpm => "var_enroll_tpm",
             KeyEvent::ImageUpdate => "image_update",
         }
@@ -383,6 +387,8 @@ pub fn key_events(c: &Canon, query: Option<&str>) -> Vec<KeyEvent> {
         v.push(KeyEvent::EscrowRead);
     } else if c.is(&["swarmseal", "v1", "reseal"]) {
         v.push(KeyEvent::Reseal);
+    } else if c.is(&["swarmseal", "v1", "recover"]) {
+        v.push(KeyEvent::Recover);
     } else if c.is(&["swarmseal", "v1", "var", "enroll-tpm"]) {
         v.push(KeyEvent::VarEnrollTpm);
     } else if c.is(&["swarmseal", "v1", "update"]) {

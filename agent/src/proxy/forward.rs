@@ -248,7 +248,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         query: bounded(req.uri().query().unwrap_or("")),
         agent: bounded(&req.headers().get(hyper::header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()),
         status: 0,
-        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_in: ctx.state.body_counter(),
         bytes_out: Arc::new(AtomicU64::new(0)),
         start: Instant::now(),
         user: None,
@@ -323,6 +323,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
         }
         return Err((403, why));
     }
+    ctx.long_stream(&canon, req.uri().query(), upgrade)?;
     let inspect = authz::inspect(method.as_str(), &canon);
     if inspect.is_none() {
         for e in &events {
@@ -597,6 +598,21 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, qu
                 Err((code, msg)) => message(code, &msg, audit),
             }
         }
+        ("POST", ["swarmseal", "v1", "recover"]) => {
+            // Optional body: the unlock key, as text or {"UnlockKey": "…"} (as POST /swarm/unlock).
+            let body = match Box::pin(http_body_util::Limited::new(body, 1024).collect()).await {
+                Ok(b) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
+                Err(_) => return message(413, "the body must be empty or the swarm's unlock key (at most 1 KiB)", audit),
+            };
+            let key = match crate::recover::key_from_body(&body) {
+                Ok(k) => k,
+                Err(e) => return message(400, &e, audit),
+            };
+            match api.recover(key).await {
+                Ok(v) => json_response(200, &v, audit),
+                Err((code, msg)) => message(code, &msg, audit),
+            }
+        }
         ("POST", ["swarmseal", "v1", "reseal"]) => match api.reseal().await {
             Ok(v) => json_response(200, &v, audit),
             Err((code, msg)) => message(code, &msg, audit),
@@ -609,8 +625,8 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, qu
             Some(b) => ok_body(b, "application/octet-stream", audit),
             None => message(404, "no escrowed /var recovery key: escrow is not configured (credential swarmseal.escrow-recipient), this is not the appliance image, or swarmseal-var-recovery.service has not run (see its journal)", audit),
         },
-        (_, ["swarmseal", "v1", "status" | "bench" | "reseal" | "escrow" | "update"] | ["swarmseal", "v1", "escrow", "var-recovery-key"] | ["swarmseal", "v1", "var", "enroll-tpm"]) => message(405, &format!("{m} is not allowed here"), audit),
-        _ => message(404, "no such swarmseal endpoint (status, bench, reseal, escrow, escrow/var-recovery-key, var/enroll-tpm, update under /swarmseal/v1/)", audit),
+        (_, ["swarmseal", "v1", "status" | "bench" | "reseal" | "recover" | "escrow" | "update"] | ["swarmseal", "v1", "escrow", "var-recovery-key"] | ["swarmseal", "v1", "var", "enroll-tpm"]) => message(405, &format!("{m} is not allowed here"), audit),
+        _ => message(404, "no such swarmseal endpoint (status, bench, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update under /swarmseal/v1/)", audit),
     }
 }
 

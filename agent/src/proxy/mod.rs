@@ -9,37 +9,46 @@
 //! - HTTP/1.1 through hyper to the engine socket: streaming responses, chunked
 //!   bodies, `101 Switching Protocols` with a raw bidirectional copy that
 //!   honours half-close (`docker exec -it`, `attach`, `run -it`) ([`forward`]).
-//! - The agent's endpoints under `/swarmseal/v1/` (`status`, `bench`, `reseal`, `escrow`,
+//! - The agent's endpoints under `/swarmseal/v1/` (`status`, `bench`, `reseal`, `recover`, `escrow`,
 //!   `var/enroll-tpm`, `update`).
 //! - One audit line per request (target `swarmseal::audit`), security events
 //!   for requests touching the unlock key (target `swarmseal::security`).
-//! - A fresh connection must finish its TLS handshake, and every request head
-//!   must arrive, within `header_timeout_secs`; a keep-alive connection with no
-//!   request in flight is closed after `idle_timeout_secs` (never an upgraded
-//!   connection or a streaming response); at most `max_connections` at once
-//!   (further ones are closed at once); request heads are limited to 64 KiB.
+//! - Capacity ([`slots`]): TLS handshakes have their own small pool (per source
+//!   address and in all) and must end within `handshake_timeout_secs`; only a
+//!   connection with a verified certificate takes one of `max_connections`,
+//!   capped per role and per certificate, with `admin_reserved_connections`
+//!   kept for the admin role; long streams are capped per certificate.
+//! - Timeouts: every request head within `header_timeout_secs`; a request body
+//!   that stops (no byte for `body_timeout_secs` while the client still owes
+//!   body bytes and no answer has started) closes the connection; a keep-alive
+//!   connection with no request in flight is closed after `idle_timeout_secs`
+//!   (never an upgraded connection or a streaming response: those live as long
+//!   as they do); request heads are limited to 64 KiB.
 
 pub mod authz;
 pub mod gojson;
 pub mod basic;
 mod forward;
 pub mod pki;
+pub mod slots;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::instrument::WithSubscriber;
+
+use slots::{ConnSlot, HandshakeSlot, Refusal, RefusalLog, Slots, StreamSlot};
 
 /// Proxy errors.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +70,13 @@ pub trait AgentApi: Send + Sync + 'static {
     fn bench(&self) -> Option<Vec<u8>>;
     /// `POST /swarmseal/v1/reseal`: Ok(JSON) or Err((HTTP status, message)).
     fn reseal(&self) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>>;
+    /// `POST /swarmseal/v1/recover`, body: empty, or the swarm's current unlock key (when the
+    /// TPM cannot unseal it): lost-quorum recovery (see [`crate::recover`]). Ok(JSON) or
+    /// Err((HTTP status, message)); the new key is never in the answer. The default answers 404.
+    fn recover(&self, key: Option<crate::secret::UnlockKey>) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+        drop(key);
+        Box::pin(async { Err((404, "not available here: recovery runs in the agent".to_string())) })
+    }
     /// `POST /swarmseal/v1/var/enroll-tpm`, body: the `/var` recovery key (text):
     /// bind the appliance's `/var` to this machine's TPM again. Ok(JSON) or
     /// Err((HTTP status, message)). The default answers 404 (not the appliance).
@@ -114,7 +130,11 @@ pub(crate) struct Shared {
     pub socket: PathBuf,
     pub basic: Option<basic::BasicAuth>,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub slots: Arc<Slots>,
+    pub refusals: RefusalLog,
 }
 
 /// A bound proxy listener, not yet serving (lets callers learn the port first).
@@ -123,9 +143,11 @@ pub struct Proxy {
     acceptor: tokio_rustls::TlsAcceptor,
     basic: Option<basic::BasicAuth>,
     socket: PathBuf,
-    max_connections: usize,
+    limits: slots::Limits,
     header_timeout: Duration,
+    body_timeout: Duration,
     idle_timeout: Duration,
+    handshake_timeout: Duration,
 }
 
 impl Proxy {
@@ -138,15 +160,20 @@ impl Proxy {
             None => None,
         };
         let addr = cfg.proxy.listen;
+        let limits = slots::Limits::of(&cfg.proxy);
+        raise_fd_limit(&limits);
         let listener = TcpListener::bind(addr).await.map_err(|source| ProxyError::Listen { addr, source })?;
+        let secs = |s: u64| Duration::from_secs(s.max(1));
         Ok(Proxy {
             listener,
             acceptor: tokio_rustls::TlsAcceptor::from(tls),
             basic,
             socket: cfg.docker_socket(),
-            max_connections: cfg.proxy.max_connections.max(1),
-            header_timeout: Duration::from_secs(cfg.proxy.header_timeout_secs.max(1)),
-            idle_timeout: Duration::from_secs(cfg.proxy.idle_timeout_secs.max(1)),
+            limits,
+            header_timeout: secs(cfg.proxy.header_timeout_secs),
+            body_timeout: secs(cfg.proxy.body_timeout_secs),
+            idle_timeout: secs(cfg.proxy.idle_timeout_secs),
+            handshake_timeout: secs(cfg.proxy.handshake_timeout_secs),
         })
     }
 
@@ -158,20 +185,29 @@ impl Proxy {
     /// Serve until `shutdown` resolves; then stop accepting, let open
     /// connections finish their current request (at most 10 s) and return.
     pub async fn run(self, api: Arc<dyn AgentApi>, shutdown: impl Future<Output = ()> + Send) -> Result<(), ProxyError> {
+        tracing::info!(
+            listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            limits = ?self.limits,
+            "proxy listening (TLS 1.3, client certificate required)"
+        );
         let shared = Arc::new(Shared {
             api,
             socket: self.socket,
             basic: self.basic,
             header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
             idle_timeout: self.idle_timeout,
+            handshake_timeout: self.handshake_timeout,
+            slots: Slots::new(self.limits),
+            refusals: RefusalLog::default(),
         });
-        let limit = Arc::new(Semaphore::new(self.max_connections));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), max_connections = self.max_connections, "proxy listening (TLS 1.3, client certificate required)");
+        let mut sweep = tokio::time::interval(Duration::from_secs(5));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = sweep.tick() => shared.refusals.flush(false),
                 r = self.listener.accept() => {
                     let (tcp, peer) = match r {
                         Ok(x) => x,
@@ -181,20 +217,30 @@ impl Proxy {
                             continue;
                         }
                     };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        tracing::warn!(target: "swarmseal::audit", peer = %peer, "connection refused: limit of {} connections reached", self.max_connections);
-                        drop(tcp);
-                        continue;
+                    let hs = match shared.slots.handshake(peer.ip()) {
+                        Ok(hs) => hs,
+                        Err(why) => {
+                            // Closed at once: no TLS work, no task, for what no certificate vouches for.
+                            drop(tcp);
+                            shared.refusals.note(peer.ip(), Refusal::Busy, &why);
+                            continue;
+                        }
                     };
                     let _ = tcp.set_nodelay(true);
-                    let fut = handle_conn(shared.clone(), self.acceptor.clone(), tcp, peer, permit, stop_rx.clone());
+                    let fut = handle_conn(shared.clone(), self.acceptor.clone(), tcp, peer, hs, stop_rx.clone());
                     tokio::spawn(fut.with_current_subscriber());
                 }
             }
         }
         drop(self.listener);
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), limit.acquire_many(self.max_connections as u32)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while shared.slots.busy() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        shared.refusals.flush(true);
         tracing::info!("proxy stopped");
         Ok(())
     }
@@ -209,20 +255,37 @@ pub async fn serve(
     Proxy::bind(cfg).await?.run(api, shutdown).await
 }
 
-/// Per-connection activity, for the header and idle timeouts.
+/// Per-connection activity, for the header, body and idle timeouts.
 pub(crate) struct ConnState {
     start: Instant,
     in_flight: AtomicUsize,
     /// ms since start (+1) when the current request head started; 0 = none.
     head_started: AtomicU64,
-    /// ms since start (+1) of the last activity.
+    /// ms since start (+1) of the last byte from the client (or the last request's end).
     last: AtomicU64,
+    /// ms since start (+1) since the last read found no byte waiting; 0 = the last read got bytes.
+    blocked_since: AtomicU64,
+    /// The current request has a body and its answer has not started.
+    answer_pending: AtomicBool,
+    /// The current request's body length: 0 none, `u64::MAX` unknown (chunked).
+    body_len: AtomicU64,
+    /// Body bytes of the current request passed on so far (shared with its audit record).
+    body_seen: std::sync::Mutex<Arc<AtomicU64>>,
 }
 
 impl ConnState {
     fn new() -> ConnState {
         // Waiting for the first request head from the start.
-        ConnState { start: Instant::now(), in_flight: AtomicUsize::new(0), head_started: AtomicU64::new(1), last: AtomicU64::new(1) }
+        ConnState {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            head_started: AtomicU64::new(1),
+            last: AtomicU64::new(1),
+            blocked_since: AtomicU64::new(0),
+            answer_pending: AtomicBool::new(false),
+            body_len: AtomicU64::new(0),
+            body_seen: std::sync::Mutex::new(Arc::new(AtomicU64::new(0))),
+        }
     }
     fn now(&self) -> u64 {
         self.start.elapsed().as_millis() as u64 + 1
@@ -230,9 +293,13 @@ impl ConnState {
     fn on_read(&self) {
         let now = self.now();
         self.last.store(now, Ordering::Relaxed);
+        self.blocked_since.store(0, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Acquire) == 0 {
             let _ = self.head_started.compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
         }
+    }
+    fn on_blocked(&self) {
+        let _ = self.blocked_since.compare_exchange(0, self.now(), Ordering::AcqRel, Ordering::Relaxed);
     }
     pub(crate) fn begin_request(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -242,29 +309,49 @@ impl ConnState {
         self.last.store(self.now(), Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
+    /// A fresh counter of the current request's body bytes (the audit's `bytes_in`): the body
+    /// timeout knows from it when a body with a Content-Length is complete.
+    pub(crate) fn body_counter(&self) -> Arc<AtomicU64> {
+        let c = Arc::new(AtomicU64::new(0));
+        *self.body_seen.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        c
+    }
+    /// The client still owes body bytes (as far as the proxy can tell).
+    fn body_owed(&self) -> bool {
+        let len = self.body_len.load(Ordering::Acquire);
+        len != 0 && (len == u64::MAX || self.body_seen.lock().unwrap_or_else(|e| e.into_inner()).load(Ordering::Relaxed) < len)
+    }
 
     /// Resolves with the reason when a timeout hits.
-    async fn watch(&self, header: Duration, idle: Duration) -> &'static str {
-        let (h, i) = (header.as_millis() as u64, idle.as_millis() as u64);
+    async fn watch(&self, header: Duration, body: Duration, idle: Duration) -> &'static str {
+        let (h, b, i) = (header.as_millis() as u64, body.as_millis() as u64, idle.as_millis() as u64);
         loop {
             let now = self.now();
-            let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
-                h
+            let (deadline, why) = if self.in_flight.load(Ordering::Acquire) > 0 {
+                // A body that stops before its answer: the client holds the request open.
+                let blocked = self.blocked_since.load(Ordering::Acquire);
+                if self.answer_pending.load(Ordering::Acquire) && blocked != 0 && self.body_owed() {
+                    (blocked.max(self.last.load(Ordering::Relaxed)) + b, "request body timeout (no byte of the announced body)")
+                } else {
+                    (now + b.min(h), "")
+                }
             } else {
                 let hs = self.head_started.load(Ordering::Acquire);
-                let (deadline, why) =
-                    if hs != 0 { (hs + h, "header read timeout") } else { (self.last.load(Ordering::Relaxed) + i, "idle timeout") };
-                if now >= deadline {
-                    return why;
+                if hs != 0 {
+                    (hs + h, "header read timeout")
+                } else {
+                    (self.last.load(Ordering::Relaxed) + i, "idle timeout")
                 }
-                deadline - now
             };
-            tokio::time::sleep(Duration::from_millis(wait.max(5))).await;
+            if now >= deadline && !why.is_empty() {
+                return why;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now).clamp(5, 1000))).await;
         }
     }
 }
 
-/// The TLS stream, noting when bytes arrive.
+/// The TLS stream, noting when bytes arrive and when a read finds none.
 struct Tracked<S> {
     inner: S,
     state: Arc<ConnState>,
@@ -274,8 +361,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.state.on_read();
+        match r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.state.on_read(),
+            Poll::Pending => self.state.on_blocked(),
+            _ => {}
         }
         r
     }
@@ -310,8 +399,61 @@ pub(crate) struct ConnCtx {
     pub basic_ok: std::sync::Mutex<Option<(Vec<u8>, String)>>,
     /// Hands engine-connection futures to the connection task, which drives them.
     pub driver_tx: tokio::sync::mpsc::UnboundedSender<Driver>,
+    /// The long stream this connection carries, if any (until its next request or its end).
+    stream: std::sync::Mutex<Option<StreamSlot>>,
     /// Held while the connection (or its upgraded stream) lives.
-    _permit: OwnedSemaphorePermit,
+    slot: ConnSlot,
+}
+
+impl ConnCtx {
+    /// Called for every authorized request: a long stream (see [`slots::is_long_stream`]) takes
+    /// a stream slot of this certificate, or is refused with 503 naming the cap.
+    pub(crate) fn long_stream(&self, canon: &authz::Canon, query: Option<&str>, upgrade: bool) -> Result<(), (u16, String)> {
+        let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        *s = None;
+        if slots::is_long_stream(canon, query, upgrade) {
+            *s = Some(self.shared.slots.stream(&self.slot).map_err(|m| (503, m))?);
+        }
+        Ok(())
+    }
+}
+
+/// SHA-256 of a DER certificate: the identity the caps count.
+fn fingerprint(der: &[u8]) -> slots::Fingerprint {
+    use sha2::Digest;
+    sha2::Sha256::digest(der).into()
+}
+
+/// Raise the soft RLIMIT_NOFILE to the hard limit (each connection takes two descriptors: the
+/// client's and the engine's); warn when even that is short of the caps.
+fn raise_fd_limit(l: &slots::Limits) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut r = getrlimit(Resource::Nofile);
+    if r.current < r.maximum {
+        r.current = r.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, r) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit");
+        }
+    }
+    let need = (2 * l.max_connections + l.max_handshakes + 64) as u64;
+    if let Some(have) = getrlimit(Resource::Nofile).current.filter(|h| *h < need) {
+        tracing::warn!(have, need, "the open-file limit (RLIMIT_NOFILE) is below what [proxy] max_connections and max_handshakes need: connections beyond it fail at accept (raise LimitNOFILE= or lower the caps)");
+    }
+}
+
+/// Answer the first request of a connection that is over a cap with 503 and close it.
+async fn answer_over_cap<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, message: String) {
+    let body = Bytes::from(serde_json::to_vec(&serde_json::json!({ "message": message })).unwrap_or_default());
+    let svc = hyper::service::service_fn(move |_req| {
+        let r = hyper::Response::builder()
+            .status(503)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONNECTION, "close")
+            .header(hyper::header::RETRY_AFTER, "5")
+            .body(http_body_util::Full::new(body.clone()));
+        async move { r }
+    });
+    let _ = hyper::server::conn::http1::Builder::new().max_header_size(MAX_HEAD_BYTES).keep_alive(false).serve_connection(TokioIo::new(io), svc).await;
 }
 
 async fn handle_conn(
@@ -319,18 +461,23 @@ async fn handle_conn(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    mut hs: HandshakeSlot,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let tls = match tokio::time::timeout(shared.header_timeout, acceptor.accept(tcp)).await {
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    let handshake = tokio::select! {
+        r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+        _ = &mut hs.evicted => {
+            let why = "the handshake pool is full: this address's oldest TLS handshake was closed for a newcomer from a less busy address";
+            return shared.refusals.note(peer.ip(), Refusal::Busy, why);
+        }
+    };
+    let tls = match handshake {
         Err(_) => {
-            tracing::info!(target: "swarmseal::audit", peer = %peer, "TLS handshake timed out");
-            return;
+            let why = format!("TLS handshake timed out (not finished within {} s, handshake_timeout_secs)", shared.handshake_timeout.as_secs());
+            return shared.refusals.note(peer.ip(), Refusal::Timeout, &why);
         }
-        Ok(Err(e)) => {
-            tracing::info!(target: "swarmseal::audit", peer = %peer, error = %e, "TLS handshake rejected");
-            return;
-        }
+        Ok(Err(e)) => return shared.refusals.note(peer.ip(), Refusal::Failed, &format!("TLS handshake rejected: {e}")),
         Ok(Ok(s)) => s,
     };
     let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
@@ -338,10 +485,23 @@ async fn handle_conn(
         return;
     };
     let ident = tls::Identity::from_cert(cert);
+    let slot = match shared.slots.connection(fingerprint(cert), ident.role) {
+        Ok(s) => s,
+        Err(why) => {
+            // Still on the handshake slot: the excess stays under the per-address cap.
+            shared.refusals.note(peer.ip(), Refusal::OverCap, &why);
+            tokio::select! {
+                _ = tokio::time::timeout_at(deadline, answer_over_cap(tls, why)) => {}
+                _ = &mut hs.evicted => {}
+            }
+            return;
+        }
+    };
+    drop(hs);
     tracing::debug!(target: "swarmseal::audit", peer = %peer, role = ident.role_str(), identity = %forward::Esc(&ident.name), "TLS connection");
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(Tracked { inner: tls, state: state.clone() });
-    let (header_timeout, idle_timeout) = (shared.header_timeout, shared.idle_timeout);
+    let (header_timeout, body_timeout, idle_timeout) = (shared.header_timeout, shared.body_timeout, shared.idle_timeout);
     let (driver_tx, mut driver_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(ConnCtx {
         shared,
@@ -351,9 +511,22 @@ async fn handle_conn(
         upstream: tokio::sync::Mutex::new(None),
         basic_ok: std::sync::Mutex::new(None),
         driver_tx,
-        _permit: permit,
+        stream: std::sync::Mutex::new(None),
+        slot,
     });
-    let svc = hyper::service::service_fn(move |req| forward::handle(ctx.clone(), req));
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        use hyper::body::Body;
+        let ctx = ctx.clone();
+        // What the body timeout needs to know: is a body announced, and how long is it.
+        let len = if req.body().is_end_stream() { 0 } else { req.body().size_hint().exact().unwrap_or(u64::MAX) };
+        ctx.state.body_len.store(len, Ordering::Release);
+        ctx.state.answer_pending.store(len != 0, Ordering::Release);
+        async move {
+            let r = forward::handle(ctx.clone(), req).await;
+            ctx.state.answer_pending.store(false, Ordering::Release);
+            r
+        }
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .max_header_size(MAX_HEAD_BYTES)
         .max_headers(128)
@@ -361,7 +534,7 @@ async fn handle_conn(
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let watch = state.watch(header_timeout, idle_timeout);
+    let watch = state.watch(header_timeout, body_timeout, idle_timeout);
     tokio::pin!(watch);
     // The engine connection is driven by this same task (no cross-task hop per request).
     let mut driver: Option<Driver> = None;

@@ -22,7 +22,7 @@ pub const OID_O: &[u8] = &[0x55, 0x04, 0x0a];
 pub const OID_OU: &[u8] = &[0x55, 0x04, 0x0b];
 
 /// What a client certificate allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Admin,
     ReadOnly,

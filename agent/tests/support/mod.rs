@@ -95,6 +95,31 @@ impl Swtpm {
         self.spawn();
     }
 
+    /// Power loss: SIGKILL, no state saved beyond what swtpm already wrote. `start_again` brings
+    /// it back (new ports: use [`Swtpm::tcti`] again).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start a stopped or killed TPM again on its state (PCRs at their power-on values).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "swtpm is still running");
+        self.spawn();
+    }
+
+    /// Process id of the running swtpm.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether swtpm is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // swtpm saves its state on SIGTERM.
@@ -322,6 +347,39 @@ impl Dockerd {
         }
     }
 
+    /// Power cut: SIGKILL dockerd and its containerd (dockerd's graceful stop of a swarm
+    /// manager takes 6–25 s; a power cut is what a reboot test needs anyway).
+    pub fn power_cut(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Everything in the engine's network namespace (dockerd, containerd, shims) dies at once.
+            let ns = std::fs::read_link(format!("/proc/{}/ns/net", c.id())).ok();
+            let pids: Vec<String> = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().chars().all(|ch| ch.is_ascii_digit()))
+                .filter(|e| ns.is_some() && std::fs::read_link(e.path().join("ns/net")).ok() == ns)
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect();
+            if !pids.is_empty() {
+                let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            // The namespace's processes are gone once none of them is left.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) && pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists() && std::fs::read_link(format!("/proc/{p}/ns/net")).ok() == ns) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("grep ' {}/' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l", self.dir.display()))
+            .status();
+        // A reboot empties /run, where the engine's exec root and pid files live.
+        let _ = std::fs::remove_dir_all(self.dir.join("exec"));
+        let _ = std::fs::remove_file(self.dir.join("docker.pid"));
+    }
+
     /// Start a stopped engine again on the same data (swarm with autolock comes back `locked`).
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "dockerd is still running");
@@ -425,6 +483,81 @@ pub fn swarmseal(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> st
         child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
     }
     child.wait_with_output().unwrap()
+}
+
+/// A small tmpfs mounted on a temp dir (a disk that fills up); unmounted on drop.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `size`: tmpfs size option (`256k`, `1m`).
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(dir.path()).status().expect("mount must be installed");
+        assert!(st.success(), "mount -t tmpfs failed (tests run as root)");
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fill every free block with `filler` (written until ENOSPC).
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![0xa5u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        // Small files need inodes and partial blocks too: keep writing tiny ones until refused.
+        for i in 0..64 {
+            if std::fs::write(self.path().join(format!("filler-{i}")), b"x").is_err() {
+                break;
+            }
+        }
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.path().join("filler")).unwrap();
+        while f.write_all(b"x").is_ok() {}
+    }
+
+    /// Free what [`Tmpfs::fill`] took.
+    pub fn unfill(&self) {
+        for e in std::fs::read_dir(self.path()).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("filler") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*) for fault points: a printed seed replays a run.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seed from `SWARMSEAL_FAULT_SEED` if set, else `default`; printed with `what`.
+    pub fn from_env(what: &str, default: u64) -> Rng {
+        let seed = std::env::var("SWARMSEAL_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+        eprintln!("{what}: fault seed {seed} (replay with SWARMSEAL_FAULT_SEED={seed})");
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
