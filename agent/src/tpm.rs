@@ -249,16 +249,20 @@ fn tss_raw_code(e: &tss_esapi::Error) -> Option<u32> {
 
 /// True when the TPM refused because the PCRs do not satisfy the policy:
 /// TPM_RC_VALUE from TPM2_PolicyPCR (the PCR digest differs), TPM_RC_POLICY_FAIL from
-/// TPM2_Unseal (the session digest differs from authPolicy), TPM_RC_PCR_CHANGED (a PCR
-/// was extended between TPM2_PolicyPCR and TPM2_Unseal).
+/// TPM2_Unseal (the session digest differs from authPolicy).
 fn is_policy_failure(e: &tss_esapi::Error) -> bool {
     match e {
-        tss_esapi::Error::Tss2Error(rc) => matches!(
-            rc.kind(),
-            Some(Tss2ResponseCodeKind::Value | Tss2ResponseCodeKind::PolicyFail | Tss2ResponseCodeKind::PcrChanged)
-        ),
+        tss_esapi::Error::Tss2Error(rc) => matches!(rc.kind(), Some(Tss2ResponseCodeKind::Value | Tss2ResponseCodeKind::PolicyFail)),
         tss_esapi::Error::WrapperError(_) => false,
     }
+}
+
+/// True for TPM_RC_PCR_CHANGED (TPM 2.0 Part 2, table 16; Part 3, TPM2_Unseal with a policy
+/// session): some PCR, in the policy or not, was extended between TPM2_PolicyPCR and the
+/// command. Not a refusal: on the appliance the kernel's IMA measures every module load into
+/// PCR 10 (dockerd loads modules around the agent's unseal), so a new session succeeds.
+fn is_pcr_changed(e: &tss_esapi::Error) -> bool {
+    matches!(e, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(Tss2ResponseCodeKind::PcrChanged))
 }
 
 /// An open TPM context (one ESAPI context over one TCTI connection).
@@ -749,7 +753,15 @@ pub fn pcr_diffs(sealed: &PcrValues, current: &PcrValues) -> Vec<PcrDiff> {
 }
 
 fn policy_or_command(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
-    move |e| if is_policy_failure(&e) { TpmError::PolicyMismatch { changed: Vec::new() } } else { failed(op)(e) }
+    move |e| {
+        if is_policy_failure(&e) {
+            TpmError::PolicyMismatch { changed: Vec::new() }
+        } else if is_pcr_changed(&e) {
+            TpmError::Busy { op, message: "TPM_RC_PCR_CHANGED: a PCR was extended during the policy session (e.g. IMA measuring a kernel module into PCR 10); a new session is started".into() }
+        } else {
+            failed(op)(e)
+        }
+    }
 }
 
 fn check_indices(op: &'static str, pcrs: &[u8]) -> Result<(), TpmError> {
@@ -1045,6 +1057,22 @@ fn unmarshal_private(bytes: &[u8]) -> Result<Private, TpmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// TPM_RC_PCR_CHANGED (0x128) during a policy session is retried with a new session
+    /// (`Busy`), never a policy refusal that would consume the boot's unlock; TPM_RC_VALUE
+    /// from TPM2_PolicyPCR (format one, parameter 1: 0x1C4) and TPM_RC_POLICY_FAIL from
+    /// TPM2_Unseal (session 1: 0x99D) stay refusals.
+    #[test]
+    fn pcr_changed_is_retried_policy_failures_are_refusals() {
+        use tss_esapi::constants::response_code::Tss2ResponseCode;
+        let rc = |code: u32| tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(code));
+        let e = policy_or_command("TPM2_Unseal")(rc(0x128));
+        assert!(matches!(e, TpmError::Busy { .. }) && e.is_retryable(), "{e:?}");
+        for code in [0x1C4, 0x99D] {
+            let e = policy_or_command("TPM2_Unseal")(rc(code));
+            assert!(matches!(e, TpmError::PolicyMismatch { .. }) && !e.is_retryable(), "{code:#x}: {e:?}");
+        }
+    }
 
     fn values(v: &[(u8, Vec<u8>)]) -> PcrValues {
         v.iter().cloned().collect()
