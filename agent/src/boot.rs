@@ -659,6 +659,10 @@ fn unix_now() -> u64 {
 /// How long after a write-ahead marker was written its change may still arrive in the engine
 /// (a killed command's request goes on in the engine: `POST /swarm/init` takes seconds).
 const PENDING_SETTLE: Duration = Duration::from_secs(3);
+/// How long [`repair_pending`] waits for an engine in `pending` (joining or initializing: a
+/// killed command's `POST /swarm/init` goes on there, dockerd waits up to 20 s for the node)
+/// before it leaves the marker to the next command.
+const PENDING_STATE_WAIT: Duration = Duration::from_secs(60);
 
 /// Change the engine's key (`change`: init with autolock, autolock on, rotate) under the rule
 /// that the new key ends sealed, escrowed or shown: prepare the seal first (a failure there is
@@ -701,13 +705,16 @@ where
 /// Finish what a killed or failed command left (its write-ahead marker): once the engine is an
 /// active manager, seal the key it holds now unless `current` already does, then remove the
 /// marker. A marker younger than [`PENDING_SETTLE`] whose change has not shown yet is waited
-/// for. A locked engine keeps the marker (its key is readable after the unlock).
+/// for, and so is an engine in `pending` (up to [`PENDING_STATE_WAIT`]: a killed `init`'s swarm
+/// is still being made, and would come up with a key nobody sealed). A locked engine keeps the
+/// marker (its key is readable after the unlock).
 /// Call with the state-dir lock held.
 pub async fn repair_pending(ctx: &Ctx, engine: &Engine, custody: Custody) -> Result<(), BootError> {
     let Some(m) = ctx.ks.load_pending() else { return Ok(()) };
     let salt = hex::decode(&m.fingerprint_salt).unwrap_or_default();
     let age = Duration::from_secs(unix_now().saturating_sub(m.started));
     let deadline = Instant::now() + (PENDING_SETTLE + Duration::from_secs(1)).saturating_sub(age);
+    let pending_deadline = Instant::now() + PENDING_STATE_WAIT;
     loop {
         let st = engine.status().await?;
         match st.state {
@@ -731,6 +738,7 @@ pub async fn repair_pending(ctx: &Ctx, engine: &Engine, custody: Custody) -> Res
                 return Ok(());
             }
             NodeState::Locked => return Ok(()),
+            NodeState::Pending if Instant::now() < pending_deadline => tokio::time::sleep(Duration::from_millis(100)).await,
             _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
             NodeState::Inactive => {
                 ctx.ks.clear_pending()?;
@@ -827,10 +835,12 @@ async fn cmd_init(ctx: &Ctx, advertise: Option<String>) -> Result<(), BootError>
 
 async fn cmd_seal(ctx: &Ctx) -> Result<(), BootError> {
     let engine = engine(&ctx.cfg).await?;
-    active_manager(&engine).await?;
     // The key is read under the lock: a `rotate` in between would otherwise be sealed over.
+    // What a killed command left is finished first, whatever state the engine is in now (a
+    // killed `init` leaves it `pending` for seconds, then active with an unsealed key).
     let _lock = ctx.lock().await?;
     repair_pending(ctx, &engine, Custody::Terminal).await?;
+    active_manager(&engine).await?;
     let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off, so there is no unlock key: run `swarmseal init` to turn it on"))?;
     let slot = ctx.seal(&key).await?;
     let _ = ctx.ks.clear_pending();
