@@ -556,8 +556,9 @@ fn next_command(n: &mut Node, i: usize) {
 
 /// `kill -9` `args` at KILLS random points over its duration; after each: the next command (or,
 /// when `with_agent`, the agent that ran all along: it finishes the marker and, once the engine
-/// is active, has watched it for a tick), a reboot, and the swarm must open with the TPM (the
-/// agent's unlock when `with_agent`), or a fallback in `allow`.
+/// has settled active, has watched it for a tick), a reboot, and the swarm must open with the TPM (the
+/// agent's unlock when `with_agent`), or a fallback in `allow`. Prints each point as
+/// `delay[(done: ended before the kill)][+marker][engine state right after the kill]:how it opened`.
 fn kill_series(name: &'static str, seed: u64, args: &[&str], with_agent: bool, mut before: impl FnMut(&mut Node), stdin: impl Fn(&Node) -> Option<String>, allow: &[&str]) {
     let mut n = Node::with_swarm(name, None);
     let mut rng = Rng::from_env(name, seed);
@@ -571,10 +572,15 @@ fn kill_series(name: &'static str, seed: u64, args: &[&str], with_agent: bool, m
         }
         let delay = Duration::from_micros(rng.below(dur.as_micros() as u64 * 11 / 10 + 1));
         let ended = kill_after(n.spawn(args, stdin(&n).as_deref()), delay);
-        let marked = if n.marker().exists() { "+marker" } else { "" };
+        let marked = format!("{}[{}]", if n.marker().exists() { "+marker" } else { "" }, n.d.swarm_state());
         if with_agent {
             wait_until("the agent resolves the marker", Duration::from_secs(30), || !n.marker().exists());
-            wait_until("the agent watches the active engine", Duration::from_secs(30), || n.d.swarm_state() != "active" || n.agent_saw_active());
+            // A killed command's request goes on in the engine (`pending`: unlocking, joining).
+            wait_until("the agent watches the settled engine", Duration::from_secs(30), || match n.d.swarm_state().as_str() {
+                "pending" => false,
+                "active" => n.agent_saw_active(),
+                _ => true,
+            });
         } else {
             next_command(&mut n, i);
         }
