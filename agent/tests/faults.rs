@@ -30,6 +30,7 @@ struct Node {
     aux: tempfile::TempDir,
     identity: age::x25519::Identity,
     agent: Option<AgentProcess>,
+    agent_log_from: usize,
 }
 
 impl Node {
@@ -55,7 +56,7 @@ impl Node {
             identity.to_public()
         );
         std::fs::write(aux.path().join("config.toml"), cfg).unwrap();
-        let n = Node { name, t0, d, tpm: Swtpm::start(), state, _state_tmp: st, tmpfs: fs, aux, identity, agent: None };
+        let n = Node { name, t0, d, tpm: Swtpm::start(), state, _state_tmp: st, tmpfs: fs, aux, identity, agent: None, agent_log_from: 0 };
         n.measure_boot_chain();
         n
     }
@@ -142,8 +143,36 @@ impl Node {
 
     fn start_agent(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.aux.path().join("agent.log")).unwrap();
+        self.agent_log_from = self.agent_log().len();
         let child = cmd(swarmseal_bin()).args(self.args(&["agent"])).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         self.agent = Some(AgentProcess(child));
+    }
+
+    /// Start the agent and wait for its boot decision (`boot_done`).
+    fn start_agent_booted(&mut self) {
+        self.start_agent();
+        wait_until("the agent's boot decision", Duration::from_secs(60), || self.this_agent_log().contains("boot_done"));
+    }
+
+    /// Whether the agent's latest view of the engine (its boot decision, or a later
+    /// `swarm_state` event) is an active swarm: from then on every tick checks the seal.
+    fn agent_saw_active(&self) -> bool {
+        let log = self.this_agent_log();
+        let last = log.lines().filter(|l| l.contains("boot_done") || l.contains("swarm_state")).last().unwrap_or_default().to_string();
+        ["state=active", "swarm active", "swarm unlocked", "swarm initialized"].iter().any(|w| last.contains(w))
+    }
+
+    /// SIGKILL the agent, if one runs.
+    fn stop_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.0.kill();
+            let _ = a.0.wait();
+        }
+    }
+
+    /// What the running (or last) agent logged since it started.
+    fn this_agent_log(&self) -> String {
+        self.agent_log().get(self.agent_log_from..).unwrap_or_default().to_string()
     }
 
     fn agent_log(&self) -> String {
@@ -153,10 +182,7 @@ impl Node {
     /// Reboot: power cut (agent and dockerd SIGKILLed), TPM power cycle (or start after a
     /// kill), the same boot chain measured, the runtime dir (tmpfs `/run`) emptied, engine up.
     fn reboot(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            let _ = a.0.kill();
-            let _ = a.0.wait();
-        }
+        self.stop_agent();
         self.d.power_cut();
         if self.tpm.running() {
             self.tpm.power_cycle();
@@ -342,8 +368,7 @@ fn tpm_killed_during_rotate_leaves_the_key_sealed_shown_or_escrowed() {
 #[test]
 fn agent_escrows_a_rotated_key_it_cannot_seal_and_says_so_without_the_key() {
     let mut n = Node::with_swarm("agent-tpm-down", None);
-    n.start_agent();
-    wait_until("the agent is up", Duration::from_secs(30), || n.agent_log().contains("boot_done"));
+    n.start_agent_booted();
     let escrow = n.state.join("escrow/unlock-key.age");
     let before = std::fs::read(&escrow).unwrap();
     // The TPM dies, then the key is rotated elsewhere (another manager, or the docker CLI).
@@ -522,17 +547,18 @@ fn next_command(n: &mut Node, i: usize) {
         }
         _ => {
             // The agent at start finds the marker and seals first.
-            n.start_agent();
-            wait_until("the agent resolves the marker", Duration::from_secs(30), || !n.marker().exists() && n.agent_log().contains("boot_done"));
-            let mut a = n.agent.take().unwrap();
-            let _ = a.0.kill();
-            let _ = a.0.wait();
+            n.start_agent_booted();
+            wait_until("the agent resolves the marker", Duration::from_secs(30), || !n.marker().exists());
+            n.stop_agent();
         }
     }
 }
 
-/// `kill -9` `args` at KILLS random points over its duration; after each: the next command (or
-/// the agent, when `with_agent`), a reboot, and the swarm must open with the TPM.
+/// `kill -9` `args` at KILLS random points over its duration; after each: the next command (or,
+/// when `with_agent`, the agent that ran all along: it finishes the marker and, once the engine
+/// has settled active, has watched it for a tick), a reboot, and the swarm must open with the TPM (the
+/// agent's unlock when `with_agent`), or a fallback in `allow`. Prints each point as
+/// `delay[(done: ended before the kill)][+marker][engine state right after the kill]:how it opened`.
 fn kill_series(name: &'static str, seed: u64, args: &[&str], with_agent: bool, mut before: impl FnMut(&mut Node), stdin: impl Fn(&Node) -> Option<String>, allow: &[&str]) {
     let mut n = Node::with_swarm(name, None);
     let mut rng = Rng::from_env(name, seed);
@@ -542,27 +568,36 @@ fn kill_series(name: &'static str, seed: u64, args: &[&str], with_agent: bool, m
     for i in 0..KILLS {
         before(&mut n);
         if with_agent && n.agent.is_none() {
-            n.start_agent();
-            wait_until("the agent is up", Duration::from_secs(30), || n.agent_log().matches("boot_done").count() > i);
+            n.start_agent_booted();
         }
         let delay = Duration::from_micros(rng.below(dur.as_micros() as u64 * 11 / 10 + 1));
         let ended = kill_after(n.spawn(args, stdin(&n).as_deref()), delay);
-        let marked = if n.marker().exists() { "+marker" } else { "" };
+        let marked = format!("{}[{}]", if n.marker().exists() { "+marker" } else { "" }, n.d.swarm_state());
         if with_agent {
             wait_until("the agent resolves the marker", Duration::from_secs(30), || !n.marker().exists());
+            // A killed command's request goes on in the engine (`pending`: unlocking, joining).
+            wait_until("the agent watches the settled engine", Duration::from_secs(30), || match n.d.swarm_state().as_str() {
+                "pending" => false,
+                "active" => n.agent_saw_active(),
+                _ => true,
+            });
         } else {
             next_command(&mut n, i);
         }
         n.reboot();
-        if with_agent {
-            n.start_agent();
-            wait_until("the agent unlocks after the reboot", Duration::from_secs(60), || n.d.swarm_state() == "active" || n.agent_log().matches("boot_done").count() > i + 1);
-            assert_eq!(n.d.swarm_state(), "active", "[{name}] kill #{i} after {delay:?}: the agent did not unlock after the reboot:\n{}", n.agent_log());
-            log.push(format!("{delay:?}{}{marked}", if ended.is_some() { "(done)" } else { "" }));
+        let how = if with_agent {
+            let was = n.d.swarm_state();
+            n.start_agent_booted();
+            if was == "locked" && n.d.swarm_state() == "active" {
+                "tpm"
+            } else {
+                eprintln!("[{name}] kill #{i} after {delay:?}: the agent left the swarm {}: {}", n.d.swarm_state(), n.this_agent_log().lines().filter(|l| l.contains("boot_done")).collect::<String>());
+                n.assert_opens(None, allow)
+            }
         } else {
-            let how = n.assert_opens(None, allow);
-            log.push(format!("{delay:?}{}{marked}:{how}", if ended.is_some() { "(done)" } else { "" }));
-        }
+            n.assert_opens(None, allow)
+        };
+        log.push(format!("{delay:?}{}{marked}:{how}", if ended.is_some() { "(done)" } else { "" }));
     }
     eprintln!("[{name}] {KILLS} kill points over {dur:?}: {}", log.join(" "));
     n.done();
@@ -584,25 +619,56 @@ fn kill_seal() {
 }
 
 #[test]
+fn kill_seal_with_agent() {
+    kill_series("kill-seal-agent", 4106, &["seal"], true, |_| {}, |_| None, &[]);
+}
+
+#[test]
 fn kill_init() {
-    // Each point starts from an engine without a swarm.
-    let before = |n: &mut Node| {
-        if n.d.swarm_state() != "inactive" {
-            n.d.docker_ok(&["swarm", "leave", "--force"]);
-        }
-    };
-    kill_series("kill-init", 4104, &["init"], false, before, |_| None, &["inactive", "active"]);
+    kill_series("kill-init", 4104, &["init"], false, leave_swarm, |_| None, &["inactive", "active"]);
+}
+
+#[test]
+fn kill_init_with_agent() {
+    // The agent (`[swarm] init = false`) runs on the engine without a swarm, watching: once the
+    // killed init's swarm is active it seals its key (the marker) or turns autolock on.
+    kill_series("kill-init-agent", 4107, &["init"], true, leave_swarm, |_| None, &["inactive", "active"]);
+}
+
+/// Each `init` kill point starts from an engine without a swarm.
+fn leave_swarm(n: &mut Node) {
+    if n.d.swarm_state() != "inactive" {
+        n.d.docker_ok(&["swarm", "leave", "--force"]);
+    }
 }
 
 #[test]
 fn kill_unlock_manual() {
     // Each point starts from a locked engine; the operator types the key (from the escrow copy).
-    let before = |n: &mut Node| {
-        if n.d.swarm_state() != "locked" {
-            n.reboot();
+    kill_series("kill-unlock-manual", 4105, &["unlock", "--manual"], false, |n| locked(n, false), escrow_stdin, &["escrow"]);
+}
+
+#[test]
+fn kill_unlock_manual_with_agent() {
+    // Each point starts from a locked engine whose PCR 7 changed in this boot (a new value every
+    // time): the agent cannot unseal, stays locked and watches; the operator's `unlock --manual`
+    // is killed, the agent reseals what it unlocked at its next tick.
+    kill_series("kill-unlock-manual-agent", 4108, &["unlock", "--manual"], true, |n| locked(n, true), escrow_stdin, &["escrow"]);
+}
+
+/// A locked engine (a reboot if it is not); with `pcr_changed`, PCR 7 measured differently
+/// from every earlier boot.
+fn locked(n: &mut Node, pcr_changed: bool) {
+    if n.d.swarm_state() != "locked" {
+        n.reboot();
+        if pcr_changed {
+            n.tpm.extend(7, &format!("changed-{:?}", Instant::now()));
         }
-    };
-    kill_series("kill-unlock-manual", 4105, &["unlock", "--manual"], false, before, |n| n.escrowed_key().map(|k| format!("{k}\n")), &["escrow"]);
+    }
+}
+
+fn escrow_stdin(n: &Node) -> Option<String> {
+    n.escrowed_key().map(|k| format!("{k}\n"))
 }
 
 impl Node {
