@@ -434,6 +434,25 @@ fn a_stalled_body_is_closed_and_a_slow_one_is_not() {
         out.starts_with("HTTP/1.1 404") && out.contains("door-flood-none"),
         "slow but progressing upload: {out:?}"
     );
+
+    // A complete chunked body whose answer takes longer than the body timeout (as `docker load`
+    // or an agent endpoint's work does) is answered, not cut: nothing is owed once it ended.
+    // `POST /containers/{id}/stop?t=4` on a PID 1 that ignores SIGTERM answers after ~4 s.
+    door.d.import_busybox("door-flood-busybox:1");
+    let id = door.d.docker_ok(&["run", "-d", "door-flood-busybox:1", "sleep", "60"]);
+    let id = id.trim();
+    let t = Instant::now();
+    let out = rt.block_on(async {
+        let mut s = admin.connect(ADMIN_HOST).await.unwrap();
+        let req = format!("POST /containers/{id}/stop?t=4 HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    eprintln!("complete chunked body, slow answer: {:?} after {:?}", out.lines().next(), t.elapsed());
+    assert!(t.elapsed() >= Duration::from_secs(3), "the stop took the engine's grace period: {:?}", t.elapsed());
+    assert!(out.starts_with("HTTP/1.1 204"), "a complete body is not cut by the body timeout (2 s) while the engine works: {out:?}");
     drop(rt);
 }
 

@@ -26,9 +26,10 @@ pub(crate) type Upstream = hyper::client::conn::http1::SendRequest<ReqBody>;
 
 /// Body sent to the engine.
 pub(crate) enum ReqBody {
-    /// The client's body as it arrives: bytes counted, and a flag set when the client
-    /// broke it (malformed chunked encoding, cut short): a 400, not the engine's fault.
-    Stream(Incoming, Arc<AtomicU64>, Arc<AtomicBool>),
+    /// The client's body as it arrives: bytes counted, a flag set when the client broke it
+    /// (malformed chunked encoding, cut short: a 400, not the engine's fault), and one set when
+    /// it ended (the body timeout stops there). Made by [`stream_body`].
+    Stream(Incoming, Arc<AtomicU64>, Arc<AtomicBool>, Arc<AtomicBool>),
     Full(Option<Bytes>),
 }
 
@@ -37,16 +38,20 @@ impl Body for ReqBody {
     type Error = hyper::Error;
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ReqBody::Stream(b, n, broken) => {
-                let r = Pin::new(b).poll_frame(cx);
+            ReqBody::Stream(b, n, broken, ended) => {
+                let r = Pin::new(&mut *b).poll_frame(cx);
                 match &r {
                     Poll::Ready(Some(Ok(f))) => {
                         if let Some(d) = f.data_ref() {
                             n.fetch_add(d.len() as u64, Ordering::Relaxed);
                         }
+                        if b.is_end_stream() {
+                            ended.store(true, Ordering::Release);
+                        }
                     }
                     Poll::Ready(Some(Err(_))) => broken.store(true, Ordering::Relaxed),
-                    _ => {}
+                    Poll::Ready(None) => ended.store(true, Ordering::Release),
+                    Poll::Pending => {}
                 }
                 r
             }
@@ -65,6 +70,12 @@ impl Body for ReqBody {
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0)),
         }
     }
+}
+
+/// The request body of `ctx`'s current request, counted into `bytes` (the audit's
+/// `bytes_in`) and marked ended for the body timeout, whoever reads it.
+fn stream_body(ctx: &ConnCtx, body: Incoming, bytes: Arc<AtomicU64>, broken: Arc<AtomicBool>) -> ReqBody {
+    ReqBody::Stream(body, bytes, broken, ctx.state.body_end_flag())
 }
 
 /// The audit record of one request; written when dropped (after the last byte
@@ -350,8 +361,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     let body = match inspect {
         Some(kind) => {
             // Read as the engine will, decide, then forward exactly these bytes.
-            let bytes = read_inspected(kind, &parts.headers, body).await?;
-            audit_slot.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let bytes = read_inspected(kind, &parts.headers, stream_body(ctx, body, audit_slot.bytes_in.clone(), broken.clone())).await?;
             let more = body_events(&mut up, kind, &canon, &bytes).await.inspect_err(|_| {
                 for e in &events {
                     security_event(e.as_str(), audit_slot, "refused");
@@ -363,7 +373,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
             audit_slot.events.extend(more.iter().map(|e| e.as_str()));
             ReqBody::Full(Some(bytes))
         }
-        None => ReqBody::Stream(body, audit_slot.bytes_in.clone(), broken.clone()),
+        None => stream_body(ctx, body, audit_slot.bytes_in.clone(), broken.clone()),
     };
     let fut = up.send_request(Request::from_parts(parts, body));
     *sender = Some(up);
@@ -477,7 +487,7 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 /// 413 over the limit (before reading when `Content-Length` says so), 400 when the
 /// client broke the body or sent a form (Go's `ParseForm` would read a form body as
 /// query parameters).
-async fn read_inspected(kind: authz::Inspect, h: &HeaderMap, body: Incoming) -> Result<Bytes, Early> {
+async fn read_inspected(kind: authz::Inspect, h: &HeaderMap, body: ReqBody) -> Result<Bytes, Early> {
     let limit = kind.limit();
     let too_big = || (413, format!("the request body is larger than {} KiB, the most accepted for this endpoint; nothing was forwarded", limit >> 10));
     if content_length(h).is_some_and(|n| n > limit) {
@@ -571,7 +581,7 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, qu
         },
         ("POST", ["swarmseal", "v1", "var", "enroll-tpm"]) => {
             // The recovery key: 71 characters; anything much longer is not one.
-            let key = match Box::pin(http_body_util::Limited::new(body, 1024).collect()).await {
+            let key = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {
                 Ok(b) => zeroize::Zeroizing::new(String::from_utf8_lossy(&b.to_bytes()).trim().to_string()),
                 Err(_) => return message(413, "the body must be the /var recovery key (at most 1 KiB of text)", audit),
             };
@@ -591,7 +601,7 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, qu
                     UpdateFrom::Source { version }
                 }
                 // Streamed to the agent; the bytes counted for the audit line, never logged.
-                None => UpdateFrom::Upload { body: Box::pin(crate::update::BodyReader::new(ReqBody::Stream(body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))))), content_length },
+                None => UpdateFrom::Upload { body: Box::pin(crate::update::BodyReader::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))))), content_length },
             };
             match api.update(from, reboot).await {
                 Ok(v) => json_response(200, &v, audit),
@@ -600,7 +610,7 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, qu
         }
         ("POST", ["swarmseal", "v1", "recover"]) => {
             // Optional body: the unlock key, as text or {"UnlockKey": "…"} (as POST /swarm/unlock).
-            let body = match Box::pin(http_body_util::Limited::new(body, 1024).collect()).await {
+            let body = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {
                 Ok(b) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
                 Err(_) => return message(413, "the body must be empty or the swarm's unlock key (at most 1 KiB)", audit),
             };

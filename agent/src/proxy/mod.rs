@@ -271,6 +271,10 @@ pub(crate) struct ConnState {
     body_len: AtomicU64,
     /// Body bytes of the current request passed on so far (shared with its audit record).
     body_seen: std::sync::Mutex<Arc<AtomicU64>>,
+    /// Set once the current request's body has been read to its end, by whoever read it
+    /// (forwarded, inspected, or taken by an agent endpoint): nothing is owed after that,
+    /// however long the answer takes (a chunked `docker load`, a 25 s recovery).
+    body_ended: std::sync::Mutex<Arc<AtomicBool>>,
 }
 
 impl ConnState {
@@ -285,6 +289,7 @@ impl ConnState {
             answer_pending: AtomicBool::new(false),
             body_len: AtomicU64::new(0),
             body_seen: std::sync::Mutex::new(Arc::new(AtomicU64::new(0))),
+            body_ended: std::sync::Mutex::new(Arc::new(AtomicBool::new(false))),
         }
     }
     fn now(&self) -> u64 {
@@ -314,12 +319,21 @@ impl ConnState {
     pub(crate) fn body_counter(&self) -> Arc<AtomicU64> {
         let c = Arc::new(AtomicU64::new(0));
         *self.body_seen.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        *self.body_ended.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(AtomicBool::new(false));
         c
+    }
+    /// The flag the current request's body sets when it has been read to its end
+    /// ([`forward::ReqBody::Stream`]).
+    pub(crate) fn body_end_flag(&self) -> Arc<AtomicBool> {
+        self.body_ended.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     /// The client still owes body bytes (as far as the proxy can tell).
     fn body_owed(&self) -> bool {
         let len = self.body_len.load(Ordering::Acquire);
-        len != 0 && (len == u64::MAX || self.body_seen.lock().unwrap_or_else(|e| e.into_inner()).load(Ordering::Relaxed) < len)
+        if len == 0 || self.body_ended.lock().unwrap_or_else(|e| e.into_inner()).load(Ordering::Acquire) {
+            return false;
+        }
+        len == u64::MAX || self.body_seen.lock().unwrap_or_else(|e| e.into_inner()).load(Ordering::Relaxed) < len
     }
 
     /// Resolves with the reason when a timeout hits.
