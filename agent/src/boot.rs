@@ -103,7 +103,7 @@ impl BootError {
 fn custody_advice(escrowed: Option<&std::path::Path>, shown: bool) -> String {
     let mut places = Vec::new();
     if shown {
-        places.push("shown on this terminal".to_string());
+        places.push("shown above".to_string());
     }
     if let Some(p) = escrowed {
         places.push(format!("escrowed in {}", p.display()));
@@ -355,10 +355,8 @@ impl Ctx {
                 None
             }
         });
-        let shown = custody == Custody::Terminal;
-        if shown {
-            show_unsealed_key(key, cause, escrowed.as_deref());
-        } else {
+        let shown = custody == Custody::Terminal && show_unsealed_key(key, cause, escrowed.as_deref());
+        if custody != Custody::Terminal {
             tracing::error!(event = "key_unsealed_pending", security = true, escrowed = %escrowed.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "no".into()), cause = %cause, "the engine's unlock key changed but could not be sealed; retrying at every watch tick");
         }
         BootError::NotSealed { cause: cause.to_string(), escrowed, shown }
@@ -636,18 +634,27 @@ pub(crate) fn show_key_on_terminal(key: &UnlockKey, what: &str) {
 
 /// Show a key that could not be sealed on the controlling terminal, or on stderr when there is
 /// none (the command's own output, never a log): the key must not end up only in the engine.
-fn show_unsealed_key(key: &UnlockKey, cause: &BootError, escrowed: Option<&std::path::Path>) {
+/// Show a key that could not be sealed on the controlling terminal. Without one, stderr (a
+/// pipe, a file, the journal under systemd) gets the key only when no escrow copy was written:
+/// then it is the last place besides the engine; with an escrow copy it gets only where that is.
+/// Returns whether the key was shown.
+fn show_unsealed_key(key: &UnlockKey, cause: &BootError, escrowed: Option<&std::path::Path>) -> bool {
     use std::io::Write;
-    let text = format!(
+    let text = zeroize::Zeroizing::new(format!(
         "\nswarmseal: THE SWARM'S UNLOCK KEY CHANGED BUT COULD NOT BE SEALED ({cause}).\n{}Store this key offline now (password manager, paper):\n\n    {}\n\nThen fix the cause and run `swarmseal seal`. Until it is sealed, a reboot of this manager needs this key (`swarmseal unlock --manual`).\n",
         escrowed.map(|p| format!("An age-encrypted copy is in {}. ", p.display())).unwrap_or_default(),
         key.expose()
-    );
-    match std::fs::OpenOptions::new().write(true).open("/dev/tty") {
-        Ok(mut tty) => {
-            let _ = tty.write_all(text.as_bytes());
+    ));
+    match (std::fs::OpenOptions::new().write(true).open("/dev/tty"), escrowed) {
+        (Ok(mut tty), _) => tty.write_all(text.as_bytes()).is_ok(),
+        (Err(_), Some(p)) => {
+            eprintln!("swarmseal: the swarm's unlock key changed but could not be sealed ({cause}); no terminal, so the key is not printed: its age-encrypted copy is in {}", p.display());
+            false
         }
-        Err(_) => eprint!("{text}"),
+        (Err(_), None) => {
+            eprint!("{}", *text);
+            true
+        }
     }
 }
 
