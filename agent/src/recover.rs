@@ -57,6 +57,9 @@ pub enum RecoverError {
     NotManager,
     #[error("the unlock key {source_} does not open this manager's node key ({file}): it is not this swarm's key (a key from before a rotation? try the previous one); nothing was changed")]
     KeyRefused { source_: &'static str, file: PathBuf },
+    /// The TPM released the key once in this boot already (phase lock, PCR `pcr`).
+    #[error("the TPM already released the unlock key once in this boot (PCR {pcr} carries swarmseal's phase lock), so it cannot open the node key again: give the key instead (`swarmseal recover --force-new-cluster --key-stdin < key.txt`, or as the body of POST /swarmseal/v1/recover; the escrow copy or the operator's copy). Not `docker swarm unlock`: without quorum it never returns")]
+    PhaseLocked { pcr: u8 },
     #[error("cannot read or write the engine's node key {file}: {message}")]
     NodeKey { file: PathBuf, message: String },
     #[error("the engine must restart to let go of its locked swarm node, but `{command}` failed: {message}; restart the engine by hand (systemctl restart docker), then run the recovery again")]
@@ -73,6 +76,7 @@ impl RecoverError {
             RecoverError::Boot(b) => b.exit(),
             RecoverError::NoSwarm(_) | RecoverError::NotManager => Exit::SwarmState,
             RecoverError::KeyRefused { .. } => Exit::WrongKey,
+            RecoverError::PhaseLocked { .. } => Exit::PolicyMismatch,
             RecoverError::NodeKey { .. } | RecoverError::Restart { .. } | RecoverError::Timeout { .. } => Exit::Failure,
         }
     }
@@ -84,7 +88,7 @@ impl RecoverError {
             RecoverError::KeyRefused { .. } => 422,
             RecoverError::Boot(BootError::SealRefused { .. }) => 409,
             RecoverError::Boot(BootError::Swarm(SwarmError::Unreachable { .. })) => 503,
-            RecoverError::Boot(BootError::Tpm(_) | BootError::PhaseLocked { .. } | BootError::Keystore(_) | BootError::SignatureFile(_)) => 503,
+            RecoverError::Boot(BootError::Tpm(_) | BootError::PhaseLocked { .. } | BootError::Keystore(_) | BootError::SignatureFile(_)) | RecoverError::PhaseLocked { .. } => 503,
             _ => 500,
         }
     }
@@ -264,7 +268,7 @@ async fn open_node_key(ctx: &Ctx, engine: &Engine, state: NodeState, given: Opti
         }
     }
     if phase_locked {
-        return Err(BootError::PhaseLocked { pcr: ctx.cfg.tpm.phase_pcr }.into());
+        return Err(RecoverError::PhaseLocked { pcr: ctx.cfg.tpm.phase_pcr });
     }
     let f = file.to_path_buf();
     let (slot, plain) = ctx
@@ -550,6 +554,17 @@ fn decrypt_pkcs8(der_bytes: &[u8], password: &[u8]) -> Result<Zeroizing<Vec<u8>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A phase-locked TPM during recovery: exit 5 / HTTP 503, and the advice is the key on
+    /// stdin or in the body, never `docker swarm unlock` (it hangs without quorum).
+    #[test]
+    fn phase_locked_recovery_asks_for_the_key_not_docker_swarm_unlock() {
+        let e = RecoverError::PhaseLocked { pcr: 11 };
+        assert_eq!((e.exit() as i32, e.http_status()), (Exit::PolicyMismatch as i32, 503));
+        let text = e.to_string();
+        assert!(text.contains("--key-stdin") && text.contains("POST /swarmseal/v1/recover") && text.contains("PCR 11"), "{text}");
+        assert!(text.contains("Not `docker swarm unlock`"), "{text}");
+    }
 
     #[test]
     fn body_key_forms() {
