@@ -211,7 +211,7 @@ pub async fn recover(ctx: &Ctx, given: Option<UnlockKey>) -> Result<(Outcome, Un
             out.steps.push("engine_restarted");
         }
         let (advertise, listen) = addresses(&ctx.cfg, &swarm_dir);
-        let id = engine.init_force_new_cluster(advertise.as_deref(), &listen).await?;
+        let id = init_when_node_started(&engine, advertise.as_deref(), &listen).await?;
         tracing::warn!(event = "recover_step", security = true, step = "force_new_cluster", node_id = %id, "this manager is now the only manager of a new cluster");
         out.steps.push("force_new_cluster");
         wait_state(&engine, "become an active manager", Duration::from_secs(60), |s| s.state == NodeState::Active && s.manager).await?;
@@ -296,6 +296,23 @@ async fn restart_engine(cfg: &Config, socket: &Path) -> Result<Engine, RecoverEr
     let e = Engine::wait(socket, Duration::from_secs(180)).await?;
     wait_state(&e, "start its swarm node after the restart", Duration::from_secs(60), |s| s.state != NodeState::Inactive || s.error.is_some()).await?;
     Ok(e)
+}
+
+/// `POST /swarm/init` with `ForceNewCluster`. Right after an engine restart the node is
+/// `pending` before swarmkit has started its manager; until then dockerd 20.10 answers 503 "This
+/// node is not a swarm manager" (moby `cluster/swarm.go` Init: `nodeState.IsManager()`), which
+/// is retried for up to 60 s (seen under load in CI).
+async fn init_when_node_started(e: &Engine, advertise: Option<&str>, listen: &str) -> Result<String, RecoverError> {
+    let t = Instant::now();
+    loop {
+        match e.init_force_new_cluster(advertise, listen).await {
+            Err(SwarmError::Api { status: 503, message, .. }) if message.contains("not a swarm manager") && t.elapsed() < Duration::from_secs(60) => {
+                tracing::info!(event = "recover_step", step = "wait_manager", "the engine's swarm node has not started its manager yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return Ok(r?),
+        }
+    }
 }
 
 async fn wait_state(e: &Engine, what: &'static str, limit: Duration, ok: impl Fn(&crate::swarm::SwarmStatus) -> bool) -> Result<(), RecoverError> {

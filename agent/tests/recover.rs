@@ -82,12 +82,14 @@ impl Survivor {
         self.state.path().join(name)
     }
     /// Run `swarmseal` (or anything) in `cmd` to its end, serving its engine-restart requests.
-    fn serve_restarts(&mut self, mut child: std::process::Child, limit: Duration) -> (std::process::ExitStatus, usize) {
+    /// Returns the exit status, the number of restarts served and the run's stderr.
+    fn serve_restarts(&mut self, mut child: std::process::Child, limit: Duration) -> (std::process::ExitStatus, usize, String) {
         let t = Instant::now();
         let mut restarts = 0;
         loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return (st, restarts);
+            if child.try_wait().unwrap().is_some() {
+                let o = child.wait_with_output().unwrap();
+                return (o.status, restarts, String::from_utf8_lossy(&o.stderr).into_owned());
             }
             if std::fs::remove_file(self.flag("restart-requested")).is_ok() {
                 self.d.restart();
@@ -213,10 +215,10 @@ fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new
     // The recovery, the key unsealed from the TPM.
     let t = Instant::now();
     let child = s.spawn_recover();
-    let (st, restarts) = s.serve_restarts(child, Duration::from_secs(300));
+    let (st, restarts, err) = s.serve_restarts(child, Duration::from_secs(300));
     let took = t.elapsed();
     let log = std::fs::read_to_string(s.flag("systemctl.log")).unwrap_or_default();
-    assert!(st.success(), "recover exited {st}; systemctl log: {log}; engine log tail: {}", s.d.log().lines().rev().take(20).collect::<Vec<_>>().join("\n"));
+    assert!(st.success(), "recover exited {st}: {err}; systemctl log: {log}; engine log tail: {}", s.d.log().lines().rev().take(20).collect::<Vec<_>>().join("\n"));
     println!("recover --force-new-cluster on the locked survivor: {} ms ({restarts} engine restart)", took.as_millis());
     let k1 = s.assert_recovered(&k0);
     assert!(s.d.docker_ok(&["secret", "ls", "--format", "{{.Name}}"]).contains("s1"), "secrets kept");
@@ -262,7 +264,7 @@ fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new
         std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
         s
     });
-    let (st, _) = s.serve_restarts(curl_child, Duration::from_secs(300));
+    let (st, _, _) = s.serve_restarts(curl_child, Duration::from_secs(300));
     let out = reader.join().unwrap();
     println!("POST /swarmseal/v1/recover (admin): {} ms: {out}", t.elapsed().as_millis());
     assert!(st.success());
@@ -331,8 +333,8 @@ fn a_killed_recovery_is_finished_by_the_next_run() {
         let killed_at = t.elapsed();
         s.finish_pending_restart();
         println!("{point}: killed {} ms in ({}), engine {}", killed_at.as_millis(), if st.signal() == Some(9) { "by SIGKILL" } else { "it had already ended" }, s.d.swarm_state());
-        let (st, restarts) = s.serve_restarts(s.spawn_recover(), Duration::from_secs(300));
-        assert!(st.success(), "{point}: the run after the kill failed (seed {seed})");
+        let (st, restarts, err) = s.serve_restarts(s.spawn_recover(), Duration::from_secs(300));
+        assert!(st.success(), "{point}: the run after the kill failed (seed {seed}), {st}: {err}\nengine log tail: {}", s.d.log().lines().rev().take(20).collect::<Vec<_>>().join("\n"));
         println!("{point}: the next run finished it ({restarts} engine restart)");
         key = s.assert_recovered(&key);
         s.reboot();
