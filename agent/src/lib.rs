@@ -27,7 +27,7 @@ pub mod logging;
 pub mod pcrsig;
 pub mod proxy;
 pub mod recover;
-pub mod secret;
+pub use swarmseal_common::secret;
 pub mod swarm;
 pub mod tpm;
 pub mod update;
