@@ -28,7 +28,7 @@ pub mod pcrsig;
 pub mod proxy;
 pub mod recover;
 pub use swarmseal_common::secret;
-pub mod swarm;
+pub use swarmseal_engine as swarm;
 pub mod tpm;
 pub mod update;
 pub mod var;
