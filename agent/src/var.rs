@@ -356,4 +356,17 @@ mod tests {
         let e = enroll_tpm(Path::new("/nonexistent/var"), "not a key", &TpmBinding { pcrs: "7".into(), signed: None }).unwrap_err();
         assert!(matches!(e, VarError::BadKey), "{e}");
     }
+
+    /// The tool's failure keeps this module's message (what failed, status, stderr) and never
+    /// shows its stdout, where systemd-cryptenroll prints the key.
+    #[test]
+    fn a_failed_tool_names_the_step_and_hides_its_stdout() {
+        let args: Vec<&std::ffi::OsStr> = ["-c", "cat; echo refused >&2; exit 2"].iter().map(std::ffi::OsStr::new).collect();
+        let e = run_tool("sh", "systemd-cryptenroll --tpm2-device=auto", &args, Some(KEY.as_bytes())).unwrap_err();
+        assert_eq!(e.to_string(), "systemd-cryptenroll --tpm2-device=auto failed (exit status: 2): refused");
+        let out = run_tool("cat", "cat", &[], Some(KEY.as_bytes())).unwrap();
+        assert_eq!(&out[..], KEY.as_bytes());
+        let e = run_tool("/nonexistent/systemd-cryptenroll", "x", &[], None).unwrap_err();
+        assert!(matches!(e, VarError::Spawn(..)) && e.to_string().starts_with("cannot run /nonexistent/systemd-cryptenroll: "), "{e}");
+    }
 }
