@@ -1,13 +1,9 @@
-//! Results, scoring and output: the docker-bench-security log format
-//! (`docker-bench-security.log.json`) and a readable text report.
+//! The result model, shared by every output format ([`crate::output`]): the four
+//! statuses of docker-bench-security, one [`CheckResult`] per evaluated check, and
+//! the [`Summary`] and score of a [`Report`] (CIS Docker Benchmark v1.6.0 scoring:
+//! Automated checks are scored, Manual ones are counted only).
 
-use serde_json::{json, Map, Value};
-
-use super::checks::{Check, SECTIONS};
-
-/// Version string written as `dockerbenchsecurity`: the docker-bench-security
-/// release whose IDs, titles and JSON layout this report follows.
-pub const DOCKER_BENCH_VERSION: &str = "1.6.0";
+use crate::checks::Check;
 
 /// The four results of docker-bench-security.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -150,100 +146,6 @@ impl Report {
     pub fn has_warn(&self) -> bool {
         self.results.iter().any(|r| r.outcome.status == Status::Warn)
     }
-
-    /// The report in docker-bench-security's `docker-bench-security.log.json`
-    /// layout: `dockerbenchsecurity`, `start`, `tests[{id, desc, results[…]}]`,
-    /// `checks`, `score`, `end`. Sections without results are left out.
-    pub fn to_json(&self) -> Value {
-        let mut tests = Vec::new();
-        for (sid, sdesc) in SECTIONS {
-            let results: Vec<Value> = self.results.iter().filter(|r| section_of(r.id) == *sid).map(result_json).collect();
-            if !results.is_empty() {
-                tests.push(json!({ "id": sid, "desc": sdesc, "results": results }));
-            }
-        }
-        let s = self.summary();
-        json!({
-            "dockerbenchsecurity": DOCKER_BENCH_VERSION,
-            "start": self.start,
-            "tests": tests,
-            "checks": s.checks,
-            "score": s.score,
-            "end": self.end,
-        })
-    }
-
-    /// Readable text, one line per check plus detail lines; ANSI colour when `colour`.
-    pub fn to_text(&self, colour: bool) -> String {
-        let paint = |st: Status| -> String {
-            let tag = format!("[{}]", st.as_str());
-            if !colour {
-                return tag;
-            }
-            let code = match st {
-                Status::Pass => "1;32",
-                Status::Warn => "1;31",
-                Status::Info => "1;34",
-                Status::Note => "1;33",
-            };
-            format!("\x1b[{code}m{tag}\x1b[0m")
-        };
-        let mut out = String::new();
-        for (sid, sdesc) in SECTIONS {
-            let rs: Vec<&CheckResult> = self.results.iter().filter(|r| section_of(r.id) == *sid).collect();
-            if rs.is_empty() {
-                continue;
-            }
-            out.push_str(&format!("{} {sid} - {sdesc}\n", paint(Status::Info)));
-            for r in rs {
-                let st = r.outcome.status;
-                out.push_str(&format!("{} {} - {}\n", paint(st), r.id, r.desc));
-                if let Some(d) = &r.outcome.details {
-                    out.push_str(&format!("{}      * {d}\n", paint(st)));
-                }
-                for it in &r.outcome.items {
-                    out.push_str(&format!("{}      * {it}\n", paint(st)));
-                }
-                if st == Status::Warn && !r.remediation.is_empty() {
-                    out.push_str(&format!("         Remediation: {}\n", r.remediation));
-                }
-            }
-            out.push('\n');
-        }
-        let s = self.summary();
-        out.push_str(&format!(
-            "{} Checks: {}  PASS: {}  WARN: {}  INFO: {}  NOTE: {}\n{} Score: {}\n",
-            paint(Status::Info),
-            s.checks,
-            s.pass,
-            s.warn,
-            s.info,
-            s.note,
-            paint(Status::Info),
-            s.score
-        ));
-        out
-    }
-}
-
-fn result_json(r: &CheckResult) -> Value {
-    let mut m = Map::new();
-    m.insert("id".into(), r.id.into());
-    m.insert("desc".into(), r.desc.into());
-    m.insert("result".into(), r.outcome.status.as_str().into());
-    if let Some(d) = r.details_text() {
-        m.insert("details".into(), d.into());
-    }
-    if !r.outcome.items.is_empty() {
-        m.insert("items".into(), r.outcome.items.clone().into());
-    }
-    if r.outcome.status != Status::Pass && !r.remediation.is_empty() {
-        m.insert("remediation".into(), r.remediation.into());
-        if !r.remediation_impact.is_empty() {
-            m.insert("remediation-impact".into(), r.remediation_impact.into());
-        }
-    }
-    Value::Object(m)
 }
 
 /// The section of a check ID: `"5.12"` → `"5"`, `"1.1.3"` → `"1"`, `"A.2"` → `"A"`.
@@ -275,23 +177,5 @@ mod tests {
         };
         let s = rep.summary();
         assert_eq!((s.checks, s.pass, s.warn, s.info, s.note, s.score), (6, 2, 2, 1, 1, -1));
-    }
-
-    #[test]
-    fn json_items_and_remediation_only_when_not_pass() {
-        let rep = Report {
-            start: 1,
-            end: 2,
-            results: vec![r("5.5", true, Outcome::items(Status::Warn, "Privileged", vec!["a".into(), "b".into()])), r("5.4", true, Outcome::pass())],
-        };
-        let j = rep.to_json();
-        let res = &j["tests"][0]["results"];
-        assert_eq!(j["tests"][0]["id"], "5");
-        assert_eq!(res[0]["details"], "Privileged: a b");
-        assert_eq!(res[0]["items"], json!(["a", "b"]));
-        assert_eq!(res[0]["remediation"], "fix it");
-        assert!(res[1].get("remediation").is_none());
-        assert_eq!(j["checks"], 2);
-        assert_eq!(j["score"], 0);
     }
 }
