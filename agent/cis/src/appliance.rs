@@ -5,12 +5,12 @@
 /// What the agent knows about the appliance, for the appliance checks (A.x).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ApplianceFacts {
-    /// `None`: no sealed key in the state dir.
+    /// A.1 (sealed at all) and A.2 (policy PCRs match this boot); `None`: no sealed key in the state dir.
     pub sealed_key: Option<SealedKeyFact>,
     /// `Some(true)`: the configured proxy requires client certificates
-    /// (it always does when it runs; `None` when the proxy is disabled).
+    /// (it always does when it runs; `None` when the proxy is disabled). A.4.
     pub proxy_requires_client_certs: Option<bool>,
-    /// The proxy's listen address, if enabled.
+    /// The proxy's listen address, if enabled (named in A.4's details).
     pub proxy_listen: Option<String>,
 }
 
