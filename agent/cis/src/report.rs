@@ -84,6 +84,12 @@ impl CheckResult {
         CheckResult { id: c.id, desc: c.desc, scored: c.scored(), remediation: c.remediation, remediation_impact: c.impact, outcome }
     }
 
+    /// A result with placeholder texts, for the output formats' tests.
+    #[cfg(test)]
+    pub(crate) fn fake(id: &'static str, scored: bool, outcome: Outcome) -> CheckResult {
+        CheckResult { id, desc: "d", scored, remediation: "fix it", remediation_impact: "none", outcome }
+    }
+
     /// The `details` string as docker-bench-security writes it.
     pub fn details_text(&self) -> Option<String> {
         let o = &self.outcome;
@@ -157,22 +163,18 @@ pub fn section_of(id: &str) -> &str {
 mod tests {
     use super::*;
 
-    fn r(id: &'static str, scored: bool, o: Outcome) -> CheckResult {
-        CheckResult { id, desc: "d", scored, remediation: "fix it", remediation_impact: "none", outcome: o }
-    }
-
     #[test]
     fn score_counts_like_docker_bench() {
         let rep = Report {
             start: 1,
             end: 2,
             results: vec![
-                r("1.1.1", true, Outcome::pass()),
-                r("2.2", true, Outcome::warn("x")),
-                r("2.3", true, Outcome::warn("x")),
-                r("2.8", false, Outcome::pass()),
-                r("2.1", false, Outcome::info("x")),
-                r("4.2", false, Outcome::note("x")),
+                CheckResult::fake("1.1.1", true, Outcome::pass()),
+                CheckResult::fake("2.2", true, Outcome::warn("x")),
+                CheckResult::fake("2.3", true, Outcome::warn("x")),
+                CheckResult::fake("2.8", false, Outcome::pass()),
+                CheckResult::fake("2.1", false, Outcome::info("x")),
+                CheckResult::fake("4.2", false, Outcome::note("x")),
             ],
         };
         let s = rep.summary();

@@ -69,16 +69,12 @@ mod tests {
     use super::*;
     use crate::report::Outcome;
 
-    fn r(id: &'static str, scored: bool, o: Outcome) -> CheckResult {
-        CheckResult { id, desc: "d", scored, remediation: "fix it", remediation_impact: "none", outcome: o }
-    }
-
     #[test]
     fn json_items_and_remediation_only_when_not_pass() {
         let rep = Report {
             start: 1,
             end: 2,
-            results: vec![r("5.5", true, Outcome::items(Status::Warn, "Privileged", vec!["a".into(), "b".into()])), r("5.4", true, Outcome::pass())],
+            results: vec![CheckResult::fake("5.5", true, Outcome::items(Status::Warn, "Privileged", vec!["a".into(), "b".into()])), CheckResult::fake("5.4", true, Outcome::pass())],
         };
         let j = rep.to_json();
         let res = &j["tests"][0]["results"];
