@@ -104,7 +104,7 @@ pub fn verify_manifest(key: &ReleaseKey, sums: &[u8], sig: &[u8]) -> Result<Mani
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::tests::sh;
+    use crate::testing::sh;
 
     #[test]
     fn rsa_and_p256_signatures_made_by_openssl_verify_and_nothing_else() {

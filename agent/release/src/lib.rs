@@ -36,6 +36,8 @@ pub mod name;
 pub mod pack;
 pub mod source_url;
 pub mod tar;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod verify;
 
 pub use key::{load_key, verify_manifest, ReleaseKey};

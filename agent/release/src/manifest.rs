@@ -63,7 +63,7 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::name::tests::{names, V};
+    use crate::testing::{names, V};
 
     fn sha(b: &[u8]) -> String {
         hex::encode(ring::digest::digest(&ring::digest::SHA256, b))

@@ -55,16 +55,9 @@ pub fn classify(name: &str) -> Option<(Part, &str)> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub const V: &str = "1.2.3";
-    pub const U1: &str = "0b8e2b1e-3c3a-4a6e-9c71-3a3f2b7c9d10";
-    pub const U2: &str = "7f2a1c55-1d2e-4f3a-8b9c-0a1b2c3d4e5f";
-
-    pub fn names(v: &str) -> [String; 3] {
-        [Part::Uki.file_name(v, ""), Part::Root.file_name(v, U1), Part::Verity.file_name(v, U2)]
-    }
+    use crate::testing::{names, U1, U2, V};
 
     #[test]
     fn release_names_follow_the_contract() {

@@ -202,7 +202,7 @@ pub fn pack(o: &PackOptions) -> Result<Packed, ReleaseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::tests::{rt, sh};
+    use crate::testing::{rt, sh};
 
     #[test]
     fn a_release_packed_from_a_gpt_image_is_what_the_bash_packer_made() {

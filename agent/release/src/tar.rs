@@ -233,7 +233,7 @@ pub fn write(out: &Path, dir: &Path, names: &[&str], mtime: u64) -> Result<(), R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::tests::sh;
+    use crate::testing::sh;
 
     #[test]
     fn the_archive_is_byte_for_byte_what_gnu_tar_writes() {

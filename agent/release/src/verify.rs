@@ -118,40 +118,9 @@ pub fn verify_dir(key: &ReleaseKey, dir: &Path) -> Result<Manifest, ReleaseError
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::name::tests::{names, V};
-
-    pub fn sh(cmd: &str, dir: &Path) {
-        let st = std::process::Command::new("sh").arg("-ec").arg(cmd).current_dir(dir).status().unwrap();
-        assert!(st.success(), "{cmd}");
-    }
-
-    /// A release signed with a fresh key (openssl, as scripts/make-keys does), packed by
-    /// GNU tar (as build-image did before `swarmseal-release pack`): `rel/` and `rel.tar`.
-    pub struct Fixture {
-        pub dir: tempfile::TempDir,
-        pub key: ReleaseKey,
-    }
-
-    pub fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        sh("openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k.key && openssl pkey -in k.key -pubout -out k.pem", d);
-        std::fs::create_dir(d.join("rel")).unwrap();
-        let [efi, root, verity] = names(V);
-        for (n, body) in [(&efi, vec![1u8; 1000]), (&root, vec![2u8; 70_000]), (&verity, vec![3u8; 512])] {
-            std::fs::write(d.join("rel").join(n), body).unwrap();
-        }
-        sh(&format!("cd rel && sha256sum {efi} {root} {verity} > SHA256SUMS && openssl dgst -sha256 -sign ../k.key -out SHA256SUMS.sig SHA256SUMS"), d);
-        sh(&format!("cd rel && tar --format=ustar -cf ../rel.tar SHA256SUMS SHA256SUMS.sig {root} {efi} {verity}"), d);
-        let key = ReleaseKey::load(&d.join("k.pem")).unwrap();
-        Fixture { dir, key }
-    }
-
-    pub fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-    }
+    use crate::testing::{fixture, names, rt, sh, V};
 
     #[test]
     fn a_signed_release_verifies_as_a_tar_and_as_a_directory() {
