@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::cli::Exit;
 use crate::config::Config;
-pub use swarmseal_release::tar::Reader as Tar;
-pub use swarmseal_release::verify::{check_hash, Members};
+use swarmseal_release::tar::Reader as Tar;
+use swarmseal_release::verify::{check_hash, Members};
 pub use swarmseal_release::{
     classify, load_key, read_manifest, valid_version, verify_dir, verify_manifest, verify_tar, Manifest, Part, ReleaseError, ReleaseKey, SIG,
     SUMS,
@@ -420,7 +420,8 @@ pub async fn run(cfg: &Config, c: UpdateCommand) -> Result<(), UpdateError> {
     match c {
         UpdateCommand::Verify { release } => {
             let m = if release.is_dir() {
-                verify_dir(&key, &release)?
+                // Hashing ~0.5 GB: on the blocking pool, not an async worker.
+                blocking(move || Ok(verify_dir(&key, &release)?)).await?
             } else {
                 let f = tokio::fs::File::open(&release).await.map_err(io_err(&release))?;
                 verify_tar(&key, tokio::io::BufReader::with_capacity(256 << 10, f)).await?
@@ -429,19 +430,25 @@ pub async fn run(cfg: &Config, c: UpdateCommand) -> Result<(), UpdateError> {
             Ok(())
         }
         UpdateCommand::Apply { staged, reboot, stdin_request } => {
-            let staged = staged.unwrap_or_else(|| cfg.update_dir().join(STAGED));
-            // By hand, hold the staging lock so no upload replaces the release meanwhile; run by
-            // the socket, the agent that asked holds it.
-            let _lock = if stdin_request { None } else { Some(try_lock(&cfg.update_dir())?) };
-            let (want, reboot) = if stdin_request {
-                let mut line = Vec::new();
-                std::io::stdin().take(4096).read_to_end(&mut line).map_err(|e| ReleaseError::Body(e.to_string()))?;
-                let r: ApplyRequest = serde_json::from_slice(&line).map_err(|e| UpdateError::invalid(format!("the request on stdin is not {{\"version\", \"reboot\"}}: {e}")))?;
-                (Some(r.version), r.reboot)
-            } else {
-                (None, reboot)
-            };
-            apply(cfg, &key, &staged, want.as_deref(), reboot, stdin_request)
+            let cfg = cfg.clone();
+            // Reading stdin, hashing the release, systemd-sysupdate and the pause before the
+            // reboot all block: the whole command runs on the blocking pool.
+            blocking(move || {
+                let staged = staged.unwrap_or_else(|| cfg.update_dir().join(STAGED));
+                // By hand, hold the staging lock so no upload replaces the release meanwhile;
+                // run by the socket, the agent that asked holds it.
+                let _lock = if stdin_request { None } else { Some(try_lock(&cfg.update_dir())?) };
+                let (want, reboot) = if stdin_request {
+                    let mut line = Vec::new();
+                    std::io::stdin().take(4096).read_to_end(&mut line).map_err(|e| ReleaseError::Body(e.to_string()))?;
+                    let r: ApplyRequest = serde_json::from_slice(&line).map_err(|e| UpdateError::invalid(format!("the request on stdin is not {{\"version\", \"reboot\"}}: {e}")))?;
+                    (Some(r.version), r.reboot)
+                } else {
+                    (None, reboot)
+                };
+                apply(&cfg, &key, &staged, want.as_deref(), reboot, stdin_request)
+            })
+            .await
         }
     }
 }
@@ -531,7 +538,7 @@ fn unquote(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarmseal_release::testing::{fixture, names, rt, sh, V};
+    use swarmseal_release::testing::{fixture, names, rsa_key, rt, sh, V};
 
     #[test]
     fn os_release_image_fields() {
@@ -580,8 +587,7 @@ mod tests {
         let f = fixture();
         let d = f.dir.path();
         let tar = std::fs::read(d.join("rel.tar")).unwrap();
-        sh("openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 | openssl pkey -pubout -out other.pem", d);
-        let other = ReleaseKey::load(&d.join("other.pem")).unwrap();
+        let other = rsa_key(d, "other");
         let staging = d.join("updates");
         let e = rt().block_on(receive(&other, &staging, 1 << 30, &tar[..])).err().unwrap();
         assert!(e.to_string().starts_with("release not signed by this fleet's key"), "{e}");

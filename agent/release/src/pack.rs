@@ -202,14 +202,14 @@ pub fn pack(o: &PackOptions) -> Result<Packed, ReleaseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{rt, sh};
+    use crate::testing::{rsa_key, rt, sh};
 
     #[test]
     fn a_release_packed_from_a_gpt_image_is_what_the_bash_packer_made() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
         let v = "0.0.9.gabc1234";
-        sh("openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k.key && openssl pkey -in k.key -pubout -out k.pem", p);
+        let key = rsa_key(p, "k");
         // A 4 MiB disk: an ESP-like partition, then root and verity labelled swarmseal_V, and a
         // root of another version that must not be taken.
         sh(&format!(
@@ -234,7 +234,6 @@ mod tests {
         let o = PackOptions { image: p.join("disk.raw"), uki: p.join("uki.efi"), version: v.into(), private_key: p.join("k.key"), public_key: p.join("k.pem"), out: p.join("release") };
         let packed = pack(&o).unwrap();
         assert_eq!(packed.tar, p.join(format!("release/swarmseal_{v}.tar")));
-        let key = ReleaseKey::load(&p.join("k.pem")).unwrap();
         let m = rt().block_on(crate::verify_tar(&key, &std::fs::read(&packed.tar).unwrap()[..])).unwrap();
         assert_eq!(m, packed.manifest);
 

@@ -29,10 +29,17 @@ pub struct Fixture {
     pub key: ReleaseKey,
 }
 
+/// A fresh RSA 2048 key pair `dir/<stem>.key` and `dir/<stem>.pem` (as `scripts/make-keys`
+/// makes the PCR-signing key); the public key loaded.
+pub fn rsa_key(dir: &Path, stem: &str) -> ReleaseKey {
+    sh(&format!("openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {stem}.key && openssl pkey -in {stem}.key -pubout -out {stem}.pem"), dir);
+    ReleaseKey::load(&dir.join(format!("{stem}.pem"))).unwrap()
+}
+
 pub fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    sh("openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k.key && openssl pkey -in k.key -pubout -out k.pem", d);
+    let key = rsa_key(d, "k");
     std::fs::create_dir(d.join("rel")).unwrap();
     let [efi, root, verity] = names(V);
     for (n, body) in [(&efi, vec![1u8; 1000]), (&root, vec![2u8; 70_000]), (&verity, vec![3u8; 512])] {
@@ -40,7 +47,6 @@ pub fn fixture() -> Fixture {
     }
     sh(&format!("cd rel && sha256sum {efi} {root} {verity} > SHA256SUMS && openssl dgst -sha256 -sign ../k.key -out SHA256SUMS.sig SHA256SUMS"), d);
     sh(&format!("cd rel && tar --format=ustar -cf ../rel.tar SHA256SUMS SHA256SUMS.sig {root} {efi} {verity}"), d);
-    let key = ReleaseKey::load(&d.join("k.pem")).unwrap();
     Fixture { dir, key }
 }
 

@@ -120,7 +120,7 @@ pub fn verify_dir(key: &ReleaseKey, dir: &Path) -> Result<Manifest, ReleaseError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{fixture, names, rt, sh, V};
+    use crate::testing::{fixture, names, rsa_key, rt, V};
 
     #[test]
     fn a_signed_release_verifies_as_a_tar_and_as_a_directory() {
@@ -135,8 +135,7 @@ mod tests {
         let f = fixture();
         let d = f.dir.path();
         let tar = std::fs::read(d.join("rel.tar")).unwrap();
-        sh("openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 | openssl pkey -pubout -out other.pem", d);
-        let other = ReleaseKey::load(&d.join("other.pem")).unwrap();
+        let other = rsa_key(d, "other");
         let e = rt().block_on(verify_tar(&other, &tar[..])).unwrap_err();
         assert!(e.to_string().starts_with("release not signed by this fleet's key"), "{e}");
         assert!(e.is_refusal());
