@@ -1199,7 +1199,7 @@ async fn receive_and_apply(cfg: &Config, from: crate::proxy::UpdateFrom, reboot:
     let staged = match from {
         UpdateFrom::Upload { body, content_length } => {
             if content_length.is_some_and(|n| n > max) {
-                return Err(UpdateError::TooLarge { max });
+                return Err(UpdateError::Release(update::ReleaseError::TooLarge { max }));
             }
             let key = update::load_key(&cfg.update.public_key)?;
             update::receive(&key, &cfg.update_dir(), max, body).await?

@@ -399,7 +399,7 @@ impl Config {
             return Err(ConfigError::Invalid { key: "update.max_bytes", message: "must be more than 0 (the largest release tar accepted, in bytes)".into() });
         }
         if let Some(s) = &self.update.source {
-            crate::update::source::SourceUrl::parse(s).map_err(|message| ConfigError::Invalid { key: "update.source", message })?;
+            swarmseal_release::SourceUrl::parse(s).map_err(|message| ConfigError::Invalid { key: "update.source", message })?;
         }
         Ok(())
     }

@@ -1,21 +1,12 @@
 //! Image updates: a signed release received through the proxy, verified before anything is
 //! written, staged, then installed into the inactive A/B slot by the privileged apply service
-//! (see `/work/shared-notes/fleet-contract.md`, issue 7).
+//! (see `docs/updates.md`).
 //!
-//! A release (`scripts/build-image --release`) is a ustar archive `swarmseal_V.tar` whose
-//! members are, in this order:
-//! ```text
-//! SHA256SUMS                             `sha256sum` lines for the three files below
-//! SHA256SUMS.sig                         `openssl dgst -sha256 -sign pcr-signing.key SHA256SUMS`
-//! swarmseal_V.efi                        the UKI
-//! swarmseal_V_<UUID>.root.raw            the root partition image
-//! swarmseal_V_<UUID>.root-verity.raw     its dm-verity partition image
-//! ```
-//! (the three files in any order; no directories, no other members).
-//!
-//! It arrives as the body of `POST /swarmseal/v1/update`, or, with `?version=V` and no body,
-//! is fetched by the agent from `[update] source` over HTTPS ([`source`]); both go through
-//! [`receive`].
+//! The release format — names, `SHA256SUMS`, its signature, the ustar archive — is
+//! [`swarmseal_release`]'s (re-exported here); this module is the agent's side: receive a
+//! release (the body of `POST /swarmseal/v1/update`, or, with `?version=V` and no body, fetched
+//! from `[update] source` over HTTPS by [`source`]; both go through [`receive`]), stage it,
+//! hand it to the apply service.
 //!
 //! Trust: `SHA256SUMS.sig` must verify with `[update] public_key` (the fleet's PCR-signing key,
 //! pinned in the image) before a byte is written; each file must be listed in `SHA256SUMS` and
@@ -39,23 +30,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::cli::Exit;
 use crate::config::Config;
-use crate::pcrsig::PcrPublicKey;
+use swarmseal_release::tar::Reader as Tar;
+use swarmseal_release::verify::{check_hash, Members};
+pub use swarmseal_release::{
+    classify, load_key, read_manifest, valid_version, verify_dir, verify_manifest, verify_tar, Manifest, Part, ReleaseError, ReleaseKey, SIG,
+    SUMS,
+};
 
 pub mod source;
 
-/// The manifest's name in a release.
-pub const SUMS: &str = "SHA256SUMS";
-/// The manifest signature's name in a release.
-pub const SIG: &str = "SHA256SUMS.sig";
 /// The staged release, under the staging dir.
 pub const STAGED: &str = "staged";
 /// The line `swarmseal update apply` prints once systemd-sysupdate installed a release
 /// (followed by the version).
 pub const APPLIED: &str = "installed by systemd-sysupdate: version";
-/// Largest `SHA256SUMS` accepted (three lines are about 400 bytes).
-const MAX_SUMS: u64 = 64 << 10;
-/// Largest `SHA256SUMS.sig` accepted (an RSA 4096 signature is 512 bytes).
-const MAX_SIG: u64 = 4 << 10;
 /// How long the agent waits for the apply service (systemd-sysupdate copies ~0.5 GB).
 const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
@@ -63,27 +51,12 @@ const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 6
 /// sentence; [`UpdateError::http_status`] and [`UpdateError::exit`] the codes.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
-    /// `SHA256SUMS.sig` does not verify with `[update] public_key`.
-    #[error("release not signed by this fleet's key: {0}")]
-    NotSigned(String),
-    /// The release is malformed, has an unknown member, or lacks a file.
-    #[error("not a valid release: {0}")]
-    Invalid(String),
-    /// A file's SHA-256 differs from its `SHA256SUMS` line.
-    #[error("release file {name} does not match SHA256SUMS (sha256 {actual}): altered or truncated in transit")]
-    HashMismatch { name: String, actual: String },
-    /// The upload exceeds `[update] max_bytes`.
-    #[error("the release is larger than this manager accepts ([update] max_bytes = {max} bytes)")]
-    TooLarge { max: u64 },
+    /// The release itself (signature, names, hashes, size) or its key: see [`ReleaseError`].
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
     /// Another update holds the staging area.
     #[error("another update is in progress on this manager; try again when it has finished")]
     Busy,
-    /// The upload broke off or could not be read.
-    #[error("cannot read the upload: {0}")]
-    Body(String),
-    /// This manager's own release key is missing or unusable.
-    #[error("this manager cannot check releases: [update] public_key {path}: {message}")]
-    Key { path: PathBuf, message: String },
     /// Reading or writing the staging area failed.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -112,24 +85,37 @@ impl UpdateError {
     /// The HTTP status of `POST /swarmseal/v1/update` for this error.
     pub fn http_status(&self) -> u16 {
         match self {
-            UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. } => 422,
-            UpdateError::TooLarge { .. } => 413,
+            UpdateError::Release(r) => match r {
+                ReleaseError::NotSigned(_) | ReleaseError::Invalid(_) | ReleaseError::HashMismatch { .. } => 422,
+                ReleaseError::TooLarge { .. } => 413,
+                ReleaseError::Body(_) => 400,
+                ReleaseError::Key { .. } | ReleaseError::Io { .. } | ReleaseError::Pack(_) => 500,
+            },
             UpdateError::Busy => 409,
-            UpdateError::Body(_) | UpdateError::Request(_) | UpdateError::NoSource => 400,
+            UpdateError::Request(_) | UpdateError::NoSource => 400,
             UpdateError::ApplyUnavailable(_) => 503,
             UpdateError::Tool { .. } | UpdateError::Source { .. } => 502,
-            UpdateError::Key { .. } | UpdateError::Io { .. } | UpdateError::SourceSetup(_) => 500,
+            UpdateError::Io { .. } | UpdateError::SourceSetup(_) => 500,
         }
     }
 
     /// The exit code of `swarmseal update …` for this error.
     pub fn exit(&self) -> Exit {
         match self {
-            UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. } | UpdateError::TooLarge { .. } => Exit::BadRelease,
-            UpdateError::Key { .. } | UpdateError::Request(_) | UpdateError::NoSource | UpdateError::SourceSetup(_) => Exit::Usage,
+            UpdateError::Release(r) => match r {
+                ReleaseError::NotSigned(_) | ReleaseError::Invalid(_) | ReleaseError::HashMismatch { .. } | ReleaseError::TooLarge { .. } => Exit::BadRelease,
+                ReleaseError::Key { .. } => Exit::Usage,
+                ReleaseError::Body(_) | ReleaseError::Io { .. } | ReleaseError::Pack(_) => Exit::Failure,
+            },
+            UpdateError::Request(_) | UpdateError::NoSource | UpdateError::SourceSetup(_) => Exit::Usage,
             UpdateError::Tool { .. } => Exit::UpdateFailed,
             _ => Exit::Failure,
         }
+    }
+
+    /// A release refused as malformed (422, exit 15), with this sentence.
+    pub fn invalid(message: String) -> UpdateError {
+        UpdateError::Release(ReleaseError::Invalid(message))
     }
 }
 
@@ -137,115 +123,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> UpdateError + '_ {
     move |source| UpdateError::Io { path: path.to_path_buf(), source }
 }
 
-// ------------------------------------------------------------------ the manifest
-
-/// Which of the three release files a name is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Part {
-    /// `swarmseal_V.efi`
-    Uki,
-    /// `swarmseal_V_<UUID>.root.raw`
-    Root,
-    /// `swarmseal_V_<UUID>.root-verity.raw`
-    Verity,
-}
-
-/// A version as the contract allows it: 1–64 of `[A-Za-z0-9.~^-]`, starting with an
-/// alphanumeric; never `_` or `+` (they would break the file patterns and boot counting).
-pub fn valid_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 64
-        && v.as_bytes()[0].is_ascii_alphanumeric()
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".~^-".contains(&b))
-}
-
-fn valid_uuid(u: &str) -> bool {
-    u.len() == 36
-        && u.bytes().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
-}
-
-/// Which release file `name` is, and its version; `None` for any other name.
-pub fn classify(name: &str) -> Option<(Part, &str)> {
-    let rest = name.strip_prefix("swarmseal_")?;
-    let (part, stem) = if let Some(v) = rest.strip_suffix(".efi") {
-        return valid_version(v).then_some((Part::Uki, v));
-    } else if let Some(s) = rest.strip_suffix(".root-verity.raw") {
-        (Part::Verity, s)
-    } else {
-        (Part::Root, rest.strip_suffix(".root.raw")?)
-    };
-    let (v, uuid) = stem.rsplit_once('_')?;
-    (valid_version(v) && valid_uuid(uuid)).then_some((part, v))
-}
-
-/// A parsed `SHA256SUMS`: one version, the three files and their SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manifest {
-    pub version: String,
-    /// (name, sha256), ordered UKI, root, verity.
-    pub files: Vec<(String, [u8; 32])>,
-}
-
-impl Manifest {
-    /// Parse `sha256sum` output (`<64 hex>  <name>` or `<64 hex> *<name>` per line). It must list
-    /// exactly the UKI, root and verity image of one version. Errors: [`UpdateError::Invalid`].
-    pub fn parse(text: &[u8]) -> Result<Manifest, UpdateError> {
-        let bad = |m: String| UpdateError::Invalid(format!("{SUMS}: {m}"));
-        let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8 text".into()))?;
-        let mut files: Vec<(Part, String, [u8; 32])> = Vec::new();
-        let mut version: Option<&str> = None;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let n = i + 1;
-            let (hash, name) = line.split_at_checked(64).ok_or_else(|| bad(format!("line {n} is not `<sha256>  <name>`")))?;
-            let name = name.strip_prefix("  ").or_else(|| name.strip_prefix(" *")).ok_or_else(|| bad(format!("line {n} is not `<sha256>  <name>`")))?;
-            let mut digest = [0u8; 32];
-            hex::decode_to_slice(hash, &mut digest).map_err(|_| bad(format!("line {n}: the hash is not 64 hex digits")))?;
-            let (part, v) = classify(name).ok_or_else(|| {
-                bad(format!("line {n}: `{}` is not a release file (swarmseal_V.efi, swarmseal_V_<UUID>.root.raw, swarmseal_V_<UUID>.root-verity.raw)", name.escape_debug()))
-            })?;
-            match version {
-                None => version = Some(v),
-                Some(first) if first != v => return Err(bad(format!("two versions in one release: {first} and {v}"))),
-                Some(_) => {}
-            }
-            if files.iter().any(|(p, _, _)| *p == part) {
-                return Err(bad(format!("line {n}: a second {part:?} file ({name})")));
-            }
-            files.push((part, name.to_string(), digest));
-        }
-        let version = version.ok_or_else(|| bad("lists no file".into()))?.to_string();
-        for p in [Part::Uki, Part::Root, Part::Verity] {
-            if !files.iter().any(|(x, _, _)| *x == p) {
-                return Err(bad(format!("lists no {p:?} file for version {version}")));
-            }
-        }
-        files.sort();
-        Ok(Manifest { version, files: files.into_iter().map(|(_, n, d)| (n, d)).collect() })
-    }
-
-    fn digest_of(&self, name: &str) -> Option<&[u8; 32]> {
-        self.files.iter().find(|(n, _)| n == name).map(|(_, d)| d)
-    }
-}
-
-/// Load `[update] public_key`. Errors: [`UpdateError::Key`].
-pub fn load_key(path: &Path) -> Result<PcrPublicKey, UpdateError> {
-    PcrPublicKey::load(path).map_err(|e| UpdateError::Key { path: path.to_path_buf(), message: e.to_string() })
-}
-
-/// Check `sig` over `sums` with the fleet's key, then parse the manifest.
-/// Errors: [`UpdateError::NotSigned`], then [`UpdateError::Invalid`].
-pub fn verify_manifest(key: &PcrPublicKey, sums: &[u8], sig: &[u8]) -> Result<Manifest, UpdateError> {
-    if !key.verify_sha256(sums, sig) {
-        return Err(UpdateError::NotSigned(format!(
-            "{SIG} does not verify over {SUMS} with the key {} (RSASSA-PKCS1-v1_5 or ECDSA, SHA-256; made with `openssl dgst -sha256 -sign pcr-signing.key {SUMS}`)",
-            hex::encode(&key.fingerprint()[..8])
-        )));
-    }
-    Manifest::parse(sums)
-}
-
-// ------------------------------------------------------------------ the tar stream
+// ------------------------------------------------------------------ the upload
 
 /// An upload that sends nothing for this long is abandoned (it would hold the staging lock).
 pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -295,145 +173,6 @@ where
                         self.idle.as_mut().reset(next);
                     }
                 }
-            }
-        }
-    }
-}
-
-/// The tar stream: 512-byte blocks, counted against the size cap.
-struct Tar<R> {
-    r: R,
-    consumed: u64,
-    max: u64,
-}
-
-/// One member header.
-struct Member {
-    name: String,
-    size: u64,
-}
-
-fn octal(field: &[u8]) -> Option<u64> {
-    if field.first().is_some_and(|b| b & 0x80 != 0) {
-        // GNU base-256 for sizes ≥ 8 GiB: never a release this agent accepts.
-        return None;
-    }
-    let s = std::str::from_utf8(field).ok()?.trim_matches(|c: char| c == '\0' || c == ' ');
-    if s.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(s, 8).ok()
-}
-
-fn cstr(field: &[u8]) -> &[u8] {
-    &field[..field.iter().position(|&b| b == 0).unwrap_or(field.len())]
-}
-
-impl<R: AsyncRead + Unpin> Tar<R> {
-    /// Fill `buf` completely; a short upload is [`UpdateError::Body`].
-    async fn exact(&mut self, buf: &mut [u8]) -> Result<(), UpdateError> {
-        self.consumed += buf.len() as u64;
-        if self.consumed > self.max {
-            return Err(UpdateError::TooLarge { max: self.max });
-        }
-        self.r.read_exact(buf).await.map(|_| ()).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => UpdateError::Invalid("the archive ends in the middle of a member (truncated upload?)".into()),
-            _ => UpdateError::Body(e.to_string()),
-        })
-    }
-
-    /// The next member's header; `None` at the end-of-archive block (or a clean EOF).
-    async fn next(&mut self) -> Result<Option<Member>, UpdateError> {
-        let mut h = [0u8; 512];
-        // A clean end of the stream between members is taken as the end of the archive.
-        let n = self.r.read(&mut h[..1]).await.map_err(|e| UpdateError::Body(e.to_string()))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        self.consumed += 1;
-        self.exact(&mut h[1..]).await?;
-        if h.iter().all(|&b| b == 0) {
-            return Ok(None);
-        }
-        let bad = |m: &str| UpdateError::Invalid(format!("not a ustar archive: {m} (make releases with `tar --format=ustar`)"));
-        let stored = octal(&h[148..156]).ok_or_else(|| bad("unreadable header checksum"))?;
-        let sum: u64 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) }).sum();
-        if sum != stored {
-            return Err(bad("header checksum mismatch"));
-        }
-        let mut name = cstr(&h[0..100]).to_vec();
-        if &h[257..262] == b"ustar" {
-            let prefix = cstr(&h[345..500]);
-            if !prefix.is_empty() {
-                name = [prefix, b"/", &name].concat();
-            }
-        }
-        let name = String::from_utf8_lossy(&name).into_owned();
-        let name = name.strip_prefix("./").map(str::to_string).unwrap_or(name);
-        let size = octal(&h[124..136]).ok_or_else(|| bad("unreadable member size"))?;
-        match h[156] {
-            b'0' | 0 => {}
-            t => {
-                let what = match t {
-                    b'5' => "a directory",
-                    b'1' | b'2' => "a link",
-                    b'x' | b'g' | b'L' | b'K' => "a pax/GNU extended header",
-                    _ => "not a regular file",
-                };
-                return Err(UpdateError::Invalid(format!("member `{}` is {what}; a release holds regular files only", name.escape_debug())));
-            }
-        }
-        if self.consumed.saturating_add(size) > self.max {
-            return Err(UpdateError::TooLarge { max: self.max });
-        }
-        Ok(Some(Member { name, size }))
-    }
-
-    /// A small member, whole, in memory (at most `limit` bytes).
-    async fn small(&mut self, m: &Member, limit: u64) -> Result<Vec<u8>, UpdateError> {
-        if m.size > limit {
-            return Err(UpdateError::Invalid(format!("{} is {} bytes; at most {limit} expected", m.name, m.size)));
-        }
-        let mut v = vec![0u8; m.size as usize];
-        self.exact(&mut v).await?;
-        self.skip_padding(m.size).await?;
-        Ok(v)
-    }
-
-    async fn skip_padding(&mut self, size: u64) -> Result<(), UpdateError> {
-        let pad = (512 - size % 512) % 512;
-        let mut p = [0u8; 512];
-        self.exact(&mut p[..pad as usize]).await
-    }
-
-    /// Stream a member to `out` (when given) while hashing it; returns its SHA-256.
-    async fn body(&mut self, m: &Member, mut out: Option<(&mut tokio::fs::File, &Path)>) -> Result<[u8; 32], UpdateError> {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buf = vec![0u8; 256 << 10];
-        let mut left = m.size;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            self.exact(&mut buf[..n]).await?;
-            ctx.update(&buf[..n]);
-            if let Some((f, p)) = out.as_mut() {
-                f.write_all(&buf[..n]).await.map_err(io_err(p))?;
-            }
-            left -= n as u64;
-        }
-        self.skip_padding(m.size).await?;
-        let mut d = [0u8; 32];
-        d.copy_from_slice(ctx.finish().as_ref());
-        Ok(d)
-    }
-
-    /// After the end-of-archive block: read what the client still sends (tar's record padding),
-    /// within the cap, so it sees our answer rather than a reset.
-    async fn drain(&mut self) {
-        let mut buf = [0u8; 16 << 10];
-        while self.consumed < self.max {
-            match self.r.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => self.consumed += n as u64,
             }
         }
     }
@@ -495,10 +234,10 @@ fn fsync_dir(p: &Path) -> Result<(), UpdateError> {
 ///
 /// Nothing is written before `SHA256SUMS.sig` verifies with `key`; on any error the partial
 /// release is removed and the previously staged release stays. Errors: [`UpdateError::Busy`]
-/// (another upload holds the lock), [`UpdateError::NotSigned`], [`UpdateError::Invalid`]
-/// (order, names, types, missing files), [`UpdateError::HashMismatch`],
-/// [`UpdateError::TooLarge`], [`UpdateError::Body`], [`UpdateError::Io`].
-pub async fn receive<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, max: u64, body: R) -> Result<Staged, UpdateError> {
+/// (another upload holds the lock), [`UpdateError::Io`], and as [`UpdateError::Release`]:
+/// [`ReleaseError::NotSigned`], [`ReleaseError::Invalid`] (order, names, types, missing
+/// files), [`ReleaseError::HashMismatch`], [`ReleaseError::TooLarge`], [`ReleaseError::Body`].
+pub async fn receive<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max: u64, body: R) -> Result<Staged, UpdateError> {
     receive_from(key, staging, max, body, None).await
 }
 
@@ -506,17 +245,18 @@ pub async fn receive<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, m
 /// manifest must be `version` (checked with the signature, before anything is written), not
 /// another release the source chose; a refused release is not read to its end (nobody waits
 /// for our answer on that connection). Errors: [`receive`]'s.
-pub async fn receive_fetched<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, max: u64, body: R, version: &str) -> Result<Staged, UpdateError> {
+pub async fn receive_fetched<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max: u64, body: R, version: &str) -> Result<Staged, UpdateError> {
     receive_from(key, staging, max, body, Some(version)).await
 }
 
-async fn receive_from<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, max: u64, body: R, fetched: Option<&str>) -> Result<Staged, UpdateError> {
-    let lock = try_lock(staging)?;
-    let mut tar = Tar { r: body, consumed: 0, max };
+async fn receive_from<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max: u64, body: R, fetched: Option<&str>) -> Result<Staged, UpdateError> {
+    let dir = staging.to_path_buf();
+    let lock = blocking(move || try_lock(&dir)).await?;
+    let mut tar = Tar::new(body, max);
     match receive_locked(&mut tar, key, staging, fetched).await {
         Ok(version) => Ok(Staged { version, dir: staging.join(STAGED), lock }),
         Err(e) => {
-            if fetched.is_none() && matches!(e, UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. }) {
+            if fetched.is_none() && matches!(&e, UpdateError::Release(r) if r.is_refusal()) {
                 // Read the rest of the upload (within the cap, for at most a minute) so the
                 // client reads our 422 instead of a connection reset in the middle of sending.
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(60), tar.drain()).await;
@@ -526,58 +266,61 @@ async fn receive_from<R: AsyncRead + Unpin>(key: &PcrPublicKey, staging: &Path, 
     }
 }
 
-async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &PcrPublicKey, staging: &Path, expect: Option<&str>) -> Result<String, UpdateError> {
+/// Run blocking file system work (renames, fsync, directory removal) on tokio's blocking pool,
+/// off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, UpdateError> + Send + 'static) -> Result<T, UpdateError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(UpdateError::Io { path: PathBuf::new(), source: std::io::Error::other(e) }))
+}
+
+async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey, staging: &Path, expect: Option<&str>) -> Result<String, UpdateError> {
     let (manifest, sums, sig) = read_manifest(tar, key).await?;
     if let Some(want) = expect.filter(|w| *w != manifest.version) {
-        return Err(UpdateError::Invalid(format!("the release is version {}, not {want} as asked for", manifest.version)));
+        return Err(UpdateError::invalid(format!("the release is version {}, not {want} as asked for", manifest.version)));
     }
 
     // Verified: now, and only now, write.
-    std::fs::create_dir_all(staging).map_err(io_err(staging))?;
-    clean_partials(staging);
     let partial = staging.join(format!("{}.partial", manifest.version));
     let mut guard = PartialGuard(Some(partial.clone()));
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir(&partial).map_err(io_err(&partial))?;
-    let mut seen: Vec<String> = Vec::new();
+    let (dir, p) = (staging.to_path_buf(), partial.clone());
+    blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        clean_partials(&dir);
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir(&p).map_err(io_err(&p))
+    })
+    .await?;
+    let mut members = Members::default();
     while let Some(m) = tar.next().await? {
-        let Some(want) = manifest.digest_of(&m.name) else {
-            return Err(UpdateError::Invalid(format!("member `{}` is not listed in {SUMS}", m.name.escape_debug())));
-        };
-        if seen.contains(&m.name) {
-            return Err(UpdateError::Invalid(format!("member {} appears twice", m.name)));
-        }
+        let want = *members.admit(&manifest, &m.name)?;
         let path = partial.join(&m.name);
         let mut f = tokio::fs::OpenOptions::new().create_new(true).write(true).open(&path).await.map_err(io_err(&path))?;
         let got = tar.body(&m, Some((&mut f, &path))).await?;
-        if &got != want {
-            return Err(UpdateError::HashMismatch { name: m.name, actual: hex::encode(got) });
-        }
+        check_hash(&m.name, &want, &got)?;
         f.sync_all().await.map_err(io_err(&path))?;
-        seen.push(m.name);
     }
-    let missing: Vec<&str> = manifest.files.iter().map(|(n, _)| n.as_str()).filter(|n| !seen.iter().any(|s| s == n)).collect();
-    if !missing.is_empty() {
-        return Err(UpdateError::Invalid(format!("the archive lacks {} (listed in {SUMS})", missing.join(", "))));
-    }
+    members.complete(&manifest)?;
     tar.drain().await;
-    for (name, bytes) in [(SUMS, &sums), (SIG, &sig)] {
-        let p = partial.join(name);
-        std::fs::write(&p, bytes).map_err(io_err(&p))?;
-    }
-    fsync_dir(&partial)?;
 
     // Swap it in: the previous staged release goes only once the new one is complete.
-    let staged = staging.join(STAGED);
-    let old = staging.join(".staged.old");
-    let _ = std::fs::remove_dir_all(&old);
-    if staged.exists() {
-        std::fs::rename(&staged, &old).map_err(io_err(&staged))?;
-    }
-    std::fs::rename(&partial, &staged).map_err(io_err(&staged))?;
+    let dir = staging.to_path_buf();
+    blocking(move || {
+        for (name, bytes) in [(SUMS, &sums), (SIG, &sig)] {
+            let p = partial.join(name);
+            std::fs::write(&p, bytes).map_err(io_err(&p))?;
+        }
+        fsync_dir(&partial)?;
+        let staged = dir.join(STAGED);
+        let old = dir.join(".staged.old");
+        let _ = std::fs::remove_dir_all(&old);
+        if staged.exists() {
+            std::fs::rename(&staged, &old).map_err(io_err(&staged))?;
+        }
+        std::fs::rename(&partial, &staged).map_err(io_err(&staged))?;
+        let _ = std::fs::remove_dir_all(&old);
+        fsync_dir(&dir)
+    })
+    .await?;
     guard.0 = None;
-    let _ = std::fs::remove_dir_all(&old);
-    fsync_dir(staging)?;
     Ok(manifest.version)
 }
 
@@ -590,92 +333,6 @@ fn clean_partials(staging: &Path) {
             }
         }
     }
-}
-
-/// The first two members: `SHA256SUMS` and its signature, verified.
-async fn read_manifest<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &PcrPublicKey) -> Result<(Manifest, Vec<u8>, Vec<u8>), UpdateError> {
-    let order = || UpdateError::Invalid(format!("a release tar starts with {SUMS}, then {SIG} (scripts/build-image --release)"));
-    let m = tar.next().await?.ok_or_else(order)?;
-    if m.name != SUMS {
-        return Err(order());
-    }
-    let sums = tar.small(&m, MAX_SUMS).await?;
-    let m = tar.next().await?.ok_or_else(order)?;
-    if m.name != SIG {
-        return Err(order());
-    }
-    let sig = tar.small(&m, MAX_SIG).await?;
-    let manifest = verify_manifest(key, &sums, &sig)?;
-    Ok((manifest, sums, sig))
-}
-
-/// Verify a release tar without writing anything (`swarmseal update verify FILE`).
-pub async fn verify_tar<R: AsyncRead + Unpin>(key: &PcrPublicKey, body: R) -> Result<Manifest, UpdateError> {
-    let mut tar = Tar { r: body, consumed: 0, max: u64::MAX };
-    let (manifest, _, _) = read_manifest(&mut tar, key).await?;
-    let mut seen: Vec<String> = Vec::new();
-    while let Some(m) = tar.next().await? {
-        let Some(want) = manifest.digest_of(&m.name).copied() else {
-            return Err(UpdateError::Invalid(format!("member `{}` is not listed in {SUMS}", m.name.escape_debug())));
-        };
-        if seen.contains(&m.name) {
-            return Err(UpdateError::Invalid(format!("member {} appears twice", m.name)));
-        }
-        let got = tar.body(&m, None).await?;
-        if got != want {
-            return Err(UpdateError::HashMismatch { name: m.name, actual: hex::encode(got) });
-        }
-        seen.push(m.name);
-    }
-    if let Some((n, _)) = manifest.files.iter().find(|(n, _)| !seen.contains(n)) {
-        return Err(UpdateError::Invalid(format!("the archive lacks {n} (listed in {SUMS})")));
-    }
-    Ok(manifest)
-}
-
-/// Verify a release directory (the staged release, or `build/release/V/`): the signature, then
-/// each file's hash; no file other than the manifest, its signature and the three listed files.
-pub fn verify_dir(key: &PcrPublicKey, dir: &Path) -> Result<Manifest, UpdateError> {
-    let read = |n: &str, limit: u64| -> Result<Vec<u8>, UpdateError> {
-        let p = dir.join(n);
-        let mut v = Vec::new();
-        std::fs::File::open(&p).and_then(|f| f.take(limit + 1).read_to_end(&mut v)).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => UpdateError::Invalid(format!("{} has no {n}", dir.display())),
-            _ => UpdateError::Io { path: p.clone(), source: e },
-        })?;
-        if v.len() as u64 > limit {
-            return Err(UpdateError::Invalid(format!("{} is larger than {limit} bytes", p.display())));
-        }
-        Ok(v)
-    };
-    let manifest = verify_manifest(key, &read(SUMS, MAX_SUMS)?, &read(SIG, MAX_SIG)?)?;
-    for e in std::fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n != SUMS && n != SIG && manifest.digest_of(&n).is_none() {
-            return Err(UpdateError::Invalid(format!("{} holds {n}, which {SUMS} does not list", dir.display())));
-        }
-    }
-    for (name, want) in &manifest.files {
-        let p = dir.join(name);
-        let mut f = std::fs::File::open(&p).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => UpdateError::Invalid(format!("{} lacks {name} (listed in {SUMS})", dir.display())),
-            _ => UpdateError::Io { path: p.clone(), source: e },
-        })?;
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = f.read(&mut buf).map_err(io_err(&p))?;
-            if n == 0 {
-                break;
-            }
-            ctx.update(&buf[..n]);
-        }
-        let got = ctx.finish();
-        if got.as_ref() != want {
-            return Err(UpdateError::HashMismatch { name: name.clone(), actual: hex::encode(got.as_ref()) });
-        }
-    }
-    Ok(manifest)
 }
 
 // ------------------------------------------------------------------ the apply service
@@ -763,7 +420,8 @@ pub async fn run(cfg: &Config, c: UpdateCommand) -> Result<(), UpdateError> {
     match c {
         UpdateCommand::Verify { release } => {
             let m = if release.is_dir() {
-                verify_dir(&key, &release)?
+                // Hashing ~0.5 GB: on the blocking pool, not an async worker.
+                blocking(move || Ok(verify_dir(&key, &release)?)).await?
             } else {
                 let f = tokio::fs::File::open(&release).await.map_err(io_err(&release))?;
                 verify_tar(&key, tokio::io::BufReader::with_capacity(256 << 10, f)).await?
@@ -772,19 +430,25 @@ pub async fn run(cfg: &Config, c: UpdateCommand) -> Result<(), UpdateError> {
             Ok(())
         }
         UpdateCommand::Apply { staged, reboot, stdin_request } => {
-            let staged = staged.unwrap_or_else(|| cfg.update_dir().join(STAGED));
-            // By hand, hold the staging lock so no upload replaces the release meanwhile; run by
-            // the socket, the agent that asked holds it.
-            let _lock = if stdin_request { None } else { Some(try_lock(&cfg.update_dir())?) };
-            let (want, reboot) = if stdin_request {
-                let mut line = Vec::new();
-                std::io::stdin().take(4096).read_to_end(&mut line).map_err(|e| UpdateError::Body(e.to_string()))?;
-                let r: ApplyRequest = serde_json::from_slice(&line).map_err(|e| UpdateError::Invalid(format!("the request on stdin is not {{\"version\", \"reboot\"}}: {e}")))?;
-                (Some(r.version), r.reboot)
-            } else {
-                (None, reboot)
-            };
-            apply(cfg, &key, &staged, want.as_deref(), reboot, stdin_request)
+            let cfg = cfg.clone();
+            // Reading stdin, hashing the release, systemd-sysupdate and the pause before the
+            // reboot all block: the whole command runs on the blocking pool.
+            blocking(move || {
+                let staged = staged.unwrap_or_else(|| cfg.update_dir().join(STAGED));
+                // By hand, hold the staging lock so no upload replaces the release meanwhile;
+                // run by the socket, the agent that asked holds it.
+                let _lock = if stdin_request { None } else { Some(try_lock(&cfg.update_dir())?) };
+                let (want, reboot) = if stdin_request {
+                    let mut line = Vec::new();
+                    std::io::stdin().take(4096).read_to_end(&mut line).map_err(|e| ReleaseError::Body(e.to_string()))?;
+                    let r: ApplyRequest = serde_json::from_slice(&line).map_err(|e| UpdateError::invalid(format!("the request on stdin is not {{\"version\", \"reboot\"}}: {e}")))?;
+                    (Some(r.version), r.reboot)
+                } else {
+                    (None, reboot)
+                };
+                apply(&cfg, &key, &staged, want.as_deref(), reboot, stdin_request)
+            })
+            .await
         }
     }
 }
@@ -792,12 +456,12 @@ pub async fn run(cfg: &Config, c: UpdateCommand) -> Result<(), UpdateError> {
 /// Verify `staged` again (it was written by the less privileged agent), check it is `want`,
 /// run `<sysupdate> update V`, print [`APPLIED`], then `<systemctl> reboot` when asked
 /// (after a pause when `answer_first`: the agent relays the answer before it goes down).
-pub fn apply(cfg: &Config, key: &PcrPublicKey, staged: &Path, want: Option<&str>, reboot: bool, answer_first: bool) -> Result<(), UpdateError> {
+pub fn apply(cfg: &Config, key: &ReleaseKey, staged: &Path, want: Option<&str>, reboot: bool, answer_first: bool) -> Result<(), UpdateError> {
     use std::io::Write;
     let m = verify_dir(key, staged)?;
     if let Some(w) = want {
         if w != m.version {
-            return Err(UpdateError::Invalid(format!("the staged release is {}, not {w}: another upload replaced it", m.version)));
+            return Err(UpdateError::invalid(format!("the staged release is {}, not {w}: another upload replaced it", m.version)));
         }
     }
     tracing::info!(event = "update_apply", security = true, version = %m.version, reboot, "installing a verified release with systemd-sysupdate");
@@ -874,58 +538,7 @@ fn unquote(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const V: &str = "1.2.3";
-    const U1: &str = "0b8e2b1e-3c3a-4a6e-9c71-3a3f2b7c9d10";
-    const U2: &str = "7f2a1c55-1d2e-4f3a-8b9c-0a1b2c3d4e5f";
-
-    fn names(v: &str) -> [String; 3] {
-        [format!("swarmseal_{v}.efi"), format!("swarmseal_{v}_{U1}.root.raw"), format!("swarmseal_{v}_{U2}.root-verity.raw")]
-    }
-
-    fn sha(b: &[u8]) -> String {
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
-    }
-
-    #[test]
-    fn release_names_follow_the_contract() {
-        let [efi, root, verity] = names(V);
-        assert_eq!(classify(&efi), Some((Part::Uki, V)));
-        assert_eq!(classify(&root), Some((Part::Root, V)));
-        assert_eq!(classify(&verity), Some((Part::Verity, V)));
-        assert_eq!(classify("swarmseal_0.0.41.gdeadbee.efi"), Some((Part::Uki, "0.0.41.gdeadbee")));
-        for bad in [
-            "swarmseal_.efi",
-            "swarmseal_1+2.efi",
-            "swarmseal_../x.efi",
-            "swarmseal_1/2.efi",
-            "other_1.efi",
-            "swarmseal_1_notauuid.root.raw",
-            "swarmseal_1.root.raw",
-            "SHA256SUMS",
-            &format!("swarmseal_1_{U1}.root.img"),
-        ] {
-            assert_eq!(classify(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn manifest_needs_the_three_files_of_one_version() {
-        let [efi, root, verity] = names(V);
-        let ok = format!("{}  {verity}\n{} *{efi}\n{}  {root}\n", sha(b"v"), sha(b"e"), sha(b"r"));
-        let m = Manifest::parse(ok.as_bytes()).unwrap();
-        assert_eq!(m.version, V);
-        assert_eq!(m.files.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), vec![efi.clone(), root.clone(), verity.clone()]);
-        let missing = format!("{}  {efi}\n{}  {root}\n", sha(b"e"), sha(b"r"));
-        assert!(Manifest::parse(missing.as_bytes()).unwrap_err().to_string().contains("Verity"));
-        let [efi2, ..] = names("2.0");
-        let mixed = format!("{}  {efi2}\n{}  {root}\n{}  {verity}\n", sha(b"e"), sha(b"r"), sha(b"v"));
-        assert!(Manifest::parse(mixed.as_bytes()).unwrap_err().to_string().contains("two versions"));
-        let unknown = format!("{ok}{}  evil.sh\n", sha(b"x"));
-        assert!(Manifest::parse(unknown.as_bytes()).unwrap_err().to_string().contains("evil.sh"));
-        let twice = format!("{ok}{}  {efi}\n", sha(b"x"));
-        assert!(Manifest::parse(twice.as_bytes()).is_err());
-    }
+    use swarmseal_release::testing::{fixture, names, rsa_key, rt, sh, V};
 
     #[test]
     fn os_release_image_fields() {
@@ -934,36 +547,6 @@ mod tests {
         std::fs::write(&p, "ID=debian\nIMAGE_ID=\"swarmseal\"\nIMAGE_VERSION='0.0.7.gabc'\n").unwrap();
         assert_eq!(os_image(&p), serde_json::json!({"id": "swarmseal", "version": "0.0.7.gabc"}));
         assert_eq!(os_image(&d.path().join("none")), serde_json::json!({"id": null, "version": null}));
-    }
-
-    /// A release signed with a fresh key (openssl, as scripts/make-keys and build-image do).
-    struct Fixture {
-        dir: tempfile::TempDir,
-        key: PcrPublicKey,
-    }
-
-    fn sh(cmd: &str, dir: &Path) {
-        let st = std::process::Command::new("sh").arg("-ec").arg(cmd).current_dir(dir).status().unwrap();
-        assert!(st.success(), "{cmd}");
-    }
-
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        sh("openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k.key && openssl pkey -in k.key -pubout -out k.pem", d);
-        std::fs::create_dir(d.join("rel")).unwrap();
-        let [efi, root, verity] = names(V);
-        for (n, body) in [(&efi, vec![1u8; 1000]), (&root, vec![2u8; 70_000]), (&verity, vec![3u8; 512])] {
-            std::fs::write(d.join("rel").join(n), body).unwrap();
-        }
-        sh(&format!("cd rel && sha256sum {efi} {root} {verity} > SHA256SUMS && openssl dgst -sha256 -sign ../k.key -out SHA256SUMS.sig SHA256SUMS"), d);
-        sh(&format!("cd rel && tar --format=ustar -cf ../rel.tar SHA256SUMS SHA256SUMS.sig {root} {efi} {verity}"), d);
-        let key = PcrPublicKey::load(&d.join("k.pem")).unwrap();
-        Fixture { dir, key }
-    }
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
     #[test]
@@ -994,7 +577,7 @@ mod tests {
         assert_eq!(rt().block_on(verify_tar(&f.key, &tar[..])).unwrap().version, V);
         // The cap counts every byte of the archive.
         let e = rt().block_on(receive(&f.key, &staging, 10_000, &tar[..])).err().unwrap();
-        assert!(matches!(e, UpdateError::TooLarge { .. }), "{e}");
+        assert!(matches!(e, UpdateError::Release(ReleaseError::TooLarge { .. })), "{e}");
         assert_eq!(e.http_status(), 413);
         assert!(staging.join(STAGED).exists(), "a refused upload keeps the staged release");
     }
@@ -1004,8 +587,7 @@ mod tests {
         let f = fixture();
         let d = f.dir.path();
         let tar = std::fs::read(d.join("rel.tar")).unwrap();
-        sh("openssl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 | openssl pkey -pubout -out other.pem", d);
-        let other = PcrPublicKey::load(&d.join("other.pem")).unwrap();
+        let other = rsa_key(d, "other");
         let staging = d.join("updates");
         let e = rt().block_on(receive(&other, &staging, 1 << 30, &tar[..])).err().unwrap();
         assert!(e.to_string().starts_with("release not signed by this fleet's key"), "{e}");
@@ -1022,9 +604,9 @@ mod tests {
         let at = bad.windows(4).position(|w| w == [2, 2, 2, 2]).unwrap() + 100;
         bad[at] ^= 1;
         let e = rt().block_on(receive(&f.key, &staging, 1 << 30, &bad[..])).err().unwrap();
-        assert!(matches!(e, UpdateError::HashMismatch { .. }), "{e}");
+        assert!(matches!(e, UpdateError::Release(ReleaseError::HashMismatch { .. })), "{e}");
         assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "the partial release is removed");
-        assert!(matches!(rt().block_on(verify_tar(&f.key, &bad[..])), Err(UpdateError::HashMismatch { .. })));
+        assert!(matches!(rt().block_on(verify_tar(&f.key, &bad[..])), Err(ReleaseError::HashMismatch { .. })));
 
         // Truncated after the manifest: the files are missing.
         let e = rt().block_on(receive(&f.key, &staging, 1 << 30, &tar[..3 * 512 + 512])).err().unwrap();
@@ -1040,6 +622,18 @@ mod tests {
         std::fs::remove_file(s.dir.join("extra")).unwrap();
         let [efi, ..] = names(V);
         std::fs::write(s.dir.join(&efi), b"changed").unwrap();
-        assert!(matches!(verify_dir(&f.key, &s.dir), Err(UpdateError::HashMismatch { .. })));
+        assert!(matches!(verify_dir(&f.key, &s.dir), Err(ReleaseError::HashMismatch { .. })));
+    }
+
+    #[test]
+    fn the_release_key_has_the_fingerprint_of_the_pcr_policy_key() {
+        // The NotSigned message names the key by systemd's pkfp, as the PCR policy does.
+        let f = fixture();
+        let d = f.dir.path();
+        sh("openssl genpkey -quiet -algorithm EC -pkeyopt ec_paramgen_curve:P-256 | openssl pkey -pubout -out ec.pem", d);
+        for pem in ["k.pem", "ec.pem"] {
+            let pcr = crate::pcrsig::PcrPublicKey::load(&d.join(pem)).unwrap();
+            assert_eq!(load_key(&d.join(pem)).unwrap().fingerprint().to_vec(), pcr.fingerprint(), "{pem}");
+        }
     }
 }

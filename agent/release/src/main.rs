@@ -1,0 +1,87 @@
+//! `swarmseal-release`: pack a release from a built image (`scripts/build-image --release`)
+//! or verify one. Exit 0 on success, 1 when packing or verification failed, 2 on bad usage.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use swarmseal_release::pack::{pack, PackOptions};
+use swarmseal_release::{verify_dir, verify_tar, ReleaseError, ReleaseKey};
+
+#[derive(Parser)]
+#[command(name = "swarmseal-release", about = "Pack or verify a swarmseal release (see docs/updates.md)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write OUT/V/{swarmseal_V.efi, swarmseal_V_<UUID>.root.raw, swarmseal_V_<UUID>.root-verity.raw,
+    /// SHA256SUMS, SHA256SUMS.sig} and OUT/swarmseal_V.tar from a built disk image.
+    Pack {
+        /// The disk image holding the root and verity partitions labelled swarmseal_V.
+        #[arg(long, value_name = "FILE")]
+        image: PathBuf,
+        /// The signed UKI.
+        #[arg(long, value_name = "FILE")]
+        uki: PathBuf,
+        /// The image version V.
+        #[arg(long, value_name = "V")]
+        version: String,
+        /// The PCR-signing private key (PEM; used by `openssl dgst -sha256 -sign`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Its public key (PEM): the release is verified with it before it is archived.
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// Where the release directory and archive go.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Check a release (its tar or its directory) with a public key: signature, names, hashes.
+    Verify {
+        /// The PCR-signing public key (PEM).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// swarmseal_V.tar, or a directory holding SHA256SUMS, SHA256SUMS.sig and the three files.
+        #[arg(value_name = "RELEASE")]
+        release: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("swarmseal-release: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(c: Command) -> Result<String, ReleaseError> {
+    match c {
+        Command::Pack { image, uki, version, key, public_key, out } => {
+            let p = pack(&PackOptions { image, uki, version, private_key: key, public_key, out })?;
+            Ok(format!("release {}: {}, {}", p.manifest.version, p.dir.display(), p.tar.display()))
+        }
+        Command::Verify { public_key, release } => {
+            let key = ReleaseKey::load(&public_key)?;
+            let m = if release.is_dir() {
+                verify_dir(&key, &release)?
+            } else {
+                let f = std::fs::File::open(&release).map_err(swarmseal_release::io_err(&release))?;
+                let rt = tokio::runtime::Builder::new_current_thread().build().map_err(swarmseal_release::io_err(&release))?;
+                rt.block_on(verify_tar(&key, tokio::io::BufReader::with_capacity(256 << 10, tokio::fs::File::from_std(f))))?
+            };
+            Ok(format!("release {} verified: SHA256SUMS signed by {}, {} files match", m.version, public_key.display(), m.files.len()))
+        }
+    }
+}

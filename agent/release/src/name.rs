@@ -1,0 +1,86 @@
+//! Release file names: `swarmseal_V.efi`, `swarmseal_V_<UUID>.root.raw`,
+//! `swarmseal_V_<UUID>.root-verity.raw` (the patterns of the image's
+//! `/usr/lib/sysupdate.d/*.transfer`), and the version `V` they carry.
+
+/// Which of the three release files a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    /// `swarmseal_V.efi`
+    Uki,
+    /// `swarmseal_V_<UUID>.root.raw`
+    Root,
+    /// `swarmseal_V_<UUID>.root-verity.raw`
+    Verity,
+}
+
+impl Part {
+    /// The file name of this part for `version` (`uuid`: the partition UUID, lowercase; unused
+    /// for the UKI).
+    pub fn file_name(self, version: &str, uuid: &str) -> String {
+        match self {
+            Part::Uki => format!("swarmseal_{version}.efi"),
+            Part::Root => format!("swarmseal_{version}_{uuid}.root.raw"),
+            Part::Verity => format!("swarmseal_{version}_{uuid}.root-verity.raw"),
+        }
+    }
+}
+
+/// A version as the contract allows it: 1–64 of `[A-Za-z0-9.~^-]`, starting with an
+/// alphanumeric; never `_` or `+` (they would break the file patterns and boot counting).
+pub fn valid_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.as_bytes()[0].is_ascii_alphanumeric()
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".~^-".contains(&b))
+}
+
+/// A partition UUID as it appears in a release name: 8-4-4-4-12 hex digits.
+pub fn valid_uuid(u: &str) -> bool {
+    u.len() == 36
+        && u.bytes().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
+}
+
+/// Which release file `name` is, and its version; `None` for any other name.
+pub fn classify(name: &str) -> Option<(Part, &str)> {
+    let rest = name.strip_prefix("swarmseal_")?;
+    let (part, stem) = if let Some(v) = rest.strip_suffix(".efi") {
+        return valid_version(v).then_some((Part::Uki, v));
+    } else if let Some(s) = rest.strip_suffix(".root-verity.raw") {
+        (Part::Verity, s)
+    } else {
+        (Part::Root, rest.strip_suffix(".root.raw")?)
+    };
+    let (v, uuid) = stem.rsplit_once('_')?;
+    (valid_version(v) && valid_uuid(uuid)).then_some((part, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{names, U1, U2, V};
+
+    #[test]
+    fn release_names_follow_the_contract() {
+        let [efi, root, verity] = names(V);
+        assert_eq!(efi, "swarmseal_1.2.3.efi");
+        assert_eq!(root, format!("swarmseal_1.2.3_{U1}.root.raw"));
+        assert_eq!(verity, format!("swarmseal_1.2.3_{U2}.root-verity.raw"));
+        assert_eq!(classify(&efi), Some((Part::Uki, V)));
+        assert_eq!(classify(&root), Some((Part::Root, V)));
+        assert_eq!(classify(&verity), Some((Part::Verity, V)));
+        assert_eq!(classify("swarmseal_0.0.41.gdeadbee.efi"), Some((Part::Uki, "0.0.41.gdeadbee")));
+        for bad in [
+            "swarmseal_.efi",
+            "swarmseal_1+2.efi",
+            "swarmseal_../x.efi",
+            "swarmseal_1/2.efi",
+            "other_1.efi",
+            "swarmseal_1_notauuid.root.raw",
+            "swarmseal_1.root.raw",
+            "SHA256SUMS",
+            &format!("swarmseal_1_{U1}.root.img"),
+        ] {
+            assert_eq!(classify(bad), None, "{bad}");
+        }
+    }
+}
