@@ -22,13 +22,12 @@ pub mod config;
 pub mod escrow;
 pub mod fleet;
 pub mod health;
-pub mod keystore;
 pub mod logging;
-pub mod pcrsig;
 pub mod proxy;
 pub mod recover;
 pub use swarmseal_common::secret;
+// The TPM side lives in its own crate (agent/tpm), under the old module names.
+pub use swarmseal_tpm::{keystore, pcrsig, tpm};
 pub mod swarm;
-pub mod tpm;
 pub mod update;
 pub mod var;
