@@ -179,14 +179,10 @@ fn slot_index(slot: PcrSlot) -> u8 {
 mod tests {
     use super::*;
 
-    fn values(v: &[(u8, Vec<u8>)]) -> PcrValues {
-        v.iter().cloned().collect()
-    }
-
     #[test]
     fn diffs_name_each_changed_pcr_with_both_values() {
-        let sealed = values(&[(7, vec![1; 32]), (11, vec![2; 32])]);
-        let current = values(&[(7, vec![1; 32]), (11, vec![3; 32])]);
+        let sealed = PcrValues::from([(7, vec![1; 32]), (11, vec![2; 32])]);
+        let current = PcrValues::from([(7, vec![1; 32]), (11, vec![3; 32])]);
         let d = pcr_diffs(&sealed, &current);
         assert_eq!(d, vec![PcrDiff { pcr: 11, sealed: hex::encode([2; 32]), current: hex::encode([3; 32]) }]);
         let msg = TpmError::PolicyMismatch { changed: d }.to_string();
@@ -196,8 +192,8 @@ mod tests {
     #[test]
     fn invalid_policies_are_refused() {
         assert!(check_values("t", &PcrValues::new()).is_err());
-        assert!(check_values("t", &values(&[(24, vec![0; 32])])).is_err());
-        assert!(check_values("t", &values(&[(7, vec![0; 20])])).is_err());
-        assert!(check_values("t", &values(&[(7, vec![0; 32])])).is_ok());
+        assert!(check_values("t", &PcrValues::from([(24, vec![0; 32])])).is_err());
+        assert!(check_values("t", &PcrValues::from([(7, vec![0; 20])])).is_err());
+        assert!(check_values("t", &PcrValues::from([(7, vec![0; 32])])).is_ok());
     }
 }
