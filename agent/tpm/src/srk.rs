@@ -23,8 +23,11 @@ pub const SRK_PERSISTENT_HANDLE: u32 = 0x8100_0001;
 
 impl Tpm {
     /// Name of the SRK this TPM would seal under now (2-byte nameAlg, then its sha256
-    /// digest): the key at 0x81000001 if it has the standard template, else the one
-    /// TPM2_CreatePrimary derives from the template.
+    /// digest): the key at 0x81000001 if it has the standard template (TPM 2.0 Part 3,
+    /// 30.2 TPM2_GetCapability and 12.4 TPM2_ReadPublic), else the one TPM2_CreatePrimary
+    /// (Part 3, 24.1) derives from the template; the transient key is flushed again.
+    ///
+    /// Errors: `Command` for a TPM failure; `Unavailable` when the TPM stops answering.
     pub fn srk_name(&mut self) -> Result<Vec<u8>, TpmError> {
         let result = self.srk_name_op();
         result.map_err(|e| self.reached_through(e))
