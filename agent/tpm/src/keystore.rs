@@ -42,9 +42,9 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use swarmseal_common::secret::UnlockKey;
 
 use crate::pcrsig::PcrPublicKey;
-use swarmseal_common::secret::UnlockKey;
 use crate::tpm::{PcrValues, Policy, SealedObject};
 
 pub const FORMAT: &str = "swarmseal.sealed-key";

@@ -395,6 +395,28 @@ pFaOTAHOe1OzpGDeYyUnZJ5iBM9/PKYOBM+lCwBN/0XQEt8H2qNljKOJyjSzYLhc
         assert_eq!(&k.der()[24..26], &[0x30, 0x82], "an RSAPublicKey SEQUENCE follows the header");
     }
 
+    // openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 | openssl pkey -pubout
+    const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEIpL83hNgiQbsr2frv1Zw6ZR4yEDt
+nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn ecc_pkfp_hashes_the_ec_point_as_it_is_in_the_file() {
+        let k = PcrPublicKey::from_pem(P256_PEM.as_bytes()).unwrap();
+        assert_eq!(k.kind(), KeyKind::EccP256);
+        // 26-byte header (SEQUENCE, id-ecPublicKey + prime256v1, BIT STRING, 0 unused bits),
+        // then the 65-byte uncompressed point that systemd's pkfp hashes.
+        assert_eq!((k.der().len(), k.der()[25], k.der()[26]), (91, 0x00, 0x04));
+        assert_eq!(k.fingerprint(), Sha256::digest(&k.der()[26..]).to_vec());
+        // A BIT STRING with unused bits is not a key's bits: refused, not hashed differently.
+        assert!(spki_key_bits(k.der()).is_some());
+        let mut odd = k.der().to_vec();
+        odd[25] = 1;
+        assert!(spki_key_bits(&odd).is_none());
+    }
+
     #[test]
     fn not_a_key_is_refused_with_a_reason() {
         assert!(PcrPublicKey::from_pem(b"hello").unwrap_err().contains("PEM"));
