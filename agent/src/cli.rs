@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
 
-/// Exit codes (stable; documented in `--help` and the README).
+/// Exit codes (stable; documented in `--help` and docs/operating.md, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
@@ -57,7 +57,7 @@ pub enum Exit {
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
-    /// of the README's table (a unit test keeps the README in step).
+    /// of the table in docs/operating.md (a unit test keeps it in step).
     pub const ALL: [(Exit, &'static str); 20] = [
         (Exit::Ok, "success"),
         (Exit::Failure, "other failure (I/O, internal)"),
@@ -158,7 +158,7 @@ pub enum Command {
     #[command(subcommand)]
     Certs(crate::proxy::pki::CertsCommand),
     /// Run the CIS Docker Benchmark v1.6.0 checks.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::bench_cmd::BenchArgs),
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
     #[command(subcommand)]
     Var(crate::var::VarCommand),
@@ -215,7 +215,11 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Config(_) | Error::Usage(_) => Exit::Usage,
         Error::Boot(b) => b.exit(),
         Error::Proxy(_) => Exit::Proxy,
-        Error::Bench(b) => b.exit(),
+        Error::Bench(b) => match b {
+            crate::bench::BenchError::Engine { .. } => Exit::DockerUnreachable,
+            crate::bench::BenchError::Write { .. } => Exit::Failure,
+            crate::bench::BenchError::UnknownCheck(_) => Exit::Usage,
+        },
         Error::Var(v) => v.exit(),
         Error::Health(h) => h.exit(),
         Error::Update(u) => u.exit(),
@@ -285,7 +289,7 @@ fn run(cli: Cli) -> Result<(), Error> {
     rt.block_on(async move {
         match cli.command {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
-            Command::Bench(a) => crate::bench::run_cli(&cfg, a).await,
+            Command::Bench(a) => crate::bench_cmd::run(&cfg, a).await,
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
             Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),
             Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),
@@ -306,10 +310,10 @@ mod tests {
         for (i, (code, _)) in Exit::ALL.iter().enumerate() {
             assert_eq!(*code as usize, i, "Exit::ALL out of order at {code:?}");
         }
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/operating.md");
         for (code, what) in Exit::ALL {
             let row = format!("| {} | {} |", code as u8, what);
-            assert!(readme.contains(&row), "README.md's exit-code table lacks or differs from: {row}");
+            assert!(readme.contains(&row), "docs/operating.md's exit-code table lacks or differs from: {row}");
         }
         let help = exit_codes_help();
         assert!(help.contains(" 12  not sealed"), "{help}");
