@@ -24,13 +24,12 @@ pub mod config;
 pub mod escrow;
 pub mod fleet;
 pub mod health;
-pub mod keystore;
 pub mod logging;
-pub mod pcrsig;
 pub mod proxy;
 pub mod recover;
 pub use swarmseal_common::secret;
 pub use swarmseal_engine as swarm;
-pub mod tpm;
+// The TPM side lives in its own crate (agent/tpm), under the old module names.
+pub use swarmseal_tpm::{keystore, pcrsig, tpm};
 pub mod update;
 pub mod var;

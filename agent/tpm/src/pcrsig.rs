@@ -84,10 +84,11 @@ impl PcrPublicKey {
 
     /// Parse a PEM `-----BEGIN PUBLIC KEY-----` block. Errors: a sentence saying what is wrong.
     pub fn from_pem(pem: &[u8]) -> Result<PcrPublicKey, String> {
-        use rustls_pki_types::pem::PemObject;
-        let der = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem)
-            .map_err(|e| format!("not a PEM public key (`-----BEGIN PUBLIC KEY-----`): {e}"))?;
-        PcrPublicKey::from_der(der.as_ref())
+        let not_pem = |why: String| format!("not a PEM public key (`-----BEGIN PUBLIC KEY-----`): {why}");
+        // The first `PUBLIC KEY` block; other blocks around it are ignored.
+        let blocks = pem::parse_many(pem).map_err(|e| not_pem(e.to_string()))?;
+        let block = blocks.iter().find(|b| b.tag() == "PUBLIC KEY").ok_or_else(|| not_pem("no such block".into()))?;
+        PcrPublicKey::from_der(block.contents())
     }
 
     /// Parse a DER SubjectPublicKeyInfo (RFC 5280, 4.1). Errors: a sentence saying what is wrong.
@@ -112,7 +113,7 @@ impl PcrPublicKey {
             }
             _ => return Err("neither an RSA nor an ECC P-256 key".into()),
         };
-        let key_bits = spki_key_bits(der).ok_or("the SubjectPublicKeyInfo has no plain subjectPublicKey BIT STRING")?.to_vec();
+        let key_bits = spki_key_bits(der).ok_or("the SubjectPublicKeyInfo has no plain subjectPublicKey BIT STRING")?;
         Ok(PcrPublicKey { der: der.to_vec(), key_bits, kind, public, raw })
     }
 
@@ -271,16 +272,17 @@ fn ecc_p256_public(point: &[u8]) -> Result<Public, String> {
 }
 
 /// The content of the subjectPublicKey BIT STRING of a DER SubjectPublicKeyInfo
-/// (`SEQUENCE { AlgorithmIdentifier, BIT STRING }`), without its unused-bits byte.
-fn spki_key_bits(der: &[u8]) -> Option<&[u8]> {
-    use crate::proxy::tls::tlv;
-    let (0x30, spki, _) = tlv(der)? else { return None };
-    let (0x30, _, rest) = tlv(spki)? else { return None };
-    let (0x03, bits, _) = tlv(rest)? else { return None };
-    match bits.split_first()? {
-        (0, payload) => Some(payload),
-        _ => None,
+/// (RFC 5280, 4.1: `SEQUENCE { AlgorithmIdentifier, BIT STRING }`), without its unused-bits
+/// byte, which must be 0. The bits as they are in `der`, not re-encoded: `pkfp` hashes them.
+fn spki_key_bits(der: &[u8]) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct RawSpki {
+        _algorithm: picky_asn1_der::Asn1RawDer,
+        subject_public_key: picky_asn1::wrapper::BitStringAsn1,
     }
+    let spki: RawSpki = picky_asn1_der::from_bytes(der).ok()?;
+    let bits = &spki.subject_public_key.0;
+    (bits.get_num_unused_bits() == 0).then(|| bits.payload_view().to_vec())
 }
 
 /// One signed policy of the signature file (sha256 bank).
@@ -391,6 +393,28 @@ pFaOTAHOe1OzpGDeYyUnZJ5iBM9/PKYOBM+lCwBN/0XQEt8H2qNljKOJyjSzYLhc
         // 24-byte header (SEQUENCE, rsaEncryption AlgorithmIdentifier, BIT STRING) for RSA 2048.
         assert_eq!(k.fingerprint(), Sha256::digest(&k.der()[24..]).to_vec());
         assert_eq!(&k.der()[24..26], &[0x30, 0x82], "an RSAPublicKey SEQUENCE follows the header");
+    }
+
+    // openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 | openssl pkey -pubout
+    const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEIpL83hNgiQbsr2frv1Zw6ZR4yEDt
+nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn ecc_pkfp_hashes_the_ec_point_as_it_is_in_the_file() {
+        let k = PcrPublicKey::from_pem(P256_PEM.as_bytes()).unwrap();
+        assert_eq!(k.kind(), KeyKind::EccP256);
+        // 26-byte header (SEQUENCE, id-ecPublicKey + prime256v1, BIT STRING, 0 unused bits),
+        // then the 65-byte uncompressed point that systemd's pkfp hashes.
+        assert_eq!((k.der().len(), k.der()[25], k.der()[26]), (91, 0x00, 0x04));
+        assert_eq!(k.fingerprint(), Sha256::digest(&k.der()[26..]).to_vec());
+        // A BIT STRING with unused bits is not a key's bits: refused, not hashed differently.
+        assert!(spki_key_bits(k.der()).is_some());
+        let mut odd = k.der().to_vec();
+        odd[25] = 1;
+        assert!(spki_key_bits(&odd).is_none());
     }
 
     #[test]

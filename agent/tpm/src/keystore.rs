@@ -42,9 +42,9 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use swarmseal_common::secret::UnlockKey;
 
 use crate::pcrsig::PcrPublicKey;
-use crate::secret::UnlockKey;
 use crate::tpm::{PcrValues, Policy, SealedObject};
 
 pub const FORMAT: &str = "swarmseal.sealed-key";
@@ -264,7 +264,7 @@ pub const ESCROW_RESERVE: u64 = 4 * 1024;
 
 /// Write-ahead marker (`keys/change-pending.json`, no secret): a command is about to change the
 /// engine's unlock key (`op`: `init`, `autolock`, `rotate`). Until it is removed, the next
-/// command that reaches the engine seals the engine's key first ([`crate::boot`]).
+/// command that reaches the engine seals the engine's key first (the agent's `boot`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PendingChange {
