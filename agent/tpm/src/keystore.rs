@@ -35,7 +35,6 @@
 //! file the running image ships: the object is bound to this key's Name.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -344,7 +343,7 @@ impl Keystore {
         }
         let mut r = Reservation(Vec::new());
         for (target, size) in files {
-            let tmp = temp_path(&target);
+            let tmp = swarmseal_common::fs::temp_path(&target);
             r.0.push(tmp.clone());
             let io = |e: std::io::Error| KeystoreError::Io { path: tmp.clone(), source: std::io::Error::new(e.kind(), format!("cannot reserve {size} bytes for {}: {e}", target.display())) };
             use std::os::unix::fs::OpenOptionsExt;
@@ -483,30 +482,13 @@ impl Keystore {
     }
 }
 
-/// Write `bytes` to `path` atomically: temp file `.<name>.tmp-<pid>` in the same dir (mode
+/// [`swarmseal_common::fs::write_atomic`] with the keystore's error: temp file `.<name>.tmp-<pid>` in the same dir (mode
 /// `mode`), fsync, rename over `path`, fsync the directory. A temp file reserved beforehand
 /// ([`Keystore::reserve`]) is overwritten in place, so it needs no new blocks.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeystoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: std::io::Error| KeystoreError::Io { path: path.to_path_buf(), source: e };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = temp_path(path);
-    let mut f: File = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(mode).open(&tmp).map_err(io)?;
-    let written = f.write_all(bytes).and_then(|_| f.set_len(bytes.len() as u64)).and_then(|_| f.sync_all());
-    drop(f);
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    fsync_dir(dir)
+    swarmseal_common::fs::write_atomic(path, bytes, mode).map_err(|e| KeystoreError::Io { path: path.to_path_buf(), source: e })
 }
 
-/// `.<name>.tmp-<pid>` next to `path`.
-fn temp_path(path: &Path) -> PathBuf {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("f"), std::process::id()))
-}
 
 /// Room reserved by [`Keystore::reserve`]; whatever was not used is removed on drop.
 pub struct Reservation(Vec<PathBuf>);
@@ -543,7 +525,7 @@ fn keep_bad(path: &Path) -> Result<Option<PathBuf>, KeystoreError> {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), KeystoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| KeystoreError::Io { path: dir.to_path_buf(), source: e })
+    swarmseal_common::fs::fsync_dir(dir).map_err(|e| KeystoreError::Io { path: dir.to_path_buf(), source: e })
 }
 
 fn set_mode(p: &Path, mode: u32) {
