@@ -226,7 +226,7 @@ impl Drop for PartialGuard {
 }
 
 fn fsync_dir(p: &Path) -> Result<(), UpdateError> {
-    std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(io_err(p))
+    swarmseal_common::fs::fsync_dir(p).map_err(io_err(p))
 }
 
 /// Receive a release tar from `body` (at most `max` bytes), verify it, and stage it under
@@ -486,20 +486,13 @@ pub fn apply(cfg: &Config, key: &ReleaseKey, staged: &Path, want: Option<&str>, 
 
 /// Run `bin args`; stdout and stderr merged into the result or the error.
 fn run_tool(bin: &str, args: &[&str]) -> Result<String, UpdateError> {
+    use swarmseal_common::tool::{self, Stdout, ToolError};
     let what = format!("{bin} {}", args.join(" "));
-    let o = std::process::Command::new(bin)
-        .args(args)
-        .env("SYSTEMD_COLORS", "0")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| UpdateError::Tool { what: what.clone(), status: "not started".into(), output: e.to_string() })?;
-    let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&o.stderr));
-    if !o.status.success() {
-        let output = text.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("; ");
-        return Err(UpdateError::Tool { what, status: o.status.to_string(), output });
+    match tool::run(bin, args, None, Stdout::Plain) {
+        Ok(o) => Ok(String::from_utf8_lossy(&o.stdout).into_owned() + &o.stderr),
+        Err(ToolError::Spawn { source, .. }) => Err(UpdateError::Tool { what, status: "not started".into(), output: source.to_string() }),
+        Err(ToolError::Failed { status, output, .. }) => Err(UpdateError::Tool { what, status, output }),
     }
-    Ok(text)
 }
 
 // ------------------------------------------------------------------ the running image

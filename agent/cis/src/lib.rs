@@ -27,7 +27,6 @@ pub mod output;
 pub mod report;
 pub mod selection;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -97,23 +96,7 @@ pub fn write_boot_report(state_dir: &Path, r: &Report) -> Result<PathBuf, BenchE
 ///
 /// Errors: [`BenchError::Write`] naming `path`.
 pub fn write_report(path: &Path, data: &[u8]) -> Result<(), BenchError> {
-    let err = |source| BenchError::Write { path: path.to_path_buf(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(err)
+    swarmseal_common::fs::write_atomic(path, data, 0o644).map_err(|source| BenchError::Write { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
