@@ -25,7 +25,7 @@ pub mod health;
 pub mod keystore;
 pub mod logging;
 pub mod pcrsig;
-pub mod proxy;
+pub use swarmseal_proxy as proxy;
 pub mod recover;
 pub use swarmseal_common::secret;
 pub mod swarm;

@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 
 use super::tls::{self, Role};
 use super::ProxyError;
-use crate::config::Config;
+use crate::config::ProxySettings;
 
 /// `swarmseal certs …`
 #[derive(Debug, clap::Subcommand)]
@@ -74,13 +74,14 @@ pub struct PkiPaths {
 }
 
 impl PkiPaths {
-    pub fn of(cfg: &Config) -> PkiPaths {
+    pub fn of(cfg: &impl ProxySettings) -> PkiPaths {
         let dir = cfg.pki_dir();
+        let p = cfg.proxy();
         PkiPaths {
-            ca_cert: cfg.proxy.client_ca.clone().unwrap_or_else(|| dir.join(CA_CERT)),
+            ca_cert: p.client_ca.clone().unwrap_or_else(|| dir.join(CA_CERT)),
             ca_key: dir.join(CA_KEY),
-            server_cert: cfg.proxy.server_cert.clone().unwrap_or_else(|| dir.join("server-cert.pem")),
-            server_key: cfg.proxy.server_key.clone().unwrap_or_else(|| dir.join("server-key.pem")),
+            server_cert: p.server_cert.clone().unwrap_or_else(|| dir.join("server-cert.pem")),
+            server_key: p.server_key.clone().unwrap_or_else(|| dir.join("server-key.pem")),
             dir,
         }
     }
@@ -91,7 +92,7 @@ fn setup(msg: impl Into<String>) -> ProxyError {
 }
 
 /// `swarmseal certs …`
-pub fn run(cfg: &Config, c: CertsCommand) -> Result<(), ProxyError> {
+pub fn run(cfg: &impl ProxySettings, c: CertsCommand) -> Result<(), ProxyError> {
     let paths = PkiPaths::of(cfg);
     match c {
         CertsCommand::Init { san, force } => {
@@ -121,8 +122,8 @@ pub fn run(cfg: &Config, c: CertsCommand) -> Result<(), ProxyError> {
                 "issued {} certificate for `{name}` in {} (ca.pem, cert.pem, key.pem)\nuse: docker --tlsverify -H tcp://HOST:{} --tlscacert {d}/ca.pem --tlscert {d}/cert.pem --tlskey {d}/key.pem info\n  or: DOCKER_CERT_PATH={d} DOCKER_TLS_VERIFY=1 DOCKER_HOST=tcp://HOST:{} docker info",
                 role.as_str(),
                 out.display(),
-                cfg.proxy.listen.port(),
-                cfg.proxy.listen.port(),
+                cfg.proxy().listen.port(),
+                cfg.proxy().listen.port(),
                 d = out.display(),
             );
             Ok(())

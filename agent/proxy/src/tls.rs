@@ -122,10 +122,47 @@ pub fn server_config(client_ca: &Path, server_cert: &Path, server_key: &Path) ->
     Ok(Arc::new(cfg))
 }
 
-// --- minimal DER reader: enough to read a certificate's Subject ---
+// --- certificates read with a DER parser (x509-parser, RFC 5280) ---
+
+/// The Subject of a DER certificate as (OID contents, string value) pairs, in order
+/// (RFC 5280 §4.1.2.6). Values of UTF8String, PrintableString, IA5String and T61String are
+/// read as UTF-8 (lossy), BMPString as UTF-16; attributes of other types are skipped.
+/// `None`: not a certificate.
+pub fn subject_attrs(cert: &[u8]) -> Option<Vec<(Vec<u8>, String)>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let out = cert
+        .subject()
+        .iter_attributes()
+        .filter_map(|a| {
+            let v = a.attr_value();
+            let s = match v.tag().0 {
+                // UTF8String, PrintableString, IA5String, T61String
+                12 | 19 | 22 | 20 => String::from_utf8_lossy(v.data).into_owned(),
+                // BMPString
+                30 => {
+                    let u: Vec<u16> = v.data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
+                    String::from_utf16_lossy(&u)
+                }
+                _ => return None,
+            };
+            Some((a.attr_type().as_bytes().to_vec(), s))
+        })
+        .collect();
+    Some(out)
+}
+
+/// Whether a DER certificate carries basicConstraints with cA = TRUE (RFC 5280 §4.2.1.9).
+/// A certificate that does not parse, or whose basicConstraints is malformed or repeated, is not.
+pub fn is_ca_cert(der: &[u8]) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return false };
+    matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
+}
 
 /// One DER TLV (definite length, up to 4 length bytes): (tag, content, what follows).
-pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+/// Kept only for the agent's `pcrsig` (SubjectPublicKeyInfo), which is moving to its own
+/// parser; the proxy reads certificates with [`x509_parser`].
+#[doc(hidden)]
+pub fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&l0, mut rest) = rest.split_first()?;
     let len = if l0 < 0x80 {
@@ -148,77 +185,6 @@ pub(crate) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, &rest[..len], &rest[len..]))
 }
 
-/// The Subject of a DER certificate as (OID contents, string value) pairs, in order.
-pub fn subject_attrs(cert: &[u8]) -> Option<Vec<(Vec<u8>, String)>> {
-    let (t, cert, _) = tlv(cert)?;
-    if t != 0x30 {
-        return None;
-    }
-    let (t, tbs, _) = tlv(cert)?;
-    if t != 0x30 {
-        return None;
-    }
-    let (mut t, mut field, mut rest) = tlv(tbs)?;
-    if t == 0xa0 {
-        // [0] EXPLICIT version
-        (t, field, rest) = tlv(rest)?;
-    }
-    let _ = (t, field); // serialNumber
-    let (_, _, rest) = tlv(rest)?; // signature algorithm
-    let (_, _, rest) = tlv(rest)?; // issuer
-    let (_, _, rest) = tlv(rest)?; // validity
-    let (t, mut name, _) = tlv(rest)?; // subject
-    if t != 0x30 {
-        return None;
-    }
-    let mut out = Vec::new();
-    while !name.is_empty() {
-        let (t, mut rdn, r) = tlv(name)?;
-        name = r;
-        if t != 0x31 {
-            return None;
-        }
-        while !rdn.is_empty() {
-            let (t, atv, r) = tlv(rdn)?;
-            rdn = r;
-            if t != 0x30 {
-                return None;
-            }
-            let (t, oid, r) = tlv(atv)?;
-            if t != 0x06 {
-                return None;
-            }
-            let (t, val, _) = tlv(r)?;
-            let s = match t {
-                // UTF8String, PrintableString, IA5String, T61String
-                0x0c | 0x13 | 0x16 | 0x14 => String::from_utf8_lossy(val).into_owned(),
-                // BMPString
-                0x1e => {
-                    let u: Vec<u16> = val.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
-                    String::from_utf16_lossy(&u)
-                }
-                _ => continue,
-            };
-            out.push((oid.to_vec(), s));
-        }
-    }
-    Some(out)
-}
-
-/// Whether a DER certificate carries basicConstraints with cA = TRUE (RFC 5280 §4.2.1.9):
-/// Extension { extnID 2.5.29.19, critical BOOLEAN OPTIONAL, extnValue OCTET STRING { SEQUENCE { cA BOOLEAN, … } } }.
-pub fn is_ca_cert(der: &[u8]) -> bool {
-    const OID: &[u8] = &[0x06, 0x03, 0x55, 0x1d, 0x13];
-    let Some(at) = der.windows(OID.len()).position(|w| w == OID) else { return false };
-    let mut rest = &der[at + OID.len()..];
-    if rest.first() == Some(&0x01) {
-        // critical flag
-        rest = rest.get(3..).unwrap_or(&[]);
-    }
-    // OCTET STRING (short length), SEQUENCE (short length), then cA BOOLEAN if present.
-    matches!(rest, [0x04, _, 0x30, _, 0x01, 0x01, v, ..] if *v != 0)
-}
-
 #[cfg(test)]
 mod ca_tests {
     use super::*;
@@ -234,5 +200,35 @@ mod ca_tests {
         assert!(!is_ca_cert(p.self_signed(&key).unwrap().der()));
         let p = rcgen::CertificateParams::new(vec!["client".into()]).unwrap();
         assert!(!is_ca_cert(p.self_signed(&key).unwrap().der()));
+        assert!(!is_ca_cert(b"not a certificate"));
+    }
+
+    /// The Subject as the role decision reads it: CN, O, OU in order, of any string type
+    /// rcgen writes; two OUs are ambiguous (no role).
+    #[test]
+    fn subject_and_identity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = |ous: &[&str]| {
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(rcgen::DnType::OrganizationName, "swarmseal");
+            for ou in ous {
+                dn.push(rcgen::DnType::OrganizationalUnitName, *ou);
+            }
+            dn.push(rcgen::DnType::CommonName, rcgen::DnValue::BmpString("jo\u{e9}".try_into().unwrap()));
+            p.distinguished_name = dn;
+            p.self_signed(&key).unwrap().der().to_vec()
+        };
+        let der = cert(&["admin"]);
+        let attrs = subject_attrs(&der).unwrap();
+        let oids: Vec<&[u8]> = attrs.iter().map(|(o, _)| o.as_slice()).collect();
+        assert_eq!(oids, [OID_O, OID_OU, OID_CN]);
+        let id = Identity::from_cert(&der);
+        assert_eq!((id.name.as_str(), id.role, id.ou.as_str()), ("jo\u{e9}", Some(Role::Admin), "admin"));
+        let id = Identity::from_cert(&cert(&["admin", "readonly"]));
+        assert_eq!((id.role, id.ou.as_str()), (None, "(several)"));
+        let id = Identity::from_cert(&cert(&[]));
+        assert_eq!((id.role, id.ou.as_str()), (None, "-"));
+        assert!(subject_attrs(b"\x30\x03\x02\x01\x00").is_none());
     }
 }
