@@ -534,8 +534,8 @@ mod tests {
     #[test]
     fn body_events_follow_go() {
         let ev = |kind, body: &str, cur: Option<&str>| {
-            let b = crate::proxy::gojson::parse_first(body.as_bytes()).unwrap().0;
-            let c = cur.map(|c| crate::proxy::gojson::parse_first(c.as_bytes()).unwrap().0);
+            let b = crate::gojson::parse_first(body.as_bytes()).unwrap().0;
+            let c = cur.map(|c| crate::gojson::parse_first(c.as_bytes()).unwrap().0);
             spec_events(kind, &b, c.as_ref()).map(|v| v.into_iter().map(KeyEvent::as_str).collect::<Vec<_>>())
         };
         let locked = Some(r#"{"EncryptionConfig":{"AutoLockManagers":true},"CAConfig":{"NodeCertExpiry":7776000000000000}}"#);
@@ -553,7 +553,7 @@ mod tests {
         assert_eq!(ev(init, r#"{"ListenAddr":"0.0.0.0"}"#, None).unwrap(), Vec::<&str>::new());
         assert_eq!(ev(init, r#"{"autolockmanagers":true}"#, None).unwrap(), ["autolock_enable"]);
         assert_eq!(ev(init, r#"{"Spec":{"EncryptionConfig":{"AutoLockManagers":true}}}"#, None).unwrap(), ["autolock_enable"]);
-        let node = |body: &str, cur| node_events(&crate::proxy::gojson::parse_first(body.as_bytes()).unwrap().0, cur).unwrap();
+        let node = |body: &str, cur| node_events(&crate::gojson::parse_first(body.as_bytes()).unwrap().0, cur).unwrap();
         assert_eq!(node(r#"{"Role":"manager"}"#, Some("manager")), vec![]);
         assert_eq!(node(r#"{"role":"MANAGER"}"#, Some("manager")), vec![]);
         assert_eq!(node(r#"{"Role":"manager","rOLE":"worker"}"#, Some("manager")), vec![KeyEvent::NodeRoleChange]);

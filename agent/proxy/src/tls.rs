@@ -203,8 +203,8 @@ mod ca_tests {
         assert!(!is_ca_cert(b"not a certificate"));
     }
 
-    /// The Subject as the role decision reads it: CN, O, OU in order, of any string type
-    /// rcgen writes; two OUs are ambiguous (no role).
+    /// The Subject as the role decision reads it: O, OU, CN in order, a BMPString CN read as
+    /// UTF-16; two OUs are ambiguous (no role).
     #[test]
     fn subject_and_identity() {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -212,8 +212,10 @@ mod ca_tests {
             let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
             let mut dn = rcgen::DistinguishedName::new();
             dn.push(rcgen::DnType::OrganizationName, "swarmseal");
-            for ou in ous {
-                dn.push(rcgen::DnType::OrganizationalUnitName, *ou);
+            for (i, ou) in ous.iter().enumerate() {
+                // rcgen keeps one value per type: a second OU goes in under its raw OID.
+                let ty = if i == 0 { rcgen::DnType::OrganizationalUnitName } else { rcgen::DnType::CustomDnType(vec![2, 5, 4, 11]) };
+                dn.push(ty, *ou);
             }
             dn.push(rcgen::DnType::CommonName, rcgen::DnValue::BmpString("jo\u{e9}".try_into().unwrap()));
             p.distinguished_name = dn;
