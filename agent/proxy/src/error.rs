@@ -3,14 +3,34 @@
 //! answer with an [`ApiError`]; what the kinds mean to a client is in `docs/proxy.md`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-/// Setting up or running the listener failed (the binary decides the exit code).
+/// Setting up the listener or the PKI failed; `Display` is the operator's sentence (which
+/// file, what to do). The binary decides the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// Certificates, keys, htpasswd or the PKI: missing, unreadable or invalid (the operator's
-    /// sentence names the file and what to do).
+    /// A certificate, key or htpasswd file cannot be read; `hint` says how to create it.
+    #[error("cannot read {what} {}: {source}{hint}", path.display())]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error, hint: &'static str },
+    /// A PKI file or directory cannot be written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Write { action: &'static str, path: PathBuf, source: std::io::Error },
+    /// A certificate or key file holds something unusable.
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    /// `[proxy] client_ca` is not a CA certificate (a client certificate as trust anchor would
+    /// let its holder mint `OU=admin` certificates).
+    #[error("{}: not a CA certificate (basicConstraints CA:TRUE missing); point [proxy] client_ca at the CA (ca.pem from `swarmseal certs init`), not at a client certificate", path.display())]
+    NotCa { path: PathBuf },
+    /// A line of the htpasswd file (1-based) is not a bcrypt entry.
+    #[error("{}:{line}: {message}", path.display())]
+    Htpasswd { path: PathBuf, line: usize, message: &'static str },
+    /// The operator's request cannot be done as asked (`certs issue` name, role, `--san`, `--out`).
     #[error("{0}")]
-    Setup(String),
+    Usage(String),
+    /// Key generation, signing or the TLS configuration failed.
+    #[error("{0}")]
+    Crypto(String),
     /// `[proxy] listen` cannot be bound (in use, no such address, privileged port).
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },

@@ -84,41 +84,40 @@ pub fn pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(v)
 }
 
-fn read_file(p: &Path, what: &str) -> Result<Vec<u8>, ProxyError> {
-    std::fs::read(p)
-        .map_err(|e| ProxyError::Setup(format!("cannot read the {what} {}: {e} (create the PKI with `swarmseal certs init`)", p.display())))
+fn read_file(p: &Path, what: &'static str) -> Result<Vec<u8>, ProxyError> {
+    std::fs::read(p).map_err(|source| ProxyError::Read { what, path: p.to_path_buf(), source, hint: " (create the PKI with `swarmseal certs init`)" })
+}
+
+fn invalid(path: &Path, message: impl std::fmt::Display) -> ProxyError {
+    ProxyError::Invalid { path: path.to_path_buf(), message: message.to_string() }
 }
 
 /// Build the rustls server configuration: TLS 1.3 only, ring, client certificate required.
 pub fn server_config(client_ca: &Path, server_cert: &Path, server_key: &Path) -> Result<Arc<ServerConfig>, ProxyError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    let ca = pem_certs(&read_file(client_ca, "client CA")?).map_err(|e| ProxyError::Setup(format!("{}: {e}", client_ca.display())))?;
+    let ca = pem_certs(&read_file(client_ca, "the client CA")?).map_err(|e| invalid(client_ca, e))?;
     for c in ca {
         // A client certificate configured as the trust anchor would let anyone holding its
         // key mint `OU=admin` certificates: only CA certificates are accepted here.
         if !is_ca_cert(&c) {
-            return Err(ProxyError::Setup(format!(
-                "{}: not a CA certificate (basicConstraints CA:TRUE missing); point [proxy] client_ca at the CA (ca.pem from `swarmseal certs init`), not at a client certificate",
-                client_ca.display()
-            )));
+            return Err(ProxyError::NotCa { path: client_ca.to_path_buf() });
         }
-        roots.add(c).map_err(|e| ProxyError::Setup(format!("{}: unusable CA certificate: {e}", client_ca.display())))?;
+        roots.add(c).map_err(|e| invalid(client_ca, format!("unusable CA certificate: {e}")))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| ProxyError::Setup(format!("client certificate verifier: {e}")))?;
-    let chain = pem_certs(&read_file(server_cert, "server certificate")?)
-        .map_err(|e| ProxyError::Setup(format!("{}: {e}", server_cert.display())))?;
-    let key_pem = zeroize::Zeroizing::new(read_file(server_key, "server key")?);
+        .map_err(|e| ProxyError::Crypto(format!("client certificate verifier: {e}")))?;
+    let chain = pem_certs(&read_file(server_cert, "the server certificate")?).map_err(|e| invalid(server_cert, e))?;
+    let key_pem = zeroize::Zeroizing::new(read_file(server_key, "the server key")?);
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| ProxyError::Setup(format!("{}: invalid private key: {e}", server_key.display())))?;
+        .map_err(|e| invalid(server_key, format!("invalid private key: {e}")))?;
     let cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ProxyError::Setup(format!("TLS: {e}")))?
+        .map_err(|e| ProxyError::Crypto(format!("TLS: {e}")))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|e| ProxyError::Setup(format!("server certificate/key: {e}")))?;
+        .map_err(|e| ProxyError::Crypto(format!("server certificate/key: {e}")))?;
     Ok(Arc::new(cfg))
 }
 
@@ -201,6 +200,24 @@ mod ca_tests {
         let p = rcgen::CertificateParams::new(vec!["client".into()]).unwrap();
         assert!(!is_ca_cert(p.self_signed(&key).unwrap().der()));
         assert!(!is_ca_cert(b"not a certificate"));
+    }
+
+    /// The operator's sentences of a broken setup: which file, what to do.
+    #[test]
+    fn setup_errors_name_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let e = server_config(&ca, &cert, &key).unwrap_err();
+        assert!(matches!(e, ProxyError::Read { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("cannot read the client CA {}: ", ca.display())) && text.ends_with("(create the PKI with `swarmseal certs init`)"), "{text}");
+        let k = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&ca, rcgen::CertificateParams::new(vec!["client".into()]).unwrap().self_signed(&k).unwrap().pem()).unwrap();
+        let e = server_config(&ca, &cert, &key).unwrap_err();
+        assert!(matches!(e, ProxyError::NotCa { .. }), "{e:?}");
+        assert!(e.to_string().starts_with(&format!("{}: not a CA certificate (basicConstraints CA:TRUE missing); point [proxy] client_ca at the CA", ca.display())), "{e}");
+        std::fs::write(&ca, "garbage").unwrap();
+        assert_eq!(server_config(&ca, &cert, &key).unwrap_err().to_string(), format!("{}: no certificate in PEM", ca.display()));
     }
 
     /// The Subject as the role decision reads it: O, OU, CN in order, a BMPString CN read as
