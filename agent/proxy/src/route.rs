@@ -1,6 +1,6 @@
 //! The agent's own endpoints under `/swarmseal/v1/`, parsed once from the canonical path
 //! ([`Route::parse`]) and used by authorization ([`crate::authz::decide`],
-//! [`crate::authz::key_events`]) and by the handler ([`crate::forward`]): the one list of them.
+//! [`crate::authz::key_events`]) and by the handler (module `forward`): the one list of them.
 //! See `docs/proxy.md` for what each endpoint does.
 
 use crate::authz::{Canon, KeyEvent};
