@@ -1,6 +1,6 @@
 //! The proxy's errors, and the one place where an error becomes an HTTP status
 //! ([`ApiErrorKind::status`]): the agent's endpoints and the proxy's own refusals both
-//! answer with an [`ApiError`]; what the kinds mean to a client is in `docs/proxy.md`.
+//! answer with an [`ApiError`]; what the statuses mean to a client: `docs/proxy.md`, "Errors and limits".
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

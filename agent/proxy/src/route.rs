@@ -1,7 +1,7 @@
 //! The agent's own endpoints under `/swarmseal/v1/`, parsed once from the canonical path
 //! ([`Route::parse`]) and used by authorization ([`crate::authz::decide`],
 //! [`crate::authz::key_events`]) and by the handler (module `forward`): the one list of them.
-//! See `docs/proxy.md` for what each endpoint does.
+//! What each endpoint does: `docs/proxy.md`, "Agent endpoints".
 
 use crate::authz::{Canon, KeyEvent};
 
