@@ -983,7 +983,7 @@ fn last_bench_summary(cfg: &Config) -> serde_json::Value {
 
 /// Bytes of the last bench report (`<state_dir>/bench/latest.json`), if any.
 pub fn latest_bench_report(cfg: &Config) -> Option<Vec<u8>> {
-    std::fs::read(crate::bench::last_report_path(cfg)).ok()
+    std::fs::read(crate::bench::last_report_path(&cfg.state_dir)).ok()
 }
 
 async fn cmd_status(ctx: &Ctx, json: bool) -> Result<(), BootError> {
@@ -1482,10 +1482,10 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
 async fn run_boot_bench(cfg: &Config) {
     let t = Instant::now();
     let facts = appliance_facts(cfg).await;
-    match crate::bench::run_report(cfg, facts, &crate::bench::Selection::default()).await {
+    match crate::bench::run_report(&cfg.docker_socket(), facts, &crate::bench::Selection::default()).await {
         Ok(r) => {
             let s = r.summary();
-            let path = crate::bench::write_boot_report(cfg, &r);
+            let path = crate::bench::write_boot_report(&cfg.state_dir, &r);
             tracing::info!(
                 event = "bench",
                 checks = s.checks,

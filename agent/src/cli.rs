@@ -158,7 +158,7 @@ pub enum Command {
     #[command(subcommand)]
     Certs(crate::proxy::pki::CertsCommand),
     /// Run the CIS Docker Benchmark v1.6.0 checks.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::bench_cmd::BenchArgs),
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
     #[command(subcommand)]
     Var(crate::var::VarCommand),
@@ -215,7 +215,11 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Config(_) | Error::Usage(_) => Exit::Usage,
         Error::Boot(b) => b.exit(),
         Error::Proxy(_) => Exit::Proxy,
-        Error::Bench(b) => b.exit(),
+        Error::Bench(b) => match b {
+            crate::bench::BenchError::Engine { .. } => Exit::DockerUnreachable,
+            crate::bench::BenchError::Write { .. } => Exit::Failure,
+            crate::bench::BenchError::UnknownCheck(_) => Exit::Usage,
+        },
         Error::Var(v) => v.exit(),
         Error::Health(h) => h.exit(),
         Error::Update(u) => u.exit(),
@@ -285,7 +289,7 @@ fn run(cli: Cli) -> Result<(), Error> {
     rt.block_on(async move {
         match cli.command {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
-            Command::Bench(a) => crate::bench::run_cli(&cfg, a).await,
+            Command::Bench(a) => crate::bench_cmd::run(&cfg, a).await,
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
             Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),
             Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),

@@ -15,8 +15,7 @@
 //! Docker's own swarm node certificates use for the node role. The Subject CN
 //! is the identity written to the audit log. All keys are ECDSA P-256.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -143,27 +142,14 @@ pub fn run(cfg: &impl ProxySettings, c: CertsCommand) -> Result<(), ProxyError> 
     }
 }
 
-/// Write `data` to `path` with mode 0600 (atomically: temp file, fsync, rename).
+/// Write `data` to `path` with mode 0600, atomically ([`swarmseal_common::fs::write_atomic`]),
+/// creating its directory. A leftover temp file is removed first, so the key never goes into a
+/// file made earlier with another mode.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ProxyError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(create_err(dir))?;
-    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("f"), std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let res = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok::<_, std::io::Error>(())
-    })();
-    res.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        ProxyError::Write { action: "write", path: path.to_path_buf(), source }
-    })
+    let _ = std::fs::remove_file(swarmseal_common::fs::temp_path(path));
+    swarmseal_common::fs::write_atomic(path, data, 0o600).map_err(|source| ProxyError::Write { action: "write", path: path.to_path_buf(), source })
 }
 
 /// Create `dir` (0700) if it does not exist; an existing directory is left as it is.
