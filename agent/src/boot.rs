@@ -30,6 +30,7 @@ use crate::config::{Config, PolicyKind};
 use crate::escrow::EscrowError;
 use crate::keystore::{pcrs_from_hex, pcrs_to_hex, Keystore, KeystoreError, PendingChange, PhaseRecord, Reservation, Slot, SlotFile};
 use crate::pcrsig::{PcrPublicKey, PcrSigError, PcrSignatures};
+use crate::proxy::{ApiError, ApiErrorKind};
 use crate::secret::UnlockKey;
 use crate::swarm::{Engine, NodeState, SwarmError};
 use crate::tpm::{PcrValues, Policy, SealedObject, Tpm, TpmError};
@@ -1119,7 +1120,7 @@ impl crate::proxy::AgentApi for AgentImpl {
     fn bench(&self) -> Option<Vec<u8>> {
         latest_bench_report(&self.ctx.cfg)
     }
-    fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+    fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
         Box::pin(async move {
             let r: Result<SlotFile, BootError> = async {
                 let engine = engine(&self.ctx.cfg).await?;
@@ -1136,16 +1137,16 @@ impl crate::proxy::AgentApi for AgentImpl {
                     tracing::warn!(event = "reseal", security = true, "unlock key resealed on request through the proxy");
                     Ok(serde_json::json!({"sealed": true, "created": slot.created, "policy": slot.policy}))
                 }
-                Err(BootError::State { state, .. }) => Err((409, format!("the swarm is {state}: unlock it first (`docker swarm unlock` through this proxy), then reseal"))),
-                Err(e @ BootError::SealRefused { .. }) => Err((409, e.to_string())),
-                Err(e) => Err((500, e.to_string())),
+                Err(BootError::State { state, .. }) => Err(ApiError::new(ApiErrorKind::Conflict, format!("the swarm is {state}: unlock it first (`docker swarm unlock` through this proxy), then reseal"))),
+                Err(e @ BootError::SealRefused { .. }) => Err(ApiError::new(ApiErrorKind::Conflict, e.to_string())),
+                Err(e) => Err(ApiError::new(ApiErrorKind::Internal, e.to_string())),
             }
         })
     }
-    fn recover(&self, key: Option<UnlockKey>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+    fn recover(&self, key: Option<UnlockKey>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
         Box::pin(crate::recover::via_proxy(&self.ctx, key))
     }
-    fn var_enroll_tpm(&self, recovery_key: Zeroizing<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+    fn var_enroll_tpm(&self, recovery_key: Zeroizing<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
         Box::pin(async move {
             let r = crate::var::enroll_tpm_via(std::path::Path::new(crate::var::ENROLL_SOCKET), &recovery_key).await;
             match r {
@@ -1155,12 +1156,12 @@ impl crate::proxy::AgentApi for AgentImpl {
                 }
                 Err((code, msg)) => {
                     tracing::warn!(event = "var_tpm_enroll_failed", security = true, status = code, "{msg}");
-                    Err((code, msg))
+                    Err(ApiError::from_status(code, msg))
                 }
             }
         })
     }
-    fn update(&self, from: crate::proxy::UpdateFrom, reboot: bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+    fn update(&self, from: crate::proxy::UpdateFrom, reboot: bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
         Box::pin(async move {
             let r = receive_and_apply(&self.ctx.cfg, from, reboot).await;
             match r {
@@ -1169,8 +1170,9 @@ impl crate::proxy::AgentApi for AgentImpl {
                     Ok(serde_json::json!({"version": version, "staged": true, "reboot": reboot}))
                 }
                 Err(e) => {
-                    tracing::warn!(event = "image_update_refused", security = true, status = e.http_status(), "{e}");
-                    Err((e.http_status(), e.to_string()))
+                    let refusal = ApiError::from(&e);
+                    tracing::warn!(event = "image_update_refused", security = true, status = refusal.status(), "{e}");
+                    Err(refusal)
                 }
             }
         })
@@ -1188,6 +1190,26 @@ impl crate::proxy::AgentApi for AgentImpl {
     }
 }
 
+/// The answer of `POST /swarmseal/v1/update` for this error (the proxy maps the kind to the status).
+impl From<&crate::update::UpdateError> for ApiError {
+    fn from(e: &crate::update::UpdateError) -> ApiError {
+        use crate::update::UpdateError as E;
+        use swarmseal_release::ReleaseError as R;
+        let kind = match e {
+            E::Release(R::NotSigned(_) | R::Invalid(_) | R::HashMismatch { .. }) => ApiErrorKind::Unprocessable,
+            E::Release(R::TooLarge { .. }) => ApiErrorKind::PayloadTooLarge,
+            E::Release(R::Body(_)) => ApiErrorKind::BadRequest,
+            E::Release(R::Key { .. } | R::Io { .. } | R::Pack(_)) => ApiErrorKind::Internal,
+            E::Busy => ApiErrorKind::Conflict,
+            E::Request(_) | E::NoSource => ApiErrorKind::BadRequest,
+            E::ApplyUnavailable(_) => ApiErrorKind::Unavailable,
+            E::Tool { .. } | E::Source { .. } => ApiErrorKind::BadGateway,
+            E::Io { .. } | E::SourceSetup(_) => ApiErrorKind::Internal,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
 /// `POST /swarmseal/v1/update`: check the size, receive (the upload, or the release fetched
 /// from `[update] source`: [`crate::update::source::fetch_and_receive`]), verify and stage it
 /// (see [`crate::update::receive`]), then hand it to the apply service, holding the staging
@@ -1202,7 +1224,7 @@ async fn receive_and_apply(cfg: &Config, from: crate::proxy::UpdateFrom, reboot:
                 return Err(UpdateError::Release(update::ReleaseError::TooLarge { max }));
             }
             let key = update::load_key(&cfg.update.public_key)?;
-            update::receive(&key, &cfg.update_dir(), max, body).await?
+            update::receive(&key, &cfg.update_dir(), max, update::BodyReader::new(body)).await?
         }
         UpdateFrom::Source { version } => {
             let key = update::load_key(&cfg.update.public_key)?;

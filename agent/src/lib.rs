@@ -25,7 +25,7 @@ pub mod escrow;
 pub mod fleet;
 pub mod health;
 pub mod logging;
-pub mod proxy;
+pub use swarmseal_proxy as proxy;
 pub mod recover;
 pub use swarmseal_common::secret;
 pub use swarmseal_engine as swarm;

@@ -38,6 +38,7 @@ use zeroize::Zeroizing;
 use crate::boot::{BootError, Ctx};
 use crate::cli::Exit;
 use crate::config::Config;
+use crate::proxy::{ApiError, ApiErrorKind};
 use crate::secret::UnlockKey;
 use crate::swarm::{Engine, NodeState, SwarmError};
 
@@ -80,17 +81,20 @@ impl RecoverError {
             RecoverError::NodeKey { .. } | RecoverError::Restart { .. } | RecoverError::Timeout { .. } => Exit::Failure,
         }
     }
+}
 
-    /// The HTTP status of `POST /swarmseal/v1/recover` for this error.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            RecoverError::NoSwarm(_) | RecoverError::NotManager => 409,
-            RecoverError::KeyRefused { .. } => 422,
-            RecoverError::Boot(BootError::SealRefused { .. }) => 409,
-            RecoverError::Boot(BootError::Swarm(SwarmError::Unreachable { .. })) => 503,
-            RecoverError::Boot(BootError::Tpm(_) | BootError::PhaseLocked { .. } | BootError::Keystore(_) | BootError::SignatureFile(_)) | RecoverError::PhaseLocked { .. } => 503,
-            _ => 500,
-        }
+/// The answer of `POST /swarmseal/v1/recover` for this error (the proxy maps the kind to the status).
+impl From<&RecoverError> for ApiError {
+    fn from(e: &RecoverError) -> ApiError {
+        let kind = match e {
+            RecoverError::NoSwarm(_) | RecoverError::NotManager => ApiErrorKind::Conflict,
+            RecoverError::KeyRefused { .. } => ApiErrorKind::Unprocessable,
+            RecoverError::Boot(BootError::SealRefused { .. }) => ApiErrorKind::Conflict,
+            RecoverError::Boot(BootError::Swarm(SwarmError::Unreachable { .. })) => ApiErrorKind::Unavailable,
+            RecoverError::Boot(BootError::Tpm(_) | BootError::PhaseLocked { .. } | BootError::Keystore(_) | BootError::SignatureFile(_)) | RecoverError::PhaseLocked { .. } => ApiErrorKind::Unavailable,
+            _ => ApiErrorKind::Internal,
+        };
+        ApiError::new(kind, e.to_string())
     }
 }
 
@@ -134,7 +138,7 @@ pub async fn run_cli(cfg: &Config, force_new_cluster: bool, key_stdin: bool) -> 
 }
 
 /// `POST /swarmseal/v1/recover` (admin): the same, no terminal. Errors as (HTTP status, message).
-pub async fn via_proxy(ctx: &Ctx, given: Option<UnlockKey>) -> Result<serde_json::Value, (u16, String)> {
+pub async fn via_proxy(ctx: &Ctx, given: Option<UnlockKey>) -> Result<serde_json::Value, ApiError> {
     tracing::warn!(event = "recover", security = true, key_given = given.is_some(), "lost-quorum recovery requested through the proxy: this manager becomes the only manager of a new cluster");
     match recover(ctx, given).await {
         Ok((out, _key)) => {
@@ -142,30 +146,11 @@ pub async fn via_proxy(ctx: &Ctx, given: Option<UnlockKey>) -> Result<serde_json
             Ok(serde_json::to_value(&out).unwrap_or_default())
         }
         Err(e) => {
-            tracing::error!(event = "recover_failed", security = true, status = e.http_status(), "{e}");
-            Err((e.http_status(), e.to_string()))
+            let refusal = ApiError::from(&e);
+            tracing::error!(event = "recover_failed", security = true, status = refusal.status(), "{e}");
+            Err(refusal)
         }
     }
-}
-
-/// The optional body of `POST /swarmseal/v1/recover`: empty, the key as text, or `{"UnlockKey": "…"}`.
-pub fn key_from_body(body: &[u8]) -> Result<Option<UnlockKey>, String> {
-    let text = Zeroizing::new(String::from_utf8_lossy(body).trim().to_string());
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let raw = if text.starts_with('{') {
-        #[derive(serde::Deserialize)]
-        struct B {
-            #[serde(rename = "UnlockKey")]
-            unlock_key: Option<String>,
-        }
-        let b: B = serde_json::from_str(&text).map_err(|_| "the body must be empty, the unlock key, or {\"UnlockKey\": \"SWMKEY-1-…\"}".to_string())?;
-        Zeroizing::new(b.unlock_key.unwrap_or_default())
-    } else {
-        text
-    };
-    UnlockKey::new(raw.to_string()).map(Some).map_err(|e| e.to_string())
 }
 
 /// The recovery itself (see the module doc). Returns what it did and the new key (for the terminal).
@@ -577,22 +562,10 @@ mod tests {
     #[test]
     fn phase_locked_recovery_asks_for_the_key_not_docker_swarm_unlock() {
         let e = RecoverError::PhaseLocked { pcr: 11 };
-        assert_eq!((e.exit() as i32, e.http_status()), (Exit::PolicyMismatch as i32, 503));
+        assert_eq!((e.exit() as i32, ApiError::from(&e).status()), (Exit::PolicyMismatch as i32, 503));
         let text = e.to_string();
         assert!(text.contains("--key-stdin") && text.contains("POST /swarmseal/v1/recover") && text.contains("PCR 11"), "{text}");
         assert!(text.contains("Not `docker swarm unlock`"), "{text}");
-    }
-
-    #[test]
-    fn body_key_forms() {
-        assert!(key_from_body(b"").unwrap().is_none());
-        assert!(key_from_body(b"  \n").unwrap().is_none());
-        let k = "SWMKEY-1-4UmSCqHUO+hsTjdFW0zMy7IgK5R5ud7eHJbyajeJqdc";
-        assert_eq!(key_from_body(k.as_bytes()).unwrap().unwrap().expose(), k);
-        assert_eq!(key_from_body(format!("{{\"UnlockKey\": \"{k}\"}}").as_bytes()).unwrap().unwrap().expose(), k);
-        let e = key_from_body(b"hello").unwrap_err();
-        assert!(!e.contains("hello"), "{e}");
-        assert!(key_from_body(b"{\"x\":1}").is_err());
     }
 
     /// A node key written by dockerd 20.10 with autolock on (a scratch swarm's, since destroyed),

@@ -48,7 +48,8 @@ pub const APPLIED: &str = "installed by systemd-sysupdate: version";
 const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// Why a release was refused or could not be staged or installed. `Display` is the operator
-/// sentence; [`UpdateError::http_status`] and [`UpdateError::exit`] the codes.
+/// sentence; [`UpdateError::exit`] the exit code (the HTTP answer is mapped where the proxy's
+/// API is implemented: `From<&UpdateError> for ApiError`).
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     /// The release itself (signature, names, hashes, size) or its key: see [`ReleaseError`].
@@ -82,23 +83,6 @@ pub enum UpdateError {
 }
 
 impl UpdateError {
-    /// The HTTP status of `POST /swarmseal/v1/update` for this error.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            UpdateError::Release(r) => match r {
-                ReleaseError::NotSigned(_) | ReleaseError::Invalid(_) | ReleaseError::HashMismatch { .. } => 422,
-                ReleaseError::TooLarge { .. } => 413,
-                ReleaseError::Body(_) => 400,
-                ReleaseError::Key { .. } | ReleaseError::Io { .. } | ReleaseError::Pack(_) => 500,
-            },
-            UpdateError::Busy => 409,
-            UpdateError::Request(_) | UpdateError::NoSource => 400,
-            UpdateError::ApplyUnavailable(_) => 503,
-            UpdateError::Tool { .. } | UpdateError::Source { .. } => 502,
-            UpdateError::Io { .. } | UpdateError::SourceSetup(_) => 500,
-        }
-    }
-
     /// The exit code of `swarmseal update …` for this error.
     pub fn exit(&self) -> Exit {
         match self {
@@ -571,7 +555,7 @@ mod tests {
         // The cap counts every byte of the archive.
         let e = rt().block_on(receive(&f.key, &staging, 10_000, &tar[..])).err().unwrap();
         assert!(matches!(e, UpdateError::Release(ReleaseError::TooLarge { .. })), "{e}");
-        assert_eq!(e.http_status(), 413);
+        assert_eq!(crate::proxy::ApiError::from(&e).status(), 413);
         assert!(staging.join(STAGED).exists(), "a refused upload keeps the staged release");
     }
 
@@ -584,12 +568,12 @@ mod tests {
         let staging = d.join("updates");
         let e = rt().block_on(receive(&other, &staging, 1 << 30, &tar[..])).err().unwrap();
         assert!(e.to_string().starts_with("release not signed by this fleet's key"), "{e}");
-        assert_eq!(e.http_status(), 422);
+        assert_eq!(crate::proxy::ApiError::from(&e).status(), 422);
         assert!(!staging.exists(), "nothing written before the signature verified");
         // Fetched as swarmseal_9.9.tar, but a signed release of another version: refused unwritten.
         let e = rt().block_on(receive_fetched(&f.key, &staging, 1 << 30, &tar[..], "9.9")).err().unwrap();
         assert!(e.to_string().contains(&format!("the release is version {V}, not 9.9")), "{e}");
-        assert_eq!(e.http_status(), 422);
+        assert_eq!(crate::proxy::ApiError::from(&e).status(), 422);
         assert!(!staging.exists(), "nothing written for another version than asked");
 
         // One byte of the root image flipped (its header and checksum intact).
@@ -603,7 +587,7 @@ mod tests {
 
         // Truncated after the manifest: the files are missing.
         let e = rt().block_on(receive(&f.key, &staging, 1 << 30, &tar[..3 * 512 + 512])).err().unwrap();
-        assert_eq!(e.http_status(), 422, "{e}");
+        assert_eq!(crate::proxy::ApiError::from(&e).status(), 422, "{e}");
         // Manifest not first.
         let e = rt().block_on(receive(&f.key, &staging, 1 << 30, &tar[2 * 512..])).err().unwrap();
         assert!(e.to_string().contains("starts with SHA256SUMS"), "{e}");

@@ -159,7 +159,7 @@ mod tests {
         std::fs::write(&p, "not a certificate\n").unwrap();
         let e = load_roots(&p).err().unwrap();
         assert!(e.to_string().contains("no usable CA certificate"), "{e}");
-        assert_eq!(e.http_status(), 500);
+        assert_eq!(crate::proxy::ApiError::from(&e).status(), 500);
         assert!(load_roots(&d.path().join("none.pem")).is_err());
     }
 }

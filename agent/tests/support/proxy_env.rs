@@ -25,7 +25,7 @@ impl AgentApi for Stub {
     fn bench(&self) -> Option<Vec<u8>> {
         Some(br#"{"tests":[]}"#.to_vec())
     }
-    fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, (u16, String)>> + Send + '_>> {
+    fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, swarmseal::proxy::ApiError>> + Send + '_>> {
         Box::pin(async { Ok(serde_json::json!({"resealed": true})) })
     }
     fn escrow(&self, _: swarmseal::proxy::EscrowFile) -> Option<Vec<u8>> {

@@ -19,7 +19,9 @@ use tracing::instrument::WithSubscriber;
 
 use super::authz::{self, Decision, KeyEvent};
 use super::gojson::{self, GoValue};
-use super::{ConnCtx, EscrowFile, UpdateFrom};
+use super::route::Route;
+use super::{ApiError, ApiErrorKind, ConnCtx, EscrowFile, UpdateFrom};
+use swarmseal_common::secret::UnlockKey;
 
 /// The engine connection dedicated to one client connection.
 pub(crate) type Upstream = hyper::client::conn::http1::SendRequest<ReqBody>;
@@ -191,8 +193,13 @@ fn json_response(status: u16, body: &serde_json::Value, audit: Audit) -> Respons
     r
 }
 
-fn message(status: u16, msg: &str, audit: Audit) -> Response<OutBody> {
-    json_response(status, &serde_json::json!({ "message": msg }), audit)
+/// An error answer: `{"message": …}` with the status of its kind.
+fn refusal(e: &ApiError, audit: Audit) -> Response<OutBody> {
+    json_response(e.status(), &serde_json::json!({ "message": e.message }), audit)
+}
+
+fn message(kind: ApiErrorKind, msg: &str, audit: Audit) -> Response<OutBody> {
+    json_response(kind.status(), &serde_json::json!({ "message": msg }), audit)
 }
 
 /// A client-controlled string as shown in logs, bounded to 300 characters.
@@ -267,10 +274,10 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         upgraded: false,
         live: true,
     };
-    Ok(handle_inner(&ctx, req, &mut audit).await.unwrap_or_else(|(status, msg)| message(status, &msg, audit)))
+    Ok(handle_inner(&ctx, req, &mut audit).await.unwrap_or_else(|e| refusal(&e, audit)))
 }
 
-type Early = (u16, String);
+type Early = ApiError;
 
 async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot: &mut Audit) -> Result<Response<OutBody>, Early> {
     let shared = &ctx.shared;
@@ -289,10 +296,9 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
             None => {
                 let ip = ctx.peer.ip();
                 if let Err(wait) = basic.admit(ip, hdr.as_deref()) {
-                    let mut audit = take_audit(audit_slot);
-                    audit.status = 429;
+                    let audit = take_audit(audit_slot);
                     let secs = wait.as_secs().max(1);
-                    let mut r = message(429, &format!("too many failed basic-auth attempts from this address or for this user; try again in {secs} s"), audit);
+                    let mut r = message(ApiErrorKind::TooManyRequests, &format!("too many failed basic-auth attempts from this address or for this user; try again in {secs} s"), audit);
                     r.headers_mut().insert("retry-after", HeaderValue::from(secs));
                     return Ok(r);
                 }
@@ -312,9 +318,8 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
             Some(u) => audit_slot.user = Some(u),
             None => {
                 security_event("basic_auth_failed", audit_slot, "denied");
-                let mut audit = take_audit(audit_slot);
-                audit.status = 401;
-                let mut r = message(401, "basic authentication required: wrong or missing user name or password", audit);
+                let audit = take_audit(audit_slot);
+                let mut r = message(ApiErrorKind::Unauthorized, "basic authentication required: wrong or missing user name or password", audit);
                 r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Basic realm=\"swarmseal\", charset=\"UTF-8\""));
                 return Ok(r);
             }
@@ -323,7 +328,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     }
 
     // 2. Authorization on the canonical path.
-    let canon = authz::canonicalize(req.uri().path()).map_err(|why| (400, why))?;
+    let canon = authz::canonicalize(req.uri().path()).map_err(ApiError::bad_request)?;
     let upgrade = wants_upgrade(req.headers());
     let method = req.method().clone();
     let events = authz::key_events(&canon, req.uri().query());
@@ -332,7 +337,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
         for e in &events {
             security_event(e.as_str(), audit_slot, "denied");
         }
-        return Err((403, why));
+        return Err(ApiError::new(ApiErrorKind::Forbidden, why));
     }
     ctx.long_stream(&canon, req.uri().query(), upgrade)?;
     let inspect = authz::inspect(method.as_str(), &canon);
@@ -346,14 +351,14 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     if canon.is_agent() {
         let query = req.uri().query().map(str::to_string);
         let len = content_length(req.headers());
-        return Ok(agent_endpoint(ctx, &method, &canon, query.as_deref(), len, req.into_body(), take_audit(audit_slot)).await);
+        return Ok(agent_endpoint(ctx, &method, Route::parse(&canon), query.as_deref(), len, req.into_body(), take_audit(audit_slot)).await);
     }
 
     // 4. Forward to the engine.
     let down_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
     let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    parts.uri = pq.parse().map_err(|_| (400, "invalid request target".to_string()))?;
+    parts.uri = pq.parse().map_err(|_| ApiError::bad_request("invalid request target"))?;
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let mut sender = ctx.upstream.lock().await;
     let mut up = take_ready(ctx, sender.take()).await?;
@@ -380,9 +385,9 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     drop(sender);
     let mut resp = fut.await.map_err(|e| {
         if broken.load(Ordering::Relaxed) {
-            (400, format!("the request body is malformed or was cut short ({e}); nothing was done"))
+            ApiError::bad_request(format!("the request body is malformed or was cut short ({e}); nothing was done"))
         } else {
-            (502, format!("the Docker engine did not answer: {e}"))
+            ApiError::bad_gateway(format!("the Docker engine did not answer: {e}"))
         }
     })?;
     let mut audit = take_audit(audit_slot);
@@ -390,7 +395,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(down) = down_upgrade else {
-            return Ok(message(502, "the Docker engine switched protocols without being asked", audit));
+            return Ok(message(ApiErrorKind::BadGateway, "the Docker engine switched protocols without being asked", audit));
         };
         let up_upgrade = hyper::upgrade::on(&mut resp);
         audit.upgraded = true;
@@ -451,11 +456,11 @@ async fn connect(ctx: &ConnCtx) -> Result<Upstream, Early> {
     let sock = &ctx.shared.socket;
     let s = tokio::net::UnixStream::connect(sock)
         .await
-        .map_err(|e| (502, format!("cannot reach the Docker engine at {}: {e}", sock.display())))?;
+        .map_err(|e| ApiError::bad_gateway(format!("cannot reach the Docker engine at {}: {e}", sock.display())))?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(s))
         .await
-        .map_err(|e| (502, format!("cannot talk to the Docker engine: {e}")))?;
+        .map_err(|e| ApiError::bad_gateway(format!("cannot talk to the Docker engine: {e}")))?;
     let driver: super::Driver = Box::pin(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "engine connection ended with an error");
@@ -475,7 +480,7 @@ async fn take_ready(ctx: &ConnCtx, cur: Option<Upstream>) -> Result<Upstream, Ea
         }
     }
     let mut s = connect(ctx).await?;
-    s.ready().await.map_err(|e| (502, format!("cannot talk to the Docker engine: {e}")))?;
+    s.ready().await.map_err(|e| ApiError::bad_gateway(format!("cannot talk to the Docker engine: {e}")))?;
     Ok(s)
 }
 
@@ -484,23 +489,23 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// The whole body of an inspected request ([`authz::Inspect`]), within its limit.
-/// 413 over the limit (before reading when `Content-Length` says so), 400 when the
+/// Too large over the limit (before reading when `Content-Length` says so), bad when the
 /// client broke the body or sent a form (Go's `ParseForm` would read a form body as
 /// query parameters).
 async fn read_inspected(kind: authz::Inspect, h: &HeaderMap, body: ReqBody) -> Result<Bytes, Early> {
     let limit = kind.limit();
-    let too_big = || (413, format!("the request body is larger than {} KiB, the most accepted for this endpoint; nothing was forwarded", limit >> 10));
+    let too_big = || ApiError::too_large(format!("the request body is larger than {} KiB, the most accepted for this endpoint; nothing was forwarded", limit >> 10));
     if content_length(h).is_some_and(|n| n > limit) {
         return Err(too_big());
     }
     let form = h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
     if form {
-        return Err((400, "a form body (application/x-www-form-urlencoded) is refused here; send JSON".into()));
+        return Err(ApiError::bad_request("a form body (application/x-www-form-urlencoded) is refused here; send JSON"));
     }
     match Box::pin(http_body_util::Limited::new(body, limit as usize).collect()).await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
-        Err(e) => Err((400, format!("the request body is malformed or was cut short ({e}); nothing was forwarded"))),
+        Err(e) => Err(ApiError::bad_request(format!("the request body is malformed or was cut short ({e}); nothing was forwarded"))),
     }
 }
 
@@ -521,12 +526,12 @@ async fn engine_json(up: &mut Upstream, path: &str) -> Option<GoValue> {
 /// only a body that means the same to both is forwarded.
 async fn body_events(up: &mut Upstream, kind: authz::Inspect, canon: &authz::Canon, bytes: &[u8]) -> Result<Vec<KeyEvent>, Early> {
     use authz::Inspect;
-    let (v, end) = gojson::parse_first(bytes).map_err(|e| (400, e.to_string()))?;
+    let (v, end) = gojson::parse_first(bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !bytes[end..].iter().all(|b| b.is_ascii_whitespace()) {
-        return Err((400, "the request body holds bytes after its JSON value; refused so that what the proxy inspects is what the engine applies".into()));
+        return Err(ApiError::bad_request("the request body holds bytes after its JSON value; refused so that what the proxy inspects is what the engine applies"));
     }
     if !matches!(v, GoValue::Object(_)) {
-        return Err((400, "the request body must be a JSON object".into()));
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
     }
     let events = match kind {
         Inspect::SwarmInit => authz::spec_events(kind, &v, None),
@@ -544,8 +549,8 @@ async fn body_events(up: &mut Upstream, kind: authz::Inspect, canon: &authz::Can
         }
         Inspect::SwarmJoin | Inspect::SwarmUnlock => Ok(Vec::new()),
     };
-    up.ready().await.map_err(|e| (502, format!("the Docker engine connection failed: {e}")))?;
-    events.map_err(|why| (400, format!("{why}; the engine would refuse this body")))
+    up.ready().await.map_err(|e| ApiError::bad_gateway(format!("the Docker engine connection failed: {e}")))?;
+    events.map_err(|why| ApiError::bad_request(format!("{why}; the engine would refuse this body")))
 }
 
 /// A 200 with a stored body (the bench report, an age file) of `content_type`.
@@ -569,74 +574,97 @@ async fn empty_body(body: Incoming, content_length: Option<u64>, timeout: Durati
     matches!(tokio::time::timeout(timeout, http_body_util::Limited::new(body, 0).collect()).await, Ok(Ok(_)))
 }
 
-async fn agent_endpoint(ctx: &ConnCtx, method: &Method, canon: &authz::Canon, query: Option<&str>, content_length: Option<u64>, body: Incoming, audit: Audit) -> Response<OutBody> {
+/// The optional body of `POST /swarmseal/v1/recover`: empty, the key as text, or
+/// `{"UnlockKey": "…"}` (as `POST /swarm/unlock`, Docker Engine API v1.41). `Err`: the
+/// operator's sentence (never the body).
+pub fn key_from_body(body: &[u8]) -> Result<Option<UnlockKey>, ApiError> {
+    let text = zeroize::Zeroizing::new(String::from_utf8_lossy(body).trim().to_string());
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let raw = if text.starts_with('{') {
+        #[derive(serde::Deserialize)]
+        struct B {
+            #[serde(rename = "UnlockKey")]
+            unlock_key: Option<String>,
+        }
+        let b: B = serde_json::from_str(&text).map_err(|_| ApiError::bad_request("the body must be empty, the unlock key, or {\"UnlockKey\": \"SWMKEY-1-…\"}"))?;
+        zeroize::Zeroizing::new(b.unlock_key.unwrap_or_default())
+    } else {
+        text
+    };
+    UnlockKey::new(raw.to_string()).map(Some).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// A JSON answer of an agent endpoint, or its refusal.
+fn answer(r: Result<serde_json::Value, ApiError>, audit: Audit) -> Response<OutBody> {
+    match r {
+        Ok(v) => json_response(200, &v, audit),
+        Err(e) => refusal(&e, audit),
+    }
+}
+
+async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, query: Option<&str>, content_length: Option<u64>, body: Incoming, audit: Audit) -> Response<OutBody> {
+    use ApiErrorKind::{MethodNotAllowed, NotFound, PayloadTooLarge};
     let api = &ctx.shared.api;
-    let segs: Vec<&str> = canon.segs.iter().map(|s| s.as_str()).collect();
     let m = method.as_str();
-    match (m, segs.as_slice()) {
-        ("GET" | "HEAD", ["swarmseal", "v1", "status"]) => json_response(200, &api.status().await, audit),
-        ("GET" | "HEAD", ["swarmseal", "v1", "bench"]) => match api.bench() {
+    let no_such = |audit| message(NotFound, &format!("no such swarmseal endpoint ({} under /swarmseal/v1/)", Route::listing()), audit);
+    let Some(route) = route.filter(|r| r.methods() != crate::route::Methods::None) else {
+        return no_such(audit);
+    };
+    if !route.allows(m) {
+        return message(MethodNotAllowed, &format!("{m} is not allowed here"), audit);
+    }
+    match route {
+        Route::Status => json_response(200, &api.status().await, audit),
+        Route::Bench => match api.bench() {
             Some(b) => ok_body(b, "application/json", audit),
-            None => message(404, "no bench report yet", audit),
+            None => message(NotFound, "no bench report yet", audit),
         },
-        ("POST", ["swarmseal", "v1", "var", "enroll-tpm"]) => {
+        Route::VarEnrollTpm => {
             // The recovery key: 71 characters; anything much longer is not one.
             let key = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {
                 Ok(b) => zeroize::Zeroizing::new(String::from_utf8_lossy(&b.to_bytes()).trim().to_string()),
-                Err(_) => return message(413, "the body must be the /var recovery key (at most 1 KiB of text)", audit),
+                Err(_) => return message(PayloadTooLarge, "the body must be the /var recovery key (at most 1 KiB of text)", audit),
             };
-            match api.var_enroll_tpm(key).await {
-                Ok(v) => json_response(200, &v, audit),
-                Err((code, msg)) => message(code, &msg, audit),
-            }
+            answer(api.var_enroll_tpm(key).await, audit)
         }
-        ("POST", ["swarmseal", "v1", "update"]) => {
+        Route::Update => {
             let reboot = authz::query_flag(query, "reboot");
             let from = match authz::query_value(query, "version") {
                 // The release comes from [update] source: the body must be empty.
                 Some(version) => {
                     if !empty_body(body, content_length, ctx.shared.header_timeout).await {
-                        return message(400, "give either the release as the body or ?version=V with an empty body (fetched from [update] source), not both", audit);
+                        return message(ApiErrorKind::BadRequest, "give either the release as the body or ?version=V with an empty body (fetched from [update] source), not both", audit);
                     }
                     UpdateFrom::Source { version }
                 }
                 // Streamed to the agent; the bytes counted for the audit line, never logged.
-                None => UpdateFrom::Upload { body: Box::pin(crate::update::BodyReader::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))))), content_length },
+                None => UpdateFrom::Upload { body: stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))).boxed_unsync(), content_length },
             };
-            match api.update(from, reboot).await {
-                Ok(v) => json_response(200, &v, audit),
-                Err((code, msg)) => message(code, &msg, audit),
-            }
+            answer(api.update(from, reboot).await, audit)
         }
-        ("POST", ["swarmseal", "v1", "recover"]) => {
+        Route::Recover => {
             // Optional body: the unlock key, as text or {"UnlockKey": "…"} (as POST /swarm/unlock).
             let body = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {
                 Ok(b) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
-                Err(_) => return message(413, "the body must be empty or the swarm's unlock key (at most 1 KiB)", audit),
+                Err(_) => return message(PayloadTooLarge, "the body must be empty or the swarm's unlock key (at most 1 KiB)", audit),
             };
-            let key = match crate::recover::key_from_body(&body) {
-                Ok(k) => k,
-                Err(e) => return message(400, &e, audit),
-            };
-            match api.recover(key).await {
-                Ok(v) => json_response(200, &v, audit),
-                Err((code, msg)) => message(code, &msg, audit),
+            match key_from_body(&body) {
+                Ok(key) => answer(api.recover(key).await, audit),
+                Err(e) => refusal(&e, audit),
             }
         }
-        ("POST", ["swarmseal", "v1", "reseal"]) => match api.reseal().await {
-            Ok(v) => json_response(200, &v, audit),
-            Err((code, msg)) => message(code, &msg, audit),
-        },
-        ("GET" | "HEAD", ["swarmseal", "v1", "escrow"]) => match api.escrow(EscrowFile::UnlockKey) {
+        Route::Reseal => answer(api.reseal().await, audit),
+        Route::Escrow => match api.escrow(EscrowFile::UnlockKey) {
             Some(b) => ok_body(b, "application/octet-stream", audit),
-            None => message(404, "no escrow copy of the unlock key: key escrow is not configured (credential swarmseal.escrow-recipient or [escrow] recipient), or no key was sealed yet", audit),
+            None => message(NotFound, "no escrow copy of the unlock key: key escrow is not configured (credential swarmseal.escrow-recipient or [escrow] recipient), or no key was sealed yet", audit),
         },
-        ("GET" | "HEAD", ["swarmseal", "v1", "escrow", "var-recovery-key"]) => match api.escrow(EscrowFile::VarRecoveryKey) {
+        Route::EscrowVarRecoveryKey => match api.escrow(EscrowFile::VarRecoveryKey) {
             Some(b) => ok_body(b, "application/octet-stream", audit),
-            None => message(404, "no escrowed /var recovery key: escrow is not configured (credential swarmseal.escrow-recipient), this is not the appliance image, or swarmseal-var-recovery.service has not run (see its journal)", audit),
+            None => message(NotFound, "no escrowed /var recovery key: escrow is not configured (credential swarmseal.escrow-recipient), this is not the appliance image, or swarmseal-var-recovery.service has not run (see its journal)", audit),
         },
-        (_, ["swarmseal", "v1", "status" | "bench" | "reseal" | "recover" | "escrow" | "update"] | ["swarmseal", "v1", "escrow", "var-recovery-key"] | ["swarmseal", "v1", "var", "enroll-tpm"]) => message(405, &format!("{m} is not allowed here"), audit),
-        _ => message(404, "no such swarmseal endpoint (status, bench, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update under /swarmseal/v1/)", audit),
+        Route::EscrowOther => no_such(audit),
     }
 }
 
@@ -679,7 +707,20 @@ async fn pipe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut r: R, mut w: W, c
 
 #[cfg(test)]
 mod tests {
-    use super::Esc;
+    use super::{key_from_body, ApiErrorKind, Esc};
+
+    #[test]
+    fn body_key_forms() {
+        assert!(key_from_body(b"").unwrap().is_none());
+        assert!(key_from_body(b"  \n").unwrap().is_none());
+        let k = "SWMKEY-1-4UmSCqHUO+hsTjdFW0zMy7IgK5R5ud7eHJbyajeJqdc";
+        assert_eq!(key_from_body(k.as_bytes()).unwrap().unwrap().expose(), k);
+        assert_eq!(key_from_body(format!("{{\"UnlockKey\": \"{k}\"}}").as_bytes()).unwrap().unwrap().expose(), k);
+        let e = key_from_body(b"hello").unwrap_err();
+        assert!(!e.message.contains("hello"), "{e}");
+        assert_eq!(e.kind, ApiErrorKind::BadRequest);
+        assert!(key_from_body(b"{\"x\":1}").is_err());
+    }
 
     #[test]
     fn client_fields_are_bare_only_when_plain() {

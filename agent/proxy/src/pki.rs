@@ -15,8 +15,7 @@
 //! Docker's own swarm node certificates use for the node role. The Subject CN
 //! is the identity written to the audit log. All keys are ECDSA P-256.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -27,7 +26,7 @@ use zeroize::Zeroizing;
 
 use super::tls::{self, Role};
 use super::ProxyError;
-use crate::config::Config;
+use crate::config::ProxySettings;
 
 /// `swarmseal certs …`
 #[derive(Debug, clap::Subcommand)]
@@ -74,24 +73,37 @@ pub struct PkiPaths {
 }
 
 impl PkiPaths {
-    pub fn of(cfg: &Config) -> PkiPaths {
+    pub fn of(cfg: &impl ProxySettings) -> PkiPaths {
         let dir = cfg.pki_dir();
+        let p = cfg.proxy();
         PkiPaths {
-            ca_cert: cfg.proxy.client_ca.clone().unwrap_or_else(|| dir.join(CA_CERT)),
+            ca_cert: p.client_ca.clone().unwrap_or_else(|| dir.join(CA_CERT)),
             ca_key: dir.join(CA_KEY),
-            server_cert: cfg.proxy.server_cert.clone().unwrap_or_else(|| dir.join("server-cert.pem")),
-            server_key: cfg.proxy.server_key.clone().unwrap_or_else(|| dir.join("server-key.pem")),
+            server_cert: p.server_cert.clone().unwrap_or_else(|| dir.join("server-cert.pem")),
+            server_key: p.server_key.clone().unwrap_or_else(|| dir.join("server-key.pem")),
             dir,
         }
     }
 }
 
-fn setup(msg: impl Into<String>) -> ProxyError {
-    ProxyError::Setup(msg.into())
+fn usage(msg: impl Into<String>) -> ProxyError {
+    ProxyError::Usage(msg.into())
+}
+
+fn crypto(msg: String) -> ProxyError {
+    ProxyError::Crypto(msg)
+}
+
+fn invalid(path: &Path, message: impl std::fmt::Display) -> ProxyError {
+    ProxyError::Invalid { path: path.to_path_buf(), message: message.to_string() }
+}
+
+fn create_err(path: &Path) -> impl FnOnce(std::io::Error) -> ProxyError + '_ {
+    move |source| ProxyError::Write { action: "create", path: path.to_path_buf(), source }
 }
 
 /// `swarmseal certs …`
-pub fn run(cfg: &Config, c: CertsCommand) -> Result<(), ProxyError> {
+pub fn run(cfg: &impl ProxySettings, c: CertsCommand) -> Result<(), ProxyError> {
     let paths = PkiPaths::of(cfg);
     match c {
         CertsCommand::Init { san, force } => {
@@ -104,12 +116,12 @@ pub fn run(cfg: &Config, c: CertsCommand) -> Result<(), ProxyError> {
             Ok(())
         }
         CertsCommand::Issue { name, role, out, days, force } => {
-            let role = Role::parse(&role).ok_or_else(|| setup(format!("unknown role `{role}`: use admin or readonly")))?;
+            let role = Role::parse(&role).ok_or_else(|| usage(format!("unknown role `{role}`: use admin or readonly")))?;
             let out = match out {
                 Some(o) => o,
                 None => {
                     if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c)) || name.starts_with('.') {
-                        return Err(setup(format!("`{name}` cannot be used as a directory name; give --out DIR")));
+                        return Err(usage(format!("`{name}` cannot be used as a directory name; give --out DIR")));
                     }
                     PathBuf::from(&name)
                 }
@@ -121,8 +133,8 @@ pub fn run(cfg: &Config, c: CertsCommand) -> Result<(), ProxyError> {
                 "issued {} certificate for `{name}` in {} (ca.pem, cert.pem, key.pem)\nuse: docker --tlsverify -H tcp://HOST:{} --tlscacert {d}/ca.pem --tlscert {d}/cert.pem --tlskey {d}/key.pem info\n  or: DOCKER_CERT_PATH={d} DOCKER_TLS_VERIFY=1 DOCKER_HOST=tcp://HOST:{} docker info",
                 role.as_str(),
                 out.display(),
-                cfg.proxy.listen.port(),
-                cfg.proxy.listen.port(),
+                cfg.proxy().listen.port(),
+                cfg.proxy().listen.port(),
                 d = out.display(),
             );
             Ok(())
@@ -130,27 +142,14 @@ pub fn run(cfg: &Config, c: CertsCommand) -> Result<(), ProxyError> {
     }
 }
 
-/// Write `data` to `path` with mode 0600 (atomically: temp file, fsync, rename).
+/// Write `data` to `path` with mode 0600, atomically ([`swarmseal_common::fs::write_atomic`]),
+/// creating its directory. A leftover temp file is removed first, so the key never goes into a
+/// file made earlier with another mode.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ProxyError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| setup(format!("cannot create {}: {e}", dir.display())))?;
-    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("f"), std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let res = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok::<_, std::io::Error>(())
-    })();
-    res.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        setup(format!("cannot write {}: {e}", path.display()))
-    })
+    std::fs::create_dir_all(dir).map_err(create_err(dir))?;
+    let _ = std::fs::remove_file(swarmseal_common::fs::temp_path(path));
+    swarmseal_common::fs::write_atomic(path, data, 0o600).map_err(|source| ProxyError::Write { action: "write", path: path.to_path_buf(), source })
 }
 
 /// Create `dir` (0700) if it does not exist; an existing directory is left as it is.
@@ -162,11 +161,11 @@ fn private_dir(dir: &Path) -> Result<(), ProxyError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| setup(format!("cannot create {}: {e}", dir.display())))
+        .map_err(create_err(dir))
 }
 
 fn new_key() -> Result<KeyPair, ProxyError> {
-    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| setup(format!("cannot generate a P-256 key: {e}")))
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| crypto(format!("cannot generate a P-256 key: {e}")))
 }
 
 fn ca_dn() -> DistinguishedName {
@@ -197,7 +196,7 @@ pub fn init(paths: &PkiPaths, extra_sans: &[String], force: bool) -> Result<bool
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::hours(1);
         p.not_after = now + time::Duration::days(3650);
-        let cert = p.self_signed(&key).map_err(|e| setup(format!("cannot create the CA: {e}")))?;
+        let cert = p.self_signed(&key).map_err(|e| crypto(format!("cannot create the CA: {e}")))?;
         let key_pem = Zeroizing::new(key.serialize_pem());
         write_private(&paths.ca_key, key_pem.as_bytes())?;
         write_private(&paths.ca_cert, cert.pem().as_bytes())?;
@@ -211,21 +210,21 @@ pub fn init(paths: &PkiPaths, extra_sans: &[String], force: bool) -> Result<bool
 /// Load the CA as an rcgen issuer (its subject is read back from `ca.pem`).
 fn load_issuer(paths: &PkiPaths) -> Result<(Issuer<'static, KeyPair>, String), ProxyError> {
     let ca_pem = std::fs::read_to_string(&paths.ca_cert)
-        .map_err(|e| setup(format!("cannot read the CA {}: {e} (run `swarmseal certs init`)", paths.ca_cert.display())))?;
+        .map_err(|source| ProxyError::Read { what: "the CA", path: paths.ca_cert.clone(), source, hint: " (run `swarmseal certs init`)" })?;
     let key_pem = Zeroizing::new(
-        std::fs::read_to_string(&paths.ca_key).map_err(|e| setup(format!("cannot read the CA key {}: {e}", paths.ca_key.display())))?,
+        std::fs::read_to_string(&paths.ca_key).map_err(|source| ProxyError::Read { what: "the CA key", path: paths.ca_key.clone(), source, hint: "" })?,
     );
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| setup(format!("{}: invalid key: {e}", paths.ca_key.display())))?;
-    let der = tls::pem_certs(ca_pem.as_bytes()).map_err(|e| setup(format!("{}: {e}", paths.ca_cert.display())))?;
-    let first = der.first().ok_or_else(|| setup(format!("{}: no certificate", paths.ca_cert.display())))?;
-    let subject = tls::subject_attrs(first).ok_or_else(|| setup(format!("{}: cannot parse the CA subject", paths.ca_cert.display())))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&paths.ca_key, format!("invalid key: {e}")))?;
+    let der = tls::pem_certs(ca_pem.as_bytes()).map_err(|e| invalid(&paths.ca_cert, e))?;
+    let first = der.first().ok_or_else(|| invalid(&paths.ca_cert, "no certificate"))?;
+    let subject = tls::subject_attrs(first).ok_or_else(|| invalid(&paths.ca_cert, "cannot parse the CA subject"))?;
     let mut dn = DistinguishedName::new();
     for (oid, value) in subject {
         let ty = match oid.as_slice() {
             tls::OID_CN => DnType::CommonName,
             tls::OID_O => DnType::OrganizationName,
             tls::OID_OU => DnType::OrganizationalUnitName,
-            _ => return Err(setup(format!("{}: unsupported attribute in the CA subject", paths.ca_cert.display()))),
+            _ => return Err(invalid(&paths.ca_cert, "unsupported attribute in the CA subject")),
         };
         dn.push(ty, value);
     }
@@ -248,7 +247,7 @@ fn issue_server(paths: &PkiPaths, extra_sans: &[String]) -> Result<(), ProxyErro
             names.push(s.clone());
         }
     }
-    let mut p = CertificateParams::new(names).map_err(|e| setup(format!("invalid --san: {e}")))?;
+    let mut p = CertificateParams::new(names).map_err(|e| usage(format!("invalid --san: {e}")))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "swarmseal");
     dn.push(DnType::CommonName, if host.is_empty() { "swarmseal".to_string() } else { host });
@@ -260,7 +259,7 @@ fn issue_server(paths: &PkiPaths, extra_sans: &[String]) -> Result<(), ProxyErro
     p.not_before = now - time::Duration::hours(1);
     p.not_after = now + time::Duration::days(3 * 365);
     let key = new_key()?;
-    let cert = p.signed_by(&key, &issuer).map_err(|e| setup(format!("cannot sign the server certificate: {e}")))?;
+    let cert = p.signed_by(&key, &issuer).map_err(|e| crypto(format!("cannot sign the server certificate: {e}")))?;
     let key_pem = Zeroizing::new(key.serialize_pem());
     write_private(&paths.server_key, key_pem.as_bytes())?;
     write_private(&paths.server_cert, format!("{}{}", cert.pem(), ca_pem).as_bytes())?;
@@ -292,10 +291,10 @@ pub fn issue_with_ou(
     force: bool,
 ) -> Result<(), ProxyError> {
     if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
-        return Err(setup("the name must be 1 to 64 printable characters"));
+        return Err(usage("the name must be 1 to 64 printable characters"));
     }
     if !force && out.join("key.pem").exists() {
-        return Err(setup(format!("{} already holds a bundle (key.pem); use --force to replace it", out.display())));
+        return Err(usage(format!("{} already holds a bundle (key.pem); use --force to replace it", out.display())));
     }
     let b = sign_client(paths, name, ou, validity)?;
     private_dir(out)?;
@@ -336,6 +335,6 @@ pub fn sign_client(
     p.not_before = validity.0;
     p.not_after = validity.1;
     let key = new_key()?;
-    let cert = p.signed_by(&key, &issuer).map_err(|e| setup(format!("cannot sign the client certificate: {e}")))?;
+    let cert = p.signed_by(&key, &issuer).map_err(|e| crypto(format!("cannot sign the client certificate: {e}")))?;
     Ok(ClientBundle { ca_pem, cert_pem: cert.pem(), key_pem: Zeroizing::new(key.serialize_pem()) })
 }

@@ -19,14 +19,14 @@
 //! - `readonly`: `GET`/`HEAD` only, no connection upgrade (no `attach/ws`), and never
 //!   `/swarm/unlockkey` (the key), `/swarm` (it holds the join tokens, a way to add a
 //!   manager), `/containers/*/archive` and `/containers/*/export` (container files,
-//!   such as mounted secrets), `/images/get` (`docker save`), `/swarmseal/v1/escrow`,
-//!   `/swarmseal/v1/reseal`, `/swarmseal/v1/var/enroll-tpm` and `/swarmseal/v1/update`
-//!   (already denied as non-GET; named so the reason says so).
+//!   such as mounted secrets), `/images/get` (`docker save`), and the agent's endpoints
+//!   that [`Route::admin_only`] names (escrow, reseal, recover, var/enroll-tpm, update).
 //!
 //! Bodies that change autolock, the CA or a node's role are read with Go's rules
 //! ([`super::gojson`], [`Inspect`], [`spec_events`], [`node_events`]).
 
 use super::gojson::GoValue;
+use super::route::Route;
 use super::tls::Role;
 
 /// The canonical path (segments) used for decisions.
@@ -119,9 +119,9 @@ pub fn canonicalize(raw: &str) -> Result<Canon, String> {
     Ok(Canon { segs: raw_segs.iter().map(|s| s.to_lowercase()).collect(), raw_segs })
 }
 
-/// How a route is matched on the canonical segments.
+/// How an engine endpoint is matched on the canonical segments.
 #[derive(Debug, Clone, Copy)]
-enum Route {
+enum Pattern {
     /// Exactly these segments (`*`: any one segment).
     Exact(&'static [&'static str]),
     /// `/{first}/{name}/{last}` where the name may hold slashes (images, plugins).
@@ -130,14 +130,14 @@ enum Route {
     Under(&'static [&'static str]),
 }
 
-impl Route {
+impl Pattern {
     fn matches(self, c: &Canon) -> bool {
         match self {
-            Route::Exact(p) => c.is(p),
-            Route::Named(first, last) => {
+            Pattern::Exact(p) => c.is(p),
+            Pattern::Named(first, last) => {
                 c.segs.len() >= 3 && c.segs[0] == first && c.segs.last().map(String::as_str) == Some(last)
             }
-            Route::Under(p) => c.segs.len() >= p.len() && c.segs.iter().zip(p).all(|(s, p)| s == p),
+            Pattern::Under(p) => c.segs.len() >= p.len() && c.segs.iter().zip(p).all(|(s, p)| s == p),
         }
     }
 }
@@ -145,35 +145,35 @@ impl Route {
 /// Endpoints that make the engine open a connection to a host the client names
 /// (or to a registry): admin-only, whatever the method (Docker Engine API v1.41;
 /// the engine would answer 404/405 to the other methods anyway).
-const OUTBOUND: &[(Route, &str)] = &[
+const OUTBOUND: &[(Pattern, &str)] = &[
     // GET /images/search?term=HOST:PORT/x: the engine queries the registry in `term`.
-    (Route::Exact(&["images", "search"]), "registry searches"),
+    (Pattern::Exact(&["images", "search"]), "registry searches"),
     // GET /plugins/privileges?remote=HOST:PORT/x: the engine fetches the plugin's manifest.
-    (Route::Exact(&["plugins", "privileges"]), "plugin privilege lookups"),
+    (Pattern::Exact(&["plugins", "privileges"]), "plugin privilege lookups"),
     // POST /plugins/pull?remote=: pulls a plugin from its registry.
-    (Route::Exact(&["plugins", "pull"]), "plugin pulls"),
+    (Pattern::Exact(&["plugins", "pull"]), "plugin pulls"),
     // POST /plugins/{name}/upgrade?remote=: pulls the new plugin version.
-    (Route::Named("plugins", "upgrade"), "plugin upgrades"),
+    (Pattern::Named("plugins", "upgrade"), "plugin upgrades"),
     // POST /plugins/{name}/push: pushes to the plugin's registry.
-    (Route::Named("plugins", "push"), "plugin pushes"),
+    (Pattern::Named("plugins", "push"), "plugin pushes"),
     // POST /images/create?fromImage= pulls; ?fromSrc=URL downloads from any URL.
-    (Route::Exact(&["images", "create"]), "image pulls and imports"),
+    (Pattern::Exact(&["images", "create"]), "image pulls and imports"),
     // POST /images/{name}/push: pushes to the image's registry.
-    (Route::Named("images", "push"), "image pushes"),
+    (Pattern::Named("images", "push"), "image pushes"),
     // GET /distribution/{name}/json: the engine asks the image's registry for its manifest.
-    (Route::Under(&["distribution"]), "registry lookups"),
+    (Pattern::Under(&["distribution"]), "registry lookups"),
     // POST /build?remote=URL fetches a context; FROM images are pulled.
-    (Route::Exact(&["build"]), "image builds"),
+    (Pattern::Exact(&["build"]), "image builds"),
     // POST /session, /grpc: BuildKit sessions (the builder pulls and fetches for the client).
-    (Route::Exact(&["session"]), "build sessions"),
-    (Route::Exact(&["grpc"]), "build sessions"),
+    (Pattern::Exact(&["session"]), "build sessions"),
+    (Pattern::Exact(&["grpc"]), "build sessions"),
     // POST /auth: the engine logs in to `serveraddress`.
-    (Route::Exact(&["auth"]), "registry logins"),
+    (Pattern::Exact(&["auth"]), "registry logins"),
     // POST /swarm/join: the engine connects to `RemoteAddrs`.
-    (Route::Exact(&["swarm", "join"]), "joining a swarm"),
+    (Pattern::Exact(&["swarm", "join"]), "joining a swarm"),
     // POST /services/create, /services/{id}/update: the image digest is resolved at its registry.
-    (Route::Exact(&["services", "create"]), "service creation (the engine resolves the image at its registry)"),
-    (Route::Exact(&["services", "*", "update"]), "service updates (the engine resolves the image at its registry)"),
+    (Pattern::Exact(&["services", "create"]), "service creation (the engine resolves the image at its registry)"),
+    (Pattern::Exact(&["services", "*", "update"]), "service updates (the engine resolves the image at its registry)"),
 ];
 
 /// Why `c` is an outbound endpoint (the `OUTBOUND` table), if it is one.
@@ -199,8 +199,10 @@ pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Dec
     if let Some(what) = outbound(c) {
         return Decision::Deny(format!("{what} make the engine connect to another host; admin-only ({} certificate)", role.as_str()));
     }
-    if c.is(&["swarmseal", "v1", "update"]) {
-        return Decision::Deny("image updates are admin-only (readonly certificate)".into());
+    let route = Route::parse(c);
+    if let Some(why) = route.filter(|r| *r == Route::Update).and_then(Route::admin_only) {
+        // Named before the method check, so the reason says so for a POST too.
+        return Decision::Deny(format!("{why} (readonly certificate)"));
     }
     if method != "GET" && method != "HEAD" {
         return Decision::Deny(format!("{method} is not allowed for a readonly certificate (GET and HEAD only)"));
@@ -214,16 +216,10 @@ pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Dec
         (&["containers", "*", "archive"], "reading container files is admin-only"),
         (&["containers", "*", "export"], "exporting containers is admin-only"),
         (&["containers", "*", "attach", "ws"], "attaching to containers is admin-only"),
-        (&["swarmseal", "v1", "escrow"], "the escrowed key is admin-only"),
-        (&["swarmseal", "v1", "escrow", "*"], "the escrowed keys are admin-only"),
-        (&["swarmseal", "v1", "reseal"], "resealing is admin-only"),
-        (&["swarmseal", "v1", "recover"], "lost-quorum recovery is admin-only"),
-        (&["swarmseal", "v1", "var", "enroll-tpm"], "re-enrolling /var is admin-only"),
     ];
-    for (pat, why) in denied {
-        if c.is(pat) {
-            return Decision::Deny(format!("{why} (readonly certificate)"));
-        }
+    let why = denied.iter().find(|(pat, _)| c.is(pat)).map(|(_, why)| *why).or_else(|| route.and_then(Route::admin_only));
+    if let Some(why) = why {
+        return Decision::Deny(format!("{why} (readonly certificate)"));
     }
     // Variable-length names (images carry slashes): decide on the first and last segments.
     let first = c.segs.first().map(String::as_str);
@@ -383,16 +379,8 @@ pub fn key_events(c: &Canon, query: Option<&str>) -> Vec<KeyEvent> {
         if query_flag(query, "rotateWorkerToken") || query_flag(query, "rotateManagerToken") {
             v.push(KeyEvent::JoinTokenRotate);
         }
-    } else if c.is(&["swarmseal", "v1", "escrow"]) || c.is(&["swarmseal", "v1", "escrow", "*"]) {
-        v.push(KeyEvent::EscrowRead);
-    } else if c.is(&["swarmseal", "v1", "reseal"]) {
-        v.push(KeyEvent::Reseal);
-    } else if c.is(&["swarmseal", "v1", "recover"]) {
-        v.push(KeyEvent::Recover);
-    } else if c.is(&["swarmseal", "v1", "var", "enroll-tpm"]) {
-        v.push(KeyEvent::VarEnrollTpm);
-    } else if c.is(&["swarmseal", "v1", "update"]) {
-        v.push(KeyEvent::ImageUpdate);
+    } else if let Some(e) = Route::parse(c).and_then(Route::event) {
+        v.push(e);
     }
     v
 }
@@ -546,8 +534,8 @@ mod tests {
     #[test]
     fn body_events_follow_go() {
         let ev = |kind, body: &str, cur: Option<&str>| {
-            let b = crate::proxy::gojson::parse_first(body.as_bytes()).unwrap().0;
-            let c = cur.map(|c| crate::proxy::gojson::parse_first(c.as_bytes()).unwrap().0);
+            let b = crate::gojson::parse_first(body.as_bytes()).unwrap().0;
+            let c = cur.map(|c| crate::gojson::parse_first(c.as_bytes()).unwrap().0);
             spec_events(kind, &b, c.as_ref()).map(|v| v.into_iter().map(KeyEvent::as_str).collect::<Vec<_>>())
         };
         let locked = Some(r#"{"EncryptionConfig":{"AutoLockManagers":true},"CAConfig":{"NodeCertExpiry":7776000000000000}}"#);
@@ -565,7 +553,7 @@ mod tests {
         assert_eq!(ev(init, r#"{"ListenAddr":"0.0.0.0"}"#, None).unwrap(), Vec::<&str>::new());
         assert_eq!(ev(init, r#"{"autolockmanagers":true}"#, None).unwrap(), ["autolock_enable"]);
         assert_eq!(ev(init, r#"{"Spec":{"EncryptionConfig":{"AutoLockManagers":true}}}"#, None).unwrap(), ["autolock_enable"]);
-        let node = |body: &str, cur| node_events(&crate::proxy::gojson::parse_first(body.as_bytes()).unwrap().0, cur).unwrap();
+        let node = |body: &str, cur| node_events(&crate::gojson::parse_first(body.as_bytes()).unwrap().0, cur).unwrap();
         assert_eq!(node(r#"{"Role":"manager"}"#, Some("manager")), vec![]);
         assert_eq!(node(r#"{"role":"MANAGER"}"#, Some("manager")), vec![]);
         assert_eq!(node(r#"{"Role":"manager","rOLE":"worker"}"#, Some("manager")), vec![KeyEvent::NodeRoleChange]);

@@ -1,4 +1,5 @@
-//! The mutual-TLS proxy: the only network door to the engine's unix socket.
+//! The mutual-TLS proxy: the only network door to the engine's unix socket
+//! (`docs/proxy.md`: roles, endpoints, limits, audit).
 //!
 //! - TLS 1.3 only (rustls, ring); a client certificate signed by the client CA
 //!   and within its validity is required by the handshake ([`tls`]).
@@ -9,8 +10,8 @@
 //! - HTTP/1.1 through hyper to the engine socket: streaming responses, chunked
 //!   bodies, `101 Switching Protocols` with a raw bidirectional copy that
 //!   honours half-close (`docker exec -it`, `attach`, `run -it`) ([`forward`]).
-//! - The agent's endpoints under `/swarmseal/v1/` (`status`, `bench`, `reseal`, `recover`, `escrow`,
-//!   `var/enroll-tpm`, `update`).
+//! - The agent's endpoints under `/swarmseal/v1/` ([`Route`]), answered through [`AgentApi`];
+//!   every refusal is an [`ApiError`], whose kind decides the HTTP status ([`error`]).
 //! - One audit line per request (target `swarmseal::audit`), security events
 //!   for requests touching the unlock key (target `swarmseal::security`).
 //! - Capacity ([`slots`]): TLS handshakes have their own small pool (per source
@@ -24,14 +25,27 @@
 //!   connection with no request in flight is closed after `idle_timeout_secs`
 //!   (never an upgraded connection or a streaming response: those live as long
 //!   as they do); request heads are limited to 64 KiB.
+//!
+//! The crate holds no TPM code (`cargo tree -p swarmseal-proxy` shows no tss-esapi): the agent
+//! plugs in through [`AgentApi`] and [`ProxySettings`].
+
+#![forbid(unsafe_code)]
 
 pub mod authz;
-pub mod gojson;
 pub mod basic;
+pub mod config;
+pub mod error;
 mod forward;
+pub mod gojson;
 pub mod pki;
+pub mod route;
 pub mod slots;
 pub mod tls;
+
+pub use config::{ProxyConfig, ProxySettings};
+pub use error::{ApiError, ApiErrorKind, ProxyError};
+pub use forward::key_from_body;
+pub use route::Route;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,20 +58,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
+use swarmseal_common::secret::UnlockKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::instrument::WithSubscriber;
 
 use slots::{ConnSlot, HandshakeSlot, Refusal, RefusalLog, Slots, StreamSlot};
-
-/// Proxy errors.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("{0}")]
-    Setup(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
-}
 
 /// A boxed, sendable future (the shape of [`AgentApi`]'s async methods).
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -68,31 +74,32 @@ pub trait AgentApi: Send + Sync + 'static {
     fn status(&self) -> BoxFuture<'_, serde_json::Value>;
     /// `GET /swarmseal/v1/bench`: the last bench report (docker-bench-security JSON), if any.
     fn bench(&self) -> Option<Vec<u8>>;
-    /// `POST /swarmseal/v1/reseal`: Ok(JSON) or Err((HTTP status, message)).
-    fn reseal(&self) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>>;
+    /// `POST /swarmseal/v1/reseal`: Ok(JSON) or the refusal.
+    fn reseal(&self) -> BoxFuture<'_, Result<serde_json::Value, ApiError>>;
     /// `POST /swarmseal/v1/recover`, body: empty, or the swarm's current unlock key (when the
-    /// TPM cannot unseal it): lost-quorum recovery (see [`crate::recover`]). Ok(JSON) or
-    /// Err((HTTP status, message)); the new key is never in the answer. The default answers 404.
-    fn recover(&self, key: Option<crate::secret::UnlockKey>) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+    /// TPM cannot unseal it; read by [`key_from_body`]): lost-quorum recovery (the agent's
+    /// `recover` module). Ok(JSON) or the refusal; the new key is never in the answer. The
+    /// default answers 404.
+    fn recover(&self, key: Option<UnlockKey>) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
         drop(key);
-        Box::pin(async { Err((404, "not available here: recovery runs in the agent".to_string())) })
+        Box::pin(async { Err(ApiError::not_found("not available here: recovery runs in the agent")) })
     }
     /// `POST /swarmseal/v1/var/enroll-tpm`, body: the `/var` recovery key (text):
-    /// bind the appliance's `/var` to this machine's TPM again. Ok(JSON) or
-    /// Err((HTTP status, message)). The default answers 404 (not the appliance).
-    fn var_enroll_tpm(&self, recovery_key: zeroize::Zeroizing<String>) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+    /// bind the appliance's `/var` to this machine's TPM again. Ok(JSON) or the refusal.
+    /// The default answers 404 (not the appliance).
+    fn var_enroll_tpm(&self, recovery_key: zeroize::Zeroizing<String>) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
         drop(recovery_key);
-        Box::pin(async { Err((404, "not available here: /var re-enrollment exists on the appliance image only".to_string())) })
+        Box::pin(async { Err(ApiError::not_found("not available here: /var re-enrollment exists on the appliance image only")) })
     }
     /// `POST /swarmseal/v1/update[?reboot=1]` with a release tar as the body
     /// ([`UpdateFrom::Upload`]), or `POST /swarmseal/v1/update?version=V[&reboot=1]` with an
     /// empty body ([`UpdateFrom::Source`]: fetched from `[update] source`): verify and stage it,
-    /// have the apply service install it (see [`crate::update`]). Ok(JSON
-    /// `{"version","staged":true,"reboot"}`) or Err((HTTP status, message)). The default
-    /// answers 404 (no update support here).
-    fn update(&self, from: UpdateFrom, reboot: bool) -> BoxFuture<'_, Result<serde_json::Value, (u16, String)>> {
+    /// have the apply service install it (the agent's `update` module). Ok(JSON
+    /// `{"version","staged":true,"reboot"}`) or the refusal. The default answers 404 (no
+    /// update support here).
+    fn update(&self, from: UpdateFrom, reboot: bool) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
         drop((from, reboot));
-        Box::pin(async { Err((404, "not available here: image updates exist on the appliance agent only".to_string())) })
+        Box::pin(async { Err(ApiError::not_found("not available here: image updates exist on the appliance agent only")) })
     }
     /// `GET /swarmseal/v1/escrow` (the unlock key) and
     /// `GET /swarmseal/v1/escrow/var-recovery-key` (the appliance's `/var`
@@ -100,8 +107,10 @@ pub trait AgentApi: Send + Sync + 'static {
     fn escrow(&self, file: EscrowFile) -> Option<Vec<u8>>;
 }
 
-/// The request body of `POST /swarmseal/v1/update`, as a byte stream.
-pub type UpdateBody = Pin<Box<dyn AsyncRead + Send>>;
+/// The request body of `POST /swarmseal/v1/update` as it arrives (HTTP body frames of bytes;
+/// an error when the client breaks or cuts it). The bytes are counted for the audit line and
+/// never logged.
+pub type UpdateBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// Where the release of `POST /swarmseal/v1/update` comes from.
 pub enum UpdateFrom {
@@ -151,16 +160,17 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Load the certificates (and htpasswd) and bind `cfg.proxy.listen`.
-    pub async fn bind(cfg: &crate::config::Config) -> Result<Proxy, ProxyError> {
+    /// Load the certificates (and htpasswd) and bind `[proxy] listen`.
+    pub async fn bind(cfg: &impl ProxySettings) -> Result<Proxy, ProxyError> {
         let paths = pki::PkiPaths::of(cfg);
         let tls = tls::server_config(&paths.ca_cert, &paths.server_cert, &paths.server_key)?;
-        let basic = match &cfg.proxy.htpasswd {
+        let p = cfg.proxy();
+        let basic = match &p.htpasswd {
             Some(p) => Some(basic::BasicAuth::load(p)?),
             None => None,
         };
-        let addr = cfg.proxy.listen;
-        let limits = slots::Limits::of(&cfg.proxy);
+        let addr = p.listen;
+        let limits = slots::Limits::of(p);
         raise_fd_limit(&limits);
         let listener = TcpListener::bind(addr).await.map_err(|source| ProxyError::Listen { addr, source })?;
         let secs = |s: u64| Duration::from_secs(s.max(1));
@@ -170,10 +180,10 @@ impl Proxy {
             basic,
             socket: cfg.docker_socket(),
             limits,
-            header_timeout: secs(cfg.proxy.header_timeout_secs),
-            body_timeout: secs(cfg.proxy.body_timeout_secs),
-            idle_timeout: secs(cfg.proxy.idle_timeout_secs),
-            handshake_timeout: secs(cfg.proxy.handshake_timeout_secs),
+            header_timeout: secs(p.header_timeout_secs),
+            body_timeout: secs(p.body_timeout_secs),
+            idle_timeout: secs(p.idle_timeout_secs),
+            handshake_timeout: secs(p.handshake_timeout_secs),
         })
     }
 
@@ -246,9 +256,9 @@ impl Proxy {
     }
 }
 
-/// Bind `cfg.proxy.listen` and serve until `shutdown` resolves.
+/// Bind `[proxy] listen` and serve until `shutdown` resolves.
 pub async fn serve(
-    cfg: &crate::config::Config,
+    cfg: &impl ProxySettings,
     api: Arc<dyn AgentApi>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ProxyError> {
@@ -421,12 +431,12 @@ pub(crate) struct ConnCtx {
 
 impl ConnCtx {
     /// Called for every authorized request: a long stream (see [`slots::is_long_stream`]) takes
-    /// a stream slot of this certificate, or is refused with 503 naming the cap.
-    pub(crate) fn long_stream(&self, canon: &authz::Canon, query: Option<&str>, upgrade: bool) -> Result<(), (u16, String)> {
+    /// a stream slot of this certificate, or is refused (unavailable) naming the cap.
+    pub(crate) fn long_stream(&self, canon: &authz::Canon, query: Option<&str>, upgrade: bool) -> Result<(), ApiError> {
         let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         *s = None;
         if slots::is_long_stream(canon, query, upgrade) {
-            *s = Some(self.shared.slots.stream(&self.slot).map_err(|m| (503, m))?);
+            *s = Some(self.shared.slots.stream(&self.slot).map_err(|m| ApiError::new(ApiErrorKind::Unavailable, m))?);
         }
         Ok(())
     }
@@ -455,12 +465,13 @@ fn raise_fd_limit(l: &slots::Limits) {
     }
 }
 
-/// Answer the first request of a connection that is over a cap with 503 and close it.
+/// Answer the first request of a connection that is over a cap (unavailable, retry in 5 s)
+/// and close it.
 async fn answer_over_cap<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, message: String) {
     let body = Bytes::from(serde_json::to_vec(&serde_json::json!({ "message": message })).unwrap_or_default());
     let svc = hyper::service::service_fn(move |_req| {
         let r = hyper::Response::builder()
-            .status(503)
+            .status(ApiErrorKind::Unavailable.status())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::CONNECTION, "close")
             .header(hyper::header::RETRY_AFTER, "5")

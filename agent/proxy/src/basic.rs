@@ -90,7 +90,7 @@ fn parse(header: Option<&[u8]>) -> Option<(String, Zeroizing<Vec<u8>>)> {
 impl BasicAuth {
     pub fn load(path: &Path) -> Result<BasicAuth, ProxyError> {
         let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| ProxyError::Setup(format!("cannot read htpasswd {}: {e}", path.display())))?,
+            std::fs::read_to_string(path).map_err(|source| ProxyError::Read { what: "htpasswd", path: path.to_path_buf(), source, hint: "" })?,
         );
         let mut users = HashMap::new();
         let mut cost: Option<u32> = None;
@@ -100,9 +100,9 @@ impl BasicAuth {
                 continue;
             }
             let (u, h) =
-                line.split_once(':').ok_or_else(|| ProxyError::Setup(format!("{}:{}: expected user:hash", path.display(), n + 1)))?;
+                line.split_once(':').ok_or_else(|| ProxyError::Htpasswd { path: path.to_path_buf(), line: n + 1, message: "expected user:hash" })?;
             if !(h.starts_with("$2y$") || h.starts_with("$2b$") || h.starts_with("$2a$")) {
-                return Err(ProxyError::Setup(format!("{}:{}: only bcrypt entries are accepted (htpasswd -B)", path.display(), n + 1)));
+                return Err(ProxyError::Htpasswd { path: path.to_path_buf(), line: n + 1, message: "only bcrypt entries are accepted (htpasswd -B)" });
             }
             if let Some(c) = h.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
                 cost = Some(cost.map_or(c, |m| m.max(c)));
@@ -111,7 +111,7 @@ impl BasicAuth {
         }
         // Same cost as the real entries, so unknown users take as long as known ones.
         let dummy = bcrypt::hash("swarmseal-dummy-password", cost.unwrap_or(bcrypt::DEFAULT_COST).clamp(4, 31))
-            .map_err(|e| ProxyError::Setup(format!("bcrypt: {e}")))?;
+            .map_err(|e| ProxyError::Crypto(format!("bcrypt: {e}")))?;
         Ok(BasicAuth { users, dummy, buckets: Mutex::new(Buckets::default()) })
     }
 

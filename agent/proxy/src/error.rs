@@ -1,0 +1,156 @@
+//! The proxy's errors, and the one place where an error becomes an HTTP status
+//! ([`ApiErrorKind::status`]): the agent's endpoints and the proxy's own refusals both
+//! answer with an [`ApiError`]; what the statuses mean to a client: `docs/proxy.md`, "Errors and limits".
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Setting up the listener or the PKI failed; `Display` is the operator's sentence (which
+/// file, what to do). The binary decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A certificate, key or htpasswd file cannot be read; `hint` says how to create it.
+    #[error("cannot read {what} {}: {source}{hint}", path.display())]
+    Read { what: &'static str, path: PathBuf, source: std::io::Error, hint: &'static str },
+    /// A PKI file or directory cannot be written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Write { action: &'static str, path: PathBuf, source: std::io::Error },
+    /// A certificate or key file holds something unusable.
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    /// `[proxy] client_ca` is not a CA certificate (a client certificate as trust anchor would
+    /// let its holder mint `OU=admin` certificates).
+    #[error("{}: not a CA certificate (basicConstraints CA:TRUE missing); point [proxy] client_ca at the CA (ca.pem from `swarmseal certs init`), not at a client certificate", path.display())]
+    NotCa { path: PathBuf },
+    /// A line of the htpasswd file (1-based) is not a bcrypt entry.
+    #[error("{}:{line}: {message}", path.display())]
+    Htpasswd { path: PathBuf, line: usize, message: &'static str },
+    /// The operator's request cannot be done as asked (`certs issue` name, role, `--san`, `--out`).
+    #[error("{0}")]
+    Usage(String),
+    /// Key generation, signing or the TLS configuration failed.
+    #[error("{0}")]
+    Crypto(String),
+    /// `[proxy] listen` cannot be bound (in use, no such address, privileged port).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// What kind of refusal or failure an answer is; [`ApiErrorKind::status`] is its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiErrorKind {
+    /// 400: the request is malformed (body, query, path).
+    BadRequest,
+    /// 401: basic authentication required or wrong.
+    Unauthorized,
+    /// 403: the certificate's role may not do this.
+    Forbidden,
+    /// 404: no such endpoint or thing, or not available on this agent.
+    NotFound,
+    /// 405: the endpoint exists, not with this method.
+    MethodNotAllowed,
+    /// 409: the state forbids it now (swarm locked, another operation running, seal refused).
+    Conflict,
+    /// 413: the body is larger than accepted.
+    PayloadTooLarge,
+    /// 422: understood but refused (not signed, wrong key).
+    Unprocessable,
+    /// 429: too many failed attempts; retry later.
+    TooManyRequests,
+    /// 500: the agent failed.
+    Internal,
+    /// 502: the engine or a tool behind the agent failed.
+    BadGateway,
+    /// 503: a dependency is not there now (engine, TPM, apply service, a capacity cap).
+    Unavailable,
+    /// 504: a dependency did not answer in time.
+    GatewayTimeout,
+}
+
+impl ApiErrorKind {
+    /// Every kind (for [`ApiError::from_status`]).
+    const ALL: [ApiErrorKind; 13] = [
+        ApiErrorKind::BadRequest,
+        ApiErrorKind::Unauthorized,
+        ApiErrorKind::Forbidden,
+        ApiErrorKind::NotFound,
+        ApiErrorKind::MethodNotAllowed,
+        ApiErrorKind::Conflict,
+        ApiErrorKind::PayloadTooLarge,
+        ApiErrorKind::Unprocessable,
+        ApiErrorKind::TooManyRequests,
+        ApiErrorKind::Internal,
+        ApiErrorKind::BadGateway,
+        ApiErrorKind::Unavailable,
+        ApiErrorKind::GatewayTimeout,
+    ];
+
+    /// The HTTP status (RFC 9110 §15) of this kind.
+    pub fn status(self) -> u16 {
+        match self {
+            ApiErrorKind::BadRequest => 400,
+            ApiErrorKind::Unauthorized => 401,
+            ApiErrorKind::Forbidden => 403,
+            ApiErrorKind::NotFound => 404,
+            ApiErrorKind::MethodNotAllowed => 405,
+            ApiErrorKind::Conflict => 409,
+            ApiErrorKind::PayloadTooLarge => 413,
+            ApiErrorKind::Unprocessable => 422,
+            ApiErrorKind::TooManyRequests => 429,
+            ApiErrorKind::Internal => 500,
+            ApiErrorKind::BadGateway => 502,
+            ApiErrorKind::Unavailable => 503,
+            ApiErrorKind::GatewayTimeout => 504,
+        }
+    }
+}
+
+/// An error answer: its kind and the operator's sentence (sent as `{"message": …}`; never a
+/// secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ApiErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError { kind, message: message.into() }
+    }
+    /// The HTTP status of this answer.
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+    /// For a caller that still holds a numeric status (e.g. `var::enroll_tpm_via`): the kind with
+    /// that status, else [`ApiErrorKind::Internal`].
+    pub fn from_status(status: u16, message: impl Into<String>) -> ApiError {
+        let kind = ApiErrorKind::ALL.into_iter().find(|k| k.status() == status).unwrap_or(ApiErrorKind::Internal);
+        ApiError::new(kind, message)
+    }
+    pub fn bad_request(m: impl Into<String>) -> ApiError {
+        ApiError::new(ApiErrorKind::BadRequest, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> ApiError {
+        ApiError::new(ApiErrorKind::NotFound, m)
+    }
+    pub fn bad_gateway(m: impl Into<String>) -> ApiError {
+        ApiError::new(ApiErrorKind::BadGateway, m)
+    }
+    pub fn too_large(m: impl Into<String>) -> ApiError {
+        ApiError::new(ApiErrorKind::PayloadTooLarge, m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_distinct_and_round_trip() {
+        for k in ApiErrorKind::ALL {
+            assert_eq!(ApiError::from_status(k.status(), "x").kind, k);
+        }
+        assert_eq!(ApiError::from_status(418, "x").status(), 500, "an unknown status is an internal error");
+    }
+}
