@@ -91,15 +91,6 @@ pub enum FleetError {
     Stopped { at: String, reason: String, done: String, rest: String },
 }
 
-impl FleetError {
-    pub fn exit(&self) -> crate::cli::Exit {
-        match self {
-            FleetError::Usage(_) | FleetError::Context { .. } => crate::cli::Exit::Usage,
-            FleetError::Stopped { .. } => crate::cli::Exit::FleetStopped,
-        }
-    }
-}
-
 /// One manager reached through its proxy.
 struct Manager {
     context: String,

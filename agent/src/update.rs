@@ -37,7 +37,6 @@ use bytes::{Buf, Bytes};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use crate::cli::Exit;
 use crate::config::Config;
 use crate::pcrsig::PcrPublicKey;
 
@@ -119,16 +118,6 @@ impl UpdateError {
             UpdateError::ApplyUnavailable(_) => 503,
             UpdateError::Tool { .. } | UpdateError::Source { .. } => 502,
             UpdateError::Key { .. } | UpdateError::Io { .. } | UpdateError::SourceSetup(_) => 500,
-        }
-    }
-
-    /// The exit code of `swarmseal update …` for this error.
-    pub fn exit(&self) -> Exit {
-        match self {
-            UpdateError::NotSigned(_) | UpdateError::Invalid(_) | UpdateError::HashMismatch { .. } | UpdateError::TooLarge { .. } => Exit::BadRelease,
-            UpdateError::Key { .. } | UpdateError::Request(_) | UpdateError::NoSource | UpdateError::SourceSetup(_) => Exit::Usage,
-            UpdateError::Tool { .. } => Exit::UpdateFailed,
-            _ => Exit::Failure,
         }
     }
 }
