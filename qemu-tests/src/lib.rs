@@ -283,7 +283,7 @@ impl Vm {
                 Ok(s) => {
                     let doc = typed(&s)?;
                     let state = doc.swarm.state().unwrap_or("?").to_string();
-                    let on_version = version.map_or(true, |v| doc.image.version.as_deref() == Some(v));
+                    let on_version = version.is_none_or(|v| doc.image.version.as_deref() == Some(v));
                     let decided = on_version && doc.phase_locked == Some(true);
                     if decided && (state == "active" || state == "locked") {
                         let outcome = if state == "active" { Outcome::Unlocked } else { Outcome::Locked };
@@ -602,6 +602,12 @@ impl Escrow {
     }
 }
 
+/// The status document `v` as its type ([`Status`]): a field renamed, missing or of another
+/// type in the agent's answer fails here, by name.
+pub fn typed(v: &Value) -> Check<Status> {
+    serde_json::from_value(v.clone()).map_err(|e| format!("the status does not match swarmseal_common::status::Status: {e}: {v}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,10 +649,4 @@ mod tests {
         w.finish().unwrap();
         assert_eq!(e.decrypt(&out).unwrap(), "SWMKEY-1-abc");
     }
-}
-
-/// The status document `v` as its type ([`Status`]): a field renamed, missing or of another
-/// type in the agent's answer fails here, by name.
-pub fn typed(v: &Value) -> Check<Status> {
-    serde_json::from_value(v.clone()).map_err(|e| format!("the status does not match swarmseal_common::status::Status: {e}: {v}"))
 }

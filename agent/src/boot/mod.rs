@@ -1,27 +1,30 @@
 //! The boot flow and the key commands: init, seal, unlock, rotate, status, agent.
 //!
-//! One file per concern:
-//! - [`seal`]: the sealing core ([`Ctx`]): state-dir lock, TPM retries, prepare/seal/unseal.
-//! - [`phase`]: the phase lock: whether this boot is locked, and the one rule that locks it.
-//! - [`custody`]: key changes that always end sealed, escrowed or shown; interrupted ones repaired.
-//! - [`commands`]: `init`, `seal`, `unlock`, `rotate`, `status` (text).
-//! - [`status`]: the status document ([`swarmseal_common::status::Status`]).
-//! - [`daemon`]: `swarmseal agent` (boot decision, watch loop, signals) and `swarmseal proxy`.
-//! - [`api`]: the agent endpoints behind the proxy ([`crate::proxy::AgentApi`]).
-//! - [`credentials`]: first-boot settings from systemd credentials.
-//! - [`notify`]: `sd_notify(3)`.
-//! - [`terminal`]: the key on the terminal, the key from stdin.
+//! One file per concern (docs/architecture.md follows the boot flow through them):
+//! - `seal.rs`: the sealing core ([`Ctx`]): state-dir lock, TPM work and its one retry loop,
+//!   prepare / seal / unseal.
+//! - `phase.rs`: the phase lock: whether this boot is locked, and the one rule that locks it.
+//! - `custody.rs`: key changes that always end sealed, escrowed or shown; interrupted ones repaired.
+//! - `commands.rs`: `init`, `seal`, `unlock`, `rotate`, `status` (text).
+//! - `status.rs`: the status document ([`swarmseal_common::status::Status`]), the bench's facts.
+//! - `daemon.rs`: `swarmseal agent` (boot decision, watch loop, signals) and `swarmseal proxy`.
+//! - `api.rs`: the agent endpoints behind the proxy ([`crate::proxy::AgentApi`]).
+//! - `credentials.rs`: first-boot settings from systemd credentials.
+//! - `notify.rs`: `sd_notify(3)`.
+//! - `terminal.rs`: the key shown on the terminal, the key read from stdin.
+//!
+//! Errors are [`BootError`]; their exit codes are chosen in `crate::cli`, their HTTP statuses
+//! in `api.rs`.
 //!
 //! Every TPM operation opens its own context on a blocking thread, so no TPM
 //! state outlives a command (see [`crate::tpm`]). Every mutation of the
 //! state dir holds an exclusive `flock` on `<state_dir>/lock`.
 //!
-//! Phase lock: after the boot's unlock decision the agent extends
-//! `tpm.phase_pcr` (default PCR 11) with SHA-256(`swarmseal:unlocked:v1`),
-//! so the sealed key cannot be unsealed again until the next boot. The PCR
-//! values before and after are recorded in `<runtime_dir>/phase.json` and
-//! `<state_dir>/phase.json` (not secret): sealing later in the same boot uses
-//! the recorded "before" values, which are what the next boot will show again.
+//! Phase lock (`phase.rs`): after the boot's unlock decision the agent extends
+//! `tpm.phase_pcr` (default PCR 11), so the sealed key cannot be unsealed again until the
+//! next boot. The PCR values before and after are recorded in `<runtime_dir>/phase.json` and
+//! `<state_dir>/phase.json` (not secret): sealing later in the same boot uses the recorded
+//! "before" values, which are what the next boot will show again.
 //!
 //! Key custody: a command that changes the engine's key (`init`, `rotate`, the
 //! agent's autolock re-enable) first prepares the seal ([`Ctx::prepare_seal`]:
