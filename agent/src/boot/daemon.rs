@@ -123,9 +123,15 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
 
 /// `swarmseal agent`: the boot flow, then watch for key changes until SIGTERM.
 pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
-    let mut cfg = ctx.cfg.clone();
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
-    for p in creds.map(|d| apply_credentials(&mut cfg, &d)).unwrap_or_default() {
+    // Installing a PEM credential writes and fsyncs a file: on a blocking thread.
+    let mut cfg = ctx.cfg.clone();
+    let (cfg, problems) = super::blocking(move || {
+        let problems = creds.map(|d| apply_credentials(&mut cfg, &d)).unwrap_or_default();
+        (cfg, problems)
+    })
+    .await;
+    for p in problems {
         tracing::error!(event = "bad_credential", "{p}");
         eprintln!("swarmseal: {p}");
     }
