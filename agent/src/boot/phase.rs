@@ -99,3 +99,33 @@ impl Ctx {
             }
         }
     }}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcrs(v: u8) -> PcrValues {
+        [(7u8, vec![1; 32]), (11u8, vec![v; 32])].into_iter().collect()
+    }
+
+    /// Locked exactly when a record's "after" values are the PCRs now; its "before" values are
+    /// what sealing uses then. A record whose "before" is unreadable still locks (the stricter
+    /// reading: no unseal), and sealing falls back to the values now.
+    #[test]
+    fn the_phase_is_locked_when_a_records_after_values_are_the_pcrs_now() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = crate::config::Config::default();
+        cfg.state_dir = d.path().join("state");
+        cfg.runtime_dir = d.path().join("run");
+        let ctx = Ctx::new(&cfg);
+        assert_eq!(ctx.locked_phase(&pcrs(2)), None, "no record: open");
+        let rec = |before: PcrValues, after: PcrValues| PhaseRecord { format: "swarmseal.phase".into(), version: 1, phase_pcr: 11, before: pcrs_to_hex(&before), after: pcrs_to_hex(&after) };
+        ctx.ks.store_phase(&rec(pcrs(1), pcrs(2))).unwrap();
+        assert_eq!(ctx.locked_phase(&pcrs(2)), Some(pcrs(1)));
+        assert_eq!(ctx.locked_phase(&pcrs(3)), None, "another boot's record: open");
+        let mut bad = rec(pcrs(1), pcrs(2));
+        bad.before.insert("11".into(), "not hex".into());
+        ctx.ks.store_phase(&bad).unwrap();
+        assert_eq!(ctx.locked_phase(&pcrs(2)), Some(pcrs(2)), "an unreadable 'before' still locks");
+    }
+}
