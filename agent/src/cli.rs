@@ -19,7 +19,7 @@ use crate::tpm::TpmError;
 use crate::update::UpdateError;
 use crate::var::VarError;
 
-/// Exit codes (stable; documented in `--help` and the README).
+/// Exit codes (stable; documented in `--help` and docs/operating.md, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
@@ -67,7 +67,7 @@ pub enum Exit {
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
-    /// of the README's table (a unit test keeps the README in step).
+    /// of the table in docs/operating.md (a unit test keeps it in step).
     pub const ALL: [(Exit, &'static str); 20] = [
         (Exit::Ok, "success"),
         (Exit::Failure, "other failure (I/O, internal)"),
@@ -403,10 +403,10 @@ mod tests {
         for (i, (code, _)) in Exit::ALL.iter().enumerate() {
             assert_eq!(*code as usize, i, "Exit::ALL out of order at {code:?}");
         }
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/operating.md");
         for (code, what) in Exit::ALL {
             let row = format!("| {} | {} |", code as u8, what);
-            assert!(readme.contains(&row), "README.md's exit-code table lacks or differs from: {row}");
+            assert!(readme.contains(&row), "docs/operating.md's exit-code table lacks or differs from: {row}");
         }
         let help = exit_codes_help();
         assert!(help.contains(" 12  not sealed"), "{help}");

@@ -110,7 +110,7 @@ pub struct TpmConfig {
     /// PCR bank; only `sha256` is supported.
     pub pcr_bank: String,
     /// PCR indices for PolicyPCR (TPM 2.0 Part 3, TPM2_PolicyPCR).
-    /// Default 7, 11, 15 — see README "Which PCRs".
+    /// Default 7, 11, 15 — see docs/sealing.md, "The policy: which PCRs".
     pub pcrs: Vec<u8>,
     /// The PCR extended after unlocking ("phase lock"); must be in `pcrs`.
     pub phase_pcr: u8,

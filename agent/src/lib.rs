@@ -1,6 +1,6 @@
 //! swarmseal: the agent of a Docker Swarm manager appliance.
 //!
-//! One module per concern (see `DESIGN.md`):
+//! One module per concern (the crate map: docs/architecture.md):
 //! - [`tpm`]: seal and unseal the unlock key in a TPM 2.0, policies, sessions.
 //! - [`pcrsig`]: systemd's PCR-signing public key and PCR signature files (signed policies).
 //! - [`keystore`]: sealed blobs on disk, versioned, written atomically.

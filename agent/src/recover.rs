@@ -1,7 +1,7 @@
 //! Disaster recovery after a lost quorum, with autolock (moby#36852):
 //! `swarmseal recover --force-new-cluster` and `POST /swarmseal/v1/recover`.
 //!
-//! What the real dockerd 20.10 does (measured, see the README "Disaster recovery: lost quorum"):
+//! What the real dockerd 20.10 does (measured, see docs/operating.md, "Disaster recovery: lost quorum"):
 //! - `POST /swarm/init {"ForceNewCluster": true}` restarts the node **without** the unlock key
 //!   (the request has no field for it), so on an autolocked manager it fails with "Swarm is
 //!   encrypted" and leaves the node `inactive` (its swarm data stays on disk); on a locked node

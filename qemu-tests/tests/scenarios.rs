@@ -325,7 +325,7 @@ fn power_cut(s: &mut Story) -> Check {
         Outcome::Locked => {
             // Inside the documented window: unlock by hand with the key from the
             // rotation, reseal, and the next boot must unlock by itself.
-            println!("    locked (inside the rotation window): {:?}; recovering as the README says", differs(&st));
+            println!("    locked (inside the rotation window): {:?}; recovering as docs/sealing.md says", differs(&st));
             unlock_by_hand_and_reseal(vm, &new)?;
             vm.reboot_expect("reboot after the recovery", Outcome::Unlocked, BOOT)?;
         }
