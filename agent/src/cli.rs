@@ -168,7 +168,7 @@ pub enum Command {
     #[command(subcommand)]
     Certs(crate::proxy::pki::CertsCommand),
     /// Run the CIS Docker Benchmark v1.6.0 checks.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::bench_cmd::BenchArgs),
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
     #[command(subcommand)]
     Var(crate::var::VarCommand),
@@ -225,7 +225,11 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Config(_) | Error::Usage(_) => Exit::Usage,
         Error::Boot(b) => b.into(),
         Error::Proxy(_) => Exit::Proxy,
-        Error::Bench(b) => b.exit(),
+        Error::Bench(b) => match b {
+            crate::bench::BenchError::Engine { .. } => Exit::DockerUnreachable,
+            crate::bench::BenchError::Write { .. } => Exit::Failure,
+            crate::bench::BenchError::UnknownCheck(_) => Exit::Usage,
+        },
         Error::Var(v) => v.into(),
         Error::Health(h) => h.into(),
         Error::Update(u) => u.into(),
@@ -377,7 +381,7 @@ fn run(cli: Cli) -> Result<(), Error> {
     rt.block_on(async move {
         match cli.command {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
-            Command::Bench(a) => crate::bench::run_cli(&cfg, a).await,
+            Command::Bench(a) => crate::bench_cmd::run(&cfg, a).await,
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
             Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),
             Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),

@@ -38,9 +38,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use serde_json::Value;
+use swarmseal_common::tls;
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// `swarmseal fleet …`
@@ -177,19 +177,7 @@ fn empty() -> ReqBody {
 }
 
 fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<tokio_rustls::TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-        roots.add(c.map_err(|e| format!("{}: {e}", ca.display()))?).map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
-    let chain: Vec<_> =
-        CertificateDer::pem_file_iter(cert).map_err(|e| format!("{}: {e}", cert.display()))?.collect::<Result<_, _>>().map_err(|e| format!("{}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("client certificate: {e}"))?;
+    let cfg = tls::client_config_from_files(tls::Versions::SafeDefault, ca, Some((cert, key))).map_err(|e| e.to_string())?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 

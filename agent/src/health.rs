@@ -35,6 +35,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use swarmseal_common::tls;
+
 use crate::config::Config;
 use crate::swarm::{Engine, NodeState, SwarmError};
 
@@ -233,13 +235,8 @@ impl ServerCertVerifier for Probe {
 /// Ok: how it was judged. Err: why it is not serving.
 pub async fn probe_proxy(addr: SocketAddr, pinned: Option<CertificateDer<'static>>) -> Result<ProbeMode, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let probe = Arc::new(Probe { pinned: pinned.clone(), provider: provider.clone(), hello: AtomicBool::new(false), proven: AtomicBool::new(false) });
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(probe.clone())
-        .with_no_client_auth();
+    let probe = Arc::new(Probe { pinned: pinned.clone(), provider, hello: AtomicBool::new(false), proven: AtomicBool::new(false) });
+    let cfg = tls::client_config(tls::Versions::Tls13, tls::Verify::Custom(probe.clone()), None).map_err(|e| e.to_string())?;
     let tcp = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("no TCP connection within {} s", PROBE_TIMEOUT.as_secs()))?

@@ -7,7 +7,8 @@
 //! - [`swarm`]: the Docker Engine API (state, init, unlock, unlock key, rotation).
 //! - [`boot`]: the boot-flow state machine run by `swarmseal agent`.
 //! - [`proxy`]: the mutual-TLS listener, authorization and forwarding.
-//! - [`bench`]: CIS Docker Benchmark v1.6.0 checks and their report.
+//! - [`bench`]: CIS Docker Benchmark v1.6.0 checks and their report (the `swarmseal-cis`
+//!   crate); [`bench_cmd`]: the `swarmseal bench` command around it.
 //! - [`update`]: signed image releases: receive, verify, stage, install (systemd-sysupdate).
 //! - [`health`]: the boot-assessment gate: swarm unlocked and proxy serving.
 //! - [`config`], [`cli`]: configuration file and command line.
@@ -15,7 +16,8 @@
 //! Errors are typed per module; operator messages and exit codes are decided
 //! in [`cli`] only.
 
-pub mod bench;
+pub use swarmseal_cis as bench;
+pub mod bench_cmd;
 pub mod boot;
 pub mod cli;
 pub mod config;
@@ -28,7 +30,7 @@ pub mod pcrsig;
 pub mod proxy;
 pub mod recover;
 pub use swarmseal_common::secret;
-pub mod swarm;
+pub use swarmseal_engine as swarm;
 pub mod tpm;
 pub mod update;
 pub mod var;

@@ -24,9 +24,8 @@
 //! for disk `var` on the console when the TPM refuses; a recovery key is
 //! accepted wherever a passphrase is.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use zeroize::Zeroizing;
 
@@ -150,38 +149,16 @@ fn run_cryptenroll(what: &'static str, args: &[&std::ffi::OsStr], stdin: Option<
     run_tool(&cryptenroll(), what, args, stdin)
 }
 
-/// Run `bin args`, `stdin` piped in; stdout returned (zeroized on drop), stderr
-/// only in the error (the key is never on stderr).
+/// Run `bin args` ([`swarmseal_common::tool::run`]), `stdin` piped in; stdout returned
+/// (zeroized on drop, never in an error), stderr only in the error (the key is never on
+/// stderr). A non-zero exit is [`VarError::Cryptenroll`] described by `what`.
 fn run_tool(bin: &str, what: &'static str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, VarError> {
-    let bin = bin.to_string();
-    let mut child = Command::new(&bin)
-        .args(args)
-        // No colours, hence no QR code of the key on stderr.
-        .env("NO_COLOR", "1")
-        .env("SYSTEMD_COLORS", "0")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| VarError::Spawn(bin.clone(), e))?;
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(data).map_err(|e| VarError::Spawn(bin.clone(), e))?;
+    use swarmseal_common::tool::{self, Stdout, ToolError};
+    match tool::run(bin, args, stdin, Stdout::Secret) {
+        Ok(o) => Ok(o.stdout),
+        Err(ToolError::Spawn { tool, source }) => Err(VarError::Spawn(tool, source)),
+        Err(ToolError::Failed { status, output, .. }) => Err(VarError::Cryptenroll { what, status, stderr: output }),
     }
-    let mut out = Zeroizing::new(Vec::new());
-    if let Some(mut o) = child.stdout.take() {
-        o.read_to_end(&mut out).map_err(|e| VarError::Spawn(bin.clone(), e))?;
-    }
-    let mut err = Vec::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_end(&mut err);
-    }
-    let status = child.wait().map_err(|e| VarError::Spawn(bin.clone(), e))?;
-    if !status.success() {
-        // stderr never carries the key (it goes to stdout, which is dropped here).
-        let stderr = String::from_utf8_lossy(&err).lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("; ");
-        return Err(VarError::Cryptenroll { what, status: status.to_string(), stderr });
-    }
-    Ok(out)
 }
 
 /// The escrow recipient: the credential `swarmseal.escrow-recipient` wins over the config.
@@ -366,5 +343,18 @@ mod tests {
         assert!(!escrow_path(d.path()).exists());
         let e = enroll_tpm(Path::new("/nonexistent/var"), "not a key", &TpmBinding { pcrs: "7".into(), signed: None }).unwrap_err();
         assert!(matches!(e, VarError::BadKey), "{e}");
+    }
+
+    /// The tool's failure keeps this module's message (what failed, status, stderr) and never
+    /// shows its stdout, where systemd-cryptenroll prints the key.
+    #[test]
+    fn a_failed_tool_names_the_step_and_hides_its_stdout() {
+        let args: Vec<&std::ffi::OsStr> = ["-c", "cat; echo refused >&2; exit 2"].iter().map(std::ffi::OsStr::new).collect();
+        let e = run_tool("sh", "systemd-cryptenroll --tpm2-device=auto", &args, Some(KEY.as_bytes())).unwrap_err();
+        assert_eq!(e.to_string(), "systemd-cryptenroll --tpm2-device=auto failed (exit status: 2): refused");
+        let out = run_tool("cat", "cat", &[], Some(KEY.as_bytes())).unwrap();
+        assert_eq!(&out[..], KEY.as_bytes());
+        let e = run_tool("/nonexistent/systemd-cryptenroll", "x", &[], None).unwrap_err();
+        assert!(matches!(e, VarError::Spawn(..)) && e.to_string().starts_with("cannot run /nonexistent/systemd-cryptenroll: "), "{e}");
     }
 }

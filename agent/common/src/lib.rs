@@ -1,6 +1,14 @@
 //! Pieces every swarmseal crate shares. No TPM, no Docker client, no TLS server here:
 //! the proxy and the workstation tools link this crate without libtss2.
+//!
+//! - [`secret`]: the Swarm unlock key as a secret value.
+//! - [`fs`]: atomic file writes.
+//! - [`tool`]: running an external tool, its output zeroized.
+//! - [`tls`]: client TLS configurations (rustls, ring).
 #![forbid(unsafe_code)]
 
+pub mod fs;
 pub mod secret;
 pub mod status;
+pub mod tls;
+pub mod tool;

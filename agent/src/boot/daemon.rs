@@ -252,10 +252,10 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
 async fn run_boot_bench(cfg: &Config) {
     let t = Instant::now();
     let facts = appliance_facts(cfg).await;
-    match crate::bench::run_report(cfg, facts, &crate::bench::Selection::default()).await {
+    match crate::bench::run_report(&cfg.docker_socket(), facts, &crate::bench::Selection::default()).await {
         Ok(r) => {
             let s = r.summary();
-            let path = crate::bench::write_boot_report(cfg, &r);
+            let path = crate::bench::write_boot_report(&cfg.state_dir, &r);
             tracing::info!(
                 event = "bench",
                 checks = s.checks,

@@ -74,7 +74,7 @@ fn last_bench_summary(cfg: &Config) -> Option<doc::Bench> {
 
 /// Bytes of the last bench report (`<state_dir>/bench/latest.json`), if any.
 pub fn latest_bench_report(cfg: &Config) -> Option<Vec<u8>> {
-    std::fs::read(crate::bench::last_report_path(cfg)).ok()
+    std::fs::read(crate::bench::last_report_path(&cfg.state_dir)).ok()
 }
 
 

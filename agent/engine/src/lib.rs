@@ -7,6 +7,11 @@
 //! `/v1.xx` prefix negotiated from `GET /version` (ApiVersion): the lower of
 //! the engine's and [`MAX_API_VERSION`]. Works with engine 20.10 (API 1.41)
 //! and 26.x (API 1.45).
+//!
+//! Reference: Docker Engine API v1.45 (<https://docs.docker.com/reference/api/engine/version/v1.45/>);
+//! each method names its endpoint and the API version that introduced it. Errors are
+//! [`SwarmError`]; the caller maps them to exit codes or HTTP statuses.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::secret::UnlockKey;
+use swarmseal_common::secret::UnlockKey;
 
 /// Highest Engine API version we speak.
 pub const MAX_API_VERSION: (u32, u32) = (1, 45);
@@ -105,7 +110,8 @@ impl Buf for SecretBuf {
 
 impl Engine {
     /// Connect to the engine on `socket` and negotiate the API version
-    /// (`GET /version`, Docker Engine API v1.41+). Errors: [`SwarmError::Unreachable`].
+    /// (`GET /version`, unversioned; Docker Engine API v1.41+). Errors: [`SwarmError::Unreachable`],
+    /// [`SwarmError::Api`] (an error status, no or an unparsable `ApiVersion`).
     pub async fn connect(socket: &Path) -> Result<Engine, SwarmError> {
         let mut e = Engine {
             socket: socket.to_path_buf(),
@@ -131,7 +137,8 @@ impl Engine {
         Ok(e)
     }
 
-    /// Wait until the engine answers, up to `timeout`.
+    /// [`Engine::connect`] every 500 ms until the engine answers, up to `timeout`; then the
+    /// last [`SwarmError::Unreachable`]. Other errors return at once.
     pub async fn wait(socket: &Path, timeout: Duration) -> Result<Engine, SwarmError> {
         let start = std::time::Instant::now();
         loop {
@@ -164,8 +171,7 @@ impl Engine {
     }
 
     fn api_error(&self, op: &'static str, status: StatusCode, body: &[u8]) -> SwarmError {
-        let message = serde_json::from_slice::<EngineMessage>(body).map(|m| m.message).unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_string());
-        SwarmError::Api { op, status: status.as_u16(), message }
+        SwarmError::Api { op, status: status.as_u16(), message: message_of(body) }
     }
 
     /// One request over hyper on the unix socket. `versioned`: prefix the path
@@ -195,7 +201,8 @@ impl Engine {
         tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| unreachable(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())))?
     }
 
-    /// Swarm status of this node (`GET /info`, `Swarm`).
+    /// Swarm status of this node (`GET /info`, its `Swarm` object; API v1.24+).
+    /// Errors: [`SwarmError::Unreachable`], [`SwarmError::Api`].
     pub async fn status(&self) -> Result<SwarmStatus, SwarmError> {
         let info = self.docker.info().await.map_err(|e| self.bollard_error("GET /info", e))?;
         let sw = info.swarm.unwrap_or_default();
@@ -214,7 +221,9 @@ impl Engine {
         })
     }
 
-    /// `POST /swarm/init` with `EncryptionConfig.AutoLockManagers = true`.
+    /// `POST /swarm/init` (API v1.24+) with `Spec.EncryptionConfig.AutoLockManagers = true`
+    /// (v1.25+); `listen_addr` defaults to `0.0.0.0:2377`. Returns the node ID.
+    /// Errors: [`SwarmError::Api`] (e.g. 503 when already part of a swarm), [`SwarmError::Unreachable`].
     pub async fn init_autolock(&self, advertise_addr: Option<&str>, listen_addr: Option<&str>) -> Result<String, SwarmError> {
         let req = SwarmInitRequest {
             listen_addr: Some(listen_addr.unwrap_or("0.0.0.0:2377").to_string()),
@@ -225,13 +234,15 @@ impl Engine {
         self.docker.init_swarm(req).await.map_err(|e| self.bollard_error("POST /swarm/init", e))
     }
 
-    /// `Spec.EncryptionConfig.AutoLockManagers` of `GET /swarm` (managers only).
+    /// `Spec.EncryptionConfig.AutoLockManagers` of `GET /swarm` (API v1.25+; managers only,
+    /// else [`SwarmError::Api`] with status 503).
     pub async fn autolock(&self) -> Result<bool, SwarmError> {
         let sw = self.docker.inspect_swarm().await.map_err(|e| self.bollard_error("GET /swarm", e))?;
         Ok(sw.spec.and_then(|s| s.encryption_config).and_then(|e| e.auto_lock_managers).unwrap_or(false))
     }
 
-    /// `POST /swarm/update`: turn autolock on and/or rotate the unlock key.
+    /// `POST /swarm/update?version=V[&rotateManagerUnlockKey=true]` (API v1.25+), with the spec
+    /// of `GET /swarm`: turn autolock on and/or rotate the unlock key.
     async fn update(&self, autolock: bool, rotate: bool) -> Result<(), SwarmError> {
         let sw = self.docker.inspect_swarm().await.map_err(|e| self.bollard_error("GET /swarm", e))?;
         let version = sw.version.and_then(|v| v.index).unwrap_or(0) as i64;
@@ -243,17 +254,19 @@ impl Engine {
         self.docker.update_swarm(spec, opts).await.map_err(|e| self.bollard_error("POST /swarm/update", e))
     }
 
-    /// Turn autolock on for an existing swarm (`POST /swarm/update`).
+    /// Turn autolock on for an existing swarm (`POST /swarm/update`, API v1.25+).
     pub async fn enable_autolock(&self) -> Result<(), SwarmError> {
         self.update(true, false).await
     }
 
-    /// Rotate the unlock key (`POST /swarm/update?rotateManagerUnlockKey=true`).
+    /// Rotate the unlock key (`POST /swarm/update?rotateManagerUnlockKey=true`, API v1.25+).
     pub async fn rotate_unlock_key(&self) -> Result<(), SwarmError> {
         self.update(false, true).await
     }
 
-    /// The current unlock key (`GET /v1.xx/swarm/unlockkey`); `None` when autolock is off.
+    /// The current unlock key (`GET /v1.xx/swarm/unlockkey`, API v1.25+); `None` when autolock
+    /// is off. Errors: [`SwarmError::NotManager`] (503/406: not an active manager),
+    /// [`SwarmError::Api`], [`SwarmError::Unreachable`]. The key is never in an error.
     pub async fn unlock_key(&self) -> Result<Option<UnlockKey>, SwarmError> {
         #[derive(Deserialize)]
         struct Resp {
@@ -274,7 +287,8 @@ impl Engine {
         }
     }
 
-    /// `POST /v1.xx/swarm/unlock` with `{"UnlockKey": …}`.
+    /// `POST /v1.xx/swarm/unlock` (API v1.25+) with `{"UnlockKey": …}`; the request body is
+    /// zeroized after sending.
     /// Errors: [`SwarmError::WrongKey`] when the engine rejects the key,
     /// [`SwarmError::NotLocked`] when there is nothing to unlock.
     pub async fn unlock(&self, key: &UnlockKey) -> Result<(), SwarmError> {
@@ -296,7 +310,7 @@ impl Engine {
 }
 
 impl Engine {
-    /// `DockerRootDir` of `GET /info`: where the engine keeps `swarm/` (its node key, Raft data).
+    /// `DockerRootDir` of `GET /info` (API v1.24+): where the engine keeps `swarm/` (its node key, Raft data).
     pub async fn docker_root(&self) -> Result<PathBuf, SwarmError> {
         let info = self.docker.info().await.map_err(|e| self.bollard_error("GET /info", e))?;
         info.docker_root_dir.filter(|s| !s.is_empty()).map(PathBuf::from).ok_or_else(|| SwarmError::Api { op: "GET /info", status: 200, message: "no DockerRootDir in the answer".into() })
@@ -311,7 +325,7 @@ impl Engine {
         self.docker.init_swarm(req).await.map_err(|e| self.bollard_error("POST /swarm/init", e))
     }
 
-    /// How many nodes are Raft members (have a `ManagerStatus`, `GET /nodes`): after a forced
+    /// How many nodes are Raft members (have a `ManagerStatus`, `GET /nodes`, API v1.24+): after a forced
     /// new cluster the lost managers are still listed, without one. Needs a Raft leader, so a
     /// manager that lost quorum gets an error here.
     pub async fn manager_count(&self) -> Result<usize, SwarmError> {
@@ -322,6 +336,7 @@ impl Engine {
     }
 }
 
+/// The engine's error text: `message` of its JSON error body, else the body as text.
 fn message_of(body: &[u8]) -> String {
     serde_json::from_slice::<EngineMessage>(body).map(|m| m.message).unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_string())
 }
@@ -342,5 +357,26 @@ mod tests {
         assert_eq!(parse_api_version("1.47").unwrap().min(MAX_API_VERSION), (1, 45));
         assert_eq!(parse_api_version("1.41").unwrap().min(MAX_API_VERSION), (1, 41));
         assert_eq!(parse_api_version("x"), None);
+    }
+
+    #[test]
+    fn an_engine_error_body_becomes_its_message() {
+        assert_eq!(message_of(br#"{"message":"swarm is not locked"}"#), "swarm is not locked");
+        assert_eq!(message_of(b" plain text\n"), "plain text");
+    }
+
+    /// No engine on the socket: `Unreachable` naming the socket, and `wait` gives up after
+    /// its timeout (about 1 s here), not before.
+    #[test]
+    fn no_engine_is_unreachable_and_wait_is_bounded() {
+        let sock = std::env::temp_dir().join(format!("swarmseal-engine-none-{}.sock", std::process::id()));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let e = rt.block_on(Engine::connect(&sock)).err().expect("no engine");
+        assert!(matches!(e, SwarmError::Unreachable { .. }), "{e:?}");
+        assert!(e.to_string().contains(&sock.display().to_string()), "{e}");
+        let t = std::time::Instant::now();
+        let e = rt.block_on(Engine::wait(&sock, Duration::from_secs(1))).err().expect("no engine");
+        assert!(matches!(e, SwarmError::Unreachable { .. }), "{e:?}");
+        assert!(t.elapsed() >= Duration::from_secs(1) && t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 }

@@ -8,7 +8,7 @@ use bollard::models::{ContainerInspectResponse, ContainerSummary, ImageInspect, 
 use bollard::query_parameters::{ListContainersOptions, ListImagesOptions, ListNetworksOptions};
 use bollard::Docker;
 
-use super::BenchError;
+use crate::BenchError;
 
 /// Concurrent inspect requests (the engine serialises little; 16 keeps the
 /// socket busy without flooding it).

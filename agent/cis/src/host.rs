@@ -49,7 +49,8 @@ pub struct FileStat {
     pub is_dir: bool,
 }
 
-/// The running dockerd.
+/// The running dockerd: its flags feed section 2 (daemon configuration) and the
+/// file paths of section 3; its listeners 7.2 and A.3 (CIS Docker Benchmark v1.6.0).
 #[derive(Debug, Clone, Default)]
 pub struct Dockerd {
     pub pid: u32,
@@ -78,7 +79,7 @@ impl std::fmt::Display for Listener {
     }
 }
 
-/// One line of the mount table.
+/// One line of the mount table (1.1.1 separate partition; A.5 dm-verity).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
     pub device: String,
@@ -86,7 +87,7 @@ pub struct MountEntry {
     pub fstype: String,
 }
 
-/// A device-mapper device from `/sys/block/dm-N/dm/`.
+/// A device-mapper device from `/sys/block/dm-N/dm/` (A.5: a `CRYPT-VERITY-` uuid).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DmDevice {
     /// `dm-N`
@@ -114,7 +115,7 @@ impl AuditRules {
 /// Everything read from the host, once.
 #[derive(Debug, Clone, Default)]
 pub struct HostFacts {
-    /// The daemon configuration file path used (host path) and its parse result.
+    /// The daemon configuration file path used (host path; 3.17, 3.18) and its parse result.
     pub daemon_json_path: String,
     pub daemon_json: Option<Result<Map<String, Value>, String>>,
     pub dockerd: Option<Dockerd>,
@@ -122,19 +123,20 @@ pub struct HostFacts {
     pub stats: BTreeMap<String, Option<FileStat>>,
     /// Host path → exists, for the audit checks' targets.
     pub exists: BTreeMap<String, bool>,
-    /// Members of the `docker` group (`/etc/group`), and its gid.
+    /// Members of the `docker` group (`/etc/group`), and its gid (1.1.2, 3.15).
     pub docker_group: Option<(u32, Vec<String>)>,
     pub audit: AuditRules,
     pub mounts: Option<Vec<MountEntry>>,
     pub dm: Vec<DmDevice>,
-    /// Last byte of the SecureBoot EFI variable; `None`: not readable.
+    /// Last byte of the SecureBoot EFI variable (A.6); `None`: not readable.
     pub secure_boot: Option<u8>,
     /// Files under `/etc/docker/certs.d` (host paths) for 3.7/3.8; `None`: no directory.
     pub registry_certs: Option<Vec<String>>,
-    /// The docker.service / docker.socket / containerd.socket unit files found (host paths).
+    /// The docker.service / docker.socket / containerd.socket unit files found (host paths):
+    /// 3.1–3.4 (owner, mode) and the audit rules on them (1.1.x).
     pub units: BTreeMap<&'static str, String>,
     /// Process names (`comm`) in the PID namespace of each running container,
-    /// keyed by the container's init PID (`State.Pid`); `None`: `/proc` unreadable.
+    /// keyed by the container's init PID (`State.Pid`), for 5.7 (sshd); `None`: `/proc` unreadable.
     pub container_procs: Option<BTreeMap<u32, Vec<String>>>,
 }
 

@@ -8,9 +8,9 @@
 
 use bollard::models::{ContainerInspectResponse, RestartPolicyNameEnum};
 
-use super::host::{self, HostFacts, Settings};
-use super::report::{Outcome, Status};
-use super::{ApplianceFacts, EngineFacts};
+use crate::host::{self, HostFacts, Settings};
+use crate::report::{Outcome, Status};
+use crate::{ApplianceFacts, EngineFacts};
 
 /// Everything the evaluations see: the engine, the host and the appliance, read once.
 #[derive(Debug, Clone, Default)]
@@ -1139,7 +1139,7 @@ fn verity(s: &Snapshot) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::host::{DmDevice, MountEntry};
+    use crate::host::{DmDevice, MountEntry};
     use serde_json::json;
 
     fn container(v: serde_json::Value) -> ContainerInspectResponse {
@@ -1160,7 +1160,7 @@ mod tests {
         ids.dedup();
         assert_eq!(n, ids.len());
         for c in &cs {
-            assert!(SECTIONS.iter().any(|(s, _)| *s == crate::bench::report::section_of(c.id)), "{}", c.id);
+            assert!(SECTIONS.iter().any(|(s, _)| *s == crate::report::section_of(c.id)), "{}", c.id);
             assert!(c.desc.ends_with("(Automated)") || c.desc.ends_with("(Manual)"), "{}", c.id);
             assert!(!c.remediation.is_empty(), "{}", c.id);
         }
@@ -1217,7 +1217,7 @@ mod tests {
         let mut s = Snapshot::default();
         assert_eq!(eval("A.2", &s).status, Status::Note);
         assert_eq!(eval("A.4", &s).status, Status::Info);
-        s.appliance.sealed_key = Some(crate::bench::SealedKeyFact { pcrs_match: Some(false), detail: "PCR 7 differs".into() });
+        s.appliance.sealed_key = Some(crate::SealedKeyFact { pcrs_match: Some(false), detail: "PCR 7 differs".into() });
         s.appliance.proxy_requires_client_certs = Some(true);
         assert_eq!(eval("A.2", &s), Outcome::warn("PCR 7 differs"));
         assert_eq!(eval("A.4", &s).status, Status::Pass);

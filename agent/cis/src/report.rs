@@ -1,0 +1,183 @@
+//! The result model, shared by every output format ([`crate::output`]): the four
+//! statuses of docker-bench-security, one [`CheckResult`] per evaluated check, and
+//! the [`Summary`] and score of a [`Report`] (CIS Docker Benchmark v1.6.0 scoring:
+//! Automated checks are scored, Manual ones are counted only).
+
+use crate::checks::Check;
+
+/// The four results of docker-bench-security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Status {
+    Pass,
+    Warn,
+    Info,
+    Note,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Info => "INFO",
+            Status::Note => "NOTE",
+        }
+    }
+}
+
+/// What one evaluation found: a status, an operator sentence, and the
+/// offending containers, images or files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: Status,
+    pub details: Option<String>,
+    pub items: Vec<String>,
+}
+
+impl Outcome {
+    pub fn pass() -> Outcome {
+        Outcome { status: Status::Pass, details: None, items: vec![] }
+    }
+    pub fn status(status: Status, details: impl Into<String>) -> Outcome {
+        Outcome { status, details: Some(details.into()), items: vec![] }
+    }
+    pub fn pass_with(details: impl Into<String>) -> Outcome {
+        Outcome::status(Status::Pass, details)
+    }
+    pub fn warn(details: impl Into<String>) -> Outcome {
+        Outcome::status(Status::Warn, details)
+    }
+    pub fn info(details: impl Into<String>) -> Outcome {
+        Outcome::status(Status::Info, details)
+    }
+    pub fn note(details: impl Into<String>) -> Outcome {
+        Outcome::status(Status::Note, details)
+    }
+    /// `status` with `details` and the offending `items`; docker-bench-security
+    /// writes them as `details: "<details>: a b c"` plus `items: [a, b, c]`.
+    pub fn items(status: Status, details: impl Into<String>, items: Vec<String>) -> Outcome {
+        Outcome { status, details: Some(details.into()), items }
+    }
+    /// WARN listing `items` when there are any, else PASS.
+    pub fn warn_if_any(details: impl Into<String>, items: Vec<String>) -> Outcome {
+        if items.is_empty() {
+            Outcome::pass()
+        } else {
+            Outcome::items(Status::Warn, details, items)
+        }
+    }
+}
+
+/// One evaluated check.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub id: &'static str,
+    pub desc: &'static str,
+    pub scored: bool,
+    pub remediation: &'static str,
+    pub remediation_impact: &'static str,
+    pub outcome: Outcome,
+}
+
+impl CheckResult {
+    pub fn new(c: &Check, outcome: Outcome) -> CheckResult {
+        CheckResult { id: c.id, desc: c.desc, scored: c.scored(), remediation: c.remediation, remediation_impact: c.impact, outcome }
+    }
+
+    /// A result with placeholder texts, for the output formats' tests.
+    #[cfg(test)]
+    pub(crate) fn fake(id: &'static str, scored: bool, outcome: Outcome) -> CheckResult {
+        CheckResult { id, desc: "d", scored, remediation: "fix it", remediation_impact: "none", outcome }
+    }
+
+    /// The `details` string as docker-bench-security writes it.
+    pub fn details_text(&self) -> Option<String> {
+        let o = &self.outcome;
+        match (&o.details, o.items.is_empty()) {
+            (Some(d), true) => Some(d.clone()),
+            (Some(d), false) => Some(format!("{d}: {}", o.items.join(" "))),
+            (None, false) => Some(o.items.join(" ")),
+            (None, true) => None,
+        }
+    }
+}
+
+/// A whole run: start/end (unix seconds) and the results in catalogue order.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub start: u64,
+    pub end: u64,
+    pub results: Vec<CheckResult>,
+}
+
+/// The numbers the boot flow logs as one journal event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub checks: usize,
+    pub pass: usize,
+    pub warn: usize,
+    pub info: usize,
+    pub note: usize,
+    pub score: i64,
+}
+
+impl Report {
+    /// Counts and score, computed as docker-bench-security does
+    /// (`functions/output_lib.sh`): every result counts as a check; a scored
+    /// (Automated) check adds 1 on PASS and subtracts 1 on WARN.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary { checks: self.results.len(), pass: 0, warn: 0, info: 0, note: 0, score: 0 };
+        for r in &self.results {
+            match r.outcome.status {
+                Status::Pass => {
+                    s.pass += 1;
+                    if r.scored {
+                        s.score += 1;
+                    }
+                }
+                Status::Warn => {
+                    s.warn += 1;
+                    if r.scored {
+                        s.score -= 1;
+                    }
+                }
+                Status::Info => s.info += 1,
+                Status::Note => s.note += 1,
+            }
+        }
+        s
+    }
+
+    /// Any WARN (for `--fail-on warn`).
+    pub fn has_warn(&self) -> bool {
+        self.results.iter().any(|r| r.outcome.status == Status::Warn)
+    }
+}
+
+/// The section of a check ID: `"5.12"` → `"5"`, `"1.1.3"` → `"1"`, `"A.2"` → `"A"`.
+pub fn section_of(id: &str) -> &str {
+    id.split('.').next().unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_counts_like_docker_bench() {
+        let rep = Report {
+            start: 1,
+            end: 2,
+            results: vec![
+                CheckResult::fake("1.1.1", true, Outcome::pass()),
+                CheckResult::fake("2.2", true, Outcome::warn("x")),
+                CheckResult::fake("2.3", true, Outcome::warn("x")),
+                CheckResult::fake("2.8", false, Outcome::pass()),
+                CheckResult::fake("2.1", false, Outcome::info("x")),
+                CheckResult::fake("4.2", false, Outcome::note("x")),
+            ],
+        };
+        let s = rep.summary();
+        assert_eq!((s.checks, s.pass, s.warn, s.info, s.note, s.score), (6, 2, 2, 1, 1, -1));
+    }
+}
