@@ -7,7 +7,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::boot::{BootError, Ctx};
 use crate::config::{Config, ConfigError};
+use crate::escrow::EscrowError;
+use crate::fleet::FleetError;
+use crate::health::Unhealthy;
+use crate::keystore::KeystoreError;
+use crate::recover::RecoverError;
+use swarmseal_release::ReleaseError;
+use crate::swarm::SwarmError;
+use crate::tpm::TpmError;
+use crate::update::UpdateError;
+use crate::var::VarError;
 
 /// Exit codes (stable; documented in `--help` and docs/operating.md, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,21 +198,21 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Boot(#[from] crate::boot::BootError),
+    Boot(#[from] BootError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
     #[error(transparent)]
-    Var(#[from] crate::var::VarError),
+    Var(#[from] VarError),
     #[error(transparent)]
-    Health(#[from] crate::health::Unhealthy),
+    Health(#[from] Unhealthy),
     #[error(transparent)]
-    Update(#[from] crate::update::UpdateError),
+    Update(#[from] UpdateError),
     #[error(transparent)]
-    Fleet(#[from] crate::fleet::FleetError),
+    Fleet(#[from] FleetError),
     #[error(transparent)]
-    Recover(#[from] crate::recover::RecoverError),
+    Recover(#[from] RecoverError),
     #[error("{0}")]
     Usage(String),
     /// Finished, but the command wants a non-zero exit (e.g. `bench --fail-on warn`).
@@ -213,19 +224,115 @@ pub enum Error {
 pub fn exit_code(e: &Error) -> Exit {
     match e {
         Error::Config(_) | Error::Usage(_) => Exit::Usage,
-        Error::Boot(b) => b.exit(),
+        Error::Boot(b) => b.into(),
         Error::Proxy(_) => Exit::Proxy,
         Error::Bench(b) => match b {
             crate::bench::BenchError::Engine { .. } => Exit::DockerUnreachable,
             crate::bench::BenchError::Write { .. } => Exit::Failure,
             crate::bench::BenchError::UnknownCheck(_) => Exit::Usage,
         },
-        Error::Var(v) => v.exit(),
-        Error::Health(h) => h.exit(),
-        Error::Update(u) => u.exit(),
-        Error::Fleet(f) => f.exit(),
-        Error::Recover(r) => r.exit(),
+        Error::Var(v) => v.into(),
+        Error::Health(h) => h.into(),
+        Error::Update(u) => u.into(),
+        Error::Fleet(f) => f.into(),
+        Error::Recover(r) => r.into(),
         Error::Status(x) => *x,
+    }
+}
+
+// ------------------------------------------------- each module's errors → exit codes (the table)
+
+impl From<&BootError> for Exit {
+    fn from(e: &BootError) -> Exit {
+        match e {
+            BootError::Swarm(SwarmError::Unreachable { .. }) => Exit::DockerUnreachable,
+            BootError::Swarm(SwarmError::WrongKey { .. }) => Exit::WrongKey,
+            BootError::Swarm(SwarmError::NotLocked { .. } | SwarmError::NotManager { .. }) => Exit::SwarmState,
+            BootError::Swarm(SwarmError::Api { .. }) => Exit::Failure,
+            BootError::Tpm(TpmError::Unavailable { .. } | TpmError::Busy { .. }) => Exit::TpmUnavailable,
+            BootError::NotSealed { .. } => Exit::NotSealed,
+            BootError::Tpm(TpmError::PolicyMismatch { .. } | TpmError::NotSigned { .. } | TpmError::BadSignature { .. })
+            | BootError::PhaseLocked { .. }
+            | BootError::SignatureFile(_) => Exit::PolicyMismatch,
+            BootError::SealRefused { .. } => Exit::SealRefused,
+            BootError::Tpm(TpmError::SrkMismatch) => Exit::BadSealedKey,
+            BootError::Tpm(TpmError::Command { .. }) => Exit::Failure,
+            BootError::Keystore(KeystoreError::NoSealedKey { .. }) => Exit::NoSealedKey,
+            BootError::Keystore(KeystoreError::Corrupt { .. }) => Exit::BadSealedKey,
+            BootError::Keystore(KeystoreError::Io { .. }) => Exit::Failure,
+            BootError::Escrow(EscrowError::Recipient(_)) => Exit::Usage,
+            BootError::Escrow(_) => Exit::Failure,
+            BootError::Proxy(_) => Exit::Proxy,
+            BootError::State { .. } => Exit::SwarmState,
+            BootError::Input(_) => Exit::Usage,
+            BootError::Other(_) => Exit::Failure,
+        }
+    }
+}
+
+impl From<&RecoverError> for Exit {
+    fn from(e: &RecoverError) -> Exit {
+        match e {
+            RecoverError::Usage => Exit::Usage,
+            RecoverError::Boot(b) => b.into(),
+            RecoverError::NoSwarm(_) | RecoverError::NotManager => Exit::SwarmState,
+            RecoverError::KeyRefused { .. } => Exit::WrongKey,
+            RecoverError::PhaseLocked { .. } => Exit::PolicyMismatch,
+            RecoverError::NodeKey { .. } | RecoverError::Restart { .. } | RecoverError::Timeout { .. } => Exit::Failure,
+        }
+    }
+}
+
+/// `swarmseal update …`.
+impl From<&UpdateError> for Exit {
+    fn from(e: &UpdateError) -> Exit {
+        match e {
+            UpdateError::Release(r) => match r {
+                ReleaseError::NotSigned(_) | ReleaseError::Invalid(_) | ReleaseError::HashMismatch { .. } | ReleaseError::TooLarge { .. } => Exit::BadRelease,
+                ReleaseError::Key { .. } => Exit::Usage,
+                ReleaseError::Body(_) | ReleaseError::Io { .. } | ReleaseError::Pack(_) => Exit::Failure,
+            },
+            UpdateError::Request(_) | UpdateError::NoSource | UpdateError::SourceSetup(_) => Exit::Usage,
+            UpdateError::Tool { .. } => Exit::UpdateFailed,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// `swarmseal var …`.
+impl From<&VarError> for Exit {
+    fn from(e: &VarError) -> Exit {
+        match e {
+            VarError::NoRecipient | VarError::NoDevice(_) | VarError::BadKey => Exit::Usage,
+            VarError::KeyRefused => Exit::WrongKey,
+            VarError::Escrow(EscrowError::Recipient(_)) => Exit::Usage,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// `swarmseal fleet …`.
+impl From<&FleetError> for Exit {
+    fn from(e: &FleetError) -> Exit {
+        match e {
+            FleetError::Usage(_) | FleetError::Context { .. } => Exit::Usage,
+            FleetError::Stopped { .. } => Exit::FleetStopped,
+        }
+    }
+}
+
+/// `swarmseal health` (see `crate::health`'s module doc).
+impl From<&Unhealthy> for Exit {
+    fn from(e: &Unhealthy) -> Exit {
+        match e {
+            Unhealthy::Engine(SwarmError::Unreachable { .. }) => Exit::DockerUnreachable,
+            Unhealthy::Engine(_) => Exit::Failure,
+            Unhealthy::Locked => Exit::Locked,
+            Unhealthy::State { .. } => Exit::SwarmState,
+            Unhealthy::Proxy { .. } => Exit::ProxyDown,
+            Unhealthy::Decided { .. } => Exit::Locked,
+            Unhealthy::AgentDown { .. } => Exit::AgentDown,
+        }
     }
 }
 
@@ -243,16 +350,6 @@ pub fn resolve_config(c: &Common) -> Result<Config, Error> {
     }
     cfg.validate()?;
     Ok(cfg)
-}
-
-/// The TCTI to use: `--tcti`/config, then `TPM2TOOLS_TCTI`, `TCTI`, then the kernel resource manager.
-pub fn tcti(cfg: &Config) -> String {
-    cfg.tpm
-        .tcti
-        .clone()
-        .or_else(|| std::env::var("TPM2TOOLS_TCTI").ok().filter(|s| !s.is_empty()))
-        .or_else(|| std::env::var("TCTI").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| "device:/dev/tpmrm0".into())
 }
 
 /// Entry point of the binary.
@@ -296,7 +393,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             Command::Fleet(c) => crate::fleet::run(c).await.map_err(Error::from),
             Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),
             Command::Recover { force_new_cluster, key_stdin } => crate::recover::run_cli(&cfg, force_new_cluster, key_stdin).await.map_err(Error::from),
-            other => crate::boot::run_command(&cfg, other).await.map_err(Error::from),
+            Command::Agent => crate::boot::run_agent(Ctx::new(&cfg)).await.map_err(Error::from),
+            Command::Init { advertise_addr } => crate::boot::cmd_init(&Ctx::new(&cfg), advertise_addr.or(cfg.swarm.advertise_addr.clone())).await.map_err(Error::from),
+            Command::Seal => crate::boot::cmd_seal(&Ctx::new(&cfg)).await.map_err(Error::from),
+            Command::Unlock { manual } => crate::boot::cmd_unlock(&Ctx::new(&cfg), manual).await.map_err(Error::from),
+            Command::Rotate => crate::boot::cmd_rotate(&Ctx::new(&cfg)).await.map_err(Error::from),
+            Command::Status { json } => crate::boot::cmd_status(&Ctx::new(&cfg), json).await.map_err(Error::from),
         }
     })
 }

@@ -91,15 +91,6 @@ pub enum FleetError {
     Stopped { at: String, reason: String, done: String, rest: String },
 }
 
-impl FleetError {
-    pub fn exit(&self) -> crate::cli::Exit {
-        match self {
-            FleetError::Usage(_) | FleetError::Context { .. } => crate::cli::Exit::Usage,
-            FleetError::Stopped { .. } => crate::cli::Exit::FleetStopped,
-        }
-    }
-}
-
 /// One manager reached through its proxy.
 struct Manager {
     context: String,
@@ -170,11 +161,8 @@ impl Manager {
     /// `GET /swarmseal/v1/status` → (node ID, swarm state, image version).
     async fn status(&self) -> Result<AgentStatus, String> {
         let v = self.get_json("/swarmseal/v1/status").await?;
-        Ok(AgentStatus {
-            node_id: v.pointer("/swarm/node_id").and_then(Value::as_str).map(str::to_string),
-            state: v.pointer("/swarm/state").and_then(Value::as_str).unwrap_or("unknown").to_string(),
-            version: v.pointer("/image/version").and_then(Value::as_str).map(str::to_string),
-        })
+        let s: swarmseal_common::status::Status = serde_json::from_value(v).map_err(|e| format!("GET /swarmseal/v1/status: not a status document: {e}"))?;
+        Ok(AgentStatus { node_id: s.swarm.node_id().map(str::to_string), state: s.swarm.state().unwrap_or("unknown").to_string(), version: s.image.version })
     }
 
     /// `GET /nodes`: the managers as this manager sees them.

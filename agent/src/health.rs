@@ -37,7 +37,6 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use swarmseal_common::tls;
 
-use crate::cli::Exit;
 use crate::config::Config;
 use crate::swarm::{Engine, NodeState, SwarmError};
 
@@ -61,21 +60,6 @@ pub enum Unhealthy {
     Decided { unit: String },
     #[error("the agent is not running: {unit} is {state} (journalctl -u {unit} says why); the swarm stays locked in this boot")]
     AgentDown { unit: String, state: String },
-}
-
-impl Unhealthy {
-    /// The exit code of `swarmseal health` (see the module doc).
-    pub fn exit(&self) -> Exit {
-        match self {
-            Unhealthy::Engine(SwarmError::Unreachable { .. }) => Exit::DockerUnreachable,
-            Unhealthy::Engine(_) => Exit::Failure,
-            Unhealthy::Locked => Exit::Locked,
-            Unhealthy::State { .. } => Exit::SwarmState,
-            Unhealthy::Proxy { .. } => Exit::ProxyDown,
-            Unhealthy::Decided { .. } => Exit::Locked,
-            Unhealthy::AgentDown { .. } => Exit::AgentDown,
-        }
-    }
 }
 
 /// How the proxy probe judged the server.
@@ -277,6 +261,7 @@ pub async fn probe_proxy(addr: SocketAddr, pinned: Option<CertificateDer<'static
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Exit;
 
     #[test]
     fn a_wildcard_listen_address_is_probed_on_loopback() {
@@ -292,8 +277,8 @@ mod tests {
         let e = rt.block_on(probe_proxy(SocketAddr::from(([127, 0, 0, 1], port)), None)).unwrap_err();
         assert!(e.contains("TCP connect"), "{e}");
         let u = Unhealthy::Proxy { addr: SocketAddr::from(([127, 0, 0, 1], port)), reason: e };
-        assert_eq!(u.exit(), Exit::ProxyDown);
-        assert_eq!(Unhealthy::Locked.exit() as u8, 13);
+        assert_eq!(Exit::from(&u), Exit::ProxyDown);
+        assert_eq!(Exit::from(&Unhealthy::Locked) as u8, 13);
     }
 
     #[test]
@@ -301,12 +286,12 @@ mod tests {
         let failed = UnitState::parse("Result=exit-code\nActiveState=failed\nSubState=failed\nExecMainStatus=2\n");
         assert_eq!(failed, UnitState { load: String::new(), active: "failed".into(), sub: "failed".into(), result: "exit-code".into(), status: "2".into() });
         let down = final_outcome(&Unhealthy::Locked, "swarmseal.service", &failed).expect("a failed agent is final");
-        assert_eq!(down.exit() as u8, 18);
+        assert_eq!(Exit::from(&down) as u8, 18);
         assert!(down.to_string().contains("failed (failed, result exit-code, exit status 2)"), "{down}");
         // READY=1 sent (decision made, phase lock done) and locked: final.
         let active = UnitState::parse("ActiveState=active\nSubState=running\nResult=success\nExecMainStatus=0");
         let decided = final_outcome(&Unhealthy::Locked, "swarmseal.service", &active).expect("locked after the decision is final");
-        assert_eq!(decided.exit(), Exit::Locked);
+        assert_eq!(Exit::from(&decided), Exit::Locked);
         // Still deciding, or restarting: wait.
         let starting = UnitState::parse("ActiveState=activating\nSubState=start\nResult=success\nExecMainStatus=0");
         assert!(final_outcome(&Unhealthy::Locked, "swarmseal.service", &starting).is_none());

@@ -36,7 +36,6 @@ use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use crate::boot::{BootError, Ctx};
-use crate::cli::Exit;
 use crate::config::Config;
 use crate::proxy::{ApiError, ApiErrorKind};
 use crate::secret::UnlockKey;
@@ -67,20 +66,6 @@ pub enum RecoverError {
     Restart { command: String, message: String },
     #[error("the engine did not {what} within {secs} s (swarm state {state}); run the recovery again (each step is skipped once done)")]
     Timeout { what: &'static str, secs: u64, state: String },
-}
-
-impl RecoverError {
-    /// The exit code (see `swarmseal --help`).
-    pub fn exit(&self) -> Exit {
-        match self {
-            RecoverError::Usage => Exit::Usage,
-            RecoverError::Boot(b) => b.exit(),
-            RecoverError::NoSwarm(_) | RecoverError::NotManager => Exit::SwarmState,
-            RecoverError::KeyRefused { .. } => Exit::WrongKey,
-            RecoverError::PhaseLocked { .. } => Exit::PolicyMismatch,
-            RecoverError::NodeKey { .. } | RecoverError::Restart { .. } | RecoverError::Timeout { .. } => Exit::Failure,
-        }
-    }
 }
 
 /// The answer of `POST /swarmseal/v1/recover` for this error (the proxy maps the kind to the status).
@@ -123,7 +108,7 @@ pub async fn run_cli(cfg: &Config, force_new_cluster: bool, key_stdin: bool) -> 
     if !force_new_cluster {
         return Err(RecoverError::Usage);
     }
-    let given = if key_stdin { Some(crate::boot::read_key_from_stdin()?) } else { None };
+    let given = if key_stdin { Some(crate::boot::read_key_from_stdin().await?) } else { None };
     let ctx = Ctx::new(cfg);
     let (out, key) = recover(&ctx, given).await?;
     println!(
@@ -562,7 +547,7 @@ mod tests {
     #[test]
     fn phase_locked_recovery_asks_for_the_key_not_docker_swarm_unlock() {
         let e = RecoverError::PhaseLocked { pcr: 11 };
-        assert_eq!((e.exit() as i32, ApiError::from(&e).status()), (Exit::PolicyMismatch as i32, 503));
+        assert_eq!((crate::cli::Exit::from(&e) as i32, ApiError::from(&e).status()), (crate::cli::Exit::PolicyMismatch as i32, 503));
         let text = e.to_string();
         assert!(text.contains("--key-stdin") && text.contains("POST /swarmseal/v1/recover") && text.contains("PCR 11"), "{text}");
         assert!(text.contains("Not `docker swarm unlock`"), "{text}");

@@ -28,7 +28,6 @@ use bytes::{Buf, Bytes};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use crate::cli::Exit;
 use crate::config::Config;
 use swarmseal_release::tar::Reader as Tar;
 use swarmseal_release::verify::{check_hash, Members};
@@ -83,20 +82,6 @@ pub enum UpdateError {
 }
 
 impl UpdateError {
-    /// The exit code of `swarmseal update …` for this error.
-    pub fn exit(&self) -> Exit {
-        match self {
-            UpdateError::Release(r) => match r {
-                ReleaseError::NotSigned(_) | ReleaseError::Invalid(_) | ReleaseError::HashMismatch { .. } | ReleaseError::TooLarge { .. } => Exit::BadRelease,
-                ReleaseError::Key { .. } => Exit::Usage,
-                ReleaseError::Body(_) | ReleaseError::Io { .. } | ReleaseError::Pack(_) => Exit::Failure,
-            },
-            UpdateError::Request(_) | UpdateError::NoSource | UpdateError::SourceSetup(_) => Exit::Usage,
-            UpdateError::Tool { .. } => Exit::UpdateFailed,
-            _ => Exit::Failure,
-        }
-    }
-
     /// A release refused as malformed (422, exit 15), with this sentence.
     pub fn invalid(message: String) -> UpdateError {
         UpdateError::Release(ReleaseError::Invalid(message))

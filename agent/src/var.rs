@@ -123,18 +123,6 @@ pub enum VarError {
     Escrow(#[from] EscrowError),
 }
 
-impl VarError {
-    pub fn exit(&self) -> crate::cli::Exit {
-        use crate::cli::Exit;
-        match self {
-            VarError::NoRecipient | VarError::NoDevice(_) | VarError::BadKey => Exit::Usage,
-            VarError::KeyRefused => Exit::WrongKey,
-            VarError::Escrow(EscrowError::Recipient(_)) => Exit::Usage,
-            _ => Exit::Failure,
-        }
-    }
-}
-
 /// The escrow file of the `/var` recovery key.
 pub fn escrow_path(state_dir: &Path) -> PathBuf {
     state_dir.join("escrow").join("var-recovery-key.age")
@@ -351,7 +339,7 @@ mod tests {
         cfg.escrow.recipient = Some(age::x25519::Identity::generate().to_public().to_string());
         let e = escrow_recovery_key(&cfg, Path::new("/nonexistent/var"), false, None).unwrap_err();
         assert!(matches!(e, VarError::NoDevice(_)), "{e}");
-        assert_eq!(e.exit(), crate::cli::Exit::Usage);
+        assert_eq!(crate::cli::Exit::from(&e), crate::cli::Exit::Usage);
         assert!(!escrow_path(d.path()).exists());
         let e = enroll_tpm(Path::new("/nonexistent/var"), "not a key", &TpmBinding { pcrs: "7".into(), signed: None }).unwrap_err();
         assert!(matches!(e, VarError::BadKey), "{e}");

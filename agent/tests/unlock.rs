@@ -231,6 +231,43 @@ fn bad_input_gets_a_clear_message_and_its_own_exit_code() {
     assert!(stderr(&o).contains("pcrz"), "{}", stderr(&o));
 }
 
+/// `status --json` from the real thing, in each of its shapes (engine up and down, TPM up and
+/// down, slots sealed, empty and unreadable, a pending change), through the typed
+/// `swarmseal_common::status::Status` and back: the same JSON, byte for byte.
+#[test]
+fn status_json_round_trips_through_the_typed_status() {
+    use swarmseal_common::status::{Slot, Status, Swarm};
+    let round_trip = |out: &str| -> Status {
+        let v: serde_json::Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+        let s: Status = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("not a Status ({e}): {out}"));
+        let again = serde_json::to_value(&s).unwrap();
+        assert_eq!(again, v, "the typed status changes the document");
+        assert_eq!(format!("{}\n", serde_json::to_string_pretty(&again).unwrap()), out, "not byte for byte");
+        s
+    };
+    let mut m = Manager::new();
+    let s = round_trip(&m.ok(&["status", "--json"]));
+    assert!(s.sealed.current.is_none() && s.sealed.previous.is_none() && s.sealed_key_stale.is_none(), "{s:?}");
+    m.ok(&["init", "--advertise-addr", &m.d.addr.clone()]);
+    m.ok(&["rotate"]);
+    let s = round_trip(&m.ok(&["status", "--json"]));
+    assert!(matches!(&s.swarm, Swarm::Reached { state, manager: true, autolock: Some(true), .. } if state == "active"), "{s:?}");
+    assert!(matches!(&s.sealed.previous, Some(Slot::Sealed { differs: Some(d), .. }) if d.is_empty()), "{s:?}");
+    assert_eq!((s.sealed_key_stale, s.phase_locked, s.tpm.reachable), (Some(false), Some(false), true));
+    // An unreadable slot, a pending change, no TPM, no engine.
+    let keys = m.state.path().join("keys");
+    std::fs::write(keys.join("previous.json"), "{").unwrap();
+    std::fs::write(keys.join("change-pending.json"), r#"{"format":"swarmseal.change-pending","version":1,"op":"rotate","pid":1,"started":1,"old_key_fingerprint":null,"fingerprint_salt":"00"}"#).unwrap();
+    let state = m.state.path().to_str().unwrap().to_string();
+    let o = swarmseal(&["--docker-host", "unix:///nonexistent/docker.sock", "--state-dir", &state, "--tcti", "swtpm:host=127.0.0.1,port=1", "status", "--json"], &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = round_trip(&String::from_utf8_lossy(&o.stdout));
+    assert!(matches!(&s.swarm, Swarm::Unreachable { error } if error.contains("/nonexistent/docker.sock")), "{s:?}");
+    assert!(matches!(&s.sealed.previous, Some(Slot::Unreadable { .. })), "{s:?}");
+    assert!(!s.tpm.reachable && s.tpm.error.is_some() && s.phase_locked.is_none(), "{s:?}");
+    assert_eq!(s.change_pending.as_ref().map(|p| p.op.as_str()), Some("rotate"), "{s:?}");
+}
+
 #[test]
 fn agent_unlocks_at_boot_and_reseals_when_the_key_is_rotated_elsewhere() {
     let mut m = Manager::new();

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub use swarmseal_common::status::{Slot, Status};
 
 pub type Check<T = ()> = Result<T, String>;
 
@@ -280,9 +281,10 @@ impl Vm {
             ensure!(self.running(), "{}: QEMU exited while booting; console tail:\n{}", self.name, self.console_tail(30));
             match self.status() {
                 Ok(s) => {
-                    let state = s.pointer("/swarm/state").and_then(Value::as_str).unwrap_or("?").to_string();
-                    let on_version = version.map_or(true, |v| s.pointer("/image/version").and_then(Value::as_str) == Some(v));
-                    let decided = on_version && s.get("phase_locked") == Some(&Value::Bool(true));
+                    let doc = typed(&s)?;
+                    let state = doc.swarm.state().unwrap_or("?").to_string();
+                    let on_version = version.is_none_or(|v| doc.image.version.as_deref() == Some(v));
+                    let decided = on_version && doc.phase_locked == Some(true);
                     if decided && (state == "active" || state == "locked") {
                         let outcome = if state == "active" { Outcome::Unlocked } else { Outcome::Locked };
                         let took = t0.elapsed();
@@ -290,7 +292,7 @@ impl Vm {
                         self.boots.push((format!("{label} → {outcome:?}"), took));
                         return Ok((outcome, s));
                     }
-                    last = format!("swarm {state}, phase_locked {}, image {}", s.get("phase_locked").unwrap_or(&Value::Null), s.pointer("/image/version").unwrap_or(&Value::Null));
+                    last = format!("swarm {state}, phase_locked {:?}, image {:?}", doc.phase_locked, doc.image.version);
                 }
                 Err(e) => last = e,
             }
@@ -518,7 +520,9 @@ impl Vm {
     pub fn status(&self) -> Check<Value> {
         let (code, body) = self.api("GET", "/swarmseal/v1/status")?;
         ensure!(code == 200, "status: HTTP {code} {}", text(&body));
-        serde_json::from_slice(&body).map_err(|e| format!("status is not JSON: {e}"))
+        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("status is not JSON: {e}"))?;
+        typed(&v)?;
+        Ok(v)
     }
 
     /// The swarm state as the engine reports it through the proxy.
@@ -596,6 +600,12 @@ impl Escrow {
         std::io::Read::read_to_string(&mut r, &mut s).map_err(|e| e.to_string())?;
         Ok(s.trim().to_string())
     }
+}
+
+/// The status document `v` as its type ([`Status`]): a field renamed, missing or of another
+/// type in the agent's answer fails here, by name.
+pub fn typed(v: &Value) -> Check<Status> {
+    serde_json::from_value(v.clone()).map_err(|e| format!("the status does not match swarmseal_common::status::Status: {e}: {v}"))
 }
 
 #[cfg(test)]

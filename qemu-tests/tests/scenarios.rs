@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use swarmseal_qemu_tests::{ensure, text, Check, Escrow, Outcome, Suite, Vm};
+use swarmseal_qemu_tests::{ensure, text, typed, Check, Escrow, Outcome, Slot, Suite, Vm};
 
 const FIRST_BOOT: Duration = Duration::from_secs(15 * 60);
 const BOOT: Duration = Duration::from_secs(10 * 60);
@@ -139,7 +139,10 @@ fn indent(s: &str) -> String {
 }
 
 fn differs(status: &Value) -> Vec<String> {
-    status.pointer("/sealed/current/differs").and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+    match typed(status).map(|s| s.sealed.current) {
+        Ok(Some(Slot::Sealed { differs: Some(d), .. })) => d,
+        _ => vec![],
+    }
 }
 
 fn read_key(vm: &Vm) -> Check<String> {
@@ -540,8 +543,13 @@ fn bad_credentials(s: &mut Story) -> Check {
 /// The running image version and when the current seal was made (`image.version`,
 /// `sealed.current.created` of the agent's status): an update must not replace the seal.
 fn version_and_seal(st: &Value) -> (String, Value) {
-    let version = st.pointer("/image/version").and_then(Value::as_str).unwrap_or("?").to_string();
-    (version, st.pointer("/sealed/current/created").cloned().unwrap_or(Value::Null))
+    let doc = typed(st).ok();
+    let version = doc.as_ref().and_then(|d| d.image.version.clone()).unwrap_or_else(|| "?".into());
+    let created = match doc.and_then(|d| d.sealed.current) {
+        Some(Slot::Sealed { created, .. }) => Value::String(created),
+        _ => Value::Null,
+    };
+    (version, created)
 }
 
 /// Issue 7: a new image signed by the same fleet PCR key unseals the key sealed under the

@@ -9,5 +9,6 @@
 
 pub mod fs;
 pub mod secret;
+pub mod status;
 pub mod tls;
 pub mod tool;

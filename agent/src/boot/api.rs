@@ -1,0 +1,150 @@
+//! The agent endpoints behind the proxy (`/swarmseal/v1/…`): [`crate::proxy::AgentApi`].
+
+use std::sync::Arc;
+
+use super::commands::{active_manager, engine, state_error};
+use super::{BootError, Ctx};
+use crate::config::Config;
+use crate::proxy::{ApiError, ApiErrorKind};
+use crate::keystore::SlotFile;
+use crate::secret::UnlockKey;
+use crate::swarm::NodeState;
+use zeroize::Zeroizing;
+
+/// The agent endpoints' implementation, over a [`Ctx`].
+pub(super) struct AgentImpl {
+    pub(super) ctx: Ctx,
+}
+
+impl AgentImpl {
+    pub(super) fn new(ctx: Ctx) -> Arc<AgentImpl> {
+        Arc::new(AgentImpl { ctx })
+    }
+}
+
+impl crate::proxy::AgentApi for AgentImpl {
+    fn status(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>> {
+        Box::pin(async move { serde_json::to_value(super::status(&self.ctx).await).unwrap_or_default() })
+    }
+    fn bench(&self) -> Option<Vec<u8>> {
+        super::latest_bench_report(&self.ctx.cfg)
+    }
+    fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
+        Box::pin(async move {
+            let r: Result<SlotFile, BootError> = async {
+                let engine = engine(&self.ctx.cfg).await?;
+                active_manager(&engine).await?;
+                let _lock = self.ctx.lock().await?;
+                let key = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off"))?;
+                let slot = self.ctx.seal(&key).await?;
+                let _ = self.ctx.clear_pending().await;
+                Ok(slot)
+            }
+            .await;
+            match r {
+                Ok(slot) => {
+                    tracing::warn!(event = "reseal", security = true, "unlock key resealed on request through the proxy");
+                    Ok(serde_json::json!({"sealed": true, "created": slot.created, "policy": slot.policy}))
+                }
+                Err(BootError::State { state, .. }) => Err(ApiError::new(ApiErrorKind::Conflict, format!("the swarm is {state}: unlock it first (`docker swarm unlock` through this proxy), then reseal"))),
+                Err(e @ BootError::SealRefused { .. }) => Err(ApiError::new(ApiErrorKind::Conflict, e.to_string())),
+                Err(e) => Err(ApiError::new(ApiErrorKind::Internal, e.to_string())),
+            }
+        })
+    }
+    fn recover(&self, key: Option<UnlockKey>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
+        Box::pin(crate::recover::via_proxy(&self.ctx, key))
+    }
+    fn var_enroll_tpm(&self, recovery_key: Zeroizing<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
+        Box::pin(async move {
+            let r = crate::var::enroll_tpm_via(std::path::Path::new(crate::var::ENROLL_SOCKET), &recovery_key).await;
+            match r {
+                Ok(lines) => {
+                    tracing::warn!(event = "var_tpm_enrolled", security = true, "/var re-bound to this machine's TPM on request through the proxy");
+                    Ok(serde_json::json!({"enrolled": true, "output": lines}))
+                }
+                Err((code, msg)) => {
+                    tracing::warn!(event = "var_tpm_enroll_failed", security = true, status = code, "{msg}");
+                    Err(ApiError::from_status(code, msg))
+                }
+            }
+        })
+    }
+    fn update(&self, from: crate::proxy::UpdateFrom, reboot: bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
+        Box::pin(async move {
+            let r = receive_and_apply(&self.ctx.cfg, from, reboot).await;
+            match r {
+                Ok(version) => {
+                    tracing::warn!(event = "image_update", security = true, version = %version, reboot, "a signed release was staged and installed into the inactive slot on request through the proxy");
+                    Ok(serde_json::json!({"version": version, "staged": true, "reboot": reboot}))
+                }
+                Err(e) => {
+                    let refusal = ApiError::from(&e);
+                    tracing::warn!(event = "image_update_refused", security = true, status = refusal.status(), "{e}");
+                    Err(refusal)
+                }
+            }
+        })
+    }
+    fn escrow(&self, file: crate::proxy::EscrowFile) -> Option<Vec<u8>> {
+        let dir = &self.ctx.cfg.state_dir;
+        match file {
+            crate::proxy::EscrowFile::UnlockKey => {
+                self.ctx.cfg.escrow.recipient.as_ref()?;
+                std::fs::read(crate::escrow::path(dir)).ok()
+            }
+            // Written by the privileged `swarmseal var escrow-recovery-key`.
+            crate::proxy::EscrowFile::VarRecoveryKey => std::fs::read(crate::var::escrow_path(dir)).ok(),
+        }
+    }
+}
+
+/// The answer of `POST /swarmseal/v1/update` for this error (the proxy maps the kind to the status).
+impl From<&crate::update::UpdateError> for ApiError {
+    fn from(e: &crate::update::UpdateError) -> ApiError {
+        use crate::update::UpdateError as E;
+        use swarmseal_release::ReleaseError as R;
+        let kind = match e {
+            E::Release(R::NotSigned(_) | R::Invalid(_) | R::HashMismatch { .. }) => ApiErrorKind::Unprocessable,
+            E::Release(R::TooLarge { .. }) => ApiErrorKind::PayloadTooLarge,
+            E::Release(R::Body(_)) => ApiErrorKind::BadRequest,
+            E::Release(R::Key { .. } | R::Io { .. } | R::Pack(_)) => ApiErrorKind::Internal,
+            E::Busy => ApiErrorKind::Conflict,
+            E::Request(_) | E::NoSource => ApiErrorKind::BadRequest,
+            E::ApplyUnavailable(_) => ApiErrorKind::Unavailable,
+            E::Tool { .. } | E::Source { .. } => ApiErrorKind::BadGateway,
+            E::Io { .. } | E::SourceSetup(_) => ApiErrorKind::Internal,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
+/// `POST /swarmseal/v1/update`: check the size, receive (the upload, or the release fetched
+/// from `[update] source`: [`crate::update::source::fetch_and_receive`]), verify and stage it
+/// (see [`crate::update::receive`]), then hand it to the apply service, holding the staging
+/// lock until it answered. Returns the version.
+async fn receive_and_apply(cfg: &Config, from: crate::proxy::UpdateFrom, reboot: bool) -> Result<String, crate::update::UpdateError> {
+    use crate::proxy::UpdateFrom;
+    use crate::update::{self, UpdateError};
+    let max = cfg.update.max_bytes;
+    let staged = match from {
+        UpdateFrom::Upload { body, content_length } => {
+            if content_length.is_some_and(|n| n > max) {
+                return Err(UpdateError::Release(update::ReleaseError::TooLarge { max }));
+            }
+            let key = update::load_key(&cfg.update.public_key)?;
+            update::receive(&key, &cfg.update_dir(), max, update::BodyReader::new(body)).await?
+        }
+        UpdateFrom::Source { version } => {
+            let key = update::load_key(&cfg.update.public_key)?;
+            update::source::fetch_and_receive(cfg, &key, &version).await?
+        }
+    };
+    tracing::info!(event = "image_update_staged", version = %staged.version, dir = %staged.dir.display(), "release verified and staged; asking the apply service to install it");
+    let lines = update::apply_via(&cfg.update.socket, &staged.version, reboot).await?;
+    for l in &lines {
+        tracing::info!(event = "image_update_apply", version = %staged.version, "{l}");
+    }
+    Ok(staged.version)
+}
+

@@ -1,0 +1,275 @@
+//! `swarmseal agent`: wait for the engine, make the boot's unlock decision, lock the phase,
+//! then watch for key changes until SIGTERM; `swarmseal proxy`: only the proxy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::api::AgentImpl;
+use super::custody::{change_key, repair_pending};
+use super::notify::{notify, status_line};
+use super::{appliance_facts, apply_credentials, BootError, Ctx, Custody, WATCH_INTERVAL};
+use crate::config::Config;
+use crate::swarm::{Engine, NodeState};
+use crate::tpm::TpmError;
+
+/// `swarmseal proxy`: only the TLS proxy, with the agent endpoints.
+pub async fn run_proxy_only(cfg: &Config) -> Result<(), BootError> {
+    let api = AgentImpl::new(Ctx::new(cfg));
+    Ok(crate::proxy::serve(cfg, api, shutdown_signal()).await?)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// The boot decision for one engine state. Returns a one-line STATUS.
+async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> {
+    let _lock = ctx.lock().await?;
+    let st = engine.status().await?;
+    if st.state != NodeState::Locked {
+        // A locked engine's key is readable only after the unlock (then ensure_sealed repairs).
+        repair_pending(ctx, engine, Custody::Journal).await?;
+    }
+    match st.state {
+        NodeState::Inactive if ctx.cfg.swarm.init => {
+            // Prepared first: a key that cannot be sealed would exist nowhere else.
+            let c = &ctx.cfg.swarm;
+            change_key(ctx, engine, "init", None, Custody::Journal, async { engine.init_autolock(c.advertise_addr.as_deref(), c.listen_addr.as_deref()).await.map(|_| ()) }).await?;
+            tracing::info!(event = "swarm_init", "swarm initialized with autolock on");
+            Ok("swarm initialized with autolock; key sealed".into())
+        }
+        NodeState::Inactive => Ok("no swarm on this engine and swarm init is off; waiting".into()),
+        NodeState::Locked => {
+            let r = ctx.unlock_from_tpm(engine).await.map(|(slot, _)| slot);
+            match &r {
+                Err(e) => log_refusal(e),
+                // A manager that was down during a rotation: its engine rewraps its keys under the
+                // swarm's new key as soon as it has caught up, often before the unlock returns.
+                // Seal that key now, not at the first watch tick, so a power cut in between still
+                // finds it in the TPM. Not active yet: the watch loop reseals.
+                Ok(_) => {
+                    if matches!(engine.status().await, Ok(st) if st.state == NodeState::Active && st.manager) {
+                        if let Err(e) = ensure_sealed(ctx, engine).await {
+                            tracing::warn!(event = "reseal_deferred", error = %e, "could not check the unlock key right after unlocking; the watch loop retries");
+                        }
+                    }
+                }
+            }
+            r.map(|slot| format!("swarm unlocked with the sealed key ({} slot)", slot.name()))
+        }
+        NodeState::Active if st.manager => {
+            ensure_sealed(ctx, engine).await?;
+            match ctx.sealed_key_fact().await {
+                Some(crate::bench::SealedKeyFact { pcrs_match: Some(false), detail }) => {
+                    // Someone unlocked this boot by hand without resealing: do not accept the
+                    // chain on their behalf, but say that the next boot will stay locked.
+                    tracing::warn!(event = "seal_stale", detail = %detail, "swarm active, but the sealed key does not match this boot's PCRs: the next boot of this chain stays locked; POST /swarmseal/v1/reseal (or `swarmseal seal`) accepts this boot chain");
+                    Ok(format!("swarm active; sealed key does not match this boot ({detail})"))
+                }
+                _ => Ok("swarm active; sealed key up to date".into()),
+            }
+        }
+        s => Ok(format!("swarm is {s}; waiting")),
+    }
+}
+
+fn log_refusal(e: &BootError) {
+    match e {
+        BootError::Tpm(TpmError::PolicyMismatch { changed }) => {
+            let pcrs: Vec<u8> = changed.iter().map(|d| d.pcr).collect();
+            tracing::error!(event = "unlock_refused", reason = "policy_mismatch", changed_pcrs = ?pcrs, detail = %e, "the boot measurements changed: the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy), then POST /swarmseal/v1/reseal to accept this boot chain");
+        }
+        BootError::Tpm(TpmError::NotSigned { signed, .. } | TpmError::BadSignature { signed, .. }) => {
+            let pcrs: Vec<u8> = signed.iter().map(|v| v.pcr).collect();
+            tracing::error!(event = "unlock_refused", reason = "not_signed", unsigned_pcrs = ?pcrs, detail = %e, "this boot's image is not approved by the fleet's PCR signature: the swarm stays locked; boot a signed image, or unlock by hand (`docker swarm unlock` through the proxy), then POST /swarmseal/v1/reseal");
+        }
+        other => tracing::error!(event = "unlock_refused", reason = other.kind(), detail = %other, "the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy)"),
+    }
+}
+
+/// Make sure autolock is on and the sealed key equals the engine's key; reseal if not. First
+/// finishes what an interrupted command left ([`repair_pending`]). Turning autolock on goes
+/// through [`change_key`]: not at all when the seal cannot be prepared. Call with the lock held.
+async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
+    repair_pending(ctx, engine, Custody::Journal).await?;
+    let key = match engine.unlock_key().await? {
+        Some(k) => k,
+        None => {
+            tracing::warn!(event = "autolock_enabled", security = true, "autolock was off: turning it on (this appliance keeps every manager autolocked)");
+            change_key(ctx, engine, "autolock", None, Custody::Journal, engine.enable_autolock()).await?;
+            return Ok(true);
+        }
+    };
+    if ctx.sealed_holds(&key) {
+        // Escrow configured after the key was sealed: the operator's copy is written now.
+        if let Some(r) = &ctx.cfg.escrow.recipient {
+            if !crate::escrow::path(&ctx.cfg.state_dir).exists() {
+                let p = super::seal::escrow_write(&ctx.cfg.state_dir, r, &key).await?;
+                tracing::info!(event = "escrow", file = %p.display(), "escrow copy of the unlock key written (age-encrypted)");
+            }
+        }
+        return Ok(false);
+    }
+    tracing::info!(event = "key_changed", "the engine's unlock key differs from the sealed one (rotated here or on another manager): resealing");
+    let prep = ctx.prepare_seal().await;
+    ctx.seal_changed(prep, &key, Custody::Journal).await?;
+    Ok(true)
+}
+
+/// `swarmseal agent`: the boot flow, then watch for key changes until SIGTERM.
+pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    // Installing a PEM credential writes and fsyncs a file: on a blocking thread.
+    let mut cfg = ctx.cfg.clone();
+    let (cfg, problems) = super::blocking(move || {
+        let problems = creds.map(|d| apply_credentials(&mut cfg, &d)).unwrap_or_default();
+        (cfg, problems)
+    })
+    .await;
+    for p in problems {
+        tracing::error!(event = "bad_credential", "{p}");
+        eprintln!("swarmseal: {p}");
+    }
+    let ctx = Ctx { cfg, ..ctx };
+    status_line("waiting for the Docker engine");
+    let t0 = Instant::now();
+    // SIGTERM from here on is handled, not fatal: while waiting for the engine
+    // it stops the agent at once; once the boot decision has begun it is held
+    // until the phase lock is done, so a stop between unseal and phase lock
+    // cannot leave the key unsealable again in this boot.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| BootError::Other(e.to_string()))?;
+    let socket = ctx.cfg.docker_socket();
+    let engine = tokio::select! {
+        e = Engine::wait(&socket, Duration::from_secs(600)) => e?,
+        _ = term.recv() => {
+            tracing::info!(event = "stopped", "stopped while waiting for the Docker engine");
+            return Ok(());
+        }
+    };
+    tracing::info!(event = "engine_up", api = %engine.api_version(), waited_ms = t0.elapsed().as_millis() as u64, "Docker engine answers");
+
+    let api = AgentImpl::new(ctx.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let proxy = if ctx.cfg.proxy.enabled {
+        let cfg = ctx.cfg.clone();
+        let api: Arc<dyn crate::proxy::AgentApi> = api.clone();
+        let mut rx = stop_rx.clone();
+        Some(tokio::spawn(async move {
+            let r = crate::proxy::serve(&cfg, api, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = r {
+                tracing::error!(event = "proxy_failed", error = %e, "the TLS proxy is not serving");
+            }
+        }))
+    } else {
+        None
+    };
+
+    // While the TPM fails transiently (not answering, busy), nothing is consumed: decide again.
+    let decision = loop {
+        let d = boot_decision(&ctx, &engine).await;
+        match &d {
+            Err(BootError::Tpm(e)) if e.is_retryable() => {
+                tracing::warn!(event = "boot_decision_retry", error = %e, "the TPM failed transiently; the boot's unlock is not consumed, trying again in {} s", WATCH_INTERVAL.as_secs());
+                status_line(&format!("waiting for the TPM: {e}"));
+                tokio::select! {
+                    _ = term.recv() => {
+                        tracing::info!(event = "stopped", "stopped while waiting for the TPM");
+                        let _ = stop_tx.send(true);
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                }
+            }
+            _ => break d,
+        }
+    };
+    let line = match &decision {
+        Ok(l) => l.clone(),
+        Err(e) => format!("locked: {e}"),
+    };
+    if let Err(e) = ctx.lock_phase_if_consumed(&decision).await {
+        tracing::error!(event = "phase_lock_failed", error = %e, "could not extend the phase PCR");
+    }
+    status_line(&line);
+    tracing::info!(event = "boot_done", elapsed_ms = t0.elapsed().as_millis() as u64, "{line}");
+
+    if ctx.cfg.bench.at_boot {
+        run_boot_bench(&ctx.cfg).await;
+    }
+    notify("READY=1");
+    status_line(&line);
+
+    let mut last_state: Option<NodeState> = None;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+        match engine.status().await {
+            Ok(st) => {
+                if last_state != Some(st.state) {
+                    tracing::info!(event = "swarm_state", state = %st.state, "swarm state");
+                    status_line(&format!("swarm {}", st.state));
+                    if st.state == NodeState::Locked && last_state.is_some() {
+                        tracing::warn!(event = "locked_again", "the engine restarted and is locked; the phase lock prevents unsealing again in this boot: unlock by hand (`docker swarm unlock` through the proxy) or reboot");
+                    }
+                    last_state = Some(st.state);
+                }
+                if st.state == NodeState::Active && st.manager {
+                    let _lock = ctx.lock().await;
+                    if let Err(e) = ensure_sealed(&ctx, &engine).await {
+                        tracing::error!(event = "reseal_failed", error = %e, "could not reseal the changed unlock key");
+                    }
+                } else if st.state != NodeState::Locked && ctx.ks.load_pending().is_some() {
+                    let _lock = ctx.lock().await;
+                    if let Err(e) = repair_pending(&ctx, &engine, Custody::Journal).await {
+                        tracing::error!(event = "reseal_failed", error = %e, "could not finish an interrupted key change");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(event = "engine_unreachable", error = %e, "engine not answering"),
+        }
+    }
+    notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    if let Some(p) = proxy {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
+    Ok(())
+}
+
+/// The CIS checks at boot: full report to `<state_dir>/bench/latest.json`,
+/// the summary as one journal event.
+async fn run_boot_bench(cfg: &Config) {
+    let t = Instant::now();
+    let facts = appliance_facts(cfg).await;
+    match crate::bench::run_report(&cfg.docker_socket(), facts, &crate::bench::Selection::default()).await {
+        Ok(r) => {
+            let s = r.summary();
+            let path = crate::bench::write_boot_report(&cfg.state_dir, &r);
+            tracing::info!(
+                event = "bench",
+                checks = s.checks,
+                pass = s.pass,
+                warn = s.warn,
+                info = s.info,
+                note = s.note,
+                score = s.score,
+                elapsed_ms = t.elapsed().as_millis() as u64,
+                report = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|e| format!("not written: {e}")),
+                "CIS Docker Benchmark v1.6.0: {} checks, {} pass, {} warn, score {}", s.checks, s.pass, s.warn, s.score
+            );
+        }
+        Err(e) => tracing::error!(event = "bench_failed", error = %e, "the CIS checks could not run"),
+    }
+}
+
