@@ -1,15 +1,17 @@
 //! swarmseal: the agent of a Docker Swarm manager appliance.
 //!
 //! One module per concern (the crate map: docs/architecture.md):
-//! - [`tpm`]: seal and unseal the unlock key in a TPM 2.0, policies, sessions.
-//! - [`pcrsig`]: systemd's PCR-signing public key and PCR signature files (signed policies).
-//! - [`keystore`]: sealed blobs on disk, versioned, written atomically.
-//! - [`swarm`]: the Docker Engine API (state, init, unlock, unlock key, rotation).
+//! - [`tpm`], [`pcrsig`], [`keystore`] (crate `swarmseal-tpm`): seal and unseal the unlock key
+//!   in a TPM 2.0, policies, sessions; systemd's PCR signature files; the sealed-key slots.
+//! - [`swarm`] (crate `swarmseal-engine`): the Docker Engine API (state, init, unlock, unlock key, rotation).
+//! - [`secret`] and shared utilities (crate `swarmseal-common`): the unlock key, atomic writes,
+//!   running tools, client TLS, the typed status document.
 //! - [`boot`]: the boot-flow state machine run by `swarmseal agent`.
-//! - [`proxy`]: the mutual-TLS listener, authorization and forwarding.
+//! - [`proxy`] (crate `swarmseal-proxy`, no libtss2): the mutual-TLS listener, authorization and forwarding.
 //! - [`bench`]: CIS Docker Benchmark v1.6.0 checks and their report (the `swarmseal-cis`
 //!   crate); [`bench_cmd`]: the `swarmseal bench` command around it.
-//! - [`update`]: signed image releases: receive, verify, stage, install (systemd-sysupdate).
+//! - [`update`]: signed image releases (format: crate `swarmseal-release`): receive, verify, stage, install (systemd-sysupdate).
+//! - [`recover`]: lost-quorum recovery with autolock.
 //! - [`health`]: the boot-assessment gate: swarm unlocked and proxy serving.
 //! - [`config`], [`cli`]: configuration file and command line.
 //!
