@@ -149,6 +149,15 @@ impl Swtpm {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// What the kernel's resource manager (`/dev/tpmrm0`, the appliance's TCTI) does when a
+    /// process dies: flush the transient objects and sessions it left loaded. swtpm has no
+    /// resource manager, so a test that kills a command (`kill -9`) and then runs the next one
+    /// on the same TPM without a power cycle calls this in between.
+    pub fn flush_leftovers(&self) {
+        self.tpm2(&["flushcontext", "-t"]);
+        self.tpm2(&["flushcontext", "-l"]);
+    }
+
     /// Number of transient object handles loaded in the TPM.
     pub fn transient_handles(&self) -> usize {
         self.tpm2(&["getcap", "handles-transient"]).lines().filter(|l| l.trim_start().starts_with("- 0x")).count()

@@ -15,11 +15,7 @@ use tss_esapi::structures::SymmetricDefinition;
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::Context;
 
-use tss_esapi::constants::CapabilityType;
-use tss_esapi::handles::TpmHandle;
-use tss_esapi::structures::CapabilityData;
-
-use crate::error::{failed, is_memory_full, TpmError};
+use crate::error::{failed, TpmError};
 
 /// An open TPM context (one ESAPI context over one TCTI connection).
 pub struct Tpm {
@@ -116,10 +112,8 @@ impl Drop for Scoped<'_> {
 /// The caller puts the returned session in a [`Scoped`] guard at once.
 pub(crate) fn start_salted_session(ctx: &mut Context, srk: KeyHandle, kind: SessionType) -> Result<AuthSession, TpmError> {
     const OP: &str = "TPM2_StartAuthSession";
-    with_room(ctx, |ctx| {
-        ctx.execute_without_session(|c| {
-            c.start_auth_session(Some(srk), None, None, kind, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
-        })
+    ctx.execute_without_session(|c| {
+        c.start_auth_session(Some(srk), None, None, kind, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
     })
     .map_err(failed(OP))?
     .ok_or(TpmError::Command { op: OP, message: "the TPM returned no session".into() })
@@ -136,45 +130,4 @@ pub(crate) fn set_session_attributes(
     let (attributes, mask) =
         SessionAttributesBuilder::new().with_continue_session(true).with_decrypt(decrypt).with_encrypt(encrypt).build();
     ctx.tr_sess_set_attributes(session, attributes, mask).map_err(failed("Esys_TRSess_SetAttributes"))
-}
-
-/// Run `f`; when the TPM answers that its object or session slots are full
-/// (TPM_RC_OBJECT_MEMORY, TPM_RC_SESSION_MEMORY, …), flush what is loaded and try once more.
-///
-/// Every swarmseal command releases its handles on every path ([`Scoped`]), so a full TPM
-/// means handles left behind by a process that was killed (`kill -9`, power loss of the
-/// host but not of the TPM): without a resource manager (swtpm, `device:/dev/tpm0`) they
-/// stay loaded until the next TPM reset, and every later Load or StartAuthSession would fail
-/// until then. With `/dev/tpmrm0` the kernel flushes a closed connection's handles and only
-/// this connection's handles are visible, so this changes nothing there.
-pub(crate) fn with_room<T>(ctx: &mut Context, mut f: impl FnMut(&mut Context) -> tss_esapi::Result<T>) -> tss_esapi::Result<T> {
-    match f(ctx) {
-        Err(e) if is_memory_full(&e) => {
-            let flushed = flush_loaded(ctx);
-            tracing::warn!(event = "tpm_full", flushed, "the TPM's object or session slots were full (handles left by a killed process, no resource manager); flushed them and retrying");
-            f(ctx)
-        }
-        r => r,
-    }
-}
-
-/// TPM2_GetCapability(TPM_CAP_HANDLES) for transient objects (0x80…), loaded sessions (0x02…)
-/// and saved sessions (0x03…), then TPM2_FlushContext of each (TPM 2.0 Part 3, 28.4).
-/// Returns how many were flushed; a handle that cannot be flushed is skipped.
-fn flush_loaded(ctx: &mut Context) -> usize {
-    let mut flushed = 0;
-    for first in [0x8000_0000u32, 0x0200_0000, 0x0300_0000] {
-        let Ok((CapabilityData::Handles(list), _)) = ctx.execute_without_session(|c| c.get_capability(CapabilityType::Handles, first, 64)) else {
-            continue;
-        };
-        for handle in list.into_inner() {
-            let Ok(handle) = TpmHandle::try_from(u32::from(handle)) else { continue };
-            if let Ok(tr) = ctx.execute_without_session(|c| c.tr_from_tpm_public(handle)) {
-                if ctx.flush_context(tr).is_ok() {
-                    flushed += 1;
-                }
-            }
-        }
-    }
-    flushed
 }

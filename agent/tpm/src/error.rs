@@ -86,14 +86,6 @@ pub(crate) fn failed(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmEr
 /// TESTING, RETRY. TPM layer (bits 16..23 zero) only.
 const TPM_RC_TRANSIENT: [u32; 10] = [0x901, 0x902, 0x903, 0x904, 0x905, 0x906, 0x908, 0x909, 0x90A, 0x922];
 
-/// TPM format-zero warnings that mean "the TPM's slots are full" (TPM 2.0 Part 2, table 16):
-/// OBJECT_MEMORY, SESSION_MEMORY, SESSION_HANDLES, OBJECT_HANDLES. Without a resource manager
-/// (swtpm, `device:/dev/tpm0`) handles left loaded by a killed process stay until the next
-/// TPM reset; see [`crate::context::with_room`].
-pub(crate) fn is_memory_full(e: &tss_esapi::Error) -> bool {
-    matches!(tss_raw_code(e), Some(rc) if rc >> 16 == 0 && matches!(rc & 0xFFFF, 0x902 | 0x903 | 0x905 | 0x906))
-}
-
 /// TSS2_RC layer of the TCTI (TCG TSS 2.0 Overview, "TSS2_RC layers": bits 16..23).
 const TSS2_TCTI_LAYER: u32 = 10;
 /// TSS2_ESYS_RC_BAD_SEQUENCE: ESAPI layer (7), TSS2_BASE_RC_BAD_SEQUENCE (7).
@@ -101,7 +93,7 @@ const TSS2_ESYS_RC_BAD_SEQUENCE: u32 = 0x0007_0007;
 
 /// The raw TSS2_RC of a TSS error. tss-esapi 7.7 shows it only in `Debug`
 /// (`FormatZeroResponseCode { .0: 655370, … }`), so it is read from there.
-pub(crate) fn tss_raw_code(e: &tss_esapi::Error) -> Option<u32> {
+fn tss_raw_code(e: &tss_esapi::Error) -> Option<u32> {
     let debug = format!("{e:?}");
     debug.split(".0: ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }

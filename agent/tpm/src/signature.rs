@@ -62,10 +62,10 @@ impl Tpm {
         // TPM2_VerifySignature checks a signature over a digest: aHash = H(approvedPolicy || policyRef).
         let a_hash = Digest::try_from(Sha256::digest(&approved).to_vec()).map_err(failed(OP))?;
 
-        let handle = crate::context::with_room(&mut self.ctx, |ctx| {
-            ctx.execute_without_session(|c| c.load_external_public(key.tpm_public(), SIGNING_KEY_HIERARCHY))
-        })
-        .map_err(failed("TPM2_LoadExternal"))?;
+        let handle = self
+            .ctx
+            .execute_without_session(|c| c.load_external_public(key.tpm_public(), SIGNING_KEY_HIERARCHY))
+            .map_err(failed("TPM2_LoadExternal"))?;
         let mut tpm = Scoped::flush(&mut self.ctx, handle.into());
         let name = tpm.tr_get_name(handle.into()).map_err(failed("Esys_TR_GetName"))?;
         // The Name the sealed policy is bound to is computed without a TPM; it must be the TPM's.

@@ -46,12 +46,11 @@ pub(crate) fn load_srk(ctx: &mut Context) -> Result<(Scoped<'_>, KeyHandle), Tpm
     if let Some(handle) = persistent_srk(ctx)? {
         return Ok((Scoped::close(ctx, handle), handle.into()));
     }
-    let primary = crate::context::with_room(ctx, |ctx| {
-        ctx.execute_with_session(Some(AuthSession::Password), |c| {
+    let primary = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
             c.create_primary(Hierarchy::Owner, srk_template()?, None, None, None, None)
         })
-    })
-    .map_err(failed("TPM2_CreatePrimary"))?;
+        .map_err(failed("TPM2_CreatePrimary"))?;
     Ok((Scoped::flush(ctx, primary.key_handle.into()), primary.key_handle))
 }
 

@@ -114,10 +114,9 @@ impl Tpm {
         }
 
         // The SRK has an empty auth value (userWithAuth): a password session suffices for Load.
-        let object = crate::context::with_room(&mut srk_scope, |ctx| {
-            ctx.execute_with_session(Some(AuthSession::Password), |c| c.load(srk_handle, private.clone(), public.clone()))
-        })
-        .map_err(failed("TPM2_Load"))?;
+        let object = srk_scope
+            .execute_with_session(Some(AuthSession::Password), |c| c.load(srk_handle, private, public))
+            .map_err(failed("TPM2_Load"))?;
         let mut object_scope = Scoped::flush(&mut srk_scope, object.into());
 
         // Salted to the SRK, AES-128-CFB: outData (the secret) is encrypted on the bus.
