@@ -67,11 +67,8 @@ pub async fn fetch(src: &SourceUrl, roots: rustls::RootCertStore, version: &str)
     let url = src.release_url(version);
     let fail = |message: String| UpdateError::Source { url: url.clone(), message };
     let name = src.server_name().map_err(fail)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    use swarmseal_common::tls::{client_config, Versions, Verify};
+    let mut tls = client_config(Versions::SafeDefault, Verify::Roots(roots), None).map_err(|e| fail(format!("TLS setup: {e}")))?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let authority = src.authority();
     let head = async {
