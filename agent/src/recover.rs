@@ -122,7 +122,7 @@ pub async fn run_cli(cfg: &Config, force_new_cluster: bool, key_stdin: bool) -> 
     Ok(())
 }
 
-/// `POST /swarmseal/v1/recover` (admin): the same, no terminal. Errors as (HTTP status, message).
+/// `POST /swarmseal/v1/recover` (admin): the same, no terminal. Errors: an [`ApiError`] (its kind from `From<&RecoverError>` above; the proxy picks the status).
 pub async fn via_proxy(ctx: &Ctx, given: Option<UnlockKey>) -> Result<serde_json::Value, ApiError> {
     tracing::warn!(event = "recover", security = true, key_given = given.is_some(), "lost-quorum recovery requested through the proxy: this manager becomes the only manager of a new cluster");
     match recover(ctx, given).await {
