@@ -21,32 +21,43 @@ pub fn swarmseal_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_swarmseal"))
 }
 
-/// Two consecutive free ports (server, ctrl), never handed out twice in
-/// this process (parallel tests would otherwise race for the same pair).
-fn free_port_pair() -> u16 {
+/// Ports for children to listen on come from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default). A port taken from `bind(0)` and
+/// handed to a child is in that range, and any outgoing connection of a parallel test (to
+/// dockerd, swtpm, a proxy) can take it as its local port before the child binds it: CI saw
+/// swtpm fail with "Address already in use" that way.
+const PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A free loopback TCP port for a child process to listen on (a proxy, QEMU, a server),
+/// never handed out twice in this process.
+pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// `n` consecutive free loopback ports, the first returned; never handed out twice in this
+/// process (parallel tests would otherwise race for the same ports). The search starts at a
+/// point derived from the process id and the clock, so two test processes rarely meet.
+fn free_ports(n: u16) -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..500 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65000 && !given.contains(&p) && !given.contains(&(p + 1)) && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            given.push(p);
-            given.push(p + 1);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let span = PORTS.end - PORTS.start;
+    let start = ((std::process::id().wrapping_mul(7919) ^ nanos) % u32::from(span)) as u16;
+    for i in 0..span {
+        let p = PORTS.start + (start + i) % span;
+        if p + n > PORTS.end {
+            continue;
+        }
+        let ports = p..p + n;
+        if ports.clone().any(|q| given.contains(&q)) {
+            continue;
+        }
+        if ports.clone().all(|q| TcpListener::bind(("127.0.0.1", q)).is_ok()) {
+            given.extend(ports);
             return p;
         }
     }
-    panic!("no free port pair for swtpm");
-}
-
-fn wait_tcp(port: u16, what: &str) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what} did not listen on port {port} within 10 s");
+    panic!("no {n} free consecutive ports in {PORTS:?}");
 }
 
 /// A swtpm (TPM 2.0) on two loopback ports with its own state dir.
@@ -65,22 +76,44 @@ impl Swtpm {
         s
     }
 
+    /// Start swtpm on a fresh port pair. A pair can still be taken between the check and
+    /// swtpm's bind (another test process): then swtpm exits at once and a new pair is tried.
     fn spawn(&mut self) {
-        let port = free_port_pair();
-        let child = cmd("swtpm")
-            .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", self.dir.path().display()))
-            .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
-            .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1)])
-            .args(["--flags", "not-need-init,startup-clear"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("swtpm must be installed (apt-get install swtpm swtpm-tools); run scripts/install-deps");
-        self.port = port;
-        self.child = Some(child);
-        wait_tcp(port, "swtpm");
-        wait_tcp(port + 1, "swtpm ctrl");
+        for _attempt in 0..5 {
+            let port = free_ports(2);
+            let mut child = cmd("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", self.dir.path().display()))
+                .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
+                .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1)])
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("swtpm must be installed (apt-get install swtpm swtpm-tools); run scripts/install-deps");
+            // Listening ports alone do not prove they are swtpm's: it must still be running.
+            let t = Instant::now();
+            let listening = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+            let exited = loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    break Some(status);
+                }
+                if listening(port) && listening(port + 1) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    break child.try_wait().ok().flatten();
+                }
+                assert!(t.elapsed() < Duration::from_secs(10), "swtpm did not listen on ports {port}/{} within 10 s", port + 1);
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if let Some(status) = exited {
+                eprintln!("swtpm on ports {port}/{} exited at start ({status}); trying another pair", port + 1);
+                continue;
+            }
+            self.port = port;
+            self.child = Some(child);
+            return;
+        }
+        panic!("swtpm did not start on any of 5 port pairs (see its messages above)");
     }
 
     /// TCTI string for this TPM.
