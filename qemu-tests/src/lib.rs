@@ -39,7 +39,7 @@ impl Suite {
     pub fn prepare() -> Check<Suite> {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf();
         let mut missing = Vec::new();
-        for tool in ["qemu-system-x86_64", "qemu-img", "swtpm", "docker", "curl", "python3", "sbsign", "sbattach"] {
+        for tool in ["qemu-system-x86_64", "qemu-img", "swtpm", "docker", "curl", "python3", "socat", "jq", "sbsign", "sbattach"] {
             if !on_path(tool) {
                 missing.push(format!("`{tool}` not on PATH"));
             }
