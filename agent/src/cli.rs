@@ -71,7 +71,7 @@ impl Exit {
     /// of the table in docs/operating.md (a unit test keeps it in step).
     pub const ALL: [(Exit, &'static str); 20] = [
         (Exit::Ok, "success"),
-        (Exit::Failure, "other failure (I/O, internal)"),
+        (Exit::Failure, "other failure (I/O, internal); `policy check`: the request is denied"),
         (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
         (Exit::DockerUnreachable, "Docker engine unreachable"),
         (Exit::TpmUnavailable, "TPM unavailable"),
@@ -168,6 +168,9 @@ pub enum Command {
     /// Appliance PKI: the client CA and client/server certificates.
     #[command(subcommand)]
     Certs(crate::proxy::pki::CertsCommand),
+    /// The proxy's roles: dry-run a request against a role's rules.
+    #[command(subcommand)]
+    Policy(crate::proxy::policy::PolicyCommand),
     /// Run the CIS Docker Benchmark v1.6.0 checks.
     Bench(crate::bench_cmd::BenchArgs),
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
@@ -386,6 +389,11 @@ fn run(cli: Cli) -> Result<(), Error> {
     rt.block_on(async move {
         match cli.command {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
+            Command::Policy(c) => match crate::proxy::policy::run(&cfg, c, std::io::stdin().lock()) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Error::Status(Exit::Failure)),
+                Err(e) => Err(Error::Usage(e.to_string())),
+            },
             Command::Bench(a) => crate::bench_cmd::run(&cfg, a).await,
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
             Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),
