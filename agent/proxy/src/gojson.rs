@@ -73,7 +73,7 @@ pub fn parse_object(body: &[u8]) -> Result<GoValue, GoJsonError> {
 }
 
 /// Go's case folding for a key against an ASCII struct field name.
-fn fold(c: char) -> char {
+pub fn fold(c: char) -> char {
     match c {
         '\u{212A}' => 'k',
         '\u{017F}' => 's',

@@ -227,6 +227,10 @@ pub fn check_body(role: &RolePolicy, kind: BodyKind, body: &[u8]) -> Result<Engi
         return Err(too_large());
     }
     let v = crate::gojson::parse_object(body).map_err(|e| Denial { rule: "body", message: e.to_string(), kind: ApiErrorKind::BadRequest })?;
+    if let Some(k) = duplicate_key(&v) {
+        let message = format!("the request body has the key `{k}` twice in one object (in any letter case); refused so that no reading of it can differ from the engine's");
+        return Err(Denial { rule: "body", message, kind: ApiErrorKind::BadRequest });
+    }
     let ck = Checker { role };
     let mut needs = EngineChecks::default();
     match kind {
@@ -252,6 +256,28 @@ pub fn check_body(role: &RolePolicy, kind: BodyKind, body: &[u8]) -> Result<Engi
         BodyKind::NetworkCreate => ck.network(&v)?,
     }
     Ok(needs)
+}
+
+/// A key that appears twice in one object, compared case-insensitively (Go folds struct keys;
+/// the docker CLI never sends such a body).
+fn duplicate_key(v: &GoValue) -> Option<String> {
+    match v {
+        GoValue::Object(m) => {
+            let mut seen = std::collections::HashSet::new();
+            for (k, x) in m {
+                let folded: String = k.chars().map(crate::gojson::fold).collect();
+                if !seen.insert(folded) {
+                    return Some(k.clone());
+                }
+                if let Some(d) = duplicate_key(x) {
+                    return Some(d);
+                }
+            }
+            None
+        }
+        GoValue::Array(a) => a.iter().find_map(duplicate_key),
+        _ => None,
+    }
 }
 
 /// The refusal of a body past [`BODY_LIMIT`].
@@ -683,10 +709,11 @@ mod tests {
         for (body, r) in [
             (r#"{"hostconfig":{"privileged":true}}"#, "privileged"),
             (r#"{"Privileged":true}"#, "privileged"),
-            (r#"{"HostConfig":{"Privileged":true,"Privileged":false}}"#, "ok"),
-            (r#"{"HostConfig":{"Privileged":false,"privileged":true}}"#, "privileged"),
-            (r#"{"HostConfig":{"Privileged":true,"Privileged":null}}"#, "privileged"),
-            (r#"{"HostConfig":{"Privileged":true},"HostConfig":{}}"#, "privileged"),
+            (r#"{"HostConfig":{"Privileged":true,"Privileged":false}}"#, "body"),
+            (r#"{"HostConfig":{"Privileged":false,"privileged":true}}"#, "body"),
+            (r#"{"HostConfig":{"Privileged":true,"Privileged":null}}"#, "body"),
+            (r#"{"HostConfig":{"Privileged":true},"hostconfig":{}}"#, "body"),
+            (r#"{"HostConfig":{"Privil\u0065ged":true}}"#, "privileged"),
             (r#"{"HostConfig":{"Privileged":"true"}}"#, "privileged"),
             (r#"{"HostConfig":{"PidMode":"host"}}"#, "host-namespace"),
             (r#"{"HostConfig":{"UsernsMode":"HOST"}}"#, "host-namespace"),

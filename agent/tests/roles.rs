@@ -1,0 +1,276 @@
+//! Roles with body policy (issue 16) against a real dockerd in swarm mode, the real proxy and
+//! the real docker CLI: a `deploy` certificate ships a stack but cannot take the host, the
+//! body parser's bypasses are denied or refused, and `swarmseal policy check` agrees with the
+//! proxy on every case.
+mod support;
+use support::*;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// An Env in swarm mode with the image `bb:1` and a `deploy` and a `monitor` bundle.
+fn swarm_env() -> (Env, PathBuf, PathBuf) {
+    let e = Env::new(|_| {});
+    e.d.docker_ok(&["swarm", "init", "--advertise-addr", &e.d.addr]);
+    e.d.import_busybox("bb:1");
+    let s = path_str(e.state.path()).to_string();
+    let mut out = Vec::new();
+    for (name, role) in [("ci", "deploy"), ("dash", "monitor")] {
+        let dir = format!("{s}/bundles/{name}");
+        ok(&swarmseal(&["--state-dir", &s, "certs", "issue", name, "--role", role, "--out", &dir], &[], None), "certs issue");
+        out.push(PathBuf::from(dir));
+    }
+    (e, out.remove(0), out.remove(0))
+}
+
+/// `swarmseal policy check` for `role`: (exit code, stdout).
+fn policy_check(role: &str, method: &str, path: &str, body: &[u8]) -> (i32, String) {
+    let mut c = cmd(swarmseal_bin());
+    c.args(["--config", "/dev/null", "policy", "check", "--role", role, "--method", method, "--path", path]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut w = child.stdin.take().unwrap();
+    let b = body.to_vec();
+    let t = std::thread::spawn(move || {
+        let _ = w.write_all(&b);
+    });
+    let o = child.wait_with_output().unwrap();
+    t.join().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// One request with `body` through the proxy (raw TLS): (status, body).
+fn send(e: &Env, bundle: &Path, head: &str, body: &[u8]) -> (u16, String) {
+    let mut s = connect(e.proxy.addr, client_config(&bundle.join("ca.pem"), Some(bundle)));
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let r = s.read_to_end(&mut buf);
+    let t = String::from_utf8_lossy(&buf).into_owned();
+    let status = t.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no HTTP answer: {t:?} ({r:?}); proxy log: {}", e.proxy.logs.text()));
+    (status, t.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+}
+
+fn post(e: &Env, bundle: &Path, path: &str, body: &[u8]) -> (u16, String) {
+    let head = format!("POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    send(e, bundle, &head, body)
+}
+
+const STACK: &str = r#"version: "3.8"
+services:
+  web:
+    image: bb:1
+    command: ["sleep", "600"]
+    networks: [front]
+    secrets: [s1]
+    configs: [c1]
+  worker:
+    image: bb:1
+    command: ["sleep", "600"]
+    networks: [front]
+networks:
+  front:
+    driver: overlay
+secrets:
+  s1:
+    file: ./s1.txt
+configs:
+  c1:
+    file: ./c1.txt
+"#;
+
+#[test]
+fn deploy_ships_a_stack_and_cannot_take_the_host() {
+    let (e, dep, mon) = swarm_env();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s1.txt"), "secret-value").unwrap();
+    std::fs::write(dir.path().join("c1.txt"), "config-value").unwrap();
+    let compose = dir.path().join("compose.yml");
+    std::fs::write(&compose, STACK).unwrap();
+    let c = path_str(&compose);
+
+    // The stack ships, scales, updates, and goes.
+    let o = e.docker_as(&dep, &["stack", "deploy", "-c", c, "--detach=true", "st"], None);
+    assert!(o.status.success(), "stack deploy: {}", text(&o));
+    let services = e.d.docker_ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert!(services.contains("st_web") && services.contains("st_worker"), "{services}");
+    assert!(e.d.docker_ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]).contains("st_front overlay"));
+    assert!(e.d.docker_ok(&["secret", "ls", "--format", "{{.Name}}"]).contains("st_s1"));
+    assert!(e.d.docker_ok(&["config", "ls", "--format", "{{.Name}}"]).contains("st_c1"));
+    ok(&e.docker_as(&dep, &["service", "update", "--detach", "--replicas", "2", "st_web"], None), "service update --replicas");
+    assert_eq!(e.d.docker_ok(&["service", "inspect", "st_web", "--format", "{{.Spec.Mode.Replicated.Replicas}}"]), "2");
+    ok(&e.docker_as(&dep, &["service", "scale", "--detach", "st_worker=3"], None), "service scale");
+    ok(&e.docker_as(&dep, &["service", "logs", "st_web"], None), "service logs");
+    ok(&e.docker_as(&dep, &["service", "rm", "st_worker"], None), "service rm");
+    assert!(!e.d.docker_ok(&["service", "ls", "--format", "{{.Name}}"]).contains("st_worker"));
+    ok(&e.docker_as(&dep, &["stack", "rm", "st"], None), "stack rm");
+
+    // The same stack with one dangerous setting: refused by the proxy (rule in the audit), or
+    // dropped by the CLI itself (it prints "Ignoring unsupported options") so the engine never
+    // sees it; either way no service holds it.
+    let bad: &[(&str, &str, &str)] = &[
+        ("privileged", "    privileged: true\n", "Privileged"),
+        ("bind-mount", "    volumes: [\"/:/host\"]\n", "Mounts[0].Source"),
+        ("docker-socket", "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n", "Mounts[0].Source"),
+        ("host-namespace", "    pid: host\n", "PidMode"),
+        ("host-network", "    network_mode: host\n", "Networks"),
+        ("cap-add", "    cap_add: [SYS_ADMIN]\n", "CapabilityAdd"),
+        ("devices", "    devices: [\"/dev/null:/dev/xnull\"]\n", "Devices"),
+        ("security-opt", "    security_opt: [\"seccomp:unconfined\"]\n", "SecurityOpt"),
+    ];
+    let mut dropped = Vec::new();
+    for (i, (rule, yaml, field)) in bad.iter().enumerate() {
+        let stack = format!("version: \"3.8\"\nservices:\n  bad:\n    image: bb:1\n    command: [\"sleep\", \"600\"]\n{yaml}");
+        let f = dir.path().join(format!("bad{i}.yml"));
+        std::fs::write(&f, stack).unwrap();
+        let name = format!("b{i}");
+        let o = e.docker_as(&dep, &["stack", "deploy", "-c", path_str(&f), "--detach=true", &name], None);
+        let out = text(&o);
+        if o.status.success() {
+            assert!(out.contains("Ignoring unsupported options") || out.contains("unsupported"), "{rule}: deployed without a word: {out}");
+            let spec = e.d.docker_ok(&["service", "inspect", &format!("{name}_bad"), "--format", "{{json .Spec.TaskTemplate.ContainerSpec}} {{json .Spec.TaskTemplate.Networks}}"]);
+            for needle in ["Privileged\":true", "SYS_ADMIN", "unconfined", "\"host\"", "/dev/null", "docker.sock"] {
+                assert!(!spec.contains(needle), "{rule}: the service holds {needle}: {spec}");
+            }
+            dropped.push(*rule);
+            e.d.docker_ok(&["stack", "rm", &name]);
+        } else {
+            assert!(out.contains(&format!("deploy: TaskTemplate.ContainerSpec.{field}")) || out.contains(&format!("deploy: TaskTemplate.{field}")), "{rule}: {out}");
+            e.proxy.logs.wait_for(&["status=403", &format!("rule={rule}")]);
+        }
+    }
+    eprintln!("stack options the docker CLI drops itself (never sent): {dropped:?}");
+    for must in ["bind-mount", "docker-socket", "cap-add"] {
+        assert!(!dropped.contains(&must), "{must} reaches the proxy and must be refused there");
+    }
+
+    // Direct refusals.
+    let o = e.docker_as(&dep, &["run", "--privileged", "bb:1", "true"], None);
+    assert!(!o.status.success() && text(&o).contains("deploy: HostConfig.Privileged is not allowed"), "{}", text(&o));
+    e.proxy.logs.wait_for(&["path=/v", "containers/create", "status=403", "rule=privileged"]);
+    for (args, rule, says) in [
+        (&["run", "--pid", "host", "bb:1", "true"][..], "host-namespace", "HostConfig.PidMode"),
+        (&["run", "--network", "host", "bb:1", "true"], "host-network", "HostConfig.NetworkMode"),
+        (&["run", "--cap-add", "SYS_ADMIN", "bb:1", "true"], "cap-add", "HostConfig.CapAdd"),
+        (&["run", "--device", "/dev/null:/dev/xnull", "bb:1", "true"], "devices", "HostConfig.Devices"),
+        (&["run", "--security-opt", "seccomp=unconfined", "bb:1", "true"], "security-opt", "HostConfig.SecurityOpt"),
+        (&["run", "-v", "/:/host", "bb:1", "true"], "bind-mount", "HostConfig.Binds"),
+        (&["volume", "create", "--opt", "o=bind", "--opt", "type=none", "--opt", "device=/etc", "v1"], "volume-options", "DriverOpts."),
+    ] {
+        let o = e.docker_as(&dep, args, None);
+        assert!(!o.status.success() && text(&o).contains(says), "{args:?}: {}", text(&o));
+        e.proxy.logs.wait_for(&["status=403", &format!("rule={rule}")]);
+    }
+    let cid = e.d.docker_ok(&["run", "-d", "bb:1", "sleep", "600"]);
+    let o = e.docker_as(&dep, &["exec", &cid, "true"], None);
+    assert!(!o.status.success() && text(&o).contains("running commands in containers"), "{}", text(&o));
+    e.proxy.logs.wait_for(&["status=403", "rule=exec"]);
+    let o = e.docker_as(&dep, &["swarm", "unlock-key"], None);
+    assert!(!o.status.success() && text(&o).contains("unlock key is admin-only"), "{}", text(&o));
+    e.proxy.logs.wait_for(&["status=403", "rule=swarm"]);
+    // A safe container runs.
+    ok(&e.docker_as(&dep, &["run", "--rm", "-d", "bb:1", "sleep", "5"], None), "docker run -d (safe)");
+    // Nothing privileged reached the engine.
+    for id in e.d.docker_ok(&["ps", "-aq"]).lines() {
+        let hc = e.d.docker_ok(&["inspect", id, "--format", "{{.HostConfig.Privileged}} {{.HostConfig.PidMode}} {{.HostConfig.CapAdd}}"]);
+        assert_eq!(hc, "false  []", "{id}");
+    }
+    assert!(e.d.docker_ok(&["volume", "ls", "-q"]).lines().all(|v| v != "v1"));
+
+    // Monitor: state without secrets; nothing that holds them.
+    ok(&e.docker_as(&mon, &["info"], None), "monitor: docker info");
+    ok(&e.docker_as(&mon, &["node", "ls"], None), "monitor: docker node ls");
+    for args in [&["service", "ls"][..], &["logs", &cid], &["container", "ls"]] {
+        let o = e.docker_as(&mon, args, None);
+        assert!(!o.status.success() && text(&o).contains("monitor: GET"), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn body_bypasses_are_denied_or_refused_and_policy_check_agrees() {
+    let e = Env::new(|_| {});
+    e.d.import_busybox("bb:1");
+    let s = path_str(e.state.path()).to_string();
+    let dep = PathBuf::from(format!("{s}/bundles/ci"));
+    ok(&swarmseal(&["--state-dir", &s, "certs", "issue", "ci", "--role", "deploy", "--out", path_str(&dep)], &[], None), "certs issue");
+    let path = "/v1.41/containers/create";
+    let big = format!("{{\"Image\":\"bb:1\",\"Labels\":{{\"x\":\"{}\"}},\"HostConfig\":{{\"Privileged\":true}}}}", "a".repeat(1 << 20));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("plain", br#"{"Image":"bb:1","HostConfig":{"Privileged":true}}"#.to_vec(), 403),
+        ("key case", br#"{"Image":"bb:1","hostconfig":{"PRIVILEGED":true}}"#.to_vec(), 403),
+        ("escaped key", br#"{"Image":"bb:1","HostConfig":{"Privil\u0065ged":true}}"#.to_vec(), 403),
+        ("long s folds to s", "{\"Image\":\"bb:1\",\"HostConfig\":{\"\u{017F}ysctls\":{\"kernel.msgmax\":\"1\"}}}".as_bytes().to_vec(), 403),
+        ("legacy top level", br#"{"Image":"bb:1","Privileged":true}"#.to_vec(), 403),
+        ("duplicate false then true", br#"{"Image":"bb:1","HostConfig":{"Privileged":false,"Privileged":true}}"#.to_vec(), 400),
+        ("duplicate true then false", br#"{"Image":"bb:1","HostConfig":{"Privileged":true,"Privileged":false}}"#.to_vec(), 400),
+        ("duplicate in other case", br#"{"Image":"bb:1","HostConfig":{"privileged":false,"Privileged":true}}"#.to_vec(), 400),
+        ("duplicate object", br#"{"Image":"bb:1","HostConfig":{"Privileged":true},"hostConfig":{}}"#.to_vec(), 400),
+        ("trailing data", br#"{"Image":"bb:1"} {"HostConfig":{"Privileged":true}}"#.to_vec(), 400),
+        ("comment", br#"{"Image":"bb:1",/* x */"HostConfig":{"Privileged":true}}"#.to_vec(), 400),
+        ("NaN", br#"{"Image":"bb:1","HostConfig":{"Privileged":true,"CpuShares":NaN}}"#.to_vec(), 400),
+        ("empty", Vec::new(), 400),
+        ("over the limit", big.into_bytes(), 413),
+    ];
+    for (what, body, want) in &cases {
+        let (st, answer) = if *want == 413 {
+            // Refused on its Content-Length before a byte is read: send the head alone (the
+            // proxy closes the connection after its answer; a client still writing gets EPIPE).
+            let head = format!("POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            send(&e, &dep, &head, b"")
+        } else {
+            post(&e, &dep, path, body)
+        };
+        assert_eq!(st, *want, "{what}: {answer}");
+        let (code, out) = policy_check("deploy", "POST", path, body);
+        assert_eq!(code, 1, "{what}: policy check: {out}");
+        assert!(out.starts_with(&format!("deny rule=")) && out.contains(&format!("status={want}")), "{what}: policy check says {out:?}, the proxy {st} {answer}");
+        if *want == 403 {
+            let msg: serde_json::Value = serde_json::from_str(&answer).unwrap();
+            assert!(out.ends_with(msg["message"].as_str().unwrap()), "{what}: {out} vs {answer}");
+        }
+    }
+    // Content-Length: 0 with a chunked body: the chunked body is what counts (or the head is refused).
+    let body = br#"{"Image":"bb:1","HostConfig":{"Privileged":true}}"#;
+    let head = format!("POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n", body.len());
+    let mut chunked = body.to_vec();
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (st, answer) = send(&e, &dep, &head, &chunked);
+    assert!(st == 403 || st == 400, "CL 0 + chunked: {st} {answer}");
+    // Chunked past the limit, no Content-Length: 413 once the limit is read (1 MiB and 100
+    // bytes sent, no last chunk: the client has written everything when the answer comes).
+    let head = format!("POST {path} HTTP/1.1\r\nHost: docker\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    let mut chunked = Vec::new();
+    for _ in 0..16 {
+        chunked.extend_from_slice(format!("10000\r\n{}\r\n", " ".repeat(0x10000)).as_bytes());
+    }
+    chunked.extend_from_slice(format!("64\r\n{}\r\n", " ".repeat(100)).as_bytes());
+    let (st, _) = send(&e, &dep, &head, &chunked);
+    assert_eq!(st, 413, "chunked past the limit");
+    // An allowed body passes, byte for byte, and both agree.
+    let good = br#"{"Image":"bb:1","Cmd":["true"],"HostConfig":{"Binds":["vol1:/data"]}}"#;
+    let (st, answer) = post(&e, &dep, path, good);
+    assert_eq!(st, 201, "{answer}");
+    assert_eq!(policy_check("deploy", "POST", path, good), (0, "allow".to_string()));
+    // Nothing refused was forwarded: the engine holds exactly the one allowed container.
+    let ids = e.d.docker_ok(&["ps", "-aq"]);
+    assert_eq!(ids.lines().count(), 1, "{ids}");
+    assert_eq!(e.d.docker_ok(&["inspect", ids.trim(), "--format", "{{.HostConfig.Privileged}}"]), "false");
+    // Audit lines carry the rule, escaped like the other fields.
+    e.proxy.logs.wait_for(&["status=400", "rule=body"]);
+    e.proxy.logs.wait_for(&["status=413", "rule=body"]);
+    e.proxy.logs.wait_for(&["status=201", "rule=-"]);
+    // Endpoints: policy check and the proxy agree.
+    for (m, p, want) in [("POST", "/v1.41/containers/x/exec", 403), ("GET", "/v1.41/swarm/unlockkey", 403), ("POST", "/v1.41/images/create?fromImage=x", 403), ("POST", "/v1.41/plugins/pull?remote=x", 403), ("GET", "/v1.41/containers/json", 200)] {
+        let head = format!("{m} {p} HTTP/1.1\r\nHost: docker\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
+        let (st, answer) = send(&e, &dep, &head, b"{}");
+        assert_eq!(st, want, "{m} {p}: {answer}");
+        let (code, out) = policy_check("deploy", m, p, b"{}");
+        assert_eq!(code == 0, want == 200, "{m} {p}: {out}");
+    }
+}
