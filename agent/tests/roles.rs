@@ -150,6 +150,31 @@ fn deploy_ships_a_stack_and_cannot_take_the_host() {
         assert!(!dropped.contains(&must), "{must} reaches the proxy and must be refused there");
     }
 
+    // What only the engine can tell: the host network by ID, an image it would pull. The dry
+    // run allows both with a note; the proxy asks the engine and refuses.
+    let host_id = e.d.docker_ok(&["network", "inspect", "host", "--format", "{{.Id}}"]);
+    let spec = |net: &str, image: &str, mount: &str| format!(r#"{{"Name":"x","TaskTemplate":{{"ContainerSpec":{{"Image":"{image}"{mount}}},"Networks":[{{"Target":"{net}"}}]}}}}"#);
+    for (body, rule, note) in [
+        (spec(&host_id, "bb:1", ""), "host-network", "is not the host network"),
+        (spec("ingress", "registry.invalid:5000/x:1", ""), "outbound", "is already there"),
+    ] {
+        let (st, answer) = post(&e, &dep, "/v1.41/services/create", body.as_bytes());
+        assert_eq!(st, 403, "{body}: {answer}");
+        e.proxy.logs.wait_for(&["path=/v1.41/services/create", "status=403", &format!("rule={rule}")]);
+        let (code, out) = policy_check("deploy", "POST", "/v1.41/services/create", body.as_bytes());
+        assert!(code == 0 && out.starts_with("allow") && out.contains(note), "{out}");
+    }
+    // The stack's refusals, as the CLI sends them, are the dry run's too.
+    for (mount, rule) in [(r#","Mounts":[{"Type":"bind","Source":"/","Target":"/host"}]"#, "bind-mount"), (r#","Mounts":[{"Type":"bind","Source":"/var/run/docker.sock","Target":"/s"}]"#, "docker-socket"), (r#","CapabilityAdd":["CAP_SYS_ADMIN"]"#, "cap-add")] {
+        let body = spec("ingress", "bb:1", mount);
+        let (st, answer) = post(&e, &dep, "/v1.41/services/create", body.as_bytes());
+        let (code, out) = policy_check("deploy", "POST", "/v1.41/services/create", body.as_bytes());
+        let msg: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!((st, code), (403, 1), "{answer} / {out}");
+        assert_eq!(out, format!("deny rule={rule} status=403: {}", msg["message"].as_str().unwrap()));
+    }
+    assert!(!e.d.docker_ok(&["service", "ls", "--format", "{{.Name}}"]).lines().any(|l| l == "x"));
+
     // Direct refusals.
     let o = e.docker_as(&dep, &["run", "--privileged", "bb:1", "true"], None);
     assert!(!o.status.success() && text(&o).contains("deploy: HostConfig.Privileged is not allowed"), "{}", text(&o));
