@@ -8,6 +8,7 @@ use support::*;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
 
 
 fn text(o: &Output) -> String {
@@ -67,6 +68,7 @@ services:
   web:
     image: bb:1
     command: ["sleep", "600"]
+    environment: [PASSWORD=hunter2]
     networks: [front]
     secrets: [s1]
     configs: [c1]
@@ -107,6 +109,27 @@ fn deploy_ships_a_stack_and_cannot_take_the_host() {
     assert_eq!(e.d.docker_ok(&["service", "inspect", "st_web", "--format", "{{.Spec.Mode.Replicated.Replicas}}"]), "2");
     ok(&e.docker_as(&dep, &["service", "scale", "--detach", "st_worker=3"], None), "service scale");
     ok(&e.docker_as(&dep, &["service", "logs", "st_web"], None), "service logs");
+    // Monitor: the same state, without env values, config data or command lines.
+    let svc = ok(&e.docker_as(&mon, &["service", "inspect", "st_web"], None), "monitor: service inspect");
+    assert!(svc.contains("PASSWORD=(redacted)") && !svc.contains("hunter2") && !svc.contains("\"sleep\""), "{svc}");
+    let cfg = ok(&e.docker_as(&mon, &["config", "inspect", "st_c1"], None), "monitor: config inspect");
+    assert!(cfg.contains("st_c1") && !cfg.contains("Y29uZmlnLXZhbHVl") && !cfg.contains("config-value"), "{cfg}");
+    assert!(e.d.docker_ok(&["config", "inspect", "st_c1"]).contains("Y29uZmlnLXZhbHVl"), "the engine holds the data");
+    let mut task_container = String::new();
+    wait_until("a task container of st_web", Duration::from_secs(60), || {
+        task_container = e.d.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=st_web"]).lines().next().unwrap_or("").to_string();
+        !task_container.is_empty()
+    });
+    let c = ok(&e.docker_as(&mon, &["inspect", &task_container], None), "monitor: docker inspect");
+    assert!(c.contains("PASSWORD=(redacted)") && !c.contains("hunter2") && !c.contains("\"600\""), "{c}");
+    let tasks = ok(&e.docker_as(&mon, &["service", "ps", "--no-trunc", "st_web"], None), "monitor: service ps");
+    assert!(tasks.contains("st_web.1"), "{tasks}");
+    let ev = ok(&e.docker_as(&mon, &["events", "--since", "0", "--until", "0s", "--format", "{{json .}}"], None), "monitor: events");
+    assert!(ev.contains("\"Type\":\"service\""), "{ev}");
+    for args in [&["logs", &task_container][..], &["top", &task_container], &["container", "export", &task_container], &["exec", &task_container, "true"]] {
+        let o = e.docker_as(&mon, args, None);
+        assert!(!o.status.success() && text(&o).contains("monitor: "), "{args:?}: {}", text(&o));
+    }
     ok(&e.docker_as(&dep, &["service", "rm", "st_worker"], None), "service rm");
     assert!(!e.d.docker_ok(&["service", "ls", "--format", "{{.Name}}"]).contains("st_worker"));
     ok(&e.docker_as(&dep, &["stack", "rm", "st"], None), "stack rm");
@@ -208,12 +231,14 @@ fn deploy_ships_a_stack_and_cannot_take_the_host() {
     }
     assert!(e.d.docker_ok(&["volume", "ls", "-q"]).lines().all(|v| v != "v1"));
 
-    // Monitor: state without secrets; nothing that holds them.
+    // Monitor: state, and no way to change it.
     ok(&e.docker_as(&mon, &["info"], None), "monitor: docker info");
     ok(&e.docker_as(&mon, &["node", "ls"], None), "monitor: docker node ls");
-    for args in [&["service", "ls"][..], &["logs", &cid], &["container", "ls"]] {
+    let ls = ok(&e.docker_as(&mon, &["container", "ls", "--no-trunc"], None), "monitor: container ls");
+    assert!(ls.contains("(redacted)") && !ls.contains("sleep 600"), "{ls}");
+    for args in [&["service", "rm", "st_web"][..], &["run", "bb:1", "true"], &["logs", &cid]] {
         let o = e.docker_as(&mon, args, None);
-        assert!(!o.status.success() && text(&o).contains("monitor: GET"), "{args:?}: {}", text(&o));
+        assert!(!o.status.success() && text(&o).contains("monitor: "), "{args:?}: {}", text(&o));
     }
 }
 

@@ -23,7 +23,7 @@
 //!   that [`Route::admin_only`] names (escrow, reseal, recover, var/enroll-tpm, update).
 //!
 //! - `deploy`: reads as `readonly`; writes only to `DEPLOY_WRITES` (their bodies: [`crate::policy`]);
-//! - `monitor`: `GET`/`HEAD` of `MONITOR_READS` only.
+//! - `monitor`: `GET`/`HEAD` of `MONITOR_READS` and of the state [`crate::redact`] rewrites.
 //!
 //! Bodies that change autolock, the CA or a node's role are read with Go's rules
 //! ([`super::gojson`], [`Inspect`], [`spec_events`], [`node_events`]).
@@ -240,17 +240,9 @@ const DEPLOY_NAMED: &[(Pattern, &str, &str)] = &[
     (Pattern::Under(&["nodes"]), "swarm", "changing nodes"),
 ];
 
-/// Endpoints a `monitor` role may read (answers without environment variables, config
-/// data or command lines; the ones that hold them wait for response redaction).
-const MONITOR_READS: &[&[&str]] = &[
-    &["_ping"],
-    &["version"],
-    &["info"],
-    &["nodes"],
-    &["nodes", "*"],
-    &["swarmseal", "v1", "status"],
-    &["swarmseal", "v1", "bench"],
-];
+/// Endpoints a `monitor` role may read as they are; the others it reads are rewritten
+/// ([`crate::redact::redaction`]).
+const MONITOR_READS: &[&[&str]] = &[&["_ping"], &["version"], &["swarmseal", "v1", "status"], &["swarmseal", "v1", "bench"]];
 
 /// Decide for the configured role `policy` (None: a certificate without a known role), on
 /// the method and canonical path; a refusal names its rule (see `docs/proxy.md`, "Roles").
@@ -292,8 +284,8 @@ pub fn decide_rule(policy: Option<&crate::policy::RolePolicy>, method: &str, c: 
         if (method != "GET" && method != "HEAD") || upgrade {
             return Err(Denial::new("method", format!("{name}: {method} is not allowed (GET and HEAD only, no connection upgrades)")));
         }
-        if !MONITOR_READS.iter().any(|p| c.is(p)) {
-            return Err(Denial::new("endpoint", format!("{name}: GET {} is not allowed (monitor reads _ping, version, info, nodes, swarmseal/v1/status and bench; the other answers hold environment variables, config data or command lines)", c.path())));
+        if !MONITOR_READS.iter().any(|p| c.is(p)) && crate::redact::redaction(c).is_none() {
+            return Err(Denial::new("endpoint", format!("{name}: GET {} is not allowed (monitor reads state: info, version, nodes, services, tasks, containers/json, configs, secrets, networks, events, swarmseal/v1/status and bench; not logs, top, archive, export)", c.path())));
         }
         return Ok(());
     }

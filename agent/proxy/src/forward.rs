@@ -19,6 +19,7 @@ use tracing::instrument::WithSubscriber;
 
 use super::authz::{self, KeyEvent};
 use super::policy;
+use super::redact;
 use super::gojson::{self, GoValue};
 use super::route::Route;
 use super::{ApiError, ApiErrorKind, ConnCtx, EscrowFile, UpdateFrom};
@@ -143,6 +144,17 @@ pub(crate) struct OutBody {
 enum OutInner {
     Full(Option<Bytes>),
     Stream(Incoming),
+    /// A monitor's event stream: newline-delimited JSON, each line redacted ([`redact`]).
+    Lines(Box<Lines>),
+}
+
+/// The state of a redacted line stream: bytes of the current line (at most
+/// [`redact::LINE_LIMIT`]; beyond, the stream ends).
+struct Lines {
+    body: Incoming,
+    buf: Vec<u8>,
+    labels: Vec<String>,
+    done: bool,
 }
 
 impl OutBody {
@@ -171,18 +183,53 @@ impl Body for OutBody {
                 }
                 r
             }
+            OutInner::Lines(l) => loop {
+                let line = match l.buf.iter().position(|b| *b == b'\n') {
+                    Some(i) => Some(l.buf.drain(..=i).collect::<Vec<u8>>()),
+                    None if l.done && !l.buf.is_empty() => Some(std::mem::take(&mut l.buf)),
+                    None if l.done => return Poll::Ready(None),
+                    None => None,
+                };
+                if let Some(line) = line {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    // A line that is not JSON is dropped, never passed unredacted.
+                    let Ok(out) = redact::redact_bytes(&line, &l.labels) else { continue };
+                    if let Some(a) = &this.audit {
+                        a.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                }
+                match Pin::new(&mut l.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Ok(d) = f.into_data() {
+                            l.buf.extend_from_slice(&d);
+                            if l.buf.len() > redact::LINE_LIMIT && !l.buf.contains(&b'\n') {
+                                l.buf.clear();
+                                l.done = true;
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => l.done = true,
+                    Poll::Pending => return Poll::Pending,
+                }
+            },
         }
     }
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             OutInner::Full(b) => b.is_none(),
             OutInner::Stream(s) => s.is_end_stream(),
+            OutInner::Lines(l) => l.done && l.buf.is_empty(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             OutInner::Full(b) => SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0)),
             OutInner::Stream(s) => s.size_hint(),
+            OutInner::Lines(_) => SizeHint::default(),
         }
     }
 }
@@ -441,6 +488,25 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(CONNECTION);
     parts.headers.remove("keep-alive");
+    let monitor = ctx.ident.policy.as_ref().filter(|p| p.kind == super::tls::Role::Monitor && method == Method::GET);
+    if let Some((role, how)) = monitor.and_then(|p| redact::redaction(&canon).map(|r| (p, r))) {
+        // A monitor's state, without secrets: rewritten before a byte leaves.
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        let labels = role.redact_labels.clone();
+        return Ok(match how {
+            redact::Redaction::Lines => {
+                let lines = Lines { body, buf: Vec::new(), labels, done: false };
+                Response::from_parts(parts, OutBody { inner: OutInner::Lines(Box::new(lines)), audit: Some(audit) })
+            }
+            redact::Redaction::Json => {
+                let whole = Box::pin(http_body_util::Limited::new(body, redact::JSON_LIMIT).collect()).await;
+                match whole.map_err(|e| e.to_string()).and_then(|b| redact::redact_bytes(&b.to_bytes(), &labels)) {
+                    Ok(b) => Response::from_parts(parts, OutBody::full(b, Some(audit))),
+                    Err(e) => message(ApiErrorKind::BadGateway, &format!("the engine's answer cannot be redacted for a monitor certificate ({e}; at most {} MiB of JSON)", redact::JSON_LIMIT >> 20), audit),
+                }
+            }
+        });
+    }
     Ok(Response::from_parts(parts, OutBody { inner: OutInner::Stream(body), audit: Some(audit) }))
 }
 

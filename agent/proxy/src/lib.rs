@@ -39,6 +39,7 @@ mod forward;
 pub mod gojson;
 pub mod pki;
 pub mod policy;
+pub mod redact;
 pub mod route;
 pub mod slots;
 pub mod tls;

@@ -45,6 +45,8 @@ pub struct RoleConfig {
     pub allow_sysctls: Vec<String>,
     /// `deploy`: volume drivers other than `local` that volumes and mounts may use.
     pub allow_volume_drivers: Vec<String>,
+    /// `monitor`: label names whose values are removed from answers ([`crate::redact`]).
+    pub redact_labels: Vec<String>,
 }
 
 /// The `[roles]` tables, by role name.
@@ -70,11 +72,13 @@ pub struct RolePolicy {
     pub bind_paths: Vec<PathBuf>,
     pub sysctls: Vec<String>,
     pub volume_drivers: Vec<String>,
+    /// See [`RoleConfig::redact_labels`].
+    pub redact_labels: Vec<String>,
 }
 
 impl RolePolicy {
     fn builtin(kind: Role) -> RolePolicy {
-        RolePolicy { name: kind.as_str().into(), kind, bind_paths: Vec::new(), sysctls: Vec::new(), volume_drivers: Vec::new() }
+        RolePolicy { name: kind.as_str().into(), kind, bind_paths: Vec::new(), sysctls: Vec::new(), volume_drivers: Vec::new(), redact_labels: Vec::new() }
     }
 }
 
@@ -124,6 +128,9 @@ impl Roles {
             if tuned && kind != Role::Deploy {
                 return Err(err("allow_*", format!("allow_bind_paths, allow_sysctls and allow_volume_drivers apply to deploy roles only (this role is based on `{}`)", kind.as_str())));
             }
+            if !rc.redact_labels.is_empty() && kind != Role::Monitor {
+                return Err(err("redact_labels", format!("redact_labels applies to monitor roles only (this role is based on `{}`)", kind.as_str())));
+            }
             let mut bind_paths = Vec::new();
             for p in &rc.allow_bind_paths {
                 let n = normalize(p).filter(|n| n != Path::new("/")).ok_or_else(|| err("allow_bind_paths", format!("`{p}` is not an absolute host path below `/`")))?;
@@ -142,7 +149,14 @@ impl Roles {
                     return Err(err("allow_volume_drivers", format!("`{d}` is not a volume driver name")));
                 }
             }
-            let p = RolePolicy { name: name.clone(), kind, bind_paths, sysctls: rc.allow_sysctls.clone(), volume_drivers: rc.allow_volume_drivers.clone() };
+            let p = RolePolicy {
+                name: name.clone(),
+                kind,
+                bind_paths,
+                sysctls: rc.allow_sysctls.clone(),
+                volume_drivers: rc.allow_volume_drivers.clone(),
+                redact_labels: rc.redact_labels.clone(),
+            };
             roles.by_name.insert(name.clone(), Arc::new(p));
         }
         Ok(roles)
