@@ -16,18 +16,18 @@ fn text(o: &Output) -> String {
 }
 
 /// An Env in swarm mode with the image `bb:1` and a `deploy` and a `monitor` bundle.
-fn swarm_env() -> (Env, PathBuf, PathBuf) {
+fn swarm_env() -> (Env, PathBuf, PathBuf, PathBuf) {
     let e = Env::new(|_| {});
     e.d.docker_ok(&["swarm", "init", "--advertise-addr", &e.d.addr]);
     e.d.import_busybox("bb:1");
     let s = path_str(e.state.path()).to_string();
     let mut out = Vec::new();
-    for (name, role) in [("ci", "deploy"), ("dash", "monitor")] {
+    for (name, role) in [("ci", "deploy"), ("dash", "monitor"), ("ci2", "deploy")] {
         let dir = format!("{s}/bundles/{name}");
         ok(&swarmseal(&["--state-dir", &s, "certs", "issue", name, "--role", role, "--out", &dir], &[], None), "certs issue");
         out.push(PathBuf::from(dir));
     }
-    (e, out.remove(0), out.remove(0))
+    (e, out.remove(0), out.remove(0), out.remove(0))
 }
 
 /// `swarmseal policy check` for `role`: (exit code, stdout).
@@ -89,7 +89,7 @@ configs:
 
 #[test]
 fn deploy_ships_a_stack_and_cannot_take_the_host() {
-    let (e, dep, mon) = swarm_env();
+    let (e, dep, mon, other) = swarm_env();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("s1.txt"), "secret-value").unwrap();
     std::fs::write(dir.path().join("c1.txt"), "config-value").unwrap();
@@ -109,6 +109,19 @@ fn deploy_ships_a_stack_and_cannot_take_the_host() {
     assert_eq!(e.d.docker_ok(&["service", "inspect", "st_web", "--format", "{{.Spec.Mode.Replicated.Replicas}}"]), "2");
     ok(&e.docker_as(&dep, &["service", "scale", "--detach", "st_worker=3"], None), "service scale");
     ok(&e.docker_as(&dep, &["service", "logs", "st_web"], None), "service logs");
+    // Ownership: what ci created carries its label; another deploy identity cannot touch it.
+    assert_eq!(e.d.docker_ok(&["service", "inspect", "st_web", "--format", "{{index .Spec.Labels \"swarmseal.owner\"}}"]), "ci");
+    assert_eq!(e.d.docker_ok(&["secret", "inspect", "st_s1", "--format", "{{index .Spec.Labels \"swarmseal.owner\"}}"]), "ci");
+    assert_eq!(e.d.docker_ok(&["network", "inspect", "st_front", "--format", "{{index .Labels \"swarmseal.owner\"}}"]), "ci");
+    for args in [&["service", "update", "--detach", "--replicas", "1", "st_web"][..], &["service", "rm", "st_web"], &["secret", "rm", "st_s1"], &["config", "rm", "st_c1"], &["network", "rm", "st_front"], &["network", "rm", "ingress"]] {
+        let o = e.docker_as(&other, args, Some("y\n"));
+        assert!(!o.status.success() && (text(&o).contains("not to `ci2`") || text(&o).contains("has no swarmseal.owner")), "{args:?}: {}", text(&o));
+        e.proxy.logs.wait_for(&["identity=ci2", "status=403", "rule=owner"]);
+    }
+    assert_eq!(e.d.docker_ok(&["service", "inspect", "st_web", "--format", "{{.Spec.Mode.Replicated.Replicas}}"]), "2");
+    let (code, out) = policy_check("deploy", "DELETE", "/v1.41/services/st_web", b"");
+    assert!(code == 0 && out.contains("carries swarmseal.owner"), "{out}");
+
     // Monitor: the same state, without env values, config data or command lines.
     let svc = ok(&e.docker_as(&mon, &["service", "inspect", "st_web"], None), "monitor: service inspect");
     assert!(svc.contains("PASSWORD=(redacted)") && !svc.contains("hunter2") && !svc.contains("\"sleep\""), "{svc}");

@@ -416,25 +416,44 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     let mut sender = ctx.upstream.lock().await;
     let mut up = take_ready(ctx, sender.take()).await?;
     let broken = Arc::new(AtomicBool::new(false));
-    let deploy_body = ctx.ident.policy.as_ref().filter(|p| p.kind == super::tls::Role::Deploy).and_then(|p| policy::body_kind(method.as_str(), &canon).map(|k| (p.clone(), k)));
+    let deploy = ctx.ident.policy.as_ref().filter(|p| p.kind == super::tls::Role::Deploy).cloned();
+    if let Some(role) = deploy.as_ref().filter(|p| p.ownership) {
+        if let Some(target) = policy::owned_target(method.as_str(), &canon).filter(|t| t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))) {
+            let obj = engine_json(&mut up, &target).await;
+            if let Err(d) = policy::check_owner(role, &ctx.ident.name, &target, obj.as_ref()) {
+                audit_slot.rule = d.rule;
+                *sender = Some(up);
+                return Err(d.api_error());
+            }
+        }
+    }
+    let deploy_body = deploy.filter(|p| policy::body_kind(method.as_str(), &canon).is_some() || (p.ownership && policy::labels_owner(method.as_str(), &canon)));
     let body = match (inspect, deploy_body) {
-        (None, Some((role, kind))) => {
-            // Read as the engine will, apply the role's rules, then forward exactly these bytes.
-            let bytes = match read_limited(policy::BODY_LIMIT, &parts.headers, stream_body(ctx, body, audit_slot.bytes_in.clone(), broken.clone())).await {
+        (None, Some(role)) => {
+            // Read as the engine will, apply the role's rules, then forward exactly these bytes
+            // (with the owner label when ownership is on).
+            let mut bytes = match read_limited(policy::BODY_LIMIT, &parts.headers, stream_body(ctx, body, audit_slot.bytes_in.clone(), broken.clone())).await {
                 Ok(b) => b,
                 Err(e) => {
                     audit_slot.rule = "body";
                     return Err(e);
                 }
             };
-            let checked = match policy::check_body(&role, kind, &bytes) {
-                Ok(needs) => engine_checks(&mut up, &role, needs).await,
-                Err(d) => Err(d),
+            let checked = match policy::body_kind(method.as_str(), &canon).map(|k| policy::check_body(&role, k, &bytes)) {
+                Some(Ok(needs)) => engine_checks(&mut up, &role, needs).await,
+                Some(Err(d)) => Err(d),
+                None => Ok(()),
             };
-            if let Err(d) = checked {
+            let labelled = checked.and_then(|()| match role.ownership && policy::labels_owner(method.as_str(), &canon) {
+                true => policy::with_owner(&bytes, &ctx.ident.name).map(|b| bytes = Bytes::from(b)),
+                false => Ok(()),
+            });
+            if let Err(d) = labelled {
                 audit_slot.rule = d.rule;
                 return Err(d.api_error());
             }
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            parts.headers.remove(hyper::header::TRANSFER_ENCODING);
             ReqBody::Full(Some(bytes))
         }
         (Some(kind), _) => {

@@ -47,6 +47,9 @@ pub struct RoleConfig {
     pub allow_volume_drivers: Vec<String>,
     /// `monitor`: label names whose values are removed from answers ([`crate::redact`]).
     pub redact_labels: Vec<String>,
+    /// `deploy`: label what the identity creates with [`OWNER_LABEL`] and let it update or
+    /// remove only what carries its own (default true).
+    pub ownership: Option<bool>,
 }
 
 /// The `[roles]` tables, by role name.
@@ -74,11 +77,13 @@ pub struct RolePolicy {
     pub volume_drivers: Vec<String>,
     /// See [`RoleConfig::redact_labels`].
     pub redact_labels: Vec<String>,
+    /// See [`RoleConfig::ownership`] (always false for other roles than deploy).
+    pub ownership: bool,
 }
 
 impl RolePolicy {
     fn builtin(kind: Role) -> RolePolicy {
-        RolePolicy { name: kind.as_str().into(), kind, bind_paths: Vec::new(), sysctls: Vec::new(), volume_drivers: Vec::new(), redact_labels: Vec::new() }
+        RolePolicy { name: kind.as_str().into(), kind, bind_paths: Vec::new(), sysctls: Vec::new(), volume_drivers: Vec::new(), redact_labels: Vec::new(), ownership: kind == Role::Deploy }
     }
 }
 
@@ -131,6 +136,9 @@ impl Roles {
             if !rc.redact_labels.is_empty() && kind != Role::Monitor {
                 return Err(err("redact_labels", format!("redact_labels applies to monitor roles only (this role is based on `{}`)", kind.as_str())));
             }
+            if rc.ownership.is_some() && kind != Role::Deploy {
+                return Err(err("ownership", format!("ownership applies to deploy roles only (this role is based on `{}`)", kind.as_str())));
+            }
             let mut bind_paths = Vec::new();
             for p in &rc.allow_bind_paths {
                 let n = normalize(p).filter(|n| n != Path::new("/")).ok_or_else(|| err("allow_bind_paths", format!("`{p}` is not an absolute host path below `/`")))?;
@@ -156,6 +164,7 @@ impl Roles {
                 sysctls: rc.allow_sysctls.clone(),
                 volume_drivers: rc.allow_volume_drivers.clone(),
                 redact_labels: rc.redact_labels.clone(),
+                ownership: kind == Role::Deploy && rc.ownership.unwrap_or(true),
             };
             roles.by_name.insert(name.clone(), Arc::new(p));
         }
@@ -221,6 +230,70 @@ pub fn body_kind(method: &str, c: &Canon) -> Option<BodyKind> {
     .into_iter()
     .find(|(p, _)| c.is(p))
     .map(|(_, k)| k)
+}
+
+/// The label that names the identity (certificate CN) that created a service, secret, config
+/// or network through a deploy role with ownership on.
+pub const OWNER_LABEL: &str = "swarmseal.owner";
+
+/// A write to an existing object whose owner must be the caller (ownership on): the engine
+/// path that answers the object (`/services/{id}`), for `DELETE services|secrets|configs|
+/// networks/{id}` and `POST services|secrets|configs/{id}/update`.
+pub fn owned_target(method: &str, c: &Canon) -> Option<String> {
+    let kinds = ["services", "secrets", "configs", "networks"];
+    let id = c.raw_segs.get(1)?;
+    let hit = (method == "DELETE" && c.segs.len() == 2 && kinds.contains(&c.segs[0].as_str()))
+        || (method.eq_ignore_ascii_case("POST") && c.segs.len() == 3 && c.segs[2] == "update" && kinds[..3].contains(&c.segs[0].as_str()));
+    hit.then(|| format!("/{}/{id}", c.segs[0]))
+}
+
+/// Whether the body of this request gets the owner label (ownership on): creates and updates
+/// of services, secrets, configs, networks (an update replaces the labels).
+pub fn labels_owner(method: &str, c: &Canon) -> bool {
+    method.eq_ignore_ascii_case("POST")
+        && [&["services", "create"][..], &["services", "*", "update"], &["secrets", "create"], &["secrets", "*", "update"], &["configs", "create"], &["configs", "*", "update"], &["networks", "create"]]
+            .iter()
+            .any(|p| c.is(p))
+}
+
+/// The owner label of an engine object (`GET /services/{id}` etc.): `Spec.Labels`, or for a
+/// network its `Labels`.
+pub fn owner_of(obj: &GoValue) -> Option<String> {
+    let labels = obj.path("Spec.Labels").or_else(|| obj.field("Labels"))?;
+    let GoValue::Object(m) = labels else { return None };
+    m.iter().rev().find(|(k, _)| k == OWNER_LABEL).and_then(|(_, v)| if let GoValue::String(s) = v { Some(s.clone()) } else { None })
+}
+
+/// Refuse a write to an object `role`'s identity `who` does not own (`obj`: the engine's
+/// answer for `path`; `None`: no such object, the engine answers).
+pub fn check_owner(role: &RolePolicy, who: &str, path: &str, obj: Option<&GoValue>) -> Result<(), Denial> {
+    let Some(obj) = obj else { return Ok(()) };
+    match owner_of(obj) {
+        Some(o) if o == who => Ok(()),
+        Some(o) => Err(Denial::new("owner", format!("{}: {path} belongs to `{o}`, not to `{who}` (label {OWNER_LABEL})", role.name))),
+        None => Err(Denial::new("owner", format!("{}: {path} has no {OWNER_LABEL} label; only admin may change it", role.name))),
+    }
+}
+
+/// `body` with `Labels.swarmseal.owner = who` (the `Labels` key matched as Go matches it; a
+/// label the client set under that name is replaced). The body must be one JSON object
+/// without duplicate keys (else 400, as [`check_body`]).
+pub fn with_owner(body: &[u8], who: &str) -> Result<Vec<u8>, Denial> {
+    let bad = |m: String| Denial { rule: "body", message: m, kind: ApiErrorKind::BadRequest };
+    let v = crate::gojson::parse_object(body).map_err(|e| bad(e.to_string()))?;
+    if let Some(k) = duplicate_key(&v) {
+        return Err(bad(format!("the request body has the key `{k}` twice in one object (in any letter case)")));
+    }
+    let mut j: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(format!("the request body is not valid JSON ({e})")))?;
+    let m = j.as_object_mut().ok_or_else(|| bad("the request body must be a JSON object".into()))?;
+    let key = m.keys().find(|k| crate::gojson::key_matches(k, "Labels")).cloned().unwrap_or_else(|| "Labels".into());
+    let labels = m.entry(key).or_insert_with(|| serde_json::json!({}));
+    if labels.is_null() {
+        *labels = serde_json::json!({});
+    }
+    let l = labels.as_object_mut().ok_or_else(|| bad("Labels must be an object".into()))?;
+    l.insert(OWNER_LABEL.into(), serde_json::Value::String(who.into()));
+    serde_json::to_vec(&j).map_err(|e| bad(e.to_string()))
 }
 
 /// What the proxy must still ask the engine before forwarding an allowed body (the dry run
@@ -694,6 +767,16 @@ pub fn run(cfg: &impl crate::ProxySettings, c: PolicyCommand, stdin: impl std::i
             if let Some(i) = &needs.image {
                 println!("note: the proxy also asks the engine that image `{i}` is already there");
             }
+            let canon = authz::canonicalize(path.split('?').next().unwrap_or("")).ok();
+            let p = roles.get(&role).filter(|p| p.ownership);
+            if let (Some(c), Some(_)) = (&canon, &p) {
+                if let Some(t) = owned_target(&method, c) {
+                    println!("note: the proxy also asks the engine that {t} carries {OWNER_LABEL}=<this certificate's CN>");
+                }
+                if labels_owner(&method, c) {
+                    println!("note: the proxy adds the label {OWNER_LABEL}=<this certificate's CN> to the body");
+                }
+            }
             Ok(true)
         }
         Verdict::Deny(d) => {
@@ -795,6 +878,28 @@ mod tests {
         assert!(rule(n, r#"{"Name":"n","Driver":"overlay","Attachable":true}"#).is_ok());
         assert_eq!(rule(n, r#"{"Name":"n","Driver":"macvlan"}"#).unwrap_err().0, "network-driver");
         assert_eq!(rule(n, r#"{"Name":"n","Driver":"overlay","Ingress":true}"#).unwrap_err().0, "network-driver");
+    }
+
+    #[test]
+    fn ownership() {
+        let c = |p: &str| authz::canonicalize(p).unwrap();
+        assert_eq!(owned_target("DELETE", &c("/v1.41/services/AbC")), Some("/services/AbC".into()));
+        assert_eq!(owned_target("POST", &c("/configs/x/update")), Some("/configs/x".into()));
+        assert_eq!(owned_target("POST", &c("/networks/x/update")), None);
+        assert_eq!(owned_target("DELETE", &c("/containers/x")), None);
+        assert!(labels_owner("POST", &c("/services/create")) && !labels_owner("POST", &c("/containers/create")));
+        let b = with_owner(br#"{"Name":"s","labels":{"swarmseal.owner":"eve","a":"b"}}"#, "ci").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["labels"], serde_json::json!({"swarmseal.owner":"ci","a":"b"}));
+        let v: serde_json::Value = serde_json::from_slice(&with_owner(br#"{"Name":"s","Labels":null}"#, "ci").unwrap()).unwrap();
+        assert_eq!(v["Labels"]["swarmseal.owner"], "ci");
+        assert_eq!(with_owner(br#"{"Labels":{},"labels":{}}"#, "ci").unwrap_err().kind, ApiErrorKind::BadRequest);
+        let obj = crate::gojson::parse_first(br#"{"Spec":{"Labels":{"swarmseal.owner":"a"}}}"#).unwrap().0;
+        let d = deploy();
+        assert!(check_owner(&d, "a", "/services/x", Some(&obj)).is_ok());
+        assert_eq!(check_owner(&d, "b", "/services/x", Some(&obj)).unwrap_err().rule, "owner");
+        let net = crate::gojson::parse_first(br#"{"Labels":{}}"#).unwrap().0;
+        assert!(check_owner(&d, "a", "/networks/x", Some(&net)).unwrap_err().message.contains("no swarmseal.owner"));
     }
 
     #[test]
