@@ -395,6 +395,9 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = exit_code(&e);
             eprintln!("swarmseal: error: {e}");
+            if code == Exit::WrongKey {
+                eprintln!("swarmseal: the engine holds another unlock key than the one given. The key shown at the last `init`/`rotate`, or the escrow copy (`GET /swarmseal/v1/escrow` through the proxy, decrypted with `age -d -i YOUR-IDENTITY`), is the swarm's; `swarmseal status` says whether the sealed key is stale.");
+            }
             if code == Exit::PolicyMismatch {
                 eprintln!("swarmseal: the swarm stays locked. If this boot chain is expected, unlock by hand (`swarmseal unlock --manual`, or `docker swarm unlock` through the proxy and then POST /swarmseal/v1/reseal): that reseals the key to it.");
             }

@@ -140,7 +140,6 @@ pub async fn cmd_rotate(ctx: &Ctx) -> Result<(), BootError> {
     let _lock = ctx.lock().await?;
     repair_pending(ctx, &engine, Custody::Terminal).await?;
     let old = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off: run `swarmseal init` first"))?;
-    tracing::warn!(event = "rotate", security = true, "rotating the swarm unlock key");
     // Window: from the rotation call to the new key sealed in `current` (README "Rotation").
     let (new, _, window) = change_key(ctx, &engine, "rotate", Some(&old), Custody::Terminal, engine.rotate_unlock_key()).await?;
     println!("unlock key rotated and sealed; the previous key stays sealed in the `previous` slot (window from the engine's rotation call to the sealed slot: {} ms)", window.as_millis());
