@@ -213,6 +213,9 @@ pub enum BodyKind {
     VolumeCreate,
     /// `POST /networks/create`
     NetworkCreate,
+    /// `POST /containers/{id}/start`: dockerd still applies a host configuration sent in the
+    /// body under API versions before 1.24; only an empty body passes.
+    ContainerStart,
 }
 
 /// Which body of a `deploy` request is inspected (method matched case-insensitively).
@@ -226,6 +229,7 @@ pub fn body_kind(method: &str, c: &Canon) -> Option<BodyKind> {
         (&["services", "*", "update"], BodyKind::ServiceSpec),
         (&["volumes", "create"], BodyKind::VolumeCreate),
         (&["networks", "create"], BodyKind::NetworkCreate),
+        (&["containers", "*", "start"], BodyKind::ContainerStart),
     ]
     .into_iter()
     .find(|(p, _)| c.is(p))
@@ -313,6 +317,12 @@ pub fn check_body(role: &RolePolicy, kind: BodyKind, body: &[u8]) -> Result<Engi
     if body.len() as u64 > BODY_LIMIT {
         return Err(too_large());
     }
+    if kind == BodyKind::ContainerStart {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(EngineChecks::default());
+        }
+        return Err(Denial::new("host-config", format!("{}: a body on POST /containers/{{id}}/start (a host configuration at start, API before 1.24) is not allowed", role.name)));
+    }
     let v = crate::gojson::parse_object(body).map_err(|e| Denial { rule: "body", message: e.to_string(), kind: ApiErrorKind::BadRequest })?;
     if let Some(k) = duplicate_key(&v) {
         let message = format!("the request body has the key `{k}` twice in one object (in any letter case); refused so that no reading of it can differ from the engine's");
@@ -341,6 +351,7 @@ pub fn check_body(role: &RolePolicy, kind: BodyKind, body: &[u8]) -> Result<Engi
             }
         }
         BodyKind::NetworkCreate => ck.network(&v)?,
+        BodyKind::ContainerStart => {}
     }
     Ok(needs)
 }
@@ -841,6 +852,8 @@ mod tests {
             let got = rule(c, body).map(|_| "ok").map_err(|e| e.0);
             assert_eq!(got.unwrap_or_else(|e| e), r, "{body}");
         }
+        assert!(check_body(&deploy(), BodyKind::ContainerStart, b"").is_ok());
+        assert_eq!(check_body(&deploy(), BodyKind::ContainerStart, br#"{"Privileged":true}"#).unwrap_err().rule, "host-config");
         for bad in [r#"{"HostConfig":{}} x"#, "{/*c*/}", r#"{"a":NaN}"#, "", "[1]"] {
             let d = check_body(&deploy(), c, bad.as_bytes()).unwrap_err();
             assert_eq!(d.kind, ApiErrorKind::BadRequest, "{bad:?}");
