@@ -63,6 +63,18 @@ fn post(e: &Env, bundle: &Path, path: &str, body: &[u8]) -> (u16, String) {
     send(e, bundle, &head, body)
 }
 
+/// `docker stack deploy -c FILE [--detach=true] NAME`: CLI 26+ waits for convergence unless
+/// told not to; 20.10 has no such flag (and never waits).
+fn stack_deploy<'a>(file: &'a str, name: &'a str) -> Vec<&'a str> {
+    let help = std::process::Command::new("docker").args(["stack", "deploy", "--help"]).output().expect("docker CLI");
+    let mut v = vec!["stack", "deploy", "-c", file];
+    if String::from_utf8_lossy(&help.stdout).contains("--detach") {
+        v.push("--detach=true");
+    }
+    v.push(name);
+    v
+}
+
 const STACK: &str = r#"version: "3.8"
 services:
   web:
@@ -98,7 +110,7 @@ fn deploy_ships_a_stack_and_cannot_take_the_host() {
     let c = path_str(&compose);
 
     // The stack ships, scales, updates, and goes.
-    let o = e.docker_as(&dep, &["stack", "deploy", "-c", c, "--detach=true", "st"], None);
+    let o = e.docker_as(&dep, &stack_deploy(c, "st"), None);
     assert!(o.status.success(), "stack deploy: {}", text(&o));
     let services = e.d.docker_ok(&["service", "ls", "--format", "{{.Name}}"]);
     assert!(services.contains("st_web") && services.contains("st_worker"), "{services}");
@@ -166,7 +178,7 @@ fn deploy_ships_a_stack_and_cannot_take_the_host() {
         let f = dir.path().join(format!("bad{i}.yml"));
         std::fs::write(&f, stack).unwrap();
         let name = format!("b{i}");
-        let o = e.docker_as(&dep, &["stack", "deploy", "-c", path_str(&f), "--detach=true", &name], None);
+        let o = e.docker_as(&dep, &stack_deploy(path_str(&f), &name), None);
         let out = text(&o);
         if o.status.success() {
             assert!(out.contains("Ignoring unsupported options") || out.contains("unsupported"), "{rule}: deployed without a word: {out}");
