@@ -108,8 +108,9 @@ pub struct Common {
     /// Configuration file (TOML); default /etc/swarmseal/config.toml if present.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Engine API socket, unix:///PATH (default unix:///run/docker.sock).
-    #[arg(long, global = true, value_name = "unix:///PATH")]
+    /// Engine API socket, unix:///PATH (else DOCKER_HOST, as the docker CLI reads it;
+    /// then the configuration file; default unix:///run/docker.sock).
+    #[arg(long, global = true, value_name = "unix:///PATH", env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
     /// State directory (default /var/lib/swarmseal).
     #[arg(long, global = true, value_name = "DIR")]
@@ -168,7 +169,7 @@ pub enum Command {
     /// Appliance PKI: the client CA and client/server certificates.
     #[command(subcommand)]
     Certs(crate::proxy::pki::CertsCommand),
-    /// Run the CIS Docker Benchmark v1.6.0 checks.
+    /// Run the CIS Docker Benchmark checks (v1.8.0, or v1.6.0 with --benchmark).
     Bench(crate::bench_cmd::BenchArgs),
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
     #[command(subcommand)]
@@ -229,7 +230,7 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Bench(b) => match b {
             crate::bench::BenchError::Engine { .. } => Exit::DockerUnreachable,
             crate::bench::BenchError::Write { .. } => Exit::Failure,
-            crate::bench::BenchError::UnknownCheck(_) => Exit::Usage,
+            crate::bench::BenchError::UnknownCheck(_) | crate::bench::BenchError::EmptySelection => Exit::Usage,
         },
         Error::Var(v) => v.into(),
         Error::Health(h) => h.into(),

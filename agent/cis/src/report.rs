@@ -1,9 +1,10 @@
 //! The result model, shared by every output format ([`crate::output`]): the four
 //! statuses of docker-bench-security, one [`CheckResult`] per evaluated check, and
-//! the [`Summary`] and score of a [`Report`] (CIS Docker Benchmark v1.6.0 scoring:
+//! the [`Summary`] and score of a [`Report`] (CIS Docker Benchmark scoring:
 //! Automated checks are scored, Manual ones are counted only).
 
 use crate::checks::Check;
+use crate::Benchmark;
 
 /// The four results of docker-bench-security.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -102,9 +103,15 @@ impl CheckResult {
     }
 }
 
-/// A whole run: start/end (unix seconds) and the results in catalogue order.
+/// A whole run: the benchmark version, the engine and host it ran against,
+/// start/end (unix seconds) and the results in catalogue order.
 #[derive(Debug, Clone)]
 pub struct Report {
+    pub benchmark: Benchmark,
+    /// `GET /version` `Version` (empty when the engine did not say).
+    pub engine_version: String,
+    /// `GET /info` `Name`: the engine host's name (empty when the engine did not say).
+    pub hostname: String,
     pub start: u64,
     pub end: u64,
     pub results: Vec<CheckResult>,
@@ -122,6 +129,12 @@ pub struct Summary {
 }
 
 impl Report {
+    /// A v1.8.0 report with placeholder engine and host, for the output formats' tests.
+    #[cfg(test)]
+    pub(crate) fn fake(results: Vec<CheckResult>) -> Report {
+        Report { benchmark: Benchmark::Cis180, engine_version: "20.10.24".into(), hostname: "node1".into(), start: 1, end: 2, results }
+    }
+
     /// Counts and score, computed as docker-bench-security does
     /// (`functions/output_lib.sh`): every result counts as a check; a scored
     /// (Automated) check adds 1 on PASS and subtracts 1 on WARN.
@@ -165,18 +178,14 @@ mod tests {
 
     #[test]
     fn score_counts_like_docker_bench() {
-        let rep = Report {
-            start: 1,
-            end: 2,
-            results: vec![
+        let rep = Report::fake(vec![
                 CheckResult::fake("1.1.1", true, Outcome::pass()),
                 CheckResult::fake("2.2", true, Outcome::warn("x")),
                 CheckResult::fake("2.3", true, Outcome::warn("x")),
                 CheckResult::fake("2.8", false, Outcome::pass()),
                 CheckResult::fake("2.1", false, Outcome::info("x")),
                 CheckResult::fake("4.2", false, Outcome::note("x")),
-            ],
-        };
+        ]);
         let s = rep.summary();
         assert_eq!((s.checks, s.pass, s.warn, s.info, s.note, s.score), (6, 2, 2, 1, 1, -1));
     }
