@@ -445,12 +445,17 @@ struct TcpDockerd {
 
 impl TcpDockerd {
     fn start() -> TcpDockerd {
+        TcpDockerd::start_with("")
+    }
+
+    /// With `extra` dockerd flags.
+    fn start_with(extra: &str) -> TcpDockerd {
         let dir = tempfile::Builder::new().prefix("sst").tempdir_in("/tmp").unwrap();
         let d = dir.path().display().to_string();
         let n = std::process::id() % 250;
         let script = format!(
             "set -e; ip link set lo up; exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock -H tcp://127.0.0.1:2375 \
-             --pidfile {d}/docker.pid --bip 172.28.{n}.1/24 --log-level error"
+             --pidfile {d}/docker.pid --bip 172.28.{n}.1/24 --log-level error {extra}"
         );
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
         let child = std::process::Command::new("unshare").args(["--net", "--", "sh", "-c", &script]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
@@ -499,4 +504,38 @@ fn engine_api_on_tcp_is_found_on_the_command_line_and_in_proc_net_tcp() {
     assert_eq!(results(&rep16)["2.7"], r["2.8"]);
     // The flag and the live listening socket (/proc/<dockerd>/net/tcp, matched by inode).
     assert_eq!(r["A.3"], ("WARN".into(), vec!["127.0.0.1:2375".to_string(), "tcp://127.0.0.1:2375".to_string()], "Engine API on TCP: 127.0.0.1:2375 tcp://127.0.0.1:2375".into()));
+}
+
+/// Defect 1 of issue 17: run from another PID namespace, the bench cannot see the
+/// engine's process (SO_PEERCRED gives no pid there); every check that needs its
+/// command line says NOTE with what was missing, never PASS. In the engine's own
+/// namespace the same flags are found through SO_PEERCRED.
+#[test]
+fn flag_checks_say_note_when_the_engine_process_is_out_of_sight() {
+    let d = TcpDockerd::start_with("--iptables=false");
+    let state = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let host = d.host();
+    let flag_checks = "2.2,2.3,2.4,2.8,2.9,2.11,2.12,2.15,2.17,3.9,3.10,3.11,3.12,3.13,3.14,A.3";
+    let bench = ["--docker-host", host.as_str(), "--state-dir", path_str(state.path()), "bench", "--format", "json", "--check", flag_checks, "--root", path_str(root.path())];
+
+    // Same PID namespace: the engine's pid from the socket, its real flags.
+    let out = swarmseal(&bench, &[], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = results(&serde_json::from_slice(&out.stdout).unwrap());
+    assert_eq!(r["2.4"], ("WARN".into(), vec![], "iptables is set to false (dockerd command line)".into()));
+    assert_eq!((r["2.3"].0.as_str(), r["2.3"].2.as_str()), ("WARN", "log-level is error"));
+    assert_eq!(r["2.8"].0, "WARN", "{:?}", r["2.8"]);
+
+    // Another PID namespace (its own /proc): nothing about the process can be read.
+    let out = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "--"]).arg(swarmseal_bin()).args(bench).env("NO_COLOR", "1").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_schema_valid(&rep);
+    let r = results(&rep);
+    assert_eq!(r.len(), flag_checks.split(',').count());
+    for (id, (status, _, details)) in &r {
+        assert_eq!(status, "NOTE", "{id}: {details}");
+        assert!(details.contains("SO_PEERCRED") && details.contains("PID namespace"), "{id} says what was missing: {details}");
+    }
 }

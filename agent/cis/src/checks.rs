@@ -8,7 +8,7 @@
 
 use bollard::models::{ContainerInspectResponse, RestartPolicyNameEnum};
 
-use crate::host::{self, HostFacts, Settings};
+use crate::host::{self, HostFacts, Read, Settings};
 use crate::report::{Outcome, Status};
 use crate::{ApplianceFacts, EngineFacts};
 
@@ -184,9 +184,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure network traffic is restricted between containers on the default bridge (Automated)",
             "Edit the Docker daemon configuration file to ensure that inter-container communication is disabled: \"icc\": false (or run dockerd --icc=false).",
             "Inter-container communication is disabled on the default network bridge. Containers that need to talk must be on a user-defined network or use links.",
-            |s| match settings(s).flag("icc") {
-                Some(false) => Outcome::pass(),
-                _ => Outcome::warn("icc is not set to false"),
+            |s| match settings(s).flag_read("icc") {
+                Read::Set(false, src) => Outcome::pass_with(format!("icc is false ({src})")),
+                Read::Set(true, src) => Outcome::warn(format!("icc is not set to false: true ({src})")),
+                Read::Default => Outcome::warn("icc is not set to false: not set, dockerd's default is true"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -194,10 +196,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure the logging level is set to 'info' (Automated)",
             "Ensure that the Docker daemon configuration file has the configuration \"log-level\": \"info\", or start dockerd with --log-level=info.",
             "None.",
-            |s| match settings(s).value("log-level") {
-                None => Outcome::pass(),
-                Some(l) if l == "info" => Outcome::pass(),
-                Some(l) => Outcome::warn(format!("log-level is {l}")),
+            |s| match settings(s).value_read("log-level") {
+                Read::Set(l, src) if l == "info" => Outcome::pass_with(format!("log-level is info ({src})")),
+                Read::Set(l, _) => Outcome::warn(format!("log-level is {l}")),
+                Read::Default => Outcome::pass_with("log-level is not set: dockerd's default is info"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -205,9 +208,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure Docker is allowed to make changes to iptables (Automated)",
             "Do not run the Docker daemon with --iptables=false and do not set \"iptables\": false in daemon.json.",
             "The Docker daemon service requires iptables rules to be enabled before it starts.",
-            |s| match settings(s).flag("iptables") {
-                Some(false) => Outcome::warn("iptables is set to false"),
-                _ => Outcome::pass(),
+            |s| match settings(s).flag_read("iptables") {
+                Read::Set(false, src) => Outcome::warn(format!("iptables is set to false ({src})")),
+                Read::Set(true, src) => Outcome::pass_with(format!("iptables is true ({src})")),
+                Read::Default => Outcome::pass_with("iptables is not set: dockerd's default is true"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -252,17 +257,29 @@ pub fn catalogue() -> Vec<Check> {
             "You would need to manage and guard certificates and keys for the Docker daemon and Docker clients.",
             |s| {
                 let st = settings(s);
-                let tcp: Vec<String> = st.values("hosts").into_iter().filter(|h| h.starts_with("tcp://")).collect();
-                if tcp.is_empty() {
-                    return Outcome::info("Docker daemon not listening on TCP");
+                let tcp: Vec<String> = match st.values_read("hosts") {
+                    Read::Unknown(why) => return Outcome::note(why),
+                    Read::Default => return Outcome::info("Docker daemon not listening on TCP: no -H/hosts set, dockerd's default is the unix socket"),
+                    Read::Set(hosts, src) => {
+                        let tcp: Vec<String> = hosts.iter().filter(|h| h.starts_with("tcp://")).cloned().collect();
+                        if tcp.is_empty() {
+                            return Outcome::info(format!("Docker daemon not listening on TCP: hosts {} ({src})", hosts.join(" ")));
+                        }
+                        tcp
+                    }
+                };
+                let (key, cert, verify) = (st.value_read("tlskey"), st.value_read("tlscert"), st.flag_read("tlsverify"));
+                if let Some(why) = [&key, &cert].into_iter().find_map(|r| if let Read::Unknown(w) = r { Some(w.clone()) } else { None }) {
+                    return Outcome::note(why);
                 }
-                if st.value("tlskey").is_none() || st.value("tlscert").is_none() {
+                if !matches!((&key, &cert), (Read::Set(..), Read::Set(..))) {
                     return Outcome::items(Status::Warn, "Docker daemon currently listening on TCP without TLS", tcp);
                 }
-                if st.flag("tlsverify") != Some(true) {
-                    return Outcome::items(Status::Warn, "Docker daemon currently listening on TCP with TLS, but no verification", tcp);
+                match verify {
+                    Read::Set(true, src) => Outcome::pass_with(format!("Docker daemon listening on TCP with TLS and client verification (tlsverify, {src}): {}", tcp.join(" "))),
+                    Read::Unknown(why) => Outcome::note(why),
+                    _ => Outcome::items(Status::Warn, "Docker daemon currently listening on TCP with TLS, but no verification", tcp),
                 }
-                Outcome::pass_with("Docker daemon listening on TCP with TLS and client verification")
             }
         ),
         check!(
@@ -270,12 +287,10 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure the default ulimit is configured appropriately (Manual)",
             "Run Docker in daemon mode and pass --default-ulimit as option with respective ulimits as appropriate in your environment and in line with your security policy.",
             "If ulimits are not set correctly, overutilization by individual containers could make the host system unusable.",
-            |s| {
-                if settings(s).values("default-ulimits").is_empty() {
-                    Outcome::info("Default ulimit doesn't appear to be set")
-                } else {
-                    Outcome::pass()
-                }
+            |s| match settings(s).values_read("default-ulimits") {
+                Read::Set(v, src) => Outcome::pass_with(format!("default-ulimits {} ({src})", v.join(" "))),
+                Read::Default => Outcome::info("Default ulimit doesn't appear to be set"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -296,9 +311,10 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure the default cgroup usage has been confirmed (Automated)",
             "The default setting is in line with good security practice and can be left in situ. If you wish to specifically set a non-default cgroup, pass the --cgroup-parent parameter to the Docker daemon when starting it.",
             "None.",
-            |s| match settings(s).value("cgroup-parent") {
-                Some(p) => Outcome::info(format!("Confirm cgroup usage: cgroup-parent is {p}")),
-                None => Outcome::pass(),
+            |s| match settings(s).value_read("cgroup-parent") {
+                Read::Set(p, src) => Outcome::info(format!("Confirm cgroup usage: cgroup-parent is {p} ({src})")),
+                Read::Default => Outcome::pass_with("cgroup-parent is not set: containers use the default cgroup"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -306,9 +322,17 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure base device size is not changed until needed (Automated)",
             "Do not set --storage-opt dm.basesize until needed.",
             "Increasing the base device size allows all future images and containers to be of the new base device size, this may cause a denial of service by ending up in file system being over allocated or full.",
-            |s| {
-                let v: Vec<String> = settings(s).values("storage-opts").into_iter().filter(|o| o.contains("dm.basesize")).collect();
-                Outcome::warn_if_any("Base device size changed", v)
+            |s| match settings(s).values_read("storage-opts") {
+                Read::Set(opts, src) => {
+                    let v: Vec<String> = opts.iter().filter(|o| o.contains("dm.basesize")).cloned().collect();
+                    if v.is_empty() {
+                        Outcome::pass_with(format!("storage-opts do not set dm.basesize: {} ({src})", opts.join(" ")))
+                    } else {
+                        Outcome::items(Status::Warn, "Base device size changed", v)
+                    }
+                }
+                Read::Default => Outcome::pass_with("No storage-opts set"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -341,9 +365,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure containers are restricted from acquiring new privileges (Automated)",
             "You should run the Docker daemon with --no-new-privileges, or set \"no-new-privileges\": true in daemon.json.",
             "no_new_priv prevents LSMs such as SELinux from escalating the privileges of individual containers.",
-            |s| match settings(s).flag("no-new-privileges") {
-                Some(true) => Outcome::pass(),
-                _ => Outcome::warn("no-new-privileges is not set"),
+            |s| match settings(s).flag_read("no-new-privileges") {
+                Read::Set(true, src) => Outcome::pass_with(format!("no-new-privileges is true ({src})")),
+                Read::Set(false, src) => Outcome::warn(format!("no-new-privileges is not set: false ({src})")),
+                Read::Default => Outcome::warn("no-new-privileges is not set"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -366,9 +392,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure Userland Proxy is Disabled (Automated)",
             "You should run the Docker daemon with --userland-proxy=false, or set \"userland-proxy\": false in daemon.json.",
             "Some systems with older Linux kernels may not be able to support hairpin NAT and therefore require the userland proxy service.",
-            |s| match settings(s).flag("userland-proxy") {
-                Some(false) => Outcome::pass(),
-                _ => Outcome::warn("userland-proxy is enabled"),
+            |s| match settings(s).flag_read("userland-proxy") {
+                Read::Set(false, src) => Outcome::pass_with(format!("userland-proxy is false ({src})")),
+                Read::Set(true, src) => Outcome::warn(format!("userland-proxy is enabled ({src})")),
+                Read::Default => Outcome::warn("userland-proxy is enabled: not set, dockerd's default is true"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -412,12 +440,12 @@ pub fn catalogue() -> Vec<Check> {
             None => Outcome::info("Directory not found"),
             Some(files) => Outcome::warn_if_any("Wrong permissions for", files.iter().filter(|f| s.host.stat_of(f).is_some_and(|st| st.mode & !0o444 != 0)).cloned().collect()),
         }),
-        check!("3.9", "Ensure that TLS CA certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to TLS CA certificate file>.", "None.", |s| owner(s, settings(s).value("tlscacert").as_deref(), "No TLS CA certificate found")),
-        check!("3.10", "Ensure that TLS CA certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to TLS CA certificate file>.", "None.", |s| perms(s, settings(s).value("tlscacert").as_deref(), 0o444, "No TLS CA certificate found")),
-        check!("3.11", "Ensure that Docker server certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate file>.", "None.", |s| owner(s, settings(s).value("tlscert").as_deref(), "No TLS Server certificate found")),
-        check!("3.12", "Ensure that the Docker server certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to Docker server certificate file>.", "None.", |s| perms(s, settings(s).value("tlscert").as_deref(), 0o444, "No TLS Server certificate found")),
-        check!("3.13", "Ensure that the Docker server certificate key file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate key file>.", "None.", |s| owner(s, settings(s).value("tlskey").as_deref(), "No TLS Key found")),
-        check!("3.14", "Ensure that the Docker server certificate key file permissions are set to 400 (Automated)", "You should run the following command: chmod 400 <path to Docker server certificate key file>.", "None.", |s| perms(s, settings(s).value("tlskey").as_deref(), 0o400, "No TLS Key found")),
+        check!("3.9", "Ensure that TLS CA certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to TLS CA certificate file>.", "None.", |s| tls_file(s, "tlscacert", |p| owner(s, p, "No TLS CA certificate found"))),
+        check!("3.10", "Ensure that TLS CA certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to TLS CA certificate file>.", "None.", |s| tls_file(s, "tlscacert", |p| perms(s, p, 0o444, "No TLS CA certificate found"))),
+        check!("3.11", "Ensure that Docker server certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate file>.", "None.", |s| tls_file(s, "tlscert", |p| owner(s, p, "No TLS Server certificate found"))),
+        check!("3.12", "Ensure that the Docker server certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to Docker server certificate file>.", "None.", |s| tls_file(s, "tlscert", |p| perms(s, p, 0o444, "No TLS Server certificate found"))),
+        check!("3.13", "Ensure that the Docker server certificate key file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate key file>.", "None.", |s| tls_file(s, "tlskey", |p| owner(s, p, "No TLS Key found"))),
+        check!("3.14", "Ensure that the Docker server certificate key file permissions are set to 400 (Automated)", "You should run the following command: chmod 400 <path to Docker server certificate key file>.", "None.", |s| tls_file(s, "tlskey", |p| perms(s, p, 0o400, "No TLS Key found"))),
         check!("3.15", "Ensure that the Docker socket file ownership is set to root:docker (Automated)", "You should run the following command: chown root:docker <path to the Docker socket>.", "None.", |s| {
             let p = s.docker_socket.as_str();
             let Some(st) = s.host.stat_of(p) else { return Outcome::info("File not found") };
@@ -791,7 +819,8 @@ pub fn catalogue() -> Vec<Check> {
                 if swarm_info(s).is_none() {
                     return no_swarm(s);
                 }
-                let Some(ls) = s.host.dockerd.as_ref().and_then(|d| d.listeners.as_ref()) else { return Outcome::note("The dockerd process or its sockets could not be read") };
+                let Some(d) = &s.host.dockerd else { return Outcome::note(s.host.dockerd_unknown().unwrap_or_default()) };
+                let Some(ls) = &d.listeners else { return Outcome::note(format!("The sockets of dockerd (pid {}) could not be read", d.pid)) };
                 let swarm: Vec<_> = ls.iter().filter(|l| l.port == SWARM_PORT).collect();
                 let wild: Vec<String> = swarm.iter().filter(|l| l.wildcard).map(|l| l.to_string()).collect();
                 if !wild.is_empty() {
@@ -937,7 +966,7 @@ pub fn catalogue() -> Vec<Check> {
             |s| {
                 let mut bad: Vec<String> = settings(s).values("hosts").into_iter().filter(|h| h.starts_with("tcp://")).collect();
                 let Some(d) = &s.host.dockerd else {
-                    return if bad.is_empty() { Outcome::note("The dockerd process could not be found") } else { Outcome::items(Status::Warn, "Engine API configured on TCP", bad) };
+                    return if bad.is_empty() { Outcome::note(s.host.dockerd_unknown().unwrap_or_default()) } else { Outcome::items(Status::Warn, "Engine API configured on TCP", bad) };
                 };
                 let Some(ls) = &d.listeners else { return Outcome::note("The dockerd sockets could not be read") };
                 bad.extend(ls.iter().filter(|l| !SWARM_PORTS.contains(&l.port)).map(|l| l.to_string()));
@@ -995,6 +1024,16 @@ const DEFAULT_CAPS: [&str; 14] = ["AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNE
 
 fn settings(s: &Snapshot) -> Settings<'_> {
     Settings::new(&s.host)
+}
+
+/// 3.9–3.14: the TLS file named by `key` (`f(None)` when dockerd is known not to
+/// use one); NOTE when the command line that could name it was not read.
+fn tls_file(s: &Snapshot, key: &str, f: impl Fn(Option<&str>) -> Outcome) -> Outcome {
+    match settings(s).value_read(key) {
+        Read::Set(p, _) => f(Some(&p)),
+        Read::Default => f(None),
+        Read::Unknown(why) => Outcome::note(why),
+    }
 }
 
 fn sec_opt(s: &Snapshot, prefix: &str) -> bool {
@@ -1183,6 +1222,44 @@ mod tests {
             assert!(c.desc.ends_with("(Automated)") || c.desc.ends_with("(Manual)"), "{}", c.id);
             assert!(!c.remediation.is_empty(), "{}", c.id);
         }
+    }
+
+    #[test]
+    fn unknown_dockerd_makes_flag_checks_note_unless_daemon_json_sets_them() {
+        let mut s = Snapshot::default();
+        s.host.dockerd_missing = "SO_PEERCRED gave no pid".into();
+        for id in ["2.2", "2.3", "2.4", "2.7", "2.8", "2.10", "2.11", "2.14", "2.16", "3.9", "3.14", "A.3"] {
+            let o = eval(id, &s);
+            assert_eq!(o.status, Status::Note, "{id}: {o:?}");
+            assert!(o.details.unwrap().starts_with("SO_PEERCRED gave no pid"), "{id}");
+        }
+        // daemon.json is evidence on its own (dockerd refuses a setting given twice).
+        s.host.daemon_json = Some(Ok(serde_json::from_value(json!({"iptables": false, "icc": false})).unwrap()));
+        assert_eq!(eval("2.4", &s), Outcome::warn("iptables is set to false (/etc/docker/daemon.json)"));
+        assert_eq!(eval("2.2", &s), Outcome::pass_with("icc is false (/etc/docker/daemon.json)"));
+        // A command line that was read: unset means dockerd's default.
+        s.host.dockerd = Some(host::Dockerd { pid: 7, args: vec!["dockerd".into()], listeners: Some(vec![]) });
+        assert_eq!(eval("2.3", &s), Outcome::pass_with("log-level is not set: dockerd's default is info"));
+        assert_eq!(eval("2.7", &s).status, Status::Info);
+    }
+
+    #[test]
+    fn devicemapper_warns_overlay2_passes_unknown_is_note() {
+        let mut s = Snapshot::default();
+        let dm = devicemapper();
+        s.engine.info = serde_json::from_value(json!({"Driver": "devicemapper"})).unwrap();
+        assert_eq!((dm.eval)(&s), Outcome::warn("Storage driver is devicemapper"));
+        assert_eq!(eval("2.6", &s).status, Status::Pass);
+        s.engine.info = serde_json::from_value(json!({"Driver": "overlay2"})).unwrap();
+        assert_eq!((dm.eval)(&s), Outcome::pass_with("Storage driver is overlay2"));
+        s.engine.info = serde_json::from_value(json!({})).unwrap();
+        assert_eq!((dm.eval)(&s).status, Status::Note);
+        assert_eq!(eval("2.6", &s).status, Status::Note);
+        // Through the v1.8.0 catalogue, under its ID.
+        s.engine.info = serde_json::from_value(json!({"Driver": "devicemapper"})).unwrap();
+        let sel = crate::Selection { only: vec!["2.7".into()], ..Default::default() };
+        let r = crate::evaluate(&s, &sel);
+        assert_eq!((r.len(), r[0].id, r[0].outcome.status), (1, "2.7", Status::Warn));
     }
 
     #[test]

@@ -59,8 +59,9 @@ pub async fn run_report_with(facts: ApplianceFacts, sel: &Selection, host: &Host
     let socket = host.docker_socket.clone();
     let engine = engine::gather(&socket).await?;
     let h = host.clone();
+    let engine_pid = host::engine_peer_pid(&socket).await;
     let init_pids: Vec<u32> = engine.containers.iter().filter_map(|c| c.state.as_ref()?.pid).filter(|p| *p > 0).map(|p| p as u32).collect();
-    let host_facts = tokio::task::spawn_blocking(move || HostFacts::gather(&h, &init_pids)).await.unwrap_or_default();
+    let host_facts = tokio::task::spawn_blocking(move || HostFacts::gather(&h, &init_pids, engine_pid)).await.unwrap_or_default();
     let snap = Snapshot { engine, host: host_facts, appliance: facts, docker_socket: socket.to_string_lossy().into_owned() };
     let results = evaluate(&snap, sel);
     let engine_version = snap.engine.version.version.clone().unwrap_or_default();
