@@ -539,3 +539,87 @@ fn flag_checks_say_note_when_the_engine_process_is_out_of_sight() {
         assert!(details.contains("SO_PEERCRED") && details.contains("PID namespace"), "{id} says what was missing: {details}");
     }
 }
+
+/// A TCP port for a child to listen on, below the kernel's ephemeral range (so no
+/// outgoing connection holds it), free now and never handed out twice by this process.
+fn listen_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let start = 21000 + (std::process::id() % 8000) as u16;
+    let p = (start..start + 500).find(|p| !given.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port");
+    given.push(p);
+    p
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Defect 2 of issue 17: A.4 rests on the listener, not on the configuration.
+/// Nothing listening: NOTE; a TLS server that takes clients without a certificate:
+/// WARN; the real proxy (refuses no certificate, takes the appliance CA's): PASS.
+#[test]
+fn a4_probes_the_proxy_listener() {
+    let d = Dockerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let s = path_str(state.path());
+    let o = swarmseal(&["--state-dir", s, "certs", "init"], &[], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = listen_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = state.path().join("config.toml");
+    std::fs::write(&cfg, format!("[proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let host = d.host();
+    let a4 = || {
+        let out = swarmseal(&["--config", path_str(&cfg), "--state-dir", s, "--docker-host", host.as_str(), "bench", "--format", "json", "--check", "A.4"], &[], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_schema_valid(&rep);
+        let (st, _, details) = results(&rep).remove("A.4").unwrap();
+        (st, details)
+    };
+
+    let (st, details) = a4();
+    assert_eq!(st, "NOTE", "{details}");
+    assert!(details.contains("nothing answers on 127.0.0.1"), "{details}");
+
+    // openssl s_server with the appliance's server certificate, no client verification.
+    let pki = state.path().join("pki");
+    let server = Killed(
+        std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-tls1_3", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+            .arg(pki.join("server-cert.pem"))
+            .arg("-key")
+            .arg(pki.join("server-key.pem"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl is installed"),
+    );
+    wait_until("openssl s_server listening", std::time::Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
+    let (st, details) = a4();
+    assert_eq!(st, "WARN", "{details}");
+    assert!(details.contains("accepts clients without a certificate (HTTP/1."), "{details}");
+    drop(server);
+
+    // The appliance's proxy.
+    let _proxy = Killed(
+        cmd(swarmseal_bin())
+            .args(["--config", path_str(&cfg), "--state-dir", s, "--docker-host", host.as_str(), "proxy"])
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(state.path().join("proxy.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the proxy listening", std::time::Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
+    let (st, details) = a4();
+    assert_eq!(st, "PASS", "{details}");
+    assert!(details.contains("refuses a client without a certificate (") && details.contains("accepts one signed by the appliance CA (HTTP/1.1 403"), "{details}");
+}

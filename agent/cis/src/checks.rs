@@ -985,11 +985,13 @@ pub fn catalogue() -> Vec<Check> {
             "Enable the proxy ([proxy] enabled = true) with a client CA; it refuses connections without a certificate signed by that CA.",
             "None.",
             |s| {
-                let at = s.appliance.proxy_listen.clone().map(|l| format!(" on {l}")).unwrap_or_default();
-                match s.appliance.proxy_requires_client_certs {
-                    Some(true) => Outcome::pass_with(format!("The proxy{at} requires client certificates")),
-                    Some(false) => Outcome::warn(format!("The proxy{at} accepts clients without certificates")),
-                    None => Outcome::info("The proxy is disabled: the engine API is reachable only on its unix socket"),
+                use crate::appliance::Handshake::*;
+                let Some(p) = &s.appliance.proxy else { return Outcome::info("The proxy is disabled: the engine API is reachable only on its unix socket") };
+                match (&p.without_cert, &p.with_cert) {
+                    (Accepted(how), _) => Outcome::warn(format!("The proxy on {} accepts clients without a certificate ({how})", p.addr)),
+                    (Refused(no), Accepted(yes)) => Outcome::pass_with(format!("The proxy on {} refuses a client without a certificate ({no}) and accepts one signed by the appliance CA ({yes})", p.addr)),
+                    (Refused(no), Refused(why) | NotProbed(why)) => Outcome::note(format!("The proxy on {} refuses a client without a certificate ({no}), but also the appliance's own client certificate ({why}): its client CA is not the appliance's", p.addr)),
+                    (NotProbed(why), _) => Outcome::note(format!("The proxy is enabled but could not be probed on {}: {why}", p.addr)),
                 }
             }
         ),
@@ -1314,8 +1316,16 @@ mod tests {
         assert_eq!(eval("A.2", &s).status, Status::Note);
         assert_eq!(eval("A.4", &s).status, Status::Info);
         s.appliance.sealed_key = Some(crate::SealedKeyFact { pcrs_match: Some(false), detail: "PCR 7 differs".into() });
-        s.appliance.proxy_requires_client_certs = Some(true);
         assert_eq!(eval("A.2", &s), Outcome::warn("PCR 7 differs"));
+        use crate::Handshake::*;
+        let probe = |without: crate::Handshake, with: crate::Handshake| Some(crate::ProxyProbe { addr: "127.0.0.1:2376".into(), without_cert: without, with_cert: with });
+        s.appliance.proxy = probe(Refused("alert".into()), Accepted("HTTP/1.1 403".into()));
         assert_eq!(eval("A.4", &s).status, Status::Pass);
+        s.appliance.proxy = probe(Accepted("HTTP/1.1 200".into()), Accepted("HTTP/1.1 200".into()));
+        assert_eq!(eval("A.4", &s).status, Status::Warn);
+        s.appliance.proxy = probe(NotProbed("connection refused".into()), NotProbed("connection refused".into()));
+        assert_eq!(eval("A.4", &s).status, Status::Note);
+        s.appliance.proxy = probe(Refused("alert".into()), Refused("unknown CA".into()));
+        assert_eq!(eval("A.4", &s).status, Status::Note);
     }
 }

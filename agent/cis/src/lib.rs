@@ -32,7 +32,7 @@ pub mod selection;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use appliance::{ApplianceFacts, SealedKeyFact};
+pub use appliance::{ApplianceFacts, Handshake, ProxyProbe, SealedKeyFact};
 pub use benchmark::{catalogue, Benchmark};
 pub use checks::{Check, Snapshot};
 pub use engine::EngineFacts;
