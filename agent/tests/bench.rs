@@ -298,6 +298,23 @@ fn host_and_daemon_checks_read_the_fixture_root() {
     assert_eq!(r["3.6"].1, vec!["/etc/docker(777)"]);
     assert_eq!(r["A.3"].1, vec!["tcp://0.0.0.0:2375"]);
     assert_eq!(r["1.1.3"].1, vec!["/usr/bin/dockerd"], "a commented-out rule does not count");
+
+    // A merged-/usr host (/lib -> usr/lib): the rule docker-bench-security recommends,
+    // on /lib/systemd/system/docker.service, watches the unit found under /usr/lib
+    // (issue 17 defect 3); the remediation names the real path.
+    let merged = tempfile::tempdir().unwrap();
+    let m = merged.path();
+    write(m, "usr/lib/systemd/system/docker.service", "[Service]\n", 0o644);
+    write(m, "usr/lib/systemd/system/docker.socket", "[Socket]\n", 0o644);
+    std::os::unix::fs::symlink("usr/lib", m.join("lib")).unwrap();
+    write(m, "etc/audit/rules.d/docker.rules", "-w /lib/systemd/system/docker.service -k docker\n", 0o640);
+    let rep = bench_json(&d, state.path(), &["--check", "1.1.7,1.1.9", "--root", path_str(m)]);
+    let r = results(&rep);
+    assert_eq!(r["1.1.7"].0, "PASS", "{:?}", r["1.1.7"]);
+    assert!(r["1.1.7"].2.contains("/usr/lib/systemd/system/docker.service is watched as /lib/systemd/system/docker.service"), "{}", r["1.1.7"].2);
+    assert_eq!(r["1.1.9"].1, vec!["/usr/lib/systemd/system/docker.socket"]);
+    let rem = rep["tests"][0]["results"].as_array().unwrap().iter().find(|x| x["id"] == "1.1.9").unwrap()["remediation"].as_str().unwrap().to_string();
+    assert!(rem.contains("Add -w /usr/lib/systemd/system/docker.socket -k docker"), "{rem}");
 }
 
 #[test]

@@ -79,7 +79,7 @@ macro_rules! audit_unit {
             remediation: concat!("Install auditd. Add -w <path of ", $unit, "> -k docker to the /etc/audit/rules.d/audit.rules file. Then restart the audit daemon using command service auditd restart."),
             impact: AUDIT_IMPACT,
             eval: |s| match s.host.units.get($unit) {
-                Some(p) => audit_present(s, p),
+                Some(p) => audit_present(s, p).with_remediation(format!("Install auditd. Add -w {p} -k docker to the /etc/audit/rules.d/audit.rules file. Then restart the audit daemon using command service auditd restart.")),
                 None => Outcome::info("File not found"),
             },
         }
@@ -1142,9 +1142,14 @@ fn audit_rule(s: &Snapshot, path: &str, needs_file: bool) -> Outcome {
     audit_present(s, path)
 }
 
+/// A rule watches `path`: by name, or by the file's identity (device and inode: on a
+/// merged-/usr host `-w /lib/systemd/system/docker.service` watches
+/// `/usr/lib/systemd/system/docker.service`).
 fn audit_present(s: &Snapshot, path: &str) -> Outcome {
-    if s.host.audit.covers(path) {
-        Outcome::pass()
+    if let Some(rule) = s.host.audit.rule_for(path) {
+        Outcome::pass_with(format!("{} ({})", rule, s.host.audit.source))
+    } else if let Some(alias) = s.host.audit_aliases.get(path) {
+        Outcome::pass_with(format!("{path} is watched as {alias}, the same file ({})", s.host.audit.source))
     } else {
         Outcome::items(Status::Warn, format!("No audit rule in {}", s.host.audit.source), vec![path.to_string()])
     }
@@ -1155,7 +1160,7 @@ fn owner(s: &Snapshot, path: Option<&str>, missing: &str) -> Outcome {
     let Some(p) = path else { return Outcome::info(missing) };
     match s.host.stat_of(p) {
         None => Outcome::info(missing),
-        Some(st) if st.uid == 0 && st.gid == 0 => Outcome::pass(),
+        Some(st) if st.uid == 0 && st.gid == 0 => Outcome::pass_with(format!("{p} is root:root")),
         Some(st) => Outcome::items(Status::Warn, "Wrong ownership for", vec![format!("{p}({}:{})", st.uid, st.gid)]),
     }
 }
@@ -1165,7 +1170,7 @@ fn perms(s: &Snapshot, path: Option<&str>, max: u32, missing: &str) -> Outcome {
     let Some(p) = path else { return Outcome::info(missing) };
     match s.host.stat_of(p) {
         None => Outcome::info(missing),
-        Some(st) if st.mode & !max == 0 => Outcome::pass(),
+        Some(st) if st.mode & !max == 0 => Outcome::pass_with(format!("{p} has mode {:o}", st.mode)),
         Some(st) => Outcome::items(Status::Warn, "Wrong permissions for", vec![format!("{p}({:o})", st.mode)]),
     }
 }

@@ -108,7 +108,28 @@ pub struct AuditRules {
 impl AuditRules {
     /// A rule mentions `path` (as docker-bench-security: grep on non-comment lines).
     pub fn covers(&self, path: &str) -> bool {
-        self.lines.iter().any(|l| l.contains(path))
+        self.rule_for(path).is_some()
+    }
+
+    /// The first rule line that mentions `path`.
+    pub fn rule_for(&self, path: &str) -> Option<&str> {
+        self.lines.iter().find(|l| l.contains(path)).map(|l| l.as_str())
+    }
+
+    /// The paths the rules watch: `-w PATH` and `-F path=PATH` / `-F dir=PATH`.
+    pub fn watched_paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in &self.lines {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            for (i, w) in t.iter().enumerate() {
+                if *w == "-w" {
+                    out.extend(t.get(i + 1).map(|p| p.to_string()));
+                } else if let Some(p) = w.strip_prefix("path=").or_else(|| w.strip_prefix("dir=")) {
+                    out.push(p.to_string());
+                }
+            }
+        }
+        out
     }
 }
 
@@ -129,6 +150,9 @@ pub struct HostFacts {
     /// Members of the `docker` group (`/etc/group`), and its gid (1.1.2, 3.15).
     pub docker_group: Option<(u32, Vec<String>)>,
     pub audit: AuditRules,
+    /// Host path of an audited target → the rule path that names the same file under
+    /// another name (same device and inode: `/lib/…` on a merged-/usr host).
+    pub audit_aliases: BTreeMap<String, String>,
     pub mounts: Option<Vec<MountEntry>>,
     pub dm: Vec<DmDevice>,
     /// Last byte of the SecureBoot EFI variable (A.6); `None`: not readable.
@@ -220,6 +244,15 @@ impl HostFacts {
 
         h.docker_group = read_group(&o.under("/etc/group"), "docker");
         h.audit = read_audit(o);
+        let identity = |p: &str| rustix::fs::stat(&o.under(p)).ok().map(|st| (st.st_dev, st.st_ino));
+        let watched: Vec<(String, (u64, u64))> = h.audit.watched_paths().into_iter().filter_map(|w| identity(&w).map(|id| (w, id))).collect();
+        for target in h.units.values().cloned().chain(AUDIT_TARGETS.iter().map(|s| s.to_string())).chain(["/usr/bin/runc".to_string(), "/usr/bin/dockerd".to_string()]) {
+            if let Some(id) = identity(&target) {
+                if let Some((w, _)) = watched.iter().find(|(w, wid)| *wid == id && *w != target) {
+                    h.audit_aliases.insert(target, w.clone());
+                }
+            }
+        }
         h.mounts = std::fs::read_to_string(o.under("/proc/self/mounts")).or_else(|_| std::fs::read_to_string(o.under("/proc/mounts"))).ok().map(|t| parse_mounts(&t));
         h.dm = read_dm(&o.under("/sys/block"));
         h.secure_boot = std::fs::read(o.under(SECURE_BOOT_VAR)).ok().and_then(|b| b.last().copied());

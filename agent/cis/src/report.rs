@@ -33,14 +33,16 @@ pub struct Outcome {
     pub status: Status,
     pub details: Option<String>,
     pub items: Vec<String>,
+    /// The remediation for this host (naming the real path), instead of the check's generic one.
+    pub remediation: Option<String>,
 }
 
 impl Outcome {
     pub fn pass() -> Outcome {
-        Outcome { status: Status::Pass, details: None, items: vec![] }
+        Outcome { status: Status::Pass, details: None, items: vec![], remediation: None }
     }
     pub fn status(status: Status, details: impl Into<String>) -> Outcome {
-        Outcome { status, details: Some(details.into()), items: vec![] }
+        Outcome { status, details: Some(details.into()), items: vec![], remediation: None }
     }
     pub fn pass_with(details: impl Into<String>) -> Outcome {
         Outcome::status(Status::Pass, details)
@@ -57,8 +59,14 @@ impl Outcome {
     /// `status` with `details` and the offending `items`; docker-bench-security
     /// writes them as `details: "<details>: a b c"` plus `items: [a, b, c]`.
     pub fn items(status: Status, details: impl Into<String>, items: Vec<String>) -> Outcome {
-        Outcome { status, details: Some(details.into()), items }
+        Outcome { status, details: Some(details.into()), items, remediation: None }
     }
+    /// This outcome with a host-specific remediation.
+    pub fn with_remediation(mut self, r: String) -> Outcome {
+        self.remediation = Some(r);
+        self
+    }
+
     /// WARN listing `items` when there are any, else PASS.
     pub fn warn_if_any(details: impl Into<String>, items: Vec<String>) -> Outcome {
         if items.is_empty() {
@@ -75,20 +83,22 @@ pub struct CheckResult {
     pub id: &'static str,
     pub desc: &'static str,
     pub scored: bool,
-    pub remediation: &'static str,
+    /// The check's remediation, or the outcome's host-specific one.
+    pub remediation: String,
     pub remediation_impact: &'static str,
     pub outcome: Outcome,
 }
 
 impl CheckResult {
     pub fn new(c: &Check, outcome: Outcome) -> CheckResult {
-        CheckResult { id: c.id, desc: c.desc, scored: c.scored(), remediation: c.remediation, remediation_impact: c.impact, outcome }
+        let remediation = outcome.remediation.clone().unwrap_or_else(|| c.remediation.to_string());
+        CheckResult { id: c.id, desc: c.desc, scored: c.scored(), remediation, remediation_impact: c.impact, outcome }
     }
 
     /// A result with placeholder texts, for the output formats' tests.
     #[cfg(test)]
     pub(crate) fn fake(id: &'static str, scored: bool, outcome: Outcome) -> CheckResult {
-        CheckResult { id, desc: "d", scored, remediation: "fix it", remediation_impact: "none", outcome }
+        CheckResult { id, desc: "d", scored, remediation: "fix it".into(), remediation_impact: "none", outcome }
     }
 
     /// The `details` string as docker-bench-security writes it.

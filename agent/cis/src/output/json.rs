@@ -58,7 +58,7 @@ fn result_json(r: &CheckResult) -> Value {
         m.insert("items".into(), r.outcome.items.clone().into());
     }
     if r.outcome.status != Status::Pass && !r.remediation.is_empty() {
-        m.insert("remediation".into(), r.remediation.into());
+        m.insert("remediation".into(), r.remediation.clone().into());
         if !r.remediation_impact.is_empty() {
             m.insert("remediation-impact".into(), r.remediation_impact.into());
         }

@@ -71,7 +71,7 @@ fn testcase(w: &mut Writer<Vec<u8>>, r: &CheckResult) -> io::Result<()> {
             Status::Warn => {
                 let mut body = details.clone();
                 if !r.remediation.is_empty() {
-                    body.push_str(&format!("\nRemediation: {}", xml_safe(r.remediation)));
+                    body.push_str(&format!("\nRemediation: {}", xml_safe(&r.remediation)));
                 }
                 w.create_element("failure").with_attributes([("message", details.as_str()), ("type", "WARN")]).write_text_content(BytesText::new(&body))?;
             }

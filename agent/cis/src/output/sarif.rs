@@ -151,7 +151,7 @@ fn rule(r: &CheckResult) -> Rule<'_> {
         id: r.id,
         name: format!("CIS {}", r.id),
         short_description: Text { text: r.desc.to_string() },
-        help: Text { text: if r.remediation.is_empty() { "No remediation given.".into() } else { r.remediation.to_string() } },
+        help: Text { text: if r.remediation.is_empty() { "No remediation given.".into() } else { r.remediation.clone() } },
         properties: RuleProperties { tags, remediation_impact: r.remediation_impact },
     }
 }
