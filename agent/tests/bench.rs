@@ -134,6 +134,8 @@ fn runtime_rules_flag_exactly_the_offending_containers() {
     }
     args.extend_from_slice(&["--tmpfs", "/tmp:exec", "bb:1", "sh", "-c", "printf '#!/bin/sh\\nsleep 1000\\n' > /tmp/sshd && chmod +x /tmp/sshd && /tmp/sshd"]);
     d.docker_ok(&args);
+    // A second running container in sshd's PID namespace (issue 17 defect 4: one namespace, read once).
+    make(&d, "sharepid", true, &[], &["--pid", "container:sshd"]);
     make(&d, "priv", false, &[], &["--privileged"]);
     make(&d, "hostnet", false, &["net"], &["--network", "host"]);
     make(&d, "hostpid", false, &[], &["--pid", "host"]);
@@ -166,8 +168,8 @@ fn runtime_rules_flag_exactly_the_offending_containers() {
         ("4.6", "WARN", &["[bb:1]"]),
         ("5.4", "WARN", &["caps"]),
         ("5.5", "WARN", &["priv"]),
-        ("5.7", "WARN", &["sshd"]),
-        ("5.6", "WARN", &["etcmount:/etc"]),
+        ("5.7", "WARN", &["sharepid", "sshd"]),
+        ("5.6", "WARN", &["etcmount:/etc", "etcro:/etc (read-only)"]),
         ("5.8", "WARN", &["ports:80"]),
         ("5.10", "WARN", &["hostnet"]),
         ("5.11", "WARN", &["nomem"]),
@@ -200,10 +202,16 @@ fn runtime_rules_flag_exactly_the_offending_containers() {
     for id in ["5.1", "5.31"] {
         assert_eq!(r[id].0, "PASS", "{id}: {}", r[id].2);
     }
-    for id in ["5.9", "5.23", "5.24"] {
+    for id in ["5.23", "5.24"] {
         assert_eq!(r[id].0, "NOTE", "{id}");
     }
-    assert_eq!(r["6.2"].2, "26 total/5 running");
+    // 5.9 lists every host-published port with its address (issue 17 defect 7).
+    assert_eq!(r["5.9"].0, "INFO");
+    assert_eq!(r["5.9"].1, vec!["ports:0.0.0.0:80", "ports:127.0.0.1:8080"]);
+    assert_eq!(r["6.2"].2, "27 total/6 running");
+    // Configuration checks cover every container and say so (issue 17 defect 5).
+    assert!(r["5.5"].2.starts_with("Containers in privileged mode (of 27 container(s), running or not): priv"), "{}", r["5.5"].2);
+    assert!(r["5.7"].2.starts_with("Running containers with sshd"), "{}", r["5.7"].2);
     assert_eq!(r["6.1"].2, "1 active/1 in use");
     // Only the selected checks ran.
     assert!(r.keys().all(|k| k.starts_with("4.") || k.starts_with("5.") || k.starts_with("6.")), "{:?}", r.keys());
@@ -376,12 +384,18 @@ fn swarm_manager_report_validates_and_fail_on_warn_sets_exit_10() {
     assert!(r["A.3"].2.contains("listens on TCP only for swarm (2 socket(s))"), "raft 2377 and gossip 7946 seen: {}", r["A.3"].2);
     assert_eq!(r["A.1"].0, "WARN", "no sealed key in the state dir");
     assert_eq!(r["A.6"].0, "NOTE", "no efivars in the fixture root");
+    // 4.5 reads DOCKER_CONTENT_TRUST where the CIS audit does (this process) and dockerd's.
+    assert_eq!(r["4.5"].0, "WARN");
+    assert!(r["4.5"].2.contains("not set in this process's environment; dockerd's environment does not set it"), "{}", r["4.5"].2);
+    let host = d.host();
+    let out = swarmseal(&["--docker-host", host.as_str(), "--state-dir", path_str(state.path()), "bench", "--format", "json", "--check", "4.5"], &[("DOCKER_CONTENT_TRUST", "1")], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(results(&serde_json::from_slice(&out.stdout).unwrap())["4.5"].0, "PASS");
     // v1.8.0's 2.7: the real engine's driver (not devicemapper) passes, naming it.
     let driver = d.docker_ok(&["info", "--format", "{{.Driver}}"]);
     assert_eq!(r["2.7"], ("PASS".into(), vec![], format!("Storage driver is {}", driver.trim())));
 
     // The same run as SARIF 2.1.0 and JUnit XML: the same verdicts, each format valid.
-    let host = d.host();
     let run = |format: &str| {
         let out = swarmseal(&["--docker-host", host.as_str(), "--state-dir", path_str(state.path()), "bench", "--root", path_str(root.path()), "--format", format], &[], None);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

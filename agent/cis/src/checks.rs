@@ -378,12 +378,13 @@ pub fn catalogue() -> Vec<Check> {
             "Run Docker in daemon mode and pass --live-restore to it as an argument, or set \"live-restore\": true in daemon.json.",
             "None.",
             |s| {
-                if s.engine.info.live_restore_enabled == Some(true) {
-                    Outcome::pass()
-                } else if s.engine.swarm_active() || s.engine.swarm_state() == "locked" {
-                    Outcome::info("Live restore is incompatible with swarm mode; this appliance is a swarm manager")
-                } else {
-                    Outcome::warn("Live restore is not enabled")
+                match s.engine.info.live_restore_enabled {
+                    Some(true) => Outcome::pass_with("Live restore is enabled (GET /info LiveRestoreEnabled)"),
+                    None => Outcome::note("The engine did not report LiveRestoreEnabled (GET /info)"),
+                    Some(false) if s.engine.swarm_active() || s.engine.swarm_state() == "locked" => {
+                        Outcome::info(format!("Live restore is off, and dockerd does not allow it in swarm mode, which this node runs (swarm {})", s.engine.swarm_state()))
+                    }
+                    Some(false) => Outcome::warn("Live restore is not enabled"),
                 }
             }
         ),
@@ -485,7 +486,19 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure Content trust for Docker is Enabled (Automated)",
             "Add DOCKER_CONTENT_TRUST variable to the /etc/environment file using command echo DOCKER_CONTENT_TRUST=1 | sudo tee -a /etc/environment.",
             "This prevents users from working with tagged images unless they contain a signature.",
-            |_| Outcome::info("Content trust is enforced by the docker client; the appliance has no docker client, set DOCKER_CONTENT_TRUST=1 where clients run")
+            |s| {
+                // The CIS audit: `echo $DOCKER_CONTENT_TRUST` in the shell that runs docker.
+                let daemon = match &s.host.dockerd_content_trust {
+                    Read::Set(v, src) => format!("dockerd's environment has DOCKER_CONTENT_TRUST={v} ({src})"),
+                    Read::Default => "dockerd's environment does not set it".to_string(),
+                    Read::Unknown(why) => format!("dockerd's environment could not be read: {why}"),
+                };
+                match s.host.content_trust.as_deref() {
+                    Some("1") => Outcome::pass_with(format!("DOCKER_CONTENT_TRUST=1 in this process's environment; {daemon}")),
+                    Some(v) => Outcome::warn(format!("DOCKER_CONTENT_TRUST is {v} in this process's environment, not 1; {daemon}")),
+                    None => Outcome::warn(format!("DOCKER_CONTENT_TRUST is not set in this process's environment; {daemon}")),
+                }
+            }
         ),
         check!(
             "4.6",
@@ -520,10 +533,13 @@ pub fn catalogue() -> Vec<Check> {
             "If swarm mode has been enabled on a system in error, you should run the command: docker swarm leave.",
             "Disabling swarm mode will impact the operation of Docker Enterprise components if these are in use.",
             |s| {
-                if s.engine.swarm_state() == "inactive" {
-                    Outcome::pass()
-                } else {
-                    Outcome::info(format!("Swarm mode is {}: this appliance is a swarm manager, swarm mode is what it is for", s.engine.swarm_state()))
+                let state = s.engine.swarm_state();
+                let manager = s.engine.info.swarm.as_ref().and_then(|w| w.control_available) == Some(true);
+                match state.as_str() {
+                    "inactive" => Outcome::pass_with("Swarm mode is inactive (GET /info Swarm.LocalNodeState)"),
+                    "active" if manager => Outcome::info("Swarm mode is active and this node is a manager: this appliance is a swarm manager, swarm mode is what it is for"),
+                    "locked" => Outcome::info("Swarm mode is locked: this appliance is a swarm manager whose keys are not unlocked yet"),
+                    other => Outcome::warn(format!("Swarm mode is {other} and this node is not a manager: a swarm manager appliance should not be a worker")),
                 }
             }
         ),
@@ -566,7 +582,7 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure that privileged containers are not used (Automated)",
             "You should not run containers with the --privileged flag.",
             "If you start a container without the --privileged flag, it will not have excessive default capabilities.",
-            |s| per_container(s, Status::Warn, "Containers running in privileged mode", |c| hc(c, |h| h.privileged).unwrap_or(false).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers in privileged mode", |c| hc(c, |h| h.privileged).unwrap_or(false).then(|| cname(c)))
         ),
         check!(
             "5.6",
@@ -577,10 +593,10 @@ pub fn catalogue() -> Vec<Check> {
                 c.mounts
                     .iter()
                     .flatten()
-                    .filter(|m| m.rw == Some(true))
-                    .filter_map(|m| m.source.as_deref())
-                    .filter(|src| SENSITIVE_DIRS.iter().any(|d| *src == *d || (*d != "/" && src.starts_with(&format!("{d}/")))))
-                    .map(|src| format!("{}:{src}", cname(c)))
+                    .filter_map(|m| Some((m.source.as_deref()?, m.rw == Some(true))))
+                    .filter(|(src, _)| SENSITIVE_DIRS.iter().any(|d| *src == *d || (*d != "/" && src.starts_with(&format!("{d}/")))))
+                    // CIS: "especially in read-write mode", not only: read-only mounts are findings too, marked.
+                    .map(|(src, rw)| if rw { format!("{}:{src}", cname(c)) } else { format!("{}:{src} (read-only)", cname(c)) })
                     .collect()
             })
         ),
@@ -590,11 +606,18 @@ pub fn catalogue() -> Vec<Check> {
             "Uninstall the SSH daemon from the container and use docker exec to enter a container on the remote host.",
             "None.",
             |s| {
+                // Processes exist only in running containers (the CIS audit runs `ps` in each of `docker ps --quiet`).
                 let Some(procs) = &s.host.container_procs else { return Outcome::note("Container processes could not be read from /proc") };
-                per_container(s, Status::Warn, "Containers running sshd", |c| {
-                    let pid = c.state.as_ref().and_then(|st| st.pid).filter(|p| *p > 0)?;
-                    procs.get(&(pid as u32))?.iter().any(|n| n == "sshd").then(|| cname(c))
-                })
+                let running: Vec<(&ContainerInspectResponse, u32)> = s.engine.containers.iter().filter_map(|c| Some((c, c.state.as_ref()?.pid.filter(|p| *p > 0)? as u32))).collect();
+                if running.is_empty() {
+                    return Outcome::info("No running containers: sshd is looked for among running containers' processes");
+                }
+                let items: Vec<String> = running.iter().filter(|(_, pid)| procs.get(pid).is_some_and(|names| names.iter().any(|n| n == "sshd"))).map(|(c, _)| cname(c)).collect();
+                if items.is_empty() {
+                    Outcome::pass_with(format!("No sshd among the processes of the {} running container(s)", running.len()))
+                } else {
+                    Outcome::items(Status::Warn, "Running containers with sshd", items)
+                }
             }
         ),
         check!(
@@ -606,34 +629,50 @@ pub fn catalogue() -> Vec<Check> {
                 host_ports(c).into_iter().filter(|(_, p)| *p > 0 && *p < 1024).map(|(_, p)| format!("{}:{p}", cname(c))).collect()
             })
         ),
-        check!("5.9", "Ensure that only needed ports are open on the container (Manual)", "You should fix the Dockerfile of the container image to expose only needed ports, and publish only those (no -P).", "None.", |_| Outcome::note("Review the published ports of each container")),
+        check!("5.9", "Ensure that only needed ports are open on the container (Manual)", "You should fix the Dockerfile of the container image to expose only needed ports, and publish only those (no -P).", "None.", |s| {
+            // Manual: list every host-published port with its address for review; none is a PASS.
+            if s.engine.containers.is_empty() {
+                return Outcome::info(NO_CONTAINERS);
+            }
+            let items: Vec<String> = s
+                .engine
+                .containers
+                .iter()
+                .flat_map(|c| host_ports(c).into_iter().map(move |(ip, p)| format!("{}:{}:{p}", cname(c), if ip.is_empty() { "0.0.0.0" } else { ip.as_str() })))
+                .collect();
+            if items.is_empty() {
+                Outcome::pass_with(format!("No port published on the host by the {} container(s), running or not", s.engine.containers.len()))
+            } else {
+                Outcome::items(Status::Info, "Ports published on the host (container:address:port), review each", items)
+            }
+        }),
         check!(
             "5.10",
             "Ensure that the host's network namespace is not shared (Automated)",
             "You should not pass the --net=host option when starting any container.",
             "None.",
-            |s| per_container(s, Status::Warn, "Containers running with networking mode 'host'", |c| (hc(c, |h| h.network_mode.clone()).as_deref() == Some("host")).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers with networking mode 'host'", |c| (hc(c, |h| h.network_mode.clone()).as_deref() == Some("host")).then(|| cname(c)))
         ),
         check!(
             "5.11",
             "Ensure that the memory usage for containers is limited (Automated)",
             "You should run the container with only as much memory as it requires by using the --memory argument.",
             "If correct memory limits are not set on each container, one process can expand its usage and cause other containers to run out of resources.",
-            |s| per_container(s, Status::Warn, "Container running without memory restrictions", |c| (hc(c, |h| h.memory).unwrap_or(0) == 0).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers without memory restrictions", |c| (hc(c, |h| h.memory).unwrap_or(0) == 0).then(|| cname(c)))
         ),
         check!(
             "5.12",
             "Ensure that CPU priority is set appropriately on containers (Automated)",
             "You should manage the CPU runtime between your containers dependent on their priority within your organization: docker run --cpu-shares.",
             "If you do not correctly assign CPU thresholds, the container process may run out of resources and become unresponsive.",
-            |s| per_container(s, Status::Warn, "Containers running without CPU restrictions", |c| matches!(hc(c, |h| h.cpu_shares).unwrap_or(0), 0 | 1024).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers without CPU restrictions", |c| matches!(hc(c, |h| h.cpu_shares).unwrap_or(0), 0 | 1024).then(|| cname(c)))
         ),
         check!(
             "5.13",
             "Ensure that the container's root filesystem is mounted as read only (Automated)",
             "You should add a --read-only flag at a container's runtime to enforce the container's root filesystem being mounted as read only.",
             "Enabling --read-only at container runtime may break some container OS packages if a data writing strategy is not defined.",
-            |s| per_container(s, Status::Warn, "Containers running with root FS mounted R/W", |c| (!hc(c, |h| h.readonly_rootfs).unwrap_or(false)).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers with root FS mounted R/W", |c| (!hc(c, |h| h.readonly_rootfs).unwrap_or(false)).then(|| cname(c)))
         ),
         check!(
             "5.14",
@@ -1127,10 +1166,11 @@ fn per_container_items(s: &Snapshot, bad: Status, details: &str, f: impl Fn(&Con
         return Outcome::info(NO_CONTAINERS);
     }
     let items: Vec<String> = s.engine.containers.iter().flat_map(f).collect();
+    let n = s.engine.containers.len();
     if items.is_empty() {
-        Outcome::pass()
+        Outcome::pass_with(format!("No offender among the {n} container(s), running or not"))
     } else {
-        Outcome::items(bad, details, items)
+        Outcome::items(bad, format!("{details} (of {n} container(s), running or not)"), items)
     }
 }
 
@@ -1287,7 +1327,7 @@ mod tests {
     #[test]
     fn swarm_mode_is_info_on_a_manager() {
         let mut s = Snapshot::default();
-        s.engine.info = serde_json::from_value(json!({"Swarm": {"LocalNodeState": "active", "ControlAvailable": true, "Managers": 1}})).unwrap();
+        s.engine.info = serde_json::from_value(json!({"LiveRestoreEnabled": false, "Swarm": {"LocalNodeState": "active", "ControlAvailable": true, "Managers": 1}})).unwrap();
         assert_eq!(eval("5.1", &s).status, Status::Info);
         assert_eq!(eval("7.1", &s).status, Status::Pass);
         assert_eq!(eval("2.15", &s).status, Status::Info);
@@ -1298,6 +1338,23 @@ mod tests {
         assert_eq!(eval("5.1", &s).status, Status::Info);
         assert_eq!(eval("7.1", &s).status, Status::Note);
         assert_eq!(eval("7.5", &s).status, Status::Pass);
+        // A worker is not what this appliance is for: 5.1 warns there.
+        s.engine.info = serde_json::from_value(json!({"Swarm": {"LocalNodeState": "active", "ControlAvailable": false}})).unwrap();
+        assert_eq!(eval("5.1", &s).status, Status::Warn);
+    }
+
+    #[test]
+    fn published_ports_are_listed_with_their_address() {
+        let mut s = Snapshot::default();
+        assert_eq!(eval("5.9", &s).status, Status::Info);
+        s.engine.containers = vec![
+            container(json!({"Name": "/web", "HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}], "443/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8443"}]}}})),
+            container(json!({"Name": "/quiet", "HostConfig": {}})),
+        ];
+        let o = eval("5.9", &s);
+        assert_eq!((o.status, o.items), (Status::Info, vec!["web:0.0.0.0:8080".to_string(), "web:127.0.0.1:8443".to_string()]));
+        s.engine.containers.remove(0);
+        assert_eq!(eval("5.9", &s).status, Status::Pass);
     }
 
     #[test]

@@ -162,6 +162,10 @@ pub struct HostFacts {
     /// The docker.service / docker.socket / containerd.socket unit files found (host paths):
     /// 3.1–3.4 (owner, mode) and the audit rules on them (1.1.x).
     pub units: BTreeMap<&'static str, String>,
+    /// `DOCKER_CONTENT_TRUST` of this process's environment (4.5).
+    pub content_trust: Option<String>,
+    /// `DOCKER_CONTENT_TRUST` of dockerd's environment (`/proc/<pid>/environ`), or why it is unknown.
+    pub dockerd_content_trust: Read<String>,
     /// Process names (`comm`) in the PID namespace of each running container,
     /// keyed by the container's init PID (`State.Pid`), for 5.7 (sshd); `None`: `/proc` unreadable.
     pub container_procs: Option<BTreeMap<u32, Vec<String>>>,
@@ -202,6 +206,20 @@ impl HostFacts {
             Err(why) => h.dockerd_missing = why,
         }
         h.container_procs = container_procs(&o.proc_dir, init_pids);
+        h.content_trust = std::env::var("DOCKER_CONTENT_TRUST").ok();
+        h.dockerd_content_trust = match &h.dockerd {
+            None => Read::Unknown(h.dockerd_missing.clone()),
+            Some(d) => {
+                let path = o.proc_dir.join(d.pid.to_string()).join("environ");
+                match std::fs::read(&path) {
+                    Ok(raw) => match raw.split(|&b| b == 0).find_map(|kv| kv.strip_prefix(b"DOCKER_CONTENT_TRUST=")) {
+                        Some(v) => Read::Set(String::from_utf8_lossy(v).into_owned(), path.display().to_string()),
+                        None => Read::Default,
+                    },
+                    Err(e) => Read::Unknown(format!("{}: {e}", path.display())),
+                }
+            }
+        };
 
         // The daemon configuration file: --config-file, else /etc/docker/daemon.json.
         let cfg_file = h.dockerd.as_ref().and_then(|d| flag_values(&d.args, &["--config-file"]).pop()).unwrap_or_else(|| DAEMON_JSON.to_string());
@@ -282,6 +300,12 @@ pub enum Read<T> {
     Default,
     /// Not in daemon.json, and the command line could not be read: why.
     Unknown(String),
+}
+
+impl<T> Default for Read<T> {
+    fn default() -> Read<T> {
+        Read::Unknown("not read".into())
+    }
 }
 
 /// The daemon's effective settings: the dockerd command line first, then daemon.json.
@@ -553,31 +577,33 @@ fn read_dm(sys_block: &Path) -> Vec<DmDevice> {
 }
 
 /// One scan of `/proc`: the `comm` of every process sharing a PID namespace
-/// with one of `init_pids`.
+/// with one of `init_pids`. Containers may share a namespace (`--pid=host`,
+/// `--pid=container:X`): each distinct namespace is read once and its processes
+/// listed under every container in it. `None` when a container's namespace cannot be read.
 fn container_procs(proc_dir: &Path, init_pids: &[u32]) -> Option<BTreeMap<u32, Vec<String>>> {
     let ns_of = |pid: &str| std::fs::read_link(proc_dir.join(pid).join("ns/pid")).ok().map(|l| l.to_string_lossy().into_owned());
-    let mut by_ns: BTreeMap<String, u32> = BTreeMap::new();
+    let mut by_ns: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for p in init_pids {
-        if let Some(ns) = ns_of(&p.to_string()) {
-            by_ns.insert(ns, *p);
-        }
+        by_ns.entry(ns_of(&p.to_string())?).or_default().push(*p);
     }
-    if by_ns.len() < init_pids.len() {
-        return None;
-    }
-    let mut out: BTreeMap<u32, Vec<String>> = init_pids.iter().map(|p| (*p, Vec::new())).collect();
-    if by_ns.is_empty() {
-        return Some(out);
-    }
-    for e in std::fs::read_dir(proc_dir).ok()?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Some(init) = ns_of(&name).and_then(|ns| by_ns.get(&ns)) {
-            if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
-                out.entry(*init).or_default().push(comm.trim().to_string());
+    let mut comms: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    if !by_ns.is_empty() {
+        for e in std::fs::read_dir(proc_dir).ok()?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
             }
+            if let Some((ns, _)) = ns_of(&name).and_then(|ns| by_ns.get_key_value(&ns)) {
+                if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
+                    comms.entry(ns.as_str()).or_default().push(comm.trim().to_string());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (ns, pids) in &by_ns {
+        for p in pids {
+            out.insert(*p, comms.get(ns.as_str()).cloned().unwrap_or_default());
         }
     }
     Some(out)
