@@ -94,15 +94,18 @@ pub fn devicemapper() -> Check {
         "Ensure devicemapper storage driver is not used (Automated)",
         "Do not use devicemapper as the storage driver: use overlay2 (\"storage-driver\": \"overlay2\" in daemon.json, or no setting: it is the default where supported).",
         "Images and containers stored by devicemapper are not visible under another driver: they must be pulled or re-created after the change.",
-        |s| match s.engine.info.driver.as_deref() {
-            Some("devicemapper") => Outcome::warn("Storage driver is devicemapper"),
-            Some(d) => Outcome::pass_with(format!("Storage driver is {d}")),
-            None => Outcome::note(NO_DRIVER),
-        }
+        |s| driver_is_not(s, "devicemapper")
     )
 }
 
-const NO_DRIVER: &str = "The engine did not report its storage driver (GET /info Driver)";
+/// 2.6/2.7: the storage driver (`GET /info` `Driver`) is not `bad`.
+fn driver_is_not(s: &Snapshot, bad: &str) -> Outcome {
+    match s.engine.info.driver.as_deref() {
+        Some(d) if d == bad => Outcome::warn(format!("Storage driver is {d}")),
+        Some(d) => Outcome::pass_with(format!("Storage driver is {d}")),
+        None => Outcome::note("The engine did not report its storage driver (GET /info Driver)"),
+    }
+}
 
 /// The whole catalogue in CIS Docker Benchmark v1.6.0 IDs, in report order;
 /// [`crate::benchmark::catalogue`] gives it in the IDs of a chosen version.
@@ -244,11 +247,7 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure aufs storage driver is not used (Automated)",
             "Do not explicitly use aufs as storage driver.",
             "aufs is the only storage driver that allows containers to share executable and shared library memory. Its use should be reviewed in line with your organization's security policy.",
-            |s| match s.engine.info.driver.as_deref() {
-                Some("aufs") => Outcome::warn("Storage driver is aufs"),
-                Some(d) => Outcome::pass_with(format!("Storage driver is {d}")),
-                None => Outcome::note(NO_DRIVER),
-            }
+            |s| driver_is_not(s, "aufs")
         ),
         check!(
             "2.7",
