@@ -7,17 +7,23 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "appliance")]
 use crate::boot::{BootError, Ctx};
 use crate::config::{Config, ConfigError};
+#[cfg(feature = "appliance")]
 use crate::escrow::EscrowError;
 use crate::fleet::FleetError;
 use crate::health::Unhealthy;
+#[cfg(feature = "appliance")]
 use crate::keystore::KeystoreError;
+#[cfg(feature = "appliance")]
 use crate::recover::RecoverError;
 use swarmseal_release::ReleaseError;
 use crate::swarm::SwarmError;
+#[cfg(feature = "appliance")]
 use crate::tpm::TpmError;
 use crate::update::UpdateError;
+#[cfg(feature = "appliance")]
 use crate::var::VarError;
 
 /// Exit codes (stable; documented in `--help` and docs/operating.md, "Exit codes").
@@ -131,24 +137,30 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[cfg(feature = "appliance")]
     /// Run the boot flow and stay up (the systemd service).
     Agent,
+    #[cfg(feature = "appliance")]
     /// Init a swarm with autolock (or turn autolock on) and seal its unlock key.
     Init {
         /// AdvertiseAddr for the new swarm.
         #[arg(long, value_name = "ADDR")]
         advertise_addr: Option<String>,
     },
+    #[cfg(feature = "appliance")]
     /// Seal the current unlock key, read from the local engine.
     Seal,
+    #[cfg(feature = "appliance")]
     /// Unseal the key and unlock the swarm.
     Unlock {
         /// Read the key from stdin (no echo), unlock, and reseal it under the current PCRs.
         #[arg(long)]
         manual: bool,
     },
+    #[cfg(feature = "appliance")]
     /// Rotate the unlock key through the engine and reseal it (crash-safe).
     Rotate,
+    #[cfg(feature = "appliance")]
     /// Disaster recovery after a lost quorum: make this manager (locked or active) the only
     /// manager of a new cluster built from its own Raft data, autolock on, the key sealed.
     Recover {
@@ -159,11 +171,13 @@ pub enum Command {
         #[arg(long)]
         key_stdin: bool,
     },
+    #[cfg(feature = "appliance")]
     /// Swarm state, sealed slots, policy PCRs vs current PCRs, proxy, last bench.
     Status {
         #[arg(long)]
         json: bool,
     },
+    #[cfg(feature = "appliance")]
     /// Run only the mutual-TLS proxy.
     Proxy,
     /// Appliance PKI: the client CA and client/server certificates.
@@ -171,6 +185,7 @@ pub enum Command {
     Certs(crate::proxy::pki::CertsCommand),
     /// Run the CIS Docker Benchmark checks (v1.8.0, or v1.6.0 with --benchmark).
     Bench(crate::bench_cmd::BenchArgs),
+    #[cfg(feature = "appliance")]
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
     #[command(subcommand)]
     Var(crate::var::VarCommand),
@@ -198,12 +213,14 @@ pub enum Command {
 pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[cfg(feature = "appliance")]
     #[error(transparent)]
     Boot(#[from] BootError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
+    #[cfg(feature = "appliance")]
     #[error(transparent)]
     Var(#[from] VarError),
     #[error(transparent)]
@@ -212,6 +229,7 @@ pub enum Error {
     Update(#[from] UpdateError),
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    #[cfg(feature = "appliance")]
     #[error(transparent)]
     Recover(#[from] RecoverError),
     #[error("{0}")]
@@ -225,6 +243,7 @@ pub enum Error {
 pub fn exit_code(e: &Error) -> Exit {
     match e {
         Error::Config(_) | Error::Usage(_) => Exit::Usage,
+        #[cfg(feature = "appliance")]
         Error::Boot(b) => b.into(),
         Error::Proxy(_) => Exit::Proxy,
         Error::Bench(b) => match b {
@@ -232,10 +251,12 @@ pub fn exit_code(e: &Error) -> Exit {
             crate::bench::BenchError::Write { .. } => Exit::Failure,
             crate::bench::BenchError::UnknownCheck(_) | crate::bench::BenchError::EmptySelection => Exit::Usage,
         },
+        #[cfg(feature = "appliance")]
         Error::Var(v) => v.into(),
         Error::Health(h) => h.into(),
         Error::Update(u) => u.into(),
         Error::Fleet(f) => f.into(),
+        #[cfg(feature = "appliance")]
         Error::Recover(r) => r.into(),
         Error::Status(x) => *x,
     }
@@ -243,6 +264,7 @@ pub fn exit_code(e: &Error) -> Exit {
 
 // ------------------------------------------------- each module's errors → exit codes (the table)
 
+#[cfg(feature = "appliance")]
 impl From<&BootError> for Exit {
     fn from(e: &BootError) -> Exit {
         match e {
@@ -271,6 +293,7 @@ impl From<&BootError> for Exit {
     }
 }
 
+#[cfg(feature = "appliance")]
 impl From<&RecoverError> for Exit {
     fn from(e: &RecoverError) -> Exit {
         match e {
@@ -300,6 +323,7 @@ impl From<&UpdateError> for Exit {
     }
 }
 
+#[cfg(feature = "appliance")]
 /// `swarmseal var …`.
 impl From<&VarError> for Exit {
     fn from(e: &VarError) -> Exit {
@@ -361,7 +385,10 @@ pub fn main() -> ExitCode {
     if std::env::var_os("TSS2_LOG").is_none() {
         std::env::set_var("TSS2_LOG", "all+NONE");
     }
+    #[cfg(feature = "appliance")]
     let is_agent = matches!(cli.command, Command::Agent | Command::Proxy);
+    #[cfg(not(feature = "appliance"))]
+    let is_agent = false;
     crate::logging::init(is_agent);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -388,17 +415,26 @@ fn run(cli: Cli) -> Result<(), Error> {
         match cli.command {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
             Command::Bench(a) => crate::bench_cmd::run(&cfg, a).await,
+            #[cfg(feature = "appliance")]
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
             Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),
             Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),
             Command::Fleet(c) => crate::fleet::run(c).await.map_err(Error::from),
+            #[cfg(feature = "appliance")]
             Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),
+            #[cfg(feature = "appliance")]
             Command::Recover { force_new_cluster, key_stdin } => crate::recover::run_cli(&cfg, force_new_cluster, key_stdin).await.map_err(Error::from),
+            #[cfg(feature = "appliance")]
             Command::Agent => crate::boot::run_agent(Ctx::new(&cfg)).await.map_err(Error::from),
+            #[cfg(feature = "appliance")]
             Command::Init { advertise_addr } => crate::boot::cmd_init(&Ctx::new(&cfg), advertise_addr.or(cfg.swarm.advertise_addr.clone())).await.map_err(Error::from),
+            #[cfg(feature = "appliance")]
             Command::Seal => crate::boot::cmd_seal(&Ctx::new(&cfg)).await.map_err(Error::from),
+            #[cfg(feature = "appliance")]
             Command::Unlock { manual } => crate::boot::cmd_unlock(&Ctx::new(&cfg), manual).await.map_err(Error::from),
+            #[cfg(feature = "appliance")]
             Command::Rotate => crate::boot::cmd_rotate(&Ctx::new(&cfg)).await.map_err(Error::from),
+            #[cfg(feature = "appliance")]
             Command::Status { json } => crate::boot::cmd_status(&Ctx::new(&cfg), json).await.map_err(Error::from),
         }
     })

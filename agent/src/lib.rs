@@ -15,23 +15,32 @@
 //! - [`health`]: the boot-assessment gate: swarm unlocked and proxy serving.
 //! - [`config`], [`cli`]: configuration file and command line.
 //!
+//! Feature `appliance` (default): the modules that need the TPM (libtss2): [`boot`],
+//! [`recover`], [`var`], [`escrow`] and the TPM crate. Without it the crate builds the
+//! workstation tool (`fleet`, `certs`, `bench`, `update verify`, `health`).
+//!
 //! Errors are typed per module; operator messages and exit codes are decided
 //! in [`cli`] only.
 
 pub use swarmseal_cis as bench;
 pub mod bench_cmd;
+#[cfg(feature = "appliance")]
 pub mod boot;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "appliance")]
 pub mod escrow;
 pub mod fleet;
 pub mod health;
 pub mod logging;
 pub use swarmseal_proxy as proxy;
+#[cfg(feature = "appliance")]
 pub mod recover;
 pub use swarmseal_common::secret;
 pub use swarmseal_engine as swarm;
 // The TPM side lives in its own crate (agent/tpm), under the old module names.
+#[cfg(feature = "appliance")]
 pub use swarmseal_tpm::{keystore, pcrsig, tpm};
 pub mod update;
+#[cfg(feature = "appliance")]
 pub mod var;

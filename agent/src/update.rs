@@ -588,6 +588,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "appliance")]
     fn the_release_key_has_the_fingerprint_of_the_pcr_policy_key() {
         // The NotSigned message names the key by systemd's pkfp, as the PCR policy does.
         let f = fixture();

@@ -43,29 +43,54 @@ pub const ENROLL_SOCKET: &str = "/run/swarmseal-var-enroll.sock";
 /// The line `swarmseal var enroll-tpm` prints on success.
 pub const ENROLLED: &str = "/var is bound to this machine's TPM";
 
+/// Why [`enroll_tpm_via`] did not bind `/var` (`Display`: the operator's sentence; the API
+/// layer picks the HTTP status, `boot/api.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// The body is not a recovery key (nothing was sent to the service).
+    #[error("{}", VarError::BadKey)]
+    BadKey,
+    /// No enroll service at the socket (not the appliance image).
+    #[error("{}: {source} (swarmseal-var-enroll.socket exists on the appliance image only)", socket.display())]
+    NoService { socket: PathBuf, source: std::io::Error },
+    /// The service closed the connection without a line.
+    #[error("the enroll service closed the connection without an answer: another re-enrollment is running (one at a time), or it failed to start (journalctl -u 'swarmseal-var-enroll@*')")]
+    NoAnswer,
+    /// Refused before anything changed (wrong key), or bound but the recovery key not
+    /// replaced (the service's lines say which; sending the same key again is safe).
+    #[error("the enroll service did not finish: {0}")]
+    NotFinished(String),
+    /// Writing to or reading from the service failed.
+    #[error("talking to the enroll service: {0}")]
+    Io(std::io::Error),
+    /// systemd-cryptenroll did not answer within [`ENROLL_TIMEOUT`].
+    #[error("systemd-cryptenroll did not finish within {} s", ENROLL_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// How long [`enroll_tpm_via`] waits for the enroll service (systemd-cryptenroll unlocks with
+/// the recovery key's PBKDF, then binds the TPM).
+pub const ENROLL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Ask the privileged enroll service (at `socket`) to bind `/var` to this TPM
 /// with `recovery_key`. Returns its output lines; Ok only when it says [`ENROLLED`].
-pub async fn enroll_tpm_via(socket: &Path, recovery_key: &str) -> Result<Vec<String>, (u16, String)> {
+pub async fn enroll_tpm_via(socket: &Path, recovery_key: &str) -> Result<Vec<String>, EnrollError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if !is_recovery_key(recovery_key) {
-        return Err((400, VarError::BadKey.to_string()));
+        return Err(EnrollError::BadKey);
     }
-    let mut s = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| (404, format!("{}: {e} (swarmseal-var-enroll.socket exists on the appliance image only)", socket.display())))?;
-    s.write_all(recovery_key.as_bytes()).await.map_err(|e| (500, e.to_string()))?;
-    s.shutdown().await.map_err(|e| (500, e.to_string()))?;
+    let mut s = tokio::net::UnixStream::connect(socket).await.map_err(|source| EnrollError::NoService { socket: socket.to_path_buf(), source })?;
+    s.write_all(recovery_key.as_bytes()).await.map_err(EnrollError::Io)?;
+    s.shutdown().await.map_err(EnrollError::Io)?;
     let mut out = Vec::new();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(300), (&mut s).take(64 << 10).read_to_end(&mut out)).await;
+    let read = tokio::time::timeout(ENROLL_TIMEOUT, (&mut s).take(64 << 10).read_to_end(&mut out)).await;
     let lines: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect();
     match read {
         Ok(Ok(_)) if lines.iter().any(|l| l.starts_with(ENROLLED)) => Ok(lines),
-        Ok(Ok(_)) if lines.is_empty() => Err((503, "the enroll service closed the connection without an answer: another re-enrollment is running (one at a time), or it failed to start (journalctl -u 'swarmseal-var-enroll@*')".into())),
-        // Refused before anything changed (wrong key: 422), or bound but the recovery key not
-        // replaced (the service says which; sending the same key again is safe).
-        Ok(Ok(_)) => Err((422, format!("the enroll service did not finish: {}", lines.join("; ")))),
-        Ok(Err(e)) => Err((500, e.to_string())),
-        Err(_) => Err((504, "systemd-cryptenroll did not finish within 300 s".into())),
+        Ok(Ok(_)) if lines.is_empty() => Err(EnrollError::NoAnswer),
+        Ok(Ok(_)) => Err(EnrollError::NotFinished(lines.join("; "))),
+        Ok(Err(e)) => Err(EnrollError::Io(e)),
+        Err(_) => Err(EnrollError::Timeout),
     }
 }
 

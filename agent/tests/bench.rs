@@ -571,17 +571,6 @@ fn flag_checks_say_note_when_the_engine_process_is_out_of_sight() {
     }
 }
 
-/// A TCP port for a child to listen on, below the kernel's ephemeral range (so no
-/// outgoing connection holds it), free now and never handed out twice by this process.
-fn listen_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    let start = 21000 + (std::process::id() % 8000) as u16;
-    let p = (start..start + 500).find(|p| !given.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port");
-    given.push(p);
-    p
-}
-
 struct Killed(std::process::Child);
 
 impl Drop for Killed {
@@ -601,7 +590,7 @@ fn a4_probes_the_proxy_listener() {
     let s = path_str(state.path());
     let o = swarmseal(&["--state-dir", s, "certs", "init"], &[], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let port = listen_port();
+    let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let cfg = state.path().join("config.toml");
     std::fs::write(&cfg, format!("[proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();

@@ -76,7 +76,7 @@ impl Door {
                 &format!("{s}/bundles/{name}"),
             ]);
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let cfg = state.path().join("config.toml");
         std::fs::write(&cfg, format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n{proxy_keys}\n")).unwrap();

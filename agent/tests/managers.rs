@@ -412,10 +412,6 @@ fn make_keys(dir: &Path) {
     assert!(o.status.success(), "scripts/make-keys: {}", String::from_utf8_lossy(&o.stderr));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Issue 7: `swarmseal fleet update --contexts m1,m2,m3 RELEASE` against three real
 /// managers (dockerds on a private LAN, each with its swtpm, agent and mutual-TLS proxy,
 /// reached through real docker CLI contexts). The release goes through each proxy to the

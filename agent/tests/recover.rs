@@ -188,7 +188,7 @@ fn init_with_state(s: &Survivor) -> String {
 fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new_key_sealed() {
     let started = Instant::now();
     let lan = Lan::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let mut s = survivor(&lan, port);
 
     // Without --force-new-cluster: a usage error that says what the command does; nothing changes.
@@ -306,7 +306,7 @@ fn a_killed_recovery_is_finished_by_the_next_run() {
         rng % n
     };
     let lan = Lan::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let mut s = survivor(&lan, port);
     let mut key = init_with_state(&s);
     for point in ["early", "at_restart", "after_restart"] {

@@ -312,11 +312,6 @@ fn agent_unlocks_at_boot_and_reseals_when_the_key_is_rotated_elsewhere() {
     m.assert_no_leak(&[&k0, &k1]);
 }
 
-/// Free TCP port on loopback for the proxy.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 
 #[test]
 fn no_shell_recovery_through_the_proxy_after_a_changed_boot_chain() {

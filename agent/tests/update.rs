@@ -175,7 +175,7 @@ fn a_signed_release_is_staged_and_installed_and_health_gates_the_boot() {
         sh(&format!("chmod 0755 {}", p.display()), work);
     }
     std::fs::write(work.join("os-release"), "ID=debian\nIMAGE_ID=swarmseal\nIMAGE_VERSION=\"0.9.0\"\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let max_bytes = 2 << 20;
     let cfg_text = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n[swarm]\ninit = true\nadvertise_addr = \"{addr}\"\n\
@@ -485,7 +485,7 @@ fn a_release_is_fetched_from_the_https_source() {
     // Three proxies: source configured, source with the wrong certificate, no source.
     let log = work.join("proxy.log");
     let proxy = |name: &str, source_lines: &str| -> (AgentProcess, u16, PathBuf) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let cfg = work.join(format!("{name}.toml"));
         std::fs::write(
             &cfg,

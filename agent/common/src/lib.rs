@@ -5,10 +5,13 @@
 //! - [`fs`]: atomic file writes.
 //! - [`tool`]: running an external tool, its output zeroized.
 //! - [`tls`]: client TLS configurations (rustls, ring).
+//! - [`signing`]: the fleet's signing public key (PCR policies and releases), signatures checked in software.
+//! - [`status`]: the typed status document.
 #![forbid(unsafe_code)]
 
 pub mod fs;
 pub mod secret;
+pub mod signing;
 pub mod status;
 pub mod tls;
 pub mod tool;

@@ -617,7 +617,7 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
     }
     match route {
         Route::Status => json_response(200, &api.status().await, audit),
-        Route::Bench => match api.bench() {
+        Route::Bench => match api.bench().await {
             Some(b) => ok_body(b, "application/json", audit),
             None => message(NotFound, "no bench report yet", audit),
         },
@@ -656,11 +656,11 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
             }
         }
         Route::Reseal => answer(api.reseal().await, audit),
-        Route::Escrow => match api.escrow(EscrowFile::UnlockKey) {
+        Route::Escrow => match api.escrow(EscrowFile::UnlockKey).await {
             Some(b) => ok_body(b, "application/octet-stream", audit),
             None => message(NotFound, "no escrow copy of the unlock key: key escrow is not configured (credential swarmseal.escrow-recipient or [escrow] recipient), or no key was sealed yet", audit),
         },
-        Route::EscrowVarRecoveryKey => match api.escrow(EscrowFile::VarRecoveryKey) {
+        Route::EscrowVarRecoveryKey => match api.escrow(EscrowFile::VarRecoveryKey).await {
             Some(b) => ok_body(b, "application/octet-stream", audit),
             None => message(NotFound, "no escrowed /var recovery key: escrow is not configured (credential swarmseal.escrow-recipient), this is not the appliance image, or swarmseal-var-recovery.service has not run (see its journal)", audit),
         },

@@ -73,7 +73,7 @@ pub trait AgentApi: Send + Sync + 'static {
     /// `GET /swarmseal/v1/status` body (JSON).
     fn status(&self) -> BoxFuture<'_, serde_json::Value>;
     /// `GET /swarmseal/v1/bench`: the last bench report (docker-bench-security JSON), if any.
-    fn bench(&self) -> Option<Vec<u8>>;
+    fn bench(&self) -> BoxFuture<'_, Option<Vec<u8>>>;
     /// `POST /swarmseal/v1/reseal`: Ok(JSON) or the refusal.
     fn reseal(&self) -> BoxFuture<'_, Result<serde_json::Value, ApiError>>;
     /// `POST /swarmseal/v1/recover`, body: empty, or the swarm's current unlock key (when the
@@ -104,7 +104,7 @@ pub trait AgentApi: Send + Sync + 'static {
     /// `GET /swarmseal/v1/escrow` (the unlock key) and
     /// `GET /swarmseal/v1/escrow/var-recovery-key` (the appliance's `/var`
     /// recovery key): the age-encrypted file, if it exists.
-    fn escrow(&self, file: EscrowFile) -> Option<Vec<u8>>;
+    fn escrow(&self, file: EscrowFile) -> BoxFuture<'_, Option<Vec<u8>>>;
 }
 
 /// The request body of `POST /swarmseal/v1/update` as it arrives (HTTP body frames of bytes;

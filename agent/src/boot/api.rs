@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::commands::{active_manager, engine, state_error};
 use super::{BootError, Ctx};
 use crate::config::Config;
-use crate::proxy::{ApiError, ApiErrorKind};
+use crate::proxy::{ApiError, ApiErrorKind, BoxFuture};
 use crate::keystore::SlotFile;
 use crate::secret::UnlockKey;
 use crate::swarm::NodeState;
@@ -26,8 +26,8 @@ impl crate::proxy::AgentApi for AgentImpl {
     fn status(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>> {
         Box::pin(async move { serde_json::to_value(super::status(&self.ctx).await).unwrap_or_default() })
     }
-    fn bench(&self) -> Option<Vec<u8>> {
-        super::latest_bench_report(&self.ctx.cfg)
+    fn bench(&self) -> BoxFuture<'_, Option<Vec<u8>>> {
+        Box::pin(super::latest_bench_report(&self.ctx.cfg))
     }
     fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
         Box::pin(async move {
@@ -63,9 +63,10 @@ impl crate::proxy::AgentApi for AgentImpl {
                     tracing::warn!(event = "var_tpm_enrolled", security = true, "/var re-bound to this machine's TPM on request through the proxy");
                     Ok(serde_json::json!({"enrolled": true, "output": lines}))
                 }
-                Err((code, msg)) => {
-                    tracing::warn!(event = "var_tpm_enroll_failed", security = true, status = code, "{msg}");
-                    Err(ApiError::from_status(code, msg))
+                Err(e) => {
+                    let refusal = ApiError::from(&e);
+                    tracing::warn!(event = "var_tpm_enroll_failed", security = true, status = refusal.status(), "{e}");
+                    Err(refusal)
                 }
             }
         })
@@ -86,16 +87,30 @@ impl crate::proxy::AgentApi for AgentImpl {
             }
         })
     }
-    fn escrow(&self, file: crate::proxy::EscrowFile) -> Option<Vec<u8>> {
+    fn escrow(&self, file: crate::proxy::EscrowFile) -> BoxFuture<'_, Option<Vec<u8>>> {
         let dir = &self.ctx.cfg.state_dir;
-        match file {
-            crate::proxy::EscrowFile::UnlockKey => {
-                self.ctx.cfg.escrow.recipient.as_ref()?;
-                std::fs::read(crate::escrow::path(dir)).ok()
-            }
+        let path = match file {
+            crate::proxy::EscrowFile::UnlockKey => self.ctx.cfg.escrow.recipient.as_ref().map(|_| crate::escrow::path(dir)),
             // Written by the privileged `swarmseal var escrow-recovery-key`.
-            crate::proxy::EscrowFile::VarRecoveryKey => std::fs::read(crate::var::escrow_path(dir)).ok(),
-        }
+            crate::proxy::EscrowFile::VarRecoveryKey => Some(crate::var::escrow_path(dir)),
+        };
+        Box::pin(async move { tokio::fs::read(path?).await.ok() })
+    }
+}
+
+/// The answer of `POST /swarmseal/v1/var/enroll-tpm` for this error.
+impl From<&crate::var::EnrollError> for ApiError {
+    fn from(e: &crate::var::EnrollError) -> ApiError {
+        use crate::var::EnrollError as E;
+        let kind = match e {
+            E::BadKey => ApiErrorKind::BadRequest,
+            E::NoService { .. } => ApiErrorKind::NotFound,
+            E::NoAnswer => ApiErrorKind::Unavailable,
+            E::NotFinished(_) => ApiErrorKind::Unprocessable,
+            E::Io(_) => ApiErrorKind::Internal,
+            E::Timeout => ApiErrorKind::GatewayTimeout,
+        };
+        ApiError::new(kind, e.to_string())
     }
 }
 

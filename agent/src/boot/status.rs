@@ -61,20 +61,20 @@ pub async fn status(ctx: &Ctx) -> Status {
         phase_pcr: ctx.cfg.tpm.phase_pcr,
         proxy: doc::Proxy { enabled: ctx.cfg.proxy.enabled, listen: ctx.cfg.proxy.listen.to_string() },
         escrow: ctx.cfg.escrow.recipient.as_ref().map(|_| crate::escrow::path(&ctx.cfg.state_dir)),
-        bench: last_bench_summary(&ctx.cfg),
+        bench: last_bench_summary(&ctx.cfg).await,
         image: serde_json::from_value(crate::update::os_image(&ctx.cfg.update.os_release)).unwrap_or_default(),
     }
 }
 
 /// Summary of the last report under `<state_dir>/bench/`, if any.
-fn last_bench_summary(cfg: &Config) -> Option<doc::Bench> {
-    let v = serde_json::from_slice::<serde_json::Value>(&latest_bench_report(cfg)?).ok()?;
+async fn last_bench_summary(cfg: &Config) -> Option<doc::Bench> {
+    let v = serde_json::from_slice::<serde_json::Value>(&latest_bench_report(cfg).await?).ok()?;
     Some(doc::Bench { checks: v.get("checks").cloned(), score: v.get("score").cloned(), end: v.get("end").cloned() })
 }
 
 /// Bytes of the last bench report (`<state_dir>/bench/latest.json`), if any.
-pub fn latest_bench_report(cfg: &Config) -> Option<Vec<u8>> {
-    std::fs::read(crate::bench::last_report_path(&cfg.state_dir)).ok()
+pub async fn latest_bench_report(cfg: &Config) -> Option<Vec<u8>> {
+    tokio::fs::read(crate::bench::last_report_path(&cfg.state_dir)).await.ok()
 }
 
 

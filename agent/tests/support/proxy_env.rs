@@ -22,14 +22,14 @@ impl AgentApi for Stub {
     fn status(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>> {
         Box::pin(async { serde_json::json!({"swarm": "active", "stub": true}) })
     }
-    fn bench(&self) -> Option<Vec<u8>> {
-        Some(br#"{"tests":[]}"#.to_vec())
+    fn bench(&self) -> swarmseal::proxy::BoxFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async { Some(br#"{"tests":[]}"#.to_vec()) })
     }
     fn reseal(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, swarmseal::proxy::ApiError>> + Send + '_>> {
         Box::pin(async { Ok(serde_json::json!({"resealed": true})) })
     }
-    fn escrow(&self, _: swarmseal::proxy::EscrowFile) -> Option<Vec<u8>> {
-        None
+    fn escrow(&self, _: swarmseal::proxy::EscrowFile) -> swarmseal::proxy::BoxFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async { None })
     }
 }
 

@@ -21,6 +21,7 @@ use std::path::Path;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
+use swarmseal_common::signing::SigningKey;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::interface_types::algorithm::{EccSchemeAlgorithm, HashingAlgorithm, PublicAlgorithm, RsaSchemeAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
@@ -48,27 +49,16 @@ const RSA_DEFAULT_EXPONENT: u32 = 65_537;
 /// Size of one P-256 coordinate or signature half, in bytes.
 const P256_LEN: usize = 32;
 
-/// What kind of key signs the PCR policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
-    /// RSA, 2048 to 4096 bits (ukify's default is 2048); signatures RSASSA-PKCS1-v1_5/SHA-256.
-    Rsa,
-    /// ECC NIST P-256; signatures ECDSA/SHA-256, DER-encoded.
-    EccP256,
-}
+/// What kind of key signs the PCR policies: RSA 2048 to 4096 bits (ukify's default is 2048),
+/// or ECC NIST P-256.
+pub use swarmseal_common::signing::KeyKind;
 
-/// The PCR-signing public key: its DER SubjectPublicKeyInfo and the TPMT_PUBLIC systemd
-/// loads for it (TPM2_LoadExternal), whose Name the sealed policy is bound to.
+/// The PCR-signing public key (read by [`SigningKey`], shared with the release check) and the
+/// TPMT_PUBLIC systemd loads for it (TPM2_LoadExternal), whose Name the sealed policy is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcrPublicKey {
-    der: Vec<u8>,
-    /// The SubjectPublicKeyInfo's subjectPublicKey bits: what OpenSSL's `i2d_PublicKey`
-    /// writes (PKCS#1 RSAPublicKey for RSA, the EC point for ECC), which systemd's `pkfp` hashes.
-    key_bits: Vec<u8>,
-    kind: KeyKind,
+    key: SigningKey,
     public: Public,
-    /// RSA: the modulus and exponent (big-endian, no leading zeros); ECC: the SEC 1 point.
-    raw: Vec<Vec<u8>>,
 }
 
 impl PcrPublicKey {
@@ -84,66 +74,35 @@ impl PcrPublicKey {
 
     /// Parse a PEM `-----BEGIN PUBLIC KEY-----` block. Errors: a sentence saying what is wrong.
     pub fn from_pem(pem: &[u8]) -> Result<PcrPublicKey, String> {
-        let not_pem = |why: String| format!("not a PEM public key (`-----BEGIN PUBLIC KEY-----`): {why}");
-        // The first `PUBLIC KEY` block; other blocks around it are ignored.
-        let blocks = pem::parse_many(pem).map_err(|e| not_pem(e.to_string()))?;
-        let block = blocks.iter().find(|b| b.tag() == "PUBLIC KEY").ok_or_else(|| not_pem("no such block".into()))?;
-        PcrPublicKey::from_der(block.contents())
+        PcrPublicKey::new(SigningKey::from_pem(pem)?)
     }
 
     /// Parse a DER SubjectPublicKeyInfo (RFC 5280, 4.1). Errors: a sentence saying what is wrong.
     pub fn from_der(der: &[u8]) -> Result<PcrPublicKey, String> {
-        use picky_asn1_x509::{oids, AlgorithmIdentifierParameters, EcParameters, PublicKey, SubjectPublicKeyInfo};
-        let spki: SubjectPublicKeyInfo =
-            picky_asn1_der::from_bytes(der).map_err(|e| format!("not a DER SubjectPublicKeyInfo: {e}"))?;
-        let (kind, public, raw) = match &spki.subject_public_key {
-            PublicKey::Rsa(key) => {
-                let n = strip_zeros(key.0.modulus.as_unsigned_bytes_be());
-                let e = strip_zeros(key.0.public_exponent.as_unsigned_bytes_be());
-                (KeyKind::Rsa, rsa_public(n, e)?, vec![n.to_vec(), e.to_vec()])
-            }
-            PublicKey::Ec(point) => {
-                let named_p256 = matches!(spki.algorithm.parameters(),
-                    AlgorithmIdentifierParameters::Ec(EcParameters::NamedCurve(c)) if c.0 == oids::secp256r1());
-                if !named_p256 {
-                    return Err("an ECC key on a curve other than NIST P-256; use RSA 2048 (ukify's default) or P-256".into());
-                }
-                let p = point.0.payload_view();
-                (KeyKind::EccP256, ecc_p256_public(p)?, vec![p.to_vec()])
-            }
-            _ => return Err("neither an RSA nor an ECC P-256 key".into()),
-        };
-        let key_bits = spki_key_bits(der).ok_or("the SubjectPublicKeyInfo has no plain subjectPublicKey BIT STRING")?;
-        Ok(PcrPublicKey { der: der.to_vec(), key_bits, kind, public, raw })
+        PcrPublicKey::new(SigningKey::from_der(der)?)
     }
 
-    /// Whether `sig` is this key's signature over `msg` with SHA-256, as `openssl dgst -sha256
-    /// -sign KEY` makes it: RSASSA-PKCS1-v1_5 (RSA 2048–4096 bits) or DER ECDSA (P-256). Checked
-    /// in software (ring); used for release manifests (`SHA256SUMS.sig`), not PCR policies.
-    pub fn verify_sha256(&self, msg: &[u8], sig: &[u8]) -> bool {
-        use ring::signature;
-        match self.kind {
-            KeyKind::Rsa => signature::RsaPublicKeyComponents { n: &self.raw[0], e: &self.raw[1] }
-                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, msg, sig)
-                .is_ok(),
-            KeyKind::EccP256 => signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, &self.raw[0]).verify(msg, sig).is_ok(),
-        }
+    fn new(key: SigningKey) -> Result<PcrPublicKey, String> {
+        let public = match (key.rsa(), key.ecc_point()) {
+            (Some((n, e)), _) => rsa_public(n, e)?,
+            (None, Some(point)) => ecc_p256_public(point)?,
+            (None, None) => unreachable!("a SigningKey is RSA or ECC P-256"),
+        };
+        Ok(PcrPublicKey { key, public })
     }
 
     /// The DER SubjectPublicKeyInfo.
     pub fn der(&self) -> &[u8] {
-        &self.der
+        self.key.der()
     }
 
     pub fn kind(&self) -> KeyKind {
-        self.kind
+        self.key.kind()
     }
 
-    /// systemd's `pkfp` (32 bytes): SHA-256 of `i2d_PublicKey` (systemd's `pubkey_fingerprint`),
-    /// i.e. of the PKCS#1 RSAPublicKey for RSA or the EC point for ECC — not of the whole
-    /// SubjectPublicKeyInfo (`systemd-measure sign` output checked: it is the former).
+    /// systemd's `pkfp` (32 bytes): see [`SigningKey::fingerprint`].
     pub fn fingerprint(&self) -> Vec<u8> {
-        Sha256::digest(&self.key_bits).to_vec()
+        self.key.fingerprint().to_vec()
     }
 
     /// The public area TPM2_LoadExternal gets, as systemd builds it
@@ -166,7 +125,7 @@ impl PcrPublicKey {
     /// RSASSA/SHA-256 as is, ECDSA/SHA-256 from its DER `Ecdsa-Sig-Value` (r, s).
     /// Errors: a sentence saying what is wrong.
     pub fn tpm_signature(&self, sig: &[u8]) -> Result<Signature, String> {
-        match self.kind {
+        match self.key.kind() {
             KeyKind::Rsa => {
                 let s = PublicKeyRsa::try_from(sig.to_vec()).map_err(|e| format!("the RSA signature does not fit: {e}"))?;
                 Ok(Signature::RsaSsa(RsaSignature::create(HashingAlgorithm::Sha256, s).map_err(|e| e.to_string())?))
@@ -269,20 +228,6 @@ fn ecc_p256_public(point: &[u8]) -> Result<Public, String> {
         .with_ecc_unique_identifier(EccPoint::new(param(x)?, param(y)?))
         .build()
         .map_err(|e| e.to_string())
-}
-
-/// The content of the subjectPublicKey BIT STRING of a DER SubjectPublicKeyInfo
-/// (RFC 5280, 4.1: `SEQUENCE { AlgorithmIdentifier, BIT STRING }`), without its unused-bits
-/// byte, which must be 0. The bits as they are in `der`, not re-encoded: `pkfp` hashes them.
-fn spki_key_bits(der: &[u8]) -> Option<Vec<u8>> {
-    #[derive(serde::Deserialize)]
-    struct RawSpki {
-        _algorithm: picky_asn1_der::Asn1RawDer,
-        subject_public_key: picky_asn1::wrapper::BitStringAsn1,
-    }
-    let spki: RawSpki = picky_asn1_der::from_bytes(der).ok()?;
-    let bits = &spki.subject_public_key.0;
-    (bits.get_num_unused_bits() == 0).then(|| bits.payload_view().to_vec())
 }
 
 /// One signed policy of the signature file (sha256 bank).
@@ -411,10 +356,9 @@ nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
         assert_eq!((k.der().len(), k.der()[25], k.der()[26]), (91, 0x00, 0x04));
         assert_eq!(k.fingerprint(), Sha256::digest(&k.der()[26..]).to_vec());
         // A BIT STRING with unused bits is not a key's bits: refused, not hashed differently.
-        assert!(spki_key_bits(k.der()).is_some());
         let mut odd = k.der().to_vec();
         odd[25] = 1;
-        assert!(spki_key_bits(&odd).is_none());
+        assert!(PcrPublicKey::from_der(&odd).is_err());
     }
 
     #[test]

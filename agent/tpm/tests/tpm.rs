@@ -3,12 +3,10 @@
 //!
 //! swtpm and tpm2-tools are required: a missing tool fails the test.
 
-mod support;
-
 use std::sync::Mutex;
 
-use support::*;
-use swarmseal::tpm::{pcr_policy_digest, PcrValues, Policy, SealedObject, Tpm, TpmError};
+use swarmseal_testkit::*;
+use swarmseal_tpm::tpm::{pcr_policy_digest, PcrValues, Policy, SealedObject, Tpm, TpmError};
 
 const PCRS: [u8; 3] = [7, 11, 15];
 const SECRET: &[u8] = b"SWMKEY-1-7c37Cc8654o6p38HnroywCi19pllOnGtbdZEgtKxZu8";
@@ -70,7 +68,7 @@ fn extended(old: &[u8], text: &str) -> Vec<u8> {
 }
 
 fn tool(args: &[&str], tpm: &Swtpm, dir: &std::path::Path) -> String {
-    let out = support::cmd(args[0])
+    let out = cmd(args[0])
         .args(&args[1..])
         .current_dir(dir)
         .env("TPM2TOOLS_TCTI", tpm.tcti())
