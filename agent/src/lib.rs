@@ -13,6 +13,7 @@
 //! - [`update`]: signed image releases (format: crate `swarmseal-release`): receive, verify, stage, install (systemd-sysupdate).
 //! - [`recover`]: lost-quorum recovery with autolock.
 //! - [`health`]: the boot-assessment gate: swarm unlocked and proxy serving.
+//! - [`remote`]: `swarmseal --context NAME …` from the operator's machine, through a manager's proxy.
 //! - [`config`], [`cli`]: configuration file and command line.
 //!
 //! Feature `appliance` (default): the modules that need the TPM (libtss2): [`boot`],
@@ -33,9 +34,11 @@ pub mod escrow;
 pub mod fleet;
 pub mod health;
 pub mod logging;
+pub mod operator;
 pub use swarmseal_proxy as proxy;
 #[cfg(feature = "appliance")]
 pub mod recover;
+pub mod remote;
 pub use swarmseal_common::secret;
 pub use swarmseal_engine as swarm;
 // The TPM side lives in its own crate (agent/tpm), under the old module names.

@@ -157,33 +157,6 @@ pub fn is_ca_cert(der: &[u8]) -> bool {
     matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
 }
 
-/// One DER TLV (definite length, up to 4 length bytes): (tag, content, what follows).
-/// Kept only for the agent's `pcrsig` (SubjectPublicKeyInfo), which is moving to its own
-/// parser; the proxy reads certificates with [`x509_parser`].
-#[doc(hidden)]
-pub fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&l0, mut rest) = rest.split_first()?;
-    let len = if l0 < 0x80 {
-        l0 as usize
-    } else {
-        let n = (l0 & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let mut len = 0usize;
-        for &b in &rest[..n] {
-            len = (len << 8) | b as usize;
-        }
-        rest = &rest[n..];
-        len
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
 #[cfg(test)]
 mod ca_tests {
     use super::*;
