@@ -117,8 +117,9 @@ pub struct Common {
     /// Configuration file (TOML); default /etc/swarmseal/config.toml if present.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Engine API socket, unix:///PATH (default unix:///run/docker.sock).
-    #[arg(long, global = true, value_name = "unix:///PATH")]
+    /// Engine API socket, unix:///PATH (else DOCKER_HOST, as the docker CLI reads it;
+    /// then the configuration file; default unix:///run/docker.sock).
+    #[arg(long, global = true, value_name = "unix:///PATH", env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
     /// State directory (default /var/lib/swarmseal).
     #[arg(long, global = true, value_name = "DIR")]
@@ -187,7 +188,7 @@ pub enum Command {
     /// Appliance PKI: the client CA and client/server certificates.
     #[command(subcommand)]
     Certs(crate::proxy::pki::CertsCommand),
-    /// Run the CIS Docker Benchmark v1.6.0 checks.
+    /// Run the CIS Docker Benchmark checks (v1.8.0, or v1.6.0 with --benchmark).
     Bench(crate::bench_cmd::BenchArgs),
     #[cfg(feature = "appliance")]
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
@@ -260,7 +261,7 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Bench(b) => match b {
             crate::bench::BenchError::Engine { .. } => Exit::DockerUnreachable,
             crate::bench::BenchError::Write { .. } => Exit::Failure,
-            crate::bench::BenchError::UnknownCheck(_) => Exit::Usage,
+            crate::bench::BenchError::UnknownCheck(_) | crate::bench::BenchError::EmptySelection => Exit::Usage,
         },
         #[cfg(feature = "appliance")]
         Error::Var(v) => v.into(),

@@ -8,7 +8,7 @@
 //!   running tools, client TLS, the typed status document.
 //! - [`boot`]: the boot-flow state machine run by `swarmseal agent`.
 //! - [`proxy`] (crate `swarmseal-proxy`, no libtss2): the mutual-TLS listener, authorization and forwarding.
-//! - [`bench`]: CIS Docker Benchmark v1.6.0 checks and their report (the `swarmseal-cis`
+//! - [`bench`]: CIS Docker Benchmark v1.8.0/v1.6.0 checks and their report (the `swarmseal-cis`
 //!   crate); [`bench_cmd`]: the `swarmseal bench` command around it.
 //! - [`update`]: signed image releases (format: crate `swarmseal-release`): receive, verify, stage, install (systemd-sysupdate).
 //! - [`recover`]: lost-quorum recovery with autolock.
