@@ -334,7 +334,7 @@ impl Config {
         if !self.tpm.policy_pcrs().contains(&self.tpm.phase_pcr) {
             return Err(ConfigError::Invalid { key: "tpm.phase_pcr", message: format!("PCR {} is not in tpm.pcrs; the phase lock only works on a PCR the policy covers", self.tpm.phase_pcr) });
         }
-        if !self.docker_host.starts_with("unix://") {
+        if !self.docker_host.strip_prefix("unix://").is_some_and(|p| p.starts_with('/')) {
             return Err(ConfigError::Invalid { key: "docker_host", message: format!("`{}`: only unix:///PATH is supported (the engine API never listens on TCP)", self.docker_host) });
         }
         if let Some(r) = &self.escrow.recipient {

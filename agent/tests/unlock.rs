@@ -313,7 +313,7 @@ fn agent_unlocks_at_boot_and_reseals_when_the_key_is_rotated_elsewhere() {
     assert!(st.success(), "agent exits cleanly on SIGTERM: {st}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("unlock") && text.contains("phase"), "{text}");
-    assert!(text.contains("CIS Docker Benchmark v1.6.0"), "the bench summary is logged: {text}");
+    assert!(text.contains("CIS Docker Benchmark v1.8.0") && text.contains("benchmark=\"cis-1.8.0\""), "the bench summary names the benchmark it used: {text}");
     m.transcript.push_str(&text);
 
     // Next boot unlocks with the new key.

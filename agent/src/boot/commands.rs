@@ -163,7 +163,7 @@ pub async fn cmd_status(ctx: &Ctx, json: bool) -> Result<(), BootError> {
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        print_status(&v);
+        crate::operator::print_status(&v);
     }
     // The report is printed either way; an engine that did not answer is still exit 3 (or 1),
     // as for every command that needs it (checked again: the answer decides, not a stale doc).
@@ -173,32 +173,4 @@ pub async fn cmd_status(ctx: &Ctx, json: bool) -> Result<(), BootError> {
     Ok(())
 }
 
-/// The human form of the status document.
-fn print_status(v: &serde_json::Value) {
-    let s = |p: &str| v.pointer(p).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_else(|| "-".into());
-    println!("swarm      state {} (manager {}, autolock {}){}", s("/swarm/state"), s("/swarm/manager"), s("/swarm/autolock"), v.pointer("/swarm/error").filter(|x| !x.is_null()).map(|e| format!(" — {e}")).unwrap_or_default());
-    for slot in ["current", "previous"] {
-        match v.pointer(&format!("/sealed/{slot}")) {
-            Some(serde_json::Value::Null) | None => println!("{slot:<10} (empty)"),
-            Some(x) if x.get("error").is_some() => println!("{slot:<10} unreadable: {}", x["error"]),
-            Some(x) => {
-                let d = x.get("differs").and_then(|d| d.as_array()).map(|a| a.len());
-                println!("{slot:<10} sealed {} — {}", x["created"].as_str().unwrap_or("?"), match d {
-                    Some(0) => "policy PCRs match this boot".to_string(),
-                    Some(_) => format!("PCRs differ: {}", x["differs"]),
-                    None => "TPM not readable".to_string(),
-                });
-            }
-        }
-    }
-    if v["sealed_key_stale"] == true {
-        println!("key        sealed key is stale: the engine's unlock key differs from the sealed one; run `swarmseal seal` (a reboot now would need the operator's or the escrowed key)");
-    }
-    if let Some(p) = v.get("change_pending").filter(|p| !p.is_null()) {
-        println!("pending    an interrupted `{}` is not finished: the next command with the swarm active seals the engine's key", p["op"].as_str().unwrap_or("?"));
-    }
-    println!("tpm        {} reachable {} phase-locked {}", s("/tpm/tcti"), s("/tpm/reachable"), s("/phase_locked"));
-    println!("proxy      enabled {} listen {}", s("/proxy/enabled"), s("/proxy/listen"));
-    println!("bench      {}", v.get("bench").map(|b| b.to_string()).unwrap_or_default());
-}
 
