@@ -26,8 +26,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 
 #[derive(Clone)]
 enum Target {
@@ -71,19 +70,7 @@ fn parse() -> Args {
         (Some(p), None) => Target::Unix(p),
         (None, Some(addr)) => {
             let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else { usage() };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(&ca).expect("ca") {
-                roots.add(c.expect("ca pem")).expect("ca cert");
-            }
-            let chain: Vec<_> = CertificateDer::pem_file_iter(&cert).expect("cert").map(|c| c.expect("cert pem")).collect();
-            let key = PrivateKeyDer::from_pem_file(&key).expect("key");
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_client_auth_cert(chain, key)
-                .expect("client cert");
+            let mut cfg = swarmseal_common::tls::client_config_from_files(swarmseal_common::tls::Versions::Tls13, std::path::Path::new(&ca), Some((std::path::Path::new(&cert), std::path::Path::new(&key)))).expect("client TLS configuration");
             // Measure full handshakes.
             cfg.resumption = rustls::client::Resumption::disabled();
             Target::Tls(addr, tokio_rustls::TlsConnector::from(Arc::new(cfg)))

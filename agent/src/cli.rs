@@ -70,14 +70,16 @@ pub enum Exit {
     AgentDown = 18,
     /// The engine's key changed but could not be sealed; it was shown and/or escrowed.
     NotSealed = 19,
+    /// `--context`: the manager refused the request (role, state, or the operation failed).
+    Refused = 20,
 }
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
     /// of the table in docs/operating.md (a unit test keeps it in step).
-    pub const ALL: [(Exit, &'static str); 20] = [
+    pub const ALL: [(Exit, &'static str); 21] = [
         (Exit::Ok, "success"),
-        (Exit::Failure, "other failure (I/O, internal)"),
+        (Exit::Failure, "other failure (I/O, internal); `policy check`: the request is denied"),
         (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
         (Exit::DockerUnreachable, "Docker engine unreachable"),
         (Exit::TpmUnavailable, "TPM unavailable"),
@@ -96,6 +98,7 @@ impl Exit {
         (Exit::FleetStopped, "`fleet update` stopped at a manager (would lose quorum, release refused, not back unlocked in time, rolled back); managers after it untouched"),
         (Exit::AgentDown, "`health --agent-unit`: the agent's unit failed or is stopped (the swarm stays locked in this boot)"),
         (Exit::NotSealed, "the engine's unlock key changed but could not be sealed (TPM or disk failed after the change): it was shown on the terminal and written to the escrow file if configured; fix the cause, then `swarmseal seal`"),
+        (Exit::Refused, "`--context`: the manager refused the request (this certificate's role may not, the swarm's state, or the operation failed there); its answer is shown"),
     ];
 }
 
@@ -114,8 +117,9 @@ pub struct Common {
     /// Configuration file (TOML); default /etc/swarmseal/config.toml if present.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Engine API socket, unix:///PATH (default unix:///run/docker.sock).
-    #[arg(long, global = true, value_name = "unix:///PATH")]
+    /// Engine API socket, unix:///PATH (else DOCKER_HOST, as the docker CLI reads it;
+    /// then the configuration file; default unix:///run/docker.sock).
+    #[arg(long, global = true, value_name = "unix:///PATH", env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
     /// State directory (default /var/lib/swarmseal).
     #[arg(long, global = true, value_name = "DIR")]
@@ -123,6 +127,10 @@ pub struct Common {
     /// TPM TCTI (else TPM2TOOLS_TCTI, TCTI, then device:/dev/tpmrm0).
     #[arg(long, global = true, value_name = "TCTI")]
     pub tcti: Option<String>,
+    /// Ask the manager of this docker CLI context (its proxy, the context's TLS files) instead
+    /// of this machine: status, bench, reseal, escrow get, recover.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Parser)]
@@ -159,7 +167,6 @@ pub enum Command {
     #[cfg(feature = "appliance")]
     /// Rotate the unlock key through the engine and reseal it (crash-safe).
     Rotate,
-    #[cfg(feature = "appliance")]
     /// Disaster recovery after a lost quorum: make this manager (locked or active) the only
     /// manager of a new cluster built from its own Raft data, autolock on, the key sealed.
     Recover {
@@ -170,7 +177,6 @@ pub enum Command {
         #[arg(long)]
         key_stdin: bool,
     },
-    #[cfg(feature = "appliance")]
     /// Swarm state, sealed slots, policy PCRs vs current PCRs, proxy, last bench.
     Status {
         #[arg(long)]
@@ -182,7 +188,10 @@ pub enum Command {
     /// Appliance PKI: the client CA and client/server certificates.
     #[command(subcommand)]
     Certs(crate::proxy::pki::CertsCommand),
-    /// Run the CIS Docker Benchmark v1.6.0 checks.
+    /// The proxy's roles: dry-run a request against a role's rules.
+    #[command(subcommand)]
+    Policy(crate::proxy::policy::PolicyCommand),
+    /// Run the CIS Docker Benchmark checks (v1.8.0, or v1.6.0 with --benchmark).
     Bench(crate::bench_cmd::BenchArgs),
     #[cfg(feature = "appliance")]
     /// The appliance's encrypted /var: escrow its recovery key, bind it to this TPM again.
@@ -205,6 +214,11 @@ pub enum Command {
     /// Operate on a swarm's managers from a workstation, through docker CLI contexts.
     #[command(subcommand)]
     Fleet(crate::fleet::FleetCommand),
+    /// (with --context) Have the manager reseal its unlock key under its current PCRs.
+    Reseal,
+    /// (with --context) The manager's escrow copies.
+    #[command(subcommand)]
+    Escrow(crate::remote::EscrowCommand),
 }
 
 /// Any error a command can end with; mapped to [`Exit`] in [`exit_code`].
@@ -228,6 +242,8 @@ pub enum Error {
     Update(#[from] UpdateError),
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
     #[cfg(feature = "appliance")]
     #[error(transparent)]
     Recover(#[from] RecoverError),
@@ -248,13 +264,14 @@ pub fn exit_code(e: &Error) -> Exit {
         Error::Bench(b) => match b {
             crate::bench::BenchError::Engine { .. } => Exit::DockerUnreachable,
             crate::bench::BenchError::Write { .. } => Exit::Failure,
-            crate::bench::BenchError::UnknownCheck(_) => Exit::Usage,
+            crate::bench::BenchError::UnknownCheck(_) | crate::bench::BenchError::EmptySelection => Exit::Usage,
         },
         #[cfg(feature = "appliance")]
         Error::Var(v) => v.into(),
         Error::Health(h) => h.into(),
         Error::Update(u) => u.into(),
         Error::Fleet(f) => f.into(),
+        Error::Remote(r) => r.into(),
         #[cfg(feature = "appliance")]
         Error::Recover(r) => r.into(),
         Error::Status(x) => *x,
@@ -345,6 +362,20 @@ impl From<&FleetError> for Exit {
     }
 }
 
+/// `swarmseal --context …`.
+impl From<&crate::remote::RemoteError> for Exit {
+    fn from(e: &crate::remote::RemoteError) -> Exit {
+        use crate::remote::RemoteError as R;
+        match e {
+            R::Usage(_) => Exit::Usage,
+            R::Context(f) => f.into(),
+            R::Unreachable { .. } => Exit::DockerUnreachable,
+            R::Refused { .. } => Exit::Refused,
+            R::Write { .. } => Exit::Failure,
+        }
+    }
+}
+
 /// `swarmseal health` (see `crate::health`'s module doc).
 impl From<&Unhealthy> for Exit {
     fn from(e: &Unhealthy) -> Exit {
@@ -395,6 +426,9 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = exit_code(&e);
             eprintln!("swarmseal: error: {e}");
+            if code == Exit::WrongKey {
+                eprintln!("swarmseal: the engine holds another unlock key than the one given. The key shown at the last `init`/`rotate`, or the escrow copy (`GET /swarmseal/v1/escrow` through the proxy, decrypted with `age -d -i YOUR-IDENTITY`), is the swarm's; `swarmseal status` says whether the sealed key is stale.");
+            }
             if code == Exit::PolicyMismatch {
                 eprintln!("swarmseal: the swarm stays locked. If this boot chain is expected, unlock by hand (`swarmseal unlock --manual`, or `docker swarm unlock` through the proxy and then POST /swarmseal/v1/reseal): that reseals the key to it.");
             }
@@ -404,6 +438,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
+    if let Some(context) = cli.common.context.clone() {
+        return run_remote(&context, cli.command);
+    }
     let cfg = resolve_config(&cli.common)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -413,12 +450,20 @@ fn run(cli: Cli) -> Result<(), Error> {
     rt.block_on(async move {
         match cli.command {
             Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
+            Command::Policy(c) => match crate::proxy::policy::run(&cfg, c, std::io::stdin().lock()) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Error::Status(Exit::Failure)),
+                Err(e) => Err(Error::Usage(e.to_string())),
+            },
             Command::Bench(a) => crate::bench_cmd::run(&cfg, a).await,
             #[cfg(feature = "appliance")]
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
             Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),
             Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),
             Command::Fleet(c) => crate::fleet::run(c).await.map_err(Error::from),
+            Command::Reseal | Command::Escrow(_) => Err(Error::Usage("reseal and escrow get ask a manager: give --context NAME (on the manager itself: `swarmseal seal`, the escrow file in the state dir)".into())),
+            #[cfg(not(feature = "appliance"))]
+            Command::Status { .. } | Command::Recover { .. } => Err(Error::Usage("this build has no TPM commands: ask a manager with --context NAME".into())),
             #[cfg(feature = "appliance")]
             Command::Proxy => crate::boot::run_proxy_only(&cfg).await.map_err(Error::from),
             #[cfg(feature = "appliance")]
@@ -437,6 +482,25 @@ fn run(cli: Cli) -> Result<(), Error> {
             Command::Status { json } => crate::boot::cmd_status(&Ctx::new(&cfg), json).await.map_err(Error::from),
         }
     })
+}
+
+/// `swarmseal --context NAME COMMAND`: the commands the manager's agent answers through its proxy.
+fn run_remote(context: &str, command: Command) -> Result<(), Error> {
+    use crate::remote::Request;
+    let request = match command {
+        Command::Status { json } => Request::Status { json },
+        Command::Bench(_) => Request::Bench,
+        Command::Reseal => Request::Reseal,
+        Command::Escrow(c) => Request::Escrow(c),
+        Command::Recover { force_new_cluster, key_stdin } => Request::Recover { force_new_cluster, key_stdin },
+        _ => return Err(Error::Usage("with --context, swarmseal runs status, bench, reseal, escrow get and recover on the manager; the other commands run on the manager itself (or `fleet update` for releases)".into())),
+    };
+    let docker = std::env::var_os("SWARMSEAL_DOCKER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("docker"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(crate::remote::run(&docker, context, request)).map_err(Error::from)
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@
 //! max_connections_per_identity = 64 # … per certificate (SHA-256 fingerprint)
 //! max_streams_per_identity = 32     # events, followed logs, attach, exec, stats per certificate
 //!
+//! [roles.deploy]                   # built in: admin, readonly, deploy, monitor (docs/proxy.md "Roles")
+//! allow_bind_paths = ["/srv/data"]  # host paths bind mounts may use (default: none)
+//! allow_sysctls = ["net.core.somaxconn"]
+//! [roles.ci]                        # a new role: certificates with Subject OU `ci`
+//! base = "deploy"
+//!
 //! [bench]
 //! at_boot = true
 //!
@@ -99,6 +105,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub bench: BenchConfig,
     pub update: UpdateConfig,
+    /// `[roles.NAME]`: the proxy's roles (`swarmseal_proxy::policy`, docs/proxy.md "Roles").
+    pub roles: swarmseal_proxy::policy::RolesConfig,
 }
 
 /// `[tpm]`: which TPM and which measurements the unlock key is bound to.
@@ -259,6 +267,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             bench: BenchConfig::default(),
             update: UpdateConfig::default(),
+            roles: Default::default(),
         }
     }
 }
@@ -325,7 +334,7 @@ impl Config {
         if !self.tpm.policy_pcrs().contains(&self.tpm.phase_pcr) {
             return Err(ConfigError::Invalid { key: "tpm.phase_pcr", message: format!("PCR {} is not in tpm.pcrs; the phase lock only works on a PCR the policy covers", self.tpm.phase_pcr) });
         }
-        if !self.docker_host.starts_with("unix://") {
+        if !self.docker_host.strip_prefix("unix://").is_some_and(|p| p.starts_with('/')) {
             return Err(ConfigError::Invalid { key: "docker_host", message: format!("`{}`: only unix:///PATH is supported (the engine API never listens on TCP)", self.docker_host) });
         }
         if let Some(r) = &self.escrow.recipient {
@@ -339,6 +348,7 @@ impl Config {
         if let Some(s) = &self.update.source {
             swarmseal_release::SourceUrl::parse(s).map_err(|message| ConfigError::Invalid { key: "update.source", message })?;
         }
+        swarmseal_proxy::policy::Roles::from_config(&self.roles).map_err(|e| ConfigError::Invalid { key: "roles", message: e.to_string() })?;
         Ok(())
     }
 
@@ -367,6 +377,9 @@ impl ProxySettings for Config {
     }
     fn pki_dir(&self) -> PathBuf {
         Config::pki_dir(self)
+    }
+    fn roles(&self) -> swarmseal_proxy::policy::RolesConfig {
+        self.roles.clone()
     }
 }
 

@@ -91,20 +91,20 @@ pub enum FleetError {
     Stopped { at: String, reason: String, done: String, rest: String },
 }
 
-/// One manager reached through its proxy.
-struct Manager {
+/// One manager reached through its proxy (also `swarmseal --context`, [`crate::remote`]).
+pub(crate) struct Manager {
     context: String,
     addr: String,
     server_name: ServerName<'static>,
     tls: tokio_rustls::TlsConnector,
 }
 
-type ReqBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+pub(crate) type ReqBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 impl Manager {
     /// Resolve a docker CLI context (`docker context inspect`): `tcp://host:port` endpoint
     /// and its TLS material (`<Storage.TLSPath>/docker/{ca,cert,key}.pem`).
-    fn from_context(docker: &Path, context: &str) -> Result<Manager, FleetError> {
+    pub(crate) fn from_context(docker: &Path, context: &str) -> Result<Manager, FleetError> {
         let err = |message: String| FleetError::Context { context: context.into(), message };
         let out = std::process::Command::new(docker).args(["context", "inspect", context]).output().map_err(|e| err(format!("cannot run {}: {e}", docker.display())))?;
         if !out.status.success() {
@@ -131,7 +131,7 @@ impl Manager {
     }
 
     /// One request on a new mutual-TLS connection: (status, body).
-    async fn call(&self, method: Method, path: &str, body: ReqBody, timeout: Duration) -> Result<(StatusCode, Bytes), String> {
+    pub(crate) async fn call(&self, method: Method, path: &str, body: ReqBody, timeout: Duration) -> Result<(StatusCode, Bytes), String> {
         let fut = async {
             let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| format!("connect {}: {e}", self.addr))?;
             let tls = self.tls.connect(self.server_name.clone(), tcp).await.map_err(|e| format!("TLS with {}: {e}", self.addr))?;
@@ -172,7 +172,7 @@ impl Manager {
     }
 }
 
-fn empty() -> ReqBody {
+pub(crate) fn empty() -> ReqBody {
     Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
 }
 

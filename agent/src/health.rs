@@ -231,6 +231,12 @@ impl ServerCertVerifier for Probe {
     }
 }
 
+/// A verifier that accepts only `cert` as the server's certificate and checks that the
+/// server proves its key (TLS 1.3 CertificateVerify): `bench`'s A.4 probe uses it too.
+pub(crate) fn pinned_verifier(cert: CertificateDer<'static>) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(Probe { pinned: Some(cert), provider: Arc::new(rustls::crypto::ring::default_provider()), hello: AtomicBool::new(false), proven: AtomicBool::new(false) })
+}
+
 /// Handshake with the proxy at `addr` without a client certificate (see the module doc).
 /// Ok: how it was judged. Err: why it is not serving.
 pub async fn probe_proxy(addr: SocketAddr, pinned: Option<CertificateDer<'static>>) -> Result<ProbeMode, String> {

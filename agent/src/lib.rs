@@ -8,11 +8,12 @@
 //!   running tools, client TLS, the typed status document.
 //! - [`boot`]: the boot-flow state machine run by `swarmseal agent`.
 //! - [`proxy`] (crate `swarmseal-proxy`, no libtss2): the mutual-TLS listener, authorization and forwarding.
-//! - [`bench`]: CIS Docker Benchmark v1.6.0 checks and their report (the `swarmseal-cis`
+//! - [`bench`]: CIS Docker Benchmark v1.8.0/v1.6.0 checks and their report (the `swarmseal-cis`
 //!   crate); [`bench_cmd`]: the `swarmseal bench` command around it.
 //! - [`update`]: signed image releases (format: crate `swarmseal-release`): receive, verify, stage, install (systemd-sysupdate).
 //! - [`recover`]: lost-quorum recovery with autolock.
 //! - [`health`]: the boot-assessment gate: swarm unlocked and proxy serving.
+//! - [`remote`]: `swarmseal --context NAME …` from the operator's machine, through a manager's proxy.
 //! - [`config`], [`cli`]: configuration file and command line.
 //!
 //! Feature `appliance` (default): the modules that need the TPM (libtss2): [`boot`],
@@ -33,9 +34,11 @@ pub mod escrow;
 pub mod fleet;
 pub mod health;
 pub mod logging;
+pub mod operator;
 pub use swarmseal_proxy as proxy;
 #[cfg(feature = "appliance")]
 pub mod recover;
+pub mod remote;
 pub use swarmseal_common::secret;
 pub use swarmseal_engine as swarm;
 // The TPM side lives in its own crate (agent/tpm), under the old module names.

@@ -111,12 +111,21 @@ pub async fn run_cli(cfg: &Config, force_new_cluster: bool, key_stdin: bool) -> 
     let given = if key_stdin { Some(crate::boot::read_key_from_stdin().await?) } else { None };
     let ctx = Ctx::new(cfg);
     let (out, key) = recover(&ctx, given).await?;
+    if out.steps.is_empty() {
+        // A rerun after a finished recovery: nothing changed, no new key to show.
+        println!(
+            "nothing to do: this manager ({}) is already the only manager of its cluster, autolock on, its unlock key {}",
+            out.node_id.as_deref().unwrap_or("?"),
+            if out.sealed { "sealed to the TPM" } else { "NOT sealed (see above)" }
+        );
+        return Ok(());
+    }
     println!(
         "recovered: this manager ({}) is the only manager of a new cluster built from its Raft data; autolock on; the new unlock key is {}",
         out.node_id.as_deref().unwrap_or("?"),
         if out.sealed { "sealed to the TPM" } else { "NOT sealed (see above)" }
     );
-    println!("steps: {}", if out.steps.is_empty() { "none (already recovered)".to_string() } else { out.steps.join(", ") });
+    println!("steps: {}", out.steps.join(", "));
     println!("next: `docker node rm` the lost managers, then join new managers (`docker swarm join-token manager`)");
     crate::boot::show_key_on_terminal(&key, "The swarm was recovered with a new unlock key");
     Ok(())

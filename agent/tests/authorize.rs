@@ -10,7 +10,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -21,19 +20,6 @@ use swarmseal::tpm::{authorize_policy_digest, pcr_policy_digest, PcrValues, Poli
 
 const SECRET: &[u8] = b"SWMKEY-1-7c37Cc8654o6p38HnroywCi19pllOnGtbdZEgtKxZu8";
 
-/// Serializes swtpm starts in this binary (see tests/tpm.rs).
-static SPAWN: Mutex<()> = Mutex::new(());
-
-fn start() -> Swtpm {
-    let _one = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-    Swtpm::start()
-}
-
-fn power_cycle(tpm: &mut Swtpm) {
-    let _one = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-    tpm.power_cycle();
-}
-
 /// What firmware (7), systemd-stub (11) and systemd (15) measure for an image.
 fn measure(tpm: &Swtpm, image: &str) {
     tpm.extend(7, "secure boot policy");
@@ -42,7 +28,7 @@ fn measure(tpm: &Swtpm, image: &str) {
 }
 
 fn booted(image: &str) -> Swtpm {
-    let tpm = start();
+    let tpm = Swtpm::start();
     measure(&tpm, image);
     tpm
 }
@@ -185,7 +171,7 @@ fn a_new_image_signed_with_the_same_key_unseals_without_a_reseal() {
     drop(t);
 
     // Reboot into image v2: PCR 11 differs; v2 ships a signature by the same key.
-    power_cycle(&mut tpm);
+    tpm.power_cycle();
     measure(&tpm, "v2");
     let mut t = Tpm::open(&tpm.tcti()).unwrap();
     let v2 = pcr11(&mut t);
@@ -260,7 +246,7 @@ fn a_changed_literal_pcr_is_refused_and_named() {
     drop(t);
 
     // Same image (PCR 11 still signed), but Secure Boot policy changed (PCR 7).
-    power_cycle(&mut tpm);
+    tpm.power_cycle();
     tpm.extend(7, "secure boot policy, new db");
     tpm.extend(11, "uki v1");
     tpm.extend(15, "var volume key");
@@ -319,7 +305,7 @@ fn an_ecc_p256_fleet_key_works_too() {
     let (obj, policy) = seal_authorized(&mut t, &key, &sigs);
     assert_eq!(t.unseal_signed(&obj, &policy, Some(&sigs)).unwrap().as_slice(), SECRET);
     drop(t);
-    power_cycle(&mut tpm);
+    tpm.power_cycle();
     measure(&tpm, "v2");
     let mut t = Tpm::open(&tpm.tcti()).unwrap();
     let v2 = PcrSignatures::load(&signature_file(work.path(), "v2.json", vec![key.sign_pcr11(&pcr11(&mut t))])).unwrap();
@@ -404,7 +390,7 @@ impl Manager {
             ),
         )
         .unwrap();
-        let m = Manager { d: Dockerd::start(), tpm: start(), state, run, config };
+        let m = Manager { d: Dockerd::start(), tpm: Swtpm::start(), state, run, config };
         measure(&m.tpm, "v1");
         m
     }
@@ -428,7 +414,7 @@ impl Manager {
     }
 
     fn reboot(&mut self, image: &str) {
-        power_cycle(&mut self.tpm);
+        self.tpm.power_cycle();
         measure(&self.tpm, image);
         self.d.restart();
     }

@@ -12,6 +12,11 @@ use std::path::Path;
 use serde_json::Value;
 
 const SCHEMA: &str = include_str!("docker-bench-security.schema.json");
+/// The SARIF 2.1.0 JSON schema (OASIS sarif-spec, Schemata/sarif-schema-2.1.0.json,
+/// draft-07 edition as shipped in the serde-sarif 0.8.0 crate, MIT), with
+/// `run.language`'s pattern as OASIS errata01 corrected it (the draft-07 copy has an
+/// unbalanced regex no validator compiles).
+const SARIF_SCHEMA: &str = include_str!("sarif-schema-2.1.0.json");
 
 /// id → (result, items, details) from a docker-bench-security JSON report.
 fn results(report: &Value) -> BTreeMap<String, (String, Vec<String>, String)> {
@@ -35,10 +40,40 @@ fn bench_json(d: &Dockerd, state: &Path, extra: &[&str]) -> Value {
 }
 
 fn assert_schema_valid(v: &Value) {
-    let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+    assert_valid_against(SCHEMA, "the docker-bench-security log schema", v);
+}
+
+fn assert_valid_against(schema: &str, name: &str, v: &Value) {
+    let schema: Value = serde_json::from_str(schema).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
     let errors: Vec<String> = validator.iter_errors(v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "report does not match the docker-bench-security log schema: {errors:#?}");
+    assert!(errors.is_empty(), "report does not match {name}: {errors:#?}");
+}
+
+/// JUnit XML read back with quick-xml: (testcases, failures, skipped) and the
+/// `tests`/`failures`/`skipped` attributes of `<testsuites>`.
+fn junit_counts(xml: &str) -> ((usize, usize, usize), (usize, usize, usize)) {
+    use quick_xml::events::Event;
+    let mut r = quick_xml::Reader::from_str(xml);
+    let (mut cases, mut failures, mut skipped) = (0, 0, 0);
+    let mut declared = (usize::MAX, usize::MAX, usize::MAX);
+    loop {
+        match r.read_event().expect("well-formed JUnit XML") {
+            Event::Start(e) | Event::Empty(e) => {
+                let attr = |k: &str| e.try_get_attribute(k).unwrap().map(|a| a.unescape_value().unwrap().parse::<usize>().unwrap());
+                match e.name().as_ref() {
+                    b"testsuites" => declared = (attr("tests").unwrap(), attr("failures").unwrap(), attr("skipped").unwrap()),
+                    b"testcase" => cases += 1,
+                    b"failure" => failures += 1,
+                    b"skipped" => skipped += 1,
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    ((cases, failures, skipped), declared)
 }
 
 /// The clean container's options, by name, so each offender drops or replaces one.
@@ -99,6 +134,8 @@ fn runtime_rules_flag_exactly_the_offending_containers() {
     }
     args.extend_from_slice(&["--tmpfs", "/tmp:exec", "bb:1", "sh", "-c", "printf '#!/bin/sh\\nsleep 1000\\n' > /tmp/sshd && chmod +x /tmp/sshd && /tmp/sshd"]);
     d.docker_ok(&args);
+    // A second running container in sshd's PID namespace (issue 17 defect 4: one namespace, read once).
+    make(&d, "sharepid", true, &[], &["--pid", "container:sshd"]);
     make(&d, "priv", false, &[], &["--privileged"]);
     make(&d, "hostnet", false, &["net"], &["--network", "host"]);
     make(&d, "hostpid", false, &[], &["--pid", "host"]);
@@ -131,8 +168,8 @@ fn runtime_rules_flag_exactly_the_offending_containers() {
         ("4.6", "WARN", &["[bb:1]"]),
         ("5.4", "WARN", &["caps"]),
         ("5.5", "WARN", &["priv"]),
-        ("5.7", "WARN", &["sshd"]),
-        ("5.6", "WARN", &["etcmount:/etc"]),
+        ("5.7", "WARN", &["sharepid", "sshd"]),
+        ("5.6", "WARN", &["etcmount:/etc", "etcro:/etc (read-only)"]),
         ("5.8", "WARN", &["ports:80"]),
         ("5.10", "WARN", &["hostnet"]),
         ("5.11", "WARN", &["nomem"]),
@@ -165,10 +202,16 @@ fn runtime_rules_flag_exactly_the_offending_containers() {
     for id in ["5.1", "5.31"] {
         assert_eq!(r[id].0, "PASS", "{id}: {}", r[id].2);
     }
-    for id in ["5.9", "5.23", "5.24"] {
+    for id in ["5.23", "5.24"] {
         assert_eq!(r[id].0, "NOTE", "{id}");
     }
-    assert_eq!(r["6.2"].2, "26 total/5 running");
+    // 5.9 lists every host-published port with its address (issue 17 defect 7).
+    assert_eq!(r["5.9"].0, "INFO");
+    assert_eq!(r["5.9"].1, vec!["ports:0.0.0.0:80", "ports:127.0.0.1:8080"]);
+    assert_eq!(r["6.2"].2, "27 total/6 running");
+    // Configuration checks cover every container and say so (issue 17 defect 5).
+    assert!(r["5.5"].2.starts_with("Containers in privileged mode (of 27 container(s), running or not): priv"), "{}", r["5.5"].2);
+    assert!(r["5.7"].2.starts_with("Running containers with sshd"), "{}", r["5.7"].2);
     assert_eq!(r["6.1"].2, "1 active/1 in use");
     // Only the selected checks ran.
     assert!(r.keys().all(|k| k.starts_with("4.") || k.starts_with("5.") || k.starts_with("6.")), "{:?}", r.keys());
@@ -215,7 +258,7 @@ fn host_and_daemon_checks_read_the_fixture_root() {
     assert_schema_valid(&rep);
     let r = results(&rep);
     let status = |id: &str| r[id].0.clone();
-    for id in ["1.1.1", "1.1.3", "1.1.6", "1.1.7", "1.1.10", "1.1.11", "2.2", "2.8", "2.14", "2.16", "3.1", "3.2", "3.4", "3.5", "3.6", "3.7", "3.8", "3.17", "3.18", "3.19", "3.20", "3.23", "3.24", "A.5", "A.6"] {
+    for id in ["1.1.1", "1.1.3", "1.1.6", "1.1.7", "1.1.10", "1.1.11", "2.2", "2.9", "2.15", "2.17", "3.1", "3.2", "3.4", "3.5", "3.6", "3.7", "3.8", "3.17", "3.18", "3.19", "3.20", "3.23", "3.24", "A.5", "A.6"] {
         assert_eq!(status(id), "PASS", "{id}: {}", r[id].2);
     }
     // Files that do not exist: INFO, as docker-bench-security says it.
@@ -225,7 +268,7 @@ fn host_and_daemon_checks_read_the_fixture_root() {
     assert_eq!(r["1.1.2"].1, vec!["alice", "bob"]);
     // The fixture dockerd runs with --log-level warn (its real command line).
     assert_eq!((status("2.3").as_str(), r["2.3"].2.as_str()), ("WARN", "log-level is warn"));
-    assert_eq!(status("2.7"), "INFO", "no tcp:// host");
+    assert_eq!(status("2.8"), "INFO", "no tcp:// host");
     assert_eq!(status("1.2.1"), "NOTE");
 
     // A careless host: everything loose, no rules, no verity, Secure Boot off.
@@ -250,19 +293,36 @@ fn host_and_daemon_checks_read_the_fixture_root() {
     assert_schema_valid(&rep);
     let r = results(&rep);
     let status = |id: &str| r[id].0.clone();
-    for id in ["1.1.1", "1.1.3", "1.1.6", "1.1.7", "1.1.10", "1.1.11", "1.1.13", "2.2", "2.4", "2.11", "2.14", "3.2", "3.5", "3.6", "3.8", "3.17", "3.18", "3.20", "3.22", "3.24", "A.3", "A.5", "A.6"] {
+    for id in ["1.1.1", "1.1.3", "1.1.6", "1.1.7", "1.1.10", "1.1.11", "1.1.13", "2.2", "2.4", "2.12", "2.15", "3.2", "3.5", "3.6", "3.8", "3.17", "3.18", "3.20", "3.22", "3.24", "A.3", "A.5", "A.6"] {
         assert_eq!(status(id), "WARN", "{id}: {}", r[id].2);
     }
     for id in ["3.1", "3.7", "3.19", "3.21", "3.23"] {
         assert_eq!(status(id), "PASS", "{id}: {}", r[id].2);
     }
-    assert_eq!(status("2.10"), "INFO", "cgroup-parent set: confirm");
-    assert_eq!(status("2.7"), "WARN", "tcp:// host without TLS");
-    assert_eq!(r["2.11"].1, vec!["dm.basesize=20G"]);
+    assert_eq!(status("2.11"), "INFO", "cgroup-parent set: confirm");
+    assert_eq!(status("2.8"), "WARN", "tcp:// host without TLS");
+    assert_eq!(r["2.12"].1, vec!["dm.basesize=20G"]);
     assert_eq!(r["3.17"].1, vec!["/etc/docker/daemon.json(1000:1000)"]);
     assert_eq!(r["3.6"].1, vec!["/etc/docker(777)"]);
     assert_eq!(r["A.3"].1, vec!["tcp://0.0.0.0:2375"]);
     assert_eq!(r["1.1.3"].1, vec!["/usr/bin/dockerd"], "a commented-out rule does not count");
+
+    // A merged-/usr host (/lib -> usr/lib): the rule docker-bench-security recommends,
+    // on /lib/systemd/system/docker.service, watches the unit found under /usr/lib
+    // (issue 17 defect 3); the remediation names the real path.
+    let merged = tempfile::tempdir().unwrap();
+    let m = merged.path();
+    write(m, "usr/lib/systemd/system/docker.service", "[Service]\n", 0o644);
+    write(m, "usr/lib/systemd/system/docker.socket", "[Socket]\n", 0o644);
+    std::os::unix::fs::symlink("usr/lib", m.join("lib")).unwrap();
+    write(m, "etc/audit/rules.d/docker.rules", "-w /lib/systemd/system/docker.service -k docker\n", 0o640);
+    let rep = bench_json(&d, state.path(), &["--check", "1.1.7,1.1.9", "--root", path_str(m)]);
+    let r = results(&rep);
+    assert_eq!(r["1.1.7"].0, "PASS", "{:?}", r["1.1.7"]);
+    assert!(r["1.1.7"].2.contains("/usr/lib/systemd/system/docker.service is watched as /lib/systemd/system/docker.service"), "{}", r["1.1.7"].2);
+    assert_eq!(r["1.1.9"].1, vec!["/usr/lib/systemd/system/docker.socket"]);
+    let rem = rep["tests"][0]["results"].as_array().unwrap().iter().find(|x| x["id"] == "1.1.9").unwrap()["remediation"].as_str().unwrap().to_string();
+    assert!(rem.contains("Add -w /usr/lib/systemd/system/docker.socket -k docker"), "{rem}");
 }
 
 #[test]
@@ -285,6 +345,7 @@ fn swarm_manager_report_validates_and_fail_on_warn_sets_exit_10() {
     let rep = bench_json(&d, state.path(), &["--root", path_str(root.path())]);
     assert_schema_valid(&rep);
     assert_eq!(rep["dockerbenchsecurity"], "1.6.0");
+    assert_eq!(rep["benchmark"], "cis-1.8.0");
     let r = results(&rep);
     // Every section of the benchmark plus the appliance section, in order.
     let sections: Vec<&str> = rep["tests"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
@@ -308,7 +369,7 @@ fn swarm_manager_report_validates_and_fail_on_warn_sets_exit_10() {
     // Not applicable to a swarm manager: INFO with the reason, never WARN.
     assert_eq!(r["5.1"].0, "INFO");
     assert!(r["5.1"].2.contains("swarm manager"), "{}", r["5.1"].2);
-    assert_eq!(r["2.15"].0, "INFO");
+    assert_eq!(r["2.16"].0, "INFO");
     assert_eq!(r["7.1"], ("PASS".into(), vec![], "1 manager(s)".into()));
     assert_eq!(r["7.5"].0, "PASS");
     assert_eq!(r["7.2"].0, "WARN", "swarm init without --listen-addr listens on all interfaces");
@@ -323,6 +384,43 @@ fn swarm_manager_report_validates_and_fail_on_warn_sets_exit_10() {
     assert!(r["A.3"].2.contains("listens on TCP only for swarm (2 socket(s))"), "raft 2377 and gossip 7946 seen: {}", r["A.3"].2);
     assert_eq!(r["A.1"].0, "WARN", "no sealed key in the state dir");
     assert_eq!(r["A.6"].0, "NOTE", "no efivars in the fixture root");
+    // 4.5 reads DOCKER_CONTENT_TRUST where the CIS audit does (this process) and dockerd's.
+    assert_eq!(r["4.5"].0, "WARN");
+    assert!(r["4.5"].2.contains("not set in this process's environment; dockerd's environment does not set it"), "{}", r["4.5"].2);
+    let host = d.host();
+    let out = swarmseal(&["--docker-host", host.as_str(), "--state-dir", path_str(state.path()), "bench", "--format", "json", "--check", "4.5"], &[("DOCKER_CONTENT_TRUST", "1")], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(results(&serde_json::from_slice(&out.stdout).unwrap())["4.5"].0, "PASS");
+    // v1.8.0's 2.7: the real engine's driver (not devicemapper) passes, naming it.
+    let driver = d.docker_ok(&["info", "--format", "{{.Driver}}"]);
+    assert_eq!(r["2.7"], ("PASS".into(), vec![], format!("Storage driver is {}", driver.trim())));
+
+    // The same run as SARIF 2.1.0 and JUnit XML: the same verdicts, each format valid.
+    let run = |format: &str| {
+        let out = swarmseal(&["--docker-host", host.as_str(), "--state-dir", path_str(state.path()), "bench", "--root", path_str(root.path()), "--format", format], &[], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let count = |st: &str| r.values().filter(|v| v.0 == st).count();
+    let warn_results: usize = r.values().filter(|v| v.0 == "WARN").map(|v| v.1.len().max(1)).sum();
+    let sarif: Value = serde_json::from_str(&run("sarif")).unwrap();
+    assert_valid_against(SARIF_SCHEMA, "the SARIF 2.1.0 schema", &sarif);
+    let mut broken = sarif.clone();
+    broken["runs"][0]["results"][0]["level"] = "fatal".into();
+    let schema: Value = serde_json::from_str(SARIF_SCHEMA).unwrap();
+    assert!(!jsonschema::validator_for(&schema).unwrap().is_valid(&broken), "the SARIF schema check can fail");
+    let sr = &sarif["runs"][0];
+    assert_eq!(sr["tool"]["driver"]["rules"].as_array().unwrap().len(), r.len(), "one rule per check");
+    assert_eq!(sr["results"].as_array().unwrap().len(), warn_results, "one result per WARN item");
+    assert_eq!(sr["properties"]["benchmark"], "cis-1.8.0");
+    let unenc = sr["results"].as_array().unwrap().iter().find(|x| x["ruleId"] == "7.3").unwrap();
+    assert_eq!(unenc["locations"][0]["logicalLocations"][0]["kind"], "resource");
+    let (seen, declared) = junit_counts(&run("junit"));
+    assert_eq!(seen, (r.len(), count("WARN"), count("INFO") + count("NOTE")));
+    assert_eq!(seen, declared);
+    let text = run("text");
+    let first = text.lines().next().unwrap();
+    assert!(first.starts_with(&format!("CIS Docker Benchmark v1.8.0 | Docker Engine {} | host ", d.docker_ok(&["version", "--format", "{{.Server.Version}}"]))), "{first}");
 
     // --fail-on warn: exit 10 with WARNs; text has no colour off a terminal.
     let host = d.host();
@@ -343,10 +441,22 @@ fn swarm_manager_report_validates_and_fail_on_warn_sets_exit_10() {
     assert_schema_valid(&v);
     assert_eq!(v["checks"], 2);
     assert_eq!(v["score"], 2);
-    // An unknown ID is a usage error.
+    // An unknown ID is a usage error; so is a selection that leaves nothing.
     let out = swarmseal(&["--docker-host", host.as_str(), "bench", "--check", "9.9"], &[], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("9.9"));
+    let out = swarmseal(&["--docker-host", host.as_str(), "bench", "--check", "5.5", "--exclude", "5.5"], &[], None);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the selection is empty"), "{}", String::from_utf8_lossy(&out.stderr));
+    // DOCKER_HOST is read when --docker-host is not given (and --docker-host wins over it).
+    let out = swarmseal(&["--state-dir", path_str(state.path()), "bench", "--check", "7.1", "--format", "json"], &[("DOCKER_HOST", host.as_str())], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(results(&serde_json::from_slice(&out.stdout).unwrap())["7.1"].0, "PASS");
+    let out = swarmseal(&["--docker-host", host.as_str(), "--state-dir", path_str(state.path()), "bench", "--check", "7.1"], &[("DOCKER_HOST", "unix:///nonexistent.sock")], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // An empty socket path is a usage error, not an unreachable engine.
+    let out = swarmseal(&["--docker-host", "unix://", "bench"], &[], None);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -366,12 +476,17 @@ struct TcpDockerd {
 
 impl TcpDockerd {
     fn start() -> TcpDockerd {
+        TcpDockerd::start_with("")
+    }
+
+    /// With `extra` dockerd flags.
+    fn start_with(extra: &str) -> TcpDockerd {
         let dir = tempfile::Builder::new().prefix("sst").tempdir_in("/tmp").unwrap();
         let d = dir.path().display().to_string();
         let n = std::process::id() % 250;
         let script = format!(
             "set -e; ip link set lo up; exec dockerd --data-root {d}/data --exec-root {d}/exec -H unix://{d}/docker.sock -H tcp://127.0.0.1:2375 \
-             --pidfile {d}/docker.pid --bip 172.28.{n}.1/24 --log-level error"
+             --pidfile {d}/docker.pid --bip 172.28.{n}.1/24 --log-level error {extra}"
         );
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
         let child = std::process::Command::new("unshare").args(["--net", "--", "sh", "-c", &script]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
@@ -404,13 +519,127 @@ fn engine_api_on_tcp_is_found_on_the_command_line_and_in_proc_net_tcp() {
     let state = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
     let host = d.host();
-    let out = swarmseal(&["--docker-host", &host, "--state-dir", path_str(state.path()), "bench", "--format", "json", "--check", "2.7,A.3", "--root", path_str(root.path())], &[], None);
+    let out = swarmseal(&["--docker-host", &host, "--state-dir", path_str(state.path()), "bench", "--format", "json", "--check", "2.8,A.3", "--root", path_str(root.path())], &[], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_schema_valid(&rep);
     let r = results(&rep);
-    assert_eq!(r["2.7"].0, "WARN");
-    assert!(r["2.7"].2.contains("without TLS"), "{}", r["2.7"].2);
+    assert_eq!(r["2.8"].0, "WARN");
+    assert!(r["2.8"].2.contains("without TLS"), "{}", r["2.8"].2);
+    // The same check under its v1.6.0 ID.
+    let out = swarmseal(&["--docker-host", &host, "--state-dir", path_str(state.path()), "bench", "--benchmark", "cis-1.6.0", "--format", "json", "--check", "2.7", "--root", path_str(root.path())], &[], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep16: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_schema_valid(&rep16);
+    assert_eq!(rep16["benchmark"], "cis-1.6.0");
+    assert_eq!(results(&rep16)["2.7"], r["2.8"]);
     // The flag and the live listening socket (/proc/<dockerd>/net/tcp, matched by inode).
     assert_eq!(r["A.3"], ("WARN".into(), vec!["127.0.0.1:2375".to_string(), "tcp://127.0.0.1:2375".to_string()], "Engine API on TCP: 127.0.0.1:2375 tcp://127.0.0.1:2375".into()));
+}
+
+/// Defect 1 of issue 17: run from another PID namespace, the bench cannot see the
+/// engine's process (SO_PEERCRED gives no pid there); every check that needs its
+/// command line says NOTE with what was missing, never PASS. In the engine's own
+/// namespace the same flags are found through SO_PEERCRED.
+#[test]
+fn flag_checks_say_note_when_the_engine_process_is_out_of_sight() {
+    let d = TcpDockerd::start_with("--iptables=false");
+    let state = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let host = d.host();
+    let flag_checks = "2.2,2.3,2.4,2.8,2.9,2.11,2.12,2.15,2.17,3.9,3.10,3.11,3.12,3.13,3.14,A.3";
+    let bench = ["--docker-host", host.as_str(), "--state-dir", path_str(state.path()), "bench", "--format", "json", "--check", flag_checks, "--root", path_str(root.path())];
+
+    // Same PID namespace: the engine's pid from the socket, its real flags.
+    let out = swarmseal(&bench, &[], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = results(&serde_json::from_slice(&out.stdout).unwrap());
+    assert_eq!(r["2.4"], ("WARN".into(), vec![], "iptables is set to false (dockerd command line)".into()));
+    assert_eq!((r["2.3"].0.as_str(), r["2.3"].2.as_str()), ("WARN", "log-level is error"));
+    assert_eq!(r["2.8"].0, "WARN", "{:?}", r["2.8"]);
+
+    // Another PID namespace (its own /proc): nothing about the process can be read.
+    let out = std::process::Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "--"]).arg(swarmseal_bin()).args(bench).env("NO_COLOR", "1").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_schema_valid(&rep);
+    let r = results(&rep);
+    assert_eq!(r.len(), flag_checks.split(',').count());
+    for (id, (status, _, details)) in &r {
+        assert_eq!(status, "NOTE", "{id}: {details}");
+        assert!(details.contains("SO_PEERCRED") && details.contains("PID namespace"), "{id} says what was missing: {details}");
+    }
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Defect 2 of issue 17: A.4 rests on the listener, not on the configuration.
+/// Nothing listening: NOTE; a TLS server that takes clients without a certificate:
+/// WARN; the real proxy (refuses no certificate, takes the appliance CA's): PASS.
+#[test]
+fn a4_probes_the_proxy_listener() {
+    let d = Dockerd::start();
+    let state = tempfile::tempdir().unwrap();
+    let s = path_str(state.path());
+    let o = swarmseal(&["--state-dir", s, "certs", "init"], &[], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = state.path().join("config.toml");
+    std::fs::write(&cfg, format!("[proxy]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let host = d.host();
+    let a4 = || {
+        let out = swarmseal(&["--config", path_str(&cfg), "--state-dir", s, "--docker-host", host.as_str(), "bench", "--format", "json", "--check", "A.4"], &[], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_schema_valid(&rep);
+        let (st, _, details) = results(&rep).remove("A.4").unwrap();
+        (st, details)
+    };
+
+    let (st, details) = a4();
+    assert_eq!(st, "NOTE", "{details}");
+    assert!(details.contains("nothing answers on 127.0.0.1"), "{details}");
+
+    // openssl s_server with the appliance's server certificate, no client verification.
+    let pki = state.path().join("pki");
+    let server = Killed(
+        std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-tls1_3", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+            .arg(pki.join("server-cert.pem"))
+            .arg("-key")
+            .arg(pki.join("server-key.pem"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl is installed"),
+    );
+    wait_until("openssl s_server listening", std::time::Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
+    let (st, details) = a4();
+    assert_eq!(st, "WARN", "{details}");
+    assert!(details.contains("accepts clients without a certificate (HTTP/1."), "{details}");
+    drop(server);
+
+    // The appliance's proxy.
+    let _proxy = Killed(
+        cmd(swarmseal_bin())
+            .args(["--config", path_str(&cfg), "--state-dir", s, "--docker-host", host.as_str(), "proxy"])
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(state.path().join("proxy.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the proxy listening", std::time::Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_ok());
+    let (st, details) = a4();
+    assert_eq!(st, "PASS", "{details}");
+    assert!(details.contains("refuses a client without a certificate (") && details.contains("accepts one signed by the appliance CA (HTTP/1.1 403"), "{details}");
 }

@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -123,18 +122,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Client {
     fn new(bundle: &Path, addr: SocketAddr) -> Client {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(bundle.join("ca.pem")).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let chain: Vec<_> = CertificateDer::pem_file_iter(bundle.join("cert.pem")).unwrap().map(|c| c.unwrap()).collect();
-        let key = PrivateKeyDer::from_pem_file(bundle.join("key.pem")).unwrap();
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
+        let (ca, cert, key) = (bundle.join("ca.pem"), bundle.join("cert.pem"), bundle.join("key.pem"));
+        let cfg = swarmseal_common::tls::client_config_from_files(swarmseal_common::tls::Versions::Tls13, &ca, Some((&cert, &key))).unwrap();
         Client {
             tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
             addr,

@@ -49,10 +49,19 @@ impl Survivor {
     /// Serve a restart asked for by a killed run (systemd finishes it without its caller).
     fn finish_pending_restart(&mut self) {
         std::thread::sleep(Duration::from_millis(300));
-        if std::fs::remove_file(self.flag("restart-requested")).is_ok() {
-            self.d.restart();
-            std::fs::write(self.flag("restart-done"), b"").unwrap();
-        }
+        self.serve_restart_request();
+    }
+    /// If a stand-in `systemctl restart` is waiting: restart the engine, then release that very
+    /// invocation (by its pid). A release meant for a killed run's orphaned stand-in can
+    /// never let the next run's invocation return before its own restart (seen under load:
+    /// the next run went on at once and the engine restarted under it).
+    fn serve_restart_request(&mut self) -> bool {
+        let req = self.flag("restart-requested");
+        let Ok(pid) = std::fs::read_to_string(&req) else { return false };
+        std::fs::remove_file(&req).unwrap();
+        self.d.restart();
+        std::fs::write(self.flag(&format!("restart-done.{}", pid.trim())), b"").unwrap();
+        true
     }
     /// One manager, autolock on, the key sealed, and the next boot unlocks by itself.
     fn assert_recovered(&mut self, old: &str) -> String {
@@ -91,10 +100,8 @@ impl Survivor {
                 let o = child.wait_with_output().unwrap();
                 return (o.status, restarts, String::from_utf8_lossy(&o.stderr).into_owned());
             }
-            if std::fs::remove_file(self.flag("restart-requested")).is_ok() {
-                self.d.restart();
+            if self.serve_restart_request() {
                 restarts += 1;
-                std::fs::write(self.flag("restart-done"), b"").unwrap();
             }
             if t.elapsed() > limit {
                 let _ = child.kill();
@@ -136,7 +143,13 @@ fn stand_in_systemctl(s: &Survivor) -> PathBuf {
     let (req, done) = (s.flag("restart-requested"), s.flag("restart-done"));
     std::fs::write(
         &p,
-        format!("#!/bin/sh\necho \"$@\" >>{log}\n[ \"$1 $2\" = \"restart docker.service\" ] || exit 3\ntouch {req}\nwhile [ ! -e {done} ]; do sleep 0.1; done\nrm -f {done}\n", log = s.flag("systemctl.log").display(), req = req.display(), done = done.display()),
+        // Each invocation asks with its pid and waits for the release of that pid only.
+        format!(
+            "#!/bin/sh\necho \"$@\" >>{log}\n[ \"$1 $2\" = \"restart docker.service\" ] || exit 3\necho $$ >{req}.$$ && mv {req}.$$ {req}\nwhile [ ! -e {done}.$$ ]; do sleep 0.1; done\nrm -f {done}.$$\n",
+            log = s.flag("systemctl.log").display(),
+            req = req.display(),
+            done = done.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -226,7 +239,8 @@ fn a_locked_survivor_of_a_lost_quorum_becomes_a_one_manager_cluster_with_its_new
     // Again: nothing left to do, still fine (idempotent).
     let o = s.run(&["recover", "--force-new-cluster"], None);
     assert!(o.status.success(), "rerun: {}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("steps: none"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to do: this manager"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("recovered:"), "a rerun claims no recovery: {}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(s.d.docker_ok(&["swarm", "unlock-key", "-q"]), k1);
 
     // A reboot unlocks by itself with the sealed new key.
@@ -322,9 +336,7 @@ fn a_killed_recovery_is_finished_by_the_next_run() {
             "at_restart" => wait_until("recover asks for the engine restart", Duration::from_secs(60), || s.flag("restart-requested").exists()),
             _ => {
                 wait_until("recover asks for the engine restart", Duration::from_secs(60), || s.flag("restart-requested").exists());
-                std::fs::remove_file(s.flag("restart-requested")).unwrap();
-                s.d.restart();
-                std::fs::write(s.flag("restart-done"), b"").unwrap();
+                assert!(s.serve_restart_request());
                 std::thread::sleep(Duration::from_millis(next(800)));
             }
         }

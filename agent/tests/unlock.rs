@@ -125,6 +125,15 @@ fn reboot_unlocks_by_itself_and_a_changed_boot_chain_is_refused_until_the_operat
     // The operator accepts the new chain: manual unlock reseals under it.
     m.run(&["unlock", "--manual"], Some(&format!("{key}\n")));
     assert_eq!(m.d.swarm_state(), "active");
+    // Already unlocked: a key typed by hand is still checked (garbage 2, not the key 9, the key 0).
+    let o = m.run(&["unlock", "--manual"], Some("hunter2\n"));
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = m.run(&["unlock", "--manual"], Some("SWMKEY-1-thisisnotthekeythisisnotthekey\n"));
+    assert_eq!(code(&o), 9, "{}", stderr(&o));
+    assert!(stderr(&o).contains("already unlocked"), "{}", stderr(&o));
+    let o = m.run(&["unlock", "--manual"], Some(&format!("{key}\n")));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(m.d.swarm_state(), "active");
 
     // Next boot of the new chain unlocks by itself; the old chain is now refused.
     m.reboot("image-v2-tampered");
@@ -260,7 +269,9 @@ fn status_json_round_trips_through_the_typed_status() {
     std::fs::write(keys.join("change-pending.json"), r#"{"format":"swarmseal.change-pending","version":1,"op":"rotate","pid":1,"started":1,"old_key_fingerprint":null,"fingerprint_salt":"00"}"#).unwrap();
     let state = m.state.path().to_str().unwrap().to_string();
     let o = swarmseal(&["--docker-host", "unix:///nonexistent/docker.sock", "--state-dir", &state, "--tcti", "swtpm:host=127.0.0.1,port=1", "status", "--json"], &[], None);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // The document is printed, and the exit code says the engine did not answer (3).
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not answer on /nonexistent/docker.sock"), "{}", stderr(&o));
     let s = round_trip(&String::from_utf8_lossy(&o.stdout));
     assert!(matches!(&s.swarm, Swarm::Unreachable { error } if error.contains("/nonexistent/docker.sock")), "{s:?}");
     assert!(matches!(&s.sealed.previous, Some(Slot::Unreadable { .. })), "{s:?}");
@@ -302,7 +313,7 @@ fn agent_unlocks_at_boot_and_reseals_when_the_key_is_rotated_elsewhere() {
     assert!(st.success(), "agent exits cleanly on SIGTERM: {st}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("unlock") && text.contains("phase"), "{text}");
-    assert!(text.contains("CIS Docker Benchmark v1.6.0"), "the bench summary is logged: {text}");
+    assert!(text.contains("CIS Docker Benchmark v1.8.0") && text.contains("benchmark=\"cis-1.8.0\""), "the bench summary names the benchmark it used: {text}");
     m.transcript.push_str(&text);
 
     // Next boot unlocks with the new key.

@@ -267,7 +267,7 @@ fn first_boot(s: &mut Story) -> Check {
     let st = vm.status()?;
     f.check(!st["bench"].is_null(), || "the status shows no bench summary".into());
     let summary = vm.console_lines(&["CIS Docker Benchmark"]);
-    f.check(!summary.is_empty(), || "the bench summary (\"CIS Docker Benchmark v1.6.0: N checks…\") is not on the console: the agent's journal events do not reach the serial console".into());
+    f.check(!summary.is_empty(), || "the bench summary (\"CIS Docker Benchmark v1.8.0: N checks…\") is not on the console: the agent's journal events do not reach the serial console".into());
     if let Some(l) = summary.first() {
         println!("    console: {}", l.trim());
     }

@@ -7,11 +7,30 @@
 pub struct ApplianceFacts {
     /// A.1 (sealed at all) and A.2 (policy PCRs match this boot); `None`: no sealed key in the state dir.
     pub sealed_key: Option<SealedKeyFact>,
-    /// `Some(true)`: the configured proxy requires client certificates
-    /// (it always does when it runs; `None` when the proxy is disabled). A.4.
-    pub proxy_requires_client_certs: Option<bool>,
-    /// The proxy's listen address, if enabled (named in A.4's details).
-    pub proxy_listen: Option<String>,
+    /// A.4: the proxy's listener as probed; `None` when the proxy is disabled.
+    pub proxy: Option<ProxyProbe>,
+}
+
+/// The proxy's listener, tried twice: without a client certificate, and with one the
+/// appliance's own CA signed. Only both answers together show that it requires them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProxyProbe {
+    /// The listen address probed (a wildcard probed on loopback).
+    pub addr: String,
+    pub without_cert: Handshake,
+    pub with_cert: Handshake,
+}
+
+/// How one TLS connection (handshake, then one HTTP request) ended; each carries
+/// what was seen, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum Handshake {
+    /// The handshake completed and the server answered the request (its status line).
+    Accepted(String),
+    /// The server refused the client (TLS alert, or the connection closed).
+    Refused(String),
+    /// Nothing could be asked: no listener, no TLS, another server certificate, no client certificate to offer.
+    NotProbed(String),
 }
 
 /// The `current` sealed slot compared with the TPM's PCRs now.

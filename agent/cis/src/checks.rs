@@ -8,7 +8,7 @@
 
 use bollard::models::{ContainerInspectResponse, RestartPolicyNameEnum};
 
-use crate::host::{self, HostFacts, Settings};
+use crate::host::{self, HostFacts, Read, Settings};
 use crate::report::{Outcome, Status};
 use crate::{ApplianceFacts, EngineFacts};
 
@@ -79,14 +79,36 @@ macro_rules! audit_unit {
             remediation: concat!("Install auditd. Add -w <path of ", $unit, "> -k docker to the /etc/audit/rules.d/audit.rules file. Then restart the audit daemon using command service auditd restart."),
             impact: AUDIT_IMPACT,
             eval: |s| match s.host.units.get($unit) {
-                Some(p) => audit_present(s, p),
+                Some(p) => audit_present(s, p).with_remediation(format!("Install auditd. Add -w {p} -k docker to the /etc/audit/rules.d/audit.rules file. Then restart the audit daemon using command service auditd restart.")),
                 None => Outcome::info("File not found"),
             },
         }
     };
 }
 
-/// The whole catalogue, in report order.
+/// v1.8.0's 2.7 (not in v1.6.0): the storage driver from `GET /info` (`Driver`).
+/// [`crate::benchmark::catalogue`] places it after 2.6.
+pub fn devicemapper() -> Check {
+    check!(
+        "2.7",
+        "Ensure devicemapper storage driver is not used (Automated)",
+        "Do not use devicemapper as the storage driver: use overlay2 (\"storage-driver\": \"overlay2\" in daemon.json, or no setting: it is the default where supported).",
+        "Images and containers stored by devicemapper are not visible under another driver: they must be pulled or re-created after the change.",
+        |s| driver_is_not(s, "devicemapper")
+    )
+}
+
+/// 2.6/2.7: the storage driver (`GET /info` `Driver`) is not `bad`.
+fn driver_is_not(s: &Snapshot, bad: &str) -> Outcome {
+    match s.engine.info.driver.as_deref() {
+        Some(d) if d == bad => Outcome::warn(format!("Storage driver is {d}")),
+        Some(d) => Outcome::pass_with(format!("Storage driver is {d}")),
+        None => Outcome::note("The engine did not report its storage driver (GET /info Driver)"),
+    }
+}
+
+/// The whole catalogue in CIS Docker Benchmark v1.6.0 IDs, in report order;
+/// [`crate::benchmark::catalogue`] gives it in the IDs of a chosen version.
 pub fn catalogue() -> Vec<Check> {
     vec![
         // ---- 1 Host Configuration: host files under --root, audit rules, the mount table; GET /info (DockerRootDir), GET /version ----
@@ -165,9 +187,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure network traffic is restricted between containers on the default bridge (Automated)",
             "Edit the Docker daemon configuration file to ensure that inter-container communication is disabled: \"icc\": false (or run dockerd --icc=false).",
             "Inter-container communication is disabled on the default network bridge. Containers that need to talk must be on a user-defined network or use links.",
-            |s| match settings(s).flag("icc") {
-                Some(false) => Outcome::pass(),
-                _ => Outcome::warn("icc is not set to false"),
+            |s| match settings(s).flag_read("icc") {
+                Read::Set(false, src) => Outcome::pass_with(format!("icc is false ({src})")),
+                Read::Set(true, src) => Outcome::warn(format!("icc is not set to false: true ({src})")),
+                Read::Default => Outcome::warn("icc is not set to false: not set, dockerd's default is true"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -175,10 +199,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure the logging level is set to 'info' (Automated)",
             "Ensure that the Docker daemon configuration file has the configuration \"log-level\": \"info\", or start dockerd with --log-level=info.",
             "None.",
-            |s| match settings(s).value("log-level") {
-                None => Outcome::pass(),
-                Some(l) if l == "info" => Outcome::pass(),
-                Some(l) => Outcome::warn(format!("log-level is {l}")),
+            |s| match settings(s).value_read("log-level") {
+                Read::Set(l, src) if l == "info" => Outcome::pass_with(format!("log-level is info ({src})")),
+                Read::Set(l, _) => Outcome::warn(format!("log-level is {l}")),
+                Read::Default => Outcome::pass_with("log-level is not set: dockerd's default is info"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -186,9 +211,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure Docker is allowed to make changes to iptables (Automated)",
             "Do not run the Docker daemon with --iptables=false and do not set \"iptables\": false in daemon.json.",
             "The Docker daemon service requires iptables rules to be enabled before it starts.",
-            |s| match settings(s).flag("iptables") {
-                Some(false) => Outcome::warn("iptables is set to false"),
-                _ => Outcome::pass(),
+            |s| match settings(s).flag_read("iptables") {
+                Read::Set(false, src) => Outcome::warn(format!("iptables is set to false ({src})")),
+                Read::Set(true, src) => Outcome::pass_with(format!("iptables is true ({src})")),
+                Read::Default => Outcome::pass_with("iptables is not set: dockerd's default is true"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -220,11 +247,7 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure aufs storage driver is not used (Automated)",
             "Do not explicitly use aufs as storage driver.",
             "aufs is the only storage driver that allows containers to share executable and shared library memory. Its use should be reviewed in line with your organization's security policy.",
-            |s| match s.engine.info.driver.as_deref() {
-                Some("aufs") => Outcome::warn("Storage driver is aufs"),
-                Some(d) => Outcome::pass_with(format!("Storage driver is {d}")),
-                None => Outcome::pass(),
-            }
+            |s| driver_is_not(s, "aufs")
         ),
         check!(
             "2.7",
@@ -233,17 +256,29 @@ pub fn catalogue() -> Vec<Check> {
             "You would need to manage and guard certificates and keys for the Docker daemon and Docker clients.",
             |s| {
                 let st = settings(s);
-                let tcp: Vec<String> = st.values("hosts").into_iter().filter(|h| h.starts_with("tcp://")).collect();
-                if tcp.is_empty() {
-                    return Outcome::info("Docker daemon not listening on TCP");
+                let tcp: Vec<String> = match st.values_read("hosts") {
+                    Read::Unknown(why) => return Outcome::note(why),
+                    Read::Default => return Outcome::info("Docker daemon not listening on TCP: no -H/hosts set, dockerd's default is the unix socket"),
+                    Read::Set(hosts, src) => {
+                        let tcp: Vec<String> = hosts.iter().filter(|h| h.starts_with("tcp://")).cloned().collect();
+                        if tcp.is_empty() {
+                            return Outcome::info(format!("Docker daemon not listening on TCP: hosts {} ({src})", hosts.join(" ")));
+                        }
+                        tcp
+                    }
+                };
+                let (key, cert, verify) = (st.value_read("tlskey"), st.value_read("tlscert"), st.flag_read("tlsverify"));
+                if let Some(why) = [&key, &cert].into_iter().find_map(|r| if let Read::Unknown(w) = r { Some(w.clone()) } else { None }) {
+                    return Outcome::note(why);
                 }
-                if st.value("tlskey").is_none() || st.value("tlscert").is_none() {
+                if !matches!((&key, &cert), (Read::Set(..), Read::Set(..))) {
                     return Outcome::items(Status::Warn, "Docker daemon currently listening on TCP without TLS", tcp);
                 }
-                if st.flag("tlsverify") != Some(true) {
-                    return Outcome::items(Status::Warn, "Docker daemon currently listening on TCP with TLS, but no verification", tcp);
+                match verify {
+                    Read::Set(true, src) => Outcome::pass_with(format!("Docker daemon listening on TCP with TLS and client verification (tlsverify, {src}): {}", tcp.join(" "))),
+                    Read::Unknown(why) => Outcome::note(why),
+                    _ => Outcome::items(Status::Warn, "Docker daemon currently listening on TCP with TLS, but no verification", tcp),
                 }
-                Outcome::pass_with("Docker daemon listening on TCP with TLS and client verification")
             }
         ),
         check!(
@@ -251,12 +286,10 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure the default ulimit is configured appropriately (Manual)",
             "Run Docker in daemon mode and pass --default-ulimit as option with respective ulimits as appropriate in your environment and in line with your security policy.",
             "If ulimits are not set correctly, overutilization by individual containers could make the host system unusable.",
-            |s| {
-                if settings(s).values("default-ulimits").is_empty() {
-                    Outcome::info("Default ulimit doesn't appear to be set")
-                } else {
-                    Outcome::pass()
-                }
+            |s| match settings(s).values_read("default-ulimits") {
+                Read::Set(v, src) => Outcome::pass_with(format!("default-ulimits {} ({src})", v.join(" "))),
+                Read::Default => Outcome::info("Default ulimit doesn't appear to be set"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -277,9 +310,10 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure the default cgroup usage has been confirmed (Automated)",
             "The default setting is in line with good security practice and can be left in situ. If you wish to specifically set a non-default cgroup, pass the --cgroup-parent parameter to the Docker daemon when starting it.",
             "None.",
-            |s| match settings(s).value("cgroup-parent") {
-                Some(p) => Outcome::info(format!("Confirm cgroup usage: cgroup-parent is {p}")),
-                None => Outcome::pass(),
+            |s| match settings(s).value_read("cgroup-parent") {
+                Read::Set(p, src) => Outcome::info(format!("Confirm cgroup usage: cgroup-parent is {p} ({src})")),
+                Read::Default => Outcome::pass_with("cgroup-parent is not set: containers use the default cgroup"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -287,9 +321,17 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure base device size is not changed until needed (Automated)",
             "Do not set --storage-opt dm.basesize until needed.",
             "Increasing the base device size allows all future images and containers to be of the new base device size, this may cause a denial of service by ending up in file system being over allocated or full.",
-            |s| {
-                let v: Vec<String> = settings(s).values("storage-opts").into_iter().filter(|o| o.contains("dm.basesize")).collect();
-                Outcome::warn_if_any("Base device size changed", v)
+            |s| match settings(s).values_read("storage-opts") {
+                Read::Set(opts, src) => {
+                    let v: Vec<String> = opts.iter().filter(|o| o.contains("dm.basesize")).cloned().collect();
+                    if v.is_empty() {
+                        Outcome::pass_with(format!("storage-opts do not set dm.basesize: {} ({src})", opts.join(" ")))
+                    } else {
+                        Outcome::items(Status::Warn, "Base device size changed", v)
+                    }
+                }
+                Read::Default => Outcome::pass_with("No storage-opts set"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -322,9 +364,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure containers are restricted from acquiring new privileges (Automated)",
             "You should run the Docker daemon with --no-new-privileges, or set \"no-new-privileges\": true in daemon.json.",
             "no_new_priv prevents LSMs such as SELinux from escalating the privileges of individual containers.",
-            |s| match settings(s).flag("no-new-privileges") {
-                Some(true) => Outcome::pass(),
-                _ => Outcome::warn("no-new-privileges is not set"),
+            |s| match settings(s).flag_read("no-new-privileges") {
+                Read::Set(true, src) => Outcome::pass_with(format!("no-new-privileges is true ({src})")),
+                Read::Set(false, src) => Outcome::warn(format!("no-new-privileges is not set: false ({src})")),
+                Read::Default => Outcome::warn("no-new-privileges is not set"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -333,12 +377,13 @@ pub fn catalogue() -> Vec<Check> {
             "Run Docker in daemon mode and pass --live-restore to it as an argument, or set \"live-restore\": true in daemon.json.",
             "None.",
             |s| {
-                if s.engine.info.live_restore_enabled == Some(true) {
-                    Outcome::pass()
-                } else if s.engine.swarm_active() || s.engine.swarm_state() == "locked" {
-                    Outcome::info("Live restore is incompatible with swarm mode; this appliance is a swarm manager")
-                } else {
-                    Outcome::warn("Live restore is not enabled")
+                match s.engine.info.live_restore_enabled {
+                    Some(true) => Outcome::pass_with("Live restore is enabled (GET /info LiveRestoreEnabled)"),
+                    None => Outcome::note("The engine did not report LiveRestoreEnabled (GET /info)"),
+                    Some(false) if s.engine.swarm_active() || s.engine.swarm_state() == "locked" => {
+                        Outcome::info(format!("Live restore is off, and dockerd does not allow it in swarm mode, which this node runs (swarm {})", s.engine.swarm_state()))
+                    }
+                    Some(false) => Outcome::warn("Live restore is not enabled"),
                 }
             }
         ),
@@ -347,9 +392,11 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure Userland Proxy is Disabled (Automated)",
             "You should run the Docker daemon with --userland-proxy=false, or set \"userland-proxy\": false in daemon.json.",
             "Some systems with older Linux kernels may not be able to support hairpin NAT and therefore require the userland proxy service.",
-            |s| match settings(s).flag("userland-proxy") {
-                Some(false) => Outcome::pass(),
-                _ => Outcome::warn("userland-proxy is enabled"),
+            |s| match settings(s).flag_read("userland-proxy") {
+                Read::Set(false, src) => Outcome::pass_with(format!("userland-proxy is false ({src})")),
+                Read::Set(true, src) => Outcome::warn(format!("userland-proxy is enabled ({src})")),
+                Read::Default => Outcome::warn("userland-proxy is enabled: not set, dockerd's default is true"),
+                Read::Unknown(why) => Outcome::note(why),
             }
         ),
         check!(
@@ -393,12 +440,12 @@ pub fn catalogue() -> Vec<Check> {
             None => Outcome::info("Directory not found"),
             Some(files) => Outcome::warn_if_any("Wrong permissions for", files.iter().filter(|f| s.host.stat_of(f).is_some_and(|st| st.mode & !0o444 != 0)).cloned().collect()),
         }),
-        check!("3.9", "Ensure that TLS CA certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to TLS CA certificate file>.", "None.", |s| owner(s, settings(s).value("tlscacert").as_deref(), "No TLS CA certificate found")),
-        check!("3.10", "Ensure that TLS CA certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to TLS CA certificate file>.", "None.", |s| perms(s, settings(s).value("tlscacert").as_deref(), 0o444, "No TLS CA certificate found")),
-        check!("3.11", "Ensure that Docker server certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate file>.", "None.", |s| owner(s, settings(s).value("tlscert").as_deref(), "No TLS Server certificate found")),
-        check!("3.12", "Ensure that the Docker server certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to Docker server certificate file>.", "None.", |s| perms(s, settings(s).value("tlscert").as_deref(), 0o444, "No TLS Server certificate found")),
-        check!("3.13", "Ensure that the Docker server certificate key file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate key file>.", "None.", |s| owner(s, settings(s).value("tlskey").as_deref(), "No TLS Key found")),
-        check!("3.14", "Ensure that the Docker server certificate key file permissions are set to 400 (Automated)", "You should run the following command: chmod 400 <path to Docker server certificate key file>.", "None.", |s| perms(s, settings(s).value("tlskey").as_deref(), 0o400, "No TLS Key found")),
+        check!("3.9", "Ensure that TLS CA certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to TLS CA certificate file>.", "None.", |s| tls_file(s, "tlscacert", |p| owner(s, p, "No TLS CA certificate found"))),
+        check!("3.10", "Ensure that TLS CA certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to TLS CA certificate file>.", "None.", |s| tls_file(s, "tlscacert", |p| perms(s, p, 0o444, "No TLS CA certificate found"))),
+        check!("3.11", "Ensure that Docker server certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate file>.", "None.", |s| tls_file(s, "tlscert", |p| owner(s, p, "No TLS Server certificate found"))),
+        check!("3.12", "Ensure that the Docker server certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to Docker server certificate file>.", "None.", |s| tls_file(s, "tlscert", |p| perms(s, p, 0o444, "No TLS Server certificate found"))),
+        check!("3.13", "Ensure that the Docker server certificate key file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to Docker server certificate key file>.", "None.", |s| tls_file(s, "tlskey", |p| owner(s, p, "No TLS Key found"))),
+        check!("3.14", "Ensure that the Docker server certificate key file permissions are set to 400 (Automated)", "You should run the following command: chmod 400 <path to Docker server certificate key file>.", "None.", |s| tls_file(s, "tlskey", |p| perms(s, p, 0o400, "No TLS Key found"))),
         check!("3.15", "Ensure that the Docker socket file ownership is set to root:docker (Automated)", "You should run the following command: chown root:docker <path to the Docker socket>.", "None.", |s| {
             let p = s.docker_socket.as_str();
             let Some(st) = s.host.stat_of(p) else { return Outcome::info("File not found") };
@@ -438,7 +485,19 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure Content trust for Docker is Enabled (Automated)",
             "Add DOCKER_CONTENT_TRUST variable to the /etc/environment file using command echo DOCKER_CONTENT_TRUST=1 | sudo tee -a /etc/environment.",
             "This prevents users from working with tagged images unless they contain a signature.",
-            |_| Outcome::info("Content trust is enforced by the docker client; the appliance has no docker client, set DOCKER_CONTENT_TRUST=1 where clients run")
+            |s| {
+                // The CIS audit: `echo $DOCKER_CONTENT_TRUST` in the shell that runs docker.
+                let daemon = match &s.host.dockerd_content_trust {
+                    Read::Set(v, src) => format!("dockerd's environment has DOCKER_CONTENT_TRUST={v} ({src})"),
+                    Read::Default => "dockerd's environment does not set it".to_string(),
+                    Read::Unknown(why) => format!("dockerd's environment could not be read: {why}"),
+                };
+                match s.host.content_trust.as_deref() {
+                    Some("1") => Outcome::pass_with(format!("DOCKER_CONTENT_TRUST=1 in this process's environment; {daemon}")),
+                    Some(v) => Outcome::warn(format!("DOCKER_CONTENT_TRUST is {v} in this process's environment, not 1; {daemon}")),
+                    None => Outcome::warn(format!("DOCKER_CONTENT_TRUST is not set in this process's environment; {daemon}")),
+                }
+            }
         ),
         check!(
             "4.6",
@@ -473,10 +532,13 @@ pub fn catalogue() -> Vec<Check> {
             "If swarm mode has been enabled on a system in error, you should run the command: docker swarm leave.",
             "Disabling swarm mode will impact the operation of Docker Enterprise components if these are in use.",
             |s| {
-                if s.engine.swarm_state() == "inactive" {
-                    Outcome::pass()
-                } else {
-                    Outcome::info(format!("Swarm mode is {}: this appliance is a swarm manager, swarm mode is what it is for", s.engine.swarm_state()))
+                let state = s.engine.swarm_state();
+                let manager = s.engine.info.swarm.as_ref().and_then(|w| w.control_available) == Some(true);
+                match state.as_str() {
+                    "inactive" => Outcome::pass_with("Swarm mode is inactive (GET /info Swarm.LocalNodeState)"),
+                    "active" if manager => Outcome::info("Swarm mode is active and this node is a manager: this appliance is a swarm manager, swarm mode is what it is for"),
+                    "locked" => Outcome::info("Swarm mode is locked: this appliance is a swarm manager whose keys are not unlocked yet"),
+                    other => Outcome::warn(format!("Swarm mode is {other} and this node is not a manager: a swarm manager appliance should not be a worker")),
                 }
             }
         ),
@@ -519,7 +581,7 @@ pub fn catalogue() -> Vec<Check> {
             "Ensure that privileged containers are not used (Automated)",
             "You should not run containers with the --privileged flag.",
             "If you start a container without the --privileged flag, it will not have excessive default capabilities.",
-            |s| per_container(s, Status::Warn, "Containers running in privileged mode", |c| hc(c, |h| h.privileged).unwrap_or(false).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers in privileged mode", |c| hc(c, |h| h.privileged).unwrap_or(false).then(|| cname(c)))
         ),
         check!(
             "5.6",
@@ -530,10 +592,10 @@ pub fn catalogue() -> Vec<Check> {
                 c.mounts
                     .iter()
                     .flatten()
-                    .filter(|m| m.rw == Some(true))
-                    .filter_map(|m| m.source.as_deref())
-                    .filter(|src| SENSITIVE_DIRS.iter().any(|d| *src == *d || (*d != "/" && src.starts_with(&format!("{d}/")))))
-                    .map(|src| format!("{}:{src}", cname(c)))
+                    .filter_map(|m| Some((m.source.as_deref()?, m.rw == Some(true))))
+                    .filter(|(src, _)| SENSITIVE_DIRS.iter().any(|d| *src == *d || (*d != "/" && src.starts_with(&format!("{d}/")))))
+                    // CIS: "especially in read-write mode", not only: read-only mounts are findings too, marked.
+                    .map(|(src, rw)| if rw { format!("{}:{src}", cname(c)) } else { format!("{}:{src} (read-only)", cname(c)) })
                     .collect()
             })
         ),
@@ -543,11 +605,18 @@ pub fn catalogue() -> Vec<Check> {
             "Uninstall the SSH daemon from the container and use docker exec to enter a container on the remote host.",
             "None.",
             |s| {
+                // Processes exist only in running containers (the CIS audit runs `ps` in each of `docker ps --quiet`).
                 let Some(procs) = &s.host.container_procs else { return Outcome::note("Container processes could not be read from /proc") };
-                per_container(s, Status::Warn, "Containers running sshd", |c| {
-                    let pid = c.state.as_ref().and_then(|st| st.pid).filter(|p| *p > 0)?;
-                    procs.get(&(pid as u32))?.iter().any(|n| n == "sshd").then(|| cname(c))
-                })
+                let running: Vec<(&ContainerInspectResponse, u32)> = s.engine.containers.iter().filter_map(|c| Some((c, c.state.as_ref()?.pid.filter(|p| *p > 0)? as u32))).collect();
+                if running.is_empty() {
+                    return Outcome::info("No running containers: sshd is looked for among running containers' processes");
+                }
+                let items: Vec<String> = running.iter().filter(|(_, pid)| procs.get(pid).is_some_and(|names| names.iter().any(|n| n == "sshd"))).map(|(c, _)| cname(c)).collect();
+                if items.is_empty() {
+                    Outcome::pass_with(format!("No sshd among the processes of the {} running container(s)", running.len()))
+                } else {
+                    Outcome::items(Status::Warn, "Running containers with sshd", items)
+                }
             }
         ),
         check!(
@@ -559,34 +628,50 @@ pub fn catalogue() -> Vec<Check> {
                 host_ports(c).into_iter().filter(|(_, p)| *p > 0 && *p < 1024).map(|(_, p)| format!("{}:{p}", cname(c))).collect()
             })
         ),
-        check!("5.9", "Ensure that only needed ports are open on the container (Manual)", "You should fix the Dockerfile of the container image to expose only needed ports, and publish only those (no -P).", "None.", |_| Outcome::note("Review the published ports of each container")),
+        check!("5.9", "Ensure that only needed ports are open on the container (Manual)", "You should fix the Dockerfile of the container image to expose only needed ports, and publish only those (no -P).", "None.", |s| {
+            // Manual: list every host-published port with its address for review; none is a PASS.
+            if s.engine.containers.is_empty() {
+                return Outcome::info(NO_CONTAINERS);
+            }
+            let items: Vec<String> = s
+                .engine
+                .containers
+                .iter()
+                .flat_map(|c| host_ports(c).into_iter().map(move |(ip, p)| format!("{}:{}:{p}", cname(c), if ip.is_empty() { "0.0.0.0" } else { ip.as_str() })))
+                .collect();
+            if items.is_empty() {
+                Outcome::pass_with(format!("No port published on the host by the {} container(s), running or not", s.engine.containers.len()))
+            } else {
+                Outcome::items(Status::Info, "Ports published on the host (container:address:port), review each", items)
+            }
+        }),
         check!(
             "5.10",
             "Ensure that the host's network namespace is not shared (Automated)",
             "You should not pass the --net=host option when starting any container.",
             "None.",
-            |s| per_container(s, Status::Warn, "Containers running with networking mode 'host'", |c| (hc(c, |h| h.network_mode.clone()).as_deref() == Some("host")).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers with networking mode 'host'", |c| (hc(c, |h| h.network_mode.clone()).as_deref() == Some("host")).then(|| cname(c)))
         ),
         check!(
             "5.11",
             "Ensure that the memory usage for containers is limited (Automated)",
             "You should run the container with only as much memory as it requires by using the --memory argument.",
             "If correct memory limits are not set on each container, one process can expand its usage and cause other containers to run out of resources.",
-            |s| per_container(s, Status::Warn, "Container running without memory restrictions", |c| (hc(c, |h| h.memory).unwrap_or(0) == 0).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers without memory restrictions", |c| (hc(c, |h| h.memory).unwrap_or(0) == 0).then(|| cname(c)))
         ),
         check!(
             "5.12",
             "Ensure that CPU priority is set appropriately on containers (Automated)",
             "You should manage the CPU runtime between your containers dependent on their priority within your organization: docker run --cpu-shares.",
             "If you do not correctly assign CPU thresholds, the container process may run out of resources and become unresponsive.",
-            |s| per_container(s, Status::Warn, "Containers running without CPU restrictions", |c| matches!(hc(c, |h| h.cpu_shares).unwrap_or(0), 0 | 1024).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers without CPU restrictions", |c| matches!(hc(c, |h| h.cpu_shares).unwrap_or(0), 0 | 1024).then(|| cname(c)))
         ),
         check!(
             "5.13",
             "Ensure that the container's root filesystem is mounted as read only (Automated)",
             "You should add a --read-only flag at a container's runtime to enforce the container's root filesystem being mounted as read only.",
             "Enabling --read-only at container runtime may break some container OS packages if a data writing strategy is not defined.",
-            |s| per_container(s, Status::Warn, "Containers running with root FS mounted R/W", |c| (!hc(c, |h| h.readonly_rootfs).unwrap_or(false)).then(|| cname(c)))
+            |s| per_container(s, Status::Warn, "Containers with root FS mounted R/W", |c| (!hc(c, |h| h.readonly_rootfs).unwrap_or(false)).then(|| cname(c)))
         ),
         check!(
             "5.14",
@@ -772,7 +857,8 @@ pub fn catalogue() -> Vec<Check> {
                 if swarm_info(s).is_none() {
                     return no_swarm(s);
                 }
-                let Some(ls) = s.host.dockerd.as_ref().and_then(|d| d.listeners.as_ref()) else { return Outcome::note("The dockerd process or its sockets could not be read") };
+                let Some(d) = &s.host.dockerd else { return Outcome::note(s.host.dockerd_unknown().unwrap_or_default()) };
+                let Some(ls) = &d.listeners else { return Outcome::note(format!("The sockets of dockerd (pid {}) could not be read", d.pid)) };
                 let swarm: Vec<_> = ls.iter().filter(|l| l.port == SWARM_PORT).collect();
                 let wild: Vec<String> = swarm.iter().filter(|l| l.wildcard).map(|l| l.to_string()).collect();
                 if !wild.is_empty() {
@@ -918,7 +1004,7 @@ pub fn catalogue() -> Vec<Check> {
             |s| {
                 let mut bad: Vec<String> = settings(s).values("hosts").into_iter().filter(|h| h.starts_with("tcp://")).collect();
                 let Some(d) = &s.host.dockerd else {
-                    return if bad.is_empty() { Outcome::note("The dockerd process could not be found") } else { Outcome::items(Status::Warn, "Engine API configured on TCP", bad) };
+                    return if bad.is_empty() { Outcome::note(s.host.dockerd_unknown().unwrap_or_default()) } else { Outcome::items(Status::Warn, "Engine API configured on TCP", bad) };
                 };
                 let Some(ls) = &d.listeners else { return Outcome::note("The dockerd sockets could not be read") };
                 bad.extend(ls.iter().filter(|l| !SWARM_PORTS.contains(&l.port)).map(|l| l.to_string()));
@@ -937,11 +1023,13 @@ pub fn catalogue() -> Vec<Check> {
             "Enable the proxy ([proxy] enabled = true) with a client CA; it refuses connections without a certificate signed by that CA.",
             "None.",
             |s| {
-                let at = s.appliance.proxy_listen.clone().map(|l| format!(" on {l}")).unwrap_or_default();
-                match s.appliance.proxy_requires_client_certs {
-                    Some(true) => Outcome::pass_with(format!("The proxy{at} requires client certificates")),
-                    Some(false) => Outcome::warn(format!("The proxy{at} accepts clients without certificates")),
-                    None => Outcome::info("The proxy is disabled: the engine API is reachable only on its unix socket"),
+                use crate::appliance::Handshake::*;
+                let Some(p) = &s.appliance.proxy else { return Outcome::info("The proxy is disabled: the engine API is reachable only on its unix socket") };
+                match (&p.without_cert, &p.with_cert) {
+                    (Accepted(how), _) => Outcome::warn(format!("The proxy on {} accepts clients without a certificate ({how})", p.addr)),
+                    (Refused(no), Accepted(yes)) => Outcome::pass_with(format!("The proxy on {} refuses a client without a certificate ({no}) and accepts one signed by the appliance CA ({yes})", p.addr)),
+                    (Refused(no), Refused(why) | NotProbed(why)) => Outcome::note(format!("The proxy on {} refuses a client without a certificate ({no}), but also the appliance's own client certificate ({why}): its client CA is not the appliance's", p.addr)),
+                    (NotProbed(why), _) => Outcome::note(format!("The proxy is enabled but could not be probed on {}: {why}", p.addr)),
                 }
             }
         ),
@@ -976,6 +1064,16 @@ const DEFAULT_CAPS: [&str; 14] = ["AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNE
 
 fn settings(s: &Snapshot) -> Settings<'_> {
     Settings::new(&s.host)
+}
+
+/// 3.9–3.14: the TLS file named by `key` (`f(None)` when dockerd is known not to
+/// use one); NOTE when the command line that could name it was not read.
+fn tls_file(s: &Snapshot, key: &str, f: impl Fn(Option<&str>) -> Outcome) -> Outcome {
+    match settings(s).value_read(key) {
+        Read::Set(p, _) => f(Some(&p)),
+        Read::Default => f(None),
+        Read::Unknown(why) => Outcome::note(why),
+    }
 }
 
 fn sec_opt(s: &Snapshot, prefix: &str) -> bool {
@@ -1067,10 +1165,11 @@ fn per_container_items(s: &Snapshot, bad: Status, details: &str, f: impl Fn(&Con
         return Outcome::info(NO_CONTAINERS);
     }
     let items: Vec<String> = s.engine.containers.iter().flat_map(f).collect();
+    let n = s.engine.containers.len();
     if items.is_empty() {
-        Outcome::pass()
+        Outcome::pass_with(format!("No offender among the {n} container(s), running or not"))
     } else {
-        Outcome::items(bad, details, items)
+        Outcome::items(bad, format!("{details} (of {n} container(s), running or not)"), items)
     }
 }
 
@@ -1082,9 +1181,14 @@ fn audit_rule(s: &Snapshot, path: &str, needs_file: bool) -> Outcome {
     audit_present(s, path)
 }
 
+/// A rule watches `path`: by name, or by the file's identity (device and inode: on a
+/// merged-/usr host `-w /lib/systemd/system/docker.service` watches
+/// `/usr/lib/systemd/system/docker.service`).
 fn audit_present(s: &Snapshot, path: &str) -> Outcome {
-    if s.host.audit.covers(path) {
-        Outcome::pass()
+    if let Some(rule) = s.host.audit.rule_for(path) {
+        Outcome::pass_with(format!("{} ({})", rule, s.host.audit.source))
+    } else if let Some(alias) = s.host.audit_aliases.get(path) {
+        Outcome::pass_with(format!("{path} is watched as {alias}, the same file ({})", s.host.audit.source))
     } else {
         Outcome::items(Status::Warn, format!("No audit rule in {}", s.host.audit.source), vec![path.to_string()])
     }
@@ -1095,7 +1199,7 @@ fn owner(s: &Snapshot, path: Option<&str>, missing: &str) -> Outcome {
     let Some(p) = path else { return Outcome::info(missing) };
     match s.host.stat_of(p) {
         None => Outcome::info(missing),
-        Some(st) if st.uid == 0 && st.gid == 0 => Outcome::pass(),
+        Some(st) if st.uid == 0 && st.gid == 0 => Outcome::pass_with(format!("{p} is root:root")),
         Some(st) => Outcome::items(Status::Warn, "Wrong ownership for", vec![format!("{p}({}:{})", st.uid, st.gid)]),
     }
 }
@@ -1105,7 +1209,7 @@ fn perms(s: &Snapshot, path: Option<&str>, max: u32, missing: &str) -> Outcome {
     let Some(p) = path else { return Outcome::info(missing) };
     match s.host.stat_of(p) {
         None => Outcome::info(missing),
-        Some(st) if st.mode & !max == 0 => Outcome::pass(),
+        Some(st) if st.mode & !max == 0 => Outcome::pass_with(format!("{p} has mode {:o}", st.mode)),
         Some(st) => Outcome::items(Status::Warn, "Wrong permissions for", vec![format!("{p}({:o})", st.mode)]),
     }
 }
@@ -1167,6 +1271,44 @@ mod tests {
     }
 
     #[test]
+    fn unknown_dockerd_makes_flag_checks_note_unless_daemon_json_sets_them() {
+        let mut s = Snapshot::default();
+        s.host.dockerd_missing = "SO_PEERCRED gave no pid".into();
+        for id in ["2.2", "2.3", "2.4", "2.7", "2.8", "2.10", "2.11", "2.14", "2.16", "3.9", "3.14", "A.3"] {
+            let o = eval(id, &s);
+            assert_eq!(o.status, Status::Note, "{id}: {o:?}");
+            assert!(o.details.unwrap().starts_with("SO_PEERCRED gave no pid"), "{id}");
+        }
+        // daemon.json is evidence on its own (dockerd refuses a setting given twice).
+        s.host.daemon_json = Some(Ok(serde_json::from_value(json!({"iptables": false, "icc": false})).unwrap()));
+        assert_eq!(eval("2.4", &s), Outcome::warn("iptables is set to false (/etc/docker/daemon.json)"));
+        assert_eq!(eval("2.2", &s), Outcome::pass_with("icc is false (/etc/docker/daemon.json)"));
+        // A command line that was read: unset means dockerd's default.
+        s.host.dockerd = Some(host::Dockerd { pid: 7, args: vec!["dockerd".into()], listeners: Some(vec![]) });
+        assert_eq!(eval("2.3", &s), Outcome::pass_with("log-level is not set: dockerd's default is info"));
+        assert_eq!(eval("2.7", &s).status, Status::Info);
+    }
+
+    #[test]
+    fn devicemapper_warns_overlay2_passes_unknown_is_note() {
+        let mut s = Snapshot::default();
+        let dm = devicemapper();
+        s.engine.info = serde_json::from_value(json!({"Driver": "devicemapper"})).unwrap();
+        assert_eq!((dm.eval)(&s), Outcome::warn("Storage driver is devicemapper"));
+        assert_eq!(eval("2.6", &s).status, Status::Pass);
+        s.engine.info = serde_json::from_value(json!({"Driver": "overlay2"})).unwrap();
+        assert_eq!((dm.eval)(&s), Outcome::pass_with("Storage driver is overlay2"));
+        s.engine.info = serde_json::from_value(json!({})).unwrap();
+        assert_eq!((dm.eval)(&s).status, Status::Note);
+        assert_eq!(eval("2.6", &s).status, Status::Note);
+        // Through the v1.8.0 catalogue, under its ID.
+        s.engine.info = serde_json::from_value(json!({"Driver": "devicemapper"})).unwrap();
+        let sel = crate::Selection { only: vec!["2.7".into()], ..Default::default() };
+        let r = crate::evaluate(&s, &sel);
+        assert_eq!((r.len(), r[0].id, r[0].outcome.status), (1, "2.7", Status::Warn));
+    }
+
+    #[test]
     fn runtime_rule_flags_only_offenders() {
         let mut s = Snapshot::default();
         s.engine.containers = vec![
@@ -1184,7 +1326,7 @@ mod tests {
     #[test]
     fn swarm_mode_is_info_on_a_manager() {
         let mut s = Snapshot::default();
-        s.engine.info = serde_json::from_value(json!({"Swarm": {"LocalNodeState": "active", "ControlAvailable": true, "Managers": 1}})).unwrap();
+        s.engine.info = serde_json::from_value(json!({"LiveRestoreEnabled": false, "Swarm": {"LocalNodeState": "active", "ControlAvailable": true, "Managers": 1}})).unwrap();
         assert_eq!(eval("5.1", &s).status, Status::Info);
         assert_eq!(eval("7.1", &s).status, Status::Pass);
         assert_eq!(eval("2.15", &s).status, Status::Info);
@@ -1195,6 +1337,23 @@ mod tests {
         assert_eq!(eval("5.1", &s).status, Status::Info);
         assert_eq!(eval("7.1", &s).status, Status::Note);
         assert_eq!(eval("7.5", &s).status, Status::Pass);
+        // A worker is not what this appliance is for: 5.1 warns there.
+        s.engine.info = serde_json::from_value(json!({"Swarm": {"LocalNodeState": "active", "ControlAvailable": false}})).unwrap();
+        assert_eq!(eval("5.1", &s).status, Status::Warn);
+    }
+
+    #[test]
+    fn published_ports_are_listed_with_their_address() {
+        let mut s = Snapshot::default();
+        assert_eq!(eval("5.9", &s).status, Status::Info);
+        s.engine.containers = vec![
+            container(json!({"Name": "/web", "HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}], "443/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8443"}]}}})),
+            container(json!({"Name": "/quiet", "HostConfig": {}})),
+        ];
+        let o = eval("5.9", &s);
+        assert_eq!((o.status, o.items), (Status::Info, vec!["web:0.0.0.0:8080".to_string(), "web:127.0.0.1:8443".to_string()]));
+        s.engine.containers.remove(0);
+        assert_eq!(eval("5.9", &s).status, Status::Pass);
     }
 
     #[test]
@@ -1218,8 +1377,16 @@ mod tests {
         assert_eq!(eval("A.2", &s).status, Status::Note);
         assert_eq!(eval("A.4", &s).status, Status::Info);
         s.appliance.sealed_key = Some(crate::SealedKeyFact { pcrs_match: Some(false), detail: "PCR 7 differs".into() });
-        s.appliance.proxy_requires_client_certs = Some(true);
         assert_eq!(eval("A.2", &s), Outcome::warn("PCR 7 differs"));
+        use crate::Handshake::*;
+        let probe = |without: crate::Handshake, with: crate::Handshake| Some(crate::ProxyProbe { addr: "127.0.0.1:2376".into(), without_cert: without, with_cert: with });
+        s.appliance.proxy = probe(Refused("alert".into()), Accepted("HTTP/1.1 403".into()));
         assert_eq!(eval("A.4", &s).status, Status::Pass);
+        s.appliance.proxy = probe(Accepted("HTTP/1.1 200".into()), Accepted("HTTP/1.1 200".into()));
+        assert_eq!(eval("A.4", &s).status, Status::Warn);
+        s.appliance.proxy = probe(NotProbed("connection refused".into()), NotProbed("connection refused".into()));
+        assert_eq!(eval("A.4", &s).status, Status::Note);
+        s.appliance.proxy = probe(Refused("alert".into()), Refused("unknown CA".into()));
+        assert_eq!(eval("A.4", &s).status, Status::Note);
     }
 }

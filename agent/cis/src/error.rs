@@ -12,6 +12,9 @@ pub enum BenchError {
     #[error("cannot write the bench report {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     /// A `--check`/`--exclude` selector that names no check (see [`crate::Selection::unknown`]).
-    #[error("unknown check ID or section: {0} (IDs as in the CIS Docker Benchmark v1.6.0, e.g. 2.2, 5, 1.1, A.3)")]
+    #[error("unknown check ID or section: {0} (IDs as in the chosen --benchmark, e.g. 2.2, 5, 1.1, A.3)")]
     UnknownCheck(String),
+    /// `--check`/`--exclude` leave no check to run (see [`crate::Selection::is_empty`]).
+    #[error("the selection is empty: --exclude removes every check that --check selects; run with fewer exclusions")]
+    EmptySelection,
 }

@@ -108,7 +108,28 @@ pub struct AuditRules {
 impl AuditRules {
     /// A rule mentions `path` (as docker-bench-security: grep on non-comment lines).
     pub fn covers(&self, path: &str) -> bool {
-        self.lines.iter().any(|l| l.contains(path))
+        self.rule_for(path).is_some()
+    }
+
+    /// The first rule line that mentions `path`.
+    pub fn rule_for(&self, path: &str) -> Option<&str> {
+        self.lines.iter().find(|l| l.contains(path)).map(|l| l.as_str())
+    }
+
+    /// The paths the rules watch: `-w PATH` and `-F path=PATH` / `-F dir=PATH`.
+    pub fn watched_paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in &self.lines {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            for (i, w) in t.iter().enumerate() {
+                if *w == "-w" {
+                    out.extend(t.get(i + 1).map(|p| p.to_string()));
+                } else if let Some(p) = w.strip_prefix("path=").or_else(|| w.strip_prefix("dir=")) {
+                    out.push(p.to_string());
+                }
+            }
+        }
+        out
     }
 }
 
@@ -118,7 +139,10 @@ pub struct HostFacts {
     /// The daemon configuration file path used (host path; 3.17, 3.18) and its parse result.
     pub daemon_json_path: String,
     pub daemon_json: Option<Result<Map<String, Value>, String>>,
+    /// The engine's own process (found from the socket with SO_PEERCRED).
     pub dockerd: Option<Dockerd>,
+    /// Why `dockerd` is `None`: what could not be read (an operator sentence).
+    pub dockerd_missing: String,
     /// Host path → stat (`None`: does not exist). Only the paths the checks use.
     pub stats: BTreeMap<String, Option<FileStat>>,
     /// Host path → exists, for the audit checks' targets.
@@ -126,6 +150,9 @@ pub struct HostFacts {
     /// Members of the `docker` group (`/etc/group`), and its gid (1.1.2, 3.15).
     pub docker_group: Option<(u32, Vec<String>)>,
     pub audit: AuditRules,
+    /// Host path of an audited target → the rule path that names the same file under
+    /// another name (same device and inode: `/lib/…` on a merged-/usr host).
+    pub audit_aliases: BTreeMap<String, String>,
     pub mounts: Option<Vec<MountEntry>>,
     pub dm: Vec<DmDevice>,
     /// Last byte of the SecureBoot EFI variable (A.6); `None`: not readable.
@@ -135,6 +162,10 @@ pub struct HostFacts {
     /// The docker.service / docker.socket / containerd.socket unit files found (host paths):
     /// 3.1–3.4 (owner, mode) and the audit rules on them (1.1.x).
     pub units: BTreeMap<&'static str, String>,
+    /// `DOCKER_CONTENT_TRUST` of this process's environment (4.5).
+    pub content_trust: Option<String>,
+    /// `DOCKER_CONTENT_TRUST` of dockerd's environment (`/proc/<pid>/environ`), or why it is unknown.
+    pub dockerd_content_trust: Read<String>,
     /// Process names (`comm`) in the PID namespace of each running container,
     /// keyed by the container's init PID (`State.Pid`), for 5.7 (sshd); `None`: `/proc` unreadable.
     pub container_procs: Option<BTreeMap<u32, Vec<String>>>,
@@ -168,9 +199,27 @@ pub const AUDIT_TARGETS: [&str; 11] = [
 impl HostFacts {
     /// Read everything the checks need from the host; `init_pids` are the
     /// running containers' `State.Pid` (for 5.7).
-    pub fn gather(o: &HostOptions, init_pids: &[u32]) -> HostFacts {
-        let mut h = HostFacts { dockerd: find_dockerd(&o.proc_dir, &o.docker_socket), ..Default::default() };
+    pub fn gather(o: &HostOptions, init_pids: &[u32], engine_pid: Result<u32, String>) -> HostFacts {
+        let mut h = HostFacts::default();
+        match find_dockerd(&o.proc_dir, engine_pid) {
+            Ok(d) => h.dockerd = Some(d),
+            Err(why) => h.dockerd_missing = why,
+        }
         h.container_procs = container_procs(&o.proc_dir, init_pids);
+        h.content_trust = std::env::var("DOCKER_CONTENT_TRUST").ok();
+        h.dockerd_content_trust = match &h.dockerd {
+            None => Read::Unknown(h.dockerd_missing.clone()),
+            Some(d) => {
+                let path = o.proc_dir.join(d.pid.to_string()).join("environ");
+                match std::fs::read(&path) {
+                    Ok(raw) => match raw.split(|&b| b == 0).find_map(|kv| kv.strip_prefix(b"DOCKER_CONTENT_TRUST=")) {
+                        Some(v) => Read::Set(String::from_utf8_lossy(v).into_owned(), path.display().to_string()),
+                        None => Read::Default,
+                    },
+                    Err(e) => Read::Unknown(format!("{}: {e}", path.display())),
+                }
+            }
+        };
 
         // The daemon configuration file: --config-file, else /etc/docker/daemon.json.
         let cfg_file = h.dockerd.as_ref().and_then(|d| flag_values(&d.args, &["--config-file"]).pop()).unwrap_or_else(|| DAEMON_JSON.to_string());
@@ -213,6 +262,15 @@ impl HostFacts {
 
         h.docker_group = read_group(&o.under("/etc/group"), "docker");
         h.audit = read_audit(o);
+        let identity = |p: &str| rustix::fs::stat(&o.under(p)).ok().map(|st| (st.st_dev, st.st_ino));
+        let watched: Vec<(String, (u64, u64))> = h.audit.watched_paths().into_iter().filter_map(|w| identity(&w).map(|id| (w, id))).collect();
+        for target in h.units.values().cloned().chain(AUDIT_TARGETS.iter().map(|s| s.to_string())).chain(["/usr/bin/runc".to_string(), "/usr/bin/dockerd".to_string()]) {
+            if let Some(id) = identity(&target) {
+                if let Some((w, _)) = watched.iter().find(|(w, wid)| *wid == id && *w != target) {
+                    h.audit_aliases.insert(target, w.clone());
+                }
+            }
+        }
         h.mounts = std::fs::read_to_string(o.under("/proc/self/mounts")).or_else(|_| std::fs::read_to_string(o.under("/proc/mounts"))).ok().map(|t| parse_mounts(&t));
         h.dm = read_dm(&o.under("/sys/block"));
         h.secure_boot = std::fs::read(o.under(SECURE_BOOT_VAR)).ok().and_then(|b| b.last().copied());
@@ -222,12 +280,41 @@ impl HostFacts {
     pub fn stat_of(&self, path: &str) -> Option<FileStat> {
         self.stats.get(path).copied().flatten()
     }
+
+    /// Why the dockerd command line is unknown (`None` when it was read).
+    pub fn dockerd_unknown(&self) -> Option<String> {
+        if self.dockerd.is_some() {
+            return None;
+        }
+        Some(if self.dockerd_missing.is_empty() { "the dockerd process was not read".to_string() } else { self.dockerd_missing.clone() })
+    }
+}
+
+/// A daemon setting as read: set (with where), known to be unset (dockerd's
+/// command line was read and daemon.json does not set it), or unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read<T> {
+    /// The value and its source: `dockerd command line` or the daemon.json path.
+    Set(T, String),
+    /// Not set on the command line that was read, nor in daemon.json: dockerd's default applies.
+    Default,
+    /// Not in daemon.json, and the command line could not be read: why.
+    Unknown(String),
+}
+
+impl<T> Default for Read<T> {
+    fn default() -> Read<T> {
+        Read::Unknown("not read".into())
+    }
 }
 
 /// The daemon's effective settings: the dockerd command line first, then daemon.json.
 pub struct Settings<'a> {
     args: &'a [String],
     json: Option<&'a Map<String, Value>>,
+    json_path: &'a str,
+    /// Why the command line is unknown (`None`: it was read).
+    unknown: Option<String>,
 }
 
 /// dockerd flags that take a value (the others are booleans, `--flag` or `--flag=false`).
@@ -238,7 +325,72 @@ const VALUE_FLAGS: [&str; 22] = [
 
 impl<'a> Settings<'a> {
     pub fn new(h: &'a HostFacts) -> Settings<'a> {
-        Settings { args: h.dockerd.as_ref().map(|d| d.args.as_slice()).unwrap_or(&[]), json: h.daemon_json.as_ref().and_then(|r| r.as_ref().ok()) }
+        Settings {
+            args: h.dockerd.as_ref().map(|d| d.args.as_slice()).unwrap_or(&[]),
+            json: h.daemon_json.as_ref().and_then(|r| r.as_ref().ok()),
+            json_path: if h.daemon_json_path.is_empty() { DAEMON_JSON } else { &h.daemon_json_path },
+            unknown: h.dockerd_unknown(),
+        }
+    }
+
+    fn source(&self, on_command_line: bool) -> String {
+        if on_command_line {
+            "dockerd command line".into()
+        } else {
+            self.json_path.to_string()
+        }
+    }
+
+    fn unset<T>(&self, key: &str) -> Read<T> {
+        match &self.unknown {
+            None => Read::Default,
+            Some(why) => Read::Unknown(format!("{why}; {key} is not in {}, so its value is unknown", self.json_path)),
+        }
+    }
+
+    /// [`Settings::flag`] with its source, or why it is unknown.
+    pub fn flag_read(&self, key: &str) -> Read<bool> {
+        match self.flag(key) {
+            Some(v) => Read::Set(v, self.source(self.arg_flag(key).is_some())),
+            None => self.unset(key),
+        }
+    }
+
+    /// [`Settings::value`] with its source, or why it is unknown.
+    pub fn value_read(&self, key: &str) -> Read<String> {
+        let names = Self::flag_names(key);
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let on_cl = !flag_values(self.args, &names).is_empty();
+        match self.value(key) {
+            Some(v) => Read::Set(v, self.source(on_cl)),
+            None => self.unset(key),
+        }
+    }
+
+    /// [`Settings::values`], or why they are unknown when none are set.
+    pub fn values_read(&self, key: &str) -> Read<Vec<String>> {
+        let names = Self::flag_names(key);
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let on_cl = !flag_values(self.args, &names).is_empty();
+        let v = self.values(key);
+        if v.is_empty() {
+            self.unset(key)
+        } else {
+            Read::Set(v, self.source(on_cl))
+        }
+    }
+
+    fn arg_flag(&self, key: &str) -> Option<bool> {
+        let name = format!("--{key}");
+        for a in self.args.iter().rev() {
+            if *a == name {
+                return Some(true);
+            }
+            if let Some(v) = a.strip_prefix(&format!("{name}=")) {
+                return Some(v != "false" && v != "0");
+            }
+        }
+        None
     }
 
     fn flag_names(key: &str) -> Vec<String> {
@@ -277,14 +429,8 @@ impl<'a> Settings<'a> {
 
     /// A boolean setting; `None` when not set anywhere.
     pub fn flag(&self, key: &str) -> Option<bool> {
-        let name = format!("--{key}");
-        for a in self.args.iter().rev() {
-            if *a == name {
-                return Some(true);
-            }
-            if let Some(v) = a.strip_prefix(&format!("{name}=")) {
-                return Some(v != "false" && v != "0");
-            }
+        if let Some(v) = self.arg_flag(key) {
+            return Some(v);
         }
         match self.json.and_then(|j| j.get(key)) {
             Some(Value::Bool(b)) => Some(*b),
@@ -431,64 +577,84 @@ fn read_dm(sys_block: &Path) -> Vec<DmDevice> {
 }
 
 /// One scan of `/proc`: the `comm` of every process sharing a PID namespace
-/// with one of `init_pids`.
+/// with one of `init_pids`. Containers may share a namespace (`--pid=host`,
+/// `--pid=container:X`): each distinct namespace is read once and its processes
+/// listed under every container in it. `None` when a container's namespace cannot be read.
 fn container_procs(proc_dir: &Path, init_pids: &[u32]) -> Option<BTreeMap<u32, Vec<String>>> {
     let ns_of = |pid: &str| std::fs::read_link(proc_dir.join(pid).join("ns/pid")).ok().map(|l| l.to_string_lossy().into_owned());
-    let mut by_ns: BTreeMap<String, u32> = BTreeMap::new();
+    let mut by_ns: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for p in init_pids {
-        if let Some(ns) = ns_of(&p.to_string()) {
-            by_ns.insert(ns, *p);
-        }
+        by_ns.entry(ns_of(&p.to_string())?).or_default().push(*p);
     }
-    if by_ns.len() < init_pids.len() {
-        return None;
-    }
-    let mut out: BTreeMap<u32, Vec<String>> = init_pids.iter().map(|p| (*p, Vec::new())).collect();
-    if by_ns.is_empty() {
-        return Some(out);
-    }
-    for e in std::fs::read_dir(proc_dir).ok()?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Some(init) = ns_of(&name).and_then(|ns| by_ns.get(&ns)) {
-            if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
-                out.entry(*init).or_default().push(comm.trim().to_string());
+    let mut comms: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    if !by_ns.is_empty() {
+        for e in std::fs::read_dir(proc_dir).ok()?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
             }
+            if let Some((ns, _)) = ns_of(&name).and_then(|ns| by_ns.get_key_value(&ns)) {
+                if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
+                    comms.entry(ns.as_str()).or_default().push(comm.trim().to_string());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (ns, pids) in &by_ns {
+        for p in pids {
+            out.insert(*p, comms.get(ns.as_str()).cloned().unwrap_or_default());
         }
     }
     Some(out)
 }
 
-/// The dockerd serving `socket`: the process named dockerd whose command line
-/// names the socket, else the only dockerd.
-fn find_dockerd(proc_dir: &Path, socket: &Path) -> Option<Dockerd> {
-    let sock = socket.to_string_lossy().into_owned();
-    let canon = std::fs::canonicalize(socket).ok().map(|p| p.to_string_lossy().into_owned());
-    let mut all = Vec::new();
-    for e in std::fs::read_dir(proc_dir).ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<String> = raw.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
-        let Some(a0) = args.first() else { continue };
-        if Path::new(a0).file_name().is_some_and(|n| n == "dockerd") {
-            all.push((pid, args));
+/// The engine's process as the socket tells it: `SO_PEERCRED` on a connection to
+/// the engine's unix socket gives the pid of the process that listens on it
+/// (unix(7)), in this PID namespace (0 when it is not visible from here).
+pub async fn engine_peer_pid(socket: &Path) -> Result<u32, String> {
+    let s = tokio::net::UnixStream::connect(socket).await.map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    let cred = s.peer_cred().map_err(|e| format!("SO_PEERCRED on {} failed: {e}", socket.display()))?;
+    match cred.pid() {
+        Some(p) if p > 0 => Ok(p as u32),
+        _ => Err(format!("SO_PEERCRED on {} gave no pid: the engine runs in a PID namespace this process cannot see", socket.display())),
+    }
+}
+
+/// The dockerd serving the socket, from the pid [`engine_peer_pid`] found. When
+/// the socket is held by another process (systemd socket activation: pid 1), the
+/// one dockerd started with `-H fd://` serves it; anything else is an error
+/// saying what could not be read.
+fn find_dockerd(proc_dir: &Path, peer: Result<u32, String>) -> Result<Dockerd, String> {
+    let pid = peer?;
+    let cmdline = |pid: u32| -> Result<Vec<String>, String> {
+        let path = proc_dir.join(pid.to_string()).join("cmdline");
+        let raw = std::fs::read(&path).map_err(|e| format!("the engine's process (pid {pid}, from SO_PEERCRED) cannot be read: {}: {e}", path.display()))?;
+        Ok(raw.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+    };
+    let is_dockerd = |args: &[String]| args.first().is_some_and(|a0| Path::new(a0).file_name().is_some_and(|n| n == "dockerd"));
+    let args = cmdline(pid)?;
+    if is_dockerd(&args) {
+        return Ok(Dockerd { pid, listeners: read_listeners(proc_dir, pid), args });
+    }
+    // Socket activation: the listener belongs to systemd; dockerd got it as fd://.
+    let holder = args.first().cloned().unwrap_or_default();
+    let mut fd_dockerds = Vec::new();
+    for e in std::fs::read_dir(proc_dir).map_err(|e| format!("cannot list {}: {e}", proc_dir.display()))?.flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(a) = cmdline(p) {
+            if is_dockerd(&a) && flag_values(&a, &["-H", "--host"]).iter().any(|h| h.starts_with("fd://")) {
+                fd_dockerds.push((p, a));
+            }
         }
     }
-    let names_socket = |args: &[String]| {
-        flag_values(args, &["-H", "--host"]).iter().any(|h| {
-            let p = h.trim_start_matches("unix://");
-            p == sock || canon.as_deref() == Some(p) || std::fs::canonicalize(p).ok().map(|c| c.to_string_lossy().into_owned()) == canon
-        })
-    };
-    let pick = match all.iter().position(|(_, a)| names_socket(a)) {
-        Some(i) => all.swap_remove(i),
-        None if all.len() == 1 => all.pop()?,
-        None => return None,
-    };
-    let listeners = read_listeners(proc_dir, pick.0);
-    Some(Dockerd { pid: pick.0, args: pick.1, listeners })
+    match fd_dockerds.len() {
+        1 => {
+            let (pid, args) = fd_dockerds.remove(0);
+            Ok(Dockerd { pid, listeners: read_listeners(proc_dir, pid), args })
+        }
+        n => Err(format!("the engine socket is held by pid {pid} ({holder}), not by dockerd, and {n} dockerd processes take a socket from it (-H fd://): cannot tell which one serves it")),
+    }
 }
 
 /// TCP sockets in LISTEN state owned by `pid` (its fds matched against

@@ -1,4 +1,4 @@
-//! CIS Docker Benchmark v1.6.0 checks, natively, in one pass, as a library
+//! CIS Docker Benchmark v1.8.0 and v1.6.0 checks, natively, in one pass, as a library
 //! (what each check reads and why: `docs/cis.md`).
 //!
 //! - [`engine`]: the Docker Engine API read once (`/version`, `/info`, `/swarm`,
@@ -7,10 +7,11 @@
 //! - [`host`]: host files (under a root directory), the dockerd command line and its
 //!   TCP listeners from `/proc`, mounts, dm-verity, Secure Boot.
 //! - [`appliance`]: the facts the caller gives for the appliance checks (`A.x`).
-//! - [`checks`]: the v1.6.0 catalogue — data plus a pure evaluation over a [`Snapshot`].
+//! - [`checks`]: the catalogue (v1.6.0 IDs) — data plus a pure evaluation over a [`Snapshot`].
+//! - [`benchmark`]: the versions (v1.8.0, v1.6.0) and the ID mapping between them.
 //! - [`selection`]: which checks run (`--check`/`--exclude` IDs and sections).
 //! - [`report`]: the result model — PASS/WARN/INFO/NOTE, summary and score.
-//! - [`output`]: one file per output format (docker-bench-security JSON, text).
+//! - [`output`]: one file per output format (docker-bench-security JSON, text, SARIF 2.1.0, JUnit XML).
 //!
 //! Nothing here knows exit codes or the agent's configuration: a run takes the
 //! engine socket, the host root and the appliance facts; errors are [`BenchError`].
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod appliance;
+pub mod benchmark;
 pub mod checks;
 pub mod engine;
 mod error;
@@ -30,8 +32,9 @@ pub mod selection;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use appliance::{ApplianceFacts, SealedKeyFact};
-pub use checks::{catalogue, Check, Snapshot};
+pub use appliance::{ApplianceFacts, Handshake, ProxyProbe, SealedKeyFact};
+pub use benchmark::{catalogue, Benchmark};
+pub use checks::{Check, Snapshot};
 pub use engine::EngineFacts;
 pub use error::BenchError;
 pub use host::{HostFacts, HostOptions};
@@ -42,9 +45,9 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Evaluate the selected checks on one snapshot (pure; no I/O).
+/// Evaluate the selected checks of `sel.benchmark` on one snapshot (pure; no I/O).
 pub fn evaluate(snap: &Snapshot, sel: &Selection) -> Vec<CheckResult> {
-    catalogue().iter().filter(|c| sel.includes(c.id)).map(|c| CheckResult::new(c, (c.eval)(snap))).collect()
+    catalogue(sel.benchmark).iter().filter(|c| sel.includes(c.id)).map(|c| CheckResult::new(c, (c.eval)(snap))).collect()
 }
 
 /// Gather the engine (at `host.docker_socket`) and the host (files under `host.root`)
@@ -56,11 +59,14 @@ pub async fn run_report_with(facts: ApplianceFacts, sel: &Selection, host: &Host
     let socket = host.docker_socket.clone();
     let engine = engine::gather(&socket).await?;
     let h = host.clone();
+    let engine_pid = host::engine_peer_pid(&socket).await;
     let init_pids: Vec<u32> = engine.containers.iter().filter_map(|c| c.state.as_ref()?.pid).filter(|p| *p > 0).map(|p| p as u32).collect();
-    let host_facts = tokio::task::spawn_blocking(move || HostFacts::gather(&h, &init_pids)).await.unwrap_or_default();
+    let host_facts = tokio::task::spawn_blocking(move || HostFacts::gather(&h, &init_pids, engine_pid)).await.unwrap_or_default();
     let snap = Snapshot { engine, host: host_facts, appliance: facts, docker_socket: socket.to_string_lossy().into_owned() };
     let results = evaluate(&snap, sel);
-    Ok(Report { start, end: now(), results })
+    let engine_version = snap.engine.version.version.clone().unwrap_or_default();
+    let hostname = snap.engine.info.name.clone().unwrap_or_default();
+    Ok(Report { benchmark: sel.benchmark, engine_version, hostname, start, end: now(), results })
 }
 
 /// The boot flow's entry point: all selected checks against this host (`/`) and the
@@ -106,11 +112,12 @@ mod tests {
     #[test]
     fn boot_report_is_written_atomically() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Report { start: 1, end: 2, results: vec![] };
+        let r = Report::fake(vec![]);
         let p = write_boot_report(dir.path(), &r).unwrap();
         assert_eq!(p, dir.path().join("bench/latest.json"));
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         assert_eq!(v["dockerbenchsecurity"], "1.6.0");
+        assert_eq!(v["benchmark"], "cis-1.8.0");
         assert_eq!(std::fs::read_dir(dir.path().join("bench")).unwrap().count(), 1);
     }
 }

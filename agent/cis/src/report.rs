@@ -1,9 +1,10 @@
 //! The result model, shared by every output format ([`crate::output`]): the four
 //! statuses of docker-bench-security, one [`CheckResult`] per evaluated check, and
-//! the [`Summary`] and score of a [`Report`] (CIS Docker Benchmark v1.6.0 scoring:
+//! the [`Summary`] and score of a [`Report`] (CIS Docker Benchmark scoring:
 //! Automated checks are scored, Manual ones are counted only).
 
 use crate::checks::Check;
+use crate::Benchmark;
 
 /// The four results of docker-bench-security.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -32,14 +33,16 @@ pub struct Outcome {
     pub status: Status,
     pub details: Option<String>,
     pub items: Vec<String>,
+    /// The remediation for this host (naming the real path), instead of the check's generic one.
+    pub remediation: Option<String>,
 }
 
 impl Outcome {
     pub fn pass() -> Outcome {
-        Outcome { status: Status::Pass, details: None, items: vec![] }
+        Outcome { status: Status::Pass, details: None, items: vec![], remediation: None }
     }
     pub fn status(status: Status, details: impl Into<String>) -> Outcome {
-        Outcome { status, details: Some(details.into()), items: vec![] }
+        Outcome { status, details: Some(details.into()), items: vec![], remediation: None }
     }
     pub fn pass_with(details: impl Into<String>) -> Outcome {
         Outcome::status(Status::Pass, details)
@@ -56,8 +59,14 @@ impl Outcome {
     /// `status` with `details` and the offending `items`; docker-bench-security
     /// writes them as `details: "<details>: a b c"` plus `items: [a, b, c]`.
     pub fn items(status: Status, details: impl Into<String>, items: Vec<String>) -> Outcome {
-        Outcome { status, details: Some(details.into()), items }
+        Outcome { status, details: Some(details.into()), items, remediation: None }
     }
+    /// This outcome with a host-specific remediation.
+    pub fn with_remediation(mut self, r: String) -> Outcome {
+        self.remediation = Some(r);
+        self
+    }
+
     /// WARN listing `items` when there are any, else PASS.
     pub fn warn_if_any(details: impl Into<String>, items: Vec<String>) -> Outcome {
         if items.is_empty() {
@@ -74,20 +83,22 @@ pub struct CheckResult {
     pub id: &'static str,
     pub desc: &'static str,
     pub scored: bool,
-    pub remediation: &'static str,
+    /// The check's remediation, or the outcome's host-specific one.
+    pub remediation: String,
     pub remediation_impact: &'static str,
     pub outcome: Outcome,
 }
 
 impl CheckResult {
     pub fn new(c: &Check, outcome: Outcome) -> CheckResult {
-        CheckResult { id: c.id, desc: c.desc, scored: c.scored(), remediation: c.remediation, remediation_impact: c.impact, outcome }
+        let remediation = outcome.remediation.clone().unwrap_or_else(|| c.remediation.to_string());
+        CheckResult { id: c.id, desc: c.desc, scored: c.scored(), remediation, remediation_impact: c.impact, outcome }
     }
 
     /// A result with placeholder texts, for the output formats' tests.
     #[cfg(test)]
     pub(crate) fn fake(id: &'static str, scored: bool, outcome: Outcome) -> CheckResult {
-        CheckResult { id, desc: "d", scored, remediation: "fix it", remediation_impact: "none", outcome }
+        CheckResult { id, desc: "d", scored, remediation: "fix it".into(), remediation_impact: "none", outcome }
     }
 
     /// The `details` string as docker-bench-security writes it.
@@ -102,9 +113,15 @@ impl CheckResult {
     }
 }
 
-/// A whole run: start/end (unix seconds) and the results in catalogue order.
+/// A whole run: the benchmark version, the engine and host it ran against,
+/// start/end (unix seconds) and the results in catalogue order.
 #[derive(Debug, Clone)]
 pub struct Report {
+    pub benchmark: Benchmark,
+    /// `GET /version` `Version` (empty when the engine did not say).
+    pub engine_version: String,
+    /// `GET /info` `Name`: the engine host's name (empty when the engine did not say).
+    pub hostname: String,
     pub start: u64,
     pub end: u64,
     pub results: Vec<CheckResult>,
@@ -122,6 +139,12 @@ pub struct Summary {
 }
 
 impl Report {
+    /// A v1.8.0 report with placeholder engine and host, for the output formats' tests.
+    #[cfg(test)]
+    pub(crate) fn fake(results: Vec<CheckResult>) -> Report {
+        Report { benchmark: Benchmark::Cis180, engine_version: "20.10.24".into(), hostname: "node1".into(), start: 1, end: 2, results }
+    }
+
     /// Counts and score, computed as docker-bench-security does
     /// (`functions/output_lib.sh`): every result counts as a check; a scored
     /// (Automated) check adds 1 on PASS and subtracts 1 on WARN.
@@ -165,18 +188,14 @@ mod tests {
 
     #[test]
     fn score_counts_like_docker_bench() {
-        let rep = Report {
-            start: 1,
-            end: 2,
-            results: vec![
+        let rep = Report::fake(vec![
                 CheckResult::fake("1.1.1", true, Outcome::pass()),
                 CheckResult::fake("2.2", true, Outcome::warn("x")),
                 CheckResult::fake("2.3", true, Outcome::warn("x")),
                 CheckResult::fake("2.8", false, Outcome::pass()),
                 CheckResult::fake("2.1", false, Outcome::info("x")),
                 CheckResult::fake("4.2", false, Outcome::note("x")),
-            ],
-        };
+        ]);
         let s = rep.summary();
         assert_eq!((s.checks, s.pass, s.warn, s.info, s.note, s.score), (6, 2, 2, 1, 1, -1));
     }

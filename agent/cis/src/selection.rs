@@ -1,11 +1,13 @@
-//! Which checks run: CIS Docker Benchmark v1.6.0 IDs (`2.2`, `5.12`), section or
+//! Which checks run: the benchmark version, its IDs (`2.2`, `5.12`), section or
 //! group prefixes (`5`, `1.1`) and the appliance section (`A`, `A.3`).
 
-use crate::catalogue;
+use crate::{catalogue, Benchmark};
 
-/// Which checks to run: `only` empty means all; entries are IDs or section prefixes.
+/// Which checks to run: `only` empty means all; entries are IDs or section prefixes
+/// in the IDs of `benchmark` (v1.8.0 by default).
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
+    pub benchmark: Benchmark,
     pub only: Vec<String>,
     pub exclude: Vec<String>,
 }
@@ -23,8 +25,13 @@ impl Selection {
 
     /// Selectors that match no check (typos), for a usage error.
     pub fn unknown(&self) -> Vec<String> {
-        let cat = catalogue();
+        let cat = catalogue(self.benchmark);
         self.only.iter().chain(&self.exclude).filter(|s| !s.trim().is_empty() && !cat.iter().any(|c| Self::matches(s, c.id))).cloned().collect()
+    }
+
+    /// No check of the benchmark is selected (`--check 2.2 --exclude 2`), for a usage error.
+    pub fn is_empty(&self) -> bool {
+        !catalogue(self.benchmark).iter().any(|c| self.includes(c.id))
     }
 }
 
@@ -34,7 +41,7 @@ mod tests {
 
     #[test]
     fn selection_by_id_and_section() {
-        let s = Selection { only: vec!["5".into(), "1.1".into(), "A.3".into()], exclude: vec!["5.12".into()] };
+        let s = Selection { only: vec!["5".into(), "1.1".into(), "A.3".into()], exclude: vec!["5.12".into()], ..Default::default() };
         assert!(s.includes("5.1"));
         assert!(s.includes("5.32"));
         assert!(!s.includes("5.12"));
@@ -44,7 +51,12 @@ mod tests {
         assert!(s.includes("A.3"));
         assert!(!s.includes("A.1"));
         assert!(!s.includes("2.2"));
-        assert_eq!(Selection { only: vec!["9.9".into()], exclude: vec![] }.unknown(), vec!["9.9"]);
-        assert!(Selection { only: vec!["2".into()], exclude: vec!["A".into()] }.unknown().is_empty());
+        assert_eq!(Selection { only: vec!["9.9".into()], ..Default::default() }.unknown(), vec!["9.9"]);
+        assert!(Selection { only: vec!["2".into()], exclude: vec!["A".into()], ..Default::default() }.unknown().is_empty());
+        // 2.19 exists only in v1.8.0.
+        assert!(Selection { only: vec!["2.19".into()], ..Default::default() }.unknown().is_empty());
+        assert_eq!(Selection { benchmark: Benchmark::Cis160, only: vec!["2.19".into()], exclude: vec![] }.unknown(), vec!["2.19"]);
+        assert!(Selection { only: vec!["2.2".into()], exclude: vec!["2".into()], ..Default::default() }.is_empty());
+        assert!(!s.is_empty());
     }
 }

@@ -12,7 +12,7 @@
 //! can only deny more (`tests/door_policy.rs` checks spellings against dockerd).
 //!
 //! Rules:
-//! - a certificate without a known role (Subject OU `admin` or `readonly`): everything denied;
+//! - a certificate without a known role (its Subject OU names no configured role): everything denied;
 //! - `admin`: everything;
 //! - any other role: never an endpoint that makes the engine connect to another
 //!   host (the `OUTBOUND` table, see [`outbound`]: registry search, pulls, pushes, builds, logins, ...);
@@ -21,6 +21,9 @@
 //!   manager), `/containers/*/archive` and `/containers/*/export` (container files,
 //!   such as mounted secrets), `/images/get` (`docker save`), and the agent's endpoints
 //!   that [`Route::admin_only`] names (escrow, reseal, recover, var/enroll-tpm, update).
+//!
+//! - `deploy`: reads as `readonly`; writes only to `DEPLOY_WRITES` (their bodies: [`crate::policy`]);
+//! - `monitor`: `GET`/`HEAD` of `MONITOR_READS` and of the state [`crate::redact`] rewrites.
 //!
 //! Bodies that change autolock, the CA or a node's role are read with Go's rules
 //! ([`super::gojson`], [`Inspect`], [`spec_events`], [`node_events`]).
@@ -188,47 +191,129 @@ pub enum Decision {
     Deny(String),
 }
 
-/// Decide for `role` (None: a certificate without a known role).
+/// Decide for `role` (None: a certificate without a known role), with the built-in roles.
 pub fn decide(role: Option<Role>, method: &str, c: &Canon, upgrade: bool) -> Decision {
-    let Some(role) = role else {
-        return Decision::Deny("the client certificate has no swarmseal role (its Subject OU must be `admin` or `readonly`)".into());
-    };
-    if role == Role::Admin {
-        return Decision::Allow;
+    let policy = role.and_then(|r| crate::policy::Roles::builtin().get(r.as_str()));
+    match decide_rule(policy.as_deref(), method, c, upgrade) {
+        Ok(()) => Decision::Allow,
+        Err(d) => Decision::Deny(d.message),
     }
+}
+
+/// Endpoints a `deploy` role may write to (method, canonical segments): what `docker stack
+/// deploy`, `docker service create/update/rm/scale/rollback`, `docker secret/config
+/// create/rm`, `docker network create/rm` and `docker run -d` send (Docker Engine API v1.41).
+/// Bodies of the create/update ones are read ([`crate::policy::body_kind`]).
+const DEPLOY_WRITES: &[(&str, &[&str])] = &[
+    ("POST", &["services", "create"]),
+    ("POST", &["services", "*", "update"]),
+    ("DELETE", &["services", "*"]),
+    ("POST", &["secrets", "create"]),
+    ("POST", &["secrets", "*", "update"]),
+    ("DELETE", &["secrets", "*"]),
+    ("POST", &["configs", "create"]),
+    ("POST", &["configs", "*", "update"]),
+    ("DELETE", &["configs", "*"]),
+    ("POST", &["networks", "create"]),
+    ("DELETE", &["networks", "*"]),
+    ("POST", &["volumes", "create"]),
+    ("DELETE", &["volumes", "*"]),
+    ("POST", &["containers", "create"]),
+    ("POST", &["containers", "*", "start"]),
+    ("POST", &["containers", "*", "stop"]),
+    ("POST", &["containers", "*", "restart"]),
+    ("POST", &["containers", "*", "kill"]),
+    ("POST", &["containers", "*", "wait"]),
+    ("DELETE", &["containers", "*"]),
+];
+
+/// Endpoints refused to `deploy` with their own rule name (the others: rule `endpoint`).
+const DEPLOY_NAMED: &[(Pattern, &str, &str)] = &[
+    (Pattern::Exact(&["containers", "*", "exec"]), "exec", "running commands in containers"),
+    (Pattern::Under(&["exec"]), "exec", "running commands in containers"),
+    (Pattern::Exact(&["containers", "*", "attach"]), "attach", "attaching to containers"),
+    (Pattern::Exact(&["containers", "*", "archive"]), "archive", "container files"),
+    (Pattern::Exact(&["containers", "*", "export"]), "export", "exporting containers"),
+    (Pattern::Exact(&["commit"]), "commit", "committing containers to images"),
+    (Pattern::Under(&["plugins"]), "plugins", "plugins"),
+    (Pattern::Under(&["swarm"]), "swarm", "the swarm's settings, keys and tokens"),
+    (Pattern::Under(&["nodes"]), "swarm", "changing nodes"),
+];
+
+/// Endpoints a `monitor` role may read as they are; the others it reads are rewritten
+/// ([`crate::redact::redaction`]).
+const MONITOR_READS: &[&[&str]] = &[&["_ping"], &["version"], &["swarmseal", "v1", "status"], &["swarmseal", "v1", "bench"]];
+
+/// Decide for the configured role `policy` (None: a certificate without a known role), on
+/// the method and canonical path; a refusal names its rule (see `docs/proxy.md`, "Roles").
+pub fn decide_rule(policy: Option<&crate::policy::RolePolicy>, method: &str, c: &Canon, upgrade: bool) -> Result<(), crate::policy::Denial> {
+    use crate::policy::Denial;
+    let Some(policy) = policy else {
+        return Err(Denial::new("role", "the client certificate has no swarmseal role (its Subject OU must name a configured role: admin, readonly, deploy, monitor or a [roles] table)"));
+    };
+    let (name, role) = (policy.name.as_str(), policy.kind);
+    if role == Role::Admin {
+        return Ok(());
+    }
+    let deploy = role == Role::Deploy;
+    let writes = |m: &str| DEPLOY_WRITES.iter().any(|(dm, p)| *dm == m && c.is(p));
     if let Some(what) = outbound(c) {
-        return Decision::Deny(format!("{what} make the engine connect to another host; admin-only ({} certificate)", role.as_str()));
+        // A deploy role creates and updates services: the image must already be on the
+        // engine (checked before forwarding, see `policy::EngineChecks`).
+        if !(deploy && writes(method)) {
+            return Err(Denial::new("outbound", format!("{what} make the engine connect to another host; admin-only ({name} certificate)")));
+        }
     }
     let route = Route::parse(c);
     if let Some(why) = route.filter(|r| *r == Route::Update).and_then(Route::admin_only) {
         // Named before the method check, so the reason says so for a POST too.
-        return Decision::Deny(format!("{why} (readonly certificate)"));
+        return Err(Denial::new("admin-only", format!("{why} ({name} certificate)")));
+    }
+    if deploy {
+        if let Some((_, rule, what)) = DEPLOY_NAMED.iter().find(|(p, _, _)| p.matches(c)).filter(|_| method != "GET" && method != "HEAD" || upgrade) {
+            return Err(Denial::new(rule, format!("{name}: {what} ({method} {}) is not allowed", c.path())));
+        }
+        if method != "GET" && method != "HEAD" {
+            if writes(method) && !upgrade {
+                return Ok(());
+            }
+            return Err(Denial::new("endpoint", format!("{name}: {method} {} is not allowed (not one of the deploy role's endpoints)", c.path())));
+        }
+    }
+    if role == Role::Monitor {
+        if (method != "GET" && method != "HEAD") || upgrade {
+            return Err(Denial::new("method", format!("{name}: {method} is not allowed (GET and HEAD only, no connection upgrades)")));
+        }
+        if !MONITOR_READS.iter().any(|p| c.is(p)) && crate::redact::redaction(c).is_none() {
+            return Err(Denial::new("endpoint", format!("{name}: GET {} is not allowed (monitor reads state: info, version, nodes, services, tasks, containers/json, configs, secrets, networks, events, swarmseal/v1/status and bench; not logs, top, archive, export)", c.path())));
+        }
+        return Ok(());
     }
     if method != "GET" && method != "HEAD" {
-        return Decision::Deny(format!("{method} is not allowed for a readonly certificate (GET and HEAD only)"));
+        return Err(Denial::new("method", format!("{method} is not allowed for a readonly certificate (GET and HEAD only)")));
     }
     if upgrade {
-        return Decision::Deny("connection upgrades (attach, exec) are not allowed for a readonly certificate".into());
+        return Err(Denial::new("attach", format!("connection upgrades (attach, exec) are not allowed for a {name} certificate")));
     }
-    let denied: &[(&[&str], &str)] = &[
-        (&["swarm", "unlockkey"], "the swarm unlock key is admin-only"),
-        (&["swarm"], "the swarm object holds the join tokens; it is admin-only"),
-        (&["containers", "*", "archive"], "reading container files is admin-only"),
-        (&["containers", "*", "export"], "exporting containers is admin-only"),
-        (&["containers", "*", "attach", "ws"], "attaching to containers is admin-only"),
+    let denied: &[(&[&str], &str, &str)] = &[
+        (&["swarm", "unlockkey"], "swarm", "the swarm unlock key is admin-only"),
+        (&["swarm"], "swarm", "the swarm object holds the join tokens; it is admin-only"),
+        (&["containers", "*", "archive"], "archive", "reading container files is admin-only"),
+        (&["containers", "*", "export"], "export", "exporting containers is admin-only"),
+        (&["containers", "*", "attach", "ws"], "attach", "attaching to containers is admin-only"),
     ];
-    let why = denied.iter().find(|(pat, _)| c.is(pat)).map(|(_, why)| *why).or_else(|| route.and_then(Route::admin_only));
-    if let Some(why) = why {
-        return Decision::Deny(format!("{why} (readonly certificate)"));
+    let hit = denied.iter().find(|(pat, _, _)| c.is(pat)).map(|(_, r, why)| (*r, *why)).or_else(|| route.and_then(Route::admin_only).map(|w| ("admin-only", w)));
+    if let Some((rule, why)) = hit {
+        return Err(Denial::new(rule, format!("{why} ({name} certificate)")));
     }
     // Variable-length names (images carry slashes): decide on the first and last segments.
     let first = c.segs.first().map(String::as_str);
     let last = c.segs.last().map(String::as_str);
     if first == Some("images") && last == Some("get") {
         // GET /images/get, GET /images/{name}/get: `docker save`, every byte of the image.
-        return Decision::Deny("exporting images is admin-only (readonly certificate)".into());
+        return Err(Denial::new("export", format!("exporting images is admin-only ({name} certificate)")));
     }
-    Decision::Allow
+    Ok(())
 }
 
 /// A security event: a request that touches the unlock key, autolock, the CA, the

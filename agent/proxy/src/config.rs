@@ -16,6 +16,10 @@ pub trait ProxySettings {
     fn docker_socket(&self) -> PathBuf;
     /// `<state_dir>/pki`: the default place of the CA, server certificate and key.
     fn pki_dir(&self) -> PathBuf;
+    /// The `[roles.NAME]` tables (none: the built-in roles as they are).
+    fn roles(&self) -> crate::policy::RolesConfig {
+        crate::policy::RolesConfig::new()
+    }
 }
 
 /// `[proxy]`: the mutual-TLS listener.

@@ -17,7 +17,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::instrument::WithSubscriber;
 
-use super::authz::{self, Decision, KeyEvent};
+use super::authz::{self, KeyEvent};
+use super::policy;
+use super::redact;
 use super::gojson::{self, GoValue};
 use super::route::Route;
 use super::{ApiError, ApiErrorKind, ConnCtx, EscrowFile, UpdateFrom};
@@ -94,6 +96,8 @@ pub(crate) struct Audit {
     start: Instant,
     user: Option<String>,
     events: Vec<&'static str>,
+    /// The role rule that refused the request (`-`: none).
+    rule: &'static str,
     upgraded: bool,
     /// false: moved out (see `take_audit`), logs nothing.
     live: bool,
@@ -122,6 +126,7 @@ impl Drop for Audit {
             duration_ms = (self.start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             upgraded = self.upgraded,
             event = %events,
+            rule = %Esc(self.rule),
             "request"
         );
         if !self.upgraded {
@@ -139,6 +144,17 @@ pub(crate) struct OutBody {
 enum OutInner {
     Full(Option<Bytes>),
     Stream(Incoming),
+    /// A monitor's event stream: newline-delimited JSON, each line redacted ([`redact`]).
+    Lines(Box<Lines>),
+}
+
+/// The state of a redacted line stream: bytes of the current line (at most
+/// [`redact::LINE_LIMIT`]; beyond, the stream ends).
+struct Lines {
+    body: Incoming,
+    buf: Vec<u8>,
+    labels: Vec<String>,
+    done: bool,
 }
 
 impl OutBody {
@@ -167,18 +183,53 @@ impl Body for OutBody {
                 }
                 r
             }
+            OutInner::Lines(l) => loop {
+                let line = match l.buf.iter().position(|b| *b == b'\n') {
+                    Some(i) => Some(l.buf.drain(..=i).collect::<Vec<u8>>()),
+                    None if l.done && !l.buf.is_empty() => Some(std::mem::take(&mut l.buf)),
+                    None if l.done => return Poll::Ready(None),
+                    None => None,
+                };
+                if let Some(line) = line {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    // A line that is not JSON is dropped, never passed unredacted.
+                    let Ok(out) = redact::redact_bytes(&line, &l.labels) else { continue };
+                    if let Some(a) = &this.audit {
+                        a.bytes_out.fetch_add(out.len() as u64, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                }
+                match Pin::new(&mut l.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Ok(d) = f.into_data() {
+                            l.buf.extend_from_slice(&d);
+                            if l.buf.len() > redact::LINE_LIMIT && !l.buf.contains(&b'\n') {
+                                l.buf.clear();
+                                l.done = true;
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => l.done = true,
+                    Poll::Pending => return Poll::Pending,
+                }
+            },
         }
     }
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             OutInner::Full(b) => b.is_none(),
             OutInner::Stream(s) => s.is_end_stream(),
+            OutInner::Lines(l) => l.done && l.buf.is_empty(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             OutInner::Full(b) => SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0)),
             OutInner::Stream(s) => s.size_hint(),
+            OutInner::Lines(_) => SizeHint::default(),
         }
     }
 }
@@ -271,6 +322,7 @@ pub(crate) async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<
         start: Instant::now(),
         user: None,
         events: Vec::new(),
+        rule: "-",
         upgraded: false,
         live: true,
     };
@@ -333,11 +385,12 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     let method = req.method().clone();
     let events = authz::key_events(&canon, req.uri().query());
     audit_slot.events = events.iter().map(|e| e.as_str()).collect();
-    if let Decision::Deny(why) = authz::decide(ctx.ident.role, method.as_str(), &canon, upgrade) {
+    if let Err(d) = authz::decide_rule(ctx.ident.policy.as_deref(), method.as_str(), &canon, upgrade) {
         for e in &events {
             security_event(e.as_str(), audit_slot, "denied");
         }
-        return Err(ApiError::new(ApiErrorKind::Forbidden, why));
+        audit_slot.rule = d.rule;
+        return Err(d.api_error());
     }
     ctx.long_stream(&canon, req.uri().query(), upgrade)?;
     let inspect = authz::inspect(method.as_str(), &canon);
@@ -363,10 +416,49 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     let mut sender = ctx.upstream.lock().await;
     let mut up = take_ready(ctx, sender.take()).await?;
     let broken = Arc::new(AtomicBool::new(false));
-    let body = match inspect {
-        Some(kind) => {
+    let deploy = ctx.ident.policy.as_ref().filter(|p| p.kind == super::tls::Role::Deploy).cloned();
+    if let Some(role) = deploy.as_ref().filter(|p| p.ownership) {
+        if let Some(target) = policy::owned_target(method.as_str(), &canon).filter(|t| t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))) {
+            let obj = engine_json(&mut up, &target).await;
+            if let Err(d) = policy::check_owner(role, &ctx.ident.name, &target, obj.as_ref()) {
+                audit_slot.rule = d.rule;
+                *sender = Some(up);
+                return Err(d.api_error());
+            }
+        }
+    }
+    let deploy_body = deploy.filter(|p| policy::body_kind(method.as_str(), &canon).is_some() || (p.ownership && policy::labels_owner(method.as_str(), &canon)));
+    let body = match (inspect, deploy_body) {
+        (None, Some(role)) => {
+            // Read as the engine will, apply the role's rules, then forward exactly these bytes
+            // (with the owner label when ownership is on).
+            let mut bytes = match read_limited(policy::BODY_LIMIT, &parts.headers, stream_body(ctx, body, audit_slot.bytes_in.clone(), broken.clone())).await {
+                Ok(b) => b,
+                Err(e) => {
+                    audit_slot.rule = "body";
+                    return Err(e);
+                }
+            };
+            let checked = match policy::body_kind(method.as_str(), &canon).map(|k| policy::check_body(&role, k, &bytes)) {
+                Some(Ok(needs)) => engine_checks(&mut up, &role, needs).await,
+                Some(Err(d)) => Err(d),
+                None => Ok(()),
+            };
+            let labelled = checked.and_then(|()| match role.ownership && policy::labels_owner(method.as_str(), &canon) {
+                true => policy::with_owner(&bytes, &ctx.ident.name).map(|b| bytes = Bytes::from(b)),
+                false => Ok(()),
+            });
+            if let Err(d) = labelled {
+                audit_slot.rule = d.rule;
+                return Err(d.api_error());
+            }
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+            ReqBody::Full(Some(bytes))
+        }
+        (Some(kind), _) => {
             // Read as the engine will, decide, then forward exactly these bytes.
-            let bytes = read_inspected(kind, &parts.headers, stream_body(ctx, body, audit_slot.bytes_in.clone(), broken.clone())).await?;
+            let bytes = read_limited(kind.limit(), &parts.headers, stream_body(ctx, body, audit_slot.bytes_in.clone(), broken.clone())).await?;
             let more = body_events(&mut up, kind, &canon, &bytes).await.inspect_err(|_| {
                 for e in &events {
                     security_event(e.as_str(), audit_slot, "refused");
@@ -378,7 +470,7 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
             audit_slot.events.extend(more.iter().map(|e| e.as_str()));
             ReqBody::Full(Some(bytes))
         }
-        None => stream_body(ctx, body, audit_slot.bytes_in.clone(), broken.clone()),
+        (None, None) => stream_body(ctx, body, audit_slot.bytes_in.clone(), broken.clone()),
     };
     let fut = up.send_request(Request::from_parts(parts, body));
     *sender = Some(up);
@@ -415,6 +507,25 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(CONNECTION);
     parts.headers.remove("keep-alive");
+    let monitor = ctx.ident.policy.as_ref().filter(|p| p.kind == super::tls::Role::Monitor && method == Method::GET);
+    if let Some((role, how)) = monitor.and_then(|p| redact::redaction(&canon).map(|r| (p, r))) {
+        // A monitor's state, without secrets: rewritten before a byte leaves.
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        let labels = role.redact_labels.clone();
+        return Ok(match how {
+            redact::Redaction::Lines => {
+                let lines = Lines { body, buf: Vec::new(), labels, done: false };
+                Response::from_parts(parts, OutBody { inner: OutInner::Lines(Box::new(lines)), audit: Some(audit) })
+            }
+            redact::Redaction::Json => {
+                let whole = Box::pin(http_body_util::Limited::new(body, redact::JSON_LIMIT).collect()).await;
+                match whole.map_err(|e| e.to_string()).and_then(|b| redact::redact_bytes(&b.to_bytes(), &labels)) {
+                    Ok(b) => Response::from_parts(parts, OutBody::full(b, Some(audit))),
+                    Err(e) => message(ApiErrorKind::BadGateway, &format!("the engine's answer cannot be redacted for a monitor certificate ({e}; at most {} MiB of JSON)", redact::JSON_LIMIT >> 20), audit),
+                }
+            }
+        });
+    }
     Ok(Response::from_parts(parts, OutBody { inner: OutInner::Stream(body), audit: Some(audit) }))
 }
 
@@ -432,6 +543,7 @@ fn take_audit(slot: &mut Audit) -> Audit {
         start: slot.start,
         user: None,
         events: Vec::new(),
+        rule: "-",
         upgraded: false,
         live: false,
     };
@@ -488,12 +600,11 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
 }
 
-/// The whole body of an inspected request ([`authz::Inspect`]), within its limit.
-/// Too large over the limit (before reading when `Content-Length` says so), bad when the
-/// client broke the body or sent a form (Go's `ParseForm` would read a form body as
+/// The whole body of an inspected request ([`authz::Inspect`], [`policy::body_kind`]), within
+/// `limit` bytes. Too large over the limit (before reading when `Content-Length` says so), bad
+/// when the client broke the body or sent a form (Go's `ParseForm` would read a form body as
 /// query parameters).
-async fn read_inspected(kind: authz::Inspect, h: &HeaderMap, body: ReqBody) -> Result<Bytes, Early> {
-    let limit = kind.limit();
+async fn read_limited(limit: u64, h: &HeaderMap, body: ReqBody) -> Result<Bytes, Early> {
     let too_big = || ApiError::too_large(format!("the request body is larger than {} KiB, the most accepted for this endpoint; nothing was forwarded", limit >> 10));
     if content_length(h).is_some_and(|n| n > limit) {
         return Err(too_big());
@@ -526,13 +637,7 @@ async fn engine_json(up: &mut Upstream, path: &str) -> Option<GoValue> {
 /// only a body that means the same to both is forwarded.
 async fn body_events(up: &mut Upstream, kind: authz::Inspect, canon: &authz::Canon, bytes: &[u8]) -> Result<Vec<KeyEvent>, Early> {
     use authz::Inspect;
-    let (v, end) = gojson::parse_first(bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if !bytes[end..].iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(ApiError::bad_request("the request body holds bytes after its JSON value; refused so that what the proxy inspects is what the engine applies"));
-    }
-    if !matches!(v, GoValue::Object(_)) {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
-    }
+    let v = gojson::parse_object(bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let events = match kind {
         Inspect::SwarmInit => authz::spec_events(kind, &v, None),
         Inspect::SwarmUpdate => {
@@ -551,6 +656,29 @@ async fn body_events(up: &mut Upstream, kind: authz::Inspect, canon: &authz::Can
     };
     up.ready().await.map_err(|e| ApiError::bad_gateway(format!("the Docker engine connection failed: {e}")))?;
     events.map_err(|why| ApiError::bad_request(format!("{why}; the engine would refuse this body")))
+}
+
+/// The checks of an allowed `deploy` body that need the engine: no network with the `host`
+/// driver (by name or ID), and an image the engine already has (else it would pull it from the
+/// registry its name holds). Names that are not plain are refused, never put in a path.
+async fn engine_checks(up: &mut Upstream, role: &policy::RolePolicy, needs: policy::EngineChecks) -> Result<(), policy::Denial> {
+    let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b)) && !s.contains("..");
+    for n in &needs.networks {
+        let host = !plain(n) || match engine_json(up, &format!("/networks/{n}")).await {
+            Some(net) => net.str_at("Driver").ok().flatten().as_deref() == Some("host") || net.str_at("Name").ok().flatten().as_deref() == Some("host"),
+            None => false,
+        };
+        if host {
+            return Err(policy::Denial::new("host-network", format!("{}: TaskTemplate.Networks.Target `{n}` (the host network) is not allowed", role.name)));
+        }
+    }
+    if let Some(image) = &needs.image {
+        if !plain(image) || engine_json(up, &format!("/images/{image}/json")).await.is_none() {
+            return Err(policy::Denial::new("outbound", format!("{}: TaskTemplate.ContainerSpec.Image `{image}` is not on this engine; pulling it makes the engine connect to a registry (admin-only)", role.name)));
+        }
+    }
+    up.ready().await.map_err(|e| policy::Denial { rule: "engine", message: format!("the Docker engine connection failed: {e}"), kind: ApiErrorKind::BadGateway })?;
+    Ok(())
 }
 
 /// A 200 with a stored body (the bench report, an age file) of `content_type`.

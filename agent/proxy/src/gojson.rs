@@ -58,8 +58,22 @@ pub fn parse_first(body: &[u8]) -> Result<(GoValue, usize), GoJsonError> {
     }
 }
 
+/// [`parse_first`] for a request body that must be exactly one JSON object: bytes after the
+/// value (other than whitespace) are refused, as is any other value (dockerd 20.10 ignores
+/// trailing bytes, a later engine may not: only a body that means the same to both passes).
+pub fn parse_object(body: &[u8]) -> Result<GoValue, GoJsonError> {
+    let (v, end) = parse_first(body)?;
+    if !body[end..].iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(GoJsonError::Syntax("bytes follow the JSON value".into()));
+    }
+    if !matches!(v, GoValue::Object(_)) {
+        return Err(GoJsonError::Syntax("not a JSON object".into()));
+    }
+    Ok(v)
+}
+
 /// Go's case folding for a key against an ASCII struct field name.
-fn fold(c: char) -> char {
+pub fn fold(c: char) -> char {
     match c {
         '\u{212A}' => 'k',
         '\u{017F}' => 's',

@@ -38,6 +38,8 @@ pub mod error;
 mod forward;
 pub mod gojson;
 pub mod pki;
+pub mod policy;
+pub mod redact;
 pub mod route;
 pub mod slots;
 pub mod tls;
@@ -144,6 +146,8 @@ pub(crate) struct Shared {
     pub handshake_timeout: Duration,
     pub slots: Arc<Slots>,
     pub refusals: RefusalLog,
+    /// The configured roles (the certificate's OU names one).
+    pub roles: policy::Roles,
 }
 
 /// A bound proxy listener, not yet serving (lets callers learn the port first).
@@ -152,6 +156,7 @@ pub struct Proxy {
     acceptor: tokio_rustls::TlsAcceptor,
     basic: Option<basic::BasicAuth>,
     socket: PathBuf,
+    roles: policy::Roles,
     limits: slots::Limits,
     header_timeout: Duration,
     body_timeout: Duration,
@@ -169,6 +174,7 @@ impl Proxy {
             Some(p) => Some(basic::BasicAuth::load(p)?),
             None => None,
         };
+        let roles = policy::Roles::from_config(&cfg.roles()).map_err(|e| ProxyError::Usage(e.to_string()))?;
         let addr = p.listen;
         let limits = slots::Limits::of(p);
         raise_fd_limit(&limits);
@@ -179,6 +185,7 @@ impl Proxy {
             acceptor: tokio_rustls::TlsAcceptor::from(tls),
             basic,
             socket: cfg.docker_socket(),
+            roles,
             limits,
             header_timeout: secs(p.header_timeout_secs),
             body_timeout: secs(p.body_timeout_secs),
@@ -210,6 +217,7 @@ impl Proxy {
             handshake_timeout: self.handshake_timeout,
             slots: Slots::new(self.limits),
             refusals: RefusalLog::default(),
+            roles: self.roles,
         });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut sweep = tokio::time::interval(Duration::from_secs(5));
@@ -509,7 +517,7 @@ async fn handle_conn(
         // Unreachable: the verifier requires a certificate.
         return;
     };
-    let ident = tls::Identity::from_cert(cert);
+    let ident = tls::Identity::from_cert_with(cert, &shared.roles);
     let slot = match shared.slots.connection(fingerprint(cert), ident.role) {
         Ok(s) => s,
         Err(why) => {

@@ -6,12 +6,13 @@
 //! - `server-cert.pem` (chain: server, CA), `server-key.pem` (0600): SANs
 //!   `localhost`, `127.0.0.1`, `::1`, the hostname and every `--san`.
 //!
-//! A client bundle (`certs issue NAME --role admin|readonly --out DIR`) is
+//! A client bundle (`certs issue NAME --role ROLE --out DIR`, any configured role) is
 //! `ca.pem`, `cert.pem`, `key.pem` (all 0600), the names the docker CLI
 //! expects in `DOCKER_CERT_PATH` or `--tlscacert/--tlscert/--tlskey`.
 //!
 //! **Role convention**: the client certificate's Subject OU
-//! (organizationalUnitName) is the role, `admin` or `readonly` — the field
+//! (organizationalUnitName) is the role (`admin`, `readonly`, `deploy`, `monitor`, or a
+//! `[roles.NAME]` of the configuration) — the field
 //! Docker's own swarm node certificates use for the node role. The Subject CN
 //! is the identity written to the audit log. All keys are ECDSA P-256.
 
@@ -45,8 +46,10 @@ pub enum CertsCommand {
     Issue {
         /// Identity (certificate Subject CN), shown in the audit log.
         name: String,
-        /// Role (certificate Subject OU): admin (everything) or readonly (GET/HEAD only).
-        #[arg(long, value_parser = ["admin", "readonly"])]
+        /// Role (certificate Subject OU): admin (everything), readonly (GET/HEAD), deploy (stacks
+        /// and services, nothing that reaches the host), monitor (state without secrets), or a
+        /// `[roles.NAME]` of the configuration.
+        #[arg(long)]
         role: String,
         /// Output directory (default ./NAME).
         #[arg(long, value_name = "DIR")]
@@ -116,7 +119,10 @@ pub fn run(cfg: &impl ProxySettings, c: CertsCommand) -> Result<(), ProxyError> 
             Ok(())
         }
         CertsCommand::Issue { name, role, out, days, force } => {
-            let role = Role::parse(&role).ok_or_else(|| usage(format!("unknown role `{role}`: use admin or readonly")))?;
+            let roles = crate::policy::Roles::from_config(&cfg.roles()).map_err(|e| usage(e.to_string()))?;
+            if roles.get(&role).is_none() {
+                return Err(usage(format!("unknown role `{role}`: use one of {} (or add a [roles.{role}] table with a base)", roles.names().join(", "))));
+            }
             let out = match out {
                 Some(o) => o,
                 None => {
@@ -128,10 +134,10 @@ pub fn run(cfg: &impl ProxySettings, c: CertsCommand) -> Result<(), ProxyError> 
             };
             let now = time::OffsetDateTime::now_utc();
             let validity = (now - time::Duration::hours(1), now + time::Duration::days(days.max(1) as i64));
-            issue(&paths, &name, role, validity, &out, force)?;
+            issue_with_ou(&paths, &name, Some(&role), validity, &out, force)?;
             println!(
                 "issued {} certificate for `{name}` in {} (ca.pem, cert.pem, key.pem)\nuse: docker --tlsverify -H tcp://HOST:{} --tlscacert {d}/ca.pem --tlscert {d}/cert.pem --tlskey {d}/key.pem info\n  or: DOCKER_CERT_PATH={d} DOCKER_TLS_VERIFY=1 DOCKER_HOST=tcp://HOST:{} docker info",
-                role.as_str(),
+                role,
                 out.display(),
                 cfg.proxy().listen.port(),
                 cfg.proxy().listen.port(),

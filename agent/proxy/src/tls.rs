@@ -26,13 +26,22 @@ pub const OID_OU: &[u8] = &[0x55, 0x04, 0x0b];
 pub enum Role {
     Admin,
     ReadOnly,
+    /// Ships stacks and services; nothing that reaches the host ([`crate::policy`]).
+    Deploy,
+    /// Reads state that holds no secrets.
+    Monitor,
 }
 
 impl Role {
+    /// The built-in roles.
+    pub const ALL: [Role; 4] = [Role::Admin, Role::ReadOnly, Role::Deploy, Role::Monitor];
+
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "admin" => Some(Role::Admin),
             "readonly" => Some(Role::ReadOnly),
+            "deploy" => Some(Role::Deploy),
+            "monitor" => Some(Role::Monitor),
             _ => None,
         }
     }
@@ -40,6 +49,8 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::ReadOnly => "readonly",
+            Role::Deploy => "deploy",
+            Role::Monitor => "monitor",
         }
     }
 }
@@ -49,28 +60,38 @@ impl Role {
 pub struct Identity {
     /// Subject CN (or `-` when absent).
     pub name: String,
-    /// `None`: no OU or an unknown one; every request is denied.
+    /// `None`: no OU or an unknown one; every request is denied. The built-in role whose
+    /// rules apply (a `[roles.NAME]` role: its `base`).
     pub role: Option<Role>,
+    /// The configured role named by the OU, with its settings.
+    pub policy: Option<std::sync::Arc<crate::policy::RolePolicy>>,
     /// The OU as found, for the audit log.
     pub ou: String,
 }
 
 impl Identity {
+    /// The identity with the built-in roles only.
     pub fn from_cert(der: &[u8]) -> Identity {
+        Identity::from_cert_with(der, &crate::policy::Roles::builtin())
+    }
+
+    /// The identity, its role looked up among `roles` (the OU names it).
+    pub fn from_cert_with(der: &[u8], roles: &crate::policy::Roles) -> Identity {
         let attrs = subject_attrs(der).unwrap_or_default();
         let get = |oid: &[u8]| attrs.iter().find(|(o, _)| o.as_slice() == oid).map(|(_, v)| v.clone());
         let name = get(OID_CN).unwrap_or_else(|| "-".into());
         // Exactly one OU is accepted: two OUs (e.g. admin and readonly) are ambiguous.
         let ous: Vec<&String> = attrs.iter().filter(|(o, _)| o.as_slice() == OID_OU).map(|(_, v)| v).collect();
-        let (role, ou) = match ous.as_slice() {
-            [one] => (Role::parse(one), (*one).clone()),
+        let (policy, ou) = match ous.as_slice() {
+            [one] => (roles.get(one), (*one).clone()),
             [] => (None, "-".into()),
             _ => (None, "(several)".into()),
         };
-        Identity { name, role, ou }
+        Identity { name, role: policy.as_ref().map(|p| p.kind), policy, ou }
     }
+    /// The role's name (the OU), `none` without a known role.
     pub fn role_str(&self) -> &str {
-        self.role.map(Role::as_str).unwrap_or("none")
+        self.policy.as_ref().map(|p| p.name.as_str()).unwrap_or("none")
     }
 }
 
@@ -155,33 +176,6 @@ pub fn subject_attrs(cert: &[u8]) -> Option<Vec<(Vec<u8>, String)>> {
 pub fn is_ca_cert(der: &[u8]) -> bool {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return false };
     matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
-}
-
-/// One DER TLV (definite length, up to 4 length bytes): (tag, content, what follows).
-/// Kept only for the agent's `pcrsig` (SubjectPublicKeyInfo), which is moving to its own
-/// parser; the proxy reads certificates with [`x509_parser`].
-#[doc(hidden)]
-pub fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&l0, mut rest) = rest.split_first()?;
-    let len = if l0 < 0x80 {
-        l0 as usize
-    } else {
-        let n = (l0 & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let mut len = 0usize;
-        for &b in &rest[..n] {
-            len = (len << 8) | b as usize;
-        }
-        rest = &rest[n..];
-        len
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
 }
 
 #[cfg(test)]

@@ -88,7 +88,23 @@ pub async fn cmd_unlock(ctx: &Ctx, manual: bool) -> Result<(), BootError> {
         NodeState::Active => {
             let _lock = ctx.lock().await?;
             repair_pending(ctx, &engine, Custody::Terminal).await?;
-            println!("the swarm is already unlocked");
+            if !manual {
+                println!("the swarm is already unlocked");
+                return Ok(());
+            }
+            // The operator typed a key: it is still checked (malformed: exit 2; not the
+            // swarm's key: exit 9), so a wrong key on file is found now, not at the next reboot.
+            let key = read_key_from_stdin().await?;
+            match engine.unlock_key().await? {
+                Some(current) if current == key => println!("the swarm is already unlocked; the key given is its current unlock key"),
+                Some(_) => {
+                    return Err(crate::swarm::SwarmError::WrongKey {
+                        message: "the swarm is already unlocked, and the key given is not its current unlock key (`docker swarm unlock-key` through the proxy shows the current one)".into(),
+                    }
+                    .into())
+                }
+                None => println!("the swarm is already unlocked (autolock is off: it has no unlock key)"),
+            }
             return Ok(());
         }
         s => return Err(state_error(s, "there is nothing to unlock: the engine has no locked swarm")),
@@ -124,7 +140,6 @@ pub async fn cmd_rotate(ctx: &Ctx) -> Result<(), BootError> {
     let _lock = ctx.lock().await?;
     repair_pending(ctx, &engine, Custody::Terminal).await?;
     let old = engine.unlock_key().await?.ok_or_else(|| state_error(NodeState::Active, "autolock is off: run `swarmseal init` first"))?;
-    tracing::warn!(event = "rotate", security = true, "rotating the swarm unlock key");
     // Window: from the rotation call to the new key sealed in `current` (README "Rotation").
     let (new, _, window) = change_key(ctx, &engine, "rotate", Some(&old), Custody::Terminal, engine.rotate_unlock_key()).await?;
     println!("unlock key rotated and sealed; the previous key stays sealed in the `previous` slot (window from the engine's rotation call to the sealed slot: {} ms)", window.as_millis());
@@ -143,36 +158,19 @@ pub async fn cmd_status(ctx: &Ctx, json: bool) -> Result<(), BootError> {
             }
         }
     }
-    let v = serde_json::to_value(super::status(ctx).await).unwrap_or_default();
+    let st = super::status(ctx).await;
+    let v = serde_json::to_value(&st).unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return Ok(());
+    } else {
+        crate::operator::print_status(&v);
     }
-    let s = |p: &str| v.pointer(p).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_else(|| "-".into());
-    println!("swarm      state {} (manager {}, autolock {}){}", s("/swarm/state"), s("/swarm/manager"), s("/swarm/autolock"), v.pointer("/swarm/error").filter(|x| !x.is_null()).map(|e| format!(" — {e}")).unwrap_or_default());
-    for slot in ["current", "previous"] {
-        match v.pointer(&format!("/sealed/{slot}")) {
-            Some(serde_json::Value::Null) | None => println!("{slot:<10} (empty)"),
-            Some(x) if x.get("error").is_some() => println!("{slot:<10} unreadable: {}", x["error"]),
-            Some(x) => {
-                let d = x.get("differs").and_then(|d| d.as_array()).map(|a| a.len());
-                println!("{slot:<10} sealed {} — {}", x["created"].as_str().unwrap_or("?"), match d {
-                    Some(0) => "policy PCRs match this boot".to_string(),
-                    Some(_) => format!("PCRs differ: {}", x["differs"]),
-                    None => "TPM not readable".to_string(),
-                });
-            }
-        }
+    // The report is printed either way; an engine that did not answer is still exit 3 (or 1),
+    // as for every command that needs it (checked again: the answer decides, not a stale doc).
+    if matches!(st.swarm, swarmseal_common::status::Swarm::Unreachable { .. }) {
+        engine(&ctx.cfg).await?.status().await?;
     }
-    if v["sealed_key_stale"] == true {
-        println!("key        sealed key is stale: the engine's unlock key differs from the sealed one; run `swarmseal seal` (a reboot now would need the operator's or the escrowed key)");
-    }
-    if let Some(p) = v.get("change_pending").filter(|p| !p.is_null()) {
-        println!("pending    an interrupted `{}` is not finished: the next command with the swarm active seals the engine's key", p["op"].as_str().unwrap_or("?"));
-    }
-    println!("tpm        {} reachable {} phase-locked {}", s("/tpm/tcti"), s("/tpm/reachable"), s("/phase_locked"));
-    println!("proxy      enabled {} listen {}", s("/proxy/enabled"), s("/proxy/listen"));
-    println!("bench      {}", v.get("bench").map(|b| b.to_string()).unwrap_or_default());
     Ok(())
 }
+
 

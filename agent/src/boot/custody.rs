@@ -36,6 +36,8 @@ where
         blocking(move || ks.stage_previous()).await?;
     }
     ctx.mark_pending(op, old).await?;
+    // Logged once the preflight passed and the marker is on disk: a refused command changed nothing.
+    tracing::warn!(event = "unlock_key_change", security = true, op, "changing the swarm unlock key (`{op}`)");
     let t0 = Instant::now();
     if let Err(e) = change.await {
         if matches!(e, SwarmError::Api { .. }) {

@@ -258,6 +258,7 @@ async fn run_boot_bench(cfg: &Config) {
             let path = crate::bench::write_boot_report(&cfg.state_dir, &r);
             tracing::info!(
                 event = "bench",
+                benchmark = r.benchmark.name(),
                 checks = s.checks,
                 pass = s.pass,
                 warn = s.warn,
@@ -266,7 +267,7 @@ async fn run_boot_bench(cfg: &Config) {
                 score = s.score,
                 elapsed_ms = t.elapsed().as_millis() as u64,
                 report = %path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|e| format!("not written: {e}")),
-                "CIS Docker Benchmark v1.6.0: {} checks, {} pass, {} warn, score {}", s.checks, s.pass, s.warn, s.score
+                "{}: {} checks, {} pass, {} warn, score {}", r.benchmark.title(), s.checks, s.pass, s.warn, s.score
             );
         }
         Err(e) => tracing::error!(event = "bench_failed", error = %e, "the CIS checks could not run"),

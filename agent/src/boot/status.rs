@@ -83,8 +83,7 @@ pub async fn appliance_facts(cfg: &Config) -> crate::bench::ApplianceFacts {
     let ctx = Ctx::new(cfg);
     crate::bench::ApplianceFacts {
         sealed_key: ctx.sealed_key_fact().await,
-        proxy_requires_client_certs: cfg.proxy.enabled.then_some(true),
-        proxy_listen: cfg.proxy.enabled.then(|| cfg.proxy.listen.to_string()),
+        proxy: crate::bench_cmd::probe_proxy(cfg).await,
     }
 }
 

@@ -1,10 +1,6 @@
 //! The operator's terminal: the key shown (never on stdout or in the journal), the key read
 //! from stdin without echo.
 
-use std::io::IsTerminal;
-
-use zeroize::Zeroizing;
-
 use super::BootError;
 use crate::secret::UnlockKey;
 
@@ -49,29 +45,5 @@ pub(super) fn show_unsealed_key(key: &UnlockKey, cause: &BootError, escrowed: Op
 
 /// Read the unlock key from stdin (on a blocking thread); no echo when stdin is a terminal.
 pub(crate) async fn read_key_from_stdin() -> Result<UnlockKey, BootError> {
-    super::blocking(read_key_blocking).await
+    super::blocking(|| crate::operator::read_key_blocking().map_err(BootError::Input)).await
 }
-
-fn read_key_blocking() -> Result<UnlockKey, BootError> {
-    use std::io::BufRead;
-    let stdin = std::io::stdin();
-    let tty = stdin.is_terminal();
-    let mut saved = None;
-    if tty {
-        eprint!("Swarm unlock key: ");
-        if let Ok(mut t) = rustix::termios::tcgetattr(&stdin) {
-            saved = Some(t.clone());
-            t.local_modes.remove(rustix::termios::LocalModes::ECHO);
-            let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
-        }
-    }
-    let mut line = Zeroizing::new(String::new());
-    let r = stdin.lock().read_line(&mut line);
-    if let Some(t) = saved {
-        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &t);
-        eprintln!();
-    }
-    r.map_err(|e| BootError::Input(format!("cannot read the unlock key from stdin: {e}")))?;
-    UnlockKey::new(line.to_string()).map_err(|e| BootError::Input(format!("{e}; pipe the key on stdin, e.g. `swarmseal unlock --manual < key.txt`")))
-}
-

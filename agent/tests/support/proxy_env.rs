@@ -270,26 +270,12 @@ impl Drop for Streaming {
 
 // ---------- a raw TLS client (for spellings the CLI never sends) ----------
 
+/// TLS 1.3 to the proxy, trusting `ca`, with the bundle's `cert.pem`/`key.pem` if given
+/// (the agent's own builder, `swarmseal_common::tls`).
 pub fn client_config(ca: &Path, bundle: Option<&Path>) -> Arc<rustls::ClientConfig> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match bundle {
-        Some(d) => {
-            let chain: Vec<_> = CertificateDer::pem_file_iter(d.join("cert.pem")).unwrap().map(|c| c.unwrap()).collect();
-            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(d.join("key.pem")).unwrap()).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    Arc::new(cfg)
+    use swarmseal_common::tls::{client_config_from_files, Versions};
+    let (cert, key) = bundle.map(|d| (d.join("cert.pem"), d.join("key.pem"))).unzip();
+    Arc::new(client_config_from_files(Versions::Tls13, ca, cert.as_deref().zip(key.as_deref())).unwrap())
 }
 
 pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;

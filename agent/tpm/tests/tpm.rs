@@ -11,23 +11,9 @@ use swarmseal_tpm::tpm::{pcr_policy_digest, PcrValues, Policy, SealedObject, Tpm
 const PCRS: [u8; 3] = [7, 11, 15];
 const SECRET: &[u8] = b"SWMKEY-1-7c37Cc8654o6p38HnroywCi19pllOnGtbdZEgtKxZu8";
 
-/// Serializes swtpm starts within this test binary: `Swtpm::start` picks a free port pair
-/// and binds it only when swtpm runs, so two tests starting at once can pick overlapping pairs.
-static SPAWN: Mutex<()> = Mutex::new(());
-
-fn start() -> Swtpm {
-    let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-    Swtpm::start()
-}
-
-fn power_cycle(tpm: &mut Swtpm) {
-    let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-    tpm.power_cycle();
-}
-
 /// A TPM with simulated boot measurements in PCRs 7, 11 and 15.
 fn booted() -> Swtpm {
-    let tpm = start();
+    let tpm = Swtpm::start();
     measure_boot(&tpm);
     tpm
 }
@@ -134,7 +120,7 @@ fn reboot_with_the_same_measurements_unseals() {
     let mut tpm = booted();
     let (obj, policy) = seal_current(&mut open(&tpm));
 
-    power_cycle(&mut tpm);
+    tpm.power_cycle();
     measure_boot(&tpm);
     let secret = open(&tpm).unseal(&obj, &policy).unwrap();
     assert_eq!(secret.as_slice(), SECRET);
@@ -147,7 +133,7 @@ fn changed_measurement_is_a_policy_mismatch_naming_that_pcr() {
     let (obj, policy) = seal_current(&mut open(&tpm));
     let values = policy.literal_values();
 
-    power_cycle(&mut tpm);
+    tpm.power_cycle();
     tpm.extend(7, "secure boot policy");
     tpm.extend(11, "uki v2 (not what was sealed)");
     tpm.extend(15, "var volume key");
@@ -188,7 +174,7 @@ fn another_machine_is_an_srk_mismatch() {
 #[test]
 fn sealing_to_recorded_values_unseals_once_the_pcrs_reach_them() {
     // Models sealing with values recorded before the phase PCR was extended.
-    let tpm = start();
+    let tpm = Swtpm::start();
     let mut t = open(&tpm);
     let zero = vec![0u8; 32];
     let values: PcrValues = [
@@ -327,7 +313,7 @@ fn persistent_srk_is_used_and_named() {
 
 #[test]
 fn unreachable_tpm_is_unavailable_with_the_tcti_in_the_message() {
-    let tpm = start();
+    let tpm = Swtpm::start();
     let tcti = tpm.tcti();
     drop(tpm);
     let err = Tpm::open(&tcti).err().expect("opening a stopped swtpm must fail");
@@ -382,7 +368,6 @@ struct BusTap {
 impl BusTap {
     fn start(tpm: &Swtpm) -> BusTap {
         use std::net::{TcpListener, TcpStream};
-        let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
         let (server, ctrl, port) = loop {
             let a = TcpListener::bind("127.0.0.1:0").unwrap();
             let p = a.local_addr().unwrap().port();

@@ -15,7 +15,8 @@ pub const DOCKER_BENCH_VERSION: &str = "1.6.0";
 impl Report {
     /// The report in docker-bench-security's `docker-bench-security.log.json`
     /// layout: `dockerbenchsecurity`, `start`, `tests[{id, desc, results[…]}]`,
-    /// `checks`, `score`, `end`. Sections without results are left out.
+    /// `checks`, `score`, `end`, plus `benchmark` (`cis-1.8.0` or `cis-1.6.0`: the
+    /// CIS version whose IDs and titles the results carry). Sections without results are left out.
     pub fn to_json(&self) -> Value {
         let mut tests = Vec::new();
         for (sid, sdesc) in SECTIONS {
@@ -27,6 +28,7 @@ impl Report {
         let s = self.summary();
         json!({
             "dockerbenchsecurity": DOCKER_BENCH_VERSION,
+            "benchmark": self.benchmark.name(),
             "start": self.start,
             "tests": tests,
             "checks": s.checks,
@@ -56,7 +58,7 @@ fn result_json(r: &CheckResult) -> Value {
         m.insert("items".into(), r.outcome.items.clone().into());
     }
     if r.outcome.status != Status::Pass && !r.remediation.is_empty() {
-        m.insert("remediation".into(), r.remediation.into());
+        m.insert("remediation".into(), r.remediation.clone().into());
         if !r.remediation_impact.is_empty() {
             m.insert("remediation-impact".into(), r.remediation_impact.into());
         }
@@ -71,11 +73,7 @@ mod tests {
 
     #[test]
     fn json_items_and_remediation_only_when_not_pass() {
-        let rep = Report {
-            start: 1,
-            end: 2,
-            results: vec![CheckResult::fake("5.5", true, Outcome::items(Status::Warn, "Privileged", vec!["a".into(), "b".into()])), CheckResult::fake("5.4", true, Outcome::pass())],
-        };
+        let rep = Report::fake(vec![CheckResult::fake("5.5", true, Outcome::items(Status::Warn, "Privileged", vec!["a".into(), "b".into()])), CheckResult::fake("5.4", true, Outcome::pass())]);
         let j = rep.to_json();
         let res = &j["tests"][0]["results"];
         assert_eq!(j["tests"][0]["id"], "5");

@@ -1,6 +1,7 @@
-//! A readable text report (`swarmseal bench`, the default format): one line per
-//! check of the CIS Docker Benchmark v1.6.0 as docker-bench-security prints it,
-//! detail lines, the remediation of each WARN, then the counts and the score.
+//! A readable text report (`swarmseal bench`, the default format): a header line
+//! (benchmark version, engine version, host, time), then one line per check as
+//! docker-bench-security prints it, detail lines, the remediation of each WARN,
+//! then the counts and the score.
 
 use crate::checks::SECTIONS;
 use crate::report::{section_of, CheckResult, Report, Status};
@@ -21,7 +22,7 @@ impl Report {
             };
             format!("\x1b[{code}m{tag}\x1b[0m")
         };
-        let mut out = String::new();
+        let mut out = format!("{}\n\n", self.header());
         for (sid, sdesc) in SECTIONS {
             let rs: Vec<&CheckResult> = self.results.iter().filter(|r| section_of(r.id) == *sid).collect();
             if rs.is_empty() {
@@ -56,5 +57,25 @@ impl Report {
             s.score
         ));
         out
+    }
+
+    /// `CIS Docker Benchmark v1.8.0 | Docker Engine 20.10.24 | host node1 | 2026-12-06T18:50:00Z`
+    /// (the start time, UTC).
+    pub fn header(&self) -> String {
+        let or_unknown = |s: &str| if s.is_empty() { "unknown".to_string() } else { s.to_string() };
+        format!("{} | Docker Engine {} | host {} | {}", self.benchmark.title(), or_unknown(&self.engine_version), or_unknown(&self.hostname), crate::output::utc(self.start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::report::{CheckResult, Outcome, Report};
+
+    #[test]
+    fn header_names_benchmark_engine_host_and_time() {
+        let t = Report::fake(vec![CheckResult::fake("2.7", true, Outcome::warn("Storage driver is devicemapper"))]).to_text(false);
+        let first = t.lines().next().unwrap();
+        assert_eq!(first, "CIS Docker Benchmark v1.8.0 | Docker Engine 20.10.24 | host node1 | 1970-01-01T00:00:01Z");
+        assert!(t.contains("[WARN] 2.7 - d\n"), "{t}");
     }
 }

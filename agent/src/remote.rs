@@ -1,0 +1,142 @@
+//! `swarmseal --context NAME …`: the operator's machine asks a manager's agent, through its
+//! mutual-TLS proxy, what `swarmseal` would do on the manager itself. The manager is named
+//! by a docker CLI context (`docker context create m1 --docker
+//! "host=tcp://m1:2376,ca=…,cert=…,key=…"`), read as `fleet update` reads it
+//! ([`crate::fleet::Manager`]); no TPM and no libtss2 on this side.
+//!
+//! | command | request (`/swarmseal/v1`, docs/proxy.md) |
+//! |---|---|
+//! | `status [--json]` | `GET /status` |
+//! | `bench` | `GET /bench` (the manager's last report, docker-bench-security JSON) |
+//! | `reseal` | `POST /reseal` (admin) |
+//! | `escrow get [--var-recovery-key] --out FILE` | `GET /escrow`, `GET /escrow/var-recovery-key` (admin; age-encrypted) |
+//! | `recover --force-new-cluster [--key-stdin]` | `POST /recover` (admin; body: the current unlock key, if given) |
+//!
+//! Errors ([`RemoteError`]): a context that cannot be used (exit 2), a manager that does not
+//! answer (3), a manager that refuses (20, its `message` shown).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode};
+
+use crate::fleet::{empty, FleetError, Manager, ReqBody};
+
+/// How long one request may take (a reseal talks to the TPM; a recovery restarts the engine).
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a `--context` command did not finish. `Display` is the operator's sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The command has no remote form, or its arguments are wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The docker context cannot be used (no such context, not tcp://, TLS files missing).
+    #[error(transparent)]
+    Context(#[from] FleetError),
+    /// No answer from the manager's proxy (connection, TLS handshake, timeout).
+    #[error("docker context {context}: the manager does not answer: {message}")]
+    Unreachable { context: String, message: String },
+    /// The manager answered with an error status (role, state, or the operation failed).
+    #[error("docker context {context}: {op} refused (HTTP {status}): {message}")]
+    Refused { context: String, op: String, status: u16, message: String },
+    /// Writing the output file failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// `escrow …` (with `--context`).
+#[derive(Debug, clap::Subcommand)]
+pub enum EscrowCommand {
+    /// Fetch the manager's escrow copy (age-encrypted for the fleet's escrow recipient) into FILE.
+    Get {
+        /// The appliance's `/var` recovery key instead of the swarm unlock key.
+        #[arg(long)]
+        var_recovery_key: bool,
+        /// Where to write it (mode 0600; the copy stays encrypted).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// What a `--context` command asks of the manager.
+pub enum Request {
+    Status { json: bool },
+    Bench,
+    Reseal,
+    Escrow(EscrowCommand),
+    Recover { force_new_cluster: bool, key_stdin: bool },
+}
+
+/// Run `request` against the manager of docker context `context` (`docker` is the docker CLI
+/// that reads the context store).
+pub async fn run(docker: &Path, context: &str, request: Request) -> Result<(), RemoteError> {
+    if let Request::Recover { force_new_cluster: false, .. } = request {
+        return Err(RemoteError::Usage("recover makes the manager the only manager of a new cluster: say so with --force-new-cluster".into()));
+    }
+    let m = Manager::from_context(docker, context)?;
+    let ask = |method: Method, path: &'static str, body: ReqBody| {
+        let m = &m;
+        async move {
+            let (status, answer) = m.call(method.clone(), path, body, TIMEOUT).await.map_err(|message| RemoteError::Unreachable { context: context.into(), message })?;
+            if !status.is_success() {
+                return Err(refused(context, &method, path, status, &answer));
+            }
+            Ok(answer)
+        }
+    };
+    match request {
+        Request::Status { json } => {
+            let answer = ask(Method::GET, "/swarmseal/v1/status", empty()).await?;
+            let v: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| RemoteError::Usage(format!("docker context {context}: GET /swarmseal/v1/status is not JSON ({e}): is this a swarmseal manager?")))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                crate::operator::print_status(&v);
+            }
+        }
+        Request::Bench => {
+            let answer = ask(Method::GET, "/swarmseal/v1/bench", empty()).await?;
+            println!("{}", String::from_utf8_lossy(&answer).trim_end());
+        }
+        Request::Reseal => {
+            let answer = ask(Method::POST, "/swarmseal/v1/reseal", empty()).await?;
+            println!("resealed on {context}: {}", String::from_utf8_lossy(&answer).trim());
+        }
+        Request::Escrow(EscrowCommand::Get { var_recovery_key, out }) => {
+            let path = if var_recovery_key { "/swarmseal/v1/escrow/var-recovery-key" } else { "/swarmseal/v1/escrow" };
+            let answer = ask(Method::GET, path, empty()).await?;
+            let (file, data) = (out.clone(), answer.to_vec());
+            tokio::task::spawn_blocking(move || swarmseal_common::fs::write_atomic(&file, &data, 0o600))
+                .await
+                .map_err(|e| RemoteError::Write { path: out.clone(), source: std::io::Error::other(e) })?
+                .map_err(|source| RemoteError::Write { path: out.clone(), source })?;
+            println!("wrote {} ({} bytes, age-encrypted; decrypt with `age -d -i YOUR-IDENTITY {}`)", out.display(), answer.len(), out.display());
+        }
+        Request::Recover { key_stdin, .. } => {
+            let body = if key_stdin {
+                let key = tokio::task::spawn_blocking(crate::operator::read_key_blocking)
+                    .await
+                    .map_err(|e| RemoteError::Usage(format!("cannot read the unlock key: {e}")))?
+                    .map_err(RemoteError::Usage)?;
+                Full::new(Bytes::from(key.expose().as_bytes().to_vec())).map_err(|never| match never {}).boxed()
+            } else {
+                empty()
+            };
+            let answer = ask(Method::POST, "/swarmseal/v1/recover", body).await?;
+            println!("recovered on {context}: {}", String::from_utf8_lossy(&answer).trim());
+        }
+    }
+    Ok(())
+}
+
+/// The manager's refusal: its `{"message": …}` (or the body as text), escaped for the terminal.
+fn refused(context: &str, method: &Method, path: &str, status: StatusCode, answer: &[u8]) -> RemoteError {
+    let message = serde_json::from_slice::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(answer).trim().to_string());
+    RemoteError::Refused { context: context.into(), op: format!("{method} {path}"), status: status.as_u16(), message: message.escape_debug().to_string() }
+}

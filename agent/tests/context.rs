@@ -1,0 +1,140 @@
+//! `swarmseal --context NAME …` from the operator's machine: a real dockerd with an autolocked
+//! swarm, the real agent and its mutual-TLS proxy, real docker CLI contexts (`docker context
+//! create`) for an admin and a readonly bundle. Every remote command, and the errors: a context
+//! that does not exist, a manager that does not answer, a readonly certificate asking for an
+//! admin action, a command with no remote form.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use support::*;
+
+fn text(o: &Output) -> String {
+    format!("exit {:?}\nstdout: {}\nstderr: {}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn every_remote_command_through_a_docker_context_and_each_error_with_its_exit_code() {
+    let d = Dockerd::start();
+    let tpm = Swtpm::start();
+    let state = tempfile::tempdir().unwrap();
+    let s = state.path();
+    let st = path_str(s);
+    let host = d.host();
+    let local = |args: &[&str]| -> Output {
+        let mut all = vec!["--docker-host", host.as_str(), "--state-dir", st];
+        all.extend_from_slice(args);
+        swarmseal(&all, &[], None)
+    };
+    let o = local(&["certs", "init"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (name, role) in [("alice", "admin"), ("bob", "readonly")] {
+        let o = local(&["certs", "issue", name, "--role", role, "--out", &format!("{st}/{name}")]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // The escrow recipient, and the identity the operator keeps offline.
+    let o = Command::new("age-keygen").arg("-o").arg(s.join("identity.txt")).output().expect("age-keygen (apt-get install age) must be installed");
+    assert!(o.status.success(), "{}", text(&o));
+    let recipient = String::from_utf8_lossy(&o.stderr).trim().trim_start_matches("Public key: ").to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    let port = free_port();
+    let cfg = s.join("agent.toml");
+    std::fs::write(&cfg, format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n[escrow]\nrecipient = \"{recipient}\"\n[swarm]\ninit = true\nadvertise_addr = \"{}\"\n", d.addr)).unwrap();
+    let log = s.join("agent.log");
+    let _agent = AgentProcess(
+        cmd(swarmseal_bin())
+            .args(["--config", path_str(&cfg), "--docker-host", &d.host(), "--state-dir", st, "--tcti", &tpm.tcti(), "agent"])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the agent inits the swarm and seals", Duration::from_secs(120), || d.swarm_state() == "active" && s.join("keys/current.json").exists());
+
+    // Docker CLI contexts, as an operator makes them.
+    let docker_config = tempfile::tempdir().unwrap();
+    let docker = |args: &[&str]| -> Output { Command::new("docker").env("DOCKER_CONFIG", docker_config.path()).env_remove("DOCKER_HOST").env_remove("DOCKER_CONTEXT").args(args).output().unwrap() };
+    let dead = free_port();
+    for (ctx, bundle, p) in [("adm", "alice", port), ("ro", "bob", port), ("gone", "alice", dead)] {
+        let b = s.join(bundle);
+        let ep = format!("host=tcp://127.0.0.1:{p},ca={},cert={},key={}", path_str(&b.join("ca.pem")), path_str(&b.join("cert.pem")), path_str(&b.join("key.pem")));
+        let o = docker(&["context", "create", ctx, "--docker", &ep]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    wait_until("the proxy serves", Duration::from_secs(30), || docker(&["--context", "adm", "version"]).status.success());
+    let remote = |ctx: &str, args: &[&str], stdin: Option<&str>| -> Output {
+        let mut all = vec!["--context", ctx];
+        all.extend_from_slice(args);
+        swarmseal(&all, &[("DOCKER_CONFIG", path_str(docker_config.path()))], stdin)
+    };
+
+    // status: the manager's document, as JSON and as the table `status` prints on the manager.
+    let o = remote("adm", &["status", "--json"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["swarm"]["state"], "active", "{v}");
+    assert_eq!(v["sealed_key_stale"], false, "{v}");
+    let o = remote("ro", &["status"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("swarm      state active (manager true, autolock true)"), "{}", text(&o));
+
+    // reseal: admin yes; readonly refused with the proxy's reason and exit 20.
+    let o = remote("adm", &["reseal"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"sealed\":true"), "{}", text(&o));
+    let o = remote("ro", &["reseal"], None);
+    assert_eq!(o.status.code(), Some(20), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 403"), "{}", text(&o));
+
+    // escrow get: the age-encrypted copy, 0600, and it decrypts to the swarm's key.
+    let out = s.join("fetched.age");
+    let o = remote("adm", &["escrow", "get", "--out", path_str(&out)], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    let plain = Command::new("age").arg("-d").arg("-i").arg(s.join("identity.txt")).arg(&out).output().unwrap();
+    assert!(plain.status.success(), "{}", text(&plain));
+    let engine_key = docker(&["--context", "adm", "swarm", "unlock-key", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), String::from_utf8_lossy(&engine_key.stdout).trim());
+    let o = remote("ro", &["escrow", "get", "--out", path_str(&s.join("ro.age"))], None);
+    assert_eq!(o.status.code(), Some(20), "{}", text(&o));
+    assert!(!s.join("ro.age").exists());
+    // No /var recovery key off the appliance image: the manager's 404, named.
+    let o = remote("adm", &["escrow", "get", "--var-recovery-key", "--out", path_str(&s.join("var.age"))], None);
+    assert_eq!(o.status.code(), Some(20), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 404"), "{}", text(&o));
+
+    // bench: the manager's last report (none yet: refused, named; then one made on the manager).
+    let o = remote("ro", &["bench"], None);
+    assert_eq!(o.status.code(), Some(20), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no bench report yet"), "{}", text(&o));
+    let report = s.join("bench/latest.json");
+    std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+    let o = local(&["bench", "--format", "json", "--output", path_str(&report)]);
+    assert!(o.status.code() == Some(0), "{}", text(&o));
+    let o = remote("ro", &["bench"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(b["checks"].as_u64().unwrap() > 100, "{b}");
+
+    // The errors: each a sentence and its exit code.
+    let o = remote("nosuch", &["status"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("docker context nosuch"), "{}", text(&o));
+    let o = remote("gone", &["status"], None);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not answer"), "{}", text(&o));
+    let o = remote("adm", &["seal"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("with --context"), "{}", text(&o));
+    let o = remote("adm", &["recover"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = remote("ro", &["recover", "--force-new-cluster"], None);
+    assert_eq!(o.status.code(), Some(20), "{}", text(&o));
+    // Without --context, the new commands say what they need.
+    let o = swarmseal(&["reseal"], &[], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(d.swarm_state(), "active");
+}
