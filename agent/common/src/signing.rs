@@ -158,7 +158,7 @@ mod tests {
             ("-algorithm RSA -pkeyopt rsa_keygen_bits:2048", "rsa", KeyKind::Rsa),
             ("-algorithm EC -pkeyopt ec_paramgen_curve:P-256", "ec", KeyKind::EccP256),
         ] {
-            let sh = format!("openssl genpkey -quiet {alg} -out {name}.key && openssl pkey -in {name}.key -pubout -out {name}.pem && openssl dgst -sha256 -sign {name}.key -out {name}.sig m && openssl pkey -pubin -in {name}.pem -outform DER | tail -c +1 > {name}.der");
+            let sh = format!("openssl genpkey -quiet {alg} -out {name}.key && openssl pkey -in {name}.key -pubout -out {name}.pem && openssl dgst -sha256 -sign {name}.key -out {name}.sig m && openssl pkey -pubin -in {name}.pem -outform DER -out {name}.der");
             let o = std::process::Command::new("sh").arg("-c").arg(&sh).current_dir(p).output().unwrap();
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             let k = SigningKey::load(&p.join(format!("{name}.pem"))).unwrap();

@@ -274,8 +274,8 @@ impl Drop for Streaming {
 /// (the agent's own builder, `swarmseal_common::tls`).
 pub fn client_config(ca: &Path, bundle: Option<&Path>) -> Arc<rustls::ClientConfig> {
     use swarmseal_common::tls::{client_config_from_files, Versions};
-    let (cert, key) = bundle.map(|d| (d.join("cert.pem"), d.join("key.pem"))).unzip();
-    Arc::new(client_config_from_files(Versions::Tls13, ca, cert.as_deref().zip(key.as_deref())).unwrap())
+    let files = bundle.map(|d| (d.join("cert.pem"), d.join("key.pem")));
+    Arc::new(client_config_from_files(Versions::Tls13, ca, files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()))).unwrap())
 }
 
 pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
