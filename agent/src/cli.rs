@@ -128,7 +128,7 @@ pub struct Common {
     #[arg(long, global = true, value_name = "TCTI")]
     pub tcti: Option<String>,
     /// Ask the manager of this docker CLI context (its proxy, the context's TLS files) instead
-    /// of this machine: status, bench, reseal, escrow get, recover.
+    /// of this machine: status, bench, reseal, escrow get, recover, update.
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
 }
