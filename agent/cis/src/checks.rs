@@ -184,7 +184,7 @@ pub fn catalogue() -> Vec<Check> {
             "There are multiple prerequisites depending on which distribution that is in use, and also known limitations regarding networking and resource limitation.",
             |s| {
                 if sec_opt(s, "name=rootless") {
-                    Outcome::pass_with("The daemon runs rootless")
+                    Outcome::pass_with("The daemon runs rootless (GET /info SecurityOptions: name=rootless)")
                 } else {
                     Outcome::info("The daemon runs as root; a swarm manager needs it (overlay networking, raft store)")
                 }
@@ -412,7 +412,7 @@ pub fn catalogue() -> Vec<Check> {
             |s| {
                 let opts = s.engine.info.security_options.clone().unwrap_or_default();
                 match opts.iter().find(|o| o.starts_with("name=seccomp")) {
-                    Some(o) => Outcome::pass_with(o.clone()),
+                    Some(o) => Outcome::pass_with(format!("{o} (GET /info SecurityOptions)")),
                     None => Outcome::info("Seccomp is not enabled on this engine"),
                 }
             }
