@@ -136,6 +136,47 @@ fn every_remote_command_through_a_docker_context_and_each_error_with_its_exit_co
     let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(b["checks"].as_u64().unwrap() > 100, "{b}");
 
+    // metrics: Prometheus text format 0.0.4 that the real promtool accepts, for admin, readonly
+    // and monitor; the state gauges are right, and the counters move after a rotation.
+    let o = local(&["certs", "issue", "carol", "--role", "monitor", "--out", &format!("{st}/carol")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let scrape = |bundle: &str| -> String {
+        let b = s.join(bundle);
+        let o = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "20", "--cacert", path_str(&b.join("ca.pem")), "--cert", path_str(&b.join("cert.pem")), "--key", path_str(&b.join("key.pem"))])
+            .arg(format!("https://127.0.0.1:{port}/swarmseal/v1/metrics"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "GET /swarmseal/v1/metrics as {bundle}: {}", text(&o));
+        let body = String::from_utf8(o.stdout).unwrap();
+        let mut lint = Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("promtool (scripts/install-deps installs it) must be installed");
+        std::io::Write::write_all(&mut lint.stdin.take().unwrap(), body.as_bytes()).unwrap();
+        let lint = lint.wait_with_output().unwrap();
+        assert!(lint.status.success(), "promtool check metrics: {}\n{body}", text(&lint));
+        body
+    };
+    let value = |body: &str, series: &str| -> Option<f64> { body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()) };
+    let before = scrape("alice");
+    assert_eq!(value(&before, "swarmseal_swarm_state{state=\"active\"}"), Some(1.0), "{before}");
+    assert_eq!(value(&before, "swarmseal_swarm_state{state=\"locked\"}"), Some(0.0), "{before}");
+    assert_eq!(value(&before, "swarmseal_key_sealed"), Some(1.0), "{before}");
+    assert_eq!(value(&before, "swarmseal_phase_locked"), Some(1.0), "{before}");
+    assert!(value(&before, "swarmseal_boot_decision_age_seconds").is_some_and(|a| a >= 0.0), "{before}");
+    assert_eq!(value(&before, "swarmseal_bench_reported"), Some(1.0), "the report made above: {before}");
+    assert!(value(&before, "swarmseal_bench_score").is_some(), "{before}");
+    assert!(value(&before, "swarmseal_bench_warnings").is_some_and(|v| v >= 1.0), "{before}");
+    assert!(value(&before, "swarmseal_proxy_requests_total{role=\"admin\",status=\"200\"}").is_some_and(|v| v >= 1.0), "{before}");
+    assert!(value(&before, "swarmseal_proxy_requests_total{role=\"readonly\",status=\"403\"}").is_some_and(|v| v >= 1.0), "{before}");
+    let seals = value(&before, "swarmseal_seals_total").unwrap_or(0.0);
+    assert!(seals >= 2.0, "the init's seal and the reseal above: {before}");
+    let o = docker(&["--context", "adm", "swarm", "unlock-key", "--rotate", "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_until("the metrics show the rotation resealed", Duration::from_secs(60), || value(&scrape("bob"), "swarmseal_seals_total").unwrap_or(0.0) > seals);
+    let after = scrape("carol");
+    let changes: f64 = after.lines().filter(|l| l.starts_with("swarmseal_key_changes_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    let changes_before: f64 = before.lines().filter(|l| l.starts_with("swarmseal_key_changes_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    assert!(changes > changes_before, "a rotation is a key change:\n{before}\n---\n{after}");
+
     // The errors: each a sentence and its exit code.
     let o = remote("nosuch", &["status"], None);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));

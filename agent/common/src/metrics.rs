@@ -65,8 +65,9 @@ pub struct Metrics {
     registry: Registry,
     /// `swarmseal_unlocks_total{outcome,reason}`: the agent's boot unlock attempts.
     pub unlocks: Family<UnlockLabels, Counter>,
-    /// `swarmseal_reseals_total`: the unlock key sealed again (a changed key, or `POST /reseal`).
-    pub reseals: Counter,
+    /// `swarmseal_seals_total`: an unlock key sealed in the TPM (the first seal, a changed key,
+    /// `POST /reseal`).
+    pub seals: Counter,
     /// `swarmseal_key_changes_total{op}`: unlock key changes made or seen.
     pub key_changes: Family<KeyChangeLabels, Counter>,
     /// `swarmseal_proxy_requests_total{role,status}`: requests the proxy answered.
@@ -78,11 +79,18 @@ pub struct Metrics {
     sealed_stale: Gauge,
     phase_locked: Gauge,
     decision_age: Gauge,
+    bench_reported: Gauge,
     bench_score: Gauge,
     bench_warn: Gauge,
     image: Family<ImageLabels, Gauge>,
     /// Unix seconds of this boot's unlock decision; 0: not made yet.
     decided_at: AtomicU64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
 }
 
 impl Default for Metrics {
@@ -96,7 +104,7 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("swarmseal"),
             unlocks: Family::default(),
-            reseals: Counter::default(),
+            seals: Counter::default(),
             key_changes: Family::default(),
             proxy_requests: Family::default(),
             proxy_connections: Gauge::default(),
@@ -105,6 +113,7 @@ impl Metrics {
             sealed_stale: Gauge::default(),
             phase_locked: Gauge::default(),
             decision_age: Gauge::default(),
+            bench_reported: Gauge::default(),
             bench_score: Gauge::default(),
             bench_warn: Gauge::default(),
             image: Family::default(),
@@ -112,19 +121,30 @@ impl Metrics {
         };
         let r = &mut m.registry;
         r.register("unlocks", "Boot unlock attempts by the agent, by outcome and reason", m.unlocks.clone());
-        r.register("reseals", "Times the unlock key was sealed again in the TPM", m.reseals.clone());
+        r.register("seals", "Times an unlock key was sealed in the TPM (first seal and every reseal)", m.seals.clone());
         r.register("key_changes", "Unlock key changes made here (init, autolock, rotate, recover) or seen from the engine (seen)", m.key_changes.clone());
         r.register("proxy_requests", "Requests answered by the mutual-TLS proxy, by client role and HTTP status", m.proxy_requests.clone());
-        r.register("proxy_connections", "Client connections to the proxy in use now", m.proxy_connections.clone());
+        r.register("proxy_connections", "Client connections to the proxy now (TLS handshakes included)", m.proxy_connections.clone());
         r.register("swarm_state", "1 for the engine's current swarm state (Swarm.LocalNodeState), 0 for the others", m.swarm_state.clone());
         r.register("key_sealed", "1 when an unlock key is sealed in the TPM (current slot)", m.sealed.clone());
         r.register("sealed_key_stale", "1 when the sealed key is not the engine's current unlock key", m.sealed_stale.clone());
         r.register("phase_locked", "1 when this boot is phase-locked (the key was unsealed once)", m.phase_locked.clone());
         r.register("boot_decision_age_seconds", "Seconds since this boot's unlock decision (-1: not made yet)", m.decision_age.clone());
-        r.register("bench_score", "Score of the last CIS Docker Benchmark report (-1: no report)", m.bench_score.clone());
-        r.register("bench_warnings", "WARN results in the last CIS Docker Benchmark report (-1: no report)", m.bench_warn.clone());
+        r.register("bench_reported", "1 when a CIS Docker Benchmark report exists (bench_score and bench_warnings are 0 without one)", m.bench_reported.clone());
+        r.register("bench_score", "Score of the last CIS Docker Benchmark report (docker-bench-security's, sections 1-7; may be negative)", m.bench_score.clone());
+        r.register("bench_warnings", "WARN results in the last CIS Docker Benchmark report", m.bench_warn.clone());
         r.register("image_info", "The running image (os-release IMAGE_ID, IMAGE_VERSION); always 1", m.image.clone());
         m
+    }
+
+    /// Count one boot unlock attempt.
+    pub fn unlock(&self, outcome: &str, reason: &str) {
+        self.unlocks.get_or_create(&UnlockLabels { outcome: outcome.into(), reason: reason.into() }).inc();
+    }
+
+    /// Count one unlock key change (`op`: see [`KeyChangeLabels`]).
+    pub fn key_change(&self, op: &str) {
+        self.key_changes.get_or_create(&KeyChangeLabels { op: op.into() }).inc();
     }
 
     /// This boot's unlock decision was made now.
@@ -149,9 +169,10 @@ impl Metrics {
         let at = self.decided_at.load(Ordering::Relaxed);
         self.decision_age.set(if at == 0 { -1 } else { unix_now().saturating_sub(at) as i64 });
         let score = status.bench.as_ref().and_then(|b| b.score.as_ref()).and_then(|s| s.as_i64().or_else(|| s.as_str().and_then(|t| t.parse().ok())));
-        self.bench_score.set(score.unwrap_or(-1));
         let warn = bench_report.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()).map(|v| count_warn(&v) as i64);
-        self.bench_warn.set(warn.unwrap_or(-1));
+        self.bench_reported.set((score.is_some() && warn.is_some()) as i64);
+        self.bench_score.set(score.unwrap_or(0));
+        self.bench_warn.set(warn.unwrap_or(0));
         self.image.clear();
         self.image
             .get_or_create(&ImageLabels { id: status.image.id.clone().unwrap_or_default(), version: status.image.version.clone().unwrap_or_default() })

@@ -129,6 +129,7 @@ impl Drop for Audit {
             rule = %Esc(self.rule),
             "request"
         );
+        self.ctx.shared.metrics.proxy_requests.get_or_create(&swarmseal_common::metrics::RequestLabels { role: i.role_str().to_string(), status: self.status }).inc();
         if !self.upgraded {
             self.ctx.state.end_request();
         }
@@ -745,6 +746,16 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
     }
     match route {
         Route::Status => json_response(200, &api.status().await, audit),
+        Route::Metrics => {
+            // The state gauges from the status document and the last report, as scraped now.
+            let m = &ctx.shared.metrics;
+            let (status, report) = (api.status().await, api.bench().await);
+            if let Ok(s) = serde_json::from_value::<swarmseal_common::status::Status>(status) {
+                m.observe(&s, report.as_deref());
+            }
+            m.proxy_connections.set(ctx.shared.slots.busy() as i64);
+            ok_body(m.encode().into_bytes(), swarmseal_common::metrics::CONTENT_TYPE, audit)
+        }
         Route::Bench => match api.bench().await {
             Some(b) => ok_body(b, "application/json", audit),
             None => message(NotFound, "no bench report yet", audit),
