@@ -132,7 +132,8 @@ pub async fn run(docker: &Path, context: &str, request: Request) -> Result<(), R
                     .await
                     .map_err(|e| RemoteError::Usage(format!("cannot read the unlock key: {e}")))?
                     .map_err(RemoteError::Usage)?;
-                Full::new(Bytes::from(key.expose().as_bytes().to_vec())).map_err(|never| match never {}).boxed()
+                // The buffer is owned by a Zeroizing<Vec>: wiped when hyper drops the body.
+                Full::new(Bytes::from_owner(zeroize::Zeroizing::new(key.expose().as_bytes().to_vec()))).map_err(|never| match never {}).boxed()
             } else {
                 empty()
             };
