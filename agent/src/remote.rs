@@ -105,7 +105,8 @@ pub async fn run(docker: &Path, context: &str, request: Request) -> Result<(), R
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                crate::operator::print_status(&v);
+                let st = serde_json::from_value(v).map_err(|e| RemoteError::Usage(format!("docker context {context}: GET /swarmseal/v1/status is not a swarmseal status document ({e}): is the manager's agent another version?")))?;
+                crate::operator::print_status(&st);
             }
         }
         Request::Bench => {
