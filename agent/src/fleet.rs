@@ -153,7 +153,7 @@ impl Manager {
     async fn get_json(&self, path: &str) -> Result<Value, String> {
         let (status, body) = self.call(Method::GET, path, empty(), REQUEST_TIMEOUT).await?;
         if !status.is_success() {
-            return Err(format!("GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
+            return Err(format!("GET {path}: HTTP {status}: {}", answer_message(&body)));
         }
         serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON: {e}"))
     }
@@ -170,6 +170,16 @@ impl Manager {
         let v = self.get_json("/nodes").await?;
         Ok(parse_nodes(&v))
     }
+}
+
+/// What an error answer says: its `{"message": …}` (the engine's and the proxy's shape) or
+/// the body as text, escaped for a terminal.
+pub(crate) fn answer_message(body: &[u8]) -> String {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    message.escape_debug().to_string()
 }
 
 pub(crate) fn empty() -> ReqBody {
@@ -375,7 +385,7 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
         let body = release_body(&a.release).await.map_err(|e| stop(format!("{}: {e}", a.release.display()), &done))?;
         let (status, answer) = m.call(Method::POST, "/swarmseal/v1/update?reboot=1", body, UPLOAD_TIMEOUT).await.map_err(|e| stop(format!("upload failed: {e}"), &done))?;
         if !status.is_success() {
-            return Err(stop(format!("the manager refused the release: HTTP {status}: {}", String::from_utf8_lossy(&answer).trim()), &done));
+            return Err(stop(format!("the manager refused the release: HTTP {status}: {}", answer_message(&answer)), &done));
         }
         clock.say(format_args!("{}: staged and rebooting ({:.0} s)", m.context, t.elapsed().as_secs_f64()));
         match wait_back(m, &ids[i].0, &version, &others, Duration::from_secs(a.timeout), poll, &clock).await {

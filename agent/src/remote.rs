@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
 
-use crate::fleet::{empty, is_version, release_body, release_version, FleetError, Manager, ReqBody, UPLOAD_TIMEOUT};
+use crate::fleet::{answer_message, empty, is_version, release_body, release_version, FleetError, Manager, ReqBody, UPLOAD_TIMEOUT};
 
 /// How long one request may take (a reseal talks to the TPM; a recovery restarts the engine).
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -178,11 +178,7 @@ fn update_path(release: Option<&Path>, version: Option<&str>, reboot: bool) -> R
     })
 }
 
-/// The manager's refusal: its `{"message": …}` (or the body as text), escaped for the terminal.
+/// The manager's refusal, with what its answer says ([`answer_message`]).
 fn refused(context: &str, method: &Method, path: &str, status: StatusCode, answer: &[u8]) -> RemoteError {
-    let message = serde_json::from_slice::<serde_json::Value>(answer)
-        .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(answer).trim().to_string());
-    RemoteError::Refused { context: context.into(), op: format!("{method} {path}"), status: status.as_u16(), message: message.escape_debug().to_string() }
+    RemoteError::Refused { context: context.into(), op: format!("{method} {path}"), status: status.as_u16(), message: answer_message(answer) }
 }
