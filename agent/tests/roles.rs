@@ -442,3 +442,45 @@ fn roles_credential_on_the_appliance_overrides_the_config_and_a_bad_one_keeps_th
     assert!(l.contains("credential swarmseal.roles: [roles.ci] allow_sysctls: `kernel.shm rmid` is not a sysctl name; the proxy is not started until it is fixed"), "{l}");
     assert!(std::net::TcpStream::connect(addr).is_err(), "no proxy on a half-read policy: {l}");
 }
+
+/// A rollback makes the engine apply the service's PreviousSpec (or, with `FailureAction:
+/// rollback`, its current Spec) instead of the body: for a deploy identity the proxy reads
+/// that spec from the engine and applies the body rules to it, at the request's version.
+#[test]
+fn a_rollback_applies_only_a_spec_the_deploy_role_allows() {
+    let (e, dep, _mon, _other) = swarm_env();
+    // Admin made the service for ci with a capability deploy may not add.
+    e.admin(&["service", "create", "--detach", "--replicas", "0", "--name", "r1", "--label", "swarmseal.owner=ci", "--cap-add", "CAP_SYS_ADMIN", "bb:1", "sleep", "600"]);
+    let id = e.d.docker_ok(&["service", "inspect", "r1", "--format", "{{.ID}}"]);
+    let version = || e.d.docker_ok(&["service", "inspect", "r1", "--format", "{{.Version.Index}}"]);
+    let caps = || e.d.docker_ok(&["service", "inspect", "r1", "--format", "{{json .Spec.TaskTemplate.ContainerSpec.CapabilityAdd}} {{json .Spec.TaskTemplate.ContainerSpec.Env}}"]);
+    let spec = |env: &str, extra: &str| format!(r#"{{"Name":"r1","Mode":{{"Replicated":{{"Replicas":0}}}},"TaskTemplate":{{"ContainerSpec":{{"Image":"bb:1","Args":["sleep","600"],"Env":["V={env}"]}}}}{extra}}}"#);
+    let update = |q: &str, body: &str| post(&e, &dep, &format!("/v1.41/services/{id}/update?{q}"), body.as_bytes());
+
+    // An update that would roll back to the current (admin's) spec if it failed: refused.
+    let (st, answer) = update(&format!("version={}", version()), &spec("1", r#","UpdateConfig":{"FailureAction":"rollback"}"#));
+    assert!(st == 403 && answer.contains("deploy: Spec.TaskTemplate.ContainerSpec.CapabilityAdd is not allowed (the spec a rollback applies)"), "{st} {answer}");
+    e.proxy.logs.wait_for(&["status=403", "rule=cap-add", "/update"]);
+    // ci replaces it with an allowed spec: admin's is now the PreviousSpec.
+    let (st, answer) = update(&format!("version={}", version()), &spec("1", ""));
+    assert_eq!(st, 200, "{answer}");
+    assert_eq!(caps(), r#"null ["V=1"]"#);
+    // The CLI's rollback (body: the current, allowed spec) is refused for the spec it would apply.
+    let o = e.docker_as(&dep, &["service", "rollback", "--detach", "r1"], None);
+    assert!(!o.status.success() && text(&o).contains("deploy: PreviousSpec.TaskTemplate.ContainerSpec.CapabilityAdd is not allowed"), "{}", text(&o));
+    assert_eq!(caps(), r#"null ["V=1"]"#, "nothing was rolled back");
+    // A rollback whose version is not the service's now: refused (the spec was checked at that one only).
+    let (st, answer) = update(&format!("version={}&rollback=previous", version().parse::<u64>().unwrap() + 1), &spec("1", ""));
+    assert!(st == 403 && answer.contains("a rollback needs version="), "{st} {answer}");
+    e.proxy.logs.wait_for(&["status=403", "rule=rollback"]);
+    let (code, out) = policy_check("deploy", "POST", &format!("/v1.41/services/{id}/update?version=1&rollback=previous"), spec("1", "").as_bytes());
+    assert!(code == 0 && out.contains("a rollback would apply"), "{out}");
+    // Two allowed specs: the rollback goes through, to the previous one.
+    let (st, answer) = update(&format!("version={}", version()), &spec("2", ""));
+    assert_eq!(st, 200, "{answer}");
+    ok(&e.docker_as(&dep, &["service", "rollback", "--detach", "r1"], None), "service rollback to an allowed spec");
+    assert_eq!(caps(), r#"null ["V=1"]"#);
+    // Admin is not inspected: its rollback restores V=2, then the update to admin's own spec works for it.
+    e.admin(&["service", "rollback", "--detach", "r1"]);
+    assert_eq!(caps(), r#"null ["V=2"]"#);
+}

@@ -312,6 +312,65 @@ pub struct EngineChecks {
     pub image: Option<String>,
 }
 
+/// The specs of a service besides the body that a `POST /services/{id}/update` can make the
+/// engine apply (Docker Engine API v1.41 `ServiceUpdate`, swarmkit `controlapi.UpdateService`):
+/// `PreviousSpec` when the query asks for a rollback (`rollback=previous`: `docker service
+/// rollback`, `update --rollback`; swarmkit swaps it in and ignores the body's spec), the
+/// current `Spec` when the body's `UpdateConfig.FailureAction` is `rollback` (swarmkit's updater
+/// restores it if the update fails). Read wider than the engine: any true `rollback` value, any
+/// failure action but `pause` and `continue`. Empty for every other request.
+pub fn rollback_targets(method: &str, c: &Canon, query: Option<&str>, body: &[u8]) -> Vec<&'static str> {
+    if !method.eq_ignore_ascii_case("POST") || !c.is(&["services", "*", "update"]) {
+        return Vec::new();
+    }
+    let mut t = Vec::new();
+    if authz::query_flag(query, "rollback") {
+        t.push("PreviousSpec");
+    }
+    match crate::gojson::parse_object(body).ok().and_then(|v| v.path("UpdateConfig.FailureAction")) {
+        None => {}
+        Some(GoValue::String(a)) if matches!(a.trim().to_ascii_lowercase().as_str(), "" | "pause" | "continue") => {}
+        Some(_) => t.push("Spec"),
+    }
+    t
+}
+
+/// `role`'s service rules on each of `targets` ([`rollback_targets`]) of `service`, the engine's
+/// answer to `GET /services/{id}` (`None`: it gave none: refused, fail closed). The request's
+/// `version` query value (every one given) must be the service's `Version.Index`: the engine
+/// applies an update at that version only, so the spec checked here is the one it applies.
+/// One [`EngineChecks`] per target spec. Denials name the spec (`deploy:
+/// PreviousSpec.TaskTemplate.ContainerSpec.CapabilityAdd is not allowed …`).
+pub fn check_rollback(role: &RolePolicy, targets: &[&str], query: Option<&str>, service: Option<&GoValue>) -> Result<Vec<EngineChecks>, Denial> {
+    let deny = |m: String| Denial::new("rollback", format!("{}: {m}", role.name));
+    let Some(svc) = service else { return Err(deny("the service could not be read from the engine to check the spec a rollback would apply; nothing was forwarded".into())) };
+    let index = match svc.path("Version.Index") {
+        Some(GoValue::Number(n)) => n.as_u64(),
+        _ => None,
+    };
+    let given: Vec<String> = query.unwrap_or("").split(['&', ';']).filter_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let dec = |s: &str| String::from_utf8_lossy(&authz::percent_decode(s.replace('+', " ").as_bytes())).into_owned();
+        dec(k).trim().eq_ignore_ascii_case("version").then(|| dec(v))
+    }).collect();
+    if !index.is_some_and(|i| !given.is_empty() && given.iter().all(|v| v.trim().parse::<u64>().ok() == Some(i))) {
+        let now = index.map_or("?".into(), |i| i.to_string());
+        return Err(deny(format!("a rollback needs version={now} (the service's version now); the spec it applies is checked at that version only")));
+    }
+    let ck = Checker { role };
+    let mut all = Vec::new();
+    for t in targets {
+        let Some(spec) = svc.field(t) else { continue };
+        let n = ck.service(&spec).map_err(|mut d| {
+            let rest = d.message.strip_prefix(&format!("{}: ", role.name)).unwrap_or(&d.message).to_string();
+            d.message = format!("{}: {t}.{rest} (the spec a rollback applies)", role.name);
+            d
+        })?;
+        all.push(n);
+    }
+    Ok(all)
+}
+
 /// Read `body` (a [`BodyKind`] request) as the engine will and apply `role`'s rules.
 pub fn check_body(role: &RolePolicy, kind: BodyKind, body: &[u8]) -> Result<EngineChecks, Denial> {
     if body.len() as u64 > BODY_LIMIT {
@@ -779,6 +838,10 @@ pub fn run(cfg: &impl crate::ProxySettings, c: PolicyCommand, stdin: impl std::i
                 println!("note: the proxy also asks the engine that image `{i}` is already there");
             }
             let canon = authz::canonicalize(path.split('?').next().unwrap_or("")).ok();
+            let deploy = roles.get(&role).is_some_and(|p| p.kind == Role::Deploy);
+            if deploy && canon.as_ref().is_some_and(|c| !rollback_targets(&method, c, path.split_once('?').map(|x| x.1), &body).is_empty()) {
+                println!("note: the proxy also checks the service's spec a rollback would apply (PreviousSpec, or Spec with FailureAction rollback), read from the engine, with the same rules");
+            }
             let p = roles.get(&role).filter(|p| p.ownership);
             if let (Some(c), Some(_)) = (&canon, &p) {
                 if let Some(t) = owned_target(&method, c) {
@@ -913,6 +976,25 @@ mod tests {
         assert_eq!(check_owner(&d, "b", "/services/x", Some(&obj)).unwrap_err().rule, "owner");
         let net = crate::gojson::parse_first(br#"{"Labels":{}}"#).unwrap().0;
         assert!(check_owner(&d, "a", "/networks/x", Some(&net)).unwrap_err().message.contains("no swarmseal.owner"));
+    }
+
+    #[test]
+    fn rollbacks_check_the_spec_the_engine_applies() {
+        let c = authz::canonicalize("/v1.41/services/s1/update").unwrap();
+        assert_eq!(rollback_targets("POST", &c, Some("version=3&rollback=previous"), b"{}"), ["PreviousSpec"]);
+        assert_eq!(rollback_targets("POST", &c, Some("version=3&Rollback=%70revious"), b"{}"), ["PreviousSpec"]);
+        assert_eq!(rollback_targets("POST", &c, Some("version=3&rollback=none"), br#"{"updateconfig":{"failureaction":"pause"}}"#), Vec::<&str>::new());
+        assert_eq!(rollback_targets("POST", &c, Some("version=3"), br#"{"UpdateConfig":{"FailureAction":"rollback"}}"#), ["Spec"]);
+        assert!(rollback_targets("POST", &authz::canonicalize("/services/create").unwrap(), Some("rollback=previous"), b"{}").is_empty());
+        let svc = crate::gojson::parse_first(br#"{"Version":{"Index":7},"Spec":{"TaskTemplate":{"ContainerSpec":{"Image":"bb:1"}}},"PreviousSpec":{"TaskTemplate":{"ContainerSpec":{"Image":"bb:0","CapabilityAdd":["CAP_SYS_ADMIN"]}}}}"#).unwrap().0;
+        let d = deploy();
+        let e = check_rollback(&d, &["PreviousSpec"], Some("version=7&rollback=previous"), Some(&svc)).unwrap_err();
+        assert_eq!((e.rule, e.message.as_str()), ("cap-add", "deploy: PreviousSpec.TaskTemplate.ContainerSpec.CapabilityAdd is not allowed (the spec a rollback applies)"));
+        assert_eq!(check_rollback(&d, &["Spec"], Some("version=7"), Some(&svc)).unwrap()[0].image.as_deref(), Some("bb:1"));
+        for q in ["rollback=previous", "version=6&rollback=previous", "version=7;version=8&rollback=previous", "version=x"] {
+            assert_eq!(check_rollback(&d, &["Spec"], Some(q), Some(&svc)).unwrap_err().rule, "rollback", "{q}");
+        }
+        assert_eq!(check_rollback(&d, &["Spec"], Some("version=7"), None).unwrap_err().rule, "rollback");
     }
 
     #[test]
