@@ -430,6 +430,10 @@ fn roles_credential_on_the_appliance_overrides_the_config_and_a_bad_one_keeps_th
     assert_eq!(code, 201, "the credential's bind path: {answer}");
     let (code, answer) = post("dep", &format!(r#"{{"Image":"bb:1","Cmd":["true"],"HostConfig":{{"Binds":["{st}/a:/x"]}}}}"#));
     assert!(code == 403 && answer.contains("outside allow_bind_paths"), "the config's table is replaced: {code} {answer}");
+    // A symlink inside the allowed directory is not followed out of it (the bind is refused).
+    std::os::unix::fs::symlink("/etc", s.join("b/evil")).unwrap();
+    let (code, answer) = post("dep", &format!(r#"{{"Image":"bb:1","Cmd":["true"],"HostConfig":{{"Mounts":[{{"Type":"bind","Source":"{st}/b/evil","Target":"/x"}}]}}}}"#));
+    assert!(code == 403 && answer.contains(&format!("passes through the symbolic link `{st}/b/evil`")), "{code} {answer}");
     assert!(!logs().contains("bad_credential"), "{}", logs());
     drop(agent);
 
