@@ -1,11 +1,16 @@
-//! Load generator for `scripts/bench-proxy` (not a test): HTTP/1.1 GETs over
+//! Load generator for `scripts/bench-proxy` (not a test): HTTP/1.1 GETs (or POSTs of one
+//! JSON body) over
 //! kept-alive connections, or one request per new connection, against the
 //! engine's unix socket or a TLS endpoint with a client certificate.
 //!
 //! ```text
 //! proxy-load (--unix PATH | --tls 127.0.0.1:PORT --ca F --cert F --key F)
 //!            --path /_ping [--conns 4] [--requests 2000] [--new-conns]
+//!            [--body FILE [--expect STATUS]]
 //! ```
+//! `--body`: POST the file as `application/json`; an answer counts as ok when it is a 2xx,
+//! or exactly `--expect` (409 for a `containers/create` whose name is taken: the engine reads
+//! the whole body and creates nothing).
 //! Prints one line: `rps=… p50_ms=… p99_ms=… ok=… errors=…`. With
 //! `--new-conns` every request opens a new connection (full TLS 1.3 handshake,
 //! no resumption), so rps is the new-connection rate.
@@ -22,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -40,10 +45,12 @@ struct Args {
     conns: usize,
     requests: usize,
     new_conns: bool,
+    body: Option<Bytes>,
+    expect: Option<u16>,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: proxy-load (--unix PATH | --tls ADDR --ca F --cert F --key F) --path P [--conns N] [--requests N] [--new-conns]");
+    eprintln!("usage: proxy-load (--unix PATH | --tls ADDR --ca F --cert F --key F) --path P [--conns N] [--requests N] [--new-conns] [--body FILE [--expect STATUS]]");
     std::process::exit(2)
 }
 
@@ -51,6 +58,7 @@ fn parse() -> Args {
     let mut a = std::env::args().skip(1);
     let (mut unix, mut tls, mut ca, mut cert, mut key) = (None, None, None, None, None);
     let (mut path, mut conns, mut requests, mut new_conns) = ("/_ping".to_string(), 4usize, 2000usize, false);
+    let (mut body, mut expect) = (None, None);
     while let Some(k) = a.next() {
         let mut v = || a.next().unwrap_or_else(|| usage());
         match k.as_str() {
@@ -63,6 +71,8 @@ fn parse() -> Args {
             "--conns" => conns = v().parse().unwrap_or_else(|_| usage()),
             "--requests" => requests = v().parse().unwrap_or_else(|_| usage()),
             "--new-conns" => new_conns = true,
+            "--body" => body = Some(Bytes::from(std::fs::read(v()).unwrap_or_else(|_| usage()))),
+            "--expect" => expect = Some(v().parse().unwrap_or_else(|_| usage())),
             _ => usage(),
         }
     }
@@ -77,10 +87,10 @@ fn parse() -> Args {
         }
         _ => usage(),
     };
-    Args { target, path, conns: conns.max(1), requests: requests.max(1), new_conns }
+    Args { target, path, conns: conns.max(1), requests: requests.max(1), new_conns, body, expect }
 }
 
-type Sender = SendRequest<Empty<Bytes>>;
+type Sender = SendRequest<Full<Bytes>>;
 
 async fn open(t: &Target) -> std::io::Result<Sender> {
     let err = |e: hyper::Error| std::io::Error::other(e);
@@ -102,11 +112,14 @@ async fn open(t: &Target) -> std::io::Result<Sender> {
     }
 }
 
-async fn get(tx: &mut Sender, path: &str) -> Result<(), String> {
+async fn get(tx: &mut Sender, path: &str, body: Option<&Bytes>, expect: Option<u16>) -> Result<(), String> {
     tx.ready().await.map_err(|e| e.to_string())?;
-    let req = Request::get(path).header("host", "localhost").body(Empty::new()).unwrap();
+    let req = match body {
+        Some(b) => Request::post(path).header("host", "localhost").header("content-type", "application/json").body(Full::new(b.clone())).unwrap(),
+        None => Request::get(path).header("host", "localhost").body(Full::new(Bytes::new())).unwrap(),
+    };
     let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
-    let ok = resp.status().is_success();
+    let ok = resp.status().is_success() || Some(resp.status().as_u16()) == expect;
     resp.into_body().collect().await.map_err(|e| e.to_string())?;
     if ok {
         Ok(())
@@ -115,7 +128,7 @@ async fn get(tx: &mut Sender, path: &str) -> Result<(), String> {
     }
 }
 
-async fn worker(t: Target, path: String, n: usize, new_conns: bool) -> (Vec<Duration>, usize) {
+async fn worker(t: Target, path: String, n: usize, new_conns: bool, body: Option<Bytes>, expect: Option<u16>) -> (Vec<Duration>, usize) {
     let mut lat = Vec::with_capacity(n);
     let mut errors = 0;
     let mut tx = None;
@@ -125,7 +138,7 @@ async fn worker(t: Target, path: String, n: usize, new_conns: bool) -> (Vec<Dura
             if new_conns || tx.is_none() {
                 tx = Some(open(&t).await.map_err(|e| e.to_string())?);
             }
-            get(tx.as_mut().unwrap(), &path).await
+            get(tx.as_mut().unwrap(), &path, body.as_ref(), expect).await
         }
         .await;
         match r {
@@ -192,13 +205,13 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         // Warm-up (connections, engine caches).
-        let warm: Vec<_> = (0..a.conns).map(|_| tokio::spawn(worker(a.target.clone(), a.path.clone(), 50, a.new_conns))).collect();
+        let warm: Vec<_> = (0..a.conns).map(|_| tokio::spawn(worker(a.target.clone(), a.path.clone(), 50, a.new_conns, a.body.clone(), a.expect))).collect();
         for w in warm {
             let _ = w.await;
         }
         let per = a.requests.div_ceil(a.conns);
         let t0 = Instant::now();
-        let ws: Vec<_> = (0..a.conns).map(|_| tokio::spawn(worker(a.target.clone(), a.path.clone(), per, a.new_conns))).collect();
+        let ws: Vec<_> = (0..a.conns).map(|_| tokio::spawn(worker(a.target.clone(), a.path.clone(), per, a.new_conns, a.body.clone(), a.expect))).collect();
         let mut lat = Vec::new();
         let mut errors = 0;
         for w in ws {

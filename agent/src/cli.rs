@@ -128,7 +128,7 @@ pub struct Common {
     #[arg(long, global = true, value_name = "TCTI")]
     pub tcti: Option<String>,
     /// Ask the manager of this docker CLI context (its proxy, the context's TLS files) instead
-    /// of this machine: status, bench, reseal, escrow get, recover.
+    /// of this machine: status, bench, reseal, escrow get, recover, update.
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
 }
@@ -208,9 +208,9 @@ pub enum Command {
         #[arg(long, value_name = "UNIT")]
         agent_unit: Option<String>,
     },
-    /// Image updates: verify a release, install the staged one (appliance, root).
-    #[command(subcommand)]
-    Update(crate::update::UpdateCommand),
+    /// Image updates: verify a release, install the staged one (appliance, root); with
+    /// --context, install a release on that manager.
+    Update(crate::update::UpdateArgs),
     /// Operate on a swarm's managers from a workstation, through docker CLI contexts.
     #[command(subcommand)]
     Fleet(crate::fleet::FleetCommand),
@@ -459,7 +459,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             #[cfg(feature = "appliance")]
             Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
             Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),
-            Command::Update(c) => crate::update::run(&cfg, c).await.map_err(Error::from),
+            Command::Update(crate::update::UpdateArgs { command: Some(c), .. }) => crate::update::run(&cfg, c).await.map_err(Error::from),
+            Command::Update(_) => Err(Error::Usage("update RELEASE and update --version V install on a manager: give --context NAME (`fleet update` rolls every manager; on the manager itself: `swarmseal update verify|apply`)".into())),
             Command::Fleet(c) => crate::fleet::run(c).await.map_err(Error::from),
             Command::Reseal | Command::Escrow(_) => Err(Error::Usage("reseal and escrow get ask a manager: give --context NAME (on the manager itself: `swarmseal seal`, the escrow file in the state dir)".into())),
             #[cfg(not(feature = "appliance"))]
@@ -493,7 +494,8 @@ fn run_remote(context: &str, command: Command) -> Result<(), Error> {
         Command::Reseal => Request::Reseal,
         Command::Escrow(c) => Request::Escrow(c),
         Command::Recover { force_new_cluster, key_stdin } => Request::Recover { force_new_cluster, key_stdin },
-        _ => return Err(Error::Usage("with --context, swarmseal runs status, bench, reseal, escrow get and recover on the manager; the other commands run on the manager itself (or `fleet update` for releases)".into())),
+        Command::Update(crate::update::UpdateArgs { command: None, release, version, reboot }) => Request::Update { release, version, reboot },
+        _ => return Err(Error::Usage("with --context, swarmseal runs status, bench, reseal, escrow get, recover and update RELEASE|--version V on the manager; the other commands run on the manager itself (`fleet update` rolls a release over every manager)".into())),
     };
     let docker = std::env::var_os("SWARMSEAL_DOCKER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("docker"));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -77,7 +77,7 @@ pub struct UpdateArgs {
 const QUORUM_GRACE: Duration = Duration::from_secs(60);
 /// Per-request timeout (the upload gets `UPLOAD_TIMEOUT`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-const UPLOAD_TIMEOUT: Duration = Duration::from_secs(1800);
+pub(crate) const UPLOAD_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Why a fleet update did not run or stopped. `Display` is the operator sentence.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +153,7 @@ impl Manager {
     async fn get_json(&self, path: &str) -> Result<Value, String> {
         let (status, body) = self.call(Method::GET, path, empty(), REQUEST_TIMEOUT).await?;
         if !status.is_success() {
-            return Err(format!("GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
+            return Err(format!("GET {path}: HTTP {status}: {}", answer_message(&body)));
         }
         serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON: {e}"))
     }
@@ -170,6 +170,16 @@ impl Manager {
         let v = self.get_json("/nodes").await?;
         Ok(parse_nodes(&v))
     }
+}
+
+/// What an error answer says: its `{"message": …}` (the engine's and the proxy's shape) or
+/// the body as text, escaped for a terminal.
+pub(crate) fn answer_message(body: &[u8]) -> String {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    message.escape_debug().to_string()
 }
 
 pub(crate) fn empty() -> ReqBody {
@@ -229,7 +239,20 @@ pub fn quorum_without(nodes: &[NodeView], down: &str) -> (usize, usize, bool) {
 pub fn release_version(release: &Path) -> Option<String> {
     let name = release.file_name()?.to_str()?;
     let v = name.strip_prefix("swarmseal_")?.strip_suffix(".tar")?;
-    (!v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') && v.chars().next()?.is_ascii_alphanumeric()).then(|| v.to_string())
+    is_version(v).then(|| v.to_string())
+}
+
+/// A release version as `scripts/build-image --version` accepts it: ASCII letters, digits, `.`
+/// and `-`, starting with a letter or digit (so it needs no escaping in a URL query).
+pub fn is_version(v: &str) -> bool {
+    v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}
+
+/// The release tar at `path` as a streamed request body (its exact length announced).
+pub(crate) async fn release_body(path: &Path) -> std::io::Result<ReqBody> {
+    let file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await?.len();
+    Ok(FileBody { file, len, buf: vec![0u8; 64 * 1024].into_boxed_slice() }.boxed())
 }
 
 /// A file as a streamed request body (64 KiB frames, exact length).
@@ -359,11 +382,10 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
             return Err(stop(format!("taking it down would leave {others_ok} of {} managers, below quorum {q}", nodes.len()), &done));
         }
         clock.say(format_args!("{}: uploading the release ({others_ok} of {} managers stay up, quorum {q})", m.context, nodes.len()));
-        let file = tokio::fs::File::open(&a.release).await.map_err(|e| stop(format!("{}: {e}", a.release.display()), &done))?;
-        let body = FileBody { file, len: meta.len(), buf: vec![0u8; 64 * 1024].into_boxed_slice() }.boxed();
+        let body = release_body(&a.release).await.map_err(|e| stop(format!("{}: {e}", a.release.display()), &done))?;
         let (status, answer) = m.call(Method::POST, "/swarmseal/v1/update?reboot=1", body, UPLOAD_TIMEOUT).await.map_err(|e| stop(format!("upload failed: {e}"), &done))?;
         if !status.is_success() {
-            return Err(stop(format!("the manager refused the release: HTTP {status}: {}", String::from_utf8_lossy(&answer).trim()), &done));
+            return Err(stop(format!("the manager refused the release: HTTP {status}: {}", answer_message(&answer)), &done));
         }
         clock.say(format_args!("{}: staged and rebooting ({:.0} s)", m.context, t.elapsed().as_secs_f64()));
         match wait_back(m, &ids[i].0, &version, &others, Duration::from_secs(a.timeout), poll, &clock).await {

@@ -3,37 +3,43 @@
 
 use std::io::IsTerminal;
 
+use swarmseal_common::status::{Slot, Status, Swarm};
 use zeroize::Zeroizing;
 
 use crate::secret::UnlockKey;
 
 /// The human form of the status document.
-pub fn print_status(v: &serde_json::Value) {
-    let s = |p: &str| v.pointer(p).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_else(|| "-".into());
-    println!("swarm      state {} (manager {}, autolock {}){}", s("/swarm/state"), s("/swarm/manager"), s("/swarm/autolock"), v.pointer("/swarm/error").filter(|x| !x.is_null()).map(|e| format!(" — {e}")).unwrap_or_default());
-    for slot in ["current", "previous"] {
-        match v.pointer(&format!("/sealed/{slot}")) {
-            Some(serde_json::Value::Null) | None => println!("{slot:<10} (empty)"),
-            Some(x) if x.get("error").is_some() => println!("{slot:<10} unreadable: {}", x["error"]),
-            Some(x) => {
-                let d = x.get("differs").and_then(|d| d.as_array()).map(|a| a.len());
-                println!("{slot:<10} sealed {} — {}", x["created"].as_str().unwrap_or("?"), match d {
-                    Some(0) => "policy PCRs match this boot".to_string(),
-                    Some(_) => format!("PCRs differ: {}", x["differs"]),
+pub fn print_status(st: &Status) {
+    let opt = |b: Option<bool>| b.map(|b| b.to_string()).unwrap_or_else(|| "null".into());
+    match &st.swarm {
+        Swarm::Reached { state, manager, autolock, error, .. } => {
+            println!("swarm      state {state} (manager {manager}, autolock {}){}", opt(*autolock), error.as_ref().filter(|e| !e.is_empty()).map(|e| format!(" — {e:?}")).unwrap_or_default())
+        }
+        Swarm::Unreachable { error } => println!("swarm      state - (manager -, autolock -) — {error:?}"),
+    }
+    for (name, slot) in [("current", &st.sealed.current), ("previous", &st.sealed.previous)] {
+        match slot {
+            None => println!("{name:<10} (empty)"),
+            Some(Slot::Unreadable { error }) => println!("{name:<10} unreadable: {error:?}"),
+            Some(Slot::Sealed { created, differs, .. }) => println!(
+                "{name:<10} sealed {created} — {}",
+                match differs {
+                    Some(d) if d.is_empty() => "policy PCRs match this boot".to_string(),
+                    Some(d) => format!("PCRs differ: {}", serde_json::to_string(d).unwrap_or_default()),
                     None => "TPM not readable".to_string(),
-                });
-            }
+                }
+            ),
         }
     }
-    if v["sealed_key_stale"] == true {
+    if st.sealed_key_stale == Some(true) {
         println!("key        sealed key is stale: the engine's unlock key differs from the sealed one; run `swarmseal seal` (a reboot now would need the operator's or the escrowed key)");
     }
-    if let Some(p) = v.get("change_pending").filter(|p| !p.is_null()) {
-        println!("pending    an interrupted `{}` is not finished: the next command with the swarm active seals the engine's key", p["op"].as_str().unwrap_or("?"));
+    if let Some(p) = &st.change_pending {
+        println!("pending    an interrupted `{}` is not finished: the next command with the swarm active seals the engine's key", p.op);
     }
-    println!("tpm        {} reachable {} phase-locked {}", s("/tpm/tcti"), s("/tpm/reachable"), s("/phase_locked"));
-    println!("proxy      enabled {} listen {}", s("/proxy/enabled"), s("/proxy/listen"));
-    println!("bench      {}", v.get("bench").map(|b| b.to_string()).unwrap_or_default());
+    println!("tpm        {} reachable {} phase-locked {}", st.tpm.tcti, st.tpm.reachable, opt(st.phase_locked));
+    println!("proxy      enabled {} listen {}", st.proxy.enabled, st.proxy.listen);
+    println!("bench      {}", st.bench.as_ref().map(|b| serde_json::to_string(b).unwrap_or_default()).unwrap_or_else(|| "null".into()));
 }
 
 /// Read the unlock key from stdin (blocking: call it on a blocking thread); no echo when stdin

@@ -11,6 +11,8 @@
 //! | `reseal` | `POST /reseal` (admin) |
 //! | `escrow get [--var-recovery-key] --out FILE` | `GET /escrow`, `GET /escrow/var-recovery-key` (admin; age-encrypted) |
 //! | `recover --force-new-cluster [--key-stdin]` | `POST /recover` (admin; body: the current unlock key, if given) |
+//! | `update RELEASE [--reboot]` | `POST /update[?reboot=1]` (admin; body: the release tar, verified by the manager before a byte is written) |
+//! | `update --version V [--reboot]` | `POST /update?version=V[&reboot=1]` (admin; the manager fetches `swarmseal_V.tar` from its `[update] source`) |
 //!
 //! Errors ([`RemoteError`]): a context that cannot be used (exit 2), a manager that does not
 //! answer (3), a manager that refuses (20, its `message` shown).
@@ -22,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
 
-use crate::fleet::{empty, FleetError, Manager, ReqBody};
+use crate::fleet::{answer_message, empty, is_version, release_body, release_version, FleetError, Manager, ReqBody, UPLOAD_TIMEOUT};
 
 /// How long one request may take (a reseal talks to the TPM; a recovery restarts the engine).
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -68,6 +70,9 @@ pub enum Request {
     Reseal,
     Escrow(EscrowCommand),
     Recover { force_new_cluster: bool, key_stdin: bool },
+    /// Install a release into the manager's inactive slot: uploaded from `release`, or fetched
+    /// by the manager (`version`); exactly one of the two.
+    Update { release: Option<PathBuf>, version: Option<String>, reboot: bool },
 }
 
 /// Run `request` against the manager of docker context `context` (`docker` is the docker CLI
@@ -76,17 +81,23 @@ pub async fn run(docker: &Path, context: &str, request: Request) -> Result<(), R
     if let Request::Recover { force_new_cluster: false, .. } = request {
         return Err(RemoteError::Usage("recover makes the manager the only manager of a new cluster: say so with --force-new-cluster".into()));
     }
+    // What the manager is asked to install, checked before its context is even read.
+    let update = match &request {
+        Request::Update { release, version, reboot } => Some(update_path(release.as_deref(), version.as_deref(), *reboot)?),
+        _ => None,
+    };
     let m = Manager::from_context(docker, context)?;
-    let ask = |method: Method, path: &'static str, body: ReqBody| {
+    let ask_within = |method: Method, path: String, body: ReqBody, timeout: Duration| {
         let m = &m;
         async move {
-            let (status, answer) = m.call(method.clone(), path, body, TIMEOUT).await.map_err(|message| RemoteError::Unreachable { context: context.into(), message })?;
+            let (status, answer) = m.call(method.clone(), &path, body, timeout).await.map_err(|message| RemoteError::Unreachable { context: context.into(), message })?;
             if !status.is_success() {
-                return Err(refused(context, &method, path, status, &answer));
+                return Err(refused(context, &method, &path, status, &answer));
             }
             Ok(answer)
         }
     };
+    let ask = |method: Method, path: &'static str, body: ReqBody| ask_within(method, path.to_string(), body, TIMEOUT);
     match request {
         Request::Status { json } => {
             let answer = ask(Method::GET, "/swarmseal/v1/status", empty()).await?;
@@ -94,7 +105,8 @@ pub async fn run(docker: &Path, context: &str, request: Request) -> Result<(), R
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                crate::operator::print_status(&v);
+                let st = serde_json::from_value(v).map_err(|e| RemoteError::Usage(format!("docker context {context}: GET /swarmseal/v1/status is not a swarmseal status document ({e}): is the manager's agent another version?")))?;
+                crate::operator::print_status(&st);
             }
         }
         Request::Bench => {
@@ -121,22 +133,52 @@ pub async fn run(docker: &Path, context: &str, request: Request) -> Result<(), R
                     .await
                     .map_err(|e| RemoteError::Usage(format!("cannot read the unlock key: {e}")))?
                     .map_err(RemoteError::Usage)?;
-                Full::new(Bytes::from(key.expose().as_bytes().to_vec())).map_err(|never| match never {}).boxed()
+                // The buffer is owned by a Zeroizing<Vec>: wiped when hyper drops the body.
+                Full::new(Bytes::from_owner(zeroize::Zeroizing::new(key.expose().as_bytes().to_vec()))).map_err(|never| match never {}).boxed()
             } else {
                 empty()
             };
             let answer = ask(Method::POST, "/swarmseal/v1/recover", body).await?;
             println!("recovered on {context}: {}", String::from_utf8_lossy(&answer).trim());
         }
+        Request::Update { release, reboot, .. } => {
+            let path = update.unwrap_or_default();
+            let body = match &release {
+                Some(r) => release_body(r).await.map_err(|e| RemoteError::Usage(format!("{}: {e}", r.display())))?,
+                None => empty(),
+            };
+            let answer = ask_within(Method::POST, path, body, UPLOAD_TIMEOUT).await?;
+            println!("{context}: {}", String::from_utf8_lossy(&answer).trim());
+            if reboot {
+                println!("{context} reboots into the new slot; `swarmseal --context {context} status` shows the version once it is back (a failed health gate boots the previous one)");
+            }
+        }
     }
     Ok(())
 }
 
-/// The manager's refusal: its `{"message": …}` (or the body as text), escaped for the terminal.
+/// `POST /swarmseal/v1/update…` for an upload of `release` or a fetch of `version`; a usage
+/// error when neither or both are given, the file is not a release, or the version is not one.
+fn update_path(release: Option<&Path>, version: Option<&str>, reboot: bool) -> Result<String, RemoteError> {
+    let query = match (release, version) {
+        (Some(r), None) => {
+            release_version(r).ok_or_else(|| RemoteError::Usage(format!("{}: not a release (expected swarmseal_VERSION.tar from `scripts/build-image --release`)", r.display())))?;
+            if !r.is_file() {
+                return Err(RemoteError::Usage(format!("{}: no such file", r.display())));
+            }
+            reboot.then(|| "reboot=1".to_string())
+        }
+        (None, Some(v)) if is_version(v) => Some(format!("version={v}{}", if reboot { "&reboot=1" } else { "" })),
+        (None, Some(v)) => return Err(RemoteError::Usage(format!("--version {:?}: a version is letters, digits, '.' and '-' (as `scripts/build-image --version` takes it)", v.escape_debug().to_string()))),
+        _ => return Err(RemoteError::Usage("update takes a release (swarmseal_V.tar, uploaded) or --version V (fetched by the manager from its [update] source), one of the two".into())),
+    };
+    Ok(match query {
+        Some(q) => format!("/swarmseal/v1/update?{q}"),
+        None => "/swarmseal/v1/update".into(),
+    })
+}
+
+/// The manager's refusal, with what its answer says ([`answer_message`]).
 fn refused(context: &str, method: &Method, path: &str, status: StatusCode, answer: &[u8]) -> RemoteError {
-    let message = serde_json::from_slice::<serde_json::Value>(answer)
-        .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(answer).trim().to_string());
-    RemoteError::Refused { context: context.into(), op: format!("{method} {path}"), status: status.as_u16(), message: message.escape_debug().to_string() }
+    RemoteError::Refused { context: context.into(), op: format!("{method} {path}"), status: status.as_u16(), message: answer_message(answer) }
 }

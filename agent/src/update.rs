@@ -356,7 +356,24 @@ pub async fn apply_via(socket: &Path, version: &str, reboot: bool) -> Result<Vec
     }
 }
 
-/// `swarmseal update …`
+/// `swarmseal update …`: on the appliance `apply` and `verify`; with `--context NAME`, a release
+/// for that manager (`POST /swarmseal/v1/update`, see [`crate::remote`]).
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct UpdateArgs {
+    #[command(subcommand)]
+    pub command: Option<UpdateCommand>,
+    /// (with --context) The release to upload: swarmseal_V.tar from `scripts/build-image --release`.
+    #[arg(value_name = "RELEASE", conflicts_with = "version")]
+    pub release: Option<PathBuf>,
+    /// (with --context) Have the manager fetch swarmseal_V.tar from its [update] source instead.
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+    /// (with --context) Reboot into the new slot once it is installed.
+    #[arg(long)]
+    pub reboot: bool,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum UpdateCommand {
     /// (appliance, root; run by swarmseal-update@.service) Verify the staged release again and

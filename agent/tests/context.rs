@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use support::update::{make_keys, make_release, serve_apply, Slots};
 use support::*;
 
 fn text(o: &Output) -> String {
@@ -42,7 +43,23 @@ fn every_remote_command_through_a_docker_context_and_each_error_with_its_exit_co
     assert!(recipient.starts_with("age1"), "{recipient}");
     let port = free_port();
     let cfg = s.join("agent.toml");
-    std::fs::write(&cfg, format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n[escrow]\nrecipient = \"{recipient}\"\n[swarm]\ninit = true\nadvertise_addr = \"{}\"\n", d.addr)).unwrap();
+    // Updates: the fleet's keys, image slots whose sysupdate and reboot are stand-ins, and the
+    // socket-activated `swarmseal update apply` (support::update).
+    let (keys, other_keys) = (s.join("keys"), s.join("other-keys"));
+    make_keys(&keys);
+    make_keys(&other_keys);
+    let slots = Slots::new(s.join("slots"), "1.0.0");
+    let socket = s.join("update.sock");
+    let update = format!(
+        "[update]\npublic_key = \"{}\"\nsocket = \"{}\"\nsysupdate = \"{}\"\nsystemctl = \"{}\"\nos_release = \"{}\"\n",
+        path_str(&keys.join("pcr-signing.pem")),
+        path_str(&socket),
+        path_str(&slots.dir.join("sysupdate")),
+        path_str(&slots.dir.join("systemctl")),
+        path_str(&slots.dir.join("os-release"))
+    );
+    std::fs::write(&cfg, format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n[escrow]\nrecipient = \"{recipient}\"\n[swarm]\ninit = true\nadvertise_addr = \"{}\"\n{update}", d.addr)).unwrap();
+    serve_apply(socket, vec!["--config".into(), path_str(&cfg).into(), "--state-dir".into(), st.into()]);
     let log = s.join("agent.log");
     let _agent = AgentProcess(
         cmd(swarmseal_bin())
@@ -119,6 +136,47 @@ fn every_remote_command_through_a_docker_context_and_each_error_with_its_exit_co
     let b: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(b["checks"].as_u64().unwrap() > 100, "{b}");
 
+    // metrics: Prometheus text format 0.0.4 that the real promtool accepts, for admin, readonly
+    // and monitor; the state gauges are right, and the counters move after a rotation.
+    let o = local(&["certs", "issue", "carol", "--role", "monitor", "--out", &format!("{st}/carol")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let scrape = |bundle: &str| -> String {
+        let b = s.join(bundle);
+        let o = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "20", "--cacert", path_str(&b.join("ca.pem")), "--cert", path_str(&b.join("cert.pem")), "--key", path_str(&b.join("key.pem"))])
+            .arg(format!("https://127.0.0.1:{port}/swarmseal/v1/metrics"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "GET /swarmseal/v1/metrics as {bundle}: {}", text(&o));
+        let body = String::from_utf8(o.stdout).unwrap();
+        let mut lint = Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("promtool (scripts/install-deps installs it) must be installed");
+        std::io::Write::write_all(&mut lint.stdin.take().unwrap(), body.as_bytes()).unwrap();
+        let lint = lint.wait_with_output().unwrap();
+        assert!(lint.status.success(), "promtool check metrics: {}\n{body}", text(&lint));
+        body
+    };
+    let value = |body: &str, series: &str| -> Option<f64> { body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()) };
+    let before = scrape("alice");
+    assert_eq!(value(&before, "swarmseal_swarm_state{state=\"active\"}"), Some(1.0), "{before}");
+    assert_eq!(value(&before, "swarmseal_swarm_state{state=\"locked\"}"), Some(0.0), "{before}");
+    assert_eq!(value(&before, "swarmseal_key_sealed"), Some(1.0), "{before}");
+    assert_eq!(value(&before, "swarmseal_phase_locked"), Some(1.0), "{before}");
+    assert!(value(&before, "swarmseal_boot_decision_age_seconds").is_some_and(|a| a >= 0.0), "{before}");
+    assert_eq!(value(&before, "swarmseal_bench_reported"), Some(1.0), "the report made above: {before}");
+    assert!(value(&before, "swarmseal_bench_score").is_some(), "{before}");
+    assert!(value(&before, "swarmseal_bench_warnings").is_some_and(|v| v >= 1.0), "{before}");
+    assert!(value(&before, "swarmseal_proxy_requests_total{role=\"admin\",status=\"200\"}").is_some_and(|v| v >= 1.0), "{before}");
+    assert!(value(&before, "swarmseal_proxy_requests_total{role=\"readonly\",status=\"403\"}").is_some_and(|v| v >= 1.0), "{before}");
+    let seals = value(&before, "swarmseal_seals_total").unwrap_or(0.0);
+    assert!(seals >= 2.0, "the init's seal and the reseal above: {before}");
+    let o = docker(&["--context", "adm", "swarm", "unlock-key", "--rotate", "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_until("the metrics show the rotation resealed", Duration::from_secs(60), || value(&scrape("bob"), "swarmseal_seals_total").unwrap_or(0.0) > seals);
+    let after = scrape("carol");
+    let changes: f64 = after.lines().filter(|l| l.starts_with("swarmseal_key_changes_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    let changes_before: f64 = before.lines().filter(|l| l.starts_with("swarmseal_key_changes_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    assert!(changes > changes_before, "a rotation is a key change:\n{before}\n---\n{after}");
+
     // The errors: each a sentence and its exit code.
     let o = remote("nosuch", &["status"], None);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -136,5 +194,36 @@ fn every_remote_command_through_a_docker_context_and_each_error_with_its_exit_co
     // Without --context, the new commands say what they need.
     let o = swarmseal(&["reseal"], &[], None);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = swarmseal(&["update", "swarmseal_1.0.1.tar"], &[], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--context"), "{}", text(&o));
+
+    // update: what the operator gives is checked before anything is sent (exit 2)…
+    let rels = s.join("releases");
+    let other = make_release(&s.join("other"), "1.0.1", &other_keys);
+    let good = make_release(&rels, "1.0.1", &keys);
+    std::fs::write(s.join("notes.txt"), "not a release").unwrap();
+    for bad in [vec!["update"], vec!["update", "--version", "1.0 ; reboot"], vec!["update", path_str(&s.join("notes.txt"))], vec!["update", path_str(&rels.join("swarmseal_9.9.tar"))], vec!["update", path_str(&good), "--version", "1.0.1"]] {
+        let o = remote("adm", &bad, None);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", text(&o));
+    }
+    // … a readonly certificate may not, a release signed by another key is refused by the
+    // manager before anything is written, a version with no [update] source is refused (20)…
+    let o = remote("ro", &["update", path_str(&good)], None);
+    assert_eq!(o.status.code(), Some(20), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 403"), "{}", text(&o));
+    let o = remote("adm", &["update", path_str(&other), "--reboot"], None);
+    assert_eq!(o.status.code(), Some(20), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("HTTP 422"), "{}", text(&o));
+    assert!(slots.log("sysupdate").is_empty(), "sysupdate ran for a release signed by another key: {}", slots.log("sysupdate"));
+    let o = remote("adm", &["update", "--version", "1.0.2"], None);
+    assert_eq!(o.status.code(), Some(20), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("source"), "{}", text(&o));
+    assert!(!slots.take_reboot());
+    // … and the fleet's release is uploaded, verified, installed into the other slot, rebooted.
+    let o = remote("adm", &["update", path_str(&good), "--reboot"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(slots.log("sysupdate").contains("update 1.0.1"), "{}", slots.log("sysupdate"));
+    wait_until("the apply service asks for the reboot", Duration::from_secs(30), || slots.take_reboot());
     assert_eq!(d.swarm_state(), "active");
 }

@@ -48,13 +48,17 @@ fn policy_check(role: &str, method: &str, path: &str, body: &[u8]) -> (i32, Stri
 
 /// One request with `body` through the proxy (raw TLS): (status, body).
 fn send(e: &Env, bundle: &Path, head: &str, body: &[u8]) -> (u16, String) {
-    let mut s = connect(e.proxy.addr, client_config(&bundle.join("ca.pem"), Some(bundle)));
+    send_to(e.proxy.addr, bundle, head, body, || e.proxy.logs.text())
+}
+
+fn send_to(addr: std::net::SocketAddr, bundle: &Path, head: &str, body: &[u8], logs: impl Fn() -> String) -> (u16, String) {
+    let mut s = connect(addr, client_config(&bundle.join("ca.pem"), Some(bundle)));
     s.write_all(head.as_bytes()).unwrap();
     let _ = s.write_all(body);
     let mut buf = Vec::new();
     let r = s.read_to_end(&mut buf);
     let t = String::from_utf8_lossy(&buf).into_owned();
-    let status = t.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no HTTP answer: {t:?} ({r:?}); proxy log: {}", e.proxy.logs.text()));
+    let status = t.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no HTTP answer: {t:?} ({r:?}); proxy log: {}", logs()));
     (status, t.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
 }
 
@@ -365,4 +369,122 @@ fn body_bypasses_are_denied_or_refused_and_policy_check_agrees() {
         let (code, out) = policy_check("deploy", m, p, b"{}");
         assert_eq!(code == 0, want == 200, "{m} {p}: {out}");
     }
+}
+
+/// The appliance's `swarmseal.roles` credential, through the agent binary with
+/// `$CREDENTIALS_DIRECTORY` as systemd sets it: its tables replace the configuration's of the
+/// same name and add new roles; a bad one keeps the proxy from starting (the agent says which
+/// role and rule) instead of serving part of a policy.
+#[test]
+fn roles_credential_on_the_appliance_overrides_the_config_and_a_bad_one_keeps_the_proxy_off() {
+    let d = Dockerd::start();
+    d.import_busybox("bb:1");
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path();
+    let st = path_str(s);
+    for sub in ["a", "b/x", "creds"] {
+        std::fs::create_dir_all(s.join(sub)).unwrap();
+    }
+    let ws = s.join("workstation.toml");
+    std::fs::write(&ws, "[roles.ci]\nbase = \"deploy\"\n").unwrap();
+    ok(&swarmseal(&["--state-dir", st, "certs", "init"], &[], None), "certs init");
+    for (name, role) in [("pipe", "ci"), ("dep", "deploy")] {
+        ok(&swarmseal(&["--config", path_str(&ws), "--state-dir", st, "certs", "issue", name, "--role", role, "--out", &format!("{st}/{name}")], &[], None), "certs issue");
+    }
+    let port = free_port();
+    let cfg = s.join("agent.toml");
+    std::fs::write(&cfg, format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n[swarm]\ninit = false\n[roles.deploy]\nallow_bind_paths = [\"{st}/a\"]\n")).unwrap();
+    let creds = s.join("creds");
+    let log = s.join("agent.log");
+    let start = || {
+        let _ = std::fs::remove_file(&log);
+        AgentProcess(
+            cmd(swarmseal_bin())
+                .args(["--config", path_str(&cfg), "--docker-host", &d.host(), "--state-dir", st, "--tcti", &tpm.tcti(), "agent"])
+                .env("CREDENTIALS_DIRECTORY", &creds)
+                .env("SWARMSEAL_LOG_STDERR", "1")
+                .env("NO_COLOR", "1")
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let post = |bundle: &str, body: &str| {
+        let head = format!("POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+        send_to(addr, &s.join(bundle), &head, body.as_bytes(), logs)
+    };
+
+    // Good: a new role `ci`, and deploy's table replaced (its bind path is b, no longer a).
+    std::fs::write(creds.join("swarmseal.roles"), format!("[roles.deploy]\nallow_bind_paths = [\"{st}/b\"]\n[roles.ci]\nbase = \"deploy\"\n")).unwrap();
+    let agent = start();
+    wait_until("the proxy serves", Duration::from_secs(60), || std::net::TcpStream::connect(addr).is_ok());
+    let (code, answer) = post("pipe", r#"{"Image":"bb:1","HostConfig":{"Privileged":true}}"#);
+    assert_eq!((code, answer.contains("ci: HostConfig.Privileged is not allowed")), (403, true), "{answer}");
+    let (code, answer) = post("pipe", r#"{"Image":"bb:1","Cmd":["true"]}"#);
+    assert_eq!(code, 201, "a role only the credential defines: {answer}");
+    let (code, answer) = post("dep", &format!(r#"{{"Image":"bb:1","Cmd":["true"],"HostConfig":{{"Binds":["{st}/b/x:/x"]}}}}"#));
+    assert_eq!(code, 201, "the credential's bind path: {answer}");
+    let (code, answer) = post("dep", &format!(r#"{{"Image":"bb:1","Cmd":["true"],"HostConfig":{{"Binds":["{st}/a:/x"]}}}}"#));
+    assert!(code == 403 && answer.contains("outside allow_bind_paths"), "the config's table is replaced: {code} {answer}");
+    // A symlink inside the allowed directory is not followed out of it (the bind is refused).
+    std::os::unix::fs::symlink("/etc", s.join("b/evil")).unwrap();
+    let (code, answer) = post("dep", &format!(r#"{{"Image":"bb:1","Cmd":["true"],"HostConfig":{{"Mounts":[{{"Type":"bind","Source":"{st}/b/evil","Target":"/x"}}]}}}}"#));
+    assert!(code == 403 && answer.contains(&format!("passes through the symbolic link `{st}/b/evil`")), "{code} {answer}");
+    assert!(!logs().contains("bad_credential"), "{}", logs());
+    drop(agent);
+
+    // Bad: the agent names the credential, the role and the rule, and serves no proxy.
+    std::fs::write(creds.join("swarmseal.roles"), "[roles.ci]\nbase = \"deploy\"\nallow_sysctls = [\"kernel.shm rmid\"]\n").unwrap();
+    wait_until("the old proxy is gone", Duration::from_secs(30), || std::net::TcpStream::connect(addr).is_err());
+    let _agent = start();
+    wait_until("the agent's boot decision", Duration::from_secs(60), || logs().contains("swarm init is off"));
+    let l = logs();
+    assert!(l.contains("credential swarmseal.roles: [roles.ci] allow_sysctls: `kernel.shm rmid` is not a sysctl name; the proxy is not started until it is fixed"), "{l}");
+    assert!(std::net::TcpStream::connect(addr).is_err(), "no proxy on a half-read policy: {l}");
+}
+
+/// A rollback makes the engine apply the service's PreviousSpec (or, with `FailureAction:
+/// rollback`, its current Spec) instead of the body: for a deploy identity the proxy reads
+/// that spec from the engine and applies the body rules to it, at the request's version.
+#[test]
+fn a_rollback_applies_only_a_spec_the_deploy_role_allows() {
+    let (e, dep, _mon, _other) = swarm_env();
+    // Admin made the service for ci with a capability deploy may not add.
+    e.admin(&["service", "create", "--detach", "--replicas", "0", "--name", "r1", "--label", "swarmseal.owner=ci", "--cap-add", "CAP_SYS_ADMIN", "bb:1", "sleep", "600"]);
+    let id = e.d.docker_ok(&["service", "inspect", "r1", "--format", "{{.ID}}"]);
+    let version = || e.d.docker_ok(&["service", "inspect", "r1", "--format", "{{.Version.Index}}"]);
+    let caps = || e.d.docker_ok(&["service", "inspect", "r1", "--format", "{{json .Spec.TaskTemplate.ContainerSpec.CapabilityAdd}} {{json .Spec.TaskTemplate.ContainerSpec.Env}}"]);
+    let spec = |env: &str, extra: &str| format!(r#"{{"Name":"r1","Mode":{{"Replicated":{{"Replicas":0}}}},"TaskTemplate":{{"ContainerSpec":{{"Image":"bb:1","Args":["sleep","600"],"Env":["V={env}"]}}}}{extra}}}"#);
+    let update = |q: &str, body: &str| post(&e, &dep, &format!("/v1.41/services/{id}/update?{q}"), body.as_bytes());
+
+    // An update that would roll back to the current (admin's) spec if it failed: refused.
+    let (st, answer) = update(&format!("version={}", version()), &spec("1", r#","UpdateConfig":{"FailureAction":"rollback"}"#));
+    assert!(st == 403 && answer.contains("deploy: Spec.TaskTemplate.ContainerSpec.CapabilityAdd is not allowed (the spec a rollback applies)"), "{st} {answer}");
+    e.proxy.logs.wait_for(&["status=403", "rule=cap-add", "/update"]);
+    // ci replaces it with an allowed spec: admin's is now the PreviousSpec.
+    let (st, answer) = update(&format!("version={}", version()), &spec("1", ""));
+    assert_eq!(st, 200, "{answer}");
+    assert_eq!(caps(), r#"null ["V=1"]"#);
+    // The CLI's rollback (body: the current, allowed spec) is refused for the spec it would apply.
+    let o = e.docker_as(&dep, &["service", "rollback", "--detach", "r1"], None);
+    assert!(!o.status.success() && text(&o).contains("deploy: PreviousSpec.TaskTemplate.ContainerSpec.CapabilityAdd is not allowed"), "{}", text(&o));
+    assert_eq!(caps(), r#"null ["V=1"]"#, "nothing was rolled back");
+    // A rollback whose version is not the service's now: refused (the spec was checked at that one only).
+    let (st, answer) = update(&format!("version={}&rollback=previous", version().parse::<u64>().unwrap() + 1), &spec("1", ""));
+    assert!(st == 403 && answer.contains("a rollback needs version="), "{st} {answer}");
+    e.proxy.logs.wait_for(&["status=403", "rule=rollback"]);
+    let (code, out) = policy_check("deploy", "POST", &format!("/v1.41/services/{id}/update?version=1&rollback=previous"), spec("1", "").as_bytes());
+    assert!(code == 0 && out.contains("a rollback would apply"), "{out}");
+    // Two allowed specs: the rollback goes through, to the previous one.
+    let (st, answer) = update(&format!("version={}", version()), &spec("2", ""));
+    assert_eq!(st, 200, "{answer}");
+    ok(&e.docker_as(&dep, &["service", "rollback", "--detach", "r1"], None), "service rollback to an allowed spec");
+    assert_eq!(caps(), r#"null ["V=1"]"#);
+    // Admin is not inspected: its rollback restores V=2, then the update to admin's own spec works for it.
+    e.admin(&["service", "rollback", "--detach", "r1"]);
+    assert_eq!(caps(), r#"null ["V=2"]"#);
 }

@@ -231,6 +231,11 @@ fn bad_input_gets_a_clear_message_and_its_own_exit_code() {
     let o = swarmseal(&["--docker-host", "unix:///nonexistent/docker.sock", "--state-dir", m.state.path().to_str().unwrap(), "--tcti", &m.tpm.tcti(), "unlock"], &[], None);
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     assert!(stderr(&o).contains("/nonexistent/docker.sock"), "{}", stderr(&o));
+    // status prints its report all the same (the engine's part says why), then exits 3.
+    let o = swarmseal(&["--docker-host", "unix:///nonexistent/docker.sock", "--state-dir", m.state.path().to_str().unwrap(), "--tcti", &m.tpm.tcti(), "status", "--json"], &[], None);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["swarm"]["error"].as_str().is_some_and(|e| e.contains("/nonexistent/docker.sock")), "{v}");
 
     // Unknown config key: exit 2 naming the key.
     let cfg = m.state.path().join("bad.toml");

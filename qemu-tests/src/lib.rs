@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 pub use swarmseal_common::status::{Slot, Status};
 
+pub mod fleet;
+
 pub type Check<T = ()> = Result<T, String>;
 
 /// Fail the current check with a message (a scenario is a list of these).
@@ -144,6 +146,11 @@ pub fn run(cmd: &mut Command) -> Check<Output> {
         return Err(format!("{cmd:?} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
     }
     Ok(out)
+}
+
+/// Each line of `s` with `prefix` before it (output nested under a scenario's lines).
+pub fn indent(s: &str, prefix: &str) -> String {
+    s.lines().map(|l| format!("{prefix}{l}")).collect::<Vec<_>>().join("\n")
 }
 
 pub fn text(b: &[u8]) -> String {
@@ -362,7 +369,7 @@ impl Vm {
     pub fn console_tail(&self, n: usize) -> String {
         let c = self.console();
         let lines: Vec<&str> = c.lines().collect();
-        lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("      | {l}")).collect::<Vec<_>>().join("\n")
+        indent(&lines[lines.len().saturating_sub(n)..].join("\n"), "      | ")
     }
 
     /// Lines of the console containing all of `words`.
@@ -393,8 +400,17 @@ impl Vm {
         format!("tcp://127.0.0.1:{}", self.port)
     }
 
-    fn docker_cmd(&self) -> Command {
-        let mut c = Command::new("docker");
+    /// The docker CLI, under `timeout SECS` when given (a call that must not hang the
+    /// caller: the quorum watcher asks managers that may be rebooting).
+    fn docker_cmd(&self, timeout: Option<u64>) -> Command {
+        let mut c = match timeout {
+            Some(secs) => {
+                let mut t = Command::new("timeout");
+                t.arg(secs.to_string()).arg("docker");
+                t
+            }
+            None => Command::new("docker"),
+        };
         // The operator's own CLI, not this host's engine or contexts.
         c.env_remove("DOCKER_HOST").env_remove("DOCKER_CONTEXT").env_remove("DOCKER_TLS_VERIFY").env_remove("DOCKER_CERT_PATH");
         c.env("DOCKER_CONFIG", self.dir.join("docker-config"));
@@ -422,8 +438,17 @@ impl Vm {
     }
 
     pub fn docker_stdin(&self, args: &[&str], stdin: Option<&str>) -> Cli {
+        self.docker_with(None, args, stdin)
+    }
+
+    /// [`Vm::docker`] that gives up after `secs` seconds (exit 124, `ok` false).
+    pub fn docker_timeout(&self, secs: u64, args: &[&str]) -> Cli {
+        self.docker_with(Some(secs), args, None)
+    }
+
+    fn docker_with(&self, timeout: Option<u64>, args: &[&str], stdin: Option<&str>) -> Cli {
         let b = self.bundle();
-        let mut c = self.docker_cmd();
+        let mut c = self.docker_cmd(timeout);
         c.arg("--tlsverify")
             .arg("--tlscacert")
             .arg(b.join("ca.pem"))
@@ -439,14 +464,14 @@ impl Vm {
 
     /// The same command with no client certificate (plain TCP, as if the API were open).
     pub fn docker_without_bundle(&self, args: &[&str]) -> Cli {
-        let mut c = self.docker_cmd();
+        let mut c = self.docker_cmd(None);
         c.arg("-H").arg(self.host()).args(args);
         Self::cli(c, None)
     }
 
     /// The same command over TLS trusting the CA, but without a client certificate.
     pub fn docker_tls_without_cert(&self, args: &[&str]) -> Cli {
-        let mut c = self.docker_cmd();
+        let mut c = self.docker_cmd(None);
         c.arg("--tls").arg("--tlscacert").arg(self.bundle().join("ca.pem")).arg("-H").arg(self.host()).args(args);
         Self::cli(c, None)
     }
@@ -544,10 +569,15 @@ fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// A free TCP port on 127.0.0.1 for the proxy forward.
-fn free_port() -> Check<u16> {
+/// A free TCP port on 127.0.0.1 for a QEMU host forward (the proxy, the swarm port): free
+/// now and not handed out before by this process (VMs made side by side bind theirs only
+/// when they power on). Below the kernel's ephemeral range, which outgoing connections use.
+pub fn free_port() -> Check<u16> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for port in 23760..23860 {
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return Ok(port);
         }
     }

@@ -9,13 +9,15 @@
 //!
 //!   cargo test -p swarmseal-qemu-tests                      all of it (8–10 need scripts/test-fleet's releases)
 //!   SWARMSEAL_SCENARIOS=1,2,7 cargo test -p swarmseal-qemu-tests   a subset
+//!   SWARMSEAL_SCENARIOS=fleet scripts/test-fleet              three managers rolled by `fleet update`,
+//!                                   quorum watched (behind this flag only: ~35 min; not in `all`)
 //!   SWARMSEAL_SCENARIO4_TIMES=5 …   scenario 4 five times in a row, each moving the disk
 //!                                   the previous one recovered to yet another machine
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use swarmseal_qemu_tests::{ensure, text, typed, Check, Escrow, Outcome, Slot, Suite, Vm};
+use swarmseal_qemu_tests::{ensure, indent, text, typed, Check, Escrow, Outcome, Slot, Suite, Vm};
 
 const FIRST_BOOT: Duration = Duration::from_secs(15 * 60);
 const BOOT: Duration = Duration::from_secs(10 * 60);
@@ -75,7 +77,7 @@ fn main() {
     let mut story = Story { suite, manager: None, escrow: Escrow::default(), key: None, var_key: None, moves: 0 };
     let s4_times: usize = std::env::var("SWARMSEAL_SCENARIO4_TIMES").ok().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or(1);
     type Scenario = fn(&mut Story) -> Check;
-    let scenarios: [(&str, &str, Scenario); 10] = [
+    let scenarios: [(&str, &str, Scenario); 11] = [
         ("1", "first boot: swarm up with autolock, key sealed, only the admin bundle gets in, bench reported", first_boot),
         ("2", "reboot: unlocked again with nobody typing a key", reboot),
         ("5", "key rotation through the proxy: resealed, next boot unlocks with the new key", rotation),
@@ -86,10 +88,13 @@ fn main() {
         ("10", "a release that fails its health gate: 3 tries, then back on the previous version, unlocked with no reseal", update_rolls_back),
         ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
         ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
+        ("fleet", "three managers, one autolocked swarm, rolled to the next release by `swarmseal fleet update`: quorum held throughout", fleet),
     ];
     let mut results = Vec::new();
     for (id, title, f) in scenarios {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == id)) {
+        // The fleet scenario runs only when named: it is not part of `all`.
+        let named = only.as_ref().map(|o| o.iter().any(|x| x == id));
+        if named == Some(false) || (named.is_none() && id == "fleet") {
             println!("\n=== scenario {id}: NOT RUN (not in SWARMSEAL_SCENARIOS): {title}");
             continue;
         }
@@ -102,7 +107,7 @@ fn main() {
             let took = t.elapsed();
             match &r {
                 Ok(()) => println!("=== scenario {id}: PASS in {:.0} s", took.as_secs_f64()),
-                Err(e) => println!("=== scenario {id}: FAIL in {:.0} s\n{}", took.as_secs_f64(), indent(e)),
+                Err(e) => println!("=== scenario {id}: FAIL in {:.0} s\n{}", took.as_secs_f64(), indent(e, "    ")),
             }
             let failed = r.is_err();
             results.push((id, title, took, r));
@@ -132,10 +137,6 @@ fn main() {
     if failed > 0 {
         std::process::exit(1);
     }
-}
-
-fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
 fn differs(status: &Value) -> Vec<String> {
@@ -542,6 +543,17 @@ fn bad_credentials(s: &mut Story) -> Check {
 
 /// The running image version and when the current seal was made (`image.version`,
 /// `sealed.current.created` of the agent's status): an update must not replace the seal.
+// ---------------------------------------------------------------- fleet
+
+/// Three managers of their own (the story's manager is shut down first: four TCG VMs on
+/// two cores would thrash). See `swarmseal_qemu_tests::fleet`.
+fn fleet(s: &mut Story) -> Check {
+    if let Some(vm) = s.manager.as_mut() {
+        vm.shutdown()?;
+    }
+    swarmseal_qemu_tests::fleet::rolling_update(&s.suite)
+}
+
 fn version_and_seal(st: &Value) -> (String, Value) {
     let doc = typed(st).ok();
     let version = doc.as_ref().and_then(|d| d.image.version.clone()).unwrap_or_else(|| "?".into());

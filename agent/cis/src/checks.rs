@@ -3,7 +3,8 @@
 //! plus one pure evaluation over a [`Snapshot`] gathered once.
 //!
 //! Titles ending in "(Automated)" are scored (+1 PASS, −1 WARN); "(Manual)"
-//! ones are counted but not scored, as in docker-bench-security.
+//! ones are counted but not scored, as in docker-bench-security (one exception
+//! there, 5.9: [`Check::scored`]). Every PASS names its evidence.
 //! Appliance checks use the `A` prefix.
 
 use bollard::models::{ContainerInspectResponse, RestartPolicyNameEnum};
@@ -32,9 +33,16 @@ pub struct Check {
 }
 
 impl Check {
-    /// Scored as docker-bench-security does: the benchmark's Automated checks.
+    /// Scored as docker-bench-security v1.6.0 scores it: it scores per call, not by
+    /// title (`functions/output_lib.sh`: `pass -s`/`warn -s` are scored, `pass -c`,
+    /// `info -c`, `note -c` are only counted), and its `tests/*.sh` call `-s` for
+    /// every Automated check and `-c` for every Manual one, except 5.9 "Ensure that
+    /// only needed ports are open on the container (Manual)", whose PASS and WARN
+    /// are `pass -s`/`warn -s` (`tests/5_container_runtime.sh`,
+    /// github.com/docker/docker-bench-security). Appliance checks: Automated ones.
+    /// Section 5 IDs are the same in v1.6.0 and v1.8.0.
     pub fn scored(&self) -> bool {
-        self.desc.ends_with("(Automated)")
+        self.desc.ends_with("(Automated)") || self.id == "5.9"
     }
 }
 
@@ -176,7 +184,7 @@ pub fn catalogue() -> Vec<Check> {
             "There are multiple prerequisites depending on which distribution that is in use, and also known limitations regarding networking and resource limitation.",
             |s| {
                 if sec_opt(s, "name=rootless") {
-                    Outcome::pass_with("The daemon runs rootless")
+                    Outcome::pass_with("The daemon runs rootless (GET /info SecurityOptions: name=rootless)")
                 } else {
                     Outcome::info("The daemon runs as root; a swarm manager needs it (overlay networking, raft store)")
                 }
@@ -224,22 +232,19 @@ pub fn catalogue() -> Vec<Check> {
             "You should ensure that no insecure registries are in use: remove --insecure-registry flags and \"insecure-registries\" from daemon.json.",
             "None.",
             |s| {
+                let Some(r) = &s.engine.info.registry_config else { return Outcome::note("The engine did not report its RegistryConfig (GET /info)") };
                 let mut bad: Vec<String> = Vec::new();
-                if let Some(r) = &s.engine.info.registry_config {
-                    for c in r.insecure_registry_cidrs.iter().flatten() {
-                        if c != "127.0.0.0/8" && c != "::1/128" {
-                            bad.push(c.clone());
-                        }
-                    }
-                    for (name, idx) in r.index_configs.iter().flatten() {
-                        if idx.secure == Some(false) {
-                            bad.push(name.clone());
-                        }
+                let cidrs: Vec<String> = r.insecure_registry_cidrs.clone().unwrap_or_default();
+                bad.extend(cidrs.iter().filter(|c| *c != "127.0.0.0/8" && *c != "::1/128").cloned());
+                for (name, idx) in r.index_configs.iter().flatten() {
+                    if idx.secure == Some(false) {
+                        bad.push(name.clone());
                     }
                 }
                 bad.sort();
                 bad.dedup();
-                Outcome::warn_if_any("Insecure registries", bad)
+                let evidence = format!("GET /info RegistryConfig: every index is secure, insecure CIDRs are loopback only ({})", if cidrs.is_empty() { "none".to_string() } else { cidrs.join(" ") });
+                Outcome::warn_if_any("Insecure registries", bad, evidence)
             }
         ),
         check!(
@@ -298,8 +303,8 @@ pub fn catalogue() -> Vec<Check> {
             "Please consult the Docker documentation for various ways in which this can be configured depending upon your requirements (\"userns-remap\": \"default\" in daemon.json).",
             "User namespace remapping is incompatible with a number of Docker features and also currently breaks with some of its functionalities.",
             |s| {
-                if sec_opt(s, "name=userns") {
-                    Outcome::pass()
+                if let Some(o) = sec_opt_of(s, "name=userns") {
+                    Outcome::pass_with(format!("User namespace remapping is on (GET /info SecurityOptions: {o})"))
                 } else {
                     Outcome::warn("User namespace remapping is not enabled")
                 }
@@ -407,7 +412,7 @@ pub fn catalogue() -> Vec<Check> {
             |s| {
                 let opts = s.engine.info.security_options.clone().unwrap_or_default();
                 match opts.iter().find(|o| o.starts_with("name=seccomp")) {
-                    Some(o) => Outcome::pass_with(o.clone()),
+                    Some(o) => Outcome::pass_with(format!("{o} (GET /info SecurityOptions)")),
                     None => Outcome::info("Seccomp is not enabled on this engine"),
                 }
             }
@@ -418,10 +423,10 @@ pub fn catalogue() -> Vec<Check> {
             "You should not pass --experimental as a runtime parameter to the Docker daemon on production systems.",
             "None.",
             |s| {
-                if s.engine.info.experimental_build == Some(true) || s.engine.version.experimental == Some(true) {
-                    Outcome::warn("Experimental features are enabled")
-                } else {
-                    Outcome::pass()
+                match (s.engine.info.experimental_build, s.engine.version.experimental) {
+                    (Some(true), _) | (_, Some(true)) => Outcome::warn("Experimental features are enabled"),
+                    (None, None) => Outcome::note("The engine did not report whether experimental features are on (GET /info ExperimentalBuild, GET /version Experimental)"),
+                    _ => Outcome::pass_with("Experimental features are off (GET /info ExperimentalBuild, GET /version Experimental)"),
                 }
             }
         ),
@@ -434,11 +439,11 @@ pub fn catalogue() -> Vec<Check> {
         check!("3.6", "Ensure that /etc/docker directory permissions are set to 755 or more restrictively (Automated)", "You should run the following command: chmod 755 /etc/docker.", "None.", |s| perms(s, Some(host::DOCKER_ETC), 0o755, "Directory not found")),
         check!("3.7", "Ensure that registry certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root /etc/docker/certs.d/<registry-name>/*.", "None.", |s| match &s.host.registry_certs {
             None => Outcome::info("Directory not found"),
-            Some(files) => Outcome::warn_if_any("Wrong ownership for", files.iter().filter(|f| s.host.stat_of(f).is_some_and(|st| st.uid != 0 || st.gid != 0)).cloned().collect()),
+            Some(files) => registry_certs(s, files, "Wrong ownership for", |st| st.uid == 0 && st.gid == 0, |st| format!("{}:{}", st.uid, st.gid)),
         }),
         check!("3.8", "Ensure that registry certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 /etc/docker/certs.d/<registry-name>/*.", "None.", |s| match &s.host.registry_certs {
             None => Outcome::info("Directory not found"),
-            Some(files) => Outcome::warn_if_any("Wrong permissions for", files.iter().filter(|f| s.host.stat_of(f).is_some_and(|st| st.mode & !0o444 != 0)).cloned().collect()),
+            Some(files) => registry_certs(s, files, "Wrong permissions for", |st| st.mode & !0o444 == 0, |st| format!("{:o}", st.mode)),
         }),
         check!("3.9", "Ensure that TLS CA certificate file ownership is set to root:root (Automated)", "You should run the following command: chown root:root <path to TLS CA certificate file>.", "None.", |s| tls_file(s, "tlscacert", |p| owner(s, p, "No TLS CA certificate found"))),
         check!("3.10", "Ensure that TLS CA certificate file permissions are set to 444 or more restrictively (Automated)", "You should run the following command: chmod 444 <path to TLS CA certificate file>.", "None.", |s| tls_file(s, "tlscacert", |p| perms(s, p, 0o444, "No TLS CA certificate found"))),
@@ -451,7 +456,7 @@ pub fn catalogue() -> Vec<Check> {
             let Some(st) = s.host.stat_of(p) else { return Outcome::info("File not found") };
             let docker_gid = s.host.docker_group.as_ref().map(|g| g.0);
             if st.uid == 0 && (st.gid == 0 || Some(st.gid) == docker_gid) {
-                Outcome::pass()
+                Outcome::pass_with(format!("{p} is {}:{} ({})", st.uid, st.gid, if st.gid == 0 { "root:root" } else { "root:docker" }))
             } else {
                 Outcome::items(Status::Warn, "Wrong ownership for", vec![format!("{p}({}:{})", st.uid, st.gid)])
             }
@@ -512,7 +517,8 @@ pub fn catalogue() -> Vec<Check> {
                     .filter(|i| !has_healthcheck(i.config.as_ref().and_then(|c| c.healthcheck.as_ref())))
                     .map(|i| s.engine.image_label(i.id.as_deref().unwrap_or("")))
                     .collect();
-                Outcome::warn_if_any("Images w/o HEALTHCHECK", bad)
+                let n = s.engine.image_details.len();
+                Outcome::warn_if_any("Images w/o HEALTHCHECK", bad, format!("Each of the {n} image(s) has a HEALTHCHECK (GET /images/{{id}}/json Config.Healthcheck)"))
             }
         ),
         check!("4.7", "Ensure update instructions are not used alone in the Dockerfile (Manual)", "You should use update instructions together with install instructions and version pinning for packages while installing them.", "None.", |s| {
@@ -761,8 +767,8 @@ pub fn catalogue() -> Vec<Check> {
             "You should start your container with the options: docker run --security-opt=no-new-privileges (or set \"no-new-privileges\": true in daemon.json).",
             "The no_new_priv option prevents LSMs like SELinux from allowing processes to acquire new privileges.",
             |s| {
-                if settings(s).flag("no-new-privileges") == Some(true) {
-                    return if s.engine.containers.is_empty() { Outcome::info(NO_CONTAINERS) } else { Outcome::pass_with("no-new-privileges is set daemon-wide") };
+                if let Read::Set(true, src) = settings(s).flag_read("no-new-privileges") {
+                    return if s.engine.containers.is_empty() { Outcome::info(NO_CONTAINERS) } else { Outcome::pass_with(format!("no-new-privileges is set daemon-wide ({src})")) };
                 }
                 per_container(s, Status::Warn, "Containers without restricted privileges", |c| {
                     (!security_opts(c).iter().any(|o| matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true"))).then(|| cname(c))
@@ -887,7 +893,9 @@ pub fn catalogue() -> Vec<Check> {
                     .filter(|n| !n.options.as_ref().is_some_and(|o| o.contains_key("encrypted")))
                     .filter_map(|n| n.name.clone())
                     .collect();
-                Outcome::warn_if_any("Unencrypted overlay networks", bad)
+                let overlay: Vec<String> = s.engine.networks.iter().filter(|n| n.driver.as_deref() == Some("overlay")).filter_map(|n| n.name.clone()).collect();
+                let evidence = if overlay.is_empty() { "No overlay network (GET /networks)".to_string() } else { format!("Every overlay network has the encrypted option (GET /networks): {}", overlay.join(" ")) };
+                Outcome::warn_if_any("Unencrypted overlay networks", bad, evidence)
             }
         ),
         check!("7.4", "Ensure that Docker's secret management commands are used for managing secrets in a swarm cluster (Manual)", "You should follow the docker secret documentation and use it to manage secrets effectively.", "None.", |s| {
@@ -910,7 +918,7 @@ pub fn catalogue() -> Vec<Check> {
                     return no_swarm(s);
                 }
                 match autolock(s) {
-                    Some(true) => Outcome::pass(),
+                    Some(true) => Outcome::pass_with("Auto-lock is on (GET /swarm Spec.EncryptionConfig.AutoLockManagers)"),
                     Some(false) => Outcome::warn("Swarm manager is not in auto-lock mode"),
                     None => Outcome::note("The swarm specification could not be read (not a manager?)"),
                 }
@@ -1046,7 +1054,7 @@ pub fn catalogue() -> Vec<Check> {
             "Enroll the appliance's Secure Boot keys in the firmware and enable Secure Boot.",
             "None.",
             |s| match s.host.secure_boot {
-                Some(1) => Outcome::pass_with("Secure Boot is enabled"),
+                Some(1) => Outcome::pass_with("Secure Boot is enabled (EFI variable SecureBoot = 1)"),
                 Some(v) => Outcome::warn(format!("Secure Boot is disabled (SecureBoot={v})")),
                 None => Outcome::note("No SecureBoot EFI variable: not booted with UEFI, or efivarfs is not mounted"),
             }
@@ -1077,7 +1085,30 @@ fn tls_file(s: &Snapshot, key: &str, f: impl Fn(Option<&str>) -> Outcome) -> Out
 }
 
 fn sec_opt(s: &Snapshot, prefix: &str) -> bool {
-    s.engine.info.security_options.iter().flatten().any(|o| o.starts_with(prefix))
+    sec_opt_of(s, prefix).is_some()
+}
+
+/// The engine's security option (`GET /info` `SecurityOptions`) starting with `prefix`.
+fn sec_opt_of<'a>(s: &'a Snapshot, prefix: &str) -> Option<&'a str> {
+    s.engine.info.security_options.iter().flatten().find(|o| o.starts_with(prefix)).map(|o| o.as_str())
+}
+
+/// 3.7/3.8: each registry certificate file under /etc/docker/certs.d passes `ok`
+/// (its stat shown by `show`); a file that cannot be stat'ed makes the check NOTE.
+fn registry_certs(s: &Snapshot, files: &[String], details: &str, ok: impl Fn(&host::FileStat) -> bool, show: impl Fn(&host::FileStat) -> String) -> Outcome {
+    let mut seen = Vec::new();
+    let mut bad = Vec::new();
+    for f in files {
+        let Some(st) = s.host.stat_of(f) else { return Outcome::note(format!("{f} could not be stat'ed")) };
+        let item = format!("{f}({})", show(&st));
+        if ok(&st) {
+            seen.push(item);
+        } else {
+            bad.push(item);
+        }
+    }
+    let evidence = if seen.is_empty() { format!("No registry certificate under {}/certs.d", host::DOCKER_ETC) } else { seen.join(" ") };
+    Outcome::warn_if_any(details, bad, evidence)
 }
 
 fn swarm_info(s: &Snapshot) -> Option<&bollard::models::SwarmInfo> {
@@ -1119,7 +1150,8 @@ fn cname(c: &ContainerInspectResponse) -> String {
 fn history_matches(s: &Snapshot, details: &str, f: impl Fn(&str) -> bool) -> Outcome {
     let hits: Vec<String> = s.engine.image_history.iter().filter(|(_, layers)| layers.iter().any(|l| f(l))).map(|(id, _)| s.engine.image_label(id)).collect();
     if hits.is_empty() {
-        Outcome::pass()
+        let layers: usize = s.engine.image_history.iter().map(|(_, l)| l.len()).sum();
+        Outcome::pass_with(format!("None of the {layers} layer(s) of the {} image(s) matches (GET /images/{{id}}/history CreatedBy)", s.engine.image_history.len()))
     } else {
         Outcome::items(Status::Info, details, hits)
     }

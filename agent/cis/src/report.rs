@@ -1,7 +1,7 @@
 //! The result model, shared by every output format ([`crate::output`]): the four
 //! statuses of docker-bench-security, one [`CheckResult`] per evaluated check, and
-//! the [`Summary`] and score of a [`Report`] (CIS Docker Benchmark scoring:
-//! Automated checks are scored, Manual ones are counted only).
+//! the [`Summary`] and score of a [`Report`] (docker-bench-security's scoring:
+//! [`crate::Check::scored`]).
 
 use crate::checks::Check;
 use crate::Benchmark;
@@ -38,9 +38,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn pass() -> Outcome {
-        Outcome { status: Status::Pass, details: None, items: vec![], remediation: None }
-    }
+    /// There is no PASS without evidence: [`Outcome::pass_with`] names what was read.
     pub fn status(status: Status, details: impl Into<String>) -> Outcome {
         Outcome { status, details: Some(details.into()), items: vec![], remediation: None }
     }
@@ -67,10 +65,10 @@ impl Outcome {
         self
     }
 
-    /// WARN listing `items` when there are any, else PASS.
-    pub fn warn_if_any(details: impl Into<String>, items: Vec<String>) -> Outcome {
+    /// WARN listing `items` when there are any, else PASS with `evidence` (what was read).
+    pub fn warn_if_any(details: impl Into<String>, items: Vec<String>, evidence: impl Into<String>) -> Outcome {
         if items.is_empty() {
-            Outcome::pass()
+            Outcome::pass_with(evidence)
         } else {
             Outcome::items(Status::Warn, details, items)
         }
@@ -82,6 +80,7 @@ impl Outcome {
 pub struct CheckResult {
     pub id: &'static str,
     pub desc: &'static str,
+    /// Scored as docker-bench-security scores this check ([`Check::scored`]).
     pub scored: bool,
     /// The check's remediation, or the outcome's host-specific one.
     pub remediation: String,
@@ -145,36 +144,50 @@ impl Report {
         Report { benchmark: Benchmark::Cis180, engine_version: "20.10.24".into(), hostname: "node1".into(), start: 1, end: 2, results }
     }
 
-    /// Counts and score, computed as docker-bench-security does
-    /// (`functions/output_lib.sh`): every result counts as a check; a scored
-    /// (Automated) check adds 1 on PASS and subtracts 1 on WARN.
+    /// Counts and score of every result (appliance checks included): what the boot
+    /// journal event and the text report give. Scored as [`Report::dbs_summary`].
     pub fn summary(&self) -> Summary {
-        let mut s = Summary { checks: self.results.len(), pass: 0, warn: 0, info: 0, note: 0, score: 0 };
-        for r in &self.results {
-            match r.outcome.status {
-                Status::Pass => {
-                    s.pass += 1;
-                    if r.scored {
-                        s.score += 1;
-                    }
-                }
-                Status::Warn => {
-                    s.warn += 1;
-                    if r.scored {
-                        s.score -= 1;
-                    }
-                }
-                Status::Info => s.info += 1,
-                Status::Note => s.note += 1,
-            }
-        }
-        s
+        tally(self.results.iter())
+    }
+
+    /// Counts and score as docker-bench-security computes them
+    /// (`functions/output_lib.sh`: `pass -s`/`warn -s` add 1/subtract 1 and count,
+    /// `pass -c`/`info -c`/`note -c` only count): over sections 1–7 only, the
+    /// appliance checks `A.x` are not docker-bench-security's and stay out.
+    pub fn dbs_summary(&self) -> Summary {
+        tally(self.results.iter().filter(|r| section_of(r.id) != "A"))
     }
 
     /// Any WARN (for `--fail-on warn`).
     pub fn has_warn(&self) -> bool {
         self.results.iter().any(|r| r.outcome.status == Status::Warn)
     }
+}
+
+/// Every result counts as a check; a scored one ([`CheckResult::scored`]) adds 1 on
+/// PASS and subtracts 1 on WARN.
+fn tally<'a>(results: impl Iterator<Item = &'a CheckResult>) -> Summary {
+    let mut s = Summary { checks: 0, pass: 0, warn: 0, info: 0, note: 0, score: 0 };
+    for r in results {
+        s.checks += 1;
+        match r.outcome.status {
+            Status::Pass => {
+                s.pass += 1;
+                if r.scored {
+                    s.score += 1;
+                }
+            }
+            Status::Warn => {
+                s.warn += 1;
+                if r.scored {
+                    s.score -= 1;
+                }
+            }
+            Status::Info => s.info += 1,
+            Status::Note => s.note += 1,
+        }
+    }
+    s
 }
 
 /// The section of a check ID: `"5.12"` → `"5"`, `"1.1.3"` → `"1"`, `"A.2"` → `"A"`.
@@ -189,14 +202,20 @@ mod tests {
     #[test]
     fn score_counts_like_docker_bench() {
         let rep = Report::fake(vec![
-                CheckResult::fake("1.1.1", true, Outcome::pass()),
+                CheckResult::fake("1.1.1", true, Outcome::pass_with("x")),
                 CheckResult::fake("2.2", true, Outcome::warn("x")),
                 CheckResult::fake("2.3", true, Outcome::warn("x")),
-                CheckResult::fake("2.8", false, Outcome::pass()),
+                CheckResult::fake("2.8", false, Outcome::pass_with("x")),
                 CheckResult::fake("2.1", false, Outcome::info("x")),
                 CheckResult::fake("4.2", false, Outcome::note("x")),
         ]);
         let s = rep.summary();
         assert_eq!((s.checks, s.pass, s.warn, s.info, s.note, s.score), (6, 2, 2, 1, 1, -1));
+        // docker-bench-security's numbers leave the appliance checks out.
+        let mut rep = rep;
+        rep.results.push(CheckResult::fake("A.1", true, Outcome::warn("x")));
+        let (all, dbs) = (rep.summary(), rep.dbs_summary());
+        assert_eq!((all.checks, all.score), (7, -2));
+        assert_eq!((dbs.checks, dbs.score), (6, -1));
     }
 }

@@ -7,9 +7,11 @@
 //! - [`tls`]: client TLS configurations (rustls, ring).
 //! - [`signing`]: the fleet's signing public key (PCR policies and releases), signatures checked in software.
 //! - [`status`]: the typed status document.
+//! - [`metrics`]: the agent's Prometheus metrics (`GET /swarmseal/v1/metrics`).
 #![forbid(unsafe_code)]
 
 pub mod fs;
+pub mod metrics;
 pub mod secret;
 pub mod signing;
 pub mod status;

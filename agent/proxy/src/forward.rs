@@ -129,6 +129,7 @@ impl Drop for Audit {
             rule = %Esc(self.rule),
             "request"
         );
+        self.ctx.shared.metrics.proxy_requests.get_or_create(&swarmseal_common::metrics::RequestLabels { role: i.role_str().to_string(), status: self.status }).inc();
         if !self.upgraded {
             self.ctx.state.end_request();
         }
@@ -440,7 +441,10 @@ async fn handle_inner(ctx: &Arc<ConnCtx>, mut req: Request<Incoming>, audit_slot
                 }
             };
             let checked = match policy::body_kind(method.as_str(), &canon).map(|k| policy::check_body(&role, k, &bytes)) {
-                Some(Ok(needs)) => engine_checks(&mut up, &role, needs).await,
+                Some(Ok(needs)) => match engine_checks(&mut up, &role, needs).await {
+                    Ok(()) => rollback_checks(&mut up, &role, method.as_str(), &canon, parts.uri.query(), &bytes).await,
+                    Err(d) => Err(d),
+                },
                 Some(Err(d)) => Err(d),
                 None => Ok(()),
             };
@@ -681,6 +685,25 @@ async fn engine_checks(up: &mut Upstream, role: &policy::RolePolicy, needs: poli
     Ok(())
 }
 
+/// A deploy service update that can make the engine apply another spec than its body (a
+/// rollback, [`policy::rollback_targets`]): that spec, read from the engine (`GET
+/// /services/{id}`), gets the body's rules ([`policy::check_rollback`], [`engine_checks`]).
+async fn rollback_checks(up: &mut Upstream, role: &policy::RolePolicy, method: &str, canon: &authz::Canon, query: Option<&str>, body: &[u8]) -> Result<(), policy::Denial> {
+    let targets = policy::rollback_targets(method, canon, query, body);
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let id = canon.raw_segs.get(1).filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+    let service = match id {
+        Some(id) => engine_json(up, &format!("/services/{id}")).await,
+        None => None,
+    };
+    for needs in policy::check_rollback(role, &targets, query, service.as_ref())? {
+        engine_checks(up, role, needs).await?;
+    }
+    up.ready().await.map_err(|e| policy::Denial { rule: "engine", message: format!("the Docker engine connection failed: {e}"), kind: ApiErrorKind::BadGateway })
+}
+
 /// A 200 with a stored body (the bench report, an age file) of `content_type`.
 fn ok_body(b: Vec<u8>, content_type: &'static str, audit: Audit) -> Response<OutBody> {
     let mut a = audit;
@@ -745,6 +768,16 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
     }
     match route {
         Route::Status => json_response(200, &api.status().await, audit),
+        Route::Metrics => {
+            // The state gauges from the status document and the last report, as scraped now.
+            let m = &ctx.shared.metrics;
+            let (status, report) = (api.status().await, api.bench().await);
+            if let Ok(s) = serde_json::from_value::<swarmseal_common::status::Status>(status) {
+                m.observe(&s, report.as_deref());
+            }
+            m.proxy_connections.set(ctx.shared.slots.busy() as i64);
+            ok_body(m.encode().into_bytes(), swarmseal_common::metrics::CONTENT_TYPE, audit)
+        }
         Route::Bench => match api.bench().await {
             Some(b) => ok_body(b, "application/json", audit),
             None => message(NotFound, "no bench report yet", audit),

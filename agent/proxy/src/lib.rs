@@ -72,6 +72,12 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 
 /// What the agent offers on `/swarmseal/v1/` (implemented by `boot`).
 pub trait AgentApi: Send + Sync + 'static {
+    /// The process's metrics, shared with the proxy (it counts requests and connections there);
+    /// `GET /swarmseal/v1/metrics` encodes them. Asked once when the proxy starts. The default
+    /// is a set of its own (only the proxy's series move).
+    fn metrics(&self) -> Arc<swarmseal_common::metrics::Metrics> {
+        Arc::default()
+    }
     /// `GET /swarmseal/v1/status` body (JSON).
     fn status(&self) -> BoxFuture<'_, serde_json::Value>;
     /// `GET /swarmseal/v1/bench`: the last bench report (docker-bench-security JSON), if any.
@@ -148,6 +154,8 @@ pub(crate) struct Shared {
     pub refusals: RefusalLog,
     /// The configured roles (the certificate's OU names one).
     pub roles: policy::Roles,
+    /// Requests and connections are counted here ([`AgentApi::metrics`]).
+    pub metrics: Arc<swarmseal_common::metrics::Metrics>,
 }
 
 /// A bound proxy listener, not yet serving (lets callers learn the port first).
@@ -208,6 +216,7 @@ impl Proxy {
             "proxy listening (TLS 1.3, client certificate required)"
         );
         let shared = Arc::new(Shared {
+            metrics: api.metrics(),
             api,
             socket: self.socket,
             basic: self.basic,

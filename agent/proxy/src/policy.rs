@@ -312,6 +312,65 @@ pub struct EngineChecks {
     pub image: Option<String>,
 }
 
+/// The specs of a service besides the body that a `POST /services/{id}/update` can make the
+/// engine apply (Docker Engine API v1.41 `ServiceUpdate`, swarmkit `controlapi.UpdateService`):
+/// `PreviousSpec` when the query asks for a rollback (`rollback=previous`: `docker service
+/// rollback`, `update --rollback`; swarmkit swaps it in and ignores the body's spec), the
+/// current `Spec` when the body's `UpdateConfig.FailureAction` is `rollback` (swarmkit's updater
+/// restores it if the update fails). Read wider than the engine: any true `rollback` value, any
+/// failure action but `pause` and `continue`. Empty for every other request.
+pub fn rollback_targets(method: &str, c: &Canon, query: Option<&str>, body: &[u8]) -> Vec<&'static str> {
+    if !method.eq_ignore_ascii_case("POST") || !c.is(&["services", "*", "update"]) {
+        return Vec::new();
+    }
+    let mut t = Vec::new();
+    if authz::query_flag(query, "rollback") {
+        t.push("PreviousSpec");
+    }
+    match crate::gojson::parse_object(body).ok().and_then(|v| v.path("UpdateConfig.FailureAction")) {
+        None => {}
+        Some(GoValue::String(a)) if matches!(a.trim().to_ascii_lowercase().as_str(), "" | "pause" | "continue") => {}
+        Some(_) => t.push("Spec"),
+    }
+    t
+}
+
+/// `role`'s service rules on each of `targets` ([`rollback_targets`]) of `service`, the engine's
+/// answer to `GET /services/{id}` (`None`: it gave none: refused, fail closed). The request's
+/// `version` query value (every one given) must be the service's `Version.Index`: the engine
+/// applies an update at that version only, so the spec checked here is the one it applies.
+/// One [`EngineChecks`] per target spec. Denials name the spec (`deploy:
+/// PreviousSpec.TaskTemplate.ContainerSpec.CapabilityAdd is not allowed …`).
+pub fn check_rollback(role: &RolePolicy, targets: &[&str], query: Option<&str>, service: Option<&GoValue>) -> Result<Vec<EngineChecks>, Denial> {
+    let deny = |m: String| Denial::new("rollback", format!("{}: {m}", role.name));
+    let Some(svc) = service else { return Err(deny("the service could not be read from the engine to check the spec a rollback would apply; nothing was forwarded".into())) };
+    let index = match svc.path("Version.Index") {
+        Some(GoValue::Number(n)) => n.as_u64(),
+        _ => None,
+    };
+    let given: Vec<String> = query.unwrap_or("").split(['&', ';']).filter_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let dec = |s: &str| String::from_utf8_lossy(&authz::percent_decode(s.replace('+', " ").as_bytes())).into_owned();
+        dec(k).trim().eq_ignore_ascii_case("version").then(|| dec(v))
+    }).collect();
+    if !index.is_some_and(|i| !given.is_empty() && given.iter().all(|v| v.trim().parse::<u64>().ok() == Some(i))) {
+        let now = index.map_or("?".into(), |i| i.to_string());
+        return Err(deny(format!("a rollback needs version={now} (the service's version now); the spec it applies is checked at that version only")));
+    }
+    let ck = Checker { role };
+    let mut all = Vec::new();
+    for t in targets {
+        let Some(spec) = svc.field(t) else { continue };
+        let n = ck.service(&spec).map_err(|mut d| {
+            let rest = d.message.strip_prefix(&format!("{}: ", role.name)).unwrap_or(&d.message).to_string();
+            d.message = format!("{}: {t}.{rest} (the spec a rollback applies)", role.name);
+            d
+        })?;
+        all.push(n);
+    }
+    Ok(all)
+}
+
 /// Read `body` (a [`BodyKind`] request) as the engine will and apply `role`'s rules.
 pub fn check_body(role: &RolePolicy, kind: BodyKind, body: &[u8]) -> Result<EngineChecks, Denial> {
     if body.len() as u64 > BODY_LIMIT {
@@ -417,6 +476,32 @@ const DOCKER_SOCKETS: [&str; 2] = ["/run/docker.sock", "/var/run/docker.sock"];
 /// Whether mounting `p` mounts a Docker socket (it is one, or a directory above one).
 fn docker_socket_under(p: &Path) -> bool {
     DOCKER_SOCKETS.iter().any(|s| Path::new(s).starts_with(p)) || p.file_name().is_some_and(|n| n.to_string_lossy().to_ascii_lowercase().contains("docker.sock"))
+}
+
+/// The first symbolic link on the way to `p` (absolute, normalized): each component is opened
+/// from `/` relative to the one before with `openat(O_PATH | O_NOFOLLOW)` and `fstat`ed, so
+/// no link is followed (Linux `openat(2)`, `O_PATH`). `Ok(None)`: no link among the components
+/// that exist (the rest is missing; the engine creates it as directories, or refuses a missing
+/// `Mounts` source). `Err`: a component cannot be opened (no permission, not a directory).
+fn symlink_on_path(p: &Path) -> Result<Option<PathBuf>, std::io::Error> {
+    use rustix::fs::{fstat, openat, FileType, Mode, OFlags, CWD};
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = openat(CWD, "/", flags | OFlags::DIRECTORY, Mode::empty())?;
+    let mut walked = PathBuf::from("/");
+    for c in p.components() {
+        let Component::Normal(name) = c else { continue };
+        walked.push(name);
+        let fd = match openat(&dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if FileType::from_raw_mode(fstat(&fd)?.st_mode) == FileType::Symlink {
+            return Ok(Some(walked));
+        }
+        dir = fd;
+    }
+    Ok(None)
 }
 
 struct Checker<'a> {
@@ -552,23 +637,26 @@ impl Checker<'_> {
         }
     }
 
-    /// A bind mount's host path: never a Docker socket, else within `allow_bind_paths`.
-    /// Existing paths are resolved on this host (a symlink inside an allowed directory
-    /// cannot point out of it at the time of the check).
+    /// A bind mount's host path: never a Docker socket, else within `allow_bind_paths`, and no
+    /// symbolic link on the way ([`symlink_on_path`]): the path the engine mounts is the one
+    /// checked, at the time of the check (the residual risk: docs/proxy.md, "bind-mount").
     fn bind_source(&self, src: &str, field: &str) -> Result<(), Denial> {
         let Some(lexical) = normalize(src) else { return Err(self.deny("bind-mount", field, &format!("`{src}`: a relative host path is not allowed"))) };
-        let real = std::fs::canonicalize(&lexical).unwrap_or_else(|_| lexical.clone());
         let socket = |p: &Path| DOCKER_SOCKETS.iter().any(|s| Path::new(s) == p) || p.file_name().is_some_and(|n| n.to_string_lossy().to_ascii_lowercase().contains("docker.sock"));
-        if socket(&lexical) || socket(&real) {
+        if socket(&lexical) {
             return Err(self.deny("docker-socket", field, &format!("`{src}` is the Docker socket; not allowed")));
         }
-        if !self.role.bind_paths.iter().any(|a| lexical.starts_with(a) && real.starts_with(a)) {
+        if !self.role.bind_paths.iter().any(|a| lexical.starts_with(a)) {
             return Err(self.deny("bind-mount", field, &format!("`{src}` is outside allow_bind_paths")));
         }
-        if docker_socket_under(&lexical) || docker_socket_under(&real) {
+        if docker_socket_under(&lexical) {
             return Err(self.deny("docker-socket", field, &format!("`{src}` holds the Docker socket; not allowed")));
         }
-        Ok(())
+        match symlink_on_path(&lexical) {
+            Ok(None) => Ok(()),
+            Ok(Some(link)) => Err(self.deny("bind-mount", field, &format!("`{src}` passes through the symbolic link `{}`; give the real path (a link can point out of allow_bind_paths)", link.display()))),
+            Err(e) => Err(self.deny("bind-mount", field, &format!("`{src}` cannot be checked on this host ({e}); not allowed"))),
+        }
     }
 
     /// `Mounts` (`mount.Mount`): bind sources, volume drivers and options, no other types.
@@ -779,6 +867,10 @@ pub fn run(cfg: &impl crate::ProxySettings, c: PolicyCommand, stdin: impl std::i
                 println!("note: the proxy also asks the engine that image `{i}` is already there");
             }
             let canon = authz::canonicalize(path.split('?').next().unwrap_or("")).ok();
+            let deploy = roles.get(&role).is_some_and(|p| p.kind == Role::Deploy);
+            if deploy && canon.as_ref().is_some_and(|c| !rollback_targets(&method, c, path.split_once('?').map(|x| x.1), &body).is_empty()) {
+                println!("note: the proxy also checks the service's spec a rollback would apply (PreviousSpec, or Spec with FailureAction rollback), read from the engine, with the same rules");
+            }
             let p = roles.get(&role).filter(|p| p.ownership);
             if let (Some(c), Some(_)) = (&canon, &p) {
                 if let Some(t) = owned_target(&method, c) {
@@ -913,6 +1005,44 @@ mod tests {
         assert_eq!(check_owner(&d, "b", "/services/x", Some(&obj)).unwrap_err().rule, "owner");
         let net = crate::gojson::parse_first(br#"{"Labels":{}}"#).unwrap().0;
         assert!(check_owner(&d, "a", "/networks/x", Some(&net)).unwrap_err().message.contains("no swarmseal.owner"));
+    }
+
+    #[test]
+    fn rollbacks_check_the_spec_the_engine_applies() {
+        let c = authz::canonicalize("/v1.41/services/s1/update").unwrap();
+        assert_eq!(rollback_targets("POST", &c, Some("version=3&rollback=previous"), b"{}"), ["PreviousSpec"]);
+        assert_eq!(rollback_targets("POST", &c, Some("version=3&Rollback=%70revious"), b"{}"), ["PreviousSpec"]);
+        assert_eq!(rollback_targets("POST", &c, Some("version=3&rollback=none"), br#"{"updateconfig":{"failureaction":"pause"}}"#), Vec::<&str>::new());
+        assert_eq!(rollback_targets("POST", &c, Some("version=3"), br#"{"UpdateConfig":{"FailureAction":"rollback"}}"#), ["Spec"]);
+        assert!(rollback_targets("POST", &authz::canonicalize("/services/create").unwrap(), Some("rollback=previous"), b"{}").is_empty());
+        let svc = crate::gojson::parse_first(br#"{"Version":{"Index":7},"Spec":{"TaskTemplate":{"ContainerSpec":{"Image":"bb:1"}}},"PreviousSpec":{"TaskTemplate":{"ContainerSpec":{"Image":"bb:0","CapabilityAdd":["CAP_SYS_ADMIN"]}}}}"#).unwrap().0;
+        let d = deploy();
+        let e = check_rollback(&d, &["PreviousSpec"], Some("version=7&rollback=previous"), Some(&svc)).unwrap_err();
+        assert_eq!((e.rule, e.message.as_str()), ("cap-add", "deploy: PreviousSpec.TaskTemplate.ContainerSpec.CapabilityAdd is not allowed (the spec a rollback applies)"));
+        assert_eq!(check_rollback(&d, &["Spec"], Some("version=7"), Some(&svc)).unwrap()[0].image.as_deref(), Some("bb:1"));
+        for q in ["rollback=previous", "version=6&rollback=previous", "version=7;version=8&rollback=previous", "version=x"] {
+            assert_eq!(check_rollback(&d, &["Spec"], Some(q), Some(&svc)).unwrap_err().rule, "rollback", "{q}");
+        }
+        assert_eq!(check_rollback(&d, &["Spec"], Some("version=7"), None).unwrap_err().rule, "rollback");
+    }
+
+    #[test]
+    fn bind_sources_through_a_symlink_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(base.join("data/real/sub")).unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("data/evil")).unwrap();
+        std::os::unix::fs::symlink("real", base.join("data/inner")).unwrap();
+        let role = RolePolicy { bind_paths: vec![base.join("data")], ..deploy() };
+        let bind = |src: &str| check_body(&role, BodyKind::ContainerCreate, format!(r#"{{"HostConfig":{{"Binds":["{src}:/x"]}}}}"#).as_bytes()).map_err(|d| d.message);
+        let b = base.display();
+        assert!(bind(&format!("{b}/data/real/sub")).is_ok());
+        assert!(bind(&format!("{b}/data/not-yet/sub")).is_ok(), "a missing rest is created as directories by the engine");
+        for (src, link) in [("data/evil", "data/evil"), ("data/evil/shadow", "data/evil"), ("data/inner/sub", "data/inner")] {
+            let e = bind(&format!("{b}/{src}")).unwrap_err();
+            assert!(e.contains(&format!("passes through the symbolic link `{b}/{link}`")), "{src}: {e}");
+        }
+        assert_eq!(symlink_on_path(Path::new("/proc/self/cwd")).unwrap(), Some(PathBuf::from("/proc/self")));
     }
 
     #[test]

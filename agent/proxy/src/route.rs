@@ -13,6 +13,9 @@ pub enum Route {
     Status,
     /// `GET|HEAD /swarmseal/v1/bench`: the last CIS report (docker-bench-security JSON).
     Bench,
+    /// `GET|HEAD /swarmseal/v1/metrics`: Prometheus text format 0.0.4
+    /// ([`swarmseal_common::metrics`]).
+    Metrics,
     /// `POST /swarmseal/v1/reseal`: seal the engine's current unlock key again.
     Reseal,
     /// `POST /swarmseal/v1/recover`: lost-quorum recovery (body: empty or the unlock key).
@@ -43,9 +46,10 @@ pub enum Methods {
 
 impl Route {
     /// Every endpoint, in the order the 404 answer lists them.
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 10] = [
         Route::Status,
         Route::Bench,
+        Route::Metrics,
         Route::Reseal,
         Route::Recover,
         Route::Escrow,
@@ -60,6 +64,7 @@ impl Route {
         match self {
             Route::Status => &["status"],
             Route::Bench => &["bench"],
+            Route::Metrics => &["metrics"],
             Route::Reseal => &["reseal"],
             Route::Recover => &["recover"],
             Route::Escrow => &["escrow"],
@@ -85,7 +90,7 @@ impl Route {
     /// The methods this endpoint answers (others: 405).
     pub fn methods(self) -> Methods {
         match self {
-            Route::Status | Route::Bench | Route::Escrow | Route::EscrowVarRecoveryKey => Methods::Read,
+            Route::Status | Route::Bench | Route::Metrics | Route::Escrow | Route::EscrowVarRecoveryKey => Methods::Read,
             Route::Reseal | Route::Recover | Route::VarEnrollTpm | Route::Update => Methods::Post,
             Route::EscrowOther => Methods::None,
         }
@@ -103,7 +108,7 @@ impl Route {
     /// Why a `readonly` certificate may not use this endpoint (`None`: it may).
     pub fn admin_only(self) -> Option<&'static str> {
         match self {
-            Route::Status | Route::Bench => None,
+            Route::Status | Route::Bench | Route::Metrics => None,
             Route::Escrow => Some("the escrowed key is admin-only"),
             Route::EscrowVarRecoveryKey | Route::EscrowOther => Some("the escrowed keys are admin-only"),
             Route::Reseal => Some("resealing is admin-only"),
@@ -116,7 +121,7 @@ impl Route {
     /// The security event a request to this endpoint is (whatever its method).
     pub fn event(self) -> Option<KeyEvent> {
         match self {
-            Route::Status | Route::Bench => None,
+            Route::Status | Route::Bench | Route::Metrics => None,
             Route::Escrow | Route::EscrowVarRecoveryKey | Route::EscrowOther => Some(KeyEvent::EscrowRead),
             Route::Reseal => Some(KeyEvent::Reseal),
             Route::Recover => Some(KeyEvent::Recover),
@@ -155,6 +160,6 @@ mod tests {
 
     #[test]
     fn the_listing_names_the_endpoints_in_order() {
-        assert_eq!(Route::listing(), "status, bench, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update");
+        assert_eq!(Route::listing(), "status, bench, metrics, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update");
     }
 }

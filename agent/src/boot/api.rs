@@ -23,6 +23,9 @@ impl AgentImpl {
 }
 
 impl crate::proxy::AgentApi for AgentImpl {
+    fn metrics(&self) -> Arc<swarmseal_common::metrics::Metrics> {
+        self.ctx.metrics.clone()
+    }
     fn status(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send + '_>> {
         Box::pin(async move { serde_json::to_value(super::status(&self.ctx).await).unwrap_or_default() })
     }

@@ -158,19 +158,18 @@ pub async fn cmd_status(ctx: &Ctx, json: bool) -> Result<(), BootError> {
             }
         }
     }
-    let st = super::status(ctx).await;
-    let v = serde_json::to_value(&st).unwrap_or_default();
+    let (st, engine_error) = super::status_and_engine_error(ctx).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&st).unwrap_or_default()).unwrap_or_default());
     } else {
-        crate::operator::print_status(&v);
+        crate::operator::print_status(&st);
     }
     // The report is printed either way; an engine that did not answer is still exit 3 (or 1),
-    // as for every command that needs it (checked again: the answer decides, not a stale doc).
-    if matches!(st.swarm, swarmseal_common::status::Swarm::Unreachable { .. }) {
-        engine(&ctx.cfg).await?.status().await?;
+    // as for every command that needs it.
+    match engine_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 

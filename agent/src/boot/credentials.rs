@@ -8,9 +8,10 @@ use crate::config::Config;
 /// `swarmseal.advertise-addr`, `swarmseal.swarm-init` (`yes`/`no`),
 /// `swarmseal.escrow-recipient` (age1…), `swarmseal.client-ca` (PEM: the CA that
 /// signs client certificates), `swarmseal.server-cert` and `swarmseal.server-key`
-/// (PEM: the proxy's certificate, signed by a CA the operator's clients trust).
+/// (PEM: the proxy's certificate, signed by a CA the operator's clients trust),
+/// `swarmseal.roles` (TOML: `[roles.NAME]` tables, see [`roles_credential`]).
 /// A malformed credential is reported and ignored; the safe default stays
-/// (no swarm init without a valid advertise address).
+/// (no swarm init without a valid advertise address; no proxy with a bad role policy).
 pub fn apply_credentials(cfg: &mut Config, dir: &std::path::Path) -> Vec<String> {
     let mut problems = Vec::new();
     let read = |n: &str| std::fs::read_to_string(dir.join(n)).ok().map(|s| s.trim().to_string());
@@ -39,6 +40,17 @@ pub fn apply_credentials(cfg: &mut Config, dir: &std::path::Path) -> Vec<String>
             Err(e) => problems.push(format!("credential swarmseal.escrow-recipient: {e}; no escrow copy is written")),
         }
     }
+    if let Some(text) = read("swarmseal.roles") {
+        match roles_credential(&cfg.roles, &text) {
+            Ok(roles) => cfg.roles = roles,
+            Err(e) => {
+                // A role table left out could be a redaction or a restriction the operator
+                // meant: the proxy does not run on the rest of the policy.
+                cfg.proxy.enabled = false;
+                problems.push(format!("credential swarmseal.roles: {e}; the proxy is not started until it is fixed (it never runs on part of a role policy)"));
+            }
+        }
+    }
     let pki = cfg.pki_dir();
     let pem_creds = [
         ("swarmseal.client-ca", cfg.proxy.client_ca.clone().unwrap_or_else(|| pki.join("ca.pem")), "-----BEGIN CERTIFICATE-----", 0o644),
@@ -59,3 +71,57 @@ pub fn apply_credentials(cfg: &mut Config, dir: &std::path::Path) -> Vec<String>
     problems
 }
 
+
+/// The roles of the credential `swarmseal.roles` (TOML, only `[roles.NAME]` tables, the keys of
+/// the configuration's `[roles.NAME]`) over the configuration's `roles`: a table of the
+/// credential replaces the configuration's table of that name, the others stay. Errors name
+/// the role and the rule (key): a table that does not parse, or the merged roles that
+/// [`swarmseal_proxy::policy::Roles::from_config`] refuses.
+pub fn roles_credential(config: &swarmseal_proxy::policy::RolesConfig, text: &str) -> Result<swarmseal_proxy::policy::RolesConfig, String> {
+    use serde::Deserialize;
+    let top: toml::Table = text.parse().map_err(|e: toml::de::Error| format!("not TOML ({})", e.message()))?;
+    let mut merged = config.clone();
+    for (k, v) in top {
+        if k != "roles" {
+            return Err(format!("[{k}] is not allowed here; only [roles.NAME] tables"));
+        }
+        let toml::Value::Table(roles) = v else { return Err("`roles` is not a table of [roles.NAME] tables".into()) };
+        for (name, t) in roles {
+            let rc = swarmseal_proxy::policy::RoleConfig::deserialize(t).map_err(|e| format!("[roles.{name}] {}", e.message()))?;
+            merged.insert(name, rc);
+        }
+    }
+    swarmseal_proxy::policy::Roles::from_config(&merged).map_err(|e| e.to_string())?;
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_credential_replaces_tables_by_name_and_names_role_and_rule() {
+        let cfg: Config = toml::from_str("[roles.deploy]\nallow_sysctls = [\"net.core.somaxconn\"]\n[roles.ops]\nbase = \"monitor\"\n").unwrap();
+        let r = roles_credential(&cfg.roles, "[roles.deploy]\nallow_bind_paths = [\"/srv/b\"]\n[roles.ci]\nbase = \"deploy\"\n").unwrap();
+        assert_eq!(r["deploy"].allow_bind_paths, ["/srv/b"]);
+        assert!(r["deploy"].allow_sysctls.is_empty(), "the credential's table replaces the config's");
+        assert_eq!(r["ops"].base.as_deref(), Some("monitor"));
+        assert_eq!(r["ci"].base.as_deref(), Some("deploy"));
+        let e = roles_credential(&cfg.roles, "[roles.ci]\nbase = \"deploy\"\nallow_bind_path = [\"/srv\"]\n").unwrap_err();
+        assert!(e.starts_with("[roles.ci] unknown field `allow_bind_path`"), "{e}");
+        assert_eq!(roles_credential(&cfg.roles, "[roles.ci]\n").unwrap_err(), "[roles.ci] base: a new role needs `base = \"deploy\"` (or admin, readonly, monitor): the built-in role whose rules it takes");
+        assert!(roles_credential(&cfg.roles, "[proxy]\nenabled = false\n").unwrap_err().contains("[proxy] is not allowed"));
+        assert!(roles_credential(&cfg.roles, "[roles.ci\n").unwrap_err().starts_with("not TOML"));
+    }
+
+    #[test]
+    fn a_bad_roles_credential_keeps_the_proxy_off() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("swarmseal.roles"), "[roles.ops]\nbase = \"monitor\"\nallow_sysctls = [\"kernel.x\"]\n").unwrap();
+        let mut cfg = Config { state_dir: dir.path().join("state"), ..Default::default() };
+        let problems = apply_credentials(&mut cfg, dir.path());
+        assert!(!cfg.proxy.enabled);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("credential swarmseal.roles: [roles.ops] allow_*:"), "{problems:?}");
+    }
+}

@@ -54,6 +54,7 @@ where
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
+    ctx.metrics.key_change(op);
     let sealed = ctx.seal_changed(Ok(prep), &key, custody).await?;
     let window = sealed.in_place - t0;
     ctx.clear_pending().await?;

@@ -47,12 +47,19 @@ async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> 
         NodeState::Locked => {
             let r = ctx.unlock_from_tpm(engine).await.map(|(slot, _)| slot);
             match &r {
-                Err(e) => log_refusal(e),
+                Err(e) => {
+                    // A transient TPM failure is decided again (run_agent): not an outcome yet.
+                    if !matches!(e, BootError::Tpm(t) if t.is_retryable()) {
+                        ctx.metrics.unlock("refused", refusal_reason(e));
+                    }
+                    log_refusal(e)
+                }
                 // A manager that was down during a rotation: its engine rewraps its keys under the
                 // swarm's new key as soon as it has caught up, often before the unlock returns.
                 // Seal that key now, not at the first watch tick, so a power cut in between still
                 // finds it in the TPM. Not active yet: the watch loop reseals.
                 Ok(_) => {
+                    ctx.metrics.unlock("unlocked", "sealed_key");
                     if matches!(engine.status().await, Ok(st) if st.state == NodeState::Active && st.manager) {
                         if let Err(e) = ensure_sealed(ctx, engine).await {
                             tracing::warn!(event = "reseal_deferred", error = %e, "could not check the unlock key right after unlocking; the watch loop retries");
@@ -75,6 +82,16 @@ async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> 
             }
         }
         s => Ok(format!("swarm is {s}; waiting")),
+    }
+}
+
+/// The `reason` label of a refused unlock (`swarmseal_unlocks_total`): the words of the
+/// `unlock_refused` journal event.
+fn refusal_reason(e: &BootError) -> &'static str {
+    match e {
+        BootError::Tpm(TpmError::PolicyMismatch { .. }) => "policy_mismatch",
+        BootError::Tpm(TpmError::NotSigned { .. } | TpmError::BadSignature { .. }) => "not_signed",
+        other => other.kind(),
     }
 }
 
@@ -116,6 +133,7 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
         return Ok(false);
     }
     tracing::info!(event = "key_changed", "the engine's unlock key differs from the sealed one (rotated here or on another manager): resealing");
+    ctx.metrics.key_change("seen");
     let prep = ctx.prepare_seal().await;
     ctx.seal_changed(prep, &key, Custody::Journal).await?;
     Ok(true)
@@ -198,6 +216,7 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
     if let Err(e) = ctx.lock_phase_if_consumed(&decision).await {
         tracing::error!(event = "phase_lock_failed", error = %e, "could not extend the phase PCR");
     }
+    ctx.metrics.decided();
     status_line(&line);
     tracing::info!(event = "boot_done", elapsed_ms = t0.elapsed().as_millis() as u64, "{line}");
 

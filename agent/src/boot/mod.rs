@@ -51,7 +51,7 @@ pub use daemon::{run_agent, run_proxy_only};
 pub use notify::notify;
 pub use phase::{consumes_unlock, PHASE_MARKER};
 pub use seal::{describe_pcrs, diff_pcrs, tcti, Ctx, Custody, PreparedSeal, Sealed, StateLock};
-pub use status::{appliance_facts, latest_bench_report, status};
+pub use status::{appliance_facts, latest_bench_report, status, status_and_engine_error};
 pub(crate) use terminal::{read_key_from_stdin, show_key_on_terminal};
 
 use std::time::Duration;

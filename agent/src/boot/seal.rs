@@ -45,6 +45,8 @@ pub struct Ctx {
     pub cfg: Config,
     pub ks: Keystore,
     pub tcti: String,
+    /// This process's metrics (`GET /swarmseal/v1/metrics`), shared with its proxy.
+    pub metrics: std::sync::Arc<swarmseal_common::metrics::Metrics>,
 }
 
 /// Exclusive lock on the state dir, released on drop.
@@ -52,7 +54,7 @@ pub struct StateLock(#[allow(dead_code)] std::fs::File);
 
 impl Ctx {
     pub fn new(cfg: &Config) -> Ctx {
-        Ctx { ks: Keystore::new(&cfg.state_dir).with_runtime_dir(&cfg.runtime_dir), tcti: tcti(cfg), cfg: cfg.clone() }
+        Ctx { ks: Keystore::new(&cfg.state_dir).with_runtime_dir(&cfg.runtime_dir), tcti: tcti(cfg), cfg: cfg.clone(), metrics: Default::default() }
     }
 
     /// Take the state-dir lock (`flock` on `<state_dir>/lock`): waits while
@@ -177,6 +179,7 @@ impl Ctx {
         let slot = blocking(move || ks.store_current(&slot, &k).map(|()| slot)).await?;
         let in_place = Instant::now();
         tracing::info!(event = "seal", slot = "current", pcrs = %describe_pcrs(&values), "unlock key sealed to the TPM");
+        self.metrics.seals.inc();
         if let Some(r) = &self.cfg.escrow.recipient {
             // Into the room reserved for it.
             let p = escrow_write(&self.cfg.state_dir, r, key).await?;

@@ -13,8 +13,20 @@ use crate::tpm::{PcrValues, Policy, TpmError};
 
 /// Gather the status document. Never fails: what cannot be read is `null` or an `error` field.
 pub async fn status(ctx: &Ctx) -> Status {
+    status_and_engine_error(ctx).await.0
+}
+
+/// [`status`], and the engine's error when it did not answer (the document keeps only its
+/// text; `swarmseal status` turns the error into its exit code without asking again).
+pub async fn status_and_engine_error(ctx: &Ctx) -> (Status, Option<crate::swarm::SwarmError>) {
     // Whether `current` holds the engine's key (None: the engine's key is not readable now).
     let mut stale = None;
+    let mut engine_error = None;
+    let mut unreachable = |err: crate::swarm::SwarmError| {
+        let error = err.to_string();
+        engine_error = Some(err);
+        doc::Swarm::Unreachable { error }
+    };
     let swarm = match Engine::connect(&ctx.cfg.docker_socket()).await {
         Ok(e) => match e.status().await {
             Ok(s) => {
@@ -26,9 +38,9 @@ pub async fn status(ctx: &Ctx) -> Status {
                 }
                 doc::Swarm::Reached { state: s.state.to_string(), node_id: s.node_id, manager: s.manager, autolock, error: s.error, api_version: e.api_version().to_string() }
             }
-            Err(err) => doc::Swarm::Unreachable { error: err.to_string() },
+            Err(err) => unreachable(err),
         },
-        Err(err) => doc::Swarm::Unreachable { error: err.to_string() },
+        Err(err) => unreachable(err),
     };
     let pcrs = ctx.boot_pcrs().await;
     let mut slots = Vec::new();
@@ -51,7 +63,7 @@ pub async fn status(ctx: &Ctx) -> Status {
         Ok((v, locked)) => (doc::Tpm { tcti: ctx.tcti.clone(), reachable: true, pcrs: Some(pcrs_to_hex(v)), error: None }, Some(*locked)),
         Err(e) => (doc::Tpm { tcti: ctx.tcti.clone(), reachable: false, pcrs: None, error: Some(e.to_string()) }, None),
     };
-    Status {
+    let st = Status {
         swarm,
         sealed: doc::Slots { current, previous },
         sealed_key_stale: stale,
@@ -63,7 +75,8 @@ pub async fn status(ctx: &Ctx) -> Status {
         escrow: ctx.cfg.escrow.recipient.as_ref().map(|_| crate::escrow::path(&ctx.cfg.state_dir)),
         bench: last_bench_summary(&ctx.cfg).await,
         image: serde_json::from_value(crate::update::os_image(&ctx.cfg.update.os_release)).unwrap_or_default(),
-    }
+    };
+    (st, engine_error)
 }
 
 /// Summary of the last report under `<state_dir>/bench/`, if any.

@@ -11,6 +11,7 @@ pub use swarmseal_testkit::*;
 mod proxy_env;
 #[allow(unused_imports)]
 pub use proxy_env::*;
+pub mod update;
 
 /// Path of the built `swarmseal` binary.
 pub fn swarmseal_bin() -> PathBuf {

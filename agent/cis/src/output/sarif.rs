@@ -217,7 +217,7 @@ mod tests {
             CheckResult::fake("3.6", true, Outcome::items(Status::Warn, "Wrong permissions for", vec!["/etc/docker dir(777)".into()])),
             CheckResult::fake("5.5", true, Outcome::items(Status::Warn, "Privileged", vec!["a".into(), "b".into()])),
             CheckResult::fake("2.2", true, Outcome::warn("icc is not set to false")),
-            CheckResult::fake("5.4", true, Outcome::pass()),
+            CheckResult::fake("5.4", true, Outcome::pass_with("read")),
             CheckResult::fake("4.5", false, Outcome::note("x")),
         ]);
         let v: serde_json::Value = serde_json::from_str(&rep.to_sarif_text()).unwrap();

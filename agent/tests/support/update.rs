@@ -1,0 +1,86 @@
+//! The update path's stand-ins for the integration tests: image slots whose
+//! `systemd-sysupdate` and `systemctl reboot` are scripts (writing partitions needs the
+//! appliance), the socket-activated `swarmseal update apply` service, and releases laid out
+//! as `scripts/build-image --release` does, signed by keys from `scripts/make-keys`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::swarmseal_bin;
+
+/// A manager's simulated image slots: what `systemd-sysupdate` (a stand-in: it writes the
+/// next os-release; writing partitions needs the appliance) and `systemctl reboot` (a flag
+/// the test turns into a real reboot of engine + agent + TPM) did.
+pub struct Slots {
+    pub dir: PathBuf,
+}
+
+impl Slots {
+    pub fn new(dir: PathBuf, version: &str) -> Slots {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("os-release"), format!("IMAGE_ID=swarmseal\nIMAGE_VERSION={version}\n")).unwrap();
+        let script = |name: &str, body: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\necho \"$@\" >>{}/{name}.log\n{body}", dir.display())).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        };
+        script("sysupdate", format!("[ \"$1\" = update ] && printf 'IMAGE_ID=swarmseal\\nIMAGE_VERSION=%s\\n' \"$2\" >{}/os-release.next\nexit 0\n", dir.display()));
+        script("systemctl", format!("[ \"$1\" = reboot ] && touch {}/reboot-requested\nexit 0\n", dir.display()));
+        Slots { dir }
+    }
+    pub fn version(&self) -> String {
+        std::fs::read_to_string(self.dir.join("os-release")).unwrap().lines().find_map(|l| l.strip_prefix("IMAGE_VERSION=").map(str::to_string)).unwrap()
+    }
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+    /// `systemctl reboot` was called; clears the request.
+    pub fn take_reboot(&self) -> bool {
+        std::fs::remove_file(self.dir.join("reboot-requested")).is_ok()
+    }
+    /// The reboot lands in the slot sysupdate wrote.
+    pub fn switch(&self) {
+        std::fs::rename(self.dir.join("os-release.next"), self.dir.join("os-release")).unwrap();
+    }
+}
+
+/// What systemd's socket activation (`Accept=yes`) does for `swarmseal-update.socket`: each
+/// connection runs `swarmseal update apply --stdin-request` (root, the real binary) with the
+/// connection as stdin and stdout.
+pub fn serve_apply(socket: PathBuf, args: Vec<String>) {
+    let l = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { break };
+            let out = conn.try_clone().unwrap();
+            let st = Command::new(swarmseal_bin()).args(&args).args(["update", "apply", "--stdin-request"]).stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(conn))).stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(out))).status();
+            eprintln!("update apply: {st:?}");
+        }
+    });
+}
+
+/// A release tar as `scripts/build-image --release` lays it out (small stand-in payloads),
+/// SHA256SUMS signed with `keys/pcr-signing.key`.
+pub fn make_release(dir: &Path, version: &str, keys: &Path) -> PathBuf {
+    let rel = dir.join(version);
+    std::fs::create_dir_all(&rel).unwrap();
+    let files = [format!("swarmseal_{version}.efi"), format!("swarmseal_{version}_7f3c1a52-5b1e-4c6e-9d7a-0c2b4e6f8a10.root.raw"), format!("swarmseal_{version}_2b8d9e41-3c5f-4a7b-8e6d-1f0a9c3b5d72.root-verity.raw")];
+    for (i, f) in files.iter().enumerate() {
+        std::fs::write(rel.join(f), format!("{version} payload {i}\n").repeat(1000)).unwrap();
+    }
+    let sums = Command::new("sha256sum").args(&files).current_dir(&rel).output().unwrap();
+    assert!(sums.status.success());
+    std::fs::write(rel.join("SHA256SUMS"), &sums.stdout).unwrap();
+    let st = Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(keys.join("pcr-signing.key")).args(["-out", "SHA256SUMS.sig", "SHA256SUMS"]).current_dir(&rel).status().unwrap();
+    assert!(st.success(), "openssl dgst -sign");
+    let tar = dir.join(format!("swarmseal_{version}.tar"));
+    let st = Command::new("tar").arg("--format=ustar").arg("-cf").arg(&tar).arg("-C").arg(&rel).args(["SHA256SUMS", "SHA256SUMS.sig"]).args(&files).status().unwrap();
+    assert!(st.success(), "tar");
+    tar
+}
+
+pub fn make_keys(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-keys");
+    let o = Command::new(script).arg(dir).output().unwrap();
+    assert!(o.status.success(), "scripts/make-keys: {}", String::from_utf8_lossy(&o.stderr));
+}
