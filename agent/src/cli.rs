@@ -449,15 +449,17 @@ fn run(cli: Cli) -> Result<(), Error> {
         .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async move {
         match cli.command {
-            Command::Certs(c) => crate::proxy::pki::run(&cfg, c).map_err(Error::from),
-            Command::Policy(c) => match crate::proxy::policy::run(&cfg, c, std::io::stdin().lock()) {
+            // The synchronous commands (files, stdin, tools) run on the blocking pool.
+            Command::Certs(c) => on_blocking_pool(cfg, move |cfg| crate::proxy::pki::run(&cfg, c).map_err(Error::from)).await,
+            Command::Policy(c) => on_blocking_pool(cfg, move |cfg| match crate::proxy::policy::run(&cfg, c, std::io::stdin().lock()) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(Error::Status(Exit::Failure)),
                 Err(e) => Err(Error::Usage(e.to_string())),
-            },
+            })
+            .await,
             Command::Bench(a) => crate::bench_cmd::run(&cfg, a).await,
             #[cfg(feature = "appliance")]
-            Command::Var(c) => crate::var::run(&cfg, c).map_err(Error::from),
+            Command::Var(c) => on_blocking_pool(cfg, move |cfg| crate::var::run(&cfg, c).map_err(Error::from)).await,
             Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),
             Command::Update(crate::update::UpdateArgs { command: Some(c), .. }) => crate::update::run(&cfg, c).await.map_err(Error::from),
             Command::Update(_) => Err(Error::Usage("update RELEASE and update --version V install on a manager: give --context NAME (`fleet update` rolls every manager; on the manager itself: `swarmseal update verify|apply`)".into())),
@@ -482,6 +484,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             #[cfg(feature = "appliance")]
             Command::Status { json } => crate::boot::cmd_status(&Ctx::new(&cfg), json).await.map_err(Error::from),
         }
+    })
+}
+
+/// Run a synchronous command on the runtime's blocking pool, not on one of its two workers.
+async fn on_blocking_pool(cfg: Config, f: impl FnOnce(Config) -> Result<(), Error> + Send + 'static) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || f(cfg)).await.unwrap_or_else(|e| {
+        eprintln!("swarmseal: the command's thread ended: {e}");
+        Err(Error::Status(Exit::Failure))
     })
 }
 
