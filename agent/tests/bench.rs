@@ -680,6 +680,8 @@ fn every_pass_names_its_evidence_under_both_benchmarks() {
     let mut rm = std::process::Command::new("docker").args(["-H", &d.host(), "network", "rm", "ingress"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
     std::io::Write::write_all(&mut rm.stdin.take().unwrap(), b"y\n").unwrap();
     assert!(rm.wait().unwrap().success(), "docker network rm ingress");
+    // The removal goes through Raft: the engine lists ingress a moment longer (a CI run's 7.3 saw it).
+    wait_until("ingress is gone from GET /networks", std::time::Duration::from_secs(60), || !d.docker_ok(&["network", "ls", "--format", "{{.Name}}"]).lines().any(|n| n == "ingress"));
     d.docker_ok(&["network", "create", "-d", "overlay", "--opt", "encrypted", "secure-net"]);
     make(&d, "clean", true, &[], &[]);
     make(&d, "clean2", true, &[], &[]);
