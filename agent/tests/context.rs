@@ -173,9 +173,8 @@ fn every_remote_command_through_a_docker_context_and_each_error_with_its_exit_co
     assert!(o.status.success(), "{}", text(&o));
     wait_until("the metrics show the rotation resealed", Duration::from_secs(60), || value(&scrape("bob"), "swarmseal_seals_total").unwrap_or(0.0) > seals);
     let after = scrape("carol");
-    let changes: f64 = after.lines().filter(|l| l.starts_with("swarmseal_key_changes_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
-    let changes_before: f64 = before.lines().filter(|l| l.starts_with("swarmseal_key_changes_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
-    assert!(changes > changes_before, "a rotation is a key change:\n{before}\n---\n{after}");
+    let key_changes = |body: &str| -> f64 { body.lines().filter(|l| l.starts_with("swarmseal_key_changes_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum() };
+    assert!(key_changes(&after) > key_changes(&before), "a rotation is a key change:\n{before}\n---\n{after}");
 
     // The errors: each a sentence and its exit code.
     let o = remote("nosuch", &["status"], None);

@@ -428,23 +428,28 @@ fn truthy(v: &str) -> bool {
 /// the first), keys matched case-insensitively (Go: exactly), decoded, and `;` taken as a
 /// separator too (Go before 1.17 did): it finds at least what the engine finds.
 pub fn query_flag(query: Option<&str>, key: &str) -> bool {
-    let Some(q) = query else { return false };
-    q.split(['&', ';']).any(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let plus = |s: &str| s.replace('+', " ");
-        let k = String::from_utf8_lossy(&percent_decode(plus(k).as_bytes())).into_owned();
-        let v = String::from_utf8_lossy(&percent_decode(plus(v).as_bytes())).into_owned();
-        k.trim().eq_ignore_ascii_case(key) && truthy(&v)
-    })
+    query_pairs(query, &['&', ';']).any(|(k, v)| k.trim().eq_ignore_ascii_case(key) && truthy(&v))
 }
 
 /// The value of the first `key=` in a raw query, percent-decoded (`+` as space); `None` when
 /// `key` is absent. Keys match case-insensitively, as in [`query_flag`].
 pub fn query_value(query: Option<&str>, key: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
+    query_pairs(query, &['&']).find_map(|(k, v)| k.trim().eq_ignore_ascii_case(key).then_some(v))
+}
+
+/// Every value of `key=` in a raw query (split at `&` and `;`, as [`query_flag`] reads it),
+/// percent-decoded (`+` as space), keys matched case-insensitively.
+pub fn query_values(query: Option<&str>, key: &str) -> Vec<String> {
+    query_pairs(query, &['&', ';']).filter_map(|(k, v)| k.trim().eq_ignore_ascii_case(key).then_some(v)).collect()
+}
+
+/// The `key=value` pairs of a raw query split at `seps`, each side percent-decoded with `+`
+/// as space (a pair without `=` has an empty value).
+fn query_pairs<'a>(query: Option<&'a str>, seps: &'a [char]) -> impl Iterator<Item = (String, String)> + 'a {
+    let dec = |s: &str| String::from_utf8_lossy(&percent_decode(s.replace('+', " ").as_bytes())).into_owned();
+    query.into_iter().flat_map(move |q| q.split(seps)).map(move |kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let dec = |s: &str| String::from_utf8_lossy(&percent_decode(s.replace('+', " ").as_bytes())).into_owned();
-        dec(k).trim().eq_ignore_ascii_case(key).then(|| dec(v))
+        (dec(k), dec(v))
     })
 }
 

@@ -348,11 +348,7 @@ pub fn check_rollback(role: &RolePolicy, targets: &[&str], query: Option<&str>, 
         Some(GoValue::Number(n)) => n.as_u64(),
         _ => None,
     };
-    let given: Vec<String> = query.unwrap_or("").split(['&', ';']).filter_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        let dec = |s: &str| String::from_utf8_lossy(&authz::percent_decode(s.replace('+', " ").as_bytes())).into_owned();
-        dec(k).trim().eq_ignore_ascii_case("version").then(|| dec(v))
-    }).collect();
+    let given = authz::query_values(query, "version");
     if !index.is_some_and(|i| !given.is_empty() && given.iter().all(|v| v.trim().parse::<u64>().ok() == Some(i))) {
         let now = index.map_or("?".into(), |i| i.to_string());
         return Err(deny(format!("a rollback needs version={now} (the service's version now); the spec it applies is checked at that version only")));

@@ -99,13 +99,13 @@ fn log_refusal(e: &BootError) {
     match e {
         BootError::Tpm(TpmError::PolicyMismatch { changed }) => {
             let pcrs: Vec<u8> = changed.iter().map(|d| d.pcr).collect();
-            tracing::error!(event = "unlock_refused", reason = "policy_mismatch", changed_pcrs = ?pcrs, detail = %e, "the boot measurements changed: the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy), then POST /swarmseal/v1/reseal to accept this boot chain");
+            tracing::error!(event = "unlock_refused", reason = refusal_reason(e), changed_pcrs = ?pcrs, detail = %e, "the boot measurements changed: the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy), then POST /swarmseal/v1/reseal to accept this boot chain");
         }
         BootError::Tpm(TpmError::NotSigned { signed, .. } | TpmError::BadSignature { signed, .. }) => {
             let pcrs: Vec<u8> = signed.iter().map(|v| v.pcr).collect();
-            tracing::error!(event = "unlock_refused", reason = "not_signed", unsigned_pcrs = ?pcrs, detail = %e, "this boot's image is not approved by the fleet's PCR signature: the swarm stays locked; boot a signed image, or unlock by hand (`docker swarm unlock` through the proxy), then POST /swarmseal/v1/reseal");
+            tracing::error!(event = "unlock_refused", reason = refusal_reason(e), unsigned_pcrs = ?pcrs, detail = %e, "this boot's image is not approved by the fleet's PCR signature: the swarm stays locked; boot a signed image, or unlock by hand (`docker swarm unlock` through the proxy), then POST /swarmseal/v1/reseal");
         }
-        other => tracing::error!(event = "unlock_refused", reason = other.kind(), detail = %other, "the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy)"),
+        other => tracing::error!(event = "unlock_refused", reason = refusal_reason(other), detail = %other, "the swarm stays locked; unlock by hand (`docker swarm unlock` through the proxy)"),
     }
 }
 
