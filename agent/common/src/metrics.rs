@@ -6,7 +6,7 @@
 //! "Metrics" lists every series.
 //!
 //! Label values are bounded: outcomes and reasons are the agent's own words, roles are the
-//! configured role names (an unknown OU is refused before it is counted as `unknown`),
+//! configured role names (a certificate whose OU names no configured role is refused and counted as `none`),
 //! statuses are HTTP status codes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
