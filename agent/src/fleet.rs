@@ -248,11 +248,91 @@ pub fn is_version(v: &str) -> bool {
     v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
 }
 
-/// The release tar at `path` as a streamed request body (its exact length announced).
-pub(crate) async fn release_body(path: &Path) -> std::io::Result<ReqBody> {
-    let file = tokio::fs::File::open(path).await?;
-    let len = file.metadata().await?.len();
+/// The release tar at `path` from byte `offset` on as a streamed request body (its exact
+/// length announced).
+async fn release_body(path: &Path, offset: u64) -> std::io::Result<ReqBody> {
+    use tokio::io::AsyncSeekExt as _;
+    let mut file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await?.len().saturating_sub(offset);
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
     Ok(FileBody { file, len, buf: vec![0u8; 64 * 1024].into_boxed_slice() }.boxed())
+}
+
+/// How many times an upload cut mid-way is resumed before giving up.
+pub(crate) const UPLOAD_RESUMES: u32 = 3;
+/// How long, after a cut, the manager is asked what it holds (it answers 409 while the cut
+/// upload still holds its staging lock, up to the agent's 60 s idle limit, and not at all
+/// while it restarts).
+const RESUME_WAIT: Duration = Duration::from_secs(150);
+
+/// SHA-256 (hex) of the `SHA256SUMS` member at the start of the release tar at `path`: which
+/// release it is, as the manager's `GET /swarmseal/v1/update/partial` names it.
+async fn release_sums(path: &Path) -> Result<String, String> {
+    use sha2::Digest as _;
+    let f = tokio::fs::File::open(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut tar = swarmseal_release::tar::Reader::new(tokio::io::BufReader::new(f), u64::MAX);
+    let not = |e: String| format!("{}: not a release ({e})", path.display());
+    let m = tar.next().await.map_err(|e| not(e.to_string()))?.filter(|m| m.name == crate::update::SUMS).ok_or_else(|| not(format!("it does not start with {}", crate::update::SUMS)))?;
+    let sums = tar.small(&m, swarmseal_release::MAX_SUMS).await.map_err(|e| not(e.to_string()))?;
+    Ok(hex::encode(sha2::Sha256::digest(&sums)))
+}
+
+/// What the manager holds of an interrupted upload of the release `sums` (`GET
+/// /swarmseal/v1/update/partial`): the byte to resume from, 0 when nothing (or another
+/// release, or an agent without resumable uploads: 404). While the manager is busy (409) or
+/// does not answer, asked again each second until `wait` has passed. Errors: the last answer.
+async fn held_offset(m: &Manager, sums: &str, wait: Duration) -> Result<u64, String> {
+    let until = Instant::now() + wait;
+    loop {
+        let last = match m.call(Method::GET, "/swarmseal/v1/update/partial", empty(), REQUEST_TIMEOUT).await {
+            Ok((status, body)) if status.is_success() => {
+                let held: Option<crate::update::Held> = serde_json::from_slice::<Value>(&body).ok().and_then(|v| serde_json::from_value(v["partial"].clone()).ok());
+                return Ok(held.filter(|h| h.sums_sha256 == sums).map_or(0, |h| h.offset));
+            }
+            Ok((StatusCode::NOT_FOUND, _)) => return Ok(0),
+            Ok((status, body)) if status != StatusCode::CONFLICT => return Err(format!("GET /swarmseal/v1/update/partial: HTTP {status}: {}", answer_message(&body))),
+            Ok((status, body)) => format!("HTTP {status}: {}", answer_message(&body)),
+            Err(e) => e,
+        };
+        if Instant::now() >= until {
+            return Err(format!("the manager did not say what it holds of the upload within {} s: {last}", wait.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Upload the release tar at `release` to `POST <path>` (`/swarmseal/v1/update[?reboot=1]`),
+/// resuming it: what the manager already holds of this release is not sent again, and a cut
+/// (a connection error mid-upload) is followed by asking what it holds and sending the rest, at
+/// most [`UPLOAD_RESUMES`] times, each said with `say` (`resumed at N bytes (X %)`).
+/// Returns the manager's answer to the last request; errors: the file, or the last cut.
+pub(crate) async fn upload_release(m: &Manager, path: &str, release: &Path, say: &dyn Fn(String)) -> Result<(StatusCode, Bytes), String> {
+    let total = tokio::fs::metadata(release).await.map_err(|e| format!("{}: {e}", release.display()))?.len();
+    let sums = release_sums(release).await?;
+    let resume_at = |offset: u64| {
+        say(format!("resumed at {offset} bytes ({:.0} %)", offset as f64 * 100.0 / total.max(1) as f64));
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("{path}{sep}resume={offset}&sums={sums}")
+    };
+    // A kept part of this very release (an earlier run cut, the agent restarted): continued.
+    let mut offset = held_offset(m, &sums, Duration::ZERO).await.unwrap_or(0);
+    let mut cuts = 0;
+    loop {
+        let target = if offset == 0 { path.to_string() } else { resume_at(offset) };
+        let body = release_body(release, offset).await.map_err(|e| format!("{}: {e}", release.display()))?;
+        match m.call(Method::POST, &target, body, UPLOAD_TIMEOUT).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if cuts < UPLOAD_RESUMES => {
+                cuts += 1;
+                say(format!("upload cut ({e}); asking the manager what it holds (resume {cuts} of {UPLOAD_RESUMES})"));
+                offset = held_offset(m, &sums, RESUME_WAIT).await.map_err(|why| format!("{e}; then {why}"))?;
+                if offset == 0 {
+                    say("the manager holds nothing of this release: uploading it from the start".into());
+                }
+            }
+            Err(e) => return Err(format!("{e} (cut {cuts} times, not resumed again)")),
+        }
+    }
 }
 
 /// A file as a streamed request body (64 KiB frames, exact length).
@@ -382,8 +462,8 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
             return Err(stop(format!("taking it down would leave {others_ok} of {} managers, below quorum {q}", nodes.len()), &done));
         }
         clock.say(format_args!("{}: uploading the release ({others_ok} of {} managers stay up, quorum {q})", m.context, nodes.len()));
-        let body = release_body(&a.release).await.map_err(|e| stop(format!("{}: {e}", a.release.display()), &done))?;
-        let (status, answer) = m.call(Method::POST, "/swarmseal/v1/update?reboot=1", body, UPLOAD_TIMEOUT).await.map_err(|e| stop(format!("upload failed: {e}"), &done))?;
+        let say = |line: String| clock.say(format_args!("{}: {line}", m.context));
+        let (status, answer) = upload_release(m, "/swarmseal/v1/update?reboot=1", &a.release, &say).await.map_err(|e| stop(format!("upload failed: {e}"), &done))?;
         if !status.is_success() {
             return Err(stop(format!("the manager refused the release: HTTP {status}: {}", answer_message(&answer)), &done));
         }

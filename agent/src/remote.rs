@@ -11,7 +11,7 @@
 //! | `reseal` | `POST /reseal` (admin) |
 //! | `escrow get [--var-recovery-key] --out FILE` | `GET /escrow`, `GET /escrow/var-recovery-key` (admin; age-encrypted) |
 //! | `recover --force-new-cluster [--key-stdin]` | `POST /recover` (admin; body: the current unlock key, if given) |
-//! | `update RELEASE [--reboot]` | `POST /update[?reboot=1]` (admin; body: the release tar, verified by the manager before a byte is written) |
+//! | `update RELEASE [--reboot]` | `POST /update[?reboot=1]` (admin; body: the release tar, verified by the manager before a byte is written; a cut upload is resumed: `GET /update/partial`, `POST /update?resume=N&sums=HEX`) |
 //! | `update --version V [--reboot]` | `POST /update?version=V[&reboot=1]` (admin; the manager fetches `swarmseal_V.tar` from its `[update] source`) |
 //!
 //! Errors ([`RemoteError`]): a context that cannot be used (exit 2), a manager that does not
@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
 
-use crate::fleet::{answer_message, empty, is_version, release_body, release_version, FleetError, Manager, ReqBody, UPLOAD_TIMEOUT};
+use crate::fleet::{answer_message, empty, is_version, release_version, upload_release, FleetError, Manager, ReqBody, UPLOAD_TIMEOUT};
 
 /// How long one request may take (a reseal talks to the TPM; a recovery restarts the engine).
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -143,11 +143,18 @@ pub async fn run(docker: &Path, context: &str, request: Request) -> Result<(), R
         }
         Request::Update { release, reboot, .. } => {
             let path = update.unwrap_or_default();
-            let body = match &release {
-                Some(r) => release_body(r).await.map_err(|e| RemoteError::Usage(format!("{}: {e}", r.display())))?,
-                None => empty(),
+            let answer = match &release {
+                // Resumed when cut (fleet::upload_release), each resume said on stderr.
+                Some(r) => {
+                    let say = |line: String| eprintln!("{context}: {line}");
+                    let (status, answer) = upload_release(&m, &path, r, &say).await.map_err(|message| RemoteError::Unreachable { context: context.into(), message })?;
+                    if !status.is_success() {
+                        return Err(refused(context, &Method::POST, &path, status, &answer));
+                    }
+                    answer
+                }
+                None => ask_within(Method::POST, path, empty(), UPLOAD_TIMEOUT).await?,
             };
-            let answer = ask_within(Method::POST, path, body, UPLOAD_TIMEOUT).await?;
             println!("{context}: {}", String::from_utf8_lossy(&answer).trim());
             if reboot {
                 println!("{context} reboots into the new slot; `swarmseal --context {context} status` shows the version once it is back (a failed health gate boots the previous one)");

@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::config::Config;
 use swarmseal_release::tar::Reader as Tar;
+use sha2::Digest as _;
 use swarmseal_release::verify::{check_hash, Members};
 pub use swarmseal_release::{
     classify, load_key, read_manifest, valid_version, verify_dir, verify_manifest, verify_tar, Manifest, Part, ReleaseError, ReleaseKey, SIG,
@@ -79,6 +80,14 @@ pub enum UpdateError {
     /// This manager's `[update] source` or `source_ca` is unusable.
     #[error("this manager cannot fetch releases: {0}")]
     SourceSetup(String),
+    /// A resumed upload does not continue what this manager holds (nothing held, another
+    /// release, another offset); the sentence says what it holds.
+    #[error("{0}")]
+    Resume(String),
+    /// The part of an interrupted upload this manager kept no longer verifies (altered on disk,
+    /// or the rest came from another file): it was discarded; the sentence names the file.
+    #[error("{0}")]
+    Altered(String),
 }
 
 impl UpdateError {
@@ -183,17 +192,6 @@ pub struct Staged {
     pub lock: UpdateLock,
 }
 
-/// Removes a `V.partial` directory unless disarmed.
-struct PartialGuard(Option<PathBuf>);
-
-impl Drop for PartialGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(&p);
-        }
-    }
-}
-
 fn fsync_dir(p: &Path) -> Result<(), UpdateError> {
     swarmseal_common::fs::fsync_dir(p).map_err(io_err(p))
 }
@@ -201,13 +199,17 @@ fn fsync_dir(p: &Path) -> Result<(), UpdateError> {
 /// Receive a release tar from `body` (at most `max` bytes), verify it, and stage it under
 /// `staging` (`V.partial/` while receiving, then `staged/`, replacing the previous release).
 ///
-/// Nothing is written before `SHA256SUMS.sig` verifies with `key`; on any error the partial
-/// release is removed and the previously staged release stays. Errors: [`UpdateError::Busy`]
-/// (another upload holds the lock), [`UpdateError::Io`], and as [`UpdateError::Release`]:
+/// Nothing is written before `SHA256SUMS.sig` verifies with `key`. An upload cut mid-way
+/// ([`ReleaseError::Body`]: the connection broke or went idle; or the request dropped, or the
+/// agent killed) keeps what it received in `V.partial/` with its progress record, to be
+/// continued by [`receive_resume`] (see [`held`]); on any other error the partial release is
+/// removed. The previously staged release stays until a new one is complete. A new upload
+/// discards any partial one (at most one is kept). Errors: [`UpdateError::Busy`] (another
+/// upload holds the lock), [`UpdateError::Io`], and as [`UpdateError::Release`]:
 /// [`ReleaseError::NotSigned`], [`ReleaseError::Invalid`] (order, names, types, missing
 /// files), [`ReleaseError::HashMismatch`], [`ReleaseError::TooLarge`], [`ReleaseError::Body`].
 pub async fn receive<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max: u64, body: R) -> Result<Staged, UpdateError> {
-    receive_from(key, staging, max, body, None).await
+    receive_from(key, staging, max, body, Start::Fresh(None)).await
 }
 
 /// [`receive`] for a release fetched as `swarmseal_<version>.tar` ([`source`]): the signed
@@ -215,17 +217,45 @@ pub async fn receive<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max
 /// another release the source chose; a refused release is not read to its end (nobody waits
 /// for our answer on that connection). Errors: [`receive`]'s.
 pub async fn receive_fetched<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max: u64, body: R, version: &str) -> Result<Staged, UpdateError> {
-    receive_from(key, staging, max, body, Some(version)).await
+    receive_from(key, staging, max, body, Start::Fresh(Some(version))).await
 }
 
-async fn receive_from<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max: u64, body: R, fetched: Option<&str>) -> Result<Staged, UpdateError> {
+/// Continue an interrupted upload: `body` is the release tar from byte `offset` on (what
+/// [`held`] says this manager holds), of the release whose `SHA256SUMS` has SHA-256
+/// `sums_sha256` (hex). The kept part is checked again first (the signature over the kept
+/// `SHA256SUMS`, each complete file against its line); the file cut mid-way is hashed whole
+/// (kept part + the rest) once complete. `max` caps the whole archive (`offset` + the rest).
+/// Errors: [`receive`]'s, [`UpdateError::Resume`] (nothing held, another release — then
+/// discarded —, another offset), [`UpdateError::Altered`] (the kept part does not verify:
+/// discarded, so a fresh upload starts clean).
+pub async fn receive_resume<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max: u64, body: R, offset: u64, sums_sha256: &str) -> Result<Staged, UpdateError> {
+    if offset > max {
+        return Err(UpdateError::Release(ReleaseError::TooLarge { max }));
+    }
+    receive_from(key, staging, max, body, Start::Resume { offset, sums: sums_sha256 }).await
+}
+
+/// Where a receive starts.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    /// At byte 0; `Some(V)`: fetched as version V.
+    Fresh(Option<&'a str>),
+    /// At byte `offset` of the release whose `SHA256SUMS` hashes to `sums`.
+    Resume { offset: u64, sums: &'a str },
+}
+
+async fn receive_from<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max: u64, body: R, start: Start<'_>) -> Result<Staged, UpdateError> {
     let dir = staging.to_path_buf();
     let lock = blocking(move || try_lock(&dir)).await?;
-    let mut tar = Tar::new(body, max);
-    match receive_locked(&mut tar, key, staging, fetched).await {
+    let (fetched, offset) = match start {
+        Start::Fresh(f) => (f.is_some(), 0),
+        Start::Resume { offset, .. } => (false, offset),
+    };
+    let mut tar = Tar::new(body, max - offset);
+    match receive_locked(&mut tar, key, staging, start).await {
         Ok(version) => Ok(Staged { version, dir: staging.join(STAGED), lock }),
         Err(e) => {
-            if fetched.is_none() && matches!(&e, UpdateError::Release(r) if r.is_refusal()) {
+            if !fetched && matches!(&e, UpdateError::Release(r) if r.is_refusal()) {
                 // Read the rest of the upload (within the cap, for at most a minute) so the
                 // client reads our 422 instead of a connection reset in the middle of sending.
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(60), tar.drain()).await;
@@ -241,42 +271,257 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, UpdateError> 
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(UpdateError::Io { path: PathBuf::new(), source: std::io::Error::other(e) }))
 }
 
-async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey, staging: &Path, expect: Option<&str>) -> Result<String, UpdateError> {
-    let (manifest, sums, sig) = read_manifest(tar, key).await?;
-    if let Some(want) = expect.filter(|w| *w != manifest.version) {
-        return Err(UpdateError::invalid(format!("the release is version {}, not {want} as asked for", manifest.version)));
+/// The progress record of an upload, `V.partial/.progress` (JSON, replaced atomically at each
+/// member boundary): what [`held`] and [`receive_resume`] continue from. Offsets are bytes of
+/// the release tar.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Progress {
+    version: String,
+    /// SHA-256 (hex) of the release's `SHA256SUMS`: which release this is.
+    sums_sha256: String,
+    /// Where the member after the complete ones starts (its header).
+    next: u64,
+    /// The members received, verified and synced, in archive order.
+    done: Vec<String>,
+    /// The member being written.
+    current: Option<Current>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Current {
+    name: String,
+    size: u64,
+    /// Where its data starts (after its header).
+    data_at: u64,
+}
+
+const PROGRESS: &str = ".progress";
+const BLOCK: u64 = 512;
+
+/// `n` bytes rounded up to whole 512-byte tar blocks.
+fn blocks(n: u64) -> u64 {
+    n.div_ceil(BLOCK) * BLOCK
+}
+
+/// What this manager holds of an interrupted upload (`GET /swarmseal/v1/update/partial`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Held {
+    pub version: String,
+    /// SHA-256 (hex) of the release's `SHA256SUMS`.
+    pub sums_sha256: String,
+    /// Bytes of the release tar held: resume by sending the tar from this byte on.
+    pub offset: u64,
+}
+
+impl Progress {
+    /// The resume offset: after the complete members, or inside the current one at the last
+    /// whole 512-byte block on disk (so the rest's tar padding is the member's own).
+    fn offset(&self, partial: &Path) -> u64 {
+        match &self.current {
+            None => self.next,
+            Some(c) => {
+                let len = std::fs::metadata(partial.join(&c.name)).map(|m| m.len()).unwrap_or(0);
+                c.data_at + len.min(c.size) / BLOCK * BLOCK
+            }
+        }
     }
 
-    // Verified: now, and only now, write.
-    let partial = staging.join(format!("{}.partial", manifest.version));
-    let mut guard = PartialGuard(Some(partial.clone()));
-    let (dir, p) = (staging.to_path_buf(), partial.clone());
-    blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        clean_partials(&dir);
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir(&p).map_err(io_err(&p))
+    fn save(&self, partial: &Path) -> Result<(), UpdateError> {
+        let p = partial.join(PROGRESS);
+        let text = serde_json::to_vec(self).unwrap_or_default();
+        swarmseal_common::fs::write_atomic(&p, &text, 0o600).map_err(io_err(&p))
+    }
+}
+
+/// The one `V.partial/` under `staging` with a readable progress record, if any.
+fn load_partial(staging: &Path) -> Option<(PathBuf, Progress)> {
+    std::fs::read_dir(staging).ok()?.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".partial")).find_map(|e| {
+        let p: Progress = serde_json::from_slice(&std::fs::read(e.path().join(PROGRESS)).ok()?).ok()?;
+        Some((e.path(), p))
     })
-    .await?;
+}
+
+/// What this manager holds of an interrupted upload, if anything (taking the staging lock for
+/// the look: [`UpdateError::Busy`] while an upload runs). Errors: `Busy`, [`UpdateError::Io`].
+pub async fn held(staging: &Path) -> Result<Option<Held>, UpdateError> {
+    let dir = staging.to_path_buf();
+    blocking(move || {
+        let _lock = try_lock(&dir)?;
+        Ok(load_partial(&dir).map(|(partial, p)| Held { offset: p.offset(&partial), version: p.version, sums_sha256: p.sums_sha256 }))
+    })
+    .await
+}
+
+/// Whether an error leaves the partial release for a resume: the upload was cut, nothing in it
+/// was refused.
+fn keeps_partial(e: &UpdateError) -> bool {
+    matches!(e, UpdateError::Release(ReleaseError::Body(_)))
+}
+
+async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey, staging: &Path, start: Start<'_>) -> Result<String, UpdateError> {
+    let (partial, progress, members) = match start {
+        Start::Fresh(expect) => {
+            let (manifest, sums, sig) = read_manifest(tar, key).await?;
+            if let Some(want) = expect.filter(|w| *w != manifest.version) {
+                return Err(UpdateError::invalid(format!("the release is version {}, not {want} as asked for", manifest.version)));
+            }
+            // Verified: now, and only now, write.
+            let partial = staging.join(format!("{}.partial", manifest.version));
+            let progress = Progress {
+                version: manifest.version.clone(),
+                sums_sha256: hex::encode(sha2::Sha256::digest(&sums)),
+                next: BLOCK + blocks(sums.len() as u64) + BLOCK + blocks(sig.len() as u64),
+                done: Vec::new(),
+                current: None,
+            };
+            let (dir, p, rec) = (staging.to_path_buf(), partial.clone(), progress.clone());
+            let made = blocking(move || {
+                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                clean_partials(&dir);
+                std::fs::create_dir(&p).map_err(io_err(&p))?;
+                for (name, bytes) in [(SUMS, &sums), (SIG, &sig)] {
+                    let f = p.join(name);
+                    std::fs::write(&f, bytes).map_err(io_err(&f))?;
+                }
+                rec.save(&p)
+            })
+            .await;
+            if let Err(e) = made {
+                discard(&partial).await;
+                return Err(e);
+            }
+            (partial, progress, (manifest, Members::default()))
+        }
+        Start::Resume { offset, sums } => {
+            let dir = staging.to_path_buf();
+            let nothing = || UpdateError::Resume("this manager holds no interrupted upload to resume (none was cut, or it was discarded or completed): upload the release from the start".into());
+            let (partial, progress) = blocking(move || Ok(load_partial(&dir))).await?.ok_or_else(nothing)?;
+            if progress.sums_sha256 != sums {
+                discard(&partial).await;
+                return Err(UpdateError::Resume(format!(
+                    "the interrupted upload this manager held is of another release (version {}, SHA256SUMS {}); it was discarded, not mixed with this one: upload the release from the start",
+                    progress.version,
+                    &progress.sums_sha256[..progress.sums_sha256.len().min(16)]
+                )));
+            }
+            let (p, rec) = (partial.clone(), progress.clone());
+            let at = blocking(move || Ok(rec.offset(&p))).await?;
+            if at != offset {
+                return Err(UpdateError::Resume(format!("this manager holds {at} bytes of release {}, not {offset}: resume from byte {at} (GET /swarmseal/v1/update/partial)", progress.version)));
+            }
+            match resume_kept(tar, key, &partial, progress, offset).await {
+                Ok((progress, manifest, members)) => (partial, progress, (manifest, members)),
+                Err(e) => {
+                    if !keeps_partial(&e) {
+                        discard(&partial).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let (manifest, members) = members;
+    let r = async {
+        receive_members(tar, &manifest, &partial, progress, members).await?;
+        finish(staging, &partial).await
+    }
+    .await;
+    match r {
+        Ok(()) => Ok(manifest.version),
+        Err(e) => {
+            // Not on a cancelled request (the future dropped): that is a cut, kept as one.
+            if !keeps_partial(&e) {
+                discard(&partial).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Check what is kept of an interrupted upload again and receive the rest of the member that
+/// was cut. Returns the progress after it, the manifest, and the members seen.
+async fn resume_kept<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey, partial: &Path, mut progress: Progress, offset: u64) -> Result<(Progress, Manifest, Members), UpdateError> {
+    let read = |name: &str| {
+        let p = partial.join(name);
+        std::fs::read(&p).map_err(io_err(&p))
+    };
+    let (sums, sig) = (read(SUMS)?, read(SIG)?);
+    // The signature still checks before a byte is written.
+    let manifest = verify_manifest(key, &sums, &sig)?;
+    let altered = |what: String| UpdateError::Altered(format!("{what}: the part of release {} kept from the interrupted upload was altered on disk or came from another file; it was discarded: upload the release again in full", progress.version));
+    if hex::encode(sha2::Sha256::digest(&sums)) != progress.sums_sha256 || manifest.version != progress.version {
+        return Err(altered(format!("{SUMS} is not the one the upload started with")));
+    }
     let mut members = Members::default();
+    for name in &progress.done {
+        let want = *members.admit(&manifest, name)?;
+        if rehash(partial.join(name)).await? != want {
+            return Err(altered(format!("{name} no longer matches {SUMS}")));
+        }
+    }
+    if let Some(c) = progress.current.take() {
+        let want = *members.admit(&manifest, &c.name)?;
+        let kept = offset - c.data_at;
+        let path = partial.join(&c.name);
+        let mut f = tokio::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).await.map_err(io_err(&path))?;
+        f.set_len(kept).await.map_err(io_err(&path))?;
+        tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(kept)).await.map_err(io_err(&path))?;
+        let rest = swarmseal_release::tar::Member { name: c.name.clone(), size: c.size - kept };
+        tar.body(&rest, Some((&mut f, &path))).await?;
+        f.sync_all().await.map_err(io_err(&path))?;
+        drop(f);
+        // Hashed whole as it is on disk: the kept part and the rest together.
+        if rehash(path).await? != want {
+            return Err(altered(format!("{}: its first {kept} bytes (kept) and the {} sent now do not hash to its {SUMS} line", c.name, c.size - kept)));
+        }
+        progress.next = c.data_at + blocks(c.size);
+        progress.done.push(c.name);
+        let (p, rec) = (partial.to_path_buf(), progress.clone());
+        blocking(move || rec.save(&p)).await?;
+    }
+    Ok((progress, manifest, members))
+}
+
+/// SHA-256 of a file, on the blocking pool.
+async fn rehash(path: PathBuf) -> Result<[u8; 32], UpdateError> {
+    blocking(move || {
+        let f = std::fs::File::open(&path).map_err(io_err(&path))?;
+        Ok(swarmseal_release::sha256_reader(std::io::BufReader::with_capacity(256 << 10, f), &path)?)
+    })
+    .await
+}
+
+/// The members after the manifest, each written to `partial` while hashed, the progress record
+/// updated at each member boundary; then the end of the archive.
+async fn receive_members<R: AsyncRead + Unpin>(tar: &mut Tar<R>, manifest: &Manifest, partial: &Path, mut progress: Progress, mut members: Members) -> Result<(), UpdateError> {
     while let Some(m) = tar.next().await? {
-        let want = *members.admit(&manifest, &m.name)?;
+        let want = *members.admit(manifest, &m.name)?;
+        progress.current = Some(Current { name: m.name.clone(), size: m.size, data_at: progress.next + BLOCK });
+        let (p, rec) = (partial.to_path_buf(), progress.clone());
+        blocking(move || rec.save(&p)).await?;
         let path = partial.join(&m.name);
         let mut f = tokio::fs::OpenOptions::new().create_new(true).write(true).open(&path).await.map_err(io_err(&path))?;
         let got = tar.body(&m, Some((&mut f, &path))).await?;
         check_hash(&m.name, &want, &got)?;
         f.sync_all().await.map_err(io_err(&path))?;
+        progress.current = None;
+        progress.next += BLOCK + blocks(m.size);
+        progress.done.push(m.name);
+        let (p, rec) = (partial.to_path_buf(), progress.clone());
+        blocking(move || rec.save(&p)).await?;
     }
-    members.complete(&manifest)?;
+    members.complete(manifest)?;
     tar.drain().await;
+    Ok(())
+}
 
-    // Swap it in: the previous staged release goes only once the new one is complete.
-    let dir = staging.to_path_buf();
+/// Swap the complete release in: the previous staged release goes only once the new one is
+/// complete; the progress record is removed first (the staged directory is the release only).
+async fn finish(staging: &Path, partial: &Path) -> Result<(), UpdateError> {
+    let (dir, partial) = (staging.to_path_buf(), partial.to_path_buf());
     blocking(move || {
-        for (name, bytes) in [(SUMS, &sums), (SIG, &sig)] {
-            let p = partial.join(name);
-            std::fs::write(&p, bytes).map_err(io_err(&p))?;
-        }
+        let rec = partial.join(PROGRESS);
+        std::fs::remove_file(&rec).map_err(io_err(&rec))?;
         fsync_dir(&partial)?;
         let staged = dir.join(STAGED);
         let old = dir.join(".staged.old");
@@ -288,12 +533,20 @@ async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey
         let _ = std::fs::remove_dir_all(&old);
         fsync_dir(&dir)
     })
-    .await?;
-    guard.0 = None;
-    Ok(manifest.version)
+    .await
 }
 
-/// Leftovers of an interrupted upload (a crash or power cut mid-transfer).
+/// Remove a partial release (refused, or of another release).
+async fn discard(partial: &Path) {
+    let p = partial.to_path_buf();
+    let _ = blocking(move || {
+        let _ = std::fs::remove_dir_all(&p);
+        Ok(())
+    })
+    .await;
+}
+
+/// Leftovers of an interrupted upload, removed when a new one starts (at most one is kept).
 fn clean_partials(staging: &Path) {
     if let Ok(rd) = std::fs::read_dir(staging) {
         for e in rd.flatten() {
@@ -602,6 +855,159 @@ mod tests {
         let [efi, ..] = names(V);
         std::fs::write(s.dir.join(&efi), b"changed").unwrap();
         assert!(matches!(verify_dir(&f.key, &s.dir), Err(ReleaseError::HashMismatch { .. })));
+    }
+
+    /// A body that breaks (a connection reset) after `at` bytes.
+    struct Cut<'a> {
+        data: &'a [u8],
+        at: usize,
+    }
+
+    impl AsyncRead for Cut<'_> {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+            if self.at == 0 {
+                return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut")));
+            }
+            let n = self.at.min(buf.remaining()).min(self.data.len()).min(4096);
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            self.at -= n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Every file of a staging area's `staged/`, by name.
+    fn staged_files(staging: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(staging.join(STAGED)).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect();
+        v.sort();
+        v
+    }
+
+    fn sums_of(tar: &[u8]) -> String {
+        let held = rt().block_on(async {
+            let mut t = Tar::new(tar, u64::MAX);
+            let m = t.next().await.unwrap().unwrap();
+            t.small(&m, 1 << 20).await.unwrap()
+        });
+        hex::encode(sha2::Sha256::digest(&held))
+    }
+
+    /// The fixture's release with a root image of 600,000 bytes (more than the 256 KiB the
+    /// receiver writes at a time, so a cut in it keeps part of it): `big.tar`.
+    fn big_release(f: &swarmseal_release::testing::Fixture) -> Vec<u8> {
+        let [efi, root, verity] = names(V);
+        let body: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(f.dir.path().join("rel").join(&root), body).unwrap();
+        sh(&format!("cd rel && sha256sum {efi} {root} {verity} > SHA256SUMS && openssl dgst -sha256 -sign ../k.key -out SHA256SUMS.sig SHA256SUMS && tar --format=ustar -cf ../big.tar SHA256SUMS SHA256SUMS.sig {root} {efi} {verity}"), f.dir.path());
+        std::fs::read(f.dir.path().join("big.tar")).unwrap()
+    }
+
+    /// Where the root image's data starts in `big.tar` (after SHA256SUMS, its signature, the
+    /// root's header: a block each).
+    const ROOT_DATA: usize = 5 * 512;
+
+    #[test]
+    fn an_upload_cut_anywhere_is_resumed_to_the_same_staged_release() {
+        let f = fixture();
+        let tar = big_release(&f);
+        let whole = f.dir.path().join("whole");
+        drop(rt().block_on(receive(&f.key, &whole, 1 << 30, &tar[..])).unwrap());
+        let want = staged_files(&whole);
+        let sums = sums_of(&tar);
+        // In the manifest, right after it, in the root image (at 50 %, and before its first
+        // write), in the next member's header, in its data.
+        for at in [700, ROOT_DATA - 512, tar.len() / 2, ROOT_DATA + 8192, ROOT_DATA + 600_064 + 100, ROOT_DATA + 600_064 + 512 + 300] {
+            let staging = f.dir.path().join(format!("cut-{at}"));
+            let e = rt().block_on(receive(&f.key, &staging, 1 << 30, Cut { data: &tar, at })).err().unwrap();
+            assert!(matches!(e, UpdateError::Release(ReleaseError::Body(_))), "{at}: {e}");
+            let offset = match rt().block_on(held(&staging)).unwrap() {
+                None => {
+                    assert_eq!(at, 700, "nothing held only before the manifest verified");
+                    let e = rt().block_on(receive_resume(&f.key, &staging, 1 << 30, &tar[at..], at as u64, &sums)).err().unwrap();
+                    assert!(matches!(e, UpdateError::Resume(_)) && e.to_string().contains("no interrupted upload"), "{e}");
+                    0
+                }
+                Some(h) => {
+                    assert_eq!((h.version.as_str(), h.sums_sha256.as_str()), (V, sums.as_str()));
+                    assert!(h.offset as usize <= at && h.offset as usize >= ROOT_DATA - 512, "{at}: held {}", h.offset);
+                    if at == tar.len() / 2 {
+                        assert_eq!(h.offset as usize, ROOT_DATA + (256 << 10), "the written part of the cut member is kept");
+                    }
+                    h.offset
+                }
+            };
+            let s = if offset == 0 {
+                rt().block_on(receive(&f.key, &staging, 1 << 30, &tar[..])).unwrap()
+            } else {
+                rt().block_on(receive_resume(&f.key, &staging, 1 << 30, &tar[offset as usize..], offset, &sums)).unwrap()
+            };
+            assert_eq!(s.version, V);
+            drop(s);
+            assert_eq!(staged_files(&staging), want, "cut at {at}, resumed at {offset}: staged as uninterrupted");
+            assert_eq!(verify_dir(&f.key, &staging.join(STAGED)).unwrap().version, V);
+            let left: Vec<_> = std::fs::read_dir(&staging).unwrap().flatten().map(|e| e.file_name()).collect();
+            assert_eq!(left, vec![std::ffi::OsString::from(STAGED)], "no partial left");
+            assert_eq!(rt().block_on(held(&staging)).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn a_kept_part_altered_or_of_another_release_is_refused_and_discarded() {
+        let f = fixture();
+        let d = f.dir.path();
+        let tar = big_release(&f);
+        let sums = sums_of(&tar);
+        let [efi, root, verity] = names(V);
+        let staging = d.join("updates");
+        let cut = |at: usize| -> u64 {
+            let e = rt().block_on(receive(&f.key, &staging, 1 << 30, Cut { data: &tar, at })).err().unwrap();
+            assert!(matches!(e, UpdateError::Release(ReleaseError::Body(_))), "{e}");
+            rt().block_on(held(&staging)).unwrap().unwrap().offset
+        };
+        let partial = staging.join(format!("{V}.partial"));
+        let flip = |name: &str, at: u64| {
+            let p = partial.join(name);
+            let mut b = std::fs::read(&p).unwrap();
+            b[at as usize] ^= 1;
+            std::fs::write(&p, b).unwrap();
+        };
+        // A byte of the cut member's kept part flipped: refused once it is complete, named.
+        let offset = cut(tar.len() / 2);
+        flip(&root, 100);
+        let e = rt().block_on(receive_resume(&f.key, &staging, 1 << 30, &tar[offset as usize..], offset, &sums)).err().unwrap();
+        assert!(matches!(e, UpdateError::Altered(_)) && e.to_string().contains(&root) && e.to_string().contains("upload the release again in full"), "{e}");
+        assert_eq!(crate::proxy::ApiError::from(&e).status(), 422);
+        assert!(!partial.exists(), "discarded");
+        assert_eq!(rt().block_on(held(&staging)).unwrap(), None);
+        // A complete member altered: refused before the rest is read.
+        let offset = cut(ROOT_DATA + 600_064 + 512 + 300);
+        flip(&root, 599_999);
+        let e = rt().block_on(receive_resume(&f.key, &staging, 1 << 30, &tar[offset as usize..], offset, &sums)).err().unwrap();
+        assert!(e.to_string().starts_with(&format!("{root} no longer matches SHA256SUMS")), "{e}");
+        assert!(!partial.exists());
+        // The rest taken from another release file of the same version (the UKI's bytes changed,
+        // signed by the same key): its SHA256SUMS differ, so it is refused and the kept part
+        // discarded, never mixed.
+        let offset = cut(tar.len() / 2);
+        let other_dir = d.join("other");
+        std::fs::create_dir(&other_dir).unwrap();
+        std::fs::copy(d.join("k.key"), other_dir.join("k.key")).unwrap();
+        sh(&format!("cp -r ../rel rel && cd rel && printf x >> {efi} && sha256sum {root} {efi} {verity} > SHA256SUMS && openssl dgst -sha256 -sign ../k.key -out SHA256SUMS.sig SHA256SUMS && tar --format=ustar -cf ../rel.tar SHA256SUMS SHA256SUMS.sig {root} {efi} {verity}"), &other_dir);
+        let other = std::fs::read(other_dir.join("rel.tar")).unwrap();
+        let e = rt().block_on(receive_resume(&f.key, &staging, 1 << 30, &other[offset as usize..], offset, &sums_of(&other))).err().unwrap();
+        assert!(matches!(e, UpdateError::Resume(_)) && e.to_string().contains("another release"), "{e}");
+        assert_eq!(crate::proxy::ApiError::from(&e).status(), 409);
+        assert!(!partial.exists(), "a partial of another release is discarded");
+        // Another offset than held: refused, the kept part stays; the cap counts the whole tar.
+        let offset = cut(tar.len() / 2);
+        let e = rt().block_on(receive_resume(&f.key, &staging, 1 << 30, &tar[offset as usize - 512..], offset - 512, &sums)).err().unwrap();
+        assert!(e.to_string().contains(&format!("holds {offset} bytes")), "{e}");
+        let e = rt().block_on(receive_resume(&f.key, &staging, offset + 100_000, &tar[offset as usize..], offset, &sums)).err().unwrap();
+        assert!(matches!(e, UpdateError::Release(ReleaseError::TooLarge { .. })), "{e}");
+        assert!(!partial.exists(), "a refused resume discards the kept part");
+        // And a fresh upload then goes through.
+        drop(rt().block_on(receive(&f.key, &staging, 1 << 30, &tar[..])).unwrap());
+        assert_eq!(verify_dir(&f.key, &staging.join(STAGED)).unwrap().version, V);
     }
 
     #[test]

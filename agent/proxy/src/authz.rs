@@ -265,7 +265,7 @@ pub fn decide_rule(policy: Option<&crate::policy::RolePolicy>, method: &str, c: 
         }
     }
     let route = Route::parse(c);
-    if let Some(why) = route.filter(|r| *r == Route::Update).and_then(Route::admin_only) {
+    if let Some(why) = route.filter(|r| matches!(r, Route::Update | Route::UpdatePartial)).and_then(Route::admin_only) {
         // Named before the method check, so the reason says so for a POST too.
         return Err(Denial::new("admin-only", format!("{why} ({name} certificate)")));
     }
@@ -594,6 +594,19 @@ mod tests {
             assert_eq!(decide(Some(Role::Admin), "POST", &cz(p), false), Decision::Allow);
         }
         assert_eq!(key_events(&cz("/swarmseal/v1/update"), Some("reboot=1")), vec![KeyEvent::ImageUpdate]);
+        // Resuming (POST /update?resume=…) is the update route; what is held of a cut upload
+        // is asked by admins only, as the update itself.
+        assert_eq!(key_events(&cz("/swarmseal/v1/update"), Some("resume=512&sums=00")), vec![KeyEvent::ImageUpdate]);
+        for p in ["/swarmseal/v1/update/partial", "/v1.45/SwarmSeal/v1/update/%70artial"] {
+            for role in [Role::ReadOnly, Role::Deploy, Role::Monitor] {
+                for m in ["GET", "HEAD"] {
+                    let d = decide(Some(role), m, &cz(p), false);
+                    assert!(matches!(&d, Decision::Deny(w) if w.contains("image updates are admin-only")), "{role:?} {m} {p}: {d:?}");
+                }
+            }
+            assert_eq!(decide(Some(Role::Admin), "GET", &cz(p), false), Decision::Allow);
+            assert!(key_events(&cz(p), None).is_empty(), "a look at the staging area is not a key event");
+        }
     }
 
     #[test]

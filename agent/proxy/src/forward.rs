@@ -793,6 +793,15 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
         Route::Update => {
             let reboot = authz::query_flag(query, "reboot");
             let from = match authz::query_value(query, "version") {
+                // The rest of an interrupted upload, from byte `resume` on.
+                None if authz::query_value(query, "resume").is_some() => {
+                    let offset = authz::query_value(query, "resume").and_then(|v| v.parse::<u64>().ok());
+                    let sums = authz::query_value(query, "sums").filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).map(|s| s.to_ascii_lowercase());
+                    let (Some(offset), Some(sums_sha256)) = (offset, sums) else {
+                        return message(ApiErrorKind::BadRequest, "a resumed upload is ?resume=OFFSET (bytes held, from GET /swarmseal/v1/update/partial)&sums=SHA-256 of the release's SHA256SUMS (64 hex digits)", audit);
+                    };
+                    UpdateFrom::Resume { body: stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))).boxed_unsync(), content_length, offset, sums_sha256 }
+                }
                 // The release comes from [update] source: the body must be empty.
                 Some(version) => {
                     if !empty_body(body, content_length, ctx.shared.header_timeout).await {
@@ -805,6 +814,7 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
             };
             answer(api.update(from, reboot).await, audit)
         }
+        Route::UpdatePartial => answer(api.update_partial().await, audit),
         Route::Recover => {
             // Optional body: the unlock key, as text or {"UnlockKey": "…"} (as POST /swarm/unlock).
             let body = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {

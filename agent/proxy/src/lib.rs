@@ -109,6 +109,12 @@ pub trait AgentApi: Send + Sync + 'static {
         drop((from, reboot));
         Box::pin(async { Err(ApiError::not_found("not available here: image updates exist on the appliance agent only")) })
     }
+    /// `GET /swarmseal/v1/update/partial`: what this manager holds of an interrupted upload,
+    /// `{"partial": null}` or `{"partial": {"version", "sums_sha256", "offset"}}` (resume with
+    /// [`UpdateFrom::Resume`]). The default answers 404 (no update support here).
+    fn update_partial(&self) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
+        Box::pin(async { Err(ApiError::not_found("not available here: image updates exist on the appliance agent only")) })
+    }
     /// `GET /swarmseal/v1/escrow` (the unlock key) and
     /// `GET /swarmseal/v1/escrow/var-recovery-key` (the appliance's `/var`
     /// recovery key): the age-encrypted file, if it exists.
@@ -124,6 +130,9 @@ pub type UpdateBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::E
 pub enum UpdateFrom {
     /// The request body (`content_length` when the client sent one).
     Upload { body: UpdateBody, content_length: Option<u64> },
+    /// `?resume=OFFSET&sums=HEX`: the rest of an interrupted upload, the release tar from byte
+    /// `offset` on, of the release whose `SHA256SUMS` has SHA-256 `sums_sha256` (64 hex digits).
+    Resume { body: UpdateBody, content_length: Option<u64>, offset: u64, sums_sha256: String },
     /// `?version=V` with an empty body: `<[update] source>swarmseal_V.tar`. `version` is the
     /// query value as sent (percent-decoded), not yet validated.
     Source { version: String },

@@ -29,8 +29,11 @@ pub enum Route {
     EscrowOther,
     /// `POST /swarmseal/v1/var/enroll-tpm`: bind `/var` to this TPM again (body: the recovery key).
     VarEnrollTpm,
-    /// `POST /swarmseal/v1/update[?version=V][&reboot=1]`: stage and install a signed release.
+    /// `POST /swarmseal/v1/update[?version=V | ?resume=N&sums=HEX][&reboot=1]`: stage and
+    /// install a signed release (uploaded, fetched, or the rest of an interrupted upload).
     Update,
+    /// `GET|HEAD /swarmseal/v1/update/partial`: what is held of an interrupted upload.
+    UpdatePartial,
 }
 
 /// What a route accepts.
@@ -46,7 +49,7 @@ pub enum Methods {
 
 impl Route {
     /// Every endpoint, in the order the 404 answer lists them.
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 11] = [
         Route::Status,
         Route::Bench,
         Route::Metrics,
@@ -57,6 +60,7 @@ impl Route {
         Route::EscrowOther,
         Route::VarEnrollTpm,
         Route::Update,
+        Route::UpdatePartial,
     ];
 
     /// The path below `/swarmseal/v1/` (`*`: any one segment).
@@ -72,6 +76,7 @@ impl Route {
             Route::EscrowOther => &["escrow", "*"],
             Route::VarEnrollTpm => &["var", "enroll-tpm"],
             Route::Update => &["update"],
+            Route::UpdatePartial => &["update", "partial"],
         }
     }
 
@@ -90,7 +95,7 @@ impl Route {
     /// The methods this endpoint answers (others: 405).
     pub fn methods(self) -> Methods {
         match self {
-            Route::Status | Route::Bench | Route::Metrics | Route::Escrow | Route::EscrowVarRecoveryKey => Methods::Read,
+            Route::Status | Route::Bench | Route::Metrics | Route::Escrow | Route::EscrowVarRecoveryKey | Route::UpdatePartial => Methods::Read,
             Route::Reseal | Route::Recover | Route::VarEnrollTpm | Route::Update => Methods::Post,
             Route::EscrowOther => Methods::None,
         }
@@ -114,7 +119,7 @@ impl Route {
             Route::Reseal => Some("resealing is admin-only"),
             Route::Recover => Some("lost-quorum recovery is admin-only"),
             Route::VarEnrollTpm => Some("re-enrolling /var is admin-only"),
-            Route::Update => Some("image updates are admin-only"),
+            Route::Update | Route::UpdatePartial => Some("image updates are admin-only"),
         }
     }
 
@@ -127,6 +132,8 @@ impl Route {
             Route::Recover => Some(KeyEvent::Recover),
             Route::VarEnrollTpm => Some(KeyEvent::VarEnrollTpm),
             Route::Update => Some(KeyEvent::ImageUpdate),
+            // A look at the staging area: no key, no image changed.
+            Route::UpdatePartial => None,
         }
     }
 
@@ -149,6 +156,8 @@ mod tests {
         assert_eq!(r("/swarmseal/v1/escrow/var-recovery-key"), Some(Route::EscrowVarRecoveryKey));
         assert_eq!(r("/swarmseal/v1/escrow/other"), Some(Route::EscrowOther));
         assert_eq!(r("/swarmseal/v1/var/enroll-tpm"), Some(Route::VarEnrollTpm));
+        assert_eq!(r("/swarmseal/v1/update/Partial"), Some(Route::UpdatePartial));
+        assert_eq!(r("/swarmseal/v1/update/partial/x"), None);
         assert_eq!(r("/swarmseal/v1/nope"), None);
         assert_eq!(r("/swarmseal/v2/status"), None);
         assert_eq!(r("/status"), None);
@@ -160,6 +169,6 @@ mod tests {
 
     #[test]
     fn the_listing_names_the_endpoints_in_order() {
-        assert_eq!(Route::listing(), "status, bench, metrics, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update");
+        assert_eq!(Route::listing(), "status, bench, metrics, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update, update/partial");
     }
 }

@@ -90,6 +90,14 @@ impl crate::proxy::AgentApi for AgentImpl {
             }
         })
     }
+    fn update_partial(&self) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
+        Box::pin(async move {
+            match crate::update::held(&self.ctx.cfg.update_dir()).await {
+                Ok(held) => Ok(serde_json::json!({ "partial": held })),
+                Err(e) => Err(ApiError::from(&e)),
+            }
+        })
+    }
     fn escrow(&self, file: crate::proxy::EscrowFile) -> BoxFuture<'_, Option<Vec<u8>>> {
         let dir = &self.ctx.cfg.state_dir;
         let path = match file {
@@ -123,11 +131,11 @@ impl From<&crate::update::UpdateError> for ApiError {
         use crate::update::UpdateError as E;
         use swarmseal_release::ReleaseError as R;
         let kind = match e {
-            E::Release(R::NotSigned(_) | R::Invalid(_) | R::HashMismatch { .. }) => ApiErrorKind::Unprocessable,
+            E::Release(R::NotSigned(_) | R::Invalid(_) | R::HashMismatch { .. }) | E::Altered(_) => ApiErrorKind::Unprocessable,
             E::Release(R::TooLarge { .. }) => ApiErrorKind::PayloadTooLarge,
             E::Release(R::Body(_)) => ApiErrorKind::BadRequest,
             E::Release(R::Key { .. } | R::Io { .. } | R::Pack(_)) => ApiErrorKind::Internal,
-            E::Busy => ApiErrorKind::Conflict,
+            E::Busy | E::Resume(_) => ApiErrorKind::Conflict,
             E::Request(_) | E::NoSource => ApiErrorKind::BadRequest,
             E::ApplyUnavailable(_) => ApiErrorKind::Unavailable,
             E::Tool { .. } | E::Source { .. } => ApiErrorKind::BadGateway,
@@ -152,6 +160,13 @@ async fn receive_and_apply(cfg: &Config, from: crate::proxy::UpdateFrom, reboot:
             }
             let key = update::load_key(&cfg.update.public_key)?;
             update::receive(&key, &cfg.update_dir(), max, update::BodyReader::new(body)).await?
+        }
+        UpdateFrom::Resume { body, content_length, offset, sums_sha256 } => {
+            if content_length.is_some_and(|n| n.saturating_add(offset) > max) {
+                return Err(UpdateError::Release(update::ReleaseError::TooLarge { max }));
+            }
+            let key = update::load_key(&cfg.update.public_key)?;
+            update::receive_resume(&key, &cfg.update_dir(), max, update::BodyReader::new(body), offset, &sums_sha256).await?
         }
         UpdateFrom::Source { version } => {
             let key = update::load_key(&cfg.update.public_key)?;
