@@ -255,9 +255,10 @@ async fn receive_from<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, ma
     match receive_locked(&mut tar, key, staging, start).await {
         Ok(version) => Ok(Staged { version, dir: staging.join(STAGED), lock }),
         Err(e) => {
-            if !fetched && matches!(&e, UpdateError::Release(r) if r.is_refusal()) {
+            if !fetched && !keeps_partial(&e) {
                 // Read the rest of the upload (within the cap, for at most a minute) so the
-                // client reads our 422 instead of a connection reset in the middle of sending.
+                // client reads our answer (a 422, a full disk) instead of a connection reset in
+                // the middle of sending (which it would take for a cut, and resume).
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(60), tar.drain()).await;
             }
             Err(e)
