@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use swarmseal::keystore::{Keystore, Slot};
 use swarmseal::secret::UnlockKey;
-use support::update::{make_keys, make_release, serve_apply, Slots};
+use support::update::{make_keys, make_release, serve_apply, Fault, Forwarder, Slots};
 use support::*;
 
 /// One manager: its engine (on the LAN), its TPM, its state dir, its agent.
@@ -359,6 +359,8 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
     std::fs::create_dir_all(&docker_config).unwrap();
 
     let mut slots = Vec::new();
+    // m2 is reached through a forwarder that cuts the upload once (issue 18: fleet update resumes).
+    let mut cutter = None;
     for (i, m) in c.m.iter_mut().enumerate() {
         let s = m.state_dir().to_string();
         let o = swarmseal(&["--state-dir", &s, "certs", "init", "--san", "127.0.0.1"], &[], None);
@@ -382,7 +384,15 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
         );
         let cfg = m.state.path().join("agent.toml").to_str().unwrap().to_string();
         serve_apply(socket, vec!["--config".into(), cfg, "--state-dir".into(), s.clone()]);
-        let ep = format!("host=tcp://127.0.0.1:{port},ca={0}/ca.pem,cert={0}/cert.pem,key={0}/key.pem", admin.display());
+        let reach = if i == 1 {
+            let f = Forwarder::start(port);
+            let p = f.port;
+            cutter = Some(f);
+            p
+        } else {
+            port
+        };
+        let ep = format!("host=tcp://127.0.0.1:{reach},ca={0}/ca.pem,cert={0}/cert.pem,key={0}/key.pem", admin.display());
         let o = Command::new("docker").env("DOCKER_CONFIG", &docker_config).args(["context", "create", m.name, "--docker", &ep]).output().unwrap();
         assert!(o.status.success(), "docker context create: {}", String::from_utf8_lossy(&o.stderr));
         slots.push(sl);
@@ -447,6 +457,8 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
         .find(|l| l.split_whitespace().any(|t| t == "Leader"))
         .and_then(|l| l.split_whitespace().next().map(str::to_string));
     let leader_before = leader_id.and_then(|id| c.m.iter().position(|m| m.d.docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"]) == id));
+    let cutter = cutter.unwrap();
+    cutter.arm(std::fs::metadata(&good).unwrap().len() / 2, Fault::Cut);
     let t = Instant::now();
     let mut child = fleet_with(&good, &["--public-key", pk.to_str().unwrap()]);
     let mut order = Vec::new();
@@ -489,6 +501,7 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
         assert_eq!(sl.log("sysupdate").trim(), "update 1.0.2", "{}: sysupdate ran once for the release", m.name);
     }
     assert!(out.contains("quorum kept throughout"), "{out}");
+    assert!(cutter.fired() && out.contains("m2: upload cut") && out.contains("m2: resumed at "), "m2's cut upload resumed by itself: {out}");
     wait_until("three healthy managers at the end", bound, || all_healthy(&c.m[0]));
     // Running it again changes nothing: every manager is at the release already.
     let o = fleet(&good).wait_with_output().unwrap();

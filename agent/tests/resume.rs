@@ -8,105 +8,15 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::update::{make_keys, make_release, serve_apply, Slots};
+use support::update::{make_keys, make_release, serve_apply, Fault, Forwarder, Slots};
 use support::*;
 
 fn text(o: &Output) -> String {
     format!("exit {:?}\nstdout: {}\nstderr: {}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// What the forwarder does once an upload passed its byte count.
-#[derive(Clone, Copy, Debug)]
-enum Fault {
-    /// Close both connections (a cut link).
-    Cut,
-    /// `kill -9` this process (the agent), then close.
-    Kill(u32),
-}
-
-/// A TCP forwarder to the proxy that, when armed, applies its fault to the first connection
-/// whose client has sent more than N bytes (only an upload does; TLS bytes, so N is close to
-/// the tar offset). Each connection runs in its own threads until either side closes.
-struct Forwarder {
-    port: u16,
-    armed: Arc<Mutex<Option<(u64, Fault)>>>,
-}
-
-impl Forwarder {
-    fn start(upstream: u16) -> Forwarder {
-        let port = free_port();
-        let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        let armed: Arc<Mutex<Option<(u64, Fault)>>> = Arc::default();
-        let a = armed.clone();
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(client) = c else { continue };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let (mut from, mut to) = (s2, c2);
-                    let mut buf = [0u8; 16 << 10];
-                    while let Ok(n @ 1..) = from.read(&mut buf) {
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = to.shutdown(Shutdown::Write);
-                });
-                let a = a.clone();
-                std::thread::spawn(move || {
-                    let (mut from, mut to) = (client, server);
-                    let mut buf = [0u8; 16 << 10];
-                    let mut sent = 0u64;
-                    while let Ok(n @ 1..) = from.read(&mut buf) {
-                        sent += n as u64;
-                        let fault = {
-                            let mut g = a.lock().unwrap();
-                            match *g {
-                                Some((at, f)) if sent > at => {
-                                    *g = None;
-                                    Some(f)
-                                }
-                                _ => None,
-                            }
-                        };
-                        if let Some(f) = fault {
-                            eprintln!("forwarder: {f:?} after {sent} bytes of the upload");
-                            if let Fault::Kill(pid) = f {
-                                Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
-                            }
-                            let _ = from.shutdown(Shutdown::Both);
-                            let _ = to.shutdown(Shutdown::Both);
-                            return;
-                        }
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = to.shutdown(Shutdown::Write);
-                });
-            }
-        });
-        Forwarder { port, armed }
-    }
-
-    fn arm(&self, at: u64, fault: Fault) {
-        *self.armed.lock().unwrap() = Some((at, fault));
-    }
-
-    fn fired(&self) -> bool {
-        self.armed.lock().unwrap().is_none()
-    }
 }
 
 /// `make_release`'s release of `version` with its second file (the root image) replaced by

@@ -20,7 +20,8 @@
 //!   `/swarm/unlockkey` (the key), `/swarm` (it holds the join tokens, a way to add a
 //!   manager), `/containers/*/archive` and `/containers/*/export` (container files,
 //!   such as mounted secrets), `/images/get` (`docker save`), and the agent's endpoints
-//!   that [`Route::admin_only`] names (escrow, reseal, recover, var/enroll-tpm, update).
+//!   that [`Route::admin_only`] names (escrow, reseal, recover, var/enroll-tpm, update,
+//!   update/partial).
 //!
 //! - `deploy`: reads as `readonly`; writes only to `DEPLOY_WRITES` (their bodies: [`crate::policy`]);
 //! - `monitor`: `GET`/`HEAD` of `MONITOR_READS` and of the state [`crate::redact`] rewrites.

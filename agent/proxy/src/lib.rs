@@ -101,7 +101,9 @@ pub trait AgentApi: Send + Sync + 'static {
     }
     /// `POST /swarmseal/v1/update[?reboot=1]` with a release tar as the body
     /// ([`UpdateFrom::Upload`]), or `POST /swarmseal/v1/update?version=V[&reboot=1]` with an
-    /// empty body ([`UpdateFrom::Source`]: fetched from `[update] source`): verify and stage it,
+    /// empty body ([`UpdateFrom::Source`]: fetched from `[update] source`), or
+    /// `?resume=N&sums=HEX` with the rest of an interrupted upload ([`UpdateFrom::Resume`]):
+    /// verify and stage it,
     /// have the apply service install it (the agent's `update` module). Ok(JSON
     /// `{"version","staged":true,"reboot"}`) or the refusal. The default answers 404 (no
     /// update support here).
