@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use swarmseal::keystore::{Keystore, Slot};
 use swarmseal::secret::UnlockKey;
-use support::update::{make_keys, make_release, serve_apply, Fault, Forwarder, Slots};
+use support::update::{big_release, make_keys, make_release, serve_apply, Fault, Forwarder, Slots};
 use support::*;
 
 /// One manager: its engine (on the LAN), its TPM, its state dir, its agent.
@@ -449,7 +449,8 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
 
     // The fleet's release: one manager at a time. The test plays the reboots and, while a
     // manager is down, checks from the others that the swarm still has a majority and a leader.
-    let good = make_release(work.path(), "1.0.2", &keys);
+    // 2 MiB of root image: a cut at half of it leaves a part received and kept by m2.
+    let good = big_release(work.path(), "1.0.2", &keys, 2 << 20, 3);
     // Which member leads: its NodeID is the leader's ID (`node ls` has its own order, not c.m's).
     // (The CLI appends " *" to the ID of the node it asks, so look for the Leader token anywhere.)
     let leader_id = c.m[0].d.docker_ok(&["node", "ls", "--format", "{{.ID}} {{.ManagerStatus}}"])

@@ -82,6 +82,35 @@ pub fn make_release(dir: &Path, version: &str, keys: &Path) -> PathBuf {
     tar
 }
 
+/// `make_release`'s release of `version` with its second file (the root image) replaced by
+/// `len` bytes from `seed`, summed, signed and archived again in the same order (the file names
+/// are whatever the release format says: read from its SHA256SUMS).
+pub fn big_release(dir: &Path, version: &str, keys: &Path, len: usize, seed: u8) -> PathBuf {
+    let tar = make_release(dir, version, keys);
+    let rel = dir.join(version);
+    let sums = std::fs::read_to_string(rel.join("SHA256SUMS")).unwrap();
+    let names: Vec<String> = sums.lines().filter_map(|l| l.split_whitespace().nth(1)).map(|n| n.trim_start_matches('*').to_string()).collect();
+    let mut x = u32::from(seed) | 1;
+    let body: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    std::fs::write(rel.join(&names[1]), body).unwrap();
+    let list = names.join(" ");
+    let o = Command::new("sh")
+        .arg("-ec")
+        .arg(format!("sha256sum {list} > SHA256SUMS && openssl dgst -sha256 -sign {} -out SHA256SUMS.sig SHA256SUMS && tar --format=ustar -cf {} SHA256SUMS SHA256SUMS.sig {list}", keys.join("pcr-signing.key").display(), tar.display()))
+        .current_dir(&rel)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tar
+}
+
 pub fn make_keys(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-keys");
     let o = Command::new(script).arg(dir).output().unwrap();
