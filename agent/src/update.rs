@@ -84,6 +84,9 @@ pub enum UpdateError {
     /// release, another offset); the sentence says what it holds.
     #[error("{0}")]
     Resume(String),
+    /// The staging disk filled up while receiving (ENOSPC); the partial upload was removed.
+    #[error("no space left on the staging disk writing {}: the partial upload was removed (the staged release, if any, stays); free space under {} or point [update] staging_dir at a larger disk, then upload again", path.display(), staging.display())]
+    NoSpace { path: PathBuf, staging: PathBuf },
     /// The part of an interrupted upload this manager kept no longer verifies (altered on disk,
     /// or the rest came from another file): it was discarded; the sentence names the file.
     #[error("{0}")]
@@ -255,6 +258,7 @@ async fn receive_from<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, ma
     match receive_locked(&mut tar, key, staging, start).await {
         Ok(version) => Ok(Staged { version, dir: staging.join(STAGED), lock }),
         Err(e) => {
+            let e = no_space(e, staging);
             if !fetched && !keeps_partial(&e) {
                 // Read the rest of the upload (within the cap, for at most a minute) so the
                 // client reads our answer (a 422, a full disk) instead of a connection reset in
@@ -351,6 +355,15 @@ pub async fn held(staging: &Path) -> Result<Option<Held>, UpdateError> {
         Ok(load_partial(&dir).map(|(partial, p)| Held { offset: p.offset(&partial), version: p.version, sums_sha256: p.sums_sha256 }))
     })
     .await
+}
+
+/// A full staging disk said as such ([`UpdateError::NoSpace`]), other errors as they are.
+fn no_space(e: UpdateError, staging: &Path) -> UpdateError {
+    let full = |s: &std::io::Error| s.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error());
+    match e {
+        UpdateError::Io { path, source } | UpdateError::Release(ReleaseError::Io { path, source }) if full(&source) => UpdateError::NoSpace { path, staging: staging.to_path_buf() },
+        e => e,
+    }
 }
 
 /// Whether an error leaves the partial release for a resume: the upload was cut, nothing in it

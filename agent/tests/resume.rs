@@ -238,7 +238,7 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     let o = remote("adm", &["update", path_str(&rel)]);
     assert_eq!(o.status.code(), Some(20), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("HTTP 503") && err.contains("no space left on the staging disk") && err.contains("the partial upload was removed"), "{err}");
     assert!(partials(&staging).is_empty(), "the partial upload is removed, not kept to fill the disk");
     assert_eq!(files(&staged), want, "the staged release stays");
     std::fs::remove_file(&filler).unwrap();

@@ -137,7 +137,7 @@ impl From<&crate::update::UpdateError> for ApiError {
             E::Release(R::Key { .. } | R::Io { .. } | R::Pack(_)) => ApiErrorKind::Internal,
             E::Busy | E::Resume(_) => ApiErrorKind::Conflict,
             E::Request(_) | E::NoSource => ApiErrorKind::BadRequest,
-            E::ApplyUnavailable(_) => ApiErrorKind::Unavailable,
+            E::ApplyUnavailable(_) | E::NoSpace { .. } => ApiErrorKind::Unavailable,
             E::Tool { .. } | E::Source { .. } => ApiErrorKind::BadGateway,
             E::Io { .. } | E::SourceSetup(_) => ApiErrorKind::Internal,
         };
