@@ -26,11 +26,11 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use hyper::body::Body;
+use sha2::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::config::Config;
 use swarmseal_release::tar::Reader as Tar;
-use sha2::Digest as _;
 use swarmseal_release::verify::{check_hash, Members};
 pub use swarmseal_release::{
     classify, load_key, read_manifest, valid_version, verify_dir, verify_manifest, verify_tar, Manifest, Part, ReleaseError, ReleaseKey, SIG,
@@ -208,7 +208,8 @@ fn fsync_dir(p: &Path) -> Result<(), UpdateError> {
 /// continued by [`receive_resume`] (see [`held`]); on any other error the partial release is
 /// removed. The previously staged release stays until a new one is complete. A new upload
 /// discards any partial one (at most one is kept). Errors: [`UpdateError::Busy`] (another
-/// upload holds the lock), [`UpdateError::Io`], and as [`UpdateError::Release`]:
+/// upload holds the lock), [`UpdateError::Io`], [`UpdateError::NoSpace`] (ENOSPC in the
+/// staging dir), and as [`UpdateError::Release`]:
 /// [`ReleaseError::NotSigned`], [`ReleaseError::Invalid`] (order, names, types, missing
 /// files), [`ReleaseError::HashMismatch`], [`ReleaseError::TooLarge`], [`ReleaseError::Body`].
 pub async fn receive<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Path, max: u64, body: R) -> Result<Staged, UpdateError> {
