@@ -301,14 +301,25 @@ async fn held_offset(m: &Manager, sums: &str, wait: Duration) -> Result<u64, Str
     }
 }
 
+/// Why [`upload_release`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UploadError {
+    /// The release file cannot be read, or is not a release tar.
+    #[error("{0}")]
+    File(String),
+    /// The manager cannot be reached, or the upload was cut more often than it is resumed.
+    #[error("{0}")]
+    Cut(String),
+}
+
 /// Upload the release tar at `release` to `POST <path>` (`/swarmseal/v1/update[?reboot=1]`),
 /// resuming it: what the manager already holds of this release is not sent again, and a cut
 /// (a connection error mid-upload) is followed by asking what it holds and sending the rest, at
 /// most [`UPLOAD_RESUMES`] times, each said with `say` (`resumed at N bytes (X %)`).
-/// Returns the manager's answer to the last request; errors: the file, or the last cut.
-pub(crate) async fn upload_release(m: &Manager, path: &str, release: &Path, say: &dyn Fn(String)) -> Result<(StatusCode, Bytes), String> {
-    let total = tokio::fs::metadata(release).await.map_err(|e| format!("{}: {e}", release.display()))?.len();
-    let sums = release_sums(release).await?;
+/// Returns the manager's answer to the last request; errors: [`UploadError`].
+pub(crate) async fn upload_release(m: &Manager, path: &str, release: &Path, say: &dyn Fn(String)) -> Result<(StatusCode, Bytes), UploadError> {
+    let total = tokio::fs::metadata(release).await.map_err(|e| UploadError::File(format!("{}: {e}", release.display())))?.len();
+    let sums = release_sums(release).await.map_err(UploadError::File)?;
     let resume_at = |offset: u64| {
         say(format!("resumed at {offset} bytes ({:.0} %)", offset as f64 * 100.0 / total.max(1) as f64));
         let sep = if path.contains('?') { '&' } else { '?' };
@@ -319,18 +330,18 @@ pub(crate) async fn upload_release(m: &Manager, path: &str, release: &Path, say:
     let mut cuts = 0;
     loop {
         let target = if offset == 0 { path.to_string() } else { resume_at(offset) };
-        let body = release_body(release, offset).await.map_err(|e| format!("{}: {e}", release.display()))?;
+        let body = release_body(release, offset).await.map_err(|e| UploadError::File(format!("{}: {e}", release.display())))?;
         match m.call(Method::POST, &target, body, UPLOAD_TIMEOUT).await {
             Ok(answer) => return Ok(answer),
             Err(e) if cuts < UPLOAD_RESUMES => {
                 cuts += 1;
                 say(format!("upload cut ({e}); asking the manager what it holds (resume {cuts} of {UPLOAD_RESUMES})"));
-                offset = held_offset(m, &sums, RESUME_WAIT).await.map_err(|why| format!("{e}; then {why}"))?;
+                offset = held_offset(m, &sums, RESUME_WAIT).await.map_err(|why| UploadError::Cut(format!("{e}; then {why}")))?;
                 if offset == 0 {
                     say("the manager holds nothing of this release: uploading it from the start".into());
                 }
             }
-            Err(e) => return Err(format!("{e} (cut {cuts} times, not resumed again)")),
+            Err(e) => return Err(UploadError::Cut(format!("{e} (cut {cuts} times, not resumed again)"))),
         }
     }
 }

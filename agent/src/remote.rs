@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
 
-use crate::fleet::{answer_message, empty, is_version, release_version, upload_release, FleetError, Manager, ReqBody, UPLOAD_TIMEOUT};
+use crate::fleet::{answer_message, empty, is_version, release_version, upload_release, FleetError, Manager, ReqBody, UploadError, UPLOAD_TIMEOUT};
 
 /// How long one request may take (a reseal talks to the TPM; a recovery restarts the engine).
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -147,7 +147,10 @@ pub async fn run(docker: &Path, context: &str, request: Request) -> Result<(), R
                 // Resumed when cut (fleet::upload_release), each resume said on stderr.
                 Some(r) => {
                     let say = |line: String| eprintln!("{context}: {line}");
-                    let (status, answer) = upload_release(&m, &path, r, &say).await.map_err(|message| RemoteError::Unreachable { context: context.into(), message })?;
+                    let (status, answer) = upload_release(&m, &path, r, &say).await.map_err(|e| match e {
+                        UploadError::File(message) => RemoteError::Usage(message),
+                        UploadError::Cut(message) => RemoteError::Unreachable { context: context.into(), message },
+                    })?;
                     if !status.is_success() {
                         return Err(refused(context, &Method::POST, &path, status, &answer));
                     }

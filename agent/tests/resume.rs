@@ -143,6 +143,12 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     assert!(body.contains("image updates are admin-only"), "{body}");
     let (code, body) = curl("alice", &[&url("update/partial")]);
     assert_eq!((code, body.trim()), (200, r#"{"partial":null}"#));
+    // A file named as a release that is not one: refused on the operator's side (exit 2).
+    let junk = rels.join("swarmseal_9.9.9.tar");
+    std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+    let o = remote("adm", &["update", path_str(&junk)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a release"), "{}", text(&o));
 
     // ---- cut at 50 %: resumed by the client on its own, staged once, byte-equal.
     let t = Instant::now();
