@@ -279,8 +279,9 @@ async fn release_sums(path: &Path) -> Result<String, String> {
 
 /// What the manager holds of an interrupted upload of the release `sums` (`GET
 /// /swarmseal/v1/update/partial`): the byte to resume from, 0 when nothing (or another
-/// release, or an agent without resumable uploads: 404). While the manager is busy (409) or
-/// does not answer, asked again each second until `wait` has passed. Errors: the last answer.
+/// release, or an agent without resumable uploads: 404). While the manager is busy (409),
+/// unavailable (5xx: over a connection cap, restarting) or does not answer, asked again each
+/// second until `wait` has passed. Errors: a refusal (403, …), or the last answer.
 async fn held_offset(m: &Manager, sums: &str, wait: Duration) -> Result<u64, String> {
     let until = Instant::now() + wait;
     loop {
@@ -290,7 +291,7 @@ async fn held_offset(m: &Manager, sums: &str, wait: Duration) -> Result<u64, Str
                 return Ok(held.filter(|h| h.sums_sha256 == sums).map_or(0, |h| h.offset));
             }
             Ok((StatusCode::NOT_FOUND, _)) => return Ok(0),
-            Ok((status, body)) if status != StatusCode::CONFLICT => return Err(format!("GET /swarmseal/v1/update/partial: HTTP {status}: {}", answer_message(&body))),
+            Ok((status, body)) if status != StatusCode::CONFLICT && !status.is_server_error() => return Err(format!("GET /swarmseal/v1/update/partial: HTTP {status}: {}", answer_message(&body))),
             Ok((status, body)) => format!("HTTP {status}: {}", answer_message(&body)),
             Err(e) => e,
         };

@@ -158,7 +158,8 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     assert!(fwd.fired());
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     let at: u64 = err.split("resumed at ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no `resumed at`: {}", text(&o)));
-    assert!(at > total / 4 && at <= total / 2, "resumed at {at} of {total}: {err}");
+    // The agent writes a member 256 KiB at a time: what it held is the last whole piece.
+    assert!(at > total / 4 && at <= total / 2 + (16 << 10), "resumed at {at} of {total}: {err}");
     assert!(err.contains(" %)"), "{err}");
     assert_eq!(files(&staged), want, "staged as an uninterrupted upload");
     assert_eq!(installs(), 2, "the apply service ran once for the resumed upload");

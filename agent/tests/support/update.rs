@@ -117,10 +117,15 @@ pub fn make_keys(dir: &Path) {
     assert!(o.status.success(), "scripts/make-keys: {}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// How long a [`Fault::Cut`] holds the connection open, silent, before it closes it.
+pub const CUT_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the forwarder does once an upload passed its byte count.
 #[derive(Clone, Copy, Debug)]
 pub enum Fault {
-    /// Close both connections (a cut link).
+    /// Close both connections (a cut link), after a pause of [`CUT_PAUSE`] in which the
+    /// receiver consumes what was forwarded (what sits in socket and TLS buffers at a cut is
+    /// lost to it, as on a real link; the pause makes the held offset close to N under load).
     Cut,
     /// `kill -9` this process (the agent), then close.
     Kill(u32),
@@ -178,8 +183,14 @@ impl Forwarder {
                         };
                         if let Some(f) = fault {
                             eprintln!("forwarder: {f:?} after {sent} bytes of the upload");
-                            if let Fault::Kill(pid) = f {
-                                Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+                            match f {
+                                Fault::Kill(pid) => {
+                                    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+                                }
+                                Fault::Cut => {
+                                    let _ = to.write_all(&buf[..n]);
+                                    std::thread::sleep(CUT_PAUSE);
+                                }
                             }
                             let _ = from.shutdown(Shutdown::Both);
                             let _ = to.shutdown(Shutdown::Both);
