@@ -135,11 +135,16 @@ pub struct Bench {
     pub end: Option<serde_json::Value>,
 }
 
-/// `image`: os-release's `IMAGE_ID` and `IMAGE_VERSION`.
+/// `image`: os-release's `IMAGE_ID` and `IMAGE_VERSION`, and the digest of the image's SBOM.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub id: Option<String>,
     pub version: Option<String>,
+    /// `sha256:<hex>` of the image's SBOM (`[update] sbom`, `/usr/share/swarmseal/sbom.cdx.json`
+    /// in the verity root; CycloneDX 1.5, docs/sbom.md); `null` when the file is absent
+    /// (an agent outside the image) or unreadable. Absent from older agents' documents.
+    #[serde(default)]
+    pub sbom_sha256: Option<String>,
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 //! - [`tar`]: the archive, read as a stream ([`tar::Reader`]) and written ([`tar::write`]).
 //! - [`verify`]: a whole release, as a tar stream ([`verify_tar`]) or a directory ([`verify_dir`]).
 //! - [`pack`]: a release from a built disk image (`swarmseal-release pack`).
+//! - [`sbom`]: the image's SBOM (CycloneDX 1.5 JSON), made (`swarmseal-release sbom`) and compared ([`sbom::diff`]).
 //! - [`source_url`]: `[update] source`, where releases are fetched from ([`SourceUrl`]).
 //!
 //! Pure Rust, no TPM: `fleet` and `build-image` use it on a workstation.
@@ -34,6 +35,7 @@ pub mod key;
 pub mod manifest;
 pub mod name;
 pub mod pack;
+pub mod sbom;
 pub mod source_url;
 pub mod tar;
 #[cfg(any(test, feature = "testing"))]
