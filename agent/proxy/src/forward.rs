@@ -681,8 +681,12 @@ async fn engine_checks(up: &mut Upstream, role: &policy::RolePolicy, needs: poli
             return Err(policy::Denial::new("outbound", format!("{}: TaskTemplate.ContainerSpec.Image `{image}` is not on this engine; pulling it makes the engine connect to a registry (admin-only)", role.name)));
         }
     }
-    up.ready().await.map_err(|e| policy::Denial { rule: "engine", message: format!("the Docker engine connection failed: {e}"), kind: ApiErrorKind::BadGateway })?;
-    Ok(())
+    engine_ready(up).await
+}
+
+/// The engine connection is usable again after the checks' reads (a 502 denial when not).
+async fn engine_ready(up: &mut Upstream) -> Result<(), policy::Denial> {
+    up.ready().await.map_err(|e| policy::Denial { rule: "engine", message: format!("the Docker engine connection failed: {e}"), kind: ApiErrorKind::BadGateway })
 }
 
 /// A deploy service update that can make the engine apply another spec than its body (a
@@ -701,7 +705,7 @@ async fn rollback_checks(up: &mut Upstream, role: &policy::RolePolicy, method: &
     for needs in policy::check_rollback(role, &targets, query, service.as_ref())? {
         engine_checks(up, role, needs).await?;
     }
-    up.ready().await.map_err(|e| policy::Denial { rule: "engine", message: format!("the Docker engine connection failed: {e}"), kind: ApiErrorKind::BadGateway })
+    engine_ready(up).await
 }
 
 /// A 200 with a stored body (the bench report, an age file) of `content_type`.

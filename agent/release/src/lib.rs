@@ -8,10 +8,12 @@
 //! SHA256SUMS                             `sha256sum` lines for the three files below
 //! SHA256SUMS.sig                         `openssl dgst -sha256 -sign pcr-signing.key SHA256SUMS`
 //! swarmseal_V.efi                        the UKI
-//! swarmseal_V_<UUID>.root.raw            the root partition image
-//! swarmseal_V_<UUID>.root-verity.raw     its dm-verity partition image
+//! swarmseal_V_<UUID>.root.raw.xz         the root partition image, xz-compressed
+//! swarmseal_V_<UUID>.root-verity.raw.xz  its dm-verity partition image, xz-compressed
 //! ```
-//! (the three files in any order; no directories, no other members).
+//! (the three files in any order; no directories, no other members). The partition images may
+//! also be uncompressed (`….root.raw`, `….root-verity.raw`), as releases were before xz: see
+//! [`name`].
 //!
 //! Trust: `SHA256SUMS.sig` must verify with the fleet's PCR-signing public key ([`ReleaseKey`])
 //! before a file is believed; each file must be listed in `SHA256SUMS` and hash to its line.

@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write OUT/V/{swarmseal_V.efi, swarmseal_V_<UUID>.root.raw, swarmseal_V_<UUID>.root-verity.raw,
+    /// Write OUT/V/{swarmseal_V.efi, swarmseal_V_<UUID>.root.raw.xz, swarmseal_V_<UUID>.root-verity.raw.xz,
     /// SHA256SUMS, SHA256SUMS.sig} and OUT/swarmseal_V.tar from a built disk image.
     Pack {
         /// The disk image holding the root and verity partitions labelled swarmseal_V.

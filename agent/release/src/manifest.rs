@@ -26,7 +26,7 @@ impl Manifest {
             let mut digest = [0u8; 32];
             hex::decode_to_slice(hash, &mut digest).map_err(|_| bad(format!("line {n}: the hash is not 64 hex digits")))?;
             let (part, v) = classify(name).ok_or_else(|| {
-                bad(format!("line {n}: `{}` is not a release file (swarmseal_V.efi, swarmseal_V_<UUID>.root.raw, swarmseal_V_<UUID>.root-verity.raw)", name.escape_debug()))
+                bad(format!("line {n}: `{}` is not a release file (swarmseal_V.efi, swarmseal_V_<UUID>.root.raw.xz, swarmseal_V_<UUID>.root-verity.raw.xz)", name.escape_debug()))
             })?;
             match version {
                 None => version = Some(v),

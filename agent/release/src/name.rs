@@ -1,26 +1,34 @@
-//! Release file names: `swarmseal_V.efi`, `swarmseal_V_<UUID>.root.raw`,
-//! `swarmseal_V_<UUID>.root-verity.raw` (the patterns of the image's
+//! Release file names: `swarmseal_V.efi`, `swarmseal_V_<UUID>.root.raw.xz`,
+//! `swarmseal_V_<UUID>.root-verity.raw.xz` (the patterns of the image's
 //! `/usr/lib/sysupdate.d/*.transfer`), and the version `V` they carry.
+//!
+//! The partition images are xz-compressed ([`XZ`]): systemd-import, which systemd-sysupdate runs
+//! to write a slot, detects and decompresses xz, gzip and bzip2 (the image's systemd 257 links
+//! liblzma, libz and libbz2, not libzstd). Uncompressed `.root.raw` / `.root-verity.raw` names,
+//! as releases before 2026-12-07 had, are still accepted: the transfers match both.
 
 /// Which of the three release files a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Part {
     /// `swarmseal_V.efi`
     Uki,
-    /// `swarmseal_V_<UUID>.root.raw`
+    /// `swarmseal_V_<UUID>.root.raw.xz` (or `.root.raw`)
     Root,
-    /// `swarmseal_V_<UUID>.root-verity.raw`
+    /// `swarmseal_V_<UUID>.root-verity.raw.xz` (or `.root-verity.raw`)
     Verity,
 }
 
+/// The suffix of a compressed partition image (xz container format, `xz --format=xz`).
+pub const XZ: &str = ".xz";
+
 impl Part {
     /// The file name of this part for `version` (`uuid`: the partition UUID, lowercase; unused
-    /// for the UKI).
+    /// for the UKI), as [`crate::pack`] writes it: partition images xz-compressed.
     pub fn file_name(self, version: &str, uuid: &str) -> String {
         match self {
             Part::Uki => format!("swarmseal_{version}.efi"),
-            Part::Root => format!("swarmseal_{version}_{uuid}.root.raw"),
-            Part::Verity => format!("swarmseal_{version}_{uuid}.root-verity.raw"),
+            Part::Root => format!("swarmseal_{version}_{uuid}.root.raw{XZ}"),
+            Part::Verity => format!("swarmseal_{version}_{uuid}.root-verity.raw{XZ}"),
         }
     }
 }
@@ -43,9 +51,11 @@ pub fn valid_uuid(u: &str) -> bool {
 /// Which release file `name` is, and its version; `None` for any other name.
 pub fn classify(name: &str) -> Option<(Part, &str)> {
     let rest = name.strip_prefix("swarmseal_")?;
-    let (part, stem) = if let Some(v) = rest.strip_suffix(".efi") {
+    if let Some(v) = rest.strip_suffix(".efi") {
         return valid_version(v).then_some((Part::Uki, v));
-    } else if let Some(s) = rest.strip_suffix(".root-verity.raw") {
+    }
+    let rest = rest.strip_suffix(XZ).unwrap_or(rest);
+    let (part, stem) = if let Some(s) = rest.strip_suffix(".root-verity.raw") {
         (Part::Verity, s)
     } else {
         (Part::Root, rest.strip_suffix(".root.raw")?)
@@ -63,12 +73,15 @@ mod tests {
     fn release_names_follow_the_contract() {
         let [efi, root, verity] = names(V);
         assert_eq!(efi, "swarmseal_1.2.3.efi");
-        assert_eq!(root, format!("swarmseal_1.2.3_{U1}.root.raw"));
-        assert_eq!(verity, format!("swarmseal_1.2.3_{U2}.root-verity.raw"));
+        assert_eq!(root, format!("swarmseal_1.2.3_{U1}.root.raw.xz"));
+        assert_eq!(verity, format!("swarmseal_1.2.3_{U2}.root-verity.raw.xz"));
         assert_eq!(classify(&efi), Some((Part::Uki, V)));
         assert_eq!(classify(&root), Some((Part::Root, V)));
         assert_eq!(classify(&verity), Some((Part::Verity, V)));
         assert_eq!(classify("swarmseal_0.0.41.gdeadbee.efi"), Some((Part::Uki, "0.0.41.gdeadbee")));
+        // Uncompressed partition images (releases before xz) are still release files.
+        assert_eq!(classify(&format!("swarmseal_1.2.3_{U1}.root.raw")), Some((Part::Root, V)));
+        assert_eq!(classify(&format!("swarmseal_1.2.3_{U2}.root-verity.raw")), Some((Part::Verity, V)));
         for bad in [
             "swarmseal_.efi",
             "swarmseal_1+2.efi",
@@ -79,6 +92,9 @@ mod tests {
             "swarmseal_1.root.raw",
             "SHA256SUMS",
             &format!("swarmseal_1_{U1}.root.img"),
+            &format!("swarmseal_1_{U1}.root.raw.zst"),
+            &format!("swarmseal_1_{U1}.root.raw.xz.xz"),
+            "swarmseal_1.efi.xz",
         ] {
             assert_eq!(classify(bad), None, "{bad}");
         }
