@@ -169,7 +169,7 @@ fn release_with_sbom(w: &Path, v: &str, sbom_bytes: &[u8]) -> PathBuf {
         Part::Uki.file_name(v, ""),
         Part::Root.file_name(v, swarmseal_release::testing::U1),
         Part::Verity.file_name(v, swarmseal_release::testing::U2),
-        format!("swarmseal_{v}{}", sbom::RELEASE_SUFFIX),
+        Part::Sbom.file_name(v, ""),
     ];
     for (n, body) in names.iter().zip([vec![1u8; 1000], vec![2u8; 4096], vec![3u8; 512], sbom_bytes.to_vec()]) {
         std::fs::write(rel.join(n), body).unwrap();

@@ -5,13 +5,14 @@
 //!
 //! A release is a ustar archive `swarmseal_V.tar` whose members are, in this order:
 //! ```text
-//! SHA256SUMS                             `sha256sum` lines for the three files below
+//! SHA256SUMS                             `sha256sum` lines for the files below
 //! SHA256SUMS.sig                         `openssl dgst -sha256 -sign pcr-signing.key SHA256SUMS`
 //! swarmseal_V.efi                        the UKI
 //! swarmseal_V_<UUID>.root.raw.xz         the root partition image, xz-compressed
 //! swarmseal_V_<UUID>.root-verity.raw.xz  its dm-verity partition image, xz-compressed
+//! swarmseal_V.sbom.cdx.json              the image's SBOM ([`sbom`]; optional: older releases lack it)
 //! ```
-//! (the three files in any order; no directories, no other members). The partition images may
+//! (the files in any order; no directories, no other members). The partition images may
 //! also be uncompressed (`….root.raw`, `….root-verity.raw`), as releases were before xz: see
 //! [`name`].
 //!

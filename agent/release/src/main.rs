@@ -40,6 +40,9 @@ enum Command {
         /// Where the release directory and archive go.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// The image's SBOM, carried beside the images and listed in SHA256SUMS.
+        #[arg(long, value_name = "FILE")]
+        sbom: Option<PathBuf>,
     },
     /// Check a release (its tar or its directory) with a public key: signature, names, hashes.
     Verify {
@@ -106,8 +109,8 @@ fn run(c: Command) -> Result<String, Box<dyn std::error::Error>> {
                 crates.len()
             ))
         }
-        Command::Pack { image, uki, version, key, public_key, out } => {
-            let p = pack(&PackOptions { image, uki, version, private_key: key, public_key, out })?;
+        Command::Pack { image, uki, version, key, public_key, out, sbom } => {
+            let p = pack(&PackOptions { image, uki, version, private_key: key, public_key, out, sbom })?;
             Ok(format!("release {}: {}, {}", p.manifest.version, p.dir.display(), p.tar.display()))
         }
         Command::Verify { public_key, release } => {

@@ -2,7 +2,7 @@
 //! listing every Debian package of the image and every Rust crate linked into the agent.
 //! `swarmseal-release sbom` writes it at build time (`image/mkosi.postinst`) to
 //! `/usr/share/swarmseal/sbom.cdx.json` inside the verity root; a release carries a copy
-//! ([`crate::Part::Sbom`]); `swarmseal update verify` compares two with [`diff`]. Why
+//! ([`crate::Part::Sbom`], `swarmseal_V.sbom.cdx.json`); `swarmseal update verify` compares two with [`diff`]. Why
 //! CycloneDX and what each field holds: `docs/sbom.md`.
 //!
 //! Reproducible: no wall clock (the timestamp is `SOURCE_DATE_EPOCH`), components sorted, the
@@ -17,8 +17,6 @@ use serde_json::{json, Value};
 
 /// Where the SBOM sits in the image's root.
 pub const IMAGE_PATH: &str = "usr/share/swarmseal/sbom.cdx.json";
-/// How a release's SBOM file name ends (`swarmseal_V.sbom.cdx.json`).
-pub const RELEASE_SUFFIX: &str = ".sbom.cdx.json";
 /// The agent's component `bom-ref`.
 pub const AGENT_REF: &str = "swarmseal-agent";
 /// Largest SBOM read back (the image's is ~200 KB).
@@ -455,7 +453,7 @@ impl Inventory {
 /// its `SHA256SUMS` line; `None` when the manifest lists none (a release made before SBOMs).
 pub async fn from_release(release: &Path, manifest: &crate::Manifest) -> Result<Option<Vec<u8>>, crate::ReleaseError> {
     use tokio::io::AsyncReadExt as _;
-    let Some((name, want)) = manifest.files.iter().find(|(n, _)| n.ends_with(RELEASE_SUFFIX)) else { return Ok(None) };
+    let Some((name, want)) = manifest.files.iter().find(|(n, _)| crate::classify(n).is_some_and(|(p, _)| p == crate::Part::Sbom)) else { return Ok(None) };
     let bytes = if release.is_dir() {
         let p = release.join(name);
         let f = tokio::fs::File::open(&p).await.map_err(crate::io_err(&p))?;
