@@ -167,7 +167,7 @@ mod tests {
                 "proxy": {"enabled": true, "listen": "0.0.0.0:2376"},
                 "escrow": null,
                 "bench": {"checks": 117, "score": 80, "end": null},
-                "image": {"id": "swarmseal", "version": "1.2"},
+                "image": {"id": "swarmseal", "version": "1.2", "sbom_sha256": "sha256:5e"},
             }),
             json!({
                 "swarm": {"error": "cannot reach the engine"},
@@ -180,12 +180,15 @@ mod tests {
                 "proxy": {"enabled": false, "listen": "0.0.0.0:2376"},
                 "escrow": "/var/lib/swarmseal/escrow/unlock-key.age",
                 "bench": null,
-                "image": {"id": null, "version": null},
+                "image": {"id": null, "version": null, "sbom_sha256": null},
             }),
         ];
         for doc in docs {
             let s: Status = serde_json::from_value(doc.clone()).expect("deserializes");
             assert_eq!(serde_json::to_value(&s).unwrap(), doc);
         }
+        // An older agent's image (no SBOM digest) still reads.
+        let old: Image = serde_json::from_value(json!({"id": "swarmseal", "version": "1.1"})).unwrap();
+        assert_eq!(old.sbom_sha256, None);
     }
 }
