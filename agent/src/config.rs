@@ -60,6 +60,7 @@
 //! sysupdate = "systemd-sysupdate"
 //! systemctl = "systemctl"
 //! os_release = "/etc/os-release"                     # IMAGE_ID, IMAGE_VERSION for status
+//! sbom = "/usr/share/swarmseal/sbom.cdx.json"        # the image's SBOM: status digest, update verify
 //! source = "https://releases.example.org/swarmseal/"  # POST …/update?version=V fetches swarmseal_V.tar here
 //! source_ca = "/etc/swarmseal/update-source-ca.pem"  # roots for source (default: system roots)
 //! ```
@@ -225,6 +226,9 @@ pub struct UpdateConfig {
     pub systemctl: String,
     /// os-release file whose `IMAGE_ID` and `IMAGE_VERSION` `status` reports.
     pub os_release: PathBuf,
+    /// The running image's SBOM (CycloneDX 1.5 JSON, docs/sbom.md): its SHA-256 in `status`,
+    /// and what `update verify` compares a release with.
+    pub sbom: PathBuf,
     /// Base URL of the releases, `https://HOST[:PORT]/PATH/` (https only): with it,
     /// `POST /swarmseal/v1/update?version=V` and an empty body fetches
     /// `<source>swarmseal_V.tar` (see [`crate::update::source`]). Unset: uploads only.
@@ -249,6 +253,7 @@ impl Default for UpdateConfig {
             sysupdate: "systemd-sysupdate".into(),
             systemctl: "systemctl".into(),
             os_release: "/etc/os-release".into(),
+            sbom: format!("/{}", swarmseal_release::sbom::IMAGE_PATH).into(),
             source: None,
             source_ca: None,
         }

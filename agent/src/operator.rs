@@ -39,6 +39,12 @@ pub fn print_status(st: &Status) {
     }
     println!("tpm        {} reachable {} phase-locked {}", st.tpm.tcti, st.tpm.reachable, opt(st.phase_locked));
     println!("proxy      enabled {} listen {}", st.proxy.enabled, st.proxy.listen);
+    println!(
+        "image      {} {} sbom {}",
+        st.image.id.as_deref().unwrap_or("-"),
+        st.image.version.as_deref().unwrap_or("-"),
+        st.image.sbom_sha256.as_deref().unwrap_or("-")
+    );
     println!("bench      {}", st.bench.as_ref().map(|b| serde_json::to_string(b).unwrap_or_default()).unwrap_or_else(|| "null".into()));
 }
 

@@ -660,11 +660,20 @@ pub enum UpdateCommand {
         stdin_request: bool,
     },
     /// Check a release (its tar or its directory) against [update] public_key: signature, names,
-    /// hashes. Exit 0 when it would be accepted, 15 when not.
+    /// hashes. Exit 0 when it would be accepted, 15 when not. Then what it changes against the
+    /// running image: Debian packages added, removed, upgraded, the agent's version (its SBOM
+    /// against [update] sbom, or --against).
     Verify {
-        /// swarmseal_V.tar or a directory holding SHA256SUMS, SHA256SUMS.sig and the three files.
+        /// swarmseal_V.tar or a directory holding SHA256SUMS, SHA256SUMS.sig and the release files.
         #[arg(value_name = "RELEASE")]
         release: PathBuf,
+        /// Compare with this SBOM (e.g. a build's swarmseal.sbom.cdx.json on a workstation)
+        /// instead of the running image's ([update] sbom).
+        #[arg(long, value_name = "SBOM-FILE")]
+        against: Option<PathBuf>,
+        /// One JSON document: {"version", "files", "against", "changes", "note"}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -672,15 +681,34 @@ pub enum UpdateCommand {
 pub async fn run(cfg: &Config, c: UpdateCommand) -> Result<(), UpdateError> {
     let key = load_key(&cfg.update.public_key)?;
     match c {
-        UpdateCommand::Verify { release } => {
+        UpdateCommand::Verify { release, against, json } => {
             let m = if release.is_dir() {
                 // Hashing ~0.5 GB: on the blocking pool, not an async worker.
-                blocking(move || Ok(verify_dir(&key, &release)?)).await?
+                let r = release.clone();
+                blocking(move || Ok(verify_dir(&key, &r)?)).await?
             } else {
                 let f = tokio::fs::File::open(&release).await.map_err(io_err(&release))?;
                 verify_tar(&key, tokio::io::BufReader::with_capacity(256 << 10, f)).await?
             };
-            println!("release {} verified: {SUMS} signed by the fleet's key, {} files match", m.version, m.files.len());
+            let verified = format!("release {} verified: {SUMS} signed by the fleet's key, {} files match", m.version, m.files.len());
+            let (against, changes) = release_changes(&cfg.update.sbom, against, &release, &m).await?;
+            let note = changes.as_ref().err().cloned();
+            if json {
+                let doc = serde_json::json!({
+                    "version": m.version,
+                    "files": m.files.len(),
+                    "against": against,
+                    "changes": changes.as_ref().ok(),
+                    "note": note,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                println!("{verified}");
+                match (&against, &changes) {
+                    (Some(a), Ok(d)) => print!("changes against {}:\n{d}", a.display()),
+                    _ => println!("{}", note.unwrap_or_default()),
+                }
+            }
             Ok(())
         }
         UpdateCommand::Apply { staged, reboot, stdin_request } => {
@@ -750,6 +778,43 @@ fn run_tool(bin: &str, args: &[&str]) -> Result<String, UpdateError> {
 }
 
 // ------------------------------------------------------------------ the running image
+
+/// `sha256:<hex>` of the image's SBOM at `path` (`status`'s `image.sbom_sha256`); `None`
+/// when it is absent or unreadable.
+pub async fn sbom_digest(path: &Path) -> Option<String> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    Some(format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))))
+}
+
+/// What a verified release changes against an SBOM: `--against FILE` (must be readable), else
+/// the running image's (`default`, when it exists). Returns the SBOM compared with, and the
+/// diff or the sentence saying why there is nothing to compare.
+async fn release_changes(
+    default: &Path,
+    against: Option<PathBuf>,
+    release: &Path,
+    m: &Manifest,
+) -> Result<(Option<PathBuf>, Result<swarmseal_release::sbom::Diff, String>), UpdateError> {
+    use swarmseal_release::sbom::{diff, Inventory, SbomError};
+    let sbom_err = |e: SbomError| match e {
+        SbomError::Io { path, source } => UpdateError::Io { path, source },
+        e @ SbomError::Invalid { .. } => UpdateError::Request(format!("--against: {e}")),
+    };
+    let against = match against {
+        Some(p) => p,
+        None if tokio::fs::try_exists(default).await.unwrap_or(false) => default.to_path_buf(),
+        None => {
+            let why = format!("nothing to compare against: no SBOM of the running image at {} (give --against SBOM-FILE, e.g. a build's swarmseal.sbom.cdx.json)", default.display());
+            return Ok((None, Err(why)));
+        }
+    };
+    let old = Inventory::read(&against).map_err(sbom_err)?;
+    let Some(bytes) = swarmseal_release::sbom::from_release(release, m).await? else {
+        return Ok((Some(against), Err(format!("release {} carries no SBOM (built before SBOMs): nothing to compare", m.version))));
+    };
+    let new = Inventory::parse(&bytes, release).map_err(|e| ReleaseError::Invalid(e.to_string()))?;
+    Ok((Some(against), Ok(diff(&old, &new))))
+}
 
 /// `IMAGE_ID` and `IMAGE_VERSION` of an os-release file (`/etc/os-release`, os-release(5)):
 /// `{"id": …, "version": …}`, each `null` when absent or the file is unreadable.

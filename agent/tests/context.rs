@@ -50,13 +50,18 @@ fn every_remote_command_through_a_docker_context_and_each_error_with_its_exit_co
     make_keys(&other_keys);
     let slots = Slots::new(s.join("slots"), "1.0.0");
     let socket = s.join("update.sock");
+    // The image's SBOM (docs/sbom.md): status names its digest.
+    let sbom = s.join("sbom.cdx.json");
+    std::fs::write(&sbom, b"{\"bomFormat\": \"CycloneDX\"}\n").unwrap();
+    let sbom_digest = format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&sbom).unwrap())));
     let update = format!(
-        "[update]\npublic_key = \"{}\"\nsocket = \"{}\"\nsysupdate = \"{}\"\nsystemctl = \"{}\"\nos_release = \"{}\"\n",
+        "[update]\npublic_key = \"{}\"\nsocket = \"{}\"\nsysupdate = \"{}\"\nsystemctl = \"{}\"\nos_release = \"{}\"\nsbom = \"{}\"\n",
         path_str(&keys.join("pcr-signing.pem")),
         path_str(&socket),
         path_str(&slots.dir.join("sysupdate")),
         path_str(&slots.dir.join("systemctl")),
-        path_str(&slots.dir.join("os-release"))
+        path_str(&slots.dir.join("os-release")),
+        path_str(&sbom)
     );
     std::fs::write(&cfg, format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n[escrow]\nrecipient = \"{recipient}\"\n[swarm]\ninit = true\nadvertise_addr = \"{}\"\n{update}", d.addr)).unwrap();
     serve_apply(socket, vec!["--config".into(), path_str(&cfg).into(), "--state-dir".into(), st.into()]);
@@ -94,8 +99,10 @@ fn every_remote_command_through_a_docker_context_and_each_error_with_its_exit_co
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["swarm"]["state"], "active", "{v}");
     assert_eq!(v["sealed_key_stale"], false, "{v}");
+    assert_eq!(v["image"]["sbom_sha256"], sbom_digest.as_str(), "{v}");
     let o = remote("ro", &["status"], None);
     assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!(" sbom {sbom_digest}")), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("swarm      state active (manager true, autolock true)"), "{}", text(&o));
 
     // reseal: admin yes; readonly refused with the proxy's reason and exit 20.

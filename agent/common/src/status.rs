@@ -135,11 +135,16 @@ pub struct Bench {
     pub end: Option<serde_json::Value>,
 }
 
-/// `image`: os-release's `IMAGE_ID` and `IMAGE_VERSION`.
+/// `image`: os-release's `IMAGE_ID` and `IMAGE_VERSION`, and the digest of the image's SBOM.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub id: Option<String>,
     pub version: Option<String>,
+    /// `sha256:<hex>` of the image's SBOM (`[update] sbom`, `/usr/share/swarmseal/sbom.cdx.json`
+    /// in the verity root; CycloneDX 1.5, docs/sbom.md); `null` when the file is absent
+    /// (an agent outside the image) or unreadable. Absent from older agents' documents.
+    #[serde(default)]
+    pub sbom_sha256: Option<String>,
 }
 
 #[cfg(test)]
@@ -162,7 +167,7 @@ mod tests {
                 "proxy": {"enabled": true, "listen": "0.0.0.0:2376"},
                 "escrow": null,
                 "bench": {"checks": 117, "score": 80, "end": null},
-                "image": {"id": "swarmseal", "version": "1.2"},
+                "image": {"id": "swarmseal", "version": "1.2", "sbom_sha256": "sha256:5e"},
             }),
             json!({
                 "swarm": {"error": "cannot reach the engine"},
@@ -175,12 +180,15 @@ mod tests {
                 "proxy": {"enabled": false, "listen": "0.0.0.0:2376"},
                 "escrow": "/var/lib/swarmseal/escrow/unlock-key.age",
                 "bench": null,
-                "image": {"id": null, "version": null},
+                "image": {"id": null, "version": null, "sbom_sha256": null},
             }),
         ];
         for doc in docs {
             let s: Status = serde_json::from_value(doc.clone()).expect("deserializes");
             assert_eq!(serde_json::to_value(&s).unwrap(), doc);
         }
+        // An older agent's image (no SBOM digest) still reads.
+        let old: Image = serde_json::from_value(json!({"id": "swarmseal", "version": "1.1"})).unwrap();
+        assert_eq!(old.sbom_sha256, None);
     }
 }

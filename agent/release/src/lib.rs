@@ -5,13 +5,14 @@
 //!
 //! A release is a ustar archive `swarmseal_V.tar` whose members are, in this order:
 //! ```text
-//! SHA256SUMS                             `sha256sum` lines for the three files below
+//! SHA256SUMS                             `sha256sum` lines for the files below
 //! SHA256SUMS.sig                         `openssl dgst -sha256 -sign pcr-signing.key SHA256SUMS`
 //! swarmseal_V.efi                        the UKI
 //! swarmseal_V_<UUID>.root.raw.xz         the root partition image, xz-compressed
 //! swarmseal_V_<UUID>.root-verity.raw.xz  its dm-verity partition image, xz-compressed
+//! swarmseal_V.sbom.cdx.json              the image's SBOM ([`sbom`]; optional: older releases lack it)
 //! ```
-//! (the three files in any order; no directories, no other members). The partition images may
+//! (the files in any order; no directories, no other members). The partition images may
 //! also be uncompressed (`….root.raw`, `….root-verity.raw`), as releases were before xz: see
 //! [`name`].
 //!
@@ -24,6 +25,7 @@
 //! - [`tar`]: the archive, read as a stream ([`tar::Reader`]) and written ([`tar::write`]).
 //! - [`verify`]: a whole release, as a tar stream ([`verify_tar`]) or a directory ([`verify_dir`]).
 //! - [`pack`]: a release from a built disk image (`swarmseal-release pack`).
+//! - [`sbom`]: the image's SBOM (CycloneDX 1.5 JSON), made (`swarmseal-release sbom`) and compared ([`sbom::diff`]).
 //! - [`source_url`]: `[update] source`, where releases are fetched from ([`SourceUrl`]).
 //!
 //! Pure Rust, no TPM: `fleet` and `build-image` use it on a workstation.
@@ -36,6 +38,7 @@ pub mod key;
 pub mod manifest;
 pub mod name;
 pub mod pack;
+pub mod sbom;
 pub mod source_url;
 pub mod tar;
 #[cfg(any(test, feature = "testing"))]

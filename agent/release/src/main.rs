@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use swarmseal_release::pack::{pack, PackOptions};
-use swarmseal_release::{verify_dir, verify_tar, ReleaseError, ReleaseKey};
+use swarmseal_release::{verify_dir, verify_tar, ReleaseKey};
 
 #[derive(Parser)]
 #[command(name = "swarmseal-release", about = "Pack or verify a swarmseal release (see docs/updates.md)")]
@@ -40,6 +40,9 @@ enum Command {
         /// Where the release directory and archive go.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// The image's SBOM, carried beside the images and listed in SHA256SUMS.
+        #[arg(long, value_name = "FILE")]
+        sbom: Option<PathBuf>,
     },
     /// Check a release (its tar or its directory) with a public key: signature, names, hashes.
     Verify {
@@ -49,6 +52,28 @@ enum Command {
         /// swarmseal_V.tar, or a directory holding SHA256SUMS, SHA256SUMS.sig and the three files.
         #[arg(value_name = "RELEASE")]
         release: PathBuf,
+    },
+    /// Write the image's SBOM (CycloneDX 1.5 JSON, docs/sbom.md): the Debian packages installed
+    /// under ROOT and the crates linked into the agent. Prints the counts on stderr.
+    Sbom {
+        /// The image tree (mkosi's $BUILDROOT): var/lib/dpkg/status, usr/share/doc/PKG/copyright.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// `cargo metadata --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu` of the workspace.
+        #[arg(long, value_name = "FILE")]
+        cargo_metadata: PathBuf,
+        /// The workspace's Cargo.lock (the crates' checksums).
+        #[arg(long, value_name = "FILE")]
+        cargo_lock: PathBuf,
+        /// The image version (IMAGE_VERSION).
+        #[arg(long, value_name = "V")]
+        image_version: Option<String>,
+        /// The document's timestamp, Unix seconds.
+        #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECS")]
+        epoch: u64,
+        /// Where the document goes (written atomically).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -66,10 +91,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(c: Command) -> Result<String, ReleaseError> {
+fn run(c: Command) -> Result<String, Box<dyn std::error::Error>> {
     match c {
-        Command::Pack { image, uki, version, key, public_key, out } => {
-            let p = pack(&PackOptions { image, uki, version, private_key: key, public_key, out })?;
+        Command::Sbom { root, cargo_metadata, cargo_lock, image_version, epoch, out } => {
+            use swarmseal_release::sbom;
+            let debs = sbom::read_dpkg(&root)?;
+            let (agent_version, crates) = sbom::read_crates(&cargo_metadata, &cargo_lock, "swarmseal")?;
+            let doc = sbom::document(&sbom::Subject { image_version, agent_version, epoch }, &debs, &crates);
+            swarmseal_common::fs::write_atomic(&out, &doc, 0o644).map_err(|e| format!("{}: {e}", out.display()))?;
+            let licensed = debs.iter().filter(|d| !d.licenses.is_empty()).count();
+            Ok(format!(
+                "sbom {}: {} bytes, {} Debian packages ({licensed} with a DEP-5 license, {}%), {} agent crates",
+                out.display(),
+                doc.len(),
+                debs.len(),
+                (licensed * 100).checked_div(debs.len()).unwrap_or(0),
+                crates.len()
+            ))
+        }
+        Command::Pack { image, uki, version, key, public_key, out, sbom } => {
+            let p = pack(&PackOptions { image, uki, version, private_key: key, public_key, out, sbom })?;
             Ok(format!("release {}: {}, {}", p.manifest.version, p.dir.display(), p.tar.display()))
         }
         Command::Verify { public_key, release } => {

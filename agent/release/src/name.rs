@@ -16,6 +16,9 @@ pub enum Part {
     Root,
     /// `swarmseal_V_<UUID>.root-verity.raw.xz` (or `.root-verity.raw`)
     Verity,
+    /// `swarmseal_V.sbom.cdx.json`: the image's SBOM (docs/sbom.md), optional (releases before
+    /// SBOMs lack it); no sysupdate transfer matches it, `update verify` reads it.
+    Sbom,
 }
 
 /// The suffix of a compressed partition image (xz container format, `xz --format=xz`).
@@ -29,6 +32,7 @@ impl Part {
             Part::Uki => format!("swarmseal_{version}.efi"),
             Part::Root => format!("swarmseal_{version}_{uuid}.root.raw{XZ}"),
             Part::Verity => format!("swarmseal_{version}_{uuid}.root-verity.raw{XZ}"),
+            Part::Sbom => format!("swarmseal_{version}.sbom.cdx.json"),
         }
     }
 }
@@ -53,6 +57,9 @@ pub fn classify(name: &str) -> Option<(Part, &str)> {
     let rest = name.strip_prefix("swarmseal_")?;
     if let Some(v) = rest.strip_suffix(".efi") {
         return valid_version(v).then_some((Part::Uki, v));
+    }
+    if let Some(v) = rest.strip_suffix(".sbom.cdx.json") {
+        return valid_version(v).then_some((Part::Sbom, v));
     }
     let rest = rest.strip_suffix(XZ).unwrap_or(rest);
     let (part, stem) = if let Some(s) = rest.strip_suffix(".root-verity.raw") {
@@ -79,6 +86,7 @@ mod tests {
         assert_eq!(classify(&root), Some((Part::Root, V)));
         assert_eq!(classify(&verity), Some((Part::Verity, V)));
         assert_eq!(classify("swarmseal_0.0.41.gdeadbee.efi"), Some((Part::Uki, "0.0.41.gdeadbee")));
+        assert_eq!(classify(&Part::Sbom.file_name(V, "")), Some((Part::Sbom, V)));
         // Uncompressed partition images (releases before xz) are still release files.
         assert_eq!(classify(&format!("swarmseal_1.2.3_{U1}.root.raw")), Some((Part::Root, V)));
         assert_eq!(classify(&format!("swarmseal_1.2.3_{U2}.root-verity.raw")), Some((Part::Verity, V)));

@@ -50,6 +50,8 @@ pub struct PackOptions {
     pub public_key: PathBuf,
     /// The release directory `<out>/V/` and archive `<out>/swarmseal_V.tar` go here.
     pub out: PathBuf,
+    /// The image's SBOM (`swarmseal.sbom.cdx.json`), carried as `swarmseal_V.sbom.cdx.json`.
+    pub sbom: Option<PathBuf>,
 }
 
 /// A packed release.
@@ -200,10 +202,13 @@ pub fn pack(o: &PackOptions) -> Result<Packed, ReleaseError> {
         let digest = compress(&raw, &dir.join(&name))?;
         files.push((s.part, name, digest));
     }
-    let uki = Part::Uki.file_name(&o.version, "");
-    let p = dir.join(&uki);
-    std::fs::copy(&o.uki, &p).map_err(io_err(&o.uki))?;
-    files.push((Part::Uki, uki, crate::sha256_reader(File::open(&p).map_err(io_err(&p))?, &p)?));
+    for (part, src) in [(Part::Uki, Some(&o.uki)), (Part::Sbom, o.sbom.as_ref())] {
+        let Some(src) = src else { continue };
+        let name = part.file_name(&o.version, "");
+        let p = dir.join(&name);
+        std::fs::copy(src, &p).map_err(io_err(src))?;
+        files.push((part, name, crate::sha256_reader(File::open(&p).map_err(io_err(&p))?, &p)?));
+    }
     files.sort();
     let manifest = Manifest { version: o.version.clone(), files: files.into_iter().map(|(_, n, d)| (n, d)).collect() };
     let sums = dir.join(SUMS);
@@ -250,7 +255,7 @@ mod tests {
             disk.write_all(b"the end").unwrap();
         }
         drop(disk);
-        let o = PackOptions { image: p.join("disk.raw"), uki: p.join("uki.efi"), version: v.into(), private_key: p.join("k.key"), public_key: p.join("k.pem"), out: p.join("release") };
+        let o = PackOptions { image: p.join("disk.raw"), uki: p.join("uki.efi"), version: v.into(), private_key: p.join("k.key"), public_key: p.join("k.pem"), out: p.join("release"), sbom: None };
         let packed = pack(&o).unwrap();
         assert_eq!(packed.tar, p.join(format!("release/swarmseal_{v}.tar")));
         let m = rt().block_on(crate::verify_tar(&key, &std::fs::read(&packed.tar).unwrap()[..])).unwrap();

@@ -74,7 +74,10 @@ pub async fn status_and_engine_error(ctx: &Ctx) -> (Status, Option<crate::swarm:
         proxy: doc::Proxy { enabled: ctx.cfg.proxy.enabled, listen: ctx.cfg.proxy.listen.to_string() },
         escrow: ctx.cfg.escrow.recipient.as_ref().map(|_| crate::escrow::path(&ctx.cfg.state_dir)),
         bench: last_bench_summary(&ctx.cfg).await,
-        image: serde_json::from_value(crate::update::os_image(&ctx.cfg.update.os_release)).unwrap_or_default(),
+        image: doc::Image {
+            sbom_sha256: crate::update::sbom_digest(&ctx.cfg.update.sbom).await,
+            ..serde_json::from_value(crate::update::os_image(&ctx.cfg.update.os_release)).unwrap_or_default()
+        },
     };
     (st, engine_error)
 }

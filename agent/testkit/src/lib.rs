@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod sbom;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Ports for children to listen on come from below the kernel's ephemeral range
