@@ -394,9 +394,12 @@ async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey
                 std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
                 clean_partials(&dir);
                 std::fs::create_dir(&p).map_err(io_err(&p))?;
+                // On disk before the progress record that says they are: after a power cut a
+                // resume must find them, not an empty file it would call unsigned.
                 for (name, bytes) in [(SUMS, &sums), (SIG, &sig)] {
                     let f = p.join(name);
-                    std::fs::write(&f, bytes).map_err(io_err(&f))?;
+                    let mut file = std::fs::File::create(&f).map_err(io_err(&f))?;
+                    std::io::Write::write_all(&mut file, bytes).and_then(|()| file.sync_all()).map_err(io_err(&f))?;
                 }
                 rec.save(&p)
             })
@@ -482,7 +485,10 @@ async fn resume_kept<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey, p
         f.set_len(kept).await.map_err(io_err(&path))?;
         tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(kept)).await.map_err(io_err(&path))?;
         let rest = swarmseal_release::tar::Member { name: c.name.clone(), size: c.size - kept };
-        tar.body(&rest, Some((&mut f, &path))).await?;
+        if let Err(e) = tar.body(&rest, Some((&mut f, &path))).await {
+            settle(&mut f).await;
+            return Err(e.into());
+        }
         f.sync_all().await.map_err(io_err(&path))?;
         drop(f);
         // Hashed whole as it is on disk: the kept part and the rest together.
@@ -495,6 +501,14 @@ async fn resume_kept<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey, p
         blocking(move || rec.save(&p)).await?;
     }
     Ok((progress, manifest, members))
+}
+
+/// Wait for a cut member file's last write: tokio's `File` writes on the blocking pool, and a
+/// write still running after the staging lock is released would grow the file under the next
+/// `GET /update/partial` or resume. (A request future dropped outright cannot wait: then the
+/// resume's whole-file hash still refuses whatever landed late.)
+async fn settle(f: &mut tokio::fs::File) {
+    let _ = f.flush().await;
 }
 
 /// SHA-256 of a file, on the blocking pool.
@@ -516,7 +530,13 @@ async fn receive_members<R: AsyncRead + Unpin>(tar: &mut Tar<R>, manifest: &Mani
         blocking(move || rec.save(&p)).await?;
         let path = partial.join(&m.name);
         let mut f = tokio::fs::OpenOptions::new().create_new(true).write(true).open(&path).await.map_err(io_err(&path))?;
-        let got = tar.body(&m, Some((&mut f, &path))).await?;
+        let got = match tar.body(&m, Some((&mut f, &path))).await {
+            Ok(got) => got,
+            Err(e) => {
+                settle(&mut f).await;
+                return Err(e.into());
+            }
+        };
         check_hash(&m.name, &want, &got)?;
         f.sync_all().await.map_err(io_err(&path))?;
         progress.current = None;
@@ -535,8 +555,14 @@ async fn receive_members<R: AsyncRead + Unpin>(tar: &mut Tar<R>, manifest: &Mani
 async fn finish(staging: &Path, partial: &Path) -> Result<(), UpdateError> {
     let (dir, partial) = (staging.to_path_buf(), partial.to_path_buf());
     blocking(move || {
-        let rec = partial.join(PROGRESS);
-        std::fs::remove_file(&rec).map_err(io_err(&rec))?;
+        // The progress record, and any temporary file of it that a kill -9 during its atomic
+        // rewrite left behind (`..progress.tmp-<pid>`): no release file starts with a dot, and
+        // `staged/` must hold only the release (the apply service refuses anything unlisted).
+        for e in std::fs::read_dir(&partial).map_err(io_err(&partial))?.flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+            }
+        }
         fsync_dir(&partial)?;
         let staged = dir.join(STAGED);
         let old = dir.join(".staged.old");
@@ -786,9 +812,12 @@ pub async fn sbom_digest(path: &Path) -> Option<String> {
     Some(format!("sha256:{}", hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))))
 }
 
-/// What a verified release changes against an SBOM: `--against FILE` (must be readable), else
-/// the running image's (`default`, when it exists). Returns the SBOM compared with, and the
-/// diff or the sentence saying why there is nothing to compare.
+/// What a verified release changes against an SBOM: `--against FILE` (must be readable: else a
+/// usage error), else the running image's (`default`, when it exists). Returns the SBOM
+/// compared with, and the diff or the sentence saying why there is nothing to compare. Only an
+/// explicit `--against` can fail the command: a running image's or a release's SBOM that
+/// cannot be read is a note, never a refusal (`receive` accepts a signed release whatever its
+/// SBOM holds, and `update verify` says what `receive` would do).
 async fn release_changes(
     default: &Path,
     against: Option<PathBuf>,
@@ -796,10 +825,7 @@ async fn release_changes(
     m: &Manifest,
 ) -> Result<(Option<PathBuf>, Result<swarmseal_release::sbom::Diff, String>), UpdateError> {
     use swarmseal_release::sbom::{diff, Inventory, SbomError};
-    let sbom_err = |e: SbomError| match e {
-        SbomError::Io { path, source } => UpdateError::Io { path, source },
-        e @ SbomError::Invalid { .. } => UpdateError::Request(format!("--against: {e}")),
-    };
+    let explicit = against.is_some();
     let against = match against {
         Some(p) => p,
         None if tokio::fs::try_exists(default).await.unwrap_or(false) => default.to_path_buf(),
@@ -808,12 +834,25 @@ async fn release_changes(
             return Ok((None, Err(why)));
         }
     };
-    let old = Inventory::read(&against).map_err(sbom_err)?;
-    let Some(bytes) = swarmseal_release::sbom::from_release(release, m).await? else {
-        return Ok((Some(against), Err(format!("release {} carries no SBOM (built before SBOMs): nothing to compare", m.version))));
+    let old = match Inventory::read(&against) {
+        Ok(old) => old,
+        Err(e) if explicit => {
+            return Err(match e {
+                SbomError::Io { path, source } => UpdateError::Io { path, source },
+                e @ SbomError::Invalid { .. } => UpdateError::Request(format!("--against: {e}")),
+            })
+        }
+        Err(e) => return Ok((Some(against), Err(format!("the running image's SBOM cannot be read ({e}): nothing to compare against")))),
     };
-    let new = Inventory::parse(&bytes, release).map_err(|e| ReleaseError::Invalid(e.to_string()))?;
-    Ok((Some(against), Ok(diff(&old, &new))))
+    let bytes = match swarmseal_release::sbom::from_release(release, m).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok((Some(against), Err(format!("release {} carries no SBOM (built before SBOMs): nothing to compare", m.version)))),
+        Err(e) => return Ok((Some(against), Err(format!("release {}'s SBOM cannot be read ({e}): nothing to compare", m.version)))),
+    };
+    match Inventory::parse(&bytes, release) {
+        Ok(new) => Ok((Some(against), Ok(diff(&old, &new)))),
+        Err(e) => Ok((Some(against), Err(format!("release {}'s SBOM is not one this agent reads ({e}): nothing to compare", m.version)))),
+    }
 }
 
 /// `IMAGE_ID` and `IMAGE_VERSION` of an os-release file (`/etc/os-release`, os-release(5)):
@@ -1012,6 +1051,9 @@ mod tests {
                     assert!(h.offset as usize <= at && h.offset as usize >= ROOT_DATA - 512, "{at}: held {}", h.offset);
                     if at == tar.len() / 2 {
                         assert_eq!(h.offset as usize, ROOT_DATA + (256 << 10), "the written part of the cut member is kept");
+                        // What a kill -9 inside the progress record's atomic rewrite leaves:
+                        // its temporary file, under another PID than the next agent's.
+                        std::fs::write(staging.join(format!("{V}.partial")).join("..progress.tmp-99999"), b"{").unwrap();
                     }
                     h.offset
                 }

@@ -231,6 +231,10 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     // Readonly may not resume either.
     let (code, body) = curl("bob", &["-X", "POST", "--data-binary", &format!("@{}", path_str(&rest)), &url(&format!("update?resume={offset}&sums={sums}"))]);
     assert_eq!(code, 403, "{body}");
+    // ?version= (a fetch from [update] source) with ?resume=: refused, not silently a fetch.
+    let (code, body) = curl("alice", &["-X", "POST", &url(&format!("update?version=1.0.1&resume={offset}&sums={sums}"))]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("not resumed"), "{body}");
     assert_eq!(installs(), 4);
     eprintln!("altered part and another release refused, fresh upload: {:.1} s", t.elapsed().as_secs_f64());
 

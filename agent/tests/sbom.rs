@@ -157,6 +157,20 @@ fn update_verify_names_what_a_release_changes() {
     let (code, out, _) = run(&[rel.to_str().unwrap()]);
     assert_eq!(code, Some(0));
     assert!(out.contains("nothing to compare against: no SBOM of the running image at"), "{out}");
+    // A running image's SBOM that is not one: a note, exit 0 (the release would be accepted).
+    std::fs::write(w.join("none.json"), b"{ not json").unwrap();
+    let (code, out, err) = run(&[rel.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("release 1.1.0 verified") && out.contains("the running image's SBOM cannot be read"), "{out}");
+    // The same file given by hand with --against: the operator's usage error.
+    let (code, out, err) = run(&[rel.to_str().unwrap(), "--against", w.join("none.json").to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("--against"), "{err}");
+    // A signed release whose SBOM is not CycloneDX: still verified (receive would take it), a note.
+    release_with_sbom(w, "1.2.0", b"garbage");
+    let (code, out, err) = run(&[w.join("rel.tar").to_str().unwrap(), "--against", w.join("old.cdx.json").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("release 1.2.0 verified") && out.contains("release 1.2.0's SBOM is not one this agent reads"), "{out}");
 }
 
 /// `w/rel/` and `w/rel.tar`: a release of `v` signed with `w/k.key` carrying `sbom` as

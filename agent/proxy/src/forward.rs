@@ -806,6 +806,9 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
                     };
                     UpdateFrom::Resume { body: stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))).boxed_unsync(), content_length, offset, sums_sha256 }
                 }
+                Some(_) if authz::query_value(query, "resume").is_some() => {
+                    return message(ApiErrorKind::BadRequest, "?resume= continues an uploaded release; a release fetched from [update] source (?version=V) is not resumed: give one or the other", audit);
+                }
                 // The release comes from [update] source: the body must be empty.
                 Some(version) => {
                     if !empty_body(body, content_length, ctx.shared.header_timeout).await {
