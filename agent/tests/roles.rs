@@ -103,6 +103,22 @@ configs:
     file: ./c1.txt
 "#;
 
+/// `docker stack rm NAME` until it succeeds (60 s at most). The CLI removes the services, then
+/// the stack's networks at once; the engine refuses a network whose tasks are still shutting
+/// down ("network … is in use by task …": swarmkit removes tasks asynchronously), and the CLI
+/// then fails though nothing is wrong. Running it again removes what is left.
+fn stack_rm(name: &str, run: impl Fn() -> Output) {
+    let t = std::time::Instant::now();
+    loop {
+        let o = run();
+        if o.status.success() {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "docker stack rm {name} still fails after 60 s: {}", text(&o));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn deploy_ships_a_stack_and_cannot_take_the_host() {
     let (e, dep, mon, other) = swarm_env();
@@ -161,7 +177,7 @@ fn deploy_ships_a_stack_and_cannot_take_the_host() {
     }
     ok(&e.docker_as(&dep, &["service", "rm", "st_worker"], None), "service rm");
     assert!(!e.d.docker_ok(&["service", "ls", "--format", "{{.Name}}"]).contains("st_worker"));
-    ok(&e.docker_as(&dep, &["stack", "rm", "st"], None), "stack rm");
+    stack_rm("st", || e.docker_as(&dep, &["stack", "rm", "st"], None));
 
     // The same stack with one dangerous setting: refused by the proxy (rule in the audit), or
     // dropped by the CLI itself (it prints "Ignoring unsupported options") so the engine never
@@ -191,7 +207,7 @@ fn deploy_ships_a_stack_and_cannot_take_the_host() {
                 assert!(!spec.contains(needle), "{rule}: the service holds {needle}: {spec}");
             }
             dropped.push(*rule);
-            e.d.docker_ok(&["stack", "rm", &name]);
+            stack_rm(&name, || e.d.docker(&["stack", "rm", &name]));
         } else {
             assert!(out.contains(&format!("deploy: TaskTemplate.ContainerSpec.{field}")) || out.contains(&format!("deploy: TaskTemplate.{field}")), "{rule}: {out}");
             e.proxy.logs.wait_for(&["status=403", &format!("rule={rule}")]);
