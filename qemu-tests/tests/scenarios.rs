@@ -77,7 +77,7 @@ fn main() {
     let mut story = Story { suite, manager: None, escrow: Escrow::default(), key: None, var_key: None, moves: 0 };
     let s4_times: usize = std::env::var("SWARMSEAL_SCENARIO4_TIMES").ok().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or(1);
     type Scenario = fn(&mut Story) -> Check;
-    let scenarios: [(&str, &str, Scenario); 11] = [
+    let scenarios: [(&str, &str, Scenario); 12] = [
         ("1", "first boot: swarm up with autolock, key sealed, only the admin bundle gets in, bench reported", first_boot),
         ("2", "reboot: unlocked again with nobody typing a key", reboot),
         ("5", "key rotation through the proxy: resealed, next boot unlocks with the new key", rotation),
@@ -88,6 +88,7 @@ fn main() {
         ("10", "a release that fails its health gate: its boot tries, then back on the previous version, unlocked with no reseal", update_rolls_back),
         ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
         ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
+        ("11", "a static address by first-boot credential (network.network.*): the swarm advertises it, the proxy answers on it", static_address),
         ("fleet", "three managers, one autolocked swarm, rolled to the next release by `swarmseal fleet update`: quorum held throughout", fleet),
     ];
     let mut results = Vec::new();
@@ -536,6 +537,36 @@ fn bad_credentials(s: &mut Story) -> Check {
     let open = vm.docker_without_bundle(&["info"]);
     f.check(!open.ok, || format!("docker info without TLS reached it: {open}"));
     vm.power_cut()?;
+    f.done()
+}
+
+// ---------------------------------------------------------------- 11
+
+/// Issue 19, network by credential, with no code of ours: the image's
+/// systemd-network-generator (enabled; `ImportCredential=network.network.*`) writes the
+/// credential `network.network.10-static` to `/run/systemd/network/10-static.network`, which
+/// sorts before the image's DHCP `80-ethernet.network`, so networkd applies it. QEMU forwards
+/// the proxy's port to that address (`run-qemu --guest-addr`), and the agent is told to
+/// advertise it (`swarmseal.advertise-addr`, what an operator gives with a static address).
+/// A brand-new manager: the story's is shut down first.
+fn static_address(s: &mut Story) -> Check {
+    const ADDR: &str = "10.0.2.20";
+    if let Some(vm) = s.manager.as_mut() {
+        vm.shutdown()?;
+    }
+    let mut vm = Vm::new(&s.suite, "static-net")?;
+    let net = vm.dir.join("10-static.network");
+    std::fs::write(&net, format!("[Match]\nName=en*\n\n[Network]\nAddress={ADDR}/24\nGateway=10.0.2.2\nDNS=10.0.2.3\n")).map_err(|e| e.to_string())?;
+    vm.options = vec!["--guest-addr".into(), ADDR.into(), "--cred-file".into(), format!("network.network.10-static={}", net.display())];
+    let mut f = Findings::default();
+    let st = vm.boot_expect(&format!("static address {ADDR} by credential"), Outcome::Unlocked, BOOT);
+    f.check(st.is_ok(), || format!("no unlocked manager reached at {ADDR}: {}", st.as_ref().err().cloned().unwrap_or_default()));
+    if st.is_ok() {
+        let addr = vm.docker(&["node", "inspect", "self", "--format", "{{.Status.Addr}} {{.ManagerStatus.Addr}}"]);
+        println!("    node address, manager address: {}", addr.stdout.trim());
+        f.check(addr.ok && addr.stdout.trim() == format!("{ADDR} {ADDR}:2377"), || format!("the swarm does not advertise {ADDR}: {addr}"));
+    }
+    vm.shutdown()?;
     f.done()
 }
 
