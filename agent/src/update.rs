@@ -374,7 +374,8 @@ fn keeps_partial(e: &UpdateError) -> bool {
 }
 
 async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey, staging: &Path, start: Start<'_>) -> Result<String, UpdateError> {
-    let (partial, progress, members) = match start {
+    // The partial directory, and what is kept in it (or why the kept part is refused).
+    let (partial, kept) = match start {
         Start::Fresh(expect) => {
             let (manifest, sums, sig) = read_manifest(tar, key).await?;
             if let Some(want) = expect.filter(|w| *w != manifest.version) {
@@ -408,7 +409,7 @@ async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey
                 discard(&partial).await;
                 return Err(e);
             }
-            (partial, progress, (manifest, Members::default()))
+            (partial, Ok((progress, manifest, Members::default())))
         }
         Start::Resume { offset, sums } => {
             let dir = staging.to_path_buf();
@@ -427,33 +428,25 @@ async fn receive_locked<R: AsyncRead + Unpin>(tar: &mut Tar<R>, key: &ReleaseKey
             if at != offset {
                 return Err(UpdateError::Resume(format!("this manager holds {at} bytes of release {}, not {offset}: resume from byte {at} (GET /swarmseal/v1/update/partial)", progress.version)));
             }
-            match resume_kept(tar, key, &partial, progress, offset).await {
-                Ok((progress, manifest, members)) => (partial, progress, (manifest, members)),
-                Err(e) => {
-                    if !keeps_partial(&e) {
-                        discard(&partial).await;
-                    }
-                    return Err(e);
-                }
-            }
+            let kept = resume_kept(tar, key, &partial, progress, offset).await;
+            (partial, kept)
         }
     };
-    let (manifest, members) = members;
     let r = async {
+        let (progress, manifest, members) = kept?;
         receive_members(tar, &manifest, &partial, progress, members).await?;
-        finish(staging, &partial).await
+        finish(staging, &partial).await?;
+        Ok(manifest.version)
     }
     .await;
-    match r {
-        Ok(()) => Ok(manifest.version),
-        Err(e) => {
-            // Not on a cancelled request (the future dropped): that is a cut, kept as one.
-            if !keeps_partial(&e) {
-                discard(&partial).await;
-            }
-            Err(e)
+    // A refusal discards the partial; a cut keeps it for a resume. (Not on a cancelled request,
+    // the future dropped: that is a cut, kept as one.)
+    if let Err(e) = &r {
+        if !keeps_partial(e) {
+            discard(&partial).await;
         }
     }
+    r
 }
 
 /// Check what is kept of an interrupted upload again and receive the rest of the member that
