@@ -157,12 +157,35 @@ pub fn dep5_licenses(text: &str) -> Vec<String> {
     set.into_iter().collect()
 }
 
+/// The crates a build of the agent links, as `cargo tree --locked -p swarmseal -e normal
+/// --target x86_64-unknown-linux-gnu --prefix none --format {p}` prints them (`name vX.Y.Z`,
+/// then ` (path)` or ` (*)` for some): `(name, version)` pairs. `cargo metadata`'s resolve graph
+/// alone over-lists: it unifies features across the workspace, dev-dependencies' included, so
+/// an optional crate a test feature turns on (`tempfile` through `swarmseal-release/testing`)
+/// looks linked; `cargo tree` resolves features as the build does (resolver 2).
+fn read_linked(tree_path: &Path) -> Result<BTreeSet<(String, String)>, SbomError> {
+    let text = std::fs::read_to_string(tree_path).map_err(io(tree_path))?;
+    let mut set = BTreeSet::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let mut w = line.split_whitespace();
+        let (Some(name), Some(version)) = (w.next(), w.next().and_then(|v| v.strip_prefix('v'))) else {
+            return Err(invalid(tree_path, format!("line {}: not `name vVERSION` (cargo tree --prefix none --format {{p}})", i + 1)));
+        };
+        set.insert((name.to_string(), version.to_string()));
+    }
+    if set.is_empty() {
+        return Err(invalid(tree_path, "lists no crate"));
+    }
+    Ok(set)
+}
+
 /// The crates linked into package `root_pkg` for `x86_64-unknown-linux-gnu`: `metadata` is
 /// `cargo metadata --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu`
 /// (its resolve graph, walked over normal dependencies only: no dev- or build-dependencies),
-/// checksums from `Cargo.lock`. Returns the root package's version and the crates (without
-/// the root), sorted.
-pub fn read_crates(metadata_path: &Path, lock_path: &Path, root_pkg: &str) -> Result<(String, Vec<Crate>), SbomError> {
+/// kept to what `tree_path` ([`read_linked`]) says the build links, checksums from
+/// `Cargo.lock`. Returns the root package's version and the crates (without the root), sorted.
+pub fn read_crates(metadata_path: &Path, tree_path: &Path, lock_path: &Path, root_pkg: &str) -> Result<(String, Vec<Crate>), SbomError> {
+    let linked = read_linked(tree_path)?;
     #[derive(Deserialize)]
     struct Meta {
         packages: Vec<Pkg>,
@@ -235,6 +258,9 @@ pub fn read_crates(metadata_path: &Path, lock_path: &Path, root_pkg: &str) -> Re
     let mut crates = Vec::new();
     for id in seen {
         let p = pkgs.get(id).ok_or_else(|| invalid(metadata_path, format!("{id} is in the resolve graph but not in packages")))?;
+        if !linked.contains(&(p.name.clone(), p.version.clone())) {
+            continue;
+        }
         let checksum = sums.get(&(p.name.as_str(), p.version.as_str(), p.source.as_deref())).map(|s| s.to_string());
         if p.source.as_deref().is_some_and(|s| s.starts_with("registry+")) && checksum.is_none() {
             return Err(invalid(lock_path, format!("no checksum for {} {} (is the lock file the one the agent was built with?)", p.name, p.version)));
