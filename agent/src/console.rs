@@ -94,10 +94,27 @@ fn wrap(text: &str, width: usize, max: usize) -> Vec<String> {
 /// Long hex runs (PCR values, 64 digits) cut to their first 12 digits and `...`, so a PCR
 /// difference fits on one line; the full values are in `swarmseal status`.
 fn short_hex(s: &str) -> String {
-    s.split(' ')
-        .map(|w| if w.len() > 16 && w.bytes().all(|b| b.is_ascii_hexdigit()) { format!("{}...", &w[..12]) } else { w.to_string() })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = String::with_capacity(s.len());
+    let mut run = String::new();
+    let mut flush = |run: &mut String, out: &mut String| {
+        if run.len() > 16 {
+            out.push_str(&run[..12]);
+            out.push_str("...");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in s.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 const LABEL: usize = 11;
@@ -133,15 +150,15 @@ pub fn render(st: &Status, f: &Facts) -> String {
     let locked = st.swarm.state() == Some("locked");
     match &st.swarm {
         Swarm::Reached { state, manager, node_id, error, autolock, .. } => {
-            let role = match (*manager, f.leader) {
-                (true, Some(true)) => "manager, leader",
-                (true, _) => "manager",
-                (false, _) if state == "active" => "worker",
-                _ => "no role while not active",
+            let role = match (state == "active", *manager, f.leader) {
+                (false, ..) => "",
+                (true, true, Some(true)) => ", manager, leader",
+                (true, true, _) => ", manager",
+                (true, false, _) => ", worker",
             };
             let node = node_id.as_deref().map(|n| format!(", node {}", n.chars().take(12).collect::<String>())).unwrap_or_default();
             let err = error.as_deref().filter(|e| !e.is_empty()).map(|e| format!(" ({e})")).unwrap_or_default();
-            out.push(row("swarm", &format!("{state}, {role}{node}{err}")));
+            out.push(row("swarm", &format!("{state}{role}{node}{err}")));
             let al = match autolock {
                 Some(true) => "on",
                 Some(false) => "OFF",
@@ -174,7 +191,7 @@ pub fn render(st: &Status, f: &Facts) -> String {
         None => format!("unknown: TPM not answering ({})", st.tpm.error.as_deref().unwrap_or("")),
     };
     out.push(row("phase", &phase));
-    rows(&mut out, "boot", if f.decision.is_empty() { "no decision yet" } else { &f.decision }, 3);
+    rows(&mut out, "boot", &if f.decision.is_empty() { "no decision yet".into() } else { short_hex(&f.decision) }, 3);
 
     let bench = match &st.bench {
         None => "no report yet".to_string(),
@@ -491,13 +508,14 @@ mod tests {
             "sealed": {"current": {"created": "2026-12-07T05:00:00Z", "policy": {}, "differs": [format!("PCR 11 sealed {} now {now}", "a".repeat(64)), format!("PCR 7 sealed {now} now {now}"), "PCR 12 x".to_string(), "PCR 15 y".to_string()]}, "previous": null},
             "phase_locked": false,
         }));
-        let f = Facts { decision: format!("locked: the boot measurements changed: {}", "PCR 11 differs; ".repeat(20)), leader: None, ..facts() };
+        let f = Facts { decision: format!("locked: the boot measurements changed (PCR 11 sealed {} now {now}): {}", "a".repeat(64), "PCR 11 differs; ".repeat(20)), leader: None, ..facts() };
         let t = render(&st, &f);
         assert_fits(&t);
-        for want in ["locked, no role", "does NOT match this boot", "PCR 11 sealed aaaaaaaaaaaa... now bbbbbbbbbbbb...", "and 1 more", "LOCKED", "/swarmseal/v1/escrow", "swarm unlock", "/swarmseal/v1/reseal", "locked: the boot measurements"] {
+        for want in ["swarm      locked\n", "does NOT match this boot", "PCR 11 sealed aaaaaaaaaaaa... now bbbbbbbbbbbb...", "and 1 more", "LOCKED", "/swarmseal/v1/escrow", "swarm unlock", "/swarmseal/v1/reseal", "boot       locked: the boot measurements changed"] {
             assert!(t.contains(want), "{want:?} missing from:\n{t}");
         }
-        assert_eq!(t.lines().filter(|l| l.contains("PCR 11 differs")).count(), 3, "the decision is wrapped on at most 3 lines:\n{t}");
+        assert!(!t.contains(&"a".repeat(13)), "PCR values are cut to 12 digits, in the decision too:\n{t}");
+        assert_eq!(t.lines().filter(|l| l.contains("PCR 11 differs")).count(), 2, "the decision is wrapped on at most 3 lines:\n{t}");
         // Without differences in the status, the screen says where to look.
         let st = status(json!({"swarm": {"state": "locked", "node_id": null, "manager": false, "autolock": null, "error": null, "api_version": "1.41"}, "sealed": {"current": {"error": "corrupt"}, "previous": null}}));
         let t = render(&st, &facts());

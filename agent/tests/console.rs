@@ -69,6 +69,7 @@ fn the_screen_shows_the_manager_and_is_redrawn_when_it_changes() {
         s.contains("active, manager, leader") && s.contains("matches this boot") && s.contains("swarm initialized")
     });
     let s = screen(&tty);
+    eprintln!("the active manager's screen:\n{}", s.trim_start_matches(CLEAR));
     assert!(s.starts_with(CLEAR), "clear + home before the text: {s:?}");
     assert!(s.contains("image swarmseal 7.7.7-console"), "{s}");
     assert!(s.contains("autolock   on"), "{s}");
@@ -110,10 +111,11 @@ fn the_screen_shows_the_manager_and_is_redrawn_when_it_changes() {
     let a = start(&d, &tpm);
     wait_until("the screen shows the locked manager", Duration::from_secs(60), || {
         let s = screen(&tty);
-        s.contains("swarm      locked") && s.contains("LOCKED") && s.contains("differs    PCR 11 sealed")
+        s.contains("swarm      locked") && s.contains("boot       locked:") && s.contains("differs    PCR 11 sealed")
     });
     let s = screen(&tty);
-    assert!(s.contains("does NOT match this boot") && s.contains("boot       locked:") && s.contains("swarm unlock"), "{s}");
+    eprintln!("the locked manager's screen:\n{}", s.trim_start_matches(CLEAR));
+    assert!(s.contains("does NOT match this boot") && s.contains("LOCKED") && s.contains("swarm unlock"), "{s}");
     stop(a);
     eprintln!("console test: {:.1} s", t0.elapsed().as_secs_f64());
 }
