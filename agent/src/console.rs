@@ -231,8 +231,12 @@ pub fn render(st: &Status, f: &Facts) -> String {
             }
             _ => out.push(row("differs", "see GET /swarmseal/v1/status, journalctl -u swarmseal")),
         }
-        out.push("LOCKED. Unlock through the proxy with an admin bundle and the escrowed key:".into());
-        out.push("  GET /swarmseal/v1/escrow > k.age; age -d -i ID k.age".into());
+        if st.escrow.is_some() {
+            out.push("LOCKED. Unlock through the proxy with an admin bundle and the escrowed key:".into());
+            out.push("  GET /swarmseal/v1/escrow > k.age; age -d -i ID k.age".into());
+        } else {
+            out.push("LOCKED. Unlock through the proxy with an admin bundle and your copy of the key:".into());
+        }
         out.push("  docker --context M swarm unlock; then POST /swarmseal/v1/reseal".into());
     }
     out.truncate(ROWS);
@@ -507,6 +511,7 @@ mod tests {
             "swarm": {"state": "locked", "node_id": null, "manager": false, "autolock": null, "error": null, "api_version": "1.41"},
             "sealed": {"current": {"created": "2026-12-07T05:00:00Z", "policy": {}, "differs": [format!("PCR 11 sealed {} now {now}", "a".repeat(64)), format!("PCR 7 sealed {now} now {now}"), "PCR 12 x".to_string(), "PCR 15 y".to_string()]}, "previous": null},
             "phase_locked": false,
+            "escrow": "/var/lib/swarmseal/escrow/unlock-key.age",
         }));
         let f = Facts { decision: format!("locked: the boot measurements changed (PCR 11 sealed {} now {now}): {}", "a".repeat(64), "PCR 11 differs; ".repeat(20)), leader: None, ..facts() };
         let t = render(&st, &f);
@@ -520,6 +525,7 @@ mod tests {
         let st = status(json!({"swarm": {"state": "locked", "node_id": null, "manager": false, "autolock": null, "error": null, "api_version": "1.41"}, "sealed": {"current": {"error": "corrupt"}, "previous": null}}));
         let t = render(&st, &facts());
         assert!(t.contains("current slot unreadable: corrupt") && t.contains("journalctl -u swarmseal"), "{t}");
+        assert!(t.contains("your copy of the key") && !t.contains("/swarmseal/v1/escrow"), "no escrow configured, none suggested:\n{t}");
     }
 
     #[test]
