@@ -557,7 +557,8 @@ fn static_address(s: &mut Story) -> Check {
     let mut vm = Vm::new(&s.suite, "static-net")?;
     let net = vm.dir.join("10-static.network");
     std::fs::write(&net, format!("[Match]\nName=en*\n\n[Network]\nAddress={ADDR}/24\nGateway=10.0.2.2\nDNS=10.0.2.3\n")).map_err(|e| e.to_string())?;
-    vm.options = vec!["--guest-addr".into(), ADDR.into(), "--cred-file".into(), format!("network.network.10-static={}", net.display())];
+    // Issue 20: the status screen, redirected to the serial console by credential, shows the address.
+    vm.options = vec!["--guest-addr".into(), ADDR.into(), "--cred-file".into(), format!("network.network.10-static={}", net.display()), "--cred".into(), "swarmseal.console-tty=/dev/ttyS0".into()];
     let mut f = Findings::default();
     let st = vm.boot_expect(&format!("static address {ADDR} by credential"), Outcome::Unlocked, BOOT);
     f.check(st.is_ok(), || format!("no unlocked manager reached at {ADDR}: {}", st.as_ref().err().cloned().unwrap_or_default()));
@@ -565,9 +566,36 @@ fn static_address(s: &mut Story) -> Check {
         let addr = vm.docker(&["node", "inspect", "self", "--format", "{{.Status.Addr}} {{.ManagerStatus.Addr}}"]);
         println!("    node address, manager address: {}", addr.stdout.trim());
         f.check(addr.ok && addr.stdout.trim() == format!("{ADDR} {ADDR}:2377"), || format!("the swarm does not advertise {ADDR}: {addr}"));
+        let screen = console_screen(&vm, st.as_ref().ok().and_then(|s| s["image"]["version"].as_str()).unwrap_or("?"), ADDR);
+        f.check(screen.is_ok(), || format!("the console status screen on the serial console: {}", screen.err().unwrap_or_default()));
     }
     vm.shutdown()?;
     f.done()
+}
+
+/// The status screen (docs/operating.md "Console") on the serial console: the image version,
+/// the active leader, `addr` among the addresses, and the proxy certificate's SHA-256
+/// fingerprint as openssl prints it (what an operator compares on first contact).
+fn console_screen(vm: &Vm, version: &str, addr: &str) -> Check {
+    vm.wait_console(&["swarm      active, manager, leader"], Duration::from_secs(60))?;
+    let pki = vm.dir.join("pki");
+    let cert = [pki.join("pki/server-cert.pem"), pki.join("server-cert.pem")].into_iter().find(|p| p.exists()).ok_or("no server-cert.pem under the VM's pki/")?;
+    let o = swarmseal_qemu_tests::run(std::process::Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&cert))?;
+    let fp = text(&o.stdout).trim().split_once('=').map(|(_, f)| f.to_string()).unwrap_or_default();
+    ensure!(fp.len() == 95, "openssl's fingerprint of {}: {fp:?}", cert.display());
+    let c = vm.console();
+    let mut missing = Vec::new();
+    for want in [format!("swarmseal manager  image swarmseal {version}"), "autolock   on".into(), format!("sha256     {}", &fp[..47]), format!("           {}", &fp[48..])] {
+        if !c.lines().any(|l| l.starts_with(&want)) {
+            missing.push(want);
+        }
+    }
+    if !c.lines().any(|l| l.starts_with("addresses") && l.contains(&format!(" {addr} ("))) {
+        missing.push(format!("addresses … {addr} (…)"));
+    }
+    ensure!(missing.is_empty(), "the screen lacks {missing:?}; console tail:\n{}", vm.console_tail(24));
+    println!("    console screen: version {version}, {addr}, leader, fingerprint {fp}");
+    Ok(())
 }
 
 // ---------------------------------------------------------------- 8
