@@ -83,6 +83,8 @@ pub struct Metrics {
     bench_score: Gauge,
     bench_warn: Gauge,
     image: Family<ImageLabels, Gauge>,
+    time_synchronised: Gauge,
+    time_offset: Gauge<f64, AtomicU64>,
     /// Unix seconds of this boot's unlock decision; 0: not made yet.
     decided_at: AtomicU64,
 }
@@ -117,6 +119,8 @@ impl Metrics {
             bench_score: Gauge::default(),
             bench_warn: Gauge::default(),
             image: Family::default(),
+            time_synchronised: Gauge::default(),
+            time_offset: Gauge::default(),
             decided_at: AtomicU64::new(0),
         };
         let r = &mut m.registry;
@@ -133,6 +137,8 @@ impl Metrics {
         r.register("bench_reported", "1 when a CIS Docker Benchmark report exists (bench_score and bench_warnings are 0 without one)", m.bench_reported.clone());
         r.register("bench_score", "Score of the last CIS Docker Benchmark report (docker-bench-security's, sections 1-7; may be negative)", m.bench_score.clone());
         r.register("bench_warnings", "WARN results in the last CIS Docker Benchmark report", m.bench_warn.clone());
+        r.register("time_synchronised", "1 when chronyd has set the clock from a selected source (status time.synchronised)", m.time_synchronised.clone());
+        r.register("time_offset_seconds", "Seconds the clock is behind (+) or ahead of (-) NTP time, as chronyd estimates it; 0 when not synchronised", m.time_offset.clone());
         r.register("image_info", "The running image (os-release IMAGE_ID, IMAGE_VERSION); always 1", m.image.clone());
         m
     }
@@ -173,6 +179,9 @@ impl Metrics {
         self.bench_reported.set((score.is_some() && warn.is_some()) as i64);
         self.bench_score.set(score.unwrap_or(0));
         self.bench_warn.set(warn.unwrap_or(0));
+        let time = status.time.as_ref();
+        self.time_synchronised.set(time.is_some_and(|t| t.synchronised) as i64);
+        self.time_offset.set(time.and_then(|t| t.offset_seconds).unwrap_or(0.0));
         self.image.clear();
         self.image
             .get_or_create(&ImageLabels { id: status.image.id.clone().unwrap_or_default(), version: status.image.version.clone().unwrap_or_default() })
