@@ -41,13 +41,32 @@ pub struct TimeSync {
 }
 
 impl TimeSync {
-    fn unknown(error: String) -> TimeSync {
+    /// Nothing known: chronyd could not be asked (`error` says why).
+    pub fn unknown(error: String) -> TimeSync {
         TimeSync { synchronised: false, offset_seconds: None, source: None, authenticated: None, problems: vec![], error: Some(error) }
     }
 
     /// Synchronised, |offset| < [`MAX_OFFSET_SECONDS`] and the selected source authenticated.
     pub fn trusted(&self) -> bool {
-        self.synchronised && self.offset_seconds.is_some_and(|o| o.abs() < MAX_OFFSET_SECONDS) && self.authenticated == Some(true)
+        self.verdict().is_ok()
+    }
+
+    /// Check A.7's sentence: `Ok` (synchronised to an NTS source within the limit: which,
+    /// and the offset) or `Err` (why the clock is not to be trusted, chronyd's view of each
+    /// source included). Names are escaped.
+    pub fn verdict(&self) -> Result<String, String> {
+        if let Some(e) = &self.error {
+            return Err(format!("The clock is not kept: {e}"));
+        }
+        let why = if self.problems.is_empty() { String::new() } else { format!(": {}", self.problems.join("; ")) };
+        let source = self.source.as_deref().unwrap_or_default().escape_default();
+        match self.offset_seconds {
+            _ if !self.synchronised => Err(format!("Not synchronised{why}")),
+            None => Err(format!("Synchronised to {source}, offset unknown")),
+            Some(o) if o.abs() >= MAX_OFFSET_SECONDS => Err(format!("Synchronised to {source}, but the clock is off by {o:.3} s (limit {MAX_OFFSET_SECONDS} s)")),
+            _ if self.authenticated != Some(true) => Err(format!("Synchronised to {source}, not authenticated (not NTS){why}")),
+            Some(o) => Ok(format!("Synchronised to {source} (NTS), offset {o:.6} s")),
+        }
     }
 }
 
