@@ -227,6 +227,25 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_is_a_gauge_pair() {
+        let mut st: Status = serde_json::from_value(serde_json::json!({
+            "swarm": {"error": "x"}, "sealed": {"current": null, "previous": null}, "sealed_key_stale": null, "change_pending": null,
+            "tpm": {"tcti": "t", "reachable": false, "error": "x"}, "phase_locked": null, "phase_pcr": 11,
+            "proxy": {"enabled": false, "listen": "0.0.0.0:2376"}, "escrow": null, "bench": null, "image": {"id": null, "version": null},
+            "time": {"synchronised": true, "offset_seconds": -0.25, "source": "s", "authenticated": true, "problems": [], "error": null},
+        }))
+        .unwrap();
+        let m = Metrics::new();
+        m.observe(&st, None);
+        let t = m.encode();
+        assert!(t.contains("swarmseal_time_synchronised 1\n") && t.contains("swarmseal_time_offset_seconds -0.25\n"), "{t}");
+        st.time = None;
+        m.observe(&st, None);
+        let t = m.encode();
+        assert!(t.contains("swarmseal_time_synchronised 0\n") && t.contains("swarmseal_time_offset_seconds 0.0\n"), "{t}");
+    }
+
+    #[test]
     fn warnings_are_counted_wherever_the_report_has_them() {
         let v = serde_json::json!({"tests": [{"results": [{"id": "1.1", "result": "WARN"}, {"id": "1.2", "result": "PASS"}]}, {"results": [{"result": "WARN"}]}]});
         assert_eq!(count_warn(&v), 2);
