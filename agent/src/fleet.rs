@@ -48,6 +48,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 pub enum FleetCommand {
     /// Roll RELEASE over the managers one at a time, keeping Raft quorum; stop at the first failure.
     Update(UpdateArgs),
+    /// Attest each manager (TPM quote, event logs, the fleet's signed PCR 11); exit 0 only if all pass.
+    Attest(crate::attest::AttestArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +91,9 @@ pub enum FleetError {
     /// The update started and stopped here; `done` were updated, the rest untouched.
     #[error("stopped at {at}: {reason}\n  updated: {done}\n  not touched: {rest}")]
     Stopped { at: String, reason: String, done: String, rest: String },
+    /// `fleet attest`: these managers failed a check (each table says which and why).
+    #[error("attestation failed for {}: see the table of each", managers.join(", "))]
+    NotAttested { managers: Vec<String> },
 }
 
 /// One manager reached through its proxy (also `swarmseal --context`, [`crate::remote`]).
@@ -387,6 +392,7 @@ impl Clock {
 pub async fn run(c: FleetCommand) -> Result<(), FleetError> {
     match c {
         FleetCommand::Update(a) => update(a).await,
+        FleetCommand::Attest(a) => crate::attest::run(a).await,
     }
 }
 
