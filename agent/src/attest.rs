@@ -364,13 +364,7 @@ pub fn parse_measure_log(b: &[u8]) -> Result<Vec<Event>, String> {
 pub fn replay(events: &[Event], locality: u8) -> PcrValues {
     let mut pcrs = PcrValues::new();
     for e in events {
-        let v = pcrs.entry(e.pcr).or_insert_with(|| {
-            let mut start = vec![0u8; 32];
-            if e.pcr == 0 {
-                start[31] = locality;
-            }
-            start
-        });
+        let v = pcrs.entry(e.pcr).or_insert_with(|| reset_value(e.pcr, locality));
         *v = extend(v, &e.digest);
     }
     pcrs
@@ -517,17 +511,17 @@ fn check_replay(answer: &Answer, quoted: &PcrValues) -> (Outcome, Option<Vec<u8>
             Ok(log) => {
                 events.extend(log.events);
                 locality = log.locality;
-                sources.push("firmware log".to_string());
+                sources.push("replayed from the firmware log".to_string());
             }
             Err(e) => return (Outcome::Fail(e), None, None),
         },
-        Err(why) => sources.push(format!("(no firmware log: {why})")),
+        Err(why) => sources.push(format!("no firmware log: {why}")),
     }
     match answer.measure_log.bytes() {
         Ok(b) => match parse_measure_log(&b) {
             Ok(ev) => {
                 events.extend(ev);
-                sources.push("systemd measure log".to_string());
+                sources.push("replayed from systemd's measure log".to_string());
             }
             Err(e) => return (Outcome::Fail(e), None, None),
         },
@@ -536,46 +530,38 @@ fn check_replay(answer: &Answer, quoted: &PcrValues) -> (Outcome, Option<Vec<u8>
     let replayed = replay(&events, locality);
     let marker = Sha256::digest(PHASE_MARKER).to_vec();
     let phase = answer.phase_pcr;
-    let mut before = None;
-    let mut markers = None;
-    for (pcr, value) in &replayed {
-        let Some(q) = quoted.get(pcr) else { continue };
+    let (mut before, mut markers) = (None, None);
+    // Every quoted PCR is explained by the logs: one without events must still be at its reset value.
+    for (pcr, q) in quoted {
+        let value = replayed.get(pcr).cloned().unwrap_or_else(|| reset_value(*pcr, locality));
+        let what = if replayed.contains_key(pcr) { format!("the event logs replay to {}", hex::encode(&value)) } else { "no event is logged for it".to_string() };
         if *pcr == phase {
-            // The agent's phase marker follows the logged events, unlogged: 0 to 3 of them.
+            // The agent's phase marker follows the logged events, unlogged: count them (0 to 3).
             let mut v = value.clone();
             markers = (0..=3).find(|_| {
                 let hit = &v == q;
-                if !hit {
-                    v = extend(&v, &marker);
-                }
+                v = extend(&v, &marker);
                 hit
             });
             if markers.is_none() {
-                return (Outcome::Fail(format!("PCR {pcr}: the event logs replay to {} (before any phase marker), the TPM quoted {}: an event is missing from or altered in the log", hex::encode(value), hex::encode(q))), None, None);
+                return (Outcome::Fail(format!("PCR {pcr}: {what} (before any phase marker), the TPM quoted {}: an event is missing from or altered in the log", hex::encode(q))), None, None);
             }
-            before = Some(value.clone());
-        } else if value != q {
-            return (Outcome::Fail(format!("PCR {pcr}: the event logs replay to {}, the TPM quoted {}: an event is missing from or altered in the log", hex::encode(value), hex::encode(q))), None, None);
+            before = Some(value);
+        } else if &value != q {
+            return (Outcome::Fail(format!("PCR {pcr}: {what}, the TPM quoted {}: an event is missing from or altered in the log", hex::encode(q))), None, None);
         }
     }
-    if before.is_none() {
-        // No logged event in the phase PCR: it starts at zero.
-        let (zero, q) = (vec![0u8; 32], quoted.get(&phase).cloned().unwrap_or_default());
-        let mut v = zero.clone();
-        markers = (0..=3).find(|_| {
-            let hit = v == q;
-            if !hit {
-                v = extend(&v, &marker);
-            }
-            hit
-        });
-        if markers.is_none() {
-            return (Outcome::Fail(format!("PCR {phase}: no logged event, yet the TPM quoted {}: an event is missing from the log", hex::encode(&q))), None, None);
-        }
-        before = Some(zero);
+    let pcrs: Vec<u8> = quoted.keys().copied().collect();
+    (Outcome::Pass(format!("PCRs {pcrs:?} match the quote ({})", sources.join("; "))), before, markers)
+}
+
+/// A PCR's value at TPM2_Startup: zero, PCR 0's last byte the startup locality (TCG PC Client PFP, 3.3.4.1).
+fn reset_value(pcr: u8, locality: u8) -> Vec<u8> {
+    let mut v = vec![0u8; 32];
+    if pcr == 0 {
+        v[31] = locality;
     }
-    let checked: Vec<u8> = replayed.keys().copied().filter(|p| quoted.contains_key(p)).collect();
-    (Outcome::Pass(format!("PCRs {checked:?} replay from the {}", sources.join(" and "))), before, markers)
+    v
 }
 
 /// PCR 11 before the phase marker: a value whose TPM2_PolicyPCR digest the fleet key signed
@@ -689,7 +675,9 @@ fn print_table(context: &str, rows: &[Check]) {
             Outcome::Fail(t) => ("FAIL", t),
             Outcome::NotApplicable(t) => ("n/a", t),
         };
-        println!("  {:<18} {:<4}  {}", r.name, word, text.escape_debug());
+        // The manager wrote parts of the text (log parse errors): no control characters reach the terminal.
+        let text: String = text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
+        println!("  {:<18} {:<4}  {text}", r.name, word);
     }
 }
 
