@@ -269,6 +269,9 @@ pub(crate) const UPLOAD_RESUMES: u32 = 3;
 /// upload still holds its staging lock, up to the agent's 60 s idle limit, and not at all
 /// while it restarts).
 const RESUME_WAIT: Duration = Duration::from_secs(150);
+/// How long to ask what is held after an answer (400/409): the agent let go of the upload
+/// before it answered, so this is a single question, repeated only while another holds it.
+const ANSWERED_WAIT: Duration = Duration::from_secs(10);
 
 /// SHA-256 (hex) of the `SHA256SUMS` member at the start of the release tar at `path`: which
 /// release it is, as the manager's `GET /swarmseal/v1/update/partial` names it.
@@ -320,8 +323,10 @@ pub(crate) enum UploadError {
 
 /// Upload the release tar at `release` to `POST <path>` (`/swarmseal/v1/update[?reboot=1]`),
 /// resuming it: what the manager already holds of this release is not sent again, and a cut
-/// (a connection error mid-upload) is followed by asking what it holds and sending the rest, at
-/// most [`UPLOAD_RESUMES`] times, each said with `say` (`resumed at N bytes (X %)`).
+/// (a connection error mid-upload, or the manager's 400 for a stalled body or 409 for another
+/// offset, when it still holds part of this release) is followed by asking what it holds and
+/// sending the rest, at most [`UPLOAD_RESUMES`] times, each said with `say` (`resumed at N
+/// bytes (X %)`).
 /// Returns the manager's answer to the last request; errors: [`UploadError`].
 pub(crate) async fn upload_release(m: &Manager, path: &str, release: &Path, say: &dyn Fn(String)) -> Result<(StatusCode, Bytes), UploadError> {
     let total = tokio::fs::metadata(release).await.map_err(|e| UploadError::File(format!("{}: {e}", release.display())))?.len();
@@ -338,6 +343,19 @@ pub(crate) async fn upload_release(m: &Manager, path: &str, release: &Path, say:
         let target = if offset == 0 { path.to_string() } else { resume_at(offset) };
         let body = release_body(release, offset).await.map_err(|e| UploadError::File(format!("{}: {e}", release.display())))?;
         match m.call(Method::POST, &target, body, UPLOAD_TIMEOUT).await {
+            // The agent's own end of a cut: its idle timeout (400, the part kept) or another
+            // offset than it holds (409). When it holds part of this release, that is resumed;
+            // otherwise (a refusal, which discards the part) its answer stands.
+            Ok((status, answer)) if cuts < UPLOAD_RESUMES && (status == StatusCode::BAD_REQUEST || status == StatusCode::CONFLICT) => {
+                match held_offset(m, &sums, ANSWERED_WAIT).await {
+                    Ok(held) if held > 0 => {
+                        cuts += 1;
+                        say(format!("upload refused (HTTP {status}: {}) with part of it kept; resuming (resume {cuts} of {UPLOAD_RESUMES})", answer_message(&answer)));
+                        offset = held;
+                    }
+                    _ => return Ok((status, answer)),
+                }
+            }
             Ok(answer) => return Ok(answer),
             Err(e) if cuts < UPLOAD_RESUMES => {
                 cuts += 1;

@@ -66,7 +66,7 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     std::fs::write(
         &cfg,
         format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[bench]\nat_boot = false\n[swarm]\ninit = true\nadvertise_addr = \"{}\"\n\
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nbody_timeout_secs = 90\n[bench]\nat_boot = false\n[swarm]\ninit = true\nadvertise_addr = \"{}\"\n\
              [update]\npublic_key = \"{}\"\nsocket = \"{}\"\nsysupdate = \"{}\"\nsystemctl = \"{}\"\nos_release = \"{}\"\nstaging_dir = \"{}\"\n",
             d.addr,
             path_str(&keys.join("pcr-signing.pem")),
@@ -166,6 +166,22 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     assert!(partials(&staging).is_empty());
     eprintln!("cut at 50 %, resumed at {at} ({:.0} %): {:.1} s", at as f64 * 100.0 / total as f64, t.elapsed().as_secs_f64());
 
+    // ---- stalled at 30 % (the link silent, not closed): the agent's 60 s idle limit answers
+    // 400 and keeps what it has; the client asks what is held and resumes. (The proxy's own
+    // body limit, 30 s by default, would close the connection first: a cut, resumed above;
+    // this config raises it to 90 s, as a site with slow links may.)
+    let t = Instant::now();
+    fwd.arm(total * 3 / 10, Fault::Stall);
+    let o = remote("fwd", &["update", path_str(&rel)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(fwd.fired());
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("HTTP 400") && err.contains("no data for 60 s") && err.contains("resumed at "), "{err}");
+    assert_eq!(files(&staged), want, "staged as an uninterrupted upload");
+    assert_eq!(installs(), 3, "the apply service ran once for the stalled and resumed upload");
+    assert!(partials(&staging).is_empty());
+    eprintln!("stalled at 30 %, answered 400 by the agent, resumed: {:.1} s", t.elapsed().as_secs_f64());
+
     // ---- kill -9 of the agent at a random byte of the upload; the client waits for the
     // restarted agent and resumes.
     let t = Instant::now();
@@ -183,7 +199,7 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(err.contains("resumed at "), "{err}");
     assert_eq!(files(&staged), want, "seed {seed}: staged as an uninterrupted upload");
-    assert_eq!(installs(), 3);
+    assert_eq!(installs(), 4);
     assert!(partials(&staging).is_empty());
     eprintln!("kill -9 at {kill_at}, agent restarted, resumed: {:.1} s", t.elapsed().as_secs_f64());
 
@@ -212,7 +228,7 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!String::from_utf8_lossy(&o.stderr).contains("resumed"), "a fresh upload: {}", text(&o));
     assert_eq!(files(&staged), want);
-    assert_eq!(installs(), 4);
+    assert_eq!(installs(), 5);
 
     // ---- the rest of another release file of the same version: 409, discarded, not mixed.
     let other = big_release(&s.join("other"), "1.0.1", &keys, 4 << 20, 2);
@@ -235,7 +251,7 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     let (code, body) = curl("alice", &["-X", "POST", &url(&format!("update?version=1.0.1&resume={offset}&sums={sums}"))]);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("not resumed"), "{body}");
-    assert_eq!(installs(), 4);
+    assert_eq!(installs(), 5);
     eprintln!("altered part and another release refused, fresh upload: {:.1} s", t.elapsed().as_secs_f64());
 
     // ---- ENOSPC in the staging dir mid-upload: a clear error, nothing left to wedge the next.
@@ -255,7 +271,7 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     std::fs::remove_file(&filler).unwrap();
     let o = remote("adm", &["update", path_str(&rel)]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(installs(), 5);
+    assert_eq!(installs(), 6);
     eprintln!("ENOSPC refused, then staged: {:.1} s", t.elapsed().as_secs_f64());
     eprintln!("whole test: {:.1} s", t0.elapsed().as_secs_f64());
     drop(agent);

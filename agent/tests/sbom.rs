@@ -45,6 +45,13 @@ fn cargo_metadata(dir: &Path) -> (PathBuf, PathBuf) {
     assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
     let meta = dir.join("cargo-metadata.json");
     std::fs::write(&meta, out.stdout).unwrap();
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["tree", "--locked", "--offline", "-p", "swarmseal", "-e", "normal", "--target", "x86_64-unknown-linux-gnu", "--prefix", "none", "--format", "{p}"])
+        .current_dir(&ws)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo tree: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.join("cargo-tree.txt"), out.stdout).unwrap();
     (meta, ws.join("Cargo.lock"))
 }
 
@@ -57,7 +64,7 @@ const BASE: [(&str, &str, &str); 4] = [
 
 fn make(dir: &Path, pkgs: &[(&str, &str, &str)], image_version: &str, meta: &(PathBuf, PathBuf)) -> Vec<u8> {
     let debs = sbom::read_dpkg(&root(dir, pkgs)).unwrap();
-    let (agent_version, crates) = sbom::read_crates(&meta.0, &meta.1, "swarmseal").unwrap();
+    let (agent_version, crates) = sbom::read_crates(&meta.0, &meta.0.with_file_name("cargo-tree.txt"), &meta.1, "swarmseal").unwrap();
     sbom::document(&Subject { image_version: Some(image_version.into()), agent_version, epoch: 1764374400 }, &debs, &crates)
 }
 
@@ -80,7 +87,9 @@ fn the_sbom_is_valid_cyclonedx_lists_what_it_must_and_is_reproducible() {
     let rustls = crate_named("rustls").unwrap();
     assert_eq!(rustls["hashes"][0]["alg"], "SHA-256");
     assert_eq!(rustls["hashes"][0]["content"].as_str().unwrap().len(), 64);
-    for absent in ["swarmseal-testkit", "jsonschema", "windows-sys"] {
+    // tempfile (and its fastrand): only a dev-dependency's feature (swarmseal-release/testing)
+    // turns it on; cargo metadata's unified features list it, the build does not link it.
+    for absent in ["swarmseal-testkit", "jsonschema", "windows-sys", "tempfile", "fastrand"] {
         assert!(crate_named(absent).is_none(), "{absent} is not linked into the agent");
     }
     let agent = comps.iter().find(|c| c["bom-ref"] == sbom::AGENT_REF).unwrap();

@@ -62,6 +62,11 @@ enum Command {
         /// `cargo metadata --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu` of the workspace.
         #[arg(long, value_name = "FILE")]
         cargo_metadata: PathBuf,
+        /// `cargo tree --locked -p swarmseal -e normal --target x86_64-unknown-linux-gnu
+        /// --prefix none --format {p}`: the crates the agent's build links (features resolved
+        /// as the build does; cargo metadata alone lists dev-only features' crates too).
+        #[arg(long, value_name = "FILE")]
+        cargo_tree: PathBuf,
         /// The workspace's Cargo.lock (the crates' checksums).
         #[arg(long, value_name = "FILE")]
         cargo_lock: PathBuf,
@@ -93,10 +98,10 @@ fn main() -> ExitCode {
 
 fn run(c: Command) -> Result<String, Box<dyn std::error::Error>> {
     match c {
-        Command::Sbom { root, cargo_metadata, cargo_lock, image_version, epoch, out } => {
+        Command::Sbom { root, cargo_metadata, cargo_tree, cargo_lock, image_version, epoch, out } => {
             use swarmseal_release::sbom;
             let debs = sbom::read_dpkg(&root)?;
-            let (agent_version, crates) = sbom::read_crates(&cargo_metadata, &cargo_lock, "swarmseal")?;
+            let (agent_version, crates) = sbom::read_crates(&cargo_metadata, &cargo_tree, &cargo_lock, "swarmseal")?;
             let doc = sbom::document(&sbom::Subject { image_version, agent_version, epoch }, &debs, &crates);
             swarmseal_common::fs::write_atomic(&out, &doc, 0o644).map_err(|e| format!("{}: {e}", out.display()))?;
             let licensed = debs.iter().filter(|d| !d.licenses.is_empty()).count();

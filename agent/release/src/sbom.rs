@@ -75,7 +75,9 @@ pub fn read_dpkg(root: &Path) -> Result<Vec<DebPackage>, SbomError> {
     for para in text.split("\n\n") {
         let f = fields(para);
         let get = |k: &str| f.get(k).map(|v| v.trim().to_string());
-        if get("Status").as_deref() != Some("install ok installed") {
+        // `want flag status` (dpkg(1)): installed and ok, whether wanted as `install` or `hold`.
+        let status = get("Status").unwrap_or_default();
+        if !matches!(status.split_whitespace().collect::<Vec<_>>()[..], ["install" | "hold", "ok", "installed"]) {
             continue;
         }
         let (Some(name), Some(version)) = (get("Package"), get("Version")) else {
@@ -121,7 +123,7 @@ fn copyright_file(root: &Path, name: &str) -> Option<String> {
                 let base = cur.parent().map(Path::to_path_buf).unwrap_or_default();
                 let rest: PathBuf = p.strip_prefix(&cur).ok()?.to_path_buf();
                 let t = if t.is_absolute() { t.strip_prefix("/").ok()?.to_path_buf() } else { base.join(t) };
-                p = t.join(rest);
+                p = inside_root(&t.join(rest));
                 changed = true;
                 break;
             }
@@ -131,6 +133,24 @@ fn copyright_file(root: &Path, name: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// `p` (relative to the root) with `.` and `..` resolved lexically, never above the root: a
+/// link `../../../../etc/x` names the root's `etc/x`, as it would inside the booted image, not
+/// a file of the build host.
+fn inside_root(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 /// The licenses of a machine-readable copyright file (DEP-5, <https://dep-team.pages.debian.net/deps/dep5/>):
@@ -157,12 +177,35 @@ pub fn dep5_licenses(text: &str) -> Vec<String> {
     set.into_iter().collect()
 }
 
+/// The crates a build of the agent links, as `cargo tree --locked -p swarmseal -e normal
+/// --target x86_64-unknown-linux-gnu --prefix none --format {p}` prints them (`name vX.Y.Z`,
+/// then ` (path)` or ` (*)` for some): `(name, version)` pairs. `cargo metadata`'s resolve graph
+/// alone over-lists: it unifies features across the workspace, dev-dependencies' included, so
+/// an optional crate a test feature turns on (`tempfile` through `swarmseal-release/testing`)
+/// looks linked; `cargo tree` resolves features as the build does (resolver 2).
+fn read_linked(tree_path: &Path) -> Result<BTreeSet<(String, String)>, SbomError> {
+    let text = std::fs::read_to_string(tree_path).map_err(io(tree_path))?;
+    let mut set = BTreeSet::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let mut w = line.split_whitespace();
+        let (Some(name), Some(version)) = (w.next(), w.next().and_then(|v| v.strip_prefix('v'))) else {
+            return Err(invalid(tree_path, format!("line {}: not `name vVERSION` (cargo tree --prefix none --format {{p}})", i + 1)));
+        };
+        set.insert((name.to_string(), version.to_string()));
+    }
+    if set.is_empty() {
+        return Err(invalid(tree_path, "lists no crate"));
+    }
+    Ok(set)
+}
+
 /// The crates linked into package `root_pkg` for `x86_64-unknown-linux-gnu`: `metadata` is
 /// `cargo metadata --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu`
 /// (its resolve graph, walked over normal dependencies only: no dev- or build-dependencies),
-/// checksums from `Cargo.lock`. Returns the root package's version and the crates (without
-/// the root), sorted.
-pub fn read_crates(metadata_path: &Path, lock_path: &Path, root_pkg: &str) -> Result<(String, Vec<Crate>), SbomError> {
+/// kept to what `tree_path` ([`read_linked`]) says the build links, checksums from
+/// `Cargo.lock`. Returns the root package's version and the crates (without the root), sorted.
+pub fn read_crates(metadata_path: &Path, tree_path: &Path, lock_path: &Path, root_pkg: &str) -> Result<(String, Vec<Crate>), SbomError> {
+    let linked = read_linked(tree_path)?;
     #[derive(Deserialize)]
     struct Meta {
         packages: Vec<Pkg>,
@@ -235,6 +278,9 @@ pub fn read_crates(metadata_path: &Path, lock_path: &Path, root_pkg: &str) -> Re
     let mut crates = Vec::new();
     for id in seen {
         let p = pkgs.get(id).ok_or_else(|| invalid(metadata_path, format!("{id} is in the resolve graph but not in packages")))?;
+        if !linked.contains(&(p.name.clone(), p.version.clone())) {
+            continue;
+        }
         let checksum = sums.get(&(p.name.as_str(), p.version.as_str(), p.source.as_deref())).map(|s| s.to_string());
         if p.source.as_deref().is_some_and(|s| s.starts_with("registry+")) && checksum.is_none() {
             return Err(invalid(lock_path, format!("no checksum for {} {} (is the lock file the one the agent was built with?)", p.name, p.version)));
@@ -325,7 +371,8 @@ fn deb_component(d: &DebPackage) -> Value {
     };
     json!({
         "type": "library",
-        "bom-ref": format!("deb:{}", d.name),
+        // Unique per package and architecture (a Multi-Arch: same package can be installed twice).
+        "bom-ref": if d.architecture.is_empty() { format!("deb:{}", d.name) } else { format!("deb:{}:{}", d.name, d.architecture) },
         "name": d.name,
         "version": d.version,
         "purl": purl,
@@ -428,7 +475,10 @@ impl Inventory {
             if c.bom_ref.as_deref() == Some(AGENT_REF) {
                 inv.agent_version = Some(version);
             } else if purl.starts_with("pkg:deb/") {
-                inv.debs.insert(c.name, version);
+                // A foreign architecture's copy is its own entry (`name:arch`), as dpkg names it.
+                let arch = purl.split_once('?').and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("arch="))).unwrap_or("");
+                let key = if matches!(arch, "" | "all" | "amd64") { c.name } else { format!("{}:{arch}", c.name) };
+                inv.debs.insert(key, version);
             } else if purl.starts_with("pkg:cargo/") {
                 inv.crates.entry(c.name).or_default().insert(version);
             }
@@ -592,6 +642,59 @@ mod tests {
         // An absolute link, as Debian's -dev packages have: must resolve inside the root.
         std::os::unix::fs::symlink("/usr/share/doc/docker.io", r.join("usr/share/doc/libfoo-dev")).unwrap();
         d
+    }
+
+    #[test]
+    fn held_packages_count_and_links_stay_inside_the_root() {
+        let d = fixture();
+        let r = d.path();
+        let mut status = std::fs::read_to_string(r.join("var/lib/dpkg/status")).unwrap();
+        status.push_str("\nPackage: pinned\nStatus: hold ok installed\nArchitecture: amd64\nVersion: 3\n\nPackage: libbar\nStatus: install ok installed\nArchitecture: i386\nVersion: 1\n\nPackage: libbar\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n");
+        std::fs::write(r.join("var/lib/dpkg/status"), status).unwrap();
+        // A doc dir linked far above the root: resolved inside it (the root's own usr/share/doc/foo).
+        std::fs::create_dir_all(r.join("usr/share/doc/only-in-this-root")).unwrap();
+        std::fs::write(r.join("usr/share/doc/only-in-this-root/copyright"), DEP5).unwrap();
+        std::os::unix::fs::symlink("../../../../../../../../usr/share/doc/only-in-this-root", r.join("usr/share/doc/pinned")).unwrap();
+        let debs = read_dpkg(r).unwrap();
+        let names: Vec<_> = debs.iter().map(|p| (p.name.as_str(), p.architecture.as_str())).collect();
+        assert_eq!(names, [("docker.io", "amd64"), ("foo", "amd64"), ("libbar", "amd64"), ("libbar", "i386"), ("libfoo-dev", "amd64"), ("pinned", "amd64")]);
+        assert_eq!(debs[5].licenses, ["Apache-2.0", "BSD-3-clause"], "the link resolved inside the root");
+        let s = Subject { image_version: None, agent_version: "0.1.0".into(), epoch: 0 };
+        let doc = document(&s, &debs, &[]);
+        let v: Value = serde_json::from_slice(&doc).unwrap();
+        let refs: Vec<&str> = v["components"].as_array().unwrap().iter().filter_map(|c| c["bom-ref"].as_str()).collect();
+        let distinct: std::collections::BTreeSet<_> = refs.iter().collect();
+        assert_eq!(distinct.len(), refs.len(), "bom-refs are unique: {refs:?}");
+        let inv = Inventory::parse(&doc, Path::new("x")).unwrap();
+        assert!(inv.debs.contains_key("libbar") && inv.debs.contains_key("libbar:i386") && inv.debs.contains_key("pinned"), "{:?}", inv.debs);
+        assert_eq!(inside_root(Path::new("usr/share/doc/../../../../../etc/passwd")), Path::new("etc/passwd"));
+    }
+
+    /// The bytes are canonical: every object's keys sorted (serde_json without `preserve_order`;
+    /// if a dependency turned that feature on, the order would follow the code and this fails).
+    #[test]
+    fn keys_come_out_sorted() {
+        let d = fixture();
+        let s = Subject { image_version: Some("1".into()), agent_version: "0.1.0".into(), epoch: 0 };
+        let doc = document(&s, &read_dpkg(d.path()).unwrap(), &[]);
+        fn check(v: &Value) {
+            match v {
+                Value::Object(m) => {
+                    // Parsed in the text's order if `preserve_order` is on, sorted otherwise.
+                    let keys: Vec<&String> = m.keys().collect();
+                    let mut sorted = keys.clone();
+                    sorted.sort();
+                    assert_eq!(keys, sorted);
+                    m.values().for_each(check);
+                }
+                Value::Array(a) => a.iter().for_each(check),
+                _ => {}
+            }
+        }
+        let v: Value = serde_json::from_slice(&doc).unwrap();
+        check(&v);
+        let text = String::from_utf8(doc).unwrap();
+        assert!(text.find("\"bomFormat\"").unwrap() < text.find("\"components\"").unwrap() && text.find("\"components\"").unwrap() < text.find("\"metadata\"").unwrap());
     }
 
     #[test]

@@ -129,7 +129,13 @@ pub enum Fault {
     Cut,
     /// `kill -9` this process (the agent), then close.
     Kill(u32),
+    /// Stop forwarding the upload (the connection stays open, silent) for [`STALL_PAUSE`]:
+    /// longer than the agent's idle limit, so the agent answers and keeps what it has.
+    Stall,
 }
+
+/// How long a [`Fault::Stall`] holds the upload: the agent's 60 s idle limit and a margin.
+pub const STALL_PAUSE: std::time::Duration = std::time::Duration::from_secs(75);
 
 /// A TCP forwarder to the proxy that, when armed, applies its fault to the first connection
 /// whose client has sent more than N bytes (only an upload does; TLS bytes, so N is close to
@@ -190,6 +196,10 @@ impl Forwarder {
                                 Fault::Cut => {
                                     let _ = to.write_all(&buf[..n]);
                                     std::thread::sleep(CUT_PAUSE);
+                                }
+                                Fault::Stall => {
+                                    let _ = to.write_all(&buf[..n]);
+                                    std::thread::sleep(STALL_PAUSE);
                                 }
                             }
                             let _ = from.shutdown(Shutdown::Both);
