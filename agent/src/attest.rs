@@ -634,17 +634,18 @@ pub async fn run(a: AttestArgs) -> Result<(), FleetError> {
         let mut nonce = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
         let pin = pin_dir.join(context);
-        let rows = match attest_one(&a.docker, context, &nonce).await {
+        let (version, rows) = match attest_one(&a.docker, context, &nonce).await {
             Ok(answer) => {
-                let pin = pin.clone();
                 let key = key.clone();
-                tokio::task::spawn_blocking(move || verify(&answer, &Expect { nonce: &nonce, fleet_key: key.as_ref(), pin: &pin }))
+                let version = answer.image_version.clone();
+                let rows = tokio::task::spawn_blocking(move || verify(&answer, &Expect { nonce: &nonce, fleet_key: key.as_ref(), pin: &pin }))
                     .await
-                    .unwrap_or_else(|e| vec![Check { name: "verifier", outcome: Outcome::Fail(e.to_string()) }])
+                    .unwrap_or_else(|e| vec![Check { name: "verifier", outcome: Outcome::Fail(e.to_string()) }]);
+                (version, rows)
             }
-            Err(e) => vec![Check { name: "answer", outcome: Outcome::Fail(e) }],
+            Err(e) => (None, vec![Check { name: "answer", outcome: Outcome::Fail(e) }]),
         };
-        print_table(context, &rows);
+        print_table(context, version.as_deref(), &rows);
         if rows.iter().any(|r| matches!(r.outcome, Outcome::Fail(_))) {
             failed.push(context.clone());
         }
@@ -667,8 +668,12 @@ pub(crate) async fn attest_one(docker: &Path, context: &str, nonce: &[u8]) -> Re
     serde_json::from_slice(&body).map_err(|e| format!("GET /swarmseal/v1/attest is not an attestation answer ({e}): is the manager's agent another version?"))
 }
 
-fn print_table(context: &str, rows: &[Check]) {
-    println!("{context}");
+/// `CONTEXT [image V, as the manager reports]`, then one indented row per check.
+fn print_table(context: &str, version: Option<&str>, rows: &[Check]) {
+    match version {
+        Some(v) => println!("{context} image {} (as the manager reports it)", v.escape_debug()),
+        None => println!("{context}"),
+    }
     for r in rows {
         let (word, text) = match &r.outcome {
             Outcome::Pass(t) => ("PASS", t),

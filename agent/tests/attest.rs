@@ -94,8 +94,7 @@ struct Manager {
 }
 
 impl Manager {
-    fn boot(name: &str, image: &str, phase_marker: bool, fleet: &FleetKey, docker_config: &Path) -> Manager {
-        let tpm = Swtpm::start();
+    fn boot(name: &str, tpm: Swtpm, image: &str, phase_marker: bool, fleet: &FleetKey, docker_config: &Path) -> Manager {
         let events = boot_events(image);
         for (pcr, what) in &events {
             tpm.extend(*pcr, what);
@@ -117,10 +116,12 @@ impl Manager {
         }
         let port = free_port();
         let cfg = s.join("agent.toml");
+        std::fs::write(s.join("os-release"), format!("ID=debian\nIMAGE_ID=swarmseal\nIMAGE_VERSION={image}\n")).unwrap();
         std::fs::write(
             &cfg,
             format!(
-                "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[tpm]\npcr_signature = \"{}\"\n[attest]\nfirmware_log = \"{}\"\nmeasure_log = \"{}\"\n",
+                "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[update]\nos_release = \"{}\"\n[tpm]\npcr_signature = \"{}\"\n[attest]\nfirmware_log = \"{}\"\nmeasure_log = \"{}\"\n",
+                path_str(&s.join("os-release")),
                 path_str(&s.join("tpm2-pcr-signature.json")),
                 path_str(&s.join("no-firmware-log")),
                 path_str(&s.join("tpm2-measure.log"))
@@ -169,9 +170,9 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     let fleet = FleetKey::new();
     let docker_config = tempfile::tempdir().unwrap();
     let pins = tempfile::tempdir().unwrap();
-    let mut good = Manager::boot("good", "image-v1", true, &fleet, docker_config.path());
-    let other = Manager::boot("other-uki", "image-v2", true, &fleet, docker_config.path());
-    let unlocked_never = Manager::boot("no-marker", "image-v1", false, &fleet, docker_config.path());
+    let mut good = Manager::boot("good", Swtpm::start_with_ek_cert(), "image-v1", true, &fleet, docker_config.path());
+    let other = Manager::boot("other-uki", Swtpm::start(), "image-v2", true, &fleet, docker_config.path());
+    let unlocked_never = Manager::boot("no-marker", Swtpm::start(), "image-v1", false, &fleet, docker_config.path());
     let fleet_pem = fleet.public_pem();
     let attest = |contexts: &str, public_key: bool| -> Output {
         let mut args = vec!["fleet", "attest", "--contexts", contexts, "--pin-dir", path_str(pins.path())];
@@ -183,7 +184,7 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     // The row of `check` in the table of manager `ctx`.
     let row = |o: &Output, ctx: &str, check: &str| -> String {
         let out = String::from_utf8_lossy(&o.stdout).to_string();
-        let table = out.lines().skip_while(|l| *l != ctx).skip(1).take_while(|l| l.starts_with(' ')).find(|l| l.trim_start().starts_with(check));
+        let table = out.lines().skip_while(|l| l.split(' ').next() != Some(ctx)).skip(1).take_while(|l| l.starts_with(' ')).find(|l| l.trim_start().starts_with(check));
         table.unwrap_or_else(|| panic!("no {check} row for {ctx}: {}", text(o))).to_string()
     };
 
@@ -192,6 +193,7 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     let o = attest("good", true);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(row(&o, "good", "AK identity").contains("pinned on first contact"), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("good image image-v1 (as the manager reports it)\n"), "{}", text(&o));
     assert!(row(&o, "good", "PCR 11 signed").contains("PASS"), "{}", text(&o));
     assert!(row(&o, "good", "phase marker").contains("exactly once"), "{}", text(&o));
     assert!(row(&o, "good", "Secure Boot").contains("n/a") && row(&o, "good", "Secure Boot").contains("no firmware event log"), "{}", text(&o));
@@ -251,7 +253,13 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     assert!(matches!(&nonce.outcome, Outcome::Fail(t) if t.contains("nonce") && t.contains(&hex::encode([0x11u8; 32]))), "{rows:?}");
     let others_pass = rows.iter().filter(|r| r.name != "nonce" && r.name != "Secure Boot").all(|r| matches!(r.outcome, Outcome::Pass(_)));
     assert!(others_pass, "only the nonce differs: {rows:?}");
-    assert!(answer.ek_certificate.base64.is_none() && answer.ek_certificate.absent.as_deref().unwrap_or_default().contains("0x01c00002"), "{:?}", answer.ek_certificate);
+    // The EK certificate the maker provisioned (DER X.509: a SEQUENCE); a TPM without one says why.
+    let ek = answer.ek_certificate.bytes().unwrap();
+    assert_eq!((ek[0], answer.ek_certificate.absent.as_deref()), (0x30, None), "{:?}", answer.ek_certificate);
+    let (status, body) = unlocked_never.get(&format!("/swarmseal/v1/attest?nonce={}", hex::encode([0x44u8; 16])));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let bare: Answer = serde_json::from_slice(&body).unwrap();
+    assert!(bare.ek_certificate.base64.is_none() && bare.ek_certificate.absent.as_deref().unwrap_or_default().contains("0x01c00002"), "{:?}", bare.ek_certificate);
 
     // A bad or missing nonce is the client's error (400), said.
     for q in ["", "?nonce=abc", "?nonce=00", &format!("?nonce={}", "ab".repeat(65))] {
