@@ -56,6 +56,9 @@
 //! [bench]
 //! at_boot = true
 //!
+//! [console]
+//! tty = "/dev/tty1"             # the status screen (crate::console); "" (the default): none
+//!
 //! [update]
 //! public_key = "/etc/swarmseal/pcr-public-key.pem"  # verifies each release's SHA256SUMS.sig
 //! staging_dir = "/var/lib/swarmseal/updates"         # default <state_dir>/updates
@@ -109,6 +112,7 @@ pub struct Config {
     pub escrow: EscrowConfig,
     pub proxy: ProxyConfig,
     pub bench: BenchConfig,
+    pub console: ConsoleConfig,
     pub update: UpdateConfig,
     /// `[attest]`: the event logs `GET /swarmseal/v1/attest` returns.
     pub attest: AttestConfig,
@@ -228,6 +232,15 @@ pub struct BenchConfig {
     pub at_boot: bool,
 }
 
+/// `[console]`: the status screen on the local console ([`crate::console`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// The terminal device the agent draws the screen on (`/dev/tty1` in the image; the
+    /// credential `swarmseal.console-tty` may name another); `""` (the default): no screen.
+    pub tty: String,
+}
+
 /// `[update]`: image updates received through the proxy (`POST /swarmseal/v1/update`) and
 /// installed by `swarmseal update apply` (see [`crate::update`]).
 #[derive(Debug, Clone, Deserialize)]
@@ -293,6 +306,7 @@ impl Default for Config {
             escrow: EscrowConfig::default(),
             proxy: ProxyConfig::default(),
             bench: BenchConfig::default(),
+            console: ConsoleConfig::default(),
             update: UpdateConfig::default(),
             attest: AttestConfig::default(),
             roles: Default::default(),

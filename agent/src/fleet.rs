@@ -210,6 +210,9 @@ pub struct NodeView {
     pub hostname: String,
     /// `Status.State == "ready"` and `ManagerStatus.Reachability == "reachable"`.
     pub healthy: bool,
+    /// `ManagerStatus.Reachability == "reachable"`: a Raft member the answering manager reaches,
+    /// whatever its `Status.State` (a newly elected leader says `unknown` until heartbeats come).
+    pub reachable: bool,
     pub leader: bool,
 }
 
@@ -223,6 +226,7 @@ pub fn parse_nodes(v: &Value) -> Vec<NodeView> {
             id: n["ID"].as_str().unwrap_or_default().to_string(),
             hostname: n.pointer("/Description/Hostname").and_then(Value::as_str).unwrap_or_default().to_string(),
             healthy: n.pointer("/Status/State").and_then(Value::as_str) == Some("ready") && n.pointer("/ManagerStatus/Reachability").and_then(Value::as_str) == Some("reachable"),
+            reachable: n.pointer("/ManagerStatus/Reachability").and_then(Value::as_str) == Some("reachable"),
             leader: n.pointer("/ManagerStatus/Leader").and_then(Value::as_bool) == Some(true),
         })
         .collect()
@@ -233,9 +237,11 @@ pub fn quorum(n: usize) -> usize {
     n / 2 + 1
 }
 
-/// Healthy managers other than `down`, and whether they still hold quorum of all managers.
+/// Reachable managers (Raft members) other than `down`, and whether they still hold quorum of
+/// all managers. Raft's quorum is reachability: a member whose `Status.State` a new leader
+/// has not yet confirmed (`unknown`) still votes.
 pub fn quorum_without(nodes: &[NodeView], down: &str) -> (usize, usize, bool) {
-    let others = nodes.iter().filter(|n| n.id != down && n.healthy).count();
+    let others = nodes.iter().filter(|n| n.id != down && n.reachable).count();
     let q = quorum(nodes.len());
     (others, q, others >= q)
 }
@@ -568,7 +574,7 @@ async fn wait_back(m: &Manager, id: &str, version: &str, others: &[&Manager], ti
                 if let Some(t) = no_answer_since.take() {
                     longest_no_answer = longest_no_answer.max(t.elapsed());
                 }
-                let up = nodes.iter().filter(|n| n.healthy).count();
+                let up = nodes.iter().filter(|n| n.reachable).count();
                 min_up = min_up.min(up);
                 let (others_ok, q, holds) = quorum_without(&nodes, id);
                 if holds {
@@ -637,6 +643,13 @@ mod tests {
         // One manager already down: taking another down loses quorum.
         let v = serde_json::json!([node("a", true, true), node("b", true, false), node("c", false, false)]);
         assert_eq!(quorum_without(&parse_nodes(&v), "b"), (1, 2, false));
+        // Right after an election the new leader reports members `unknown` until they
+        // heartbeat: still reachable Raft members, so quorum holds; not yet healthy.
+        let mut fresh = node("c", true, false);
+        fresh["Status"]["State"] = "unknown".into();
+        let nodes = parse_nodes(&serde_json::json!([node("a", true, true), node("b", true, false), fresh]));
+        assert!(nodes[2].reachable && !nodes[2].healthy);
+        assert_eq!(quorum_without(&nodes, "b"), (2, 2, true));
         // A single manager can never be updated without losing quorum.
         assert!(!quorum_without(&parse_nodes(&serde_json::json!([node("a", true, true)])), "a").2);
     }
