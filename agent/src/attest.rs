@@ -177,6 +177,9 @@ pub fn parse_attest(b: &[u8]) -> Result<QuoteInfo, String> {
     for _ in 0..r.u32()? {
         let hash = r.u16()?;
         let size = r.u8()?;
+        if size > 4 {
+            return Err(format!("the quote's PCR selection is {size} bytes: more than the 32 PCRs a TPM has"));
+        }
         let select = r.take(usize::from(size))?;
         if hash != TPM_ALG_SHA256 {
             return Err(format!("the quote selects PCRs of hash algorithm {hash:#06x}; only sha256 is verified"));
@@ -186,6 +189,9 @@ pub fn parse_attest(b: &[u8]) -> Result<QuoteInfo, String> {
         }
     }
     let pcr_digest = r.tpm2b()?.to_vec();
+    if !r.b.is_empty() {
+        return Err(format!("the TPMS_ATTEST has {} bytes after its end", r.b.len()));
+    }
     Ok(QuoteInfo { extra_data, pcrs, pcr_digest })
 }
 
@@ -282,7 +288,7 @@ const EV_NO_ACTION: u32 = 0x3;
 pub const EV_EFI_VARIABLE_DRIVER_CONFIG: u32 = 0x8000_0001;
 
 /// A parsed firmware log: its events, and PCR 0's start value (from a StartupLocality event).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct FirmwareLog {
     pub events: Vec<Event>,
     pub locality: u8,
@@ -306,6 +312,9 @@ pub fn parse_firmware_log(b: &[u8]) -> Result<FirmwareLog, String> {
     let mut sizes = BTreeMap::new();
     for _ in 0..s.u32le()? {
         let (alg, size) = (s.u16le()?, s.u16le()?);
+        if alg == TPM_ALG_SHA256 && size != 32 {
+            return Err(format!("the firmware event log declares sha256 digests of {size} bytes, not 32"));
+        }
         sizes.insert(alg, usize::from(size));
     }
     let mut log = FirmwareLog::default();
@@ -370,17 +379,39 @@ pub fn replay(events: &[Event], locality: u8) -> PcrValues {
     pcrs
 }
 
-/// Whether the firmware log says Secure Boot is on: a PCR 7 EV_EFI_VARIABLE_DRIVER_CONFIG
-/// of the variable `SecureBoot` with data 1 (UEFI_VARIABLE_DATA: GUID, name length, data
-/// length, UTF-16LE name, data). `None`: no such event.
-pub fn secure_boot(log: &FirmwareLog) -> Option<bool> {
+/// EFI_GLOBAL_VARIABLE {8BE4DF61-93CA-11D2-AA0D-00E098032B8C}, as it is laid out in memory.
+const EFI_GLOBAL_VARIABLE: [u8; 16] = [0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c];
+
+/// Whether the firmware log says Secure Boot is on. Every PCR 7 event's data must hash to its
+/// digest (the type is not hashed, so it is not trusted: an event's data is judged whatever type
+/// it claims), and every PCR 7 event whose data is the UEFI_VARIABLE_DATA (GUID, name length,
+/// data length, UTF-16LE name, data) of EFI_GLOBAL_VARIABLE `SecureBoot` must carry 1; there
+/// must be at least one. Errors name the event that fails.
+pub fn secure_boot(log: &FirmwareLog) -> Result<(), String> {
     let name: Vec<u8> = "SecureBoot".encode_utf16().flat_map(u16::to_le_bytes).collect();
-    log.events.iter().filter(|e| e.pcr == 7 && e.event_type == EV_EFI_VARIABLE_DRIVER_CONFIG).find_map(|e| {
-        let mut r = Reader::new(&e.data, "a UEFI_VARIABLE_DATA");
-        r.take(16).ok()?;
-        let (name_len, data_len) = (r.u64le().ok()? as usize, r.u64le().ok()? as usize);
-        (r.take(name_len.checked_mul(2)?).ok()? == name.as_slice()).then(|| r.take(data_len).ok().map(|d| d == [1]).unwrap_or(false))
-    })
+    let mut seen = 0;
+    for (i, e) in log.events.iter().enumerate().filter(|(_, e)| e.pcr == 7) {
+        if Sha256::digest(&e.data).as_slice() != e.digest.as_slice() {
+            return Err(format!("PCR 7 event {i} (type {:#x}): its data does not hash to its digest, so what it says cannot be read", e.event_type));
+        }
+        let value = (|| {
+            let mut r = Reader::new(&e.data, "a UEFI_VARIABLE_DATA");
+            (r.take(16).ok()? == EFI_GLOBAL_VARIABLE).then_some(())?;
+            let (name_len, data_len) = (r.u64le().ok()? as usize, r.u64le().ok()? as usize);
+            (r.take(name_len.checked_mul(2)?).ok()? == name.as_slice()).then_some(())?;
+            Some(r.take(data_len).ok().map(<[u8]>::to_vec).unwrap_or_default())
+        })();
+        if let Some(v) = value {
+            seen += 1;
+            if v != [1] {
+                return Err(format!("off: PCR 7 event {i} measures SecureBoot = {}", hex::encode(&v)));
+            }
+        }
+    }
+    if seen == 0 {
+        return Err("the firmware log has no SecureBoot variable event in PCR 7".into());
+    }
+    Ok(())
 }
 
 // ---- the checks ---------------------------------------------------------------------------
@@ -407,8 +438,22 @@ pub struct Expect<'a> {
     pub nonce: &'a [u8],
     /// The fleet's PCR-signing public key (`--public-key`).
     pub fleet_key: Option<&'a SigningKey>,
-    /// This manager's AK pin file (created on first contact).
+    /// This manager's AK pin file (written on first contact, once every other check passed).
     pub pin: &'a Path,
+    /// The PCR the agent extends its phase marker into (`[tpm] phase_pcr`; the image: 11).
+    pub phase_pcr: u8,
+    /// Accept a manager with no firmware event log (swtpm, a VM without one): Secure Boot and
+    /// PCRs 0–7 are then only as good as their reset values say.
+    pub allow_no_firmware_log: bool,
+}
+
+/// The PCRs every quote must cover, whatever the manager chooses to report: the firmware's
+/// 0–7 (7: Secure Boot), 11 (the signed UKI) and the phase PCR.
+fn required_pcrs(phase: u8) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..=7).chain([SIGNED_PCR, phase]).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// Verify one manager's answer; one [`Check`] per row, in the order of the module docs.
@@ -449,7 +494,12 @@ pub fn verify(answer: &Answer, expect: &Expect) -> Vec<Check> {
         Outcome::Fail(format!("the quote's nonce is {}, not this run's {}: a replayed or stale quote", hex::encode(&quote.extra_data), hex::encode(expect.nonce)))
     });
     let listed: Vec<u8> = pcrs.keys().copied().collect();
-    row("PCR digest", if listed != quote.pcrs {
+    let missing: Vec<u8> = required_pcrs(expect.phase_pcr).into_iter().filter(|p| !quote.pcrs.contains(p)).collect();
+    row("PCR digest", if answer.phase_pcr != expect.phase_pcr {
+        Outcome::Fail(format!("the manager names PCR {} as its phase PCR, not {}", answer.phase_pcr, expect.phase_pcr))
+    } else if !missing.is_empty() {
+        Outcome::Fail(format!("the quote does not cover PCRs {missing:?}: a quote must cover {:?}", required_pcrs(expect.phase_pcr)))
+    } else if listed != quote.pcrs {
         Outcome::Fail(format!("the answer lists PCRs {listed:?}, the quote covers {:?}", quote.pcrs))
     } else if pcr_values_digest(&pcrs) != quote.pcr_digest {
         Outcome::Fail("the reported PCR values do not hash to the quoted pcrDigest: altered, or a PCR was extended between quote and read (ask again)".into())
@@ -462,24 +512,46 @@ pub fn verify(answer: &Answer, expect: &Expect) -> Vec<Check> {
     row("PCR 11 signed", check_pcr11(answer, expect.fleet_key, before.as_deref()));
     let phase = answer.phase_pcr;
     row("phase marker", match markers {
-        Some(1) => Outcome::Pass(format!("in PCR {phase} exactly once: the agent made this boot's unlock decision once")),
+        Some(1) => Outcome::Pass(format!("in PCR {phase} exactly once: this boot's unlock decision was made once (any root process could extend it; it shows no second unseal)")),
         Some(0) => Outcome::Fail(format!("no phase marker in PCR {phase}: the agent has not unlocked in this boot (or another program answered)")),
         Some(n) => Outcome::Fail(format!("the phase marker is in PCR {phase} {n} times: the key could have been unsealed more than once")),
         None => Outcome::Fail(format!("not known: PCR {phase} does not replay (see event log replay)")),
     });
     row("Secure Boot", match answer.firmware_log.bytes() {
-        Err(why) => Outcome::NotApplicable(format!("no firmware event log ({why})")),
-        Ok(b) => match parse_firmware_log(&b).map(|l| secure_boot(&l)) {
-            Ok(Some(true)) => Outcome::Pass("on (PCR 7: SecureBoot = 1)".into()),
-            Ok(Some(false)) => Outcome::Fail("off: PCR 7's SecureBoot variable is not 1".into()),
-            Ok(None) => Outcome::Fail("the firmware log has no SecureBoot variable event in PCR 7".into()),
+        Err(why) if expect.allow_no_firmware_log => Outcome::NotApplicable(format!("no firmware event log ({why}); accepted by --allow-no-firmware-log")),
+        Err(why) => Outcome::Fail(format!("no firmware event log ({why}): Secure Boot cannot be shown (--allow-no-firmware-log accepts that)")),
+        Ok(b) => match parse_firmware_log(&b).and_then(|l| secure_boot(&l)) {
+            Ok(()) => Outcome::Pass("on (every PCR 7 SecureBoot event = 1, each bound to its digest)".into()),
             Err(e) => Outcome::Fail(e),
         },
     });
+    // The pin is written only for a manager that passed everything else: a failed run pins nothing.
+    let Some(pin_row) = rows.iter().position(|r| r.name == "AK identity") else { return rows };
+    let others_pass = rows.iter().enumerate().all(|(i, r)| i == pin_row || !matches!(r.outcome, Outcome::Fail(_)));
+    if let Outcome::Pass(text) = &rows[pin_row].outcome {
+        if text.starts_with(FIRST_CONTACT) {
+            rows[pin_row].outcome = if others_pass {
+                write_pin(expect.pin, &ak.name).map_or_else(Outcome::Fail, |()| Outcome::Pass(text.clone()))
+            } else {
+                Outcome::Fail(format!("not pinned: first contact, and another check failed (AK {})", hex::encode(&ak.name)))
+            };
+        }
+    }
     rows
 }
 
-/// TOFU: the AK's Name against the pin file; the file is written on first contact.
+const FIRST_CONTACT: &str = "pinned on first contact";
+
+fn write_pin(pin: &Path, name: &[u8]) -> Result<(), String> {
+    pin.parent()
+        .map(std::fs::create_dir_all)
+        .unwrap_or(Ok(()))
+        .and_then(|()| swarmseal_common::fs::write_atomic(pin, format!("{}\n", hex::encode(name)).as_bytes(), 0o644))
+        .map_err(|e| format!("cannot write the AK pin {}: {e}", pin.display()))
+}
+
+/// TOFU: the AK's Name against the pin file. On first contact the row passes as
+/// [`FIRST_CONTACT`]; [`verify`] writes the pin only if every other check passed.
 fn check_pin(pin: &Path, name: &[u8]) -> Outcome {
     let name = hex::encode(name);
     match std::fs::read_to_string(pin) {
@@ -489,13 +561,7 @@ fn check_pin(pin: &Path, name: &[u8]) -> Outcome {
             pinned.trim(),
             pin.display()
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let written = pin.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).and_then(|()| swarmseal_common::fs::write_atomic(pin, format!("{name}\n").as_bytes(), 0o644));
-            match written {
-                Ok(()) => Outcome::Pass(format!("pinned on first contact: AK {name} ({})", pin.display())),
-                Err(e) => Outcome::Fail(format!("cannot write the AK pin {}: {e}", pin.display())),
-            }
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outcome::Pass(format!("{FIRST_CONTACT}: AK {name} ({})", pin.display())),
         Err(e) => Outcome::Fail(format!("cannot read the AK pin {}: {e}", pin.display())),
     }
 }
@@ -611,6 +677,13 @@ pub struct AttestArgs {
     /// The docker CLI that resolves the contexts.
     #[arg(long, default_value = "docker", value_name = "PATH")]
     pub docker: PathBuf,
+    /// The PCR the managers' agents extend their phase marker into (`[tpm] phase_pcr`).
+    #[arg(long, default_value_t = 11, value_name = "N")]
+    pub phase_pcr: u8,
+    /// Accept managers with no firmware event log (swtpm; VMs without one): Secure Boot is then
+    /// not shown, and the row is n/a instead of a failure.
+    #[arg(long)]
+    pub allow_no_firmware_log: bool,
 }
 
 const ATTEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -626,6 +699,7 @@ pub async fn run(a: AttestArgs) -> Result<(), FleetError> {
         Some(d) => d,
         None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/swarmseal/ak-pins")).ok_or_else(|| FleetError::Usage("HOME is not set: give --pin-dir DIR".into()))?,
     };
+    let (phase_pcr, allow_no_firmware_log) = (a.phase_pcr, a.allow_no_firmware_log);
     let mut failed = Vec::new();
     for context in &a.contexts {
         if context.is_empty() || context.contains('/') || context.starts_with('.') {
@@ -638,7 +712,7 @@ pub async fn run(a: AttestArgs) -> Result<(), FleetError> {
             Ok(answer) => {
                 let key = key.clone();
                 let version = answer.image_version.clone();
-                let rows = tokio::task::spawn_blocking(move || verify(&answer, &Expect { nonce: &nonce, fleet_key: key.as_ref(), pin: &pin }))
+                let rows = tokio::task::spawn_blocking(move || verify(&answer, &Expect { nonce: &nonce, fleet_key: key.as_ref(), pin: &pin, phase_pcr, allow_no_firmware_log }))
                     .await
                     .unwrap_or_else(|e| vec![Check { name: "verifier", outcome: Outcome::Fail(e.to_string()) }]);
                 (version, rows)
@@ -681,7 +755,7 @@ fn print_table(context: &str, version: Option<&str>, rows: &[Check]) {
             Outcome::NotApplicable(t) => ("n/a", t),
         };
         // The manager wrote parts of the text (log parse errors): no control characters reach the terminal.
-        let text: String = text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
+        let text: String = text.chars().flat_map(|c| if c.is_control() || !(c.is_ascii() || c.is_alphanumeric() || c == '…' || c == '–') { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
         println!("  {:<18} {:<4}  {text}", r.name, word);
     }
 }
@@ -720,7 +794,7 @@ mod tests {
             log.extend(data);
         };
         event(0, EV_NO_ACTION, b"StartupLocality\0\x03");
-        let mut var = vec![0x61u8; 16];
+        let mut var = EFI_GLOBAL_VARIABLE.to_vec();
         var.extend(10u64.to_le_bytes());
         var.extend(1u64.to_le_bytes());
         var.extend("SecureBoot".encode_utf16().flat_map(u16::to_le_bytes));
@@ -730,12 +804,26 @@ mod tests {
         let parsed = parse_firmware_log(&log).unwrap();
         assert_eq!(parsed.locality, 3);
         assert_eq!(parsed.events.len(), 2, "EV_NO_ACTION is not an event");
-        assert_eq!(secure_boot(&parsed), Some(true));
+        assert_eq!(secure_boot(&parsed), Ok(()));
         let pcrs = replay(&parsed.events, parsed.locality);
         let mut start = vec![0u8; 32];
         start[31] = 3;
         assert_eq!(pcrs[&0], extend(&start, &Sha256::digest(b"crtm")));
         assert_eq!(pcrs[&7], extend(&[0u8; 32], &Sha256::digest(&var)));
+        // The data of a PCR 7 event altered (SecureBoot 0 → 1) while its digest stays: refused.
+        let mut forged = parsed.clone();
+        let sb = forged.events.iter_mut().find(|e| e.pcr == 7).unwrap();
+        *sb.data.last_mut().unwrap() = 0;
+        sb.digest = Sha256::digest(&sb.data).to_vec();
+        let mut fake = sb.clone();
+        sb.event_type = 0x8; // the real SecureBoot = 0 relabelled as another type
+        *fake.data.last_mut().unwrap() = 1;
+        fake.digest = Sha256::digest(&fake.data).to_vec();
+        forged.events.push(fake);
+        assert!(secure_boot(&forged).unwrap_err().contains("SecureBoot = 00"), "a relabelled SecureBoot = 0 still counts");
+        let mut altered = parsed.clone();
+        *altered.events.iter_mut().find(|e| e.pcr == 7).unwrap().data.last_mut().unwrap() = 2;
+        assert!(secure_boot(&altered).unwrap_err().contains("does not hash to its digest"));
         // Truncated: an error, never a partial replay.
         assert!(parse_firmware_log(&log[..log.len() - 3]).is_err());
     }

@@ -96,7 +96,7 @@ fn wrap(text: &str, width: usize, max: usize) -> Vec<String> {
 fn short_hex(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut run = String::new();
-    let mut flush = |run: &mut String, out: &mut String| {
+    let flush = |run: &mut String, out: &mut String| {
         if run.len() > 16 {
             out.push_str(&run[..12]);
             out.push_str("...");

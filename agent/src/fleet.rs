@@ -77,6 +77,8 @@ pub struct UpdateArgs {
 /// How long the remaining managers may go without a reachable majority (a leader election
 /// takes ~10 s with swarmkit's defaults) before the update counts quorum as lost.
 const QUORUM_GRACE: Duration = Duration::from_secs(60);
+/// The largest answer read from a manager (an attestation with its event logs is well under).
+const MAX_ANSWER: usize = 32 << 20;
 /// Per-request timeout (the upload gets `UPLOAD_TIMEOUT`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const UPLOAD_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -149,7 +151,8 @@ impl Manager {
             }
             let resp = tx.send_request(req.body(body).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
             let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            // A manager's answer is bounded: a hostile one cannot fill the operator's memory.
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| format!("the answer: {e} (at most {MAX_ANSWER} bytes)"))?.to_bytes();
             Ok((status, bytes))
         };
         tokio::time::timeout(timeout, fut).await.map_err(|_| format!("no answer from {} within {} s", self.addr, timeout.as_secs()))?

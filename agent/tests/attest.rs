@@ -175,7 +175,7 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     let unlocked_never = Manager::boot("no-marker", Swtpm::start(), "image-v1", false, &fleet, docker_config.path());
     let fleet_pem = fleet.public_pem();
     let attest = |contexts: &str, public_key: bool| -> Output {
-        let mut args = vec!["fleet", "attest", "--contexts", contexts, "--pin-dir", path_str(pins.path())];
+        let mut args = vec!["fleet", "attest", "--allow-no-firmware-log", "--contexts", contexts, "--pin-dir", path_str(pins.path())];
         if public_key {
             args.extend(["--public-key", path_str(&fleet_pem)]);
         }
@@ -213,6 +213,9 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     assert!(row(&o, "other-uki", "PCR 11 signed").contains("PCR 11 not signed by the fleet key"), "{}", text(&o));
     assert!(row(&o, "good", "PCR 11 signed").contains("PASS"), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("other-uki") && !String::from_utf8_lossy(&o.stderr).contains("good"), "{}", text(&o));
+    // A manager that fails on first contact is not pinned (its AK is not trusted by a failed run).
+    assert!(row(&o, "other-uki", "AK identity").contains("not pinned"), "{}", text(&o));
+    assert!(!pins.path().join("other-uki").exists(), "a failed first contact wrote a pin");
 
     // No phase marker: the agent never unlocked in this boot.
     let o = attest("no-marker", true);
@@ -248,11 +251,32 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     let answer: Answer = serde_json::from_slice(&body).unwrap();
     let key = swarmseal_common::signing::SigningKey::load(&fleet.public_pem()).unwrap();
     let pin = pins.path().join("good");
-    let rows = verify(&answer, &Expect { nonce: &[0x22u8; 32], fleet_key: Some(&key), pin: &pin });
+    let expect = |nonce: &'static [u8]| Expect { nonce, fleet_key: None, pin: &pin, phase_pcr: 11, allow_no_firmware_log: true };
+    let rows = verify(&answer, &Expect { fleet_key: Some(&key), ..expect(&[0x22u8; 32]) });
     let nonce = rows.iter().find(|r| r.name == "nonce").unwrap();
     assert!(matches!(&nonce.outcome, Outcome::Fail(t) if t.contains("nonce") && t.contains(&hex::encode([0x11u8; 32]))), "{rows:?}");
     let others_pass = rows.iter().filter(|r| r.name != "nonce" && r.name != "Secure Boot").all(|r| matches!(r.outcome, Outcome::Pass(_)));
     assert!(others_pass, "only the nonce differs: {rows:?}");
+    // A quote that covers only the PCRs the manager chose (here PCR 11 alone, with a matching
+    // digest): refused, whatever it covers, for not covering 0–7.
+    let mut narrow = answer.clone();
+    let mut a = base64::engine::general_purpose::STANDARD.decode(&narrow.attest).unwrap();
+    let mut at = 6;
+    for _ in 0..2 {
+        at += 2 + usize::from(u16::from_be_bytes([a[at], a[at + 1]])); // qualifiedSigner, extraData
+    }
+    at += 17 + 8 + 4; // clockInfo, firmwareVersion, the selection count (1)
+    assert_eq!(&a[at..at + 3], &[0x00, 0x0b, 3], "one sha256 selection of 3 bytes");
+    a[at + 3..at + 6].copy_from_slice(&[0x00, 0x08, 0x00]);
+    narrow.attest = base64::engine::general_purpose::STANDARD.encode(&a);
+    narrow.pcrs.retain(|p, _| *p == 11);
+    let rows = verify(&narrow, &Expect { fleet_key: Some(&key), ..expect(&[0x11u8; 32]) });
+    let digest = rows.iter().find(|r| r.name == "PCR digest").unwrap();
+    assert!(matches!(&digest.outcome, Outcome::Fail(t) if t.contains("does not cover PCRs [0, 1, 2, 3, 4, 5, 6, 7]")), "{rows:?}");
+    // Without a firmware log and without --allow-no-firmware-log: Secure Boot is a failure.
+    let rows = verify(&answer, &Expect { fleet_key: Some(&key), allow_no_firmware_log: false, ..expect(&[0x11u8; 32]) });
+    let sb = rows.iter().find(|r| r.name == "Secure Boot").unwrap();
+    assert!(matches!(&sb.outcome, Outcome::Fail(t) if t.contains("no firmware event log")), "{rows:?}");
     // The EK certificate the maker provisioned (DER X.509: a SEQUENCE); a TPM without one says why.
     let ek = answer.ek_certificate.bytes().unwrap();
     assert_eq!((ek[0], answer.ek_certificate.absent.as_deref()), (0x30, None), "{:?}", answer.ek_certificate);
