@@ -14,6 +14,7 @@
 //! - [`recover`]: lost-quorum recovery with autolock.
 //! - [`health`]: the boot-assessment gate: swarm unlocked and proxy serving.
 //! - [`remote`]: `swarmseal --context NAME …` from the operator's machine, through a manager's proxy.
+//! - [`console`]: the status screen on the local console (`[console] tty`).
 //! - [`config`], [`cli`]: configuration file and command line.
 //!
 //! Feature `appliance` (default): the modules that need the TPM (libtss2): [`boot`],
@@ -23,12 +24,14 @@
 //! Errors are typed per module; operator messages and exit codes are decided
 //! in [`cli`] only.
 
+pub mod attest;
 pub use swarmseal_cis as bench;
 pub mod bench_cmd;
 #[cfg(feature = "appliance")]
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod console;
 #[cfg(feature = "appliance")]
 pub mod escrow;
 pub mod fleet;

@@ -13,6 +13,7 @@
 
 pub mod fs;
 pub mod metrics;
+pub mod pcrpolicy;
 pub mod secret;
 pub mod signing;
 pub mod status;

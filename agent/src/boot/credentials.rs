@@ -9,7 +9,8 @@ use crate::config::Config;
 /// `swarmseal.escrow-recipient` (age1…), `swarmseal.client-ca` (PEM: the CA that
 /// signs client certificates), `swarmseal.server-cert` and `swarmseal.server-key`
 /// (PEM: the proxy's certificate, signed by a CA the operator's clients trust),
-/// `swarmseal.roles` (TOML: `[roles.NAME]` tables, see [`roles_credential`]).
+/// `swarmseal.roles` (TOML: `[roles.NAME]` tables, see [`roles_credential`]),
+/// `swarmseal.console-tty` (`/dev/ttyNAME` or empty: where the status screen goes, [`crate::console`]).
 /// A malformed credential is reported and ignored; the safe default stays
 /// (no swarm init without a valid advertise address; no proxy with a bad role policy).
 pub fn apply_credentials(cfg: &mut Config, dir: &std::path::Path) -> Vec<String> {
@@ -38,6 +39,15 @@ pub fn apply_credentials(cfg: &mut Config, dir: &std::path::Path) -> Vec<String>
         match crate::escrow::parse_recipient(&r) {
             Ok(_) => cfg.escrow.recipient = Some(r),
             Err(e) => problems.push(format!("credential swarmseal.escrow-recipient: {e}; no escrow copy is written")),
+        }
+    }
+    if let Some(t) = read("swarmseal.console-tty") {
+        // Display only, but the agent truncates what it writes to: a terminal device, nothing else.
+        let name = t.strip_prefix("/dev/tty").unwrap_or("");
+        if t.is_empty() || (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric())) {
+            cfg.console.tty = t;
+        } else {
+            problems.push(format!("credential swarmseal.console-tty {t:?} is not /dev/ttyNAME (or empty: no screen); the screen stays on {:?}", cfg.console.tty));
         }
     }
     if let Some(text) = read("swarmseal.roles") {
@@ -112,6 +122,18 @@ mod tests {
         assert_eq!(roles_credential(&cfg.roles, "[roles.ci]\n").unwrap_err(), "[roles.ci] base: a new role needs `base = \"deploy\"` (or admin, readonly, monitor): the built-in role whose rules it takes");
         assert!(roles_credential(&cfg.roles, "[proxy]\nenabled = false\n").unwrap_err().contains("[proxy] is not allowed"));
         assert!(roles_credential(&cfg.roles, "[roles.ci\n").unwrap_err().starts_with("not TOML"));
+    }
+
+    #[test]
+    fn console_tty_credential_names_a_terminal_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config { state_dir: dir.path().join("state"), ..Default::default() };
+        cfg.console.tty = "/dev/tty1".into();
+        for (given, want, problems) in [("/dev/ttyS0\n", "/dev/ttyS0", 0), ("", "", 0), ("/var/lib/swarmseal/keys/current.json", "", 1), ("/dev/tty", "", 1), ("/dev/tty1/../sda", "", 1)] {
+            std::fs::write(dir.path().join("swarmseal.console-tty"), given).unwrap();
+            let p = apply_credentials(&mut cfg, dir.path());
+            assert_eq!((cfg.console.tty.as_str(), p.len()), (want, problems), "{given:?}: {p:?}");
+        }
     }
 
     #[test]

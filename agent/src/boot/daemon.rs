@@ -162,6 +162,11 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
         Err(why) => tracing::warn!(event = "time_untrusted", "{why}; TLS and certificate dates depend on the clock (check A.7, docs/time.md)"),
     }
     status_line("waiting for the Docker engine");
+    // The console screen shows the boot decision line too; it ends with the process.
+    let (decided, decided_rx) = tokio::sync::watch::channel(String::from("waiting for the Docker engine"));
+    if !ctx.cfg.console.tty.is_empty() {
+        tokio::spawn(crate::console::run(ctx.clone(), ctx.cfg.console.tty.clone().into(), decided_rx));
+    }
     let t0 = Instant::now();
     // SIGTERM from here on is handled, not fatal: while waiting for the engine
     // it stops the agent at once; once the boot decision has begun it is held
@@ -204,6 +209,7 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
             Err(BootError::Tpm(e)) if e.is_retryable() => {
                 tracing::warn!(event = "boot_decision_retry", error = %e, "the TPM failed transiently; the boot's unlock is not consumed, trying again in {} s", WATCH_INTERVAL.as_secs());
                 status_line(&format!("waiting for the TPM: {e}"));
+                decided.send_replace(format!("waiting for the TPM: {e}"));
                 tokio::select! {
                     _ = term.recv() => {
                         tracing::info!(event = "stopped", "stopped while waiting for the TPM");
@@ -225,6 +231,7 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
     }
     ctx.metrics.decided();
     status_line(&line);
+    decided.send_replace(line.clone());
     tracing::info!(event = "boot_done", elapsed_ms = t0.elapsed().as_millis() as u64, "{line}");
 
     if ctx.cfg.bench.at_boot {
