@@ -175,7 +175,7 @@ impl Metrics {
         let at = self.decided_at.load(Ordering::Relaxed);
         self.decision_age.set(if at == 0 { -1 } else { unix_now().saturating_sub(at) as i64 });
         let score = status.bench.as_ref().and_then(|b| b.score.as_ref()).and_then(|s| s.as_i64().or_else(|| s.as_str().and_then(|t| t.parse().ok())));
-        let warn = bench_report.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()).map(|v| count_warn(&v) as i64);
+        let warn = bench_report.and_then(bench_warn_count).map(|n| n as i64);
         self.bench_reported.set((score.is_some() && warn.is_some()) as i64);
         self.bench_score.set(score.unwrap_or(0));
         self.bench_warn.set(warn.unwrap_or(0));
@@ -199,6 +199,12 @@ impl Metrics {
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// WARN results in a bench report (docker-bench-security's JSON, `"result": "WARN"`);
+/// `None` when it is not JSON. The metrics and the console screen both count with this.
+pub fn bench_warn_count(report: &[u8]) -> Option<usize> {
+    serde_json::from_slice::<serde_json::Value>(report).ok().map(|v| count_warn(&v))
 }
 
 /// `"result": "WARN"` anywhere in the report.
