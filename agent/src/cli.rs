@@ -72,12 +72,14 @@ pub enum Exit {
     NotSealed = 19,
     /// `--context`: the manager refused the request (role, state, or the operation failed).
     Refused = 20,
+    /// `fleet attest`: a manager failed a check or did not answer.
+    NotAttested = 21,
 }
 
 impl Exit {
     /// Every exit code and its meaning: the one source of `--help`'s list and
     /// of the table in docs/operating.md (a unit test keeps it in step).
-    pub const ALL: [(Exit, &'static str); 21] = [
+    pub const ALL: [(Exit, &'static str); 22] = [
         (Exit::Ok, "success"),
         (Exit::Failure, "other failure (I/O, internal); `policy check`: the request is denied"),
         (Exit::Usage, "usage or configuration error (unknown config key, malformed key on `--manual`, bad recovery key)"),
@@ -99,6 +101,7 @@ impl Exit {
         (Exit::AgentDown, "`health --agent-unit`: the agent's unit failed or is stopped (the swarm stays locked in this boot)"),
         (Exit::NotSealed, "the engine's unlock key changed but could not be sealed (TPM or disk failed after the change): it was shown on the terminal and written to the escrow file if configured; fix the cause, then `swarmseal seal`"),
         (Exit::Refused, "`--context`: the manager refused the request (this certificate's role may not, the swarm's state, or the operation failed there); its answer is shown"),
+        (Exit::NotAttested, "`fleet attest`: a manager failed an attestation check (quote signature, nonce, AK pin, event log replay, PCR 11 not signed by the fleet key, phase marker, Secure Boot) or did not answer; its table says which"),
     ];
 }
 
@@ -358,6 +361,7 @@ impl From<&FleetError> for Exit {
         match e {
             FleetError::Usage(_) | FleetError::Context { .. } => Exit::Usage,
             FleetError::Stopped { .. } => Exit::FleetStopped,
+            FleetError::NotAttested { .. } => Exit::NotAttested,
         }
     }
 }

@@ -16,6 +16,10 @@
 //! pcr_public_key = "/run/systemd/tpm2-pcr-public-key.pem"   # the UKI's .pcrpkey
 //! pcr_signature = "/run/systemd/tpm2-pcr-signature.json"    # the UKI's .pcrsig
 //!
+//! [attest]                    # GET /swarmseal/v1/attest (docs/attestation.md)
+//! firmware_log = "/sys/kernel/security/tpm0/binary_bios_measurements"
+//! measure_log = "/run/log/systemd/tpm2-measure.log"
+//!
 //! [swarm]
 //! init = true                   # `agent`: init a swarm when the engine has none
 //! advertise_addr = "192.0.2.10"
@@ -110,8 +114,26 @@ pub struct Config {
     pub bench: BenchConfig,
     pub console: ConsoleConfig,
     pub update: UpdateConfig,
+    /// `[attest]`: the event logs `GET /swarmseal/v1/attest` returns.
+    pub attest: AttestConfig,
     /// `[roles.NAME]`: the proxy's roles (`swarmseal_proxy::policy`, docs/proxy.md "Roles").
     pub roles: swarmseal_proxy::policy::RolesConfig,
+}
+
+/// `[attest]`: where `GET /swarmseal/v1/attest` reads the event logs it returns (docs/attestation.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttestConfig {
+    /// The firmware's TCG event log (crypto-agile binary), as the kernel exposes it.
+    pub firmware_log: PathBuf,
+    /// systemd's measurement log (JSON-SEQ, TCG Canonical Event Log records).
+    pub measure_log: PathBuf,
+}
+
+impl Default for AttestConfig {
+    fn default() -> Self {
+        AttestConfig { firmware_log: "/sys/kernel/security/tpm0/binary_bios_measurements".into(), measure_log: "/run/log/systemd/tpm2-measure.log".into() }
+    }
 }
 
 /// `[tpm]`: which TPM and which measurements the unlock key is bound to.
@@ -286,6 +308,7 @@ impl Default for Config {
             bench: BenchConfig::default(),
             console: ConsoleConfig::default(),
             update: UpdateConfig::default(),
+            attest: AttestConfig::default(),
             roles: Default::default(),
         }
     }

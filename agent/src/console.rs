@@ -96,7 +96,7 @@ fn wrap(text: &str, width: usize, max: usize) -> Vec<String> {
 fn short_hex(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut run = String::new();
-    let mut flush = |run: &mut String, out: &mut String| {
+    let flush = |run: &mut String, out: &mut String| {
         if run.len() > 16 {
             out.push_str(&run[..12]);
             out.push_str("...");
@@ -347,13 +347,6 @@ pub fn addresses() -> Vec<(String, IpAddr)> {
     v4.chain(v6).collect()
 }
 
-/// WARN results in a bench report (`tests[].results[].result`, docker-bench-security's JSON).
-pub fn count_warn(report: &[u8]) -> Option<usize> {
-    let v: serde_json::Value = serde_json::from_slice(report).ok()?;
-    let tests = v.get("tests")?.as_array()?;
-    Some(tests.iter().filter_map(|t| t.get("results")?.as_array()).flatten().filter(|r| r.get("result").and_then(|x| x.as_str()) == Some("WARN")).count())
-}
-
 /// The console device and what was last written to it.
 pub struct Screen {
     path: PathBuf,
@@ -436,7 +429,7 @@ async fn render_now(ctx: &crate::boot::Ctx, decision: &str) -> String {
         addresses: addresses(),
         leader,
         fingerprint: cert.exists().then(|| cert_file_fingerprint(&cert)),
-        bench_warn: report.as_deref().and_then(count_warn),
+        bench_warn: report.as_deref().and_then(swarmseal_common::metrics::bench_warn_count),
         time,
     };
     render(&st, &facts)
@@ -563,8 +556,8 @@ mod tests {
     #[test]
     fn warn_count_of_a_report() {
         let r = json!({"tests": [{"id": "1", "results": [{"result": "WARN"}, {"result": "PASS"}]}, {"id": "2", "results": [{"result": "WARN"}]}]});
-        assert_eq!(count_warn(r.to_string().as_bytes()), Some(2));
-        assert_eq!(count_warn(b"not json"), None);
+        assert_eq!(swarmseal_common::metrics::bench_warn_count(r.to_string().as_bytes()), Some(2));
+        assert_eq!(swarmseal_common::metrics::bench_warn_count(b"not json"), None);
     }
 
     /// Written only when the text changed; a missing device is reported once and retried.

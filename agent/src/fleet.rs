@@ -48,6 +48,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 pub enum FleetCommand {
     /// Roll RELEASE over the managers one at a time, keeping Raft quorum; stop at the first failure.
     Update(UpdateArgs),
+    /// Attest each manager (TPM quote, event logs, the fleet's signed PCR 11); exit 0 only if all pass.
+    Attest(crate::attest::AttestArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +77,8 @@ pub struct UpdateArgs {
 /// How long the remaining managers may go without a reachable majority (a leader election
 /// takes ~10 s with swarmkit's defaults) before the update counts quorum as lost.
 const QUORUM_GRACE: Duration = Duration::from_secs(60);
+/// The largest answer read from a manager (an attestation with its event logs is well under).
+const MAX_ANSWER: usize = 32 << 20;
 /// Per-request timeout (the upload gets `UPLOAD_TIMEOUT`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const UPLOAD_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -89,6 +93,9 @@ pub enum FleetError {
     /// The update started and stopped here; `done` were updated, the rest untouched.
     #[error("stopped at {at}: {reason}\n  updated: {done}\n  not touched: {rest}")]
     Stopped { at: String, reason: String, done: String, rest: String },
+    /// `fleet attest`: these managers failed a check (each table says which and why).
+    #[error("attestation failed for {}: see the table of each", managers.join(", "))]
+    NotAttested { managers: Vec<String> },
 }
 
 /// One manager reached through its proxy (also `swarmseal --context`, [`crate::remote`]).
@@ -144,7 +151,8 @@ impl Manager {
             }
             let resp = tx.send_request(req.body(body).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
             let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            // A manager's answer is bounded: a hostile one cannot fill the operator's memory.
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| format!("the answer: {e} (at most {MAX_ANSWER} bytes)"))?.to_bytes();
             Ok((status, bytes))
         };
         tokio::time::timeout(timeout, fut).await.map_err(|_| format!("no answer from {} within {} s", self.addr, timeout.as_secs()))?
@@ -205,6 +213,9 @@ pub struct NodeView {
     pub hostname: String,
     /// `Status.State == "ready"` and `ManagerStatus.Reachability == "reachable"`.
     pub healthy: bool,
+    /// `ManagerStatus.Reachability == "reachable"`: a Raft member the answering manager reaches,
+    /// whatever its `Status.State` (a newly elected leader says `unknown` until heartbeats come).
+    pub reachable: bool,
     pub leader: bool,
 }
 
@@ -218,6 +229,7 @@ pub fn parse_nodes(v: &Value) -> Vec<NodeView> {
             id: n["ID"].as_str().unwrap_or_default().to_string(),
             hostname: n.pointer("/Description/Hostname").and_then(Value::as_str).unwrap_or_default().to_string(),
             healthy: n.pointer("/Status/State").and_then(Value::as_str) == Some("ready") && n.pointer("/ManagerStatus/Reachability").and_then(Value::as_str) == Some("reachable"),
+            reachable: n.pointer("/ManagerStatus/Reachability").and_then(Value::as_str) == Some("reachable"),
             leader: n.pointer("/ManagerStatus/Leader").and_then(Value::as_bool) == Some(true),
         })
         .collect()
@@ -228,9 +240,11 @@ pub fn quorum(n: usize) -> usize {
     n / 2 + 1
 }
 
-/// Healthy managers other than `down`, and whether they still hold quorum of all managers.
+/// Reachable managers (Raft members) other than `down`, and whether they still hold quorum of
+/// all managers. Raft's quorum is reachability: a member whose `Status.State` a new leader
+/// has not yet confirmed (`unknown`) still votes.
 pub fn quorum_without(nodes: &[NodeView], down: &str) -> (usize, usize, bool) {
-    let others = nodes.iter().filter(|n| n.id != down && n.healthy).count();
+    let others = nodes.iter().filter(|n| n.id != down && n.reachable).count();
     let q = quorum(nodes.len());
     (others, q, others >= q)
 }
@@ -405,6 +419,7 @@ impl Clock {
 pub async fn run(c: FleetCommand) -> Result<(), FleetError> {
     match c {
         FleetCommand::Update(a) => update(a).await,
+        FleetCommand::Attest(a) => crate::attest::run(a).await,
     }
 }
 
@@ -562,7 +577,7 @@ async fn wait_back(m: &Manager, id: &str, version: &str, others: &[&Manager], ti
                 if let Some(t) = no_answer_since.take() {
                     longest_no_answer = longest_no_answer.max(t.elapsed());
                 }
-                let up = nodes.iter().filter(|n| n.healthy).count();
+                let up = nodes.iter().filter(|n| n.reachable).count();
                 min_up = min_up.min(up);
                 let (others_ok, q, holds) = quorum_without(&nodes, id);
                 if holds {
@@ -631,6 +646,13 @@ mod tests {
         // One manager already down: taking another down loses quorum.
         let v = serde_json::json!([node("a", true, true), node("b", true, false), node("c", false, false)]);
         assert_eq!(quorum_without(&parse_nodes(&v), "b"), (1, 2, false));
+        // Right after an election the new leader reports members `unknown` until they
+        // heartbeat: still reachable Raft members, so quorum holds; not yet healthy.
+        let mut fresh = node("c", true, false);
+        fresh["Status"]["State"] = "unknown".into();
+        let nodes = parse_nodes(&serde_json::json!([node("a", true, true), node("b", true, false), fresh]));
+        assert!(nodes[2].reachable && !nodes[2].healthy);
+        assert_eq!(quorum_without(&nodes, "b"), (2, 2, true));
         // A single manager can never be updated without losing quorum.
         assert!(!quorum_without(&parse_nodes(&serde_json::json!([node("a", true, true)])), "a").2);
     }

@@ -24,6 +24,7 @@
 //! Errors are typed per module; operator messages and exit codes are decided
 //! in [`cli`] only.
 
+pub mod attest;
 pub use swarmseal_cis as bench;
 pub mod bench_cmd;
 #[cfg(feature = "appliance")]

@@ -45,6 +45,9 @@ pub fn print_status(st: &Status) {
         st.image.version.as_deref().unwrap_or("-"),
         st.image.sbom_sha256.as_deref().unwrap_or("-")
     );
+    if let Some(t) = &st.time {
+        println!("time       {}", t.verdict().unwrap_or_else(|why| why));
+    }
     println!("bench      {}", st.bench.as_ref().map(|b| serde_json::to_string(b).unwrap_or_default()).unwrap_or_else(|| "null".into()));
 }
 

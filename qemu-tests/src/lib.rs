@@ -13,6 +13,7 @@ use serde_json::Value;
 pub use swarmseal_common::status::{Slot, Status};
 
 pub mod fleet;
+pub mod ntp;
 
 pub type Check<T = ()> = Result<T, String>;
 
@@ -246,6 +247,11 @@ impl Vm {
         cmd.arg("--no-wait").arg("--vm-dir").arg(&self.dir).arg("--image").arg(&self.suite.image).arg("--port").arg(self.port.to_string());
         if let Some(u) = &self.uki {
             cmd.arg("--uki").arg(u);
+        }
+        // No time server outside this host: the image's NTS defaults are public servers, which
+        // QEMU's user network would reach. A scenario that wants time names its own server.
+        if !self.options.iter().any(|o| o.starts_with("swarmseal.ntp-servers=")) {
+            cmd.arg("--cred").arg("swarmseal.ntp-servers=none");
         }
         cmd.args(&self.options);
         run(&mut cmd)?;

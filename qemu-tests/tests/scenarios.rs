@@ -77,7 +77,7 @@ fn main() {
     let mut story = Story { suite, manager: None, escrow: Escrow::default(), key: None, var_key: None, moves: 0 };
     let s4_times: usize = std::env::var("SWARMSEAL_SCENARIO4_TIMES").ok().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or(1);
     type Scenario = fn(&mut Story) -> Check;
-    let scenarios: [(&str, &str, Scenario); 12] = [
+    let scenarios: [(&str, &str, Scenario); 13] = [
         ("1", "first boot: swarm up with autolock, key sealed, only the admin bundle gets in, bench reported", first_boot),
         ("2", "reboot: unlocked again with nobody typing a key", reboot),
         ("5", "key rotation through the proxy: resealed, next boot unlocks with the new key", rotation),
@@ -89,6 +89,7 @@ fn main() {
         ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
         ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
         ("11", "a static address by first-boot credential (network.network.*): the swarm advertises it, the proxy answers on it", static_address),
+        ("12", "trusted time: RTC 2 days off, an NTS server on the host by credential: synchronised before ready, A.7 PASS; its CA replaced by another: A.7 WARN naming why, still unlocked", trusted_time),
         ("fleet", "three managers, one autolocked swarm, rolled to the next release by `swarmseal fleet update`: quorum held throughout", fleet),
     ];
     let mut results = Vec::new();
@@ -596,6 +597,119 @@ fn console_screen(vm: &Vm, version: &str, addr: &str) -> Check {
     ensure!(missing.is_empty(), "the screen lacks {missing:?}; console tail:\n{}", vm.console_tail(24));
     println!("    console screen: version {version}, {addr}, leader, fingerprint {fp}");
     Ok(())
+}
+
+// ---------------------------------------------------------------- 12
+
+/// The result of check `id` in a docker-bench-security JSON report: (result, details).
+fn bench_result(report: &Value, id: &str) -> Option<(String, String)> {
+    report["tests"].as_array()?.iter().flat_map(|t| t["results"].as_array().into_iter().flatten()).find(|r| r["id"] == id).map(|r| {
+        (r["result"].as_str().unwrap_or_default().to_string(), r["details"].as_str().unwrap_or_default().to_string())
+    })
+}
+
+/// This boot's bench report (it runs after the unlock decision; up to 240 s).
+fn boot_bench(vm: &Vm, after: u64) -> Check<Value> {
+    let t = Instant::now();
+    let mut last = "not asked yet".to_string();
+    while t.elapsed() < Duration::from_secs(240) {
+        match vm.api("GET", "/swarmseal/v1/bench") {
+            Ok((200, b)) => {
+                let v: Value = serde_json::from_slice(&b).map_err(|e| format!("the bench report is not JSON: {e}"))?;
+                if v["end"].as_u64().unwrap_or(0) >= after {
+                    return Ok(v);
+                }
+                last = format!("the report is from before this boot (end {})", v["end"]);
+            }
+            Ok((c, b)) => last = format!("HTTP {c} {}", text(&b)),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    Err(format!("no bench report of this boot within 240 s: {last}"))
+}
+
+/// Issue 19, trusted time. The host runs an NTS server (`chronyd -x`: it never sets this
+/// host's clock) with a certificate for 10.0.2.2 from a test CA; a new manager boots with its
+/// RTC two days behind (`run-qemu --rtc-base`) and the credentials `swarmseal.ntp-servers`
+/// (`nts 10.0.2.2:PORT`) and `swarmseal.ntp-ca` (the test CA). Its clock is stepped before the
+/// agent starts (swarmseal-time-wait.service): the status shows it synchronised, |offset| < 1 s,
+/// and A.7 passes. Then a boot whose `swarmseal.ntp-ca` is another CA: NTS-KE fails, the
+/// manager still boots unlocked (its RTC right this time, QEMU's default), A.7 warns naming why and
+/// the console says the clock is not synchronised.
+fn trusted_time(s: &mut Story) -> Check {
+    if let Some(vm) = s.manager.as_mut() {
+        vm.shutdown()?;
+    }
+    let mut vm = Vm::new(&s.suite, "time")?;
+    let srv = swarmseal_qemu_tests::ntp::NtsServer::start(&vm.dir.join("nts-server"))?;
+    println!("    NTS server on the host: NTS-KE 127.0.0.1:{}, NTP :{} (chronyd -x), guest sees {}", srv.ke_port, srv.ntp_port, swarmseal_qemu_tests::ntp::HOST_FROM_GUEST);
+    let servers = vm.dir.join("ntp-servers");
+    std::fs::write(&servers, srv.credential()).map_err(|e| e.to_string())?;
+    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let two_days_ago = text(&run_out(std::process::Command::new("date").args(["-u", "-d", "-2 days", "+%Y-%m-%dT%H:%M:%S"]))?);
+    let creds = |ca: &std::path::Path| vec!["--cred-file".to_string(), format!("swarmseal.ntp-servers={}", servers.display()), "--cred-file".into(), format!("swarmseal.ntp-ca={}", ca.display())];
+    let mut f = Findings::default();
+
+    vm.options = creds(&srv.ca());
+    vm.options.extend(["--rtc-base".to_string(), two_days_ago.clone()]);
+    let booted = unix(std::time::SystemTime::now());
+    let st = vm.boot_expect(&format!("RTC at {two_days_ago} (2 days behind), NTS server by credential"), Outcome::Unlocked, FIRST_BOOT)?;
+    let time = &st["time"];
+    println!("    status time: {time}");
+    f.check(time["synchronised"] == true, || format!("the clock is not synchronised when the agent reports ready: {time}"));
+    let off = time["offset_seconds"].as_f64();
+    f.check(off.is_some_and(|o| o.abs() < 1.0), || format!("offset {off:?} s: not under 1 s when the agent reports ready"));
+    f.check(time["authenticated"] == true, || format!("the selected source is not authenticated: {time}"));
+    if let Some(l) = vm.console_lines(&["swarmseal-time:", "synchronised in"]).first() {
+        println!("    console: {}", l.trim());
+    }
+    match boot_bench(&vm, booted) {
+        Ok(r) => {
+            let a7 = bench_result(&r, "A.7");
+            println!("    A.7: {a7:?}");
+            f.check(a7.as_ref().is_some_and(|(res, _)| res == "PASS"), || format!("A.7 is not PASS with a reachable NTS server: {a7:?}"));
+        }
+        Err(e) => f.check(false, || e),
+    }
+    let (code, metrics) = vm.api("GET", "/swarmseal/v1/metrics")?;
+    let m = text(&metrics);
+    f.check(code == 200 && m.contains("swarmseal_time_synchronised 1"), || format!("metrics: HTTP {code}, no `swarmseal_time_synchronised 1`"));
+    if let Some(l) = m.lines().find(|l| l.starts_with("swarmseal_time_offset_seconds")) {
+        println!("    metrics: {l}");
+    }
+    vm.shutdown()?;
+
+    // The NTS server's certificate is not from the CA the credential names now.
+    let other = swarmseal_qemu_tests::ntp::make_ca(&vm.dir, "other-ca")?;
+    vm.options = creds(&other);
+    let booted = unix(std::time::SystemTime::now());
+    let st = vm.boot_expect("the NTS server's CA replaced by another CA", Outcome::Unlocked, BOOT)?;
+    let time = &st["time"];
+    println!("    status time: {time}");
+    f.check(time["synchronised"] == false, || format!("synchronised although the server's certificate is from an untrusted CA: {time}"));
+    for l in vm.console_lines(&["swarmseal-time:"]).iter().rev().take(4).rev() {
+        println!("    console: {}", l.trim());
+    }
+    f.check(!vm.console_lines(&["swarmseal-time:", "NOT synchronised"]).is_empty(), || "the console does not say the clock is not synchronised".into());
+    match boot_bench(&vm, booted) {
+        Ok(r) => {
+            let a7 = bench_result(&r, "A.7");
+            println!("    A.7: {a7:?}");
+            f.check(
+                a7.as_ref().is_some_and(|(res, d)| res == "WARN" && d.contains("Not synchronised") && d.contains("NTS source 10.0.2.2") && d.contains("key establishment")),
+                || format!("A.7 does not WARN naming the failed NTS key establishment: {a7:?}"),
+            );
+        }
+        Err(e) => f.check(false, || e),
+    }
+    vm.shutdown()?;
+    drop(srv);
+    f.done()
+}
+
+fn run_out(cmd: &mut std::process::Command) -> Check<Vec<u8>> {
+    swarmseal_qemu_tests::run(cmd).map(|o| o.stdout)
 }
 
 // ---------------------------------------------------------------- 8

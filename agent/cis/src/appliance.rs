@@ -9,6 +9,8 @@ pub struct ApplianceFacts {
     pub sealed_key: Option<SealedKeyFact>,
     /// A.4: the proxy's listener as probed; `None` when the proxy is disabled.
     pub proxy: Option<ProxyProbe>,
+    /// A.7: the clock as chronyd keeps it (`swarmseal_common::time::query`); `None` when not asked.
+    pub time: Option<swarmseal_common::time::TimeSync>,
 }
 
 /// The proxy's listener, tried twice: without a client certificate, and with one the

@@ -969,7 +969,7 @@ pub fn catalogue() -> Vec<Check> {
                 Some(sw) => Outcome::note(format!("Management plane on {}; the data path address is not visible through the API", sw.node_addr.clone().unwrap_or_default())),
             }
         }),
-        // ---- A Swarm Manager Appliance: ApplianceFacts (sealed key, proxy), GET /swarm, dockerd's listeners, mount table + /sys/block/dm-*/dm, efivars ----
+        // ---- A Swarm Manager Appliance: ApplianceFacts (sealed key, proxy, time), GET /swarm, dockerd's listeners, mount table + /sys/block/dm-*/dm, efivars ----
         check!(
             "A.1",
             "Ensure swarm autolock is on and the unlock key is sealed in the TPM (Automated)",
@@ -1059,7 +1059,24 @@ pub fn catalogue() -> Vec<Check> {
                 None => Outcome::note("No SecureBoot EFI variable: not booted with UEFI, or efivarfs is not mounted"),
             }
         ),
+        check!(
+            "A.7",
+            "Ensure the clock is synchronised to an authenticated time source (Automated)",
+            "Give the manager NTS servers it can reach (credential swarmseal.ntp-servers, `nts HOST[:PORT]` a line; an internal NTS server's CA as swarmseal.ntp-ca; docs/time.md) and reboot.",
+            "None.",
+            time_sync
+        ),
     ]
+}
+
+/// A.7: synchronised, |offset| < 1 s, the selected source authenticated (NTS); the
+/// sentence is `TimeSync::verdict`'s (the agent logs the same at boot).
+fn time_sync(s: &Snapshot) -> Outcome {
+    match s.appliance.time.as_ref().map(|t| t.verdict()) {
+        None => Outcome::note("The clock's synchronisation was not asked"),
+        Some(Ok(pass)) => Outcome::pass_with(pass),
+        Some(Err(why)) => Outcome::warn(why),
+    }
 }
 
 /// Swarm control-plane port (`--listen-addr` default).
@@ -1420,5 +1437,31 @@ mod tests {
         assert_eq!(eval("A.4", &s).status, Status::Note);
         s.appliance.proxy = probe(Refused("alert".into()), Refused("unknown CA".into()));
         assert_eq!(eval("A.4", &s).status, Status::Note);
+    }
+
+    /// A.7 over chronyc's real output (swarmseal_common::time parses it; here: what the check says).
+    #[test]
+    fn a7_passes_only_on_authenticated_time_within_a_second() {
+        use swarmseal_common::time::{assess, nts_hosts, parse_sources, parse_tracking};
+        let tracking = |offset: &str, leap: &str| parse_tracking(&format!("7F000001,10.0.2.2,4,1796621058.7,{offset},0,0,-0.024,0,1.4,0.00001,0.00001,2.0,{leap}")).unwrap();
+        let selected = parse_sources("^,*,10.0.2.2,3,6,377,1,0,0,0").unwrap();
+        let nts = nts_hosts("server 10.0.2.2 iburst nts ntsport 4460");
+        let mut s = Snapshot::default();
+        assert_eq!(eval("A.7", &s).status, Status::Note);
+        s.appliance.time = Some(assess(&tracking("-0.000002", "Normal"), &selected, &nts, None));
+        assert_eq!(eval("A.7", &s), Outcome::pass_with("Synchronised to 10.0.2.2 (NTS), offset -0.000002 s"));
+        s.appliance.time = Some(assess(&tracking("2.5", "Normal"), &selected, &nts, None));
+        assert_eq!(eval("A.7", &s), Outcome::warn("Synchronised to 10.0.2.2, but the clock is off by 2.500 s (limit 1 s)"));
+        s.appliance.time = Some(assess(&tracking("0.001", "Normal"), &selected, &[], None));
+        let o = eval("A.7", &s);
+        assert_eq!(o.status, Status::Warn);
+        assert!(o.details.as_deref().unwrap_or_default().starts_with("Synchronised to 10.0.2.2, not authenticated (not NTS): the selected source 10.0.2.2 is plain NTP"), "{:?}", o.details);
+        let unreachable = parse_sources("^,?,10.0.2.2,0,7,0,4294967295,0,0,0").unwrap();
+        s.appliance.time = Some(assess(&tracking("0", "Not synchronised"), &unreachable, &nts, None));
+        let o = eval("A.7", &s);
+        assert_eq!(o.status, Status::Warn);
+        assert!(o.details.as_deref().unwrap_or_default().starts_with("Not synchronised: NTS source 10.0.2.2: no authenticated answer (reach 0): its NTS key establishment"), "{:?}", o.details);
+        s.appliance.time.as_mut().unwrap().error = Some("chronyd could not be asked: 506 Cannot talk to daemon".into());
+        assert_eq!(eval("A.7", &s), Outcome::warn("The clock is not kept: chronyd could not be asked: 506 Cannot talk to daemon"));
     }
 }

@@ -83,6 +83,8 @@ pub struct Metrics {
     bench_score: Gauge,
     bench_warn: Gauge,
     image: Family<ImageLabels, Gauge>,
+    time_synchronised: Gauge,
+    time_offset: Gauge<f64, AtomicU64>,
     /// Unix seconds of this boot's unlock decision; 0: not made yet.
     decided_at: AtomicU64,
 }
@@ -117,6 +119,8 @@ impl Metrics {
             bench_score: Gauge::default(),
             bench_warn: Gauge::default(),
             image: Family::default(),
+            time_synchronised: Gauge::default(),
+            time_offset: Gauge::default(),
             decided_at: AtomicU64::new(0),
         };
         let r = &mut m.registry;
@@ -133,6 +137,8 @@ impl Metrics {
         r.register("bench_reported", "1 when a CIS Docker Benchmark report exists (bench_score and bench_warnings are 0 without one)", m.bench_reported.clone());
         r.register("bench_score", "Score of the last CIS Docker Benchmark report (docker-bench-security's, sections 1-7; may be negative)", m.bench_score.clone());
         r.register("bench_warnings", "WARN results in the last CIS Docker Benchmark report", m.bench_warn.clone());
+        r.register("time_synchronised", "1 when chronyd has set the clock from a selected source (status time.synchronised)", m.time_synchronised.clone());
+        r.register("time_offset_seconds", "Seconds the clock is behind (+) or ahead of (-) NTP time, as chronyd estimates it; 0 when not synchronised", m.time_offset.clone());
         r.register("image_info", "The running image (os-release IMAGE_ID, IMAGE_VERSION); always 1", m.image.clone());
         m
     }
@@ -169,10 +175,13 @@ impl Metrics {
         let at = self.decided_at.load(Ordering::Relaxed);
         self.decision_age.set(if at == 0 { -1 } else { unix_now().saturating_sub(at) as i64 });
         let score = status.bench.as_ref().and_then(|b| b.score.as_ref()).and_then(|s| s.as_i64().or_else(|| s.as_str().and_then(|t| t.parse().ok())));
-        let warn = bench_report.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()).map(|v| count_warn(&v) as i64);
+        let warn = bench_report.and_then(bench_warn_count).map(|n| n as i64);
         self.bench_reported.set((score.is_some() && warn.is_some()) as i64);
         self.bench_score.set(score.unwrap_or(0));
         self.bench_warn.set(warn.unwrap_or(0));
+        let time = status.time.as_ref();
+        self.time_synchronised.set(time.is_some_and(|t| t.synchronised) as i64);
+        self.time_offset.set(time.and_then(|t| t.offset_seconds).unwrap_or(0.0));
         self.image.clear();
         self.image
             .get_or_create(&ImageLabels { id: status.image.id.clone().unwrap_or_default(), version: status.image.version.clone().unwrap_or_default() })
@@ -190,6 +199,12 @@ impl Metrics {
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// WARN results in a bench report (docker-bench-security's JSON, `"result": "WARN"`);
+/// `None` when it is not JSON. The metrics and the console screen both count with this.
+pub fn bench_warn_count(report: &[u8]) -> Option<usize> {
+    serde_json::from_slice::<serde_json::Value>(report).ok().map(|v| count_warn(&v))
 }
 
 /// `"result": "WARN"` anywhere in the report.
@@ -215,6 +230,25 @@ mod tests {
         assert!(t.contains("swarmseal_unlocks_total{outcome=\"refused\",reason=\"policy_mismatch\"} 1\n"), "{t}");
         assert!(t.contains("swarmseal_proxy_requests_total{role=\"admin\",status=\"200\"} 3\n"), "{t}");
         assert!(!t.contains("# EOF"), "0.0.4 has no EOF marker: {t}");
+    }
+
+    #[test]
+    fn the_clock_is_a_gauge_pair() {
+        let mut st: Status = serde_json::from_value(serde_json::json!({
+            "swarm": {"error": "x"}, "sealed": {"current": null, "previous": null}, "sealed_key_stale": null, "change_pending": null,
+            "tpm": {"tcti": "t", "reachable": false, "error": "x"}, "phase_locked": null, "phase_pcr": 11,
+            "proxy": {"enabled": false, "listen": "0.0.0.0:2376"}, "escrow": null, "bench": null, "image": {"id": null, "version": null},
+            "time": {"synchronised": true, "offset_seconds": -0.25, "source": "s", "authenticated": true, "problems": [], "error": null},
+        }))
+        .unwrap();
+        let m = Metrics::new();
+        m.observe(&st, None);
+        let t = m.encode();
+        assert!(t.contains("swarmseal_time_synchronised 1\n") && t.contains("swarmseal_time_offset_seconds -0.25\n"), "{t}");
+        st.time = None;
+        m.observe(&st, None);
+        let t = m.encode();
+        assert!(t.contains("swarmseal_time_synchronised 0\n") && t.contains("swarmseal_time_offset_seconds 0.0\n"), "{t}");
     }
 
     #[test]

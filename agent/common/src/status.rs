@@ -34,6 +34,10 @@ pub struct Status {
     pub bench: Option<Bench>,
     /// `IMAGE_ID` and `IMAGE_VERSION` of os-release.
     pub image: Image,
+    /// The clock as chronyd keeps it (synchronised, offset in seconds, source, authenticated);
+    /// `null` from an agent that does not ask (absent from older agents' documents).
+    #[serde(default)]
+    pub time: Option<crate::time::TimeSync>,
 }
 
 /// `swarm`: the engine's state, or only `error` when the engine does not answer.
@@ -168,6 +172,7 @@ mod tests {
                 "escrow": null,
                 "bench": {"checks": 117, "score": 80, "end": null},
                 "image": {"id": "swarmseal", "version": "1.2", "sbom_sha256": "sha256:5e"},
+                "time": {"synchronised": true, "offset_seconds": -0.25, "source": "time.cloudflare.com", "authenticated": true, "problems": [], "error": null},
             }),
             json!({
                 "swarm": {"error": "cannot reach the engine"},
@@ -181,14 +186,19 @@ mod tests {
                 "escrow": "/var/lib/swarmseal/escrow/unlock-key.age",
                 "bench": null,
                 "image": {"id": null, "version": null, "sbom_sha256": null},
+                "time": {"synchronised": false, "offset_seconds": null, "source": null, "authenticated": null, "problems": [], "error": "chronyd could not be asked"},
             }),
         ];
-        for doc in docs {
+        for doc in docs.clone() {
             let s: Status = serde_json::from_value(doc.clone()).expect("deserializes");
             assert_eq!(serde_json::to_value(&s).unwrap(), doc);
         }
         // An older agent's image (no SBOM digest) still reads.
         let old: Image = serde_json::from_value(json!({"id": "swarmseal", "version": "1.1"})).unwrap();
         assert_eq!(old.sbom_sha256, None);
+        // An older agent's document (no `time`) still reads.
+        let mut doc = docs[0].clone();
+        doc.as_object_mut().unwrap().remove("time");
+        assert_eq!(serde_json::from_value::<Status>(doc).unwrap().time, None);
     }
 }

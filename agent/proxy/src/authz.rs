@@ -243,7 +243,7 @@ const DEPLOY_NAMED: &[(Pattern, &str, &str)] = &[
 
 /// Endpoints a `monitor` role may read as they are; the others it reads are rewritten
 /// ([`crate::redact::redaction`]).
-const MONITOR_READS: &[&[&str]] = &[&["_ping"], &["version"], &["swarmseal", "v1", "status"], &["swarmseal", "v1", "bench"], &["swarmseal", "v1", "metrics"]];
+const MONITOR_READS: &[&[&str]] = &[&["_ping"], &["version"], &["swarmseal", "v1", "status"], &["swarmseal", "v1", "bench"], &["swarmseal", "v1", "metrics"], &["swarmseal", "v1", "attest"]];
 
 /// Decide for the configured role `policy` (None: a certificate without a known role), on
 /// the method and canonical path; a refusal names its rule (see `docs/proxy.md`, "Roles").
@@ -286,7 +286,7 @@ pub fn decide_rule(policy: Option<&crate::policy::RolePolicy>, method: &str, c: 
             return Err(Denial::new("method", format!("{name}: {method} is not allowed (GET and HEAD only, no connection upgrades)")));
         }
         if !MONITOR_READS.iter().any(|p| c.is(p)) && crate::redact::redaction(c).is_none() {
-            return Err(Denial::new("endpoint", format!("{name}: GET {} is not allowed (monitor reads state: info, version, nodes, services, tasks, containers/json, configs, secrets, networks, events, swarmseal/v1/status, bench and metrics; not logs, top, archive, export)", c.path())));
+            return Err(Denial::new("endpoint", format!("{name}: GET {} is not allowed (monitor reads state: info, version, nodes, services, tasks, containers/json, configs, secrets, networks, events, swarmseal/v1/status, bench, metrics and attest; not logs, top, archive, export)", c.path())));
         }
         return Ok(());
     }

@@ -822,6 +822,14 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
             answer(api.update(from, reboot).await, audit)
         }
         Route::UpdatePartial => answer(api.update_partial().await, audit),
+        Route::Attest => {
+            // The verifier's nonce: fresh random bytes each time, so an old quote cannot be replayed.
+            let nonce = authz::query_value(query, "nonce").and_then(|n| hex::decode(n).ok()).filter(|n| (16..=64).contains(&n.len()));
+            match nonce {
+                Some(nonce) => answer(api.attest(nonce).await, audit),
+                None => message(ApiErrorKind::BadRequest, "attestation needs ?nonce=HEX: 16 to 64 fresh random bytes (32 to 128 hex digits), a new one for every request", audit),
+            }
+        }
         Route::Recover => {
             // Optional body: the unlock key, as text or {"UnlockKey": "…"} (as POST /swarm/unlock).
             let body = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {

@@ -117,6 +117,13 @@ pub trait AgentApi: Send + Sync + 'static {
     fn update_partial(&self) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
         Box::pin(async { Err(ApiError::not_found("not available here: image updates exist on the appliance agent only")) })
     }
+    /// `GET /swarmseal/v1/attest?nonce=HEX`: a TPM2_Quote with `nonce` (16 to 64 bytes, checked
+    /// by the proxy) as qualifyingData, and what verifies it (docs/attestation.md). Ok(JSON) or
+    /// the refusal. The default answers 404 (no TPM here).
+    fn attest(&self, nonce: Vec<u8>) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
+        drop(nonce);
+        Box::pin(async { Err(ApiError::not_found("not available here: attestation needs the agent's TPM")) })
+    }
     /// `GET /swarmseal/v1/escrow` (the unlock key) and
     /// `GET /swarmseal/v1/escrow/var-recovery-key` (the appliance's `/var`
     /// recovery key): the age-encrypted file, if it exists.

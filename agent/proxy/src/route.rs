@@ -34,6 +34,9 @@ pub enum Route {
     Update,
     /// `GET|HEAD /swarmseal/v1/update/partial`: what is held of an interrupted upload.
     UpdatePartial,
+    /// `GET|HEAD /swarmseal/v1/attest?nonce=HEX`: a TPM2_Quote with the nonce, the AK, the EK
+    /// certificate and the event logs (docs/attestation.md).
+    Attest,
 }
 
 /// What a route accepts.
@@ -49,7 +52,7 @@ pub enum Methods {
 
 impl Route {
     /// Every endpoint, in the order the 404 answer lists them.
-    pub const ALL: [Route; 11] = [
+    pub const ALL: [Route; 12] = [
         Route::Status,
         Route::Bench,
         Route::Metrics,
@@ -61,6 +64,7 @@ impl Route {
         Route::VarEnrollTpm,
         Route::Update,
         Route::UpdatePartial,
+        Route::Attest,
     ];
 
     /// The path below `/swarmseal/v1/` (`*`: any one segment).
@@ -77,6 +81,7 @@ impl Route {
             Route::VarEnrollTpm => &["var", "enroll-tpm"],
             Route::Update => &["update"],
             Route::UpdatePartial => &["update", "partial"],
+            Route::Attest => &["attest"],
         }
     }
 
@@ -95,7 +100,7 @@ impl Route {
     /// The methods this endpoint answers (others: 405).
     pub fn methods(self) -> Methods {
         match self {
-            Route::Status | Route::Bench | Route::Metrics | Route::Escrow | Route::EscrowVarRecoveryKey | Route::UpdatePartial => Methods::Read,
+            Route::Status | Route::Bench | Route::Metrics | Route::Escrow | Route::EscrowVarRecoveryKey | Route::UpdatePartial | Route::Attest => Methods::Read,
             Route::Reseal | Route::Recover | Route::VarEnrollTpm | Route::Update => Methods::Post,
             Route::EscrowOther => Methods::None,
         }
@@ -113,7 +118,8 @@ impl Route {
     /// Why a `readonly` certificate may not use this endpoint (`None`: it may).
     pub fn admin_only(self) -> Option<&'static str> {
         match self {
-            Route::Status | Route::Bench | Route::Metrics => None,
+            // Attestation shows measurements, as status does: every role that reads status.
+            Route::Status | Route::Bench | Route::Metrics | Route::Attest => None,
             Route::Escrow => Some("the escrowed key is admin-only"),
             Route::EscrowVarRecoveryKey | Route::EscrowOther => Some("the escrowed keys are admin-only"),
             Route::Reseal => Some("resealing is admin-only"),
@@ -126,7 +132,7 @@ impl Route {
     /// The security event a request to this endpoint is (whatever its method).
     pub fn event(self) -> Option<KeyEvent> {
         match self {
-            Route::Status | Route::Bench | Route::Metrics => None,
+            Route::Status | Route::Bench | Route::Metrics | Route::Attest => None,
             Route::Escrow | Route::EscrowVarRecoveryKey | Route::EscrowOther => Some(KeyEvent::EscrowRead),
             Route::Reseal => Some(KeyEvent::Reseal),
             Route::Recover => Some(KeyEvent::Recover),
@@ -169,6 +175,6 @@ mod tests {
 
     #[test]
     fn the_listing_names_the_endpoints_in_order() {
-        assert_eq!(Route::listing(), "status, bench, metrics, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update, update/partial");
+        assert_eq!(Route::listing(), "status, bench, metrics, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update, update/partial, attest");
     }
 }

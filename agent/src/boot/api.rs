@@ -98,6 +98,9 @@ impl crate::proxy::AgentApi for AgentImpl {
             }
         })
     }
+    fn attest(&self, nonce: Vec<u8>) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
+        Box::pin(async move { attest(&self.ctx, nonce).await.map(|a| serde_json::to_value(a).unwrap_or_default()) })
+    }
     fn escrow(&self, file: crate::proxy::EscrowFile) -> BoxFuture<'_, Option<Vec<u8>>> {
         let dir = &self.ctx.cfg.state_dir;
         let path = match file {
@@ -181,3 +184,44 @@ async fn receive_and_apply(cfg: &Config, from: crate::proxy::UpdateFrom, reboot:
     Ok(staged.version)
 }
 
+
+/// `GET /swarmseal/v1/attest?nonce=HEX`: TPM2_Quote over sha256 PCRs 0–7, 11, the policy PCRs
+/// and the phase PCR with `nonce`, the EK certificate, the event logs and the PCR signature
+/// file ([`crate::attest::Answer`]). A TPM that does not answer is 503, another failure 500.
+async fn attest(ctx: &Ctx, nonce: Vec<u8>) -> Result<crate::attest::Answer, ApiError> {
+    use crate::attest::{Answer, Blob, FORMAT};
+    let cfg = &ctx.cfg;
+    let mut pcrs: Vec<u8> = (0..=7).chain([crate::attest::SIGNED_PCR, cfg.tpm.phase_pcr]).chain(cfg.tpm.policy_pcrs()).collect();
+    pcrs.sort_unstable();
+    pcrs.dedup();
+    let (quote, ek) = ctx
+        .tpm_retry(move |t| {
+            let q = t.quote(&nonce, &pcrs)?;
+            Ok((q, t.ek_certificate()?))
+        })
+        .await
+        .map_err(|e| ApiError::new(if e.is_retryable() { ApiErrorKind::Unavailable } else { ApiErrorKind::Internal }, e.to_string()))?;
+    let (firmware_log, measure_log, pcr_signature, os_release) =
+        (cfg.attest.firmware_log.clone(), cfg.attest.measure_log.clone(), cfg.tpm.pcr_signature.clone(), cfg.update.os_release.clone());
+    let (firmware_log, measure_log, pcr_signature, image) =
+        super::blocking(move || (Blob::read(&firmware_log), Blob::read(&measure_log), Blob::read(&pcr_signature), crate::update::os_image(&os_release))).await;
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    Ok(Answer {
+        format: FORMAT.into(),
+        version: 1,
+        attest: b64(&quote.attest),
+        signature: b64(&quote.signature),
+        ak_public: b64(&quote.ak_public),
+        pcrs: quote.pcrs.iter().map(|(i, v)| (*i, hex::encode(v))).collect(),
+        phase_pcr: cfg.tpm.phase_pcr,
+        ek_certificate: match ek {
+            crate::tpm::EkCert::Present { der, .. } => Blob { base64: Some(b64(&der)), absent: None },
+            crate::tpm::EkCert::Absent { reason } => Blob { base64: None, absent: Some(reason) },
+        },
+        firmware_log,
+        measure_log,
+        pcr_signature,
+        image_version: image["version"].as_str().map(str::to_string),
+    })
+}

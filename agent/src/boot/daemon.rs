@@ -154,6 +154,13 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
         eprintln!("swarmseal: {p}");
     }
     let ctx = Ctx { cfg, ..ctx };
+    // The unit runs after the bounded wait for the time (swarmseal-time-wait.service): say
+    // what the clock is worth before anything here depends on it (TLS, certificate dates).
+    let time = super::status::time_sync().await;
+    match time.verdict() {
+        Ok(line) => tracing::info!(event = "time", offset_seconds = time.offset_seconds.unwrap_or_default(), "{line}"),
+        Err(why) => tracing::warn!(event = "time_untrusted", "{why}; TLS and certificate dates depend on the clock (check A.7, docs/time.md)"),
+    }
     status_line("waiting for the Docker engine");
     // The console screen shows the boot decision line too; it ends with the process.
     let (decided, decided_rx) = tokio::sync::watch::channel(String::from("waiting for the Docker engine"));

@@ -10,7 +10,7 @@ use crate::keystore::{pcrs_from_hex, pcrs_to_hex, KeystoreError, PhaseRecord};
 use crate::tpm::{PcrValues, TpmError};
 
 /// What the phase PCR is extended with (its SHA-256 is the extend digest).
-pub const PHASE_MARKER: &[u8] = b"swarmseal:unlocked:v1";
+pub use swarmseal_common::pcrpolicy::PHASE_MARKER;
 
 /// Whether the outcome of a boot's unlock attempt consumes that boot's unlock (the phase lock
 /// follows): success, a TPM refusal (policy, signature, another SRK), a TPM failure that is not

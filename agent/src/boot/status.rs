@@ -78,6 +78,7 @@ pub async fn status_and_engine_error(ctx: &Ctx) -> (Status, Option<crate::swarm:
             sbom_sha256: crate::update::sbom_digest(&ctx.cfg.update.sbom).await,
             ..serde_json::from_value(crate::update::os_image(&ctx.cfg.update.os_release)).unwrap_or_default()
         },
+        time: Some(time_sync().await),
     };
     (st, engine_error)
 }
@@ -100,7 +101,15 @@ pub async fn appliance_facts(cfg: &Config) -> crate::bench::ApplianceFacts {
     crate::bench::ApplianceFacts {
         sealed_key: ctx.sealed_key_fact().await,
         proxy: crate::bench_cmd::probe_proxy(cfg).await,
+        time: Some(time_sync().await),
     }
+}
+
+/// The clock as chronyd keeps it now (a few `chronyc` calls, off the async threads).
+pub async fn time_sync() -> swarmseal_common::time::TimeSync {
+    use swarmseal_common::time;
+    let sources = std::path::Path::new(time::SOURCES_FILE);
+    tokio::task::spawn_blocking(move || time::query(sources)).await.unwrap_or_else(|e| time::TimeSync::unknown(format!("the time query failed: {e}")))
 }
 
 

@@ -71,6 +71,21 @@ impl Swtpm {
         s
     }
 
+    /// Start a fresh TPM provisioned as a maker would: `swtpm_setup --create-ek-cert` writes
+    /// the EK and its certificate (signed by swtpm-localca) into NV 0x01c00002 (RSA) and the ECC one.
+    pub fn start_with_ek_cert() -> Swtpm {
+        let dir = tempfile::tempdir().unwrap();
+        let out = cmd("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+            .arg(dir.path())
+            .output()
+            .expect("swtpm_setup must be installed (apt-get install swtpm-tools)");
+        assert!(out.status.success(), "swtpm_setup --create-ek-cert failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut s = Swtpm { dir, port: 0, child: None };
+        s.spawn();
+        s
+    }
+
     /// Start swtpm on a fresh port pair. A pair can still be taken between the check and
     /// swtpm's bind (another test process): then swtpm exits at once and a new pair is tried.
     fn spawn(&mut self) {

@@ -15,6 +15,7 @@
 //! - `srk.rs`: the storage root key (persistent or derived);
 //! - `seal.rs`: TPM2_Create of the sealed object, and its marshalled form;
 //! - `unseal.rs`: TPM2_Load, the policy session, TPM2_Unseal;
+//! - `quote.rs`: the attestation key and TPM2_Quote, the EK certificate (remote attestation);
 //! - `signature.rs`: TPM2_VerifySignature of a PCR signature (signed policies);
 //! - `error.rs`: [`tpm::TpmError`] and the mapping of TSS response codes to it.
 //!
@@ -27,6 +28,7 @@ mod context;
 mod error;
 mod pcr;
 mod policy;
+mod quote;
 mod seal;
 mod signature;
 mod srk;

@@ -1,8 +1,6 @@
 //! PCR values and selections, and the two PCR commands: TPM2_PCR_Read (TPM 2.0 Part 3,
 //! 22.4) and TPM2_PCR_Extend (Part 3, 22.2). Only the sha256 bank is used.
 
-use std::collections::BTreeMap;
-
 use sha2::{Digest as _, Sha256};
 use tss_esapi::handles::PcrHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
@@ -13,7 +11,7 @@ use crate::context::Tpm;
 use crate::error::{failed, TpmError};
 
 /// PCR values of one bank: index → digest (32 bytes for sha256).
-pub type PcrValues = BTreeMap<u8, Vec<u8>>;
+pub use swarmseal_common::pcrpolicy::PcrValues;
 
 /// Highest PCR index accepted (PC Client TPMs have 24 PCRs per bank: 0..=23).
 pub const MAX_PCR: u8 = 23;

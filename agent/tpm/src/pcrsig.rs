@@ -18,8 +18,6 @@
 
 use std::path::Path;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 use swarmseal_common::signing::SigningKey;
 use tss_esapi::attributes::ObjectAttributesBuilder;
@@ -33,14 +31,7 @@ use tss_esapi::structures::{
 };
 use tss_esapi::traits::Marshall;
 
-/// Errors reading the PCR public key or the signature file. `Display` names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum PcrSigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("{path} is not usable: {message}")]
-    Invalid { path: String, message: String },
-}
+pub use swarmseal_common::pcrpolicy::{PcrSigError, PcrSignatures, SignedPolicy};
 
 /// TPM_ALG_SHA256 as the first two bytes of a Name (TPM 2.0 Part 1, 16 Names).
 const NAME_ALG_SHA256: [u8; 2] = [0x00, 0x0B];
@@ -228,83 +219,6 @@ fn ecc_p256_public(point: &[u8]) -> Result<Public, String> {
         .with_ecc_unique_identifier(EccPoint::new(param(x)?, param(y)?))
         .build()
         .map_err(|e| e.to_string())
-}
-
-/// One signed policy of the signature file (sha256 bank).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedPolicy {
-    /// The PCRs the policy covers (systemd-measure: `[11]`), ascending.
-    pub pcrs: Vec<u8>,
-    /// SHA-256 fingerprint of the signing key ([`PcrPublicKey::fingerprint`], 32 bytes).
-    pub pkfp: Vec<u8>,
-    /// The signed TPM2_PolicyPCR digest (32 bytes).
-    pub pol: Vec<u8>,
-    /// The signature over SHA-256(`pol`).
-    pub sig: Vec<u8>,
-}
-
-/// The sha256 entries of a signature file, and where they came from (for messages).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PcrSignatures {
-    /// The file (or other source) the entries were read from.
-    pub source: String,
-    pub entries: Vec<SignedPolicy>,
-}
-
-impl PcrSignatures {
-    /// Read a signature file, e.g. `/run/systemd/tpm2-pcr-signature.json`.
-    ///
-    /// Errors: `Read` when the file cannot be read; `Invalid` when it is not systemd's JSON format.
-    pub fn load(path: &Path) -> Result<PcrSignatures, PcrSigError> {
-        let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| PcrSigError::Read { path: name.clone(), source })?;
-        PcrSignatures::parse(&bytes, &name)
-    }
-
-    /// Parse systemd's signature JSON; `source` names it in errors. Entries lacking a field
-    /// are skipped (as systemd does); a field that is there but malformed is an error.
-    pub fn parse(json: &[u8], source: &str) -> Result<PcrSignatures, PcrSigError> {
-        #[derive(serde::Deserialize)]
-        struct Entry {
-            pcrs: Option<Vec<u8>>,
-            pkfp: Option<String>,
-            pol: Option<String>,
-            sig: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct File {
-            #[serde(default)]
-            sha256: Vec<Entry>,
-        }
-        let bad = |message: String| PcrSigError::Invalid { path: source.to_string(), message };
-        let file: File = serde_json::from_slice(json)
-            .map_err(|e| bad(format!("not a systemd PCR signature file (JSON {{\"sha256\": [{{\"pcrs\", \"pkfp\", \"pol\", \"sig\"}}]}}): {e}")))?;
-        let mut entries = Vec::new();
-        for (i, e) in file.sha256.into_iter().enumerate() {
-            let (Some(mut pcrs), Some(pkfp), Some(pol), Some(sig)) = (e.pcrs, e.pkfp, e.pol, e.sig) else { continue };
-            pcrs.sort_unstable();
-            pcrs.dedup();
-            let hex_field = |name: &str, v: &str| hex::decode(v).map_err(|_| bad(format!("sha256 entry {i}: `{name}` is not hex")));
-            entries.push(SignedPolicy {
-                pcrs,
-                pkfp: hex_field("pkfp", &pkfp)?,
-                pol: hex_field("pol", &pol)?,
-                sig: B64.decode(sig.trim()).map_err(|_| bad(format!("sha256 entry {i}: `sig` is not base64")))?,
-            });
-        }
-        Ok(PcrSignatures { source: source.to_string(), entries })
-    }
-
-    /// The entry over exactly `pcrs` (ascending) by the key with fingerprint `pkfp` for the
-    /// policy digest `pol`, if any.
-    pub fn find(&self, pcrs: &[u8], pkfp: &[u8], pol: &[u8]) -> Option<&SignedPolicy> {
-        self.entries.iter().find(|e| e.pcrs == pcrs && e.pkfp == pkfp && e.pol == pol)
-    }
-
-    /// How many entries over `pcrs` the key with fingerprint `pkfp` signed (any policy).
-    pub fn count_by_key(&self, pcrs: &[u8], pkfp: &[u8]) -> usize {
-        self.entries.iter().filter(|e| e.pcrs == pcrs && e.pkfp == pkfp).count()
-    }
 }
 
 #[cfg(test)]

@@ -7,16 +7,11 @@
 use sha2::{Digest as _, Sha256};
 
 use crate::error::TpmError;
-use crate::pcr::{check_indices, check_values, PcrValues, MAX_PCR, SHA256_LEN};
+use crate::pcr::{check_indices, check_values, PcrValues, SHA256_LEN};
 use crate::pcrsig::PcrPublicKey;
 
-/// TPM_CC_PolicyPCR (TPM 2.0 Part 2, table 12).
-const TPM_CC_POLICY_PCR: u32 = 0x0000_017F;
 /// TPM_CC_PolicyAuthorize (TPM 2.0 Part 2, table 12).
 const TPM_CC_POLICY_AUTHORIZE: u32 = 0x0000_016A;
-
-/// TPM_ALG_SHA256 (TPM 2.0 Part 2, table 9).
-const TPM_ALG_SHA256: u16 = 0x000B;
 
 /// The policy a key is sealed under (the sealed object's authPolicy, see [`Policy::digest`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,14 +43,8 @@ impl Policy {
     }
 }
 
-/// PolicyPCR digest starting from the empty policy (TPM 2.0 Part 3, 23.7 TPM2_PolicyPCR):
-/// `SHA-256(0^32 || TPM_CC_PolicyPCR || TPML_PCR_SELECTION || SHA-256(values in index order))`,
-/// the selection being one sha256 entry with a 3-octet bitmap (4 octets if an index is above 23).
-/// This is also the `pol` systemd-measure signs for PCR 11.
-/// Returns 32 bytes. Pure: no TPM involved.
-pub fn pcr_policy_digest(values: &PcrValues) -> Vec<u8> {
-    policy_pcr_update(&[0u8; SHA256_LEN], values)
-}
+pub use swarmseal_common::pcrpolicy::{pcr_policy_digest, pcr_values_digest};
+use swarmseal_common::pcrpolicy::policy_pcr_update;
 
 /// Signed-policy digest (TPM 2.0 Part 3, 23.16 TPM2_PolicyAuthorize, then 23.7 TPM2_PolicyPCR):
 /// `d1 = SHA-256(0^32 || TPM_CC_PolicyAuthorize || keyName)`, `d2 = SHA-256(d1 || policyRef)`
@@ -73,36 +62,6 @@ pub fn authorize_policy_digest(key_name: &[u8], literal: &PcrValues) -> Vec<u8> 
         return d2.to_vec();
     }
     policy_pcr_update(&d2, literal)
-}
-
-/// `SHA-256(previous || TPM_CC_PolicyPCR || TPML_PCR_SELECTION || SHA-256(values))`.
-fn policy_pcr_update(previous: &[u8], values: &PcrValues) -> Vec<u8> {
-    let size_of_select = if values.keys().any(|&p| p > MAX_PCR) { 4 } else { 3 };
-    let mut select = vec![0u8; size_of_select];
-    for &pcr in values.keys() {
-        if let Some(octet) = select.get_mut(usize::from(pcr / 8)) {
-            *octet |= 1 << (pcr % 8);
-        }
-    }
-    let mut h = Sha256::new();
-    h.update(previous);
-    h.update(TPM_CC_POLICY_PCR.to_be_bytes());
-    h.update(1u32.to_be_bytes()); // TPML_PCR_SELECTION.count
-    h.update(TPM_ALG_SHA256.to_be_bytes()); // TPMS_PCR_SELECTION.hash
-    h.update([size_of_select as u8]);
-    h.update(&select);
-    h.update(pcr_values_digest(values));
-    h.finalize().to_vec()
-}
-
-
-/// SHA-256 of the PCR values concatenated in index order (pcrDigest of TPM2_PolicyPCR).
-pub(crate) fn pcr_values_digest(values: &PcrValues) -> Vec<u8> {
-    let mut h = Sha256::new();
-    for v in values.values() {
-        h.update(v);
-    }
-    h.finalize().to_vec()
 }
 
 /// A `Pcr` policy needs at least one PCR; an `Authorize` policy at least one signed PCR and

@@ -34,3 +34,4 @@ pub use crate::pcr::{pcr_diffs, pcr_value_list, PcrDiff, PcrValue, PcrValues, MA
 pub use crate::policy::{authorize_policy_digest, pcr_policy_digest, Policy};
 pub use crate::seal::{SealedObject, MAX_SECRET_LEN};
 pub use crate::srk::SRK_PERSISTENT_HANDLE;
+pub use crate::quote::{ak_template, EkCert, Quote, EK_CERT_NV_INDICES, NONCE_LEN};

@@ -1,0 +1,304 @@
+//! Remote attestation (issue 20) against real swtpms and real agent processes (`swarmseal
+//! proxy`, which serves `GET /swarmseal/v1/attest`), through real docker CLI contexts, verified
+//! by `swarmseal fleet attest` (the operator's side, no TPM). Each manager's "boot" extends its
+//! swtpm the way systemd-stub and systemd would (PCR 11: the UKI's sections, PCR 15: a volume
+//! key) and writes the matching `tpm2-measure.log` (JSON-SEQ); the agent's phase lock is the
+//! extend of SHA-256(PHASE_MARKER) into PCR 11 (`swarmseal unlock` needs a swarm; `unlock.rs`
+//! proves that the agent makes it). The fleet key signs PCR 11 of image v1 in systemd's format.
+//!
+//! A good manager passes (pinned on first contact, then matches pin); a manager that booted
+//! another UKI fails "PCR 11 not signed by the fleet key"; a quote answered for another nonce
+//! fails naming the nonce; another TPM under a pinned name fails naming the AK; a measure log
+//! with a record removed fails naming the PCR; a boot without the phase marker fails naming it.
+//! swtpm, tpm2-tools, openssl, docker CLI are required: missing is a failure.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
+use support::*;
+use swarmseal::attest::{extend, verify, Answer, Expect, Outcome};
+use swarmseal::boot::PHASE_MARKER;
+use swarmseal::pcrsig::PcrPublicKey;
+use swarmseal::tpm::pcr_policy_digest;
+
+fn text(o: &Output) -> String {
+    format!("exit {:?}\nstdout: {}\nstderr: {}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn run(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = cmd(args[0]).args(&args[1..]).current_dir(dir).output().unwrap_or_else(|e| panic!("{} must be installed: {e}", args[0]));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// What an image's boot measures: (PCR, what) in order; the measure log holds these records.
+fn boot_events(image: &str) -> Vec<(u8, String)> {
+    vec![(11, format!("{image} .linux")), (11, format!("{image} .initrd")), (15, "var volume key".into()), (11, "enter-initrd".into())]
+}
+
+/// PCR 11 after `events` (from zero): what the fleet key signs for the image.
+fn pcr11_of(events: &[(u8, String)]) -> Vec<u8> {
+    events.iter().filter(|(p, _)| *p == 11).fold(vec![0u8; 32], |v, (_, w)| extend(&v, &Sha256::digest(w.as_bytes())))
+}
+
+fn measure_log(events: &[(u8, String)]) -> Vec<u8> {
+    let mut log = Vec::new();
+    for (i, (pcr, what)) in events.iter().enumerate() {
+        let rec = serde_json::json!({"recnum": i, "pcr": pcr, "digests": [{"hashAlg": "sha256", "digest": hex::encode(Sha256::digest(what.as_bytes()))}], "content_type": "systemd", "content": {"string": what}});
+        log.push(0x1e);
+        log.extend(serde_json::to_vec(&rec).unwrap());
+        log.push(b'\n');
+    }
+    log
+}
+
+/// The fleet's PCR-signing key (openssl, as `ukify genkey`), signing the way systemd-measure does.
+struct FleetKey {
+    dir: tempfile::TempDir,
+}
+
+impl FleetKey {
+    fn new() -> FleetKey {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), &["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "key.pem"]);
+        run(dir.path(), &["openssl", "pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"]);
+        FleetKey { dir }
+    }
+    fn public_pem(&self) -> PathBuf {
+        self.dir.path().join("pub.pem")
+    }
+    /// systemd's signature JSON with one entry: PCR 11 = `pcr11`.
+    fn signature_file(&self, pcr11: &[u8]) -> Vec<u8> {
+        let pol = pcr_policy_digest(&[(11u8, pcr11.to_vec())].into_iter().collect());
+        let d = self.dir.path();
+        std::fs::write(d.join("pol.bin"), &pol).unwrap();
+        run(d, &["openssl", "dgst", "-sha256", "-sign", "key.pem", "-out", "sig.bin", "pol.bin"]);
+        let sig = std::fs::read(d.join("sig.bin")).unwrap();
+        let pkfp = hex::encode(PcrPublicKey::load(&self.public_pem()).unwrap().fingerprint());
+        let entry = serde_json::json!({"pcrs": [11], "pkfp": pkfp, "pol": hex::encode(&pol), "sig": base64::engine::general_purpose::STANDARD.encode(sig)});
+        serde_json::to_vec(&serde_json::json!({"sha256": [entry]})).unwrap()
+    }
+}
+
+/// One manager: a swtpm that booted `image`, its agent's proxy, and a docker context `name`.
+struct Manager {
+    tpm: Swtpm,
+    dir: tempfile::TempDir,
+    port: u16,
+    _agent: AgentProcess,
+}
+
+impl Manager {
+    fn boot(name: &str, tpm: Swtpm, image: &str, phase_marker: bool, fleet: &FleetKey, docker_config: &Path) -> Manager {
+        let events = boot_events(image);
+        for (pcr, what) in &events {
+            tpm.extend(*pcr, what);
+        }
+        if phase_marker {
+            tpm.tpm2(&["pcrextend", &format!("11:sha256={}", hex::encode(Sha256::digest(PHASE_MARKER)))]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path();
+        let st = path_str(s);
+        std::fs::write(s.join("tpm2-measure.log"), measure_log(&events)).unwrap();
+        // The fleet signed image v1 only.
+        std::fs::write(s.join("tpm2-pcr-signature.json"), fleet.signature_file(&pcr11_of(&boot_events("image-v1")))).unwrap();
+        for args in [&["certs", "init"][..], &["certs", "issue", "ops", "--role", "readonly", "--out", &format!("{st}/ops")]] {
+            let mut all = vec!["--state-dir", st];
+            all.extend_from_slice(args);
+            let o = swarmseal(&all, &[], None);
+            assert!(o.status.success(), "{}", text(&o));
+        }
+        let port = free_port();
+        let cfg = s.join("agent.toml");
+        std::fs::write(s.join("os-release"), format!("ID=debian\nIMAGE_ID=swarmseal\nIMAGE_VERSION={image}\n")).unwrap();
+        std::fs::write(
+            &cfg,
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[update]\nos_release = \"{}\"\n[tpm]\npcr_signature = \"{}\"\n[attest]\nfirmware_log = \"{}\"\nmeasure_log = \"{}\"\n",
+                path_str(&s.join("os-release")),
+                path_str(&s.join("tpm2-pcr-signature.json")),
+                path_str(&s.join("no-firmware-log")),
+                path_str(&s.join("tpm2-measure.log"))
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(s.join("agent.log")).unwrap();
+        let agent = AgentProcess(
+            cmd(swarmseal_bin())
+                .args(["--config", path_str(&cfg), "--state-dir", st, "--docker-host", &format!("unix://{st}/no-docker.sock"), "--tcti", &tpm.tcti(), "proxy"])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let b = s.join("ops");
+        let ep = format!("host=tcp://127.0.0.1:{port},ca={},cert={},key={}", path_str(&b.join("ca.pem")), path_str(&b.join("cert.pem")), path_str(&b.join("key.pem")));
+        let o = docker(docker_config, &["context", "create", name, "--docker", &ep]);
+        assert!(o.status.success(), "{}", text(&o));
+        wait_until("the proxy listens", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Manager { tpm, dir, port, _agent: agent }
+    }
+
+    /// `GET path` with the readonly certificate (curl): (HTTP status, body).
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let b = self.dir.path().join("ops");
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}", "--cacert", path_str(&b.join("ca.pem")), "--cert", path_str(&b.join("cert.pem")), "--key", path_str(&b.join("key.pem"))])
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .output()
+            .expect("curl must be installed");
+        assert!(o.status.success(), "curl {path}: {}", text(&o));
+        let out = o.stdout;
+        let cut = out.iter().rposition(|&c| c == b'\n').unwrap();
+        (String::from_utf8_lossy(&out[cut + 1..]).parse().unwrap(), out[..cut].to_vec())
+    }
+}
+
+fn docker(config: &Path, args: &[&str]) -> Output {
+    Command::new("docker").env("DOCKER_CONFIG", config).env_remove("DOCKER_HOST").env_remove("DOCKER_CONTEXT").args(args).output().expect("the docker CLI must be installed")
+}
+
+#[test]
+fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
+    let t0 = std::time::Instant::now();
+    let fleet = FleetKey::new();
+    let docker_config = tempfile::tempdir().unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let mut good = Manager::boot("good", Swtpm::start_with_ek_cert(), "image-v1", true, &fleet, docker_config.path());
+    let other = Manager::boot("other-uki", Swtpm::start(), "image-v2", true, &fleet, docker_config.path());
+    let unlocked_never = Manager::boot("no-marker", Swtpm::start(), "image-v1", false, &fleet, docker_config.path());
+    let fleet_pem = fleet.public_pem();
+    let attest = |contexts: &str, public_key: bool| -> Output {
+        let mut args = vec!["fleet", "attest", "--allow-no-firmware-log", "--contexts", contexts, "--pin-dir", path_str(pins.path())];
+        if public_key {
+            args.extend(["--public-key", path_str(&fleet_pem)]);
+        }
+        swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None)
+    };
+    // The row of `check` in the table of manager `ctx`.
+    let row = |o: &Output, ctx: &str, check: &str| -> String {
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let table = out.lines().skip_while(|l| l.split(' ').next() != Some(ctx)).skip(1).take_while(|l| l.starts_with(' ')).find(|l| l.trim_start().starts_with(check));
+        table.unwrap_or_else(|| panic!("no {check} row for {ctx}: {}", text(o))).to_string()
+    };
+
+    // A good manager: every check passes (Secure Boot n/a: no firmware log here); the AK is
+    // pinned on first contact, then matches its pin. The readonly role may attest.
+    let o = attest("good", true);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(row(&o, "good", "AK identity").contains("pinned on first contact"), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("good image image-v1 (as the manager reports it)\n"), "{}", text(&o));
+    assert!(row(&o, "good", "PCR 11 signed").contains("PASS"), "{}", text(&o));
+    assert!(row(&o, "good", "phase marker").contains("exactly once"), "{}", text(&o));
+    assert!(row(&o, "good", "Secure Boot").contains("n/a") && row(&o, "good", "Secure Boot").contains("no firmware event log"), "{}", text(&o));
+    let o = attest("good", true);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(row(&o, "good", "AK identity").contains("matches pin"), "{}", text(&o));
+    // Every handle the quote used was flushed (no resource manager on swtpm).
+    assert_eq!(good.tpm.transient_handles(), 0, "the AK was left loaded");
+    // Without the fleet key PCR 11 cannot be judged: a failure, never a silent pass.
+    let o = attest("good", false);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "good", "PCR 11 signed").contains("--public-key"), "{}", text(&o));
+
+    // Another UKI (PCR 11 extended with another value before the marker): named.
+    let o = attest("good,other-uki", true);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "other-uki", "PCR 11 signed").contains("PCR 11 not signed by the fleet key"), "{}", text(&o));
+    assert!(row(&o, "good", "PCR 11 signed").contains("PASS"), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("other-uki") && !String::from_utf8_lossy(&o.stderr).contains("good"), "{}", text(&o));
+    // A manager that fails on first contact is not pinned (its AK is not trusted by a failed run).
+    assert!(row(&o, "other-uki", "AK identity").contains("not pinned"), "{}", text(&o));
+    assert!(!pins.path().join("other-uki").exists(), "a failed first contact wrote a pin");
+
+    // No phase marker: the agent never unlocked in this boot.
+    let o = attest("no-marker", true);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "no-marker", "phase marker").contains("no phase marker in PCR 11"), "{}", text(&o));
+
+    // Another TPM answering under a pinned name: the AK differs from the pin, named.
+    std::fs::copy(pins.path().join("good"), pins.path().join("other-uki")).unwrap();
+    let o = attest("other-uki", true);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "other-uki", "AK identity").contains("FAIL") && row(&o, "other-uki", "AK identity").contains("not the AK pinned"), "{}", text(&o));
+
+    // A measure log with one record removed (the PCR 15 one): replay fails naming PCR 15.
+    let log = good.dir.path().join("tpm2-measure.log");
+    let mut events = boot_events("image-v1");
+    events.retain(|(p, _)| *p != 15);
+    std::fs::write(&log, measure_log(&events)).unwrap();
+    let o = attest("good", true);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "good", "event log replay").contains("PCR 15"), "{}", text(&o));
+    // …and a removed PCR 11 record: PCR 11 does not replay (nor is its signed value known).
+    let mut events = boot_events("image-v1");
+    events.remove(1);
+    std::fs::write(&log, measure_log(&events)).unwrap();
+    let o = attest("good", true);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "good", "event log replay").contains("PCR 11"), "{}", text(&o));
+    std::fs::write(&log, measure_log(&boot_events("image-v1"))).unwrap();
+
+    // A replayed quote: the answer to one nonce, verified against this run's nonce.
+    let (status, body) = good.get(&format!("/swarmseal/v1/attest?nonce={}", hex::encode([0x11u8; 32])));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Answer = serde_json::from_slice(&body).unwrap();
+    let key = swarmseal_common::signing::SigningKey::load(&fleet.public_pem()).unwrap();
+    let pin = pins.path().join("good");
+    let expect = |nonce: &'static [u8]| Expect { nonce, fleet_key: None, pin: &pin, phase_pcr: 11, allow_no_firmware_log: true };
+    let rows = verify(&answer, &Expect { fleet_key: Some(&key), ..expect(&[0x22u8; 32]) });
+    let nonce = rows.iter().find(|r| r.name == "nonce").unwrap();
+    assert!(matches!(&nonce.outcome, Outcome::Fail(t) if t.contains("nonce") && t.contains(&hex::encode([0x11u8; 32]))), "{rows:?}");
+    let others_pass = rows.iter().filter(|r| r.name != "nonce" && r.name != "Secure Boot").all(|r| matches!(r.outcome, Outcome::Pass(_)));
+    assert!(others_pass, "only the nonce differs: {rows:?}");
+    // A quote that covers only the PCRs the manager chose (here PCR 11 alone, with a matching
+    // digest): refused, whatever it covers, for not covering 0–7.
+    let mut narrow = answer.clone();
+    let mut a = base64::engine::general_purpose::STANDARD.decode(&narrow.attest).unwrap();
+    let mut at = 6;
+    for _ in 0..2 {
+        at += 2 + usize::from(u16::from_be_bytes([a[at], a[at + 1]])); // qualifiedSigner, extraData
+    }
+    at += 17 + 8 + 4; // clockInfo, firmwareVersion, the selection count (1)
+    assert_eq!(&a[at..at + 3], &[0x00, 0x0b, 3], "one sha256 selection of 3 bytes");
+    a[at + 3..at + 6].copy_from_slice(&[0x00, 0x08, 0x00]);
+    narrow.attest = base64::engine::general_purpose::STANDARD.encode(&a);
+    narrow.pcrs.retain(|p, _| *p == 11);
+    let rows = verify(&narrow, &Expect { fleet_key: Some(&key), ..expect(&[0x11u8; 32]) });
+    let digest = rows.iter().find(|r| r.name == "PCR digest").unwrap();
+    assert!(matches!(&digest.outcome, Outcome::Fail(t) if t.contains("does not cover PCRs [0, 1, 2, 3, 4, 5, 6, 7]")), "{rows:?}");
+    // Without a firmware log and without --allow-no-firmware-log: Secure Boot is a failure.
+    let rows = verify(&answer, &Expect { fleet_key: Some(&key), allow_no_firmware_log: false, ..expect(&[0x11u8; 32]) });
+    let sb = rows.iter().find(|r| r.name == "Secure Boot").unwrap();
+    assert!(matches!(&sb.outcome, Outcome::Fail(t) if t.contains("no firmware event log")), "{rows:?}");
+    // The EK certificate the maker provisioned (DER X.509: a SEQUENCE); a TPM without one says why.
+    let ek = answer.ek_certificate.bytes().unwrap();
+    assert_eq!((ek[0], answer.ek_certificate.absent.as_deref()), (0x30, None), "{:?}", answer.ek_certificate);
+    let (status, body) = unlocked_never.get(&format!("/swarmseal/v1/attest?nonce={}", hex::encode([0x44u8; 16])));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let bare: Answer = serde_json::from_slice(&body).unwrap();
+    assert!(bare.ek_certificate.base64.is_none() && bare.ek_certificate.absent.as_deref().unwrap_or_default().contains("0x01c00002"), "{:?}", bare.ek_certificate);
+
+    // A bad or missing nonce is the client's error (400), said.
+    for q in ["", "?nonce=abc", "?nonce=00", &format!("?nonce={}", "ab".repeat(65))] {
+        let (status, body) = good.get(&format!("/swarmseal/v1/attest{q}"));
+        assert_eq!(status, 400, "{q}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("16 to 64"), "{}", String::from_utf8_lossy(&body));
+    }
+    // The TPM stops answering: 503 with the reason, and `fleet attest` fails that manager.
+    good.tpm.kill();
+    let (status, body) = good.get(&format!("/swarmseal/v1/attest?nonce={}", hex::encode([0x33u8; 16])));
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("TPM"), "{}", String::from_utf8_lossy(&body));
+    let o = attest("good", true);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "good", "answer").contains("HTTP 503"), "{}", text(&o));
+    drop((good, other, unlocked_never));
+    eprintln!("attestation test took {:.1} s", t0.elapsed().as_secs_f64());
+}
