@@ -335,6 +335,16 @@ impl Vm {
         Ok(())
     }
 
+    /// Plug in (`up`) or pull the cable of NIC `nic` (`nic0`…): `scripts/run-qemu --set-link`
+    /// (QMP set_link). Pulled, QEMU drops every frame to and from that NIC, and the guest sees
+    /// its carrier go.
+    pub fn set_link(&self, nic: &str, up: bool) -> Check {
+        let state = if up { "on" } else { "off" };
+        run(Command::new(self.suite.run_qemu()).arg("--vm-dir").arg(&self.dir).arg("--set-link").arg(format!("{nic}={state}")))?;
+        println!("    [{}] {nic}: cable {}", self.name, if up { "plugged in" } else { "pulled" });
+        Ok(())
+    }
+
     /// Pull the plug: SIGKILL QEMU; the TPM loses power with it.
     pub fn power_cut(&mut self) -> Check {
         if let Some(pid) = self.qemu_pid() {
@@ -488,6 +498,12 @@ impl Vm {
         self.curl(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem"))], method, path)
     }
 
+    /// [`Vm::api`] that gives up after `secs` seconds (curl keeps the last `--max-time`).
+    pub fn api_within(&self, secs: u64, method: &str, path: &str) -> Check<(u16, Vec<u8>)> {
+        let b = self.bundle();
+        self.curl(&["--cacert", &p(&b.join("ca.pem")), "--cert", &p(&b.join("cert.pem")), "--key", &p(&b.join("key.pem")), "--max-time", &secs.to_string()], method, path)
+    }
+
     /// `curl -X POST --data-binary @-` an agent endpoint with the admin bundle,
     /// the body on stdin (a secret never on a command line).
     pub fn api_post(&self, path: &str, body: &str) -> Check<(u16, Vec<u8>)> {
@@ -612,6 +628,38 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
+// ------------------------------------------------------------ frames on the wire
+
+/// The frames of a pcap file as QEMU's `filter-dump` writes it (`run-qemu --net-dump`:
+/// little-endian, Ethernet), each with its timestamp in µs of QEMU's virtual clock. A file
+/// cut short by a frame being written ends at the last whole frame.
+pub fn pcap_frames(pcap: &[u8]) -> Check<Vec<(u64, &[u8])>> {
+    let u32_at = |o: usize| pcap.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    ensure!(u32_at(0) == Some(0xa1b2_c3d4), "not a little-endian pcap file");
+    ensure!(u32_at(20) == Some(1), "not an Ethernet capture (pcap link type {:?})", u32_at(20));
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while let (Some(sec), Some(usec), Some(len)) = (u32_at(at), u32_at(at + 4), u32_at(at + 8)) {
+        let Some(frame) = pcap.get(at + 16..at + 16 + len as usize) else { break };
+        frames.push((sec as u64 * 1_000_000 + usec as u64, frame));
+        at += 16 + len as usize;
+    }
+    Ok(frames)
+}
+
+/// The 802.1Q VLAN id of an Ethernet frame that carries a tag.
+pub fn vlan_id(frame: &[u8]) -> Option<u16> {
+    (frame.get(12..14)? == [0x81, 0x00]).then(|| u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff)
+}
+
+/// The sender's IPv4 address of an ARP frame (tagged or not).
+pub fn arp_sender(frame: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let l3 = if vlan_id(frame).is_some() { 18 } else { 14 };
+    (frame.get(l3 - 2..l3)? == [0x08, 0x06]).then_some(())?;
+    let a = frame.get(l3 + 14..l3 + 18)?;
+    Some(std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+}
+
 /// The operator's age identity for the escrow copy of the unlock key.
 pub struct Escrow {
     identity: age::x25519::Identity,
@@ -672,6 +720,33 @@ mod tests {
         assert_eq!(&pe[0x100..0x112], b"quiet rw x=1 extra");
         assert_eq!(pe[h + 8], 18);
         assert!(append_to_cmdline(&mut pe, &"y".repeat(60)).is_err());
+    }
+
+    #[test]
+    fn frames_tags_and_arp_senders_are_read_from_a_pcap() {
+        // An ARP request from 192.168.42.10 tagged VLAN 42, then an untagged IPv4 frame.
+        let mut arp = vec![0xff; 6];
+        arp.extend([0x52, 0x54, 0, 0x12, 0x34, 0x56, 0x81, 0x00, 0x00, 42, 0x08, 0x06]);
+        arp.extend([0, 1, 8, 0, 6, 4, 0, 1, 0x52, 0x54, 0, 0x12, 0x34, 0x56, 192, 168, 42, 10, 0, 0, 0, 0, 0, 0, 192, 168, 42, 1]);
+        let mut ip = vec![0u8; 12];
+        ip.extend([0x08, 0x00, 0x45]);
+        let mut pcap = Vec::new();
+        for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 1] {
+            pcap.extend(v.to_le_bytes());
+        }
+        for (t, f) in [(7u32, &arp), (8, &ip)] {
+            for v in [t, 5, f.len() as u32, f.len() as u32] {
+                pcap.extend(v.to_le_bytes());
+            }
+            pcap.extend(f.iter());
+        }
+        pcap.extend([1, 2, 3]); // a record header cut short
+        let frames = pcap_frames(&pcap).unwrap();
+        assert_eq!(frames.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![7_000_005, 8_000_005]);
+        assert_eq!(vlan_id(frames[0].1), Some(42));
+        assert_eq!(arp_sender(frames[0].1), Some(std::net::Ipv4Addr::new(192, 168, 42, 10)));
+        assert_eq!((vlan_id(frames[1].1), arp_sender(frames[1].1)), (None, None));
+        assert!(pcap_frames(b"not a pcap file at all, really").is_err());
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn main() {
         ("10", "a release that fails its health gate: its boot tries, then back on the previous version, unlocked with no reseal", update_rolls_back),
         ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
         ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
-        ("11", "a static address by first-boot credential (network.network.*): the swarm advertises it, the proxy answers on it", static_address),
+        ("11", "a bond of 2 NICs with a static address and a VLAN, by first-boot credential (network.*): the swarm advertises it, the screen shows both, the proxy answers on it and again through the 2nd NIC once the active one's cable is pulled", static_address),
         ("12", "trusted time: RTC 2 days off, an NTS server on the host by credential: synchronised before ready, A.7 PASS; its CA replaced by another: A.7 WARN naming why, still unlocked", trusted_time),
         ("fleet", "three managers, one autolocked swarm, rolled to the next release by `swarmseal fleet update`: quorum held throughout", fleet),
     ];
@@ -544,40 +544,140 @@ fn bad_credentials(s: &mut Story) -> Check {
 // ---------------------------------------------------------------- 11
 
 /// Issue 19, network by credential, with no code of ours: the image's
-/// systemd-network-generator (enabled; `ImportCredential=network.network.*`) writes the
-/// credential `network.network.10-static` to `/run/systemd/network/10-static.network`, which
-/// sorts before the image's DHCP `80-ethernet.network`, so networkd applies it. QEMU forwards
-/// the proxy's port to that address (`run-qemu --guest-addr`), and the agent is told to
-/// advertise it (`swarmseal.advertise-addr`, what an operator gives with a static address).
-/// A brand-new manager: the story's is shut down first.
+/// systemd-network-generator (enabled; `ImportCredential=network.netdev.*`, `network.network.*`)
+/// writes each credential `network.KIND.NAME` to `/run/systemd/network/NAME.KIND`; `10-…` to
+/// `30-…` sort before the image's DHCP `80-ethernet.network`, so networkd applies them. The
+/// manager has two NICs (`run-qemu --nics 2`: both on one QEMU hub with the user network, like
+/// two ports of one switch), bonded active-backup as `bond0` with the static address, and VLAN
+/// 42 on the bond with 192.168.42.10/24. Nothing answers on the VLAN under QEMU: its tagged
+/// frames on the wire (`run-qemu --net-dump`) and its address on the status screen show it is
+/// there. QEMU forwards the proxy's port to the static address (`run-qemu --guest-addr`); the
+/// agent advertises it (`swarmseal.advertise-addr`). Then the active NIC's cable is pulled
+/// (`run-qemu --set-link`: QEMU drops every frame to and from it) and the proxy must answer
+/// again through the other one: the bond's failover, timed. Issue 20's status screen is on the
+/// serial console here (`swarmseal.console-tty`), and networkd's log lines too (a drop-in by
+/// credential), to show they name no error. A brand-new manager: the story's is shut down first.
 fn static_address(s: &mut Story) -> Check {
     const ADDR: &str = "10.0.2.20";
+    const VLAN_ADDR: &str = "192.168.42.10";
     if let Some(vm) = s.manager.as_mut() {
         vm.shutdown()?;
     }
     let mut vm = Vm::new(&s.suite, "static-net")?;
-    let net = vm.dir.join("10-static.network");
-    std::fs::write(&net, format!("[Match]\nName=en*\n\n[Network]\nAddress={ADDR}/24\nGateway=10.0.2.2\nDNS=10.0.2.3\n")).map_err(|e| e.to_string())?;
-    // Issue 20: the status screen, redirected to the serial console by credential, shows the address.
-    vm.options = vec!["--guest-addr".into(), ADDR.into(), "--cred-file".into(), format!("network.network.10-static={}", net.display()), "--cred".into(), "swarmseal.console-tty=/dev/ttyS0".into()];
+    let dump = vm.dir.join("net");
+    let creds = [
+        ("network.netdev.10-bond0", "[NetDev]\nName=bond0\nKind=bond\n\n[Bond]\nMode=active-backup\nMIIMonitorSec=100ms\n".to_string()),
+        ("network.network.10-bond0-ports", "[Match]\nName=en*\n\n[Network]\nBond=bond0\n".into()),
+        ("network.network.20-bond0", format!("[Match]\nName=bond0\n\n[Network]\nAddress={ADDR}/24\nGateway=10.0.2.2\nDNS=10.0.2.3\nVLAN=vlan42\n")),
+        ("network.netdev.20-vlan42", "[NetDev]\nName=vlan42\nKind=vlan\n\n[VLAN]\nId=42\n".into()),
+        ("network.network.30-vlan42", format!("[Match]\nName=vlan42\n\n[Network]\nAddress={VLAN_ADDR}/24\n")),
+        // The test's eyes only: networkd logs to stderr, copied to the journal and the console.
+        ("systemd.unit-dropin.systemd-networkd.service", "[Service]\nEnvironment=SYSTEMD_LOG_TARGET=console\nStandardError=journal+console\n".into()),
+    ];
+    let dump_dir = dump.display().to_string();
+    vm.options = ["--nics", "2", "--net-dump", dump_dir.as_str(), "--guest-addr", ADDR, "--cred", "swarmseal.console-tty=/dev/ttyS0"].map(String::from).to_vec();
+    for (name, body) in &creds {
+        let file = vm.dir.join(name);
+        std::fs::write(&file, body).map_err(|e| format!("{}: {e}", file.display()))?;
+        vm.options.extend(["--cred-file".to_string(), format!("{name}={}", file.display())]);
+    }
     let mut f = Findings::default();
-    let st = vm.boot_expect(&format!("static address {ADDR} by credential"), Outcome::Unlocked, BOOT);
+    let st = vm.boot_expect(&format!("bond0 (2 NICs, active-backup) on {ADDR}, VLAN 42 on {VLAN_ADDR}, by credential"), Outcome::Unlocked, BOOT);
     f.check(st.is_ok(), || format!("no unlocked manager reached at {ADDR}: {}", st.as_ref().err().cloned().unwrap_or_default()));
-    if st.is_ok() {
+    if let Ok(st) = &st {
         let addr = vm.docker(&["node", "inspect", "self", "--format", "{{.Status.Addr}} {{.ManagerStatus.Addr}}"]);
         println!("    node address, manager address: {}", addr.stdout.trim());
         f.check(addr.ok && addr.stdout.trim() == format!("{ADDR} {ADDR}:2377"), || format!("the swarm does not advertise {ADDR}: {addr}"));
-        let screen = console_screen(&vm, st.as_ref().ok().and_then(|s| s["image"]["version"].as_str()).unwrap_or("?"), ADDR);
+        let screen = console_screen(&vm, st["image"]["version"].as_str().unwrap_or("?"), &[(ADDR, "bond0"), (VLAN_ADDR, "vlan42")]);
         f.check(screen.is_ok(), || format!("the console status screen on the serial console: {}", screen.err().unwrap_or_default()));
+        let tagged = sent_frames(&dump).iter().flat_map(|(_, fr)| fr.iter().filter_map(|(_, fr)| swarmseal_qemu_tests::vlan_id(fr))).filter(|&v| v == 42).count();
+        println!("    frames the guest sent tagged VLAN 42: {tagged}");
+        f.check(tagged > 0, || "no frame tagged VLAN 42 left the guest: the VLAN is not there".into());
+        // networkd's lines about the credentials' files and the links they make, before the cut
+        // (whose own lines follow it): a file's problem is `/run/systemd/network/NAME:LINE: …`.
+        let networkd = vm.console_lines(&["systemd-networkd["]);
+        let ours = |l: &str| ["bond0", "vlan42", ": en", "/run/systemd/network/"].iter().any(|w| l.contains(w));
+        for l in networkd.iter().filter(|l| ours(l)).take(16) {
+            println!("    console: {}", l.trim());
+        }
+        let file_problem = |l: &str| l.split("/run/systemd/network/").skip(1).any(|rest| rest.split_once(':').is_some_and(|(_, at)| at.starts_with(|c: char| c.is_ascii_digit())));
+        let problem = |l: &str| file_problem(l) || (ours(l) && ["rror", "ailed", "Could not", "nvalid", "gnoring", "nknown"].iter().any(|w| l.contains(w)));
+        let errors: Vec<&String> = networkd.iter().filter(|l| problem(l)).collect();
+        f.check(!networkd.is_empty(), || "no line of systemd-networkd on the console (the drop-in credential did not apply)".into());
+        f.check(errors.is_empty(), || format!("systemd-networkd's lines name a problem with the credentials' files or links: {errors:?}"));
+        let failover = bond_failover(&vm, &dump, VLAN_ADDR);
+        f.check(failover.is_ok(), || format!("the bond's failover: {}", failover.err().unwrap_or_default()));
     }
+    let failed = vm.console_lines(&["FAILED", "network"]);
+    f.check(failed.is_empty(), || format!("a network unit failed: {failed:?}"));
     vm.shutdown()?;
     f.done()
 }
 
+/// Frames one NIC sent, each with its time (µs, QEMU's virtual clock).
+type Frames = Vec<(u64, Vec<u8>)>;
+
+/// The frames the guest sent on each NIC so far (`run-qemu --net-dump DIR`: DIR/nicI.pcap),
+/// by NIC name.
+fn sent_frames(dir: &std::path::Path) -> Vec<(String, Frames)> {
+    (0..2)
+        .map(|i| {
+            let raw = std::fs::read(dir.join(format!("nic{i}.pcap"))).unwrap_or_default();
+            let frames = swarmseal_qemu_tests::pcap_frames(&raw).unwrap_or_default();
+            (format!("nic{i}"), frames.into_iter().map(|(t, fr)| (t, fr.to_vec())).collect())
+        })
+        .collect()
+}
+
+/// Pull the cable of the NIC the bond sends on (the one whose last frame is the newest, right
+/// after a request through the proxy) and time until the proxy answers again: through the other
+/// NIC, the only way left. That NIC must have sent frames since, among them (printed, not
+/// required) the bond's gratuitous ARP for the VLAN's address, tagged.
+fn bond_failover(vm: &Vm, dump: &std::path::Path, vlan_addr: &str) -> Check {
+    let (code, _) = vm.api("GET", "/swarmseal/v1/status")?;
+    ensure!(code == 200, "status before the cut: HTTP {code}");
+    let before = sent_frames(dump);
+    let last = |frames: &Frames| frames.last().map(|(t, _)| *t);
+    let counts: Vec<String> = before.iter().map(|(n, fr)| format!("{n} {} frames", fr.len())).collect();
+    let (active, sent) = before.iter().max_by_key(|(_, fr)| last(fr)).ok_or("no NIC dump")?;
+    ensure!(!sent.is_empty(), "no NIC sent a frame (run-qemu --net-dump {}): cannot tell which one the bond uses", dump.display());
+    let (other, other_before) = before.iter().find(|(n, _)| n != active).map(|(n, fr)| (n.clone(), fr.len())).ok_or("one NIC only")?;
+    println!("    sent so far: {}; the bond sends on {active}", counts.join(", "));
+    vm.set_link(active, false)?;
+    let t = Instant::now();
+    let mut tries = 0;
+    let mut last_err = String::new();
+    let answered = loop {
+        tries += 1;
+        match vm.api_within(5, "GET", "/swarmseal/v1/status") {
+            Ok((200, _)) => break Some(t.elapsed()),
+            Ok((c, b)) => last_err = format!("HTTP {c} {}", text(&b)),
+            Err(e) => last_err = e,
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let after = sent_frames(dump);
+    let new: Vec<&(u64, Vec<u8>)> = after.iter().find(|(n, _)| *n == other).map(|(_, fr)| fr.iter().skip(other_before).collect()).unwrap_or_default();
+    let garp = new.iter().any(|(_, fr)| swarmseal_qemu_tests::vlan_id(fr) == Some(42) && swarmseal_qemu_tests::arp_sender(fr).is_some_and(|a| a.to_string() == vlan_addr));
+    let lost = vm.console_lines(&["systemd-networkd[", "Lost carrier"]);
+    println!("    {other} sent {} frames since the cut (a VLAN 42 ARP for {vlan_addr} among them: {garp}); console: {}", new.len(), lost.last().map(|l| l.trim()).unwrap_or("no networkd line on the lost carrier"));
+    let took = answered.ok_or_else(|| format!("the proxy did not answer within 60 s of pulling {active}'s cable ({tries} tries): {last_err}"))?;
+    println!("    failover: the proxy answered again {:.1} s after {active}'s cable was pulled ({tries} tries, 5 s each at most)", took.as_secs_f64());
+    ensure!(!new.is_empty(), "the proxy answered, but {other} sent nothing since the cut");
+    let ls = vm.docker(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"]);
+    ensure!(ls.ok, "docker node ls through {other}: {ls}");
+    println!("    docker node ls through {other}: {}", ls.stdout);
+    Ok(())
+}
+
 /// The status screen (docs/operating.md "Console") on the serial console: the image version,
-/// the active leader, `addr` among the addresses, and the proxy certificate's SHA-256
-/// fingerprint as openssl prints it (what an operator compares on first contact).
-fn console_screen(vm: &Vm, version: &str, addr: &str) -> Check {
+/// the active leader, each (address, interface) of `addrs` on its last drawing, and the proxy
+/// certificate's SHA-256 fingerprint as openssl prints it (what an operator compares on first
+/// contact).
+fn console_screen(vm: &Vm, version: &str, addrs: &[(&str, &str)]) -> Check {
     vm.wait_console(&["swarm      active, manager, leader"], Duration::from_secs(60))?;
     let pki = vm.dir.join("pki");
     let cert = [pki.join("pki/server-cert.pem"), pki.join("server-cert.pem")].into_iter().find(|p| p.exists()).ok_or("no server-cert.pem under the VM's pki/")?;
@@ -591,11 +691,20 @@ fn console_screen(vm: &Vm, version: &str, addr: &str) -> Check {
             missing.push(want);
         }
     }
-    if !c.lines().any(|l| l.starts_with("addresses") && l.contains(&format!(" {addr} ("))) {
-        missing.push(format!("addresses … {addr} (…)"));
+    // The last drawing's address rows (the label's line and those continuing it), as one line.
+    let lines: Vec<&str> = c.lines().collect();
+    let shown = match lines.iter().rposition(|l| l.starts_with("addresses ")) {
+        Some(i) => lines[i..].iter().take_while(|l| l.starts_with("addresses ") || l.starts_with("           ")).copied().collect::<Vec<_>>().join(" "),
+        None => String::new(),
+    };
+    let shown = shown.trim_start_matches("addresses").split_whitespace().collect::<Vec<_>>().join(" ");
+    for (a, i) in addrs {
+        if !format!(" {shown} ").contains(&format!(" {a} ({i}) ")) {
+            missing.push(format!("addresses … {a} ({i})"));
+        }
     }
     ensure!(missing.is_empty(), "the screen lacks {missing:?}; console tail:\n{}", vm.console_tail(24));
-    println!("    console screen: version {version}, {addr}, leader, fingerprint {fp}");
+    println!("    console screen: version {version}, addresses {shown}, leader, fingerprint {fp}");
     Ok(())
 }
 
