@@ -1449,7 +1449,7 @@ mod tests {
         let mut s = Snapshot::default();
         assert_eq!(eval("A.7", &s).status, Status::Note);
         s.appliance.time = Some(assess(&tracking("-0.000002", "Normal"), &selected, &nts, None));
-        assert_eq!(eval("A.7", &s), Outcome::pass_with("Synchronised to 10.0.2.2 (NTS), offset -0.000002 s"));
+        assert_eq!(eval("A.7", &s), Outcome::pass_with("Synchronised to 10.0.2.2 (NTS), offset -2.00e-6 s"));
         s.appliance.time = Some(assess(&tracking("2.5", "Normal"), &selected, &nts, None));
         assert_eq!(eval("A.7", &s), Outcome::warn("Synchronised to 10.0.2.2, but the clock is off by 2.500 s (limit 1 s)"));
         s.appliance.time = Some(assess(&tracking("0.001", "Normal"), &selected, &[], None));
