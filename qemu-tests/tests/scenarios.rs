@@ -857,7 +857,8 @@ fn fleet_attest(suite: &Suite, vm: &Vm) -> Check<(Option<i32>, String)> {
 }
 
 /// The manager's `binary_bios_measurements` as `GET /swarmseal/v1/attest` returns it, written
-/// to the suite's folder (`firmware-log.bin`) with the certificate the firmware trusts.
+/// to the suite's folder (`firmware-log.bin`) with the certificate the firmware trusts and the
+/// PCR values quoted with it.
 fn save_firmware_log(suite: &Suite, vm: &Vm) -> Check<PathBuf> {
     let (code, body) = vm.api("GET", &format!("/swarmseal/v1/attest?nonce={}", "5a".repeat(16)))?;
     ensure!(code == 200, "GET /swarmseal/v1/attest: HTTP {code} {}", text(&body));
@@ -871,5 +872,7 @@ fn save_firmware_log(suite: &Suite, vm: &Vm) -> Check<PathBuf> {
     std::fs::write(&out, &o.stdout).map_err(|e| format!("{}: {e}", out.display()))?;
     let keys = std::env::var_os("SWARMSEAL_KEYS").map(PathBuf::from).unwrap_or_else(|| suite.repo.join("keys"));
     let _ = std::fs::copy(keys.join("secure-boot.crt"), suite.work.join("firmware-log.secure-boot.crt"));
+    // The PCRs the TPM quoted beside it: PCRs 0–7 must be the log's replay.
+    std::fs::write(suite.work.join("firmware-log.pcrs.json"), answer["pcrs"].to_string()).map_err(|e| e.to_string())?;
     Ok(out)
 }
