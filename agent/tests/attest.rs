@@ -128,15 +128,7 @@ impl Manager {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(s.join("agent.log")).unwrap();
-        let agent = AgentProcess(
-            cmd(swarmseal_bin())
-                .args(["--config", path_str(&cfg), "--state-dir", st, "--docker-host", &format!("unix://{st}/no-docker.sock"), "--tcti", &tpm.tcti(), "proxy"])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
+        let agent = start_proxy(s, &cfg, &tpm);
         let b = s.join("ops");
         let ep = format!("host=tcp://127.0.0.1:{port},ca={},cert={},key={}", path_str(&b.join("ca.pem")), path_str(&b.join("cert.pem")), path_str(&b.join("key.pem")));
         let o = docker(docker_config, &["context", "create", name, "--docker", &ep]);
@@ -158,6 +150,20 @@ impl Manager {
         let cut = out.iter().rposition(|&c| c == b'\n').unwrap();
         (String::from_utf8_lossy(&out[cut + 1..]).parse().unwrap(), out[..cut].to_vec())
     }
+}
+
+/// `swarmseal proxy` with state dir `dir` and config `cfg` on `tpm`, no engine; its output in `dir/agent.log`.
+fn start_proxy(dir: &Path, cfg: &Path, tpm: &Swtpm) -> AgentProcess {
+    let st = path_str(dir);
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    AgentProcess(
+        cmd(swarmseal_bin())
+            .args(["--config", path_str(cfg), "--state-dir", st, "--docker-host", &format!("unix://{st}/no-docker.sock"), "--tcti", &tpm.tcti(), "proxy"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn docker(config: &Path, args: &[&str]) -> Output {
@@ -342,15 +348,7 @@ fn the_agent_flushes_transient_objects_left_in_the_tpm() {
     let cfg = s.join("agent.toml");
     std::fs::write(&cfg, format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
     let log = s.join("agent.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let _agent = AgentProcess(
-        cmd(swarmseal_bin())
-            .args(["--config", path_str(&cfg), "--state-dir", st, "--docker-host", &format!("unix://{st}/no-docker.sock"), "--tcti", &tpm.tcti(), "proxy"])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = start_proxy(s, &cfg, &tpm);
     wait_until("the proxy listens", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     assert_eq!(tpm.transient_handles(), 0, "the leftovers are still loaded: {}", std::fs::read_to_string(&log).unwrap_or_default());
     let said = std::fs::read_to_string(&log).unwrap_or_default();
