@@ -287,4 +287,28 @@ pub(super) mod tests {
         last.data[n - 1] ^= 1;
         assert!(secure_boot_keys(&log, &fleet).unwrap_err().contains("does not hash to its digest"));
     }
+
+    /// A real `binary_bios_measurements` (testdata/ovmf-*, saved by QEMU scenario 1 from
+    /// `GET /swarmseal/v1/attest`): the image booted by OVMF with Secure Boot and swtpm, the
+    /// fleet's test certificate enrolled as PK, KEK and db by scripts/run-qemu. It parses, PCRs
+    /// 0–7 replay to the values the TPM quoted beside it, Secure Boot is on with exactly that
+    /// certificate, and another certificate is refused.
+    #[test]
+    fn a_real_ovmf_log_replays_to_its_quote_and_shows_the_fleets_keys() {
+        use rustls_pki_types::pem::PemObject as _;
+        let log = parse_firmware_log(include_bytes!("testdata/ovmf-binary_bios_measurements")).unwrap();
+        let quoted: std::collections::BTreeMap<String, String> = serde_json::from_str(include_str!("testdata/ovmf-pcrs.json")).unwrap();
+        let replayed = crate::attest::replay(&log.events, log.locality);
+        for pcr in 0..=7u8 {
+            let want = quoted.get(&pcr.to_string()).unwrap_or_else(|| panic!("PCR {pcr} was quoted"));
+            let got = replayed.get(&pcr).map(hex::encode).unwrap_or_else(|| hex::encode([0u8; 32]));
+            assert_eq!(&got, want, "PCR {pcr} replays to the quoted value");
+        }
+        secure_boot(&log).unwrap();
+        let fleet = rustls_pki_types::CertificateDer::from_pem_slice(include_bytes!("testdata/ovmf-secure-boot.crt")).unwrap();
+        let found = secure_boot_keys(&log, &fleet).unwrap();
+        assert!(found.contains("swarmseal fleet Secure Boot key"), "{found}");
+        let e = secure_boot_keys(&log, &cert("another fleet")).unwrap_err();
+        assert!(e.contains("swarmseal fleet Secure Boot key"), "the enrolled certificate is named as not this one: {e}");
+    }
 }
