@@ -47,8 +47,6 @@ pub struct Facts {
     pub fingerprint: Option<Result<String, String>>,
     /// WARN results in the last bench report (`tests[].results[].result`).
     pub bench_warn: Option<usize>,
-    /// The status document's `time` field (time sync), when the agent's status has one.
-    pub time: Option<serde_json::Value>,
 }
 
 /// `s` as the screen may show it: printable ASCII kept, everything else (control characters,
@@ -202,7 +200,7 @@ pub fn render(st: &Status, f: &Facts) -> String {
         }
     };
     out.push(row("bench", &bench));
-    out.push(row("time", &time_text(f.time.as_ref())));
+    rows(&mut out, "time", &time_text(st.time.as_ref()), 2);
 
     let proxy = if st.proxy.enabled { st.proxy.listen.clone() } else { "off".into() };
     out.push(row("proxy", &proxy));
@@ -245,18 +243,13 @@ pub fn render(st: &Status, f: &Facts) -> String {
     text
 }
 
-/// The `time` field as one line: `unknown` when absent, an object's scalar fields as
-/// `key=value`, anything else as its JSON text.
-fn time_text(t: Option<&serde_json::Value>) -> String {
-    match t {
-        None | Some(serde_json::Value::Null) => "unknown".into(),
-        Some(serde_json::Value::Object(m)) => m
-            .iter()
-            .filter(|(_, v)| !v.is_object() && !v.is_array())
-            .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-            .collect::<Vec<_>>()
-            .join(" "),
-        Some(v) => v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()),
+/// The status's time sync as A.7 judges it ([`TimeSync::verdict`]): the source and offset when
+/// trusted, `NOT TRUSTED:` and why otherwise, `unknown` when the status has none.
+fn time_text(t: Option<&swarmseal_common::time::TimeSync>) -> String {
+    match t.map(|t| t.verdict()) {
+        None => "unknown".into(),
+        Some(Ok(v)) => v,
+        Some(Err(why)) => format!("NOT TRUSTED: {why}"),
     }
 }
 
@@ -423,14 +416,12 @@ async fn render_now(ctx: &crate::boot::Ctx, decision: &str) -> String {
     };
     let cert = swarmseal_proxy::pki::PkiPaths::of(&ctx.cfg).server_cert;
     let report = crate::boot::latest_bench_report(&ctx.cfg).await;
-    let time = serde_json::to_value(&st).ok().and_then(|v| v.get("time").cloned());
     let facts = Facts {
         decision: decision.to_string(),
         addresses: addresses(),
         leader,
         fingerprint: cert.exists().then(|| cert_file_fingerprint(&cert)),
         bench_warn: report.as_deref().and_then(swarmseal_common::metrics::bench_warn_count),
-        time,
     };
     render(&st, &facts)
 }
@@ -465,7 +456,6 @@ mod tests {
             leader: Some(true),
             fingerprint: Some(Ok(fingerprint(b"der"))),
             bench_warn: Some(5),
-            time: None,
         }
     }
 
@@ -529,7 +519,9 @@ mod tests {
             "image": {"id": evil, "version": "9".repeat(300), "sbom_sha256": null},
             "bench": {"checks": evil, "score": null, "end": null},
         }));
-        let f = Facts { decision: evil.repeat(40), fingerprint: Some(Err(evil.into())), time: Some(json!({"synchronized": evil, "offset_ms": 3})), ..facts() };
+        let mut st = st;
+        st.time = Some(serde_json::from_value(json!({"synchronised": false, "offset_seconds": null, "source": evil, "authenticated": null, "problems": [evil], "error": null})).unwrap());
+        let f = Facts { decision: evil.repeat(40), fingerprint: Some(Err(evil.into())), ..facts() };
         let t = render(&st, &f);
         assert_fits(&t);
         assert!(t.contains("\\u{1b}[2J") && t.contains("\\r\\n") && t.contains("\\u{202e}") && t.contains("\\u{4e2d}"), "{t}");
@@ -538,9 +530,11 @@ mod tests {
 
     #[test]
     fn time_field_is_shown_when_present() {
-        let f = Facts { time: Some(json!({"synchronized": true, "offset_ms": -4, "source": "ntp.example"})), ..facts() };
-        let t = render(&status(json!({})), &f);
-        assert!(t.contains("time       offset_ms=-4 source=ntp.example synchronized=true"), "{t}");
+        let with = |time: serde_json::Value| render(&status(json!({ "time": time })), &facts());
+        let t = with(json!({"synchronised": true, "offset_seconds": -1.6e-7, "source": "ntp.example", "authenticated": true, "problems": [], "error": null}));
+        assert!(t.contains("time       Synchronised to ntp.example (NTS), offset -1.60e-7 s"), "{t}");
+        let t = with(json!({"synchronised": false, "offset_seconds": null, "source": null, "authenticated": null, "problems": ["NTS source 10.0.2.2: no authenticated answer (reach 0)"], "error": null}));
+        assert!(t.contains("time       NOT TRUSTED: Not synchronised: NTS source 10.0.2.2: no authenticated\n           answer (reach 0)"), "{t}");
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl TimeSync {
             None => Err(format!("Synchronised to {source}, offset unknown")),
             Some(o) if o.abs() >= MAX_OFFSET_SECONDS => Err(format!("Synchronised to {source}, but the clock is off by {o:.3} s (limit {MAX_OFFSET_SECONDS} s)")),
             _ if self.authenticated != Some(true) => Err(format!("Synchronised to {source}, not authenticated (not NTS){why}")),
-            Some(o) => Ok(format!("Synchronised to {source} (NTS), offset {o:.6} s")),
+            Some(o) => Ok(format!("Synchronised to {source} (NTS), offset {o:.2e} s")),
         }
     }
 }
@@ -263,6 +263,9 @@ mod tests {
         assert_eq!((s.synchronised, s.offset_seconds, s.source.as_deref(), s.authenticated), (true, Some(-0.000002014), Some("10.0.2.2"), Some(true)));
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         assert!(s.trusted());
+        // A sub-microsecond offset keeps its sign and magnitude (`{:.6}` printed "-0.000002 s",
+        // and -1.6e-7 s as "-0.000000 s").
+        assert_eq!(s.verdict().unwrap(), "Synchronised to 10.0.2.2 (NTS), offset -2.01e-6 s");
         // The same clock 2 s off is not.
         let mut t = parse_tracking(TRACKING_OK).unwrap();
         t.system_time = 2.0;
