@@ -97,7 +97,7 @@ impl Exit {
         (Exit::ProxyDown, "`health`: the proxy does not answer a TLS handshake on its listen address (or presents another certificate than the configured one)"),
         (Exit::BadRelease, "`update`: release refused: not signed by this fleet's key, a file missing, unknown or altered, or too large"),
         (Exit::UpdateFailed, "`update apply`: systemd-sysupdate or the reboot failed"),
-        (Exit::FleetStopped, "`fleet update` stopped at a manager (would lose quorum, release refused, not back unlocked in time, rolled back); managers after it untouched"),
+        (Exit::FleetStopped, "`fleet update` stopped at a manager (would lose quorum, release refused, not back unlocked in time, rolled back, failed its attestation after the reboot); managers after it untouched"),
         (Exit::AgentDown, "`health --agent-unit`: the agent's unit failed or is stopped (the swarm stays locked in this boot)"),
         (Exit::NotSealed, "the engine's unlock key changed but could not be sealed (TPM or disk failed after the change): it was shown on the terminal and written to the escrow file if configured; fix the cause, then `swarmseal seal`"),
         (Exit::Refused, "`--context`: the manager refused the request (this certificate's role may not, the swarm's state, or the operation failed there); its answer is shown"),

@@ -26,6 +26,11 @@
 //! see it `Ready`/`Reachable`; coming back on another version means its boot
 //! assessment failed and the boot loader rolled back. The first failure stops
 //! the run; nothing after it is touched, and the report says where it stopped.
+//!
+//! With `--public-key`, each manager is then attested as `swarmseal fleet attest` does (a
+//! fresh quote, event logs, PCR 11 signed by the fleet key, phase marker, Secure Boot; the
+//! same flags): a failed attestation stops the run there. Without it, the report says that
+//! no manager was attested.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -70,6 +75,9 @@ pub struct UpdateArgs {
     /// The docker CLI that resolves the contexts.
     #[arg(long, default_value = "docker", value_name = "PATH")]
     pub docker: PathBuf,
+    /// How each manager is attested after its reboot (with --public-key; as `fleet attest`).
+    #[command(flatten)]
+    pub attest: crate::attest::VerifyArgs,
     /// The release: `swarmseal_V.tar` from `scripts/build-image --release`.
     pub release: PathBuf,
 }
@@ -443,6 +451,11 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
         return Err(FleetError::Usage("give the managers as --contexts m1,m2,m3".into()));
     }
     let managers: Vec<Manager> = a.contexts.iter().map(|c| Manager::from_context(&a.docker, c)).collect::<Result<_, _>>()?;
+    // With the fleet's key each manager is attested after its reboot, as `fleet attest` does.
+    let verifier = match &a.public_key {
+        Some(k) => Some(crate::attest::Verifier::new(&a.docker, Some(k.as_path()), &a.attest)?),
+        None => None,
+    };
     let poll = Duration::from_secs(a.poll.max(1));
 
     // Who is who, and where every manager stands. A manager that is not healthy now stops
@@ -528,6 +541,18 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
                 done.push(m.context.clone());
             }
             Err(reason) => return Err(stop(reason, &done)),
+        }
+        match &verifier {
+            Some(v) => {
+                let report = v.attest(&m.context).await?;
+                report.print(&m.context);
+                let failed = report.failed();
+                if !failed.is_empty() {
+                    return Err(stop(format!("updated, but its attestation after the reboot failed ({}): see its table; the managers after it are not touched", failed.join(", ")), &done));
+                }
+                clock.say(format_args!("{}: attested on {version} (quote, event logs, PCR 11 signed by the fleet key, phase marker, Secure Boot)", m.context));
+            }
+            None => clock.say(format_args!("{}: not attested (no --public-key: give the fleet's key to attest each manager after its reboot)", m.context)),
         }
     }
     clock.say(format_args!("done: {} updated to {version}, quorum kept throughout", list_or_none(&done)));

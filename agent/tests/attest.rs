@@ -128,15 +128,7 @@ impl Manager {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(s.join("agent.log")).unwrap();
-        let agent = AgentProcess(
-            cmd(swarmseal_bin())
-                .args(["--config", path_str(&cfg), "--state-dir", st, "--docker-host", &format!("unix://{st}/no-docker.sock"), "--tcti", &tpm.tcti(), "proxy"])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
+        let agent = start_proxy(s, &cfg, &tpm);
         let b = s.join("ops");
         let ep = format!("host=tcp://127.0.0.1:{port},ca={},cert={},key={}", path_str(&b.join("ca.pem")), path_str(&b.join("cert.pem")), path_str(&b.join("key.pem")));
         let o = docker(docker_config, &["context", "create", name, "--docker", &ep]);
@@ -158,6 +150,20 @@ impl Manager {
         let cut = out.iter().rposition(|&c| c == b'\n').unwrap();
         (String::from_utf8_lossy(&out[cut + 1..]).parse().unwrap(), out[..cut].to_vec())
     }
+}
+
+/// `swarmseal proxy` with state dir `dir` and config `cfg` on `tpm`, no engine; its output in `dir/agent.log`.
+fn start_proxy(dir: &Path, cfg: &Path, tpm: &Swtpm) -> AgentProcess {
+    let st = path_str(dir);
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    AgentProcess(
+        cmd(swarmseal_bin())
+            .args(["--config", path_str(cfg), "--state-dir", st, "--docker-host", &format!("unix://{st}/no-docker.sock"), "--tcti", &tpm.tcti(), "proxy"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn docker(config: &Path, args: &[&str]) -> Output {
@@ -202,6 +208,12 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     assert!(row(&o, "good", "AK identity").contains("matches pin"), "{}", text(&o));
     // Every handle the quote used was flushed (no resource manager on swtpm).
     assert_eq!(good.tpm.transient_handles(), 0, "the AK was left loaded");
+    // A --secure-boot-cert that is not a certificate: the operator's mistake (exit 2), said.
+    let not_cert = pins.path().join("not-a-cert.pem");
+    std::fs::write(&not_cert, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let o = swarmseal(&["fleet", "attest", "--contexts", "good", "--secure-boot-cert", path_str(&not_cert)], &[("DOCKER_CONFIG", path_str(docker_config.path()))], None);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--secure-boot-cert"), "{}", text(&o));
     // Without the fleet key PCR 11 cannot be judged: a failure, never a silent pass.
     let o = attest("good", false);
     assert_eq!(o.status.code(), Some(21), "{}", text(&o));
@@ -251,7 +263,7 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     let answer: Answer = serde_json::from_slice(&body).unwrap();
     let key = swarmseal_common::signing::SigningKey::load(&fleet.public_pem()).unwrap();
     let pin = pins.path().join("good");
-    let expect = |nonce: &'static [u8]| Expect { nonce, fleet_key: None, pin: &pin, phase_pcr: 11, allow_no_firmware_log: true };
+    let expect = |nonce: &'static [u8]| Expect { nonce, fleet_key: None, pin: &pin, phase_pcr: 11, allow_no_firmware_log: true, secure_boot_cert: None, allow_any_secure_boot_keys: false };
     let rows = verify(&answer, &Expect { fleet_key: Some(&key), ..expect(&[0x22u8; 32]) });
     let nonce = rows.iter().find(|r| r.name == "nonce").unwrap();
     assert!(matches!(&nonce.outcome, Outcome::Fail(t) if t.contains("nonce") && t.contains(&hex::encode([0x11u8; 32]))), "{rows:?}");
@@ -285,6 +297,20 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     let bare: Answer = serde_json::from_slice(&body).unwrap();
     assert!(bare.ek_certificate.base64.is_none() && bare.ek_certificate.absent.as_deref().unwrap_or_default().contains("0x01c00002"), "{:?}", bare.ek_certificate);
 
+    // The endpoint answers at most 30 quotes a minute (each is a CreatePrimary and a quote on
+    // the TPM): the 31st within the minute is 429, through the proxy's error table.
+    let mut answered = 2; // the no-marker manager was asked twice above
+    let status = loop {
+        let (status, body) = unlocked_never.get(&format!("/swarmseal/v1/attest?nonce={}", hex::encode([0x55u8; 16])));
+        if status != 200 || answered > 40 {
+            assert!(String::from_utf8_lossy(&body).contains("in the last minute"), "{status} {}", String::from_utf8_lossy(&body));
+            break status;
+        }
+        answered += 1;
+    };
+    // (30 in the last minute: the two earlier answers may have left the window meanwhile.)
+    assert!(status == 429 && (30..=32).contains(&answered), "429 after 30 answers in a minute, got {status} after {answered}");
+
     // A bad or missing nonce is the client's error (400), said.
     for q in ["", "?nonce=abc", "?nonce=00", &format!("?nonce={}", "ab".repeat(65))] {
         let (status, body) = good.get(&format!("/swarmseal/v1/attest{q}"));
@@ -301,4 +327,31 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     assert!(row(&o, "good", "answer").contains("HTTP 503"), "{}", text(&o));
     drop((good, other, unlocked_never));
     eprintln!("attestation test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Transient objects a killed process left in a TPM without a resource manager (here two
+/// primaries tpm2-tools made on swtpm and never flushed) are flushed when the agent starts,
+/// and it says so.
+#[test]
+fn the_agent_flushes_transient_objects_left_in_the_tpm() {
+    let t0 = std::time::Instant::now();
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path();
+    let st = path_str(s);
+    tpm.tpm2(&["createprimary", "-C", "o", "-c", path_str(&s.join("o.ctx"))]);
+    tpm.tpm2(&["createprimary", "-C", "e", "-c", path_str(&s.join("e.ctx"))]);
+    assert_eq!(tpm.transient_handles(), 2, "tpm2-tools left its primaries loaded (no resource manager)");
+    let o = swarmseal(&["--state-dir", st, "certs", "init"], &[], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let port = free_port();
+    let cfg = s.join("agent.toml");
+    std::fs::write(&cfg, format!("[proxy]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let log = s.join("agent.log");
+    let _agent = start_proxy(s, &cfg, &tpm);
+    wait_until("the proxy listens", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert_eq!(tpm.transient_handles(), 0, "the leftovers are still loaded: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(said.contains("flushed 2 transient TPM object(s)"), "{said}");
+    eprintln!("flush test took {:.1} s", t0.elapsed().as_secs_f64());
 }

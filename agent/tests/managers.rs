@@ -461,12 +461,64 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
     let cutter = cutter.unwrap();
     cutter.arm(std::fs::metadata(&good).unwrap().len() / 2, Fault::Cut);
     let t = Instant::now();
-    let mut child = fleet_with(&good, &["--public-key", pk.to_str().unwrap()]);
+    // Without --public-key the managers are not attested after their reboot (said so); with it,
+    // further down, a manager that fails its attestation stops the run.
+    let child = fleet_with(&good, &[]);
+    let (o, order, reboots) = play_reboots(&mut c, &slots, child, bound);
+    let status = o.status;
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    println!("fleet update with the fleet's release ({:.0} s; reboots: {}):\n{out}{err}", t.elapsed().as_secs_f64(), reboots.join(", "));
+    assert!(status.success(), "fleet update failed: {status}\n{out}{err}");
+    assert_eq!(order.len(), 3, "every manager rebooted once: {order:?}");
+    if let Some(l) = leader_before {
+        assert_eq!(order.last(), Some(&c.m[l].name), "the leader goes last");
+    }
+    for (m, sl) in c.m.iter().zip(&slots) {
+        assert_eq!(sl.version(), "1.0.2", "{} runs the new version", m.name);
+        assert_eq!(sl.log("sysupdate").trim(), "update 1.0.2", "{}: sysupdate ran once for the release", m.name);
+    }
+    assert!(out.contains("quorum kept throughout"), "{out}");
+    assert!(out.contains("m1: not attested (no --public-key"), "{out}");
+    assert!(cutter.fired() && out.contains("m2: upload cut") && out.contains("m2: resumed at "), "m2's cut upload resumed by itself: {out}");
+    wait_until("three healthy managers at the end", bound, || all_healthy(&c.m[0]));
+    // Running it again changes nothing: every manager is at the release already.
+    let o = fleet(&good).wait_with_output().unwrap();
+    let again = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success() && again.matches("skipped").count() == 3, "second run: {again}{}", String::from_utf8_lossy(&o.stderr));
+
+    // With the fleet's key each manager is attested after its reboot. These managers cannot
+    // pass (no measure log, no signed PCR 11 on this host): the first one updated stops the
+    // run, named with its failed checks; the others are not touched.
+    let next = make_release(work.path(), "1.0.3", &keys);
+    let pins = work.path().join("ak-pins");
+    let child = fleet_with(&next, &["--public-key", pk.to_str().unwrap(), "--allow-no-firmware-log", "--pin-dir", pins.to_str().unwrap()]);
+    let (o, order, _) = play_reboots(&mut c, &slots, child, bound);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    println!("fleet update with attestation:\n{out}{err}");
+    assert_eq!(o.status.code(), Some(17), "exit 17 (stopped): {out}{err}");
+    assert_eq!(order.len(), 1, "one manager rebooted, then the run stopped: {order:?}");
+    assert!(err.contains(&format!("stopped at {}", order[0])) && err.contains("attestation after the reboot failed") && err.contains("event log replay"), "{err}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("event log replay") && l.contains("FAIL")), "the manager's table is printed: {out}");
+    assert_eq!(slots.iter().filter(|s| s.version() == "1.0.3").count(), 1, "only the attested-and-failed manager runs 1.0.3");
+    assert!(!pins.join(order[0]).exists(), "a failed attestation pins nothing");
+    for m in &mut c.m {
+        m.stop_agent();
+        m.assert_no_leak(&[&k]);
+    }
+    println!("fleet update test: {} s", started.elapsed().as_secs());
+}
+
+/// Play the managers' reboots while `fleet update` (`child`) runs: a manager whose agent asked
+/// for a reboot is shut down, the others are checked to keep a leader and a majority, its
+/// slot switched and it boots again. Returns the run's output, the order of the reboots and
+/// their durations.
+fn play_reboots(c: &mut Cluster, slots: &[Slots], mut child: std::process::Child, bound: Duration) -> (std::process::Output, Vec<&'static str>, Vec<String>) {
+    let t = Instant::now();
     let mut order = Vec::new();
     let mut reboots = Vec::new();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
         }
         assert!(t.elapsed() < Duration::from_secs(600), "fleet update still running after 10 min");
         for i in 0..3 {
@@ -488,29 +540,6 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
             reboots.push(format!("{} {:.0} s", c.m[i].name, tr.elapsed().as_secs_f64()));
         }
         std::thread::sleep(Duration::from_millis(200));
-    };
-    let o = child.wait_with_output().unwrap();
-    let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
-    println!("fleet update with the fleet's release ({:.0} s; reboots: {}):\n{out}{err}", t.elapsed().as_secs_f64(), reboots.join(", "));
-    assert!(status.success(), "fleet update failed: {status}\n{out}{err}");
-    assert_eq!(order.len(), 3, "every manager rebooted once: {order:?}");
-    if let Some(l) = leader_before {
-        assert_eq!(order.last(), Some(&c.m[l].name), "the leader goes last");
     }
-    for (m, sl) in c.m.iter().zip(&slots) {
-        assert_eq!(sl.version(), "1.0.2", "{} runs the new version", m.name);
-        assert_eq!(sl.log("sysupdate").trim(), "update 1.0.2", "{}: sysupdate ran once for the release", m.name);
-    }
-    assert!(out.contains("quorum kept throughout"), "{out}");
-    assert!(cutter.fired() && out.contains("m2: upload cut") && out.contains("m2: resumed at "), "m2's cut upload resumed by itself: {out}");
-    wait_until("three healthy managers at the end", bound, || all_healthy(&c.m[0]));
-    // Running it again changes nothing: every manager is at the release already.
-    let o = fleet(&good).wait_with_output().unwrap();
-    let again = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success() && again.matches("skipped").count() == 3, "second run: {again}{}", String::from_utf8_lossy(&o.stderr));
-    for m in &mut c.m {
-        m.stop_agent();
-        m.assert_no_leak(&[&k]);
-    }
-    println!("fleet update test: {} s", started.elapsed().as_secs());
+    (child.wait_with_output().unwrap(), order, reboots)
 }

@@ -115,8 +115,8 @@ fn watch_quorum(vms: &[Vm], t0: Instant, stop: &AtomicBool) -> Vec<Sample> {
     samples
 }
 
-/// The `swarmseal` binary the operator runs `fleet update` with (built from this tree).
-fn swarmseal_bin(suite: &Suite) -> Check<PathBuf> {
+/// The `swarmseal` binary the operator runs `fleet update` and `fleet attest` with (built from this tree).
+pub fn swarmseal_bin(suite: &Suite) -> Check<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     crate::run(Command::new(cargo).current_dir(&suite.repo).args(["build", "--locked", "-p", "swarmseal", "--bin", "swarmseal"]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| suite.repo.join("target"));
@@ -188,6 +188,11 @@ pub fn rolling_update(suite: &Suite) -> Check {
             .env("DOCKER_CONFIG", &docker_config)
             .args(["fleet", "update", "--contexts", &contexts.join(","), "--public-key"])
             .arg(keys.join("pcr-signing.pem"))
+            // Each manager is attested after its reboot: the fleet's Secure Boot certificate too.
+            .arg("--secure-boot-cert")
+            .arg(keys.join("secure-boot.crt"))
+            .arg("--pin-dir")
+            .arg(docker_config.join("ak-pins"))
             .args(["--timeout", &ROLL_PER_MANAGER_S.to_string()])
             .arg(&release)
             .status();

@@ -14,6 +14,8 @@
 //!   SWARMSEAL_SCENARIO4_TIMES=5 …   scenario 4 five times in a row, each moving the disk
 //!                                   the previous one recovered to yet another machine
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -267,6 +269,23 @@ fn first_boot(s: &mut Story) -> Check {
         }
         Err(e) => f.check(false, || format!("GET /swarmseal/v1/bench: {e}")),
     }
+    // The operator checks from outside what the manager says of itself: `fleet attest` passes
+    // (the fleet's signed PCR 11, Secure Boot with the fleet's db and signer) and names the version.
+    match fleet_attest(&s.suite, vm) {
+        Ok((code, out)) => {
+            println!("    swarmseal fleet attest (exit {code:?}):\n{}", indent(&out, "      "));
+            f.check(code == Some(0), || format!("fleet attest on the first boot exited {code:?}:\n{out}"));
+            let version = st.pointer("/image/version").and_then(Value::as_str).unwrap_or("?").to_string();
+            f.check(out.starts_with(&format!("{} image {version} (as the manager reports it)", vm.name)), || format!("fleet attest does not name image {version}:\n{out}"));
+            f.check(out.lines().any(|l| l.trim_start().starts_with("Secure Boot") && l.contains("PASS") && l.contains("swarmseal fleet Secure Boot key")), || format!("the Secure Boot row does not name the fleet's certificate:\n{out}"));
+        }
+        Err(e) => f.check(false, || e),
+    }
+    // The real firmware log, kept for the parser's unit test (agent/src/attest/testdata/).
+    match save_firmware_log(&s.suite, vm) {
+        Ok(p) => println!("    the firmware event log: {}", p.display()),
+        Err(e) => f.check(false, || e),
+    }
     let st = vm.status()?;
     f.check(!st["bench"].is_null(), || "the status shows no bench summary".into());
     let summary = vm.console_lines(&["CIS Docker Benchmark"]);
@@ -355,6 +374,7 @@ fn changed_uki(s: &mut Story) -> Check {
     // with a .pcrpkey): the boot first stops at /var's passphrase prompt; the operator types the
     // escrowed /var recovery key on the console.
     let changed = s.suite.changed_uki("swarmseal.test=changed-boot-chain")?;
+    let suite = s.suite.clone();
     let key = s.key.clone().ok_or("the operator never read the key")?;
     let var_key = s.var_key.clone().ok_or("no escrowed /var recovery key (scenario 1)")?;
     let escrow = &s.escrow;
@@ -380,6 +400,15 @@ fn changed_uki(s: &mut Story) -> Check {
     vm.type_console(&var_key)?;
     let (got, st) = vm.wait_for_decision(BOOT)?;
     ensure!(got == Outcome::Locked, "changed UKI with /var opened by its recovery key: expected Locked, the swarm is {got:?}; status {st}");
+    // From outside: the quote shows a PCR 11 the fleet key never signed.
+    match fleet_attest(&suite, vm) {
+        Ok((code, out)) => {
+            println!("    swarmseal fleet attest on the unsigned chain (exit {code:?}):\n{}", indent(&out, "      "));
+            f.check(code == Some(21), || format!("fleet attest on the unsigned chain exited {code:?}, not 21:\n{out}"));
+            f.check(out.contains("PCR 11 not signed by the fleet key"), || format!("fleet attest does not say \"PCR 11 not signed by the fleet key\":\n{out}"));
+        }
+        Err(e) => f.check(false, || e),
+    }
     f.check(!vm.console().contains(&var_key), || "the /var recovery key appears on the serial console (echoed?)".into());
     let d = differs(&st);
     println!("    the agent says: {d:?}");
@@ -940,4 +969,54 @@ fn update_rolls_back(s: &mut Story) -> Check {
     let ls = vm.docker(&["node", "ls"]);
     f.check(ls.ok && ls.stdout.contains("Leader"), || format!("docker node ls after the rollback: {ls}"));
     f.done()
+}
+
+// ---------------------------------------------------------------- attestation (1, 3)
+
+/// `swarmseal fleet attest` on this manager, as the operator runs it: a docker context made
+/// by the real CLI from the admin bundle, the fleet's PCR-signing key and its Secure Boot
+/// certificate (`SWARMSEAL_KEYS`, default keys/: what build-image signed and run-qemu enrolled),
+/// the AK pinned in the VM's folder. (exit code, stdout then stderr.)
+fn fleet_attest(suite: &Suite, vm: &Vm) -> Check<(Option<i32>, String)> {
+    let bin = swarmseal_qemu_tests::fleet::swarmseal_bin(suite)?;
+    let keys = std::env::var_os("SWARMSEAL_KEYS").map(PathBuf::from).unwrap_or_else(|| suite.repo.join("keys"));
+    let config = vm.dir.join("attest-docker");
+    let b = vm.bundle();
+    let ep = format!("host=tcp://127.0.0.1:{},ca={},cert={},key={}", vm.port, b.join("ca.pem").display(), b.join("cert.pem").display(), b.join("key.pem").display());
+    let docker = |args: &[&str]| Command::new("docker").env("DOCKER_CONFIG", &config).env_remove("DOCKER_HOST").env_remove("DOCKER_CONTEXT").args(args).output();
+    let _ = docker(&["context", "rm", "-f", &vm.name]);
+    let o = docker(&["context", "create", &vm.name, "--docker", &ep]).map_err(|e| format!("docker context create: {e}"))?;
+    ensure!(o.status.success(), "docker context create {}: {}", vm.name, text(&o.stderr));
+    let o = Command::new(&bin)
+        .env("DOCKER_CONFIG", &config)
+        .args(["fleet", "attest", "--contexts", &vm.name, "--public-key"])
+        .arg(keys.join("pcr-signing.pem"))
+        .arg("--secure-boot-cert")
+        .arg(keys.join("secure-boot.crt"))
+        .arg("--pin-dir")
+        .arg(vm.dir.join("ak-pins"))
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    Ok((o.status.code(), format!("{}{}", text(&o.stdout), text(&o.stderr))))
+}
+
+/// The manager's `binary_bios_measurements` as `GET /swarmseal/v1/attest` returns it, written
+/// to the suite's folder (`firmware-log.bin`) with the certificate the firmware trusts and the
+/// PCR values quoted with it.
+fn save_firmware_log(suite: &Suite, vm: &Vm) -> Check<PathBuf> {
+    let (code, body) = vm.api("GET", &format!("/swarmseal/v1/attest?nonce={}", "5a".repeat(16)))?;
+    ensure!(code == 200, "GET /swarmseal/v1/attest: HTTP {code} {}", text(&body));
+    let answer: Value = serde_json::from_slice(&body).map_err(|e| format!("GET /swarmseal/v1/attest: not JSON: {e}"))?;
+    let b64 = answer.pointer("/firmware_log/base64").and_then(Value::as_str).ok_or_else(|| format!("no firmware log in the answer: {}", answer["firmware_log"]))?;
+    let out = suite.work.join("firmware-log.bin");
+    let mut child = Command::new("base64").args(["-d"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().map_err(|e| format!("base64: {e}"))?;
+    std::io::Write::write_all(&mut child.stdin.take().ok_or("base64: no stdin")?, b64.as_bytes()).map_err(|e| e.to_string())?;
+    let o = child.wait_with_output().map_err(|e| e.to_string())?;
+    ensure!(o.status.success() && !o.stdout.is_empty(), "base64 -d of the firmware log failed");
+    std::fs::write(&out, &o.stdout).map_err(|e| format!("{}: {e}", out.display()))?;
+    let keys = std::env::var_os("SWARMSEAL_KEYS").map(PathBuf::from).unwrap_or_else(|| suite.repo.join("keys"));
+    let _ = std::fs::copy(keys.join("secure-boot.crt"), suite.work.join("firmware-log.secure-boot.crt"));
+    // The PCRs the TPM quoted beside it: PCRs 0–7 must be the log's replay.
+    std::fs::write(suite.work.join("firmware-log.pcrs.json"), answer["pcrs"].to_string()).map_err(|e| e.to_string())?;
+    Ok(out)
 }

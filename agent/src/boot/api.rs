@@ -14,11 +14,43 @@ use zeroize::Zeroizing;
 /// The agent endpoints' implementation, over a [`Ctx`].
 pub(super) struct AgentImpl {
     pub(super) ctx: Ctx,
+    attest_limit: AttestLimit,
 }
 
 impl AgentImpl {
     pub(super) fn new(ctx: Ctx) -> Arc<AgentImpl> {
-        Arc::new(AgentImpl { ctx })
+        Arc::new(AgentImpl { ctx, attest_limit: AttestLimit::default() })
+    }
+}
+
+/// How many `GET /swarmseal/v1/attest` a manager answers in a minute.
+pub const ATTEST_PER_MINUTE: usize = 30;
+
+/// `GET /swarmseal/v1/attest` costs a TPM2_CreatePrimary and a TPM2_Quote (about a second on a
+/// real TPM, which serves nothing else meanwhile): one at a time, at most [`ATTEST_PER_MINUTE`]
+/// a minute, else 429 (the proxy's error table), whoever asks.
+#[derive(Default)]
+struct AttestLimit {
+    busy: tokio::sync::Mutex<()>,
+    recent: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
+}
+
+impl AttestLimit {
+    /// A place for one attestation, held until the guard drops; 429 when there is none.
+    fn admit(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+        const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+        let busy = self.busy.try_lock().map_err(|_| ApiError::new(ApiErrorKind::TooManyRequests, "an attestation is already running on this manager: ask again when it has answered"))?;
+        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        while recent.front().is_some_and(|t| now.duration_since(*t) >= MINUTE) {
+            recent.pop_front();
+        }
+        if let (true, Some(oldest)) = (recent.len() >= ATTEST_PER_MINUTE, recent.front()) {
+            let wait = MINUTE.saturating_sub(now.duration_since(*oldest)).as_secs() + 1;
+            return Err(ApiError::new(ApiErrorKind::TooManyRequests, format!("{ATTEST_PER_MINUTE} attestations in the last minute, the most this manager answers: ask again in {wait} s")));
+        }
+        recent.push_back(now);
+        Ok(busy)
     }
 }
 
@@ -99,7 +131,10 @@ impl crate::proxy::AgentApi for AgentImpl {
         })
     }
     fn attest(&self, nonce: Vec<u8>) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
-        Box::pin(async move { attest(&self.ctx, nonce).await.map(|a| serde_json::to_value(a).unwrap_or_default()) })
+        Box::pin(async move {
+            let _admitted = self.attest_limit.admit()?;
+            attest(&self.ctx, nonce).await.map(|a| serde_json::to_value(a).unwrap_or_default())
+        })
     }
     fn escrow(&self, file: crate::proxy::EscrowFile) -> BoxFuture<'_, Option<Vec<u8>>> {
         let dir = &self.ctx.cfg.state_dir;
@@ -224,4 +259,23 @@ async fn attest(ctx: &Ctx, nonce: Vec<u8>) -> Result<crate::attest::Answer, ApiE
         pcr_signature,
         image_version: image["version"].as_str().map(str::to_string),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attestations_are_one_at_a_time_and_limited_per_minute() {
+        let limit = AttestLimit::default();
+        let first = limit.admit().unwrap();
+        let busy = limit.admit().map(|_| ()).unwrap_err();
+        assert_eq!((busy.kind, busy.message.contains("already running")), (ApiErrorKind::TooManyRequests, true), "{busy:?}");
+        drop(first);
+        for _ in 1..ATTEST_PER_MINUTE {
+            drop(limit.admit().unwrap());
+        }
+        let e = limit.admit().map(|_| ()).unwrap_err();
+        assert!(e.kind == ApiErrorKind::TooManyRequests && e.message.contains("in the last minute"), "{e:?}");
+    }
 }

@@ -14,8 +14,21 @@ use crate::tpm::TpmError;
 
 /// `swarmseal proxy`: only the TLS proxy, with the agent endpoints.
 pub async fn run_proxy_only(cfg: &Config) -> Result<(), BootError> {
-    let api = AgentImpl::new(Ctx::new(cfg));
+    let ctx = Ctx::new(cfg);
+    flush_leftovers(&ctx).await;
+    let api = AgentImpl::new(ctx);
     Ok(crate::proxy::serve(cfg, api, shutdown_signal()).await?)
+}
+
+/// Flush the transient TPM objects a killed predecessor left loaded (no resource manager:
+/// swtpm, `/dev/tpm0`), before this process uses the TPM; said in the journal. A TPM that
+/// does not answer is left to the boot decision, which says so.
+async fn flush_leftovers(ctx: &Ctx) {
+    match ctx.tpm(|t| t.flush_transient_handles()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(event = "tpm_flushed", count = n, "flushed {n} transient TPM object(s) a previous process left loaded"),
+        Err(e) => tracing::warn!(event = "tpm_flush_failed", "could not flush leftover transient TPM objects: {e}"),
+    }
 }
 
 async fn shutdown_signal() {
@@ -154,6 +167,7 @@ pub async fn run_agent(ctx: Ctx) -> Result<(), BootError> {
         eprintln!("swarmseal: {p}");
     }
     let ctx = Ctx { cfg, ..ctx };
+    flush_leftovers(&ctx).await;
     // The unit runs after the bounded wait for the time (swarmseal-time-wait.service): say
     // what the clock is worth before anything here depends on it (TLS, certificate dates).
     let time = super::status::time_sync().await;

@@ -26,6 +26,7 @@
 
 mod context;
 mod error;
+mod handles;
 mod pcr;
 mod policy;
 mod quote;
