@@ -453,6 +453,11 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
     let managers: Vec<Manager> = a.contexts.iter().map(|c| Manager::from_context(&a.docker, c)).collect::<Result<_, _>>()?;
     // With the fleet's key each manager is attested after its reboot, as `fleet attest` does.
     let verifier = match &a.public_key {
+        // The Secure Boot row fails without one of these: say so before a manager is touched,
+        // not after the first one was updated and rebooted.
+        Some(_) if a.attest.secure_boot_cert.is_none() && !a.attest.allow_any_secure_boot_keys => {
+            return Err(FleetError::Usage("with --public-key each manager is attested after its reboot: give --secure-boot-cert (the fleet's db certificate, keys/secure-boot.crt) or --allow-any-secure-boot-keys".into()))
+        }
         Some(k) => Some(crate::attest::Verifier::new(&a.docker, Some(k.as_path()), &a.attest)?),
         None => None,
     };

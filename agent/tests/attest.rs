@@ -289,6 +289,11 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     let rows = verify(&answer, &Expect { fleet_key: Some(&key), allow_no_firmware_log: false, ..expect(&[0x11u8; 32]) });
     let sb = rows.iter().find(|r| r.name == "Secure Boot").unwrap();
     assert!(matches!(&sb.outcome, Outcome::Fail(t) if t.contains("no firmware event log")), "{rows:?}");
+    // --allow-no-firmware-log does not excuse a missing log when the fleet's keys were asked for.
+    let cert = b"the fleet's db certificate";
+    let rows = verify(&answer, &Expect { fleet_key: Some(&key), secure_boot_cert: Some(cert), ..expect(&[0x11u8; 32]) });
+    let sb = rows.iter().find(|r| r.name == "Secure Boot").unwrap();
+    assert!(matches!(&sb.outcome, Outcome::Fail(t) if t.contains("--secure-boot-cert")), "{rows:?}");
     // The EK certificate the maker provisioned (DER X.509: a SEQUENCE); a TPM without one says why.
     let ek = answer.ek_certificate.bytes().unwrap();
     assert_eq!((ek[0], answer.ek_certificate.absent.as_deref()), (0x30, None), "{:?}", answer.ek_certificate);

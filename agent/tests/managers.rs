@@ -491,7 +491,13 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
     // run, named with its failed checks; the others are not touched.
     let next = make_release(work.path(), "1.0.3", &keys);
     let pins = work.path().join("ak-pins");
-    let child = fleet_with(&next, &["--public-key", pk.to_str().unwrap(), "--allow-no-firmware-log", "--pin-dir", pins.to_str().unwrap()]);
+    // Without --secure-boot-cert (or --allow-any-secure-boot-keys) every attestation would
+    // fail its Secure Boot row: refused before any manager is touched.
+    let o = fleet_with(&next, &["--public-key", pk.to_str().unwrap(), "--allow-no-firmware-log", "--pin-dir", pins.to_str().unwrap()]).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "usage error up front: {err}");
+    assert!(err.contains("--secure-boot-cert") && !err.contains("uploading"), "{err}");
+    let child = fleet_with(&next, &["--public-key", pk.to_str().unwrap(), "--allow-no-firmware-log", "--allow-any-secure-boot-keys", "--pin-dir", pins.to_str().unwrap()]);
     let (o, order, _) = play_reboots(&mut c, &slots, child, bound);
     let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
     println!("fleet update with attestation:\n{out}{err}");

@@ -103,6 +103,12 @@ pub fn parse_measure_log(b: &[u8]) -> Result<Vec<Event>, String> {
         let rec: Record = serde_json::from_slice(rec).map_err(|e| format!("record {i} of the measure log is not a CEL JSON record: {e}"))?;
         let d = rec.digests.iter().find(|d| d.hash_alg == "sha256").ok_or_else(|| format!("record {i} of the measure log has no sha256 digest"))?;
         let digest = hex::decode(&d.digest).ok().filter(|d| d.len() == 32).ok_or_else(|| format!("record {i} of the measure log: the sha256 digest is not 64 hex digits"))?;
+        // PCRs 0-7 are the firmware's: their events are in the firmware event log, with their
+        // data. systemd logs none there; a record for them would let a manager rebuild the
+        // firmware's PCRs from bare digests and leave the firmware log (and Secure Boot) out.
+        if rec.pcr < 8 {
+            return Err(format!("record {i} of the measure log extends PCR {}: PCRs 0-7 belong to the firmware event log; refused", rec.pcr));
+        }
         out.push(Event { pcr: rec.pcr, digest, event_type: 0, data: Vec::new() });
     }
     Ok(out)
@@ -210,5 +216,9 @@ mod tests {
         assert_eq!(ev.iter().map(|e| e.pcr).collect::<Vec<_>>(), vec![11, 15]);
         assert_eq!(ev[0].digest, vec![7u8; 32]);
         assert!(parse_measure_log(b"\x1e{\"pcr\":11}\n").is_err());
+        // A record for a firmware PCR (0-7) is refused: it would rebuild PCR 7 without the
+        // firmware log that Secure Boot is judged by.
+        let fw = format!("\x1e{{\"pcr\":7,\"digests\":[{{\"hashAlg\":\"sha256\",\"digest\":\"{d}\"}}]}}\n");
+        assert!(parse_measure_log(fw.as_bytes()).unwrap_err().contains("PCR 7"));
     }
 }

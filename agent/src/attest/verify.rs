@@ -253,6 +253,8 @@ fn check_pcr11(answer: &Answer, key: Option<&SigningKey>, before_phase: Option<&
 /// is given; without it a failure, or a WARN with `--allow-any-secure-boot-keys`.
 fn check_secure_boot(answer: &Answer, expect: &Expect) -> Outcome {
     let log = match answer.firmware_log.bytes() {
+        // The fleet's keys were asked for: a manager cannot skip that check by sending no log.
+        Err(why) if expect.secure_boot_cert.is_some() => return Outcome::Fail(format!("no firmware event log ({why}): the fleet's Secure Boot keys (--secure-boot-cert) cannot be shown")),
         Err(why) if expect.allow_no_firmware_log => return Outcome::NotApplicable(format!("no firmware event log ({why}); accepted by --allow-no-firmware-log")),
         Err(why) => return Outcome::Fail(format!("no firmware event log ({why}): Secure Boot cannot be shown (--allow-no-firmware-log accepts that)")),
         Ok(b) => match parse_firmware_log(&b) {
