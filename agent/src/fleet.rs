@@ -75,10 +75,15 @@ pub struct UpdateArgs {
     /// The docker CLI that resolves the contexts.
     #[arg(long, default_value = "docker", value_name = "PATH")]
     pub docker: PathBuf,
-    /// Write each manager's slot only at its turn. By default the next manager's root and
-    /// root-verity partitions are written (`POST /swarmseal/v1/update?stage=1`: no boot entry,
-    /// no reboot) while the previous manager reboots, and at its turn only its UKI remains
-    /// (`?staged=V&reboot=1`).
+    /// Write the next manager's root and root-verity partitions (`POST
+    /// /swarmseal/v1/update?stage=1`: no boot entry, no reboot) while the previous manager
+    /// reboots, so that at its turn only its UKI remains (`?staged=V&reboot=1`), even with 3 or 4
+    /// managers. Without it this happens only where a majority stays up even if the manager
+    /// being written stopped answering too (5 managers or more): with 3, one rebooting and one
+    /// busy writing leave one.
+    #[arg(long, conflicts_with = "no_prestage")]
+    pub prestage: bool,
+    /// Write each manager's slot only at its turn, whatever the number of managers.
     #[arg(long)]
     pub no_prestage: bool,
     /// How each manager is attested after its reboot (with --public-key; as `fleet attest`).
@@ -510,6 +515,21 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
         quorum(managers.len())
     ));
 
+    // Pre-staging loads a manager while another is down: only where the rest still make a
+    // majority if it stopped answering too, unless the operator accepts the risk.
+    let margin = managers.len() >= 2 && managers.len() - 2 >= quorum(managers.len());
+    let prestage = !a.no_prestage && (a.prestage || margin) && todo.len() > 1;
+    if !a.no_prestage && todo.len() > 1 {
+        clock.say(format_args!(
+            "pre-staging {}: {}",
+            if prestage { "on" } else { "off" },
+            match (margin, a.prestage) {
+                (true, _) => format!("with {} managers a majority stays up while one reboots and the next is written", managers.len()),
+                (false, true) => format!("--prestage: with {} managers, one rebooting and one busy writing leave {} (quorum {})", managers.len(), managers.len() - 2, quorum(managers.len())),
+                (false, false) => format!("with {} managers, one rebooting and one busy writing would leave {} (quorum {}); --prestage accepts that", managers.len(), managers.len() - 2, quorum(managers.len())),
+            }
+        ));
+    }
     let mut done: Vec<String> = Vec::new();
     // Whether todo[k]'s partitions were written while the manager before it rebooted.
     let mut prestaged = vec![false; todo.len()];
@@ -556,7 +576,7 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
         // While it reboots, the next manager's partitions are written (no boot entry, no
         // reboot: it stays a voting manager). A failure there only means it gets the whole
         // release at its turn.
-        let next = todo.get(k + 1).filter(|_| !a.no_prestage).map(|&j| &managers[j]);
+        let next = todo.get(k + 1).filter(|_| prestage).map(|&j| &managers[j]);
         let prestage = async {
             let n = next?;
             let say = |line: String| clock.say(format_args!("{}: {line}", n.context));

@@ -463,7 +463,8 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
     let t = Instant::now();
     // Without --public-key the managers are not attested after their reboot (said so); with it,
     // further down, a manager that fails its attestation stops the run.
-    let child = fleet_with(&good, &[]);
+    // Three managers: pre-staging is the operator's choice (--prestage), taken here.
+    let child = fleet_with(&good, &["--prestage"]);
     let (o, order, reboots) = play_reboots(&mut c, &slots, child, bound);
     let status = o.status;
     let (out, err) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
@@ -485,6 +486,7 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
         assert!(out.contains(&format!("{n}: partitions of 1.0.2 written, no boot entry yet")) && out.contains(&format!("{n}: UKI installed and rebooting")), "{n} pre-staged: {out}");
     }
     assert!(out.contains("quorum kept throughout"), "{out}");
+    assert!(out.contains("pre-staging on: --prestage: with 3 managers"), "{out}");
     assert!(out.contains("m1: not attested (no --public-key"), "{out}");
     assert!(cutter.fired() && out.contains("m2: upload cut") && out.contains("m2: resumed at "), "m2's cut upload resumed by itself: {out}");
     wait_until("three healthy managers at the end", bound, || all_healthy(&c.m[0]));
