@@ -298,7 +298,7 @@ impl From<&BootError> for Exit {
             | BootError::SignatureFile(_) => Exit::PolicyMismatch,
             BootError::SealRefused { .. } => Exit::SealRefused,
             BootError::Tpm(TpmError::SrkMismatch) => Exit::BadSealedKey,
-            BootError::Tpm(TpmError::Command { .. }) => Exit::Failure,
+            BootError::Tpm(TpmError::Command { .. } | TpmError::EkMismatch { .. } | TpmError::ActivationRefused { .. }) => Exit::Failure,
             BootError::Keystore(KeystoreError::NoSealedKey { .. }) => Exit::NoSealedKey,
             BootError::Keystore(KeystoreError::Corrupt { .. }) => Exit::BadSealedKey,
             BootError::Keystore(KeystoreError::Io { .. }) => Exit::Failure,
