@@ -266,6 +266,11 @@ pub fn decide_rule(policy: Option<&crate::policy::RolePolicy>, method: &str, c: 
         }
     }
     let route = Route::parse(c);
+    // Credential activation is part of attestation (a POST only to carry its body): every
+    // role that may attest, monitor and readonly included. It changes nothing on the manager.
+    if route == Some(Route::AttestActivate) && method == "POST" && !upgrade {
+        return Ok(());
+    }
     if let Some(why) = route.filter(|r| matches!(r, Route::Update | Route::UpdatePartial)).and_then(Route::admin_only) {
         // Named before the method check, so the reason says so for a POST too.
         return Err(Denial::new("admin-only", format!("{why} ({name} certificate)")));
