@@ -263,7 +263,7 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     let answer: Answer = serde_json::from_slice(&body).unwrap();
     let key = swarmseal_common::signing::SigningKey::load(&fleet.public_pem()).unwrap();
     let pin = pins.path().join("good");
-    let expect = |nonce: &'static [u8]| Expect { nonce, fleet_key: None, pin: &pin, phase_pcr: 11, allow_no_firmware_log: true, secure_boot_cert: None, allow_any_secure_boot_keys: false };
+    let expect = |nonce: &'static [u8]| Expect { nonce, fleet_key: None, pin: &pin, phase_pcr: 11, allow_no_firmware_log: true, secure_boot_cert: None, allow_any_secure_boot_keys: false, activation: None };
     let rows = verify(&answer, &Expect { fleet_key: Some(&key), ..expect(&[0x22u8; 32]) });
     let nonce = rows.iter().find(|r| r.name == "nonce").unwrap();
     assert!(matches!(&nonce.outcome, Outcome::Fail(t) if t.contains("nonce") && t.contains(&hex::encode([0x11u8; 32]))), "{rows:?}");
