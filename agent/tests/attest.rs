@@ -139,12 +139,24 @@ impl Manager {
 
     /// `GET path` with the readonly certificate (curl): (HTTP status, body).
     fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        self.request(path, None)
+    }
+
+    /// `POST path` with `body` and the readonly certificate (curl): (HTTP status, body).
+    fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        self.request(path, Some(body))
+    }
+
+    fn request(&self, path: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
         let b = self.dir.path().join("ops");
-        let o = Command::new("curl")
-            .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}", "--cacert", path_str(&b.join("ca.pem")), "--cert", path_str(&b.join("cert.pem")), "--key", path_str(&b.join("key.pem"))])
-            .arg(format!("https://127.0.0.1:{}{path}", self.port))
-            .output()
-            .expect("curl must be installed");
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "60", "-w", "\n%{http_code}", "--cacert", path_str(&b.join("ca.pem")), "--cert", path_str(&b.join("cert.pem")), "--key", path_str(&b.join("key.pem"))]);
+        if let Some(body) = body {
+            let file = self.dir.path().join("post-body");
+            std::fs::write(&file, body).unwrap();
+            c.args(["-X", "POST", "-H", "content-type: application/json", "--data-binary", &format!("@{}", path_str(&file))]);
+        }
+        let o = c.arg(format!("https://127.0.0.1:{}{path}", self.port)).output().expect("curl must be installed");
         assert!(o.status.success(), "curl {path}: {}", text(&o));
         let out = o.stdout;
         let cut = out.iter().rposition(|&c| c == b'\n').unwrap();
@@ -359,4 +371,145 @@ fn the_agent_flushes_transient_objects_left_in_the_tpm() {
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(said.contains("flushed 2 transient TPM object(s)"), "{said}");
     eprintln!("flush test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// `fleet attest --ek-ca` (credential activation, issue 20): the EK certificates swtpm_setup
+/// provisions are issued by swtpm-localca (`/var/lib/swtpm-localca`, made on its first use).
+/// A manager whose EK certificate chains to the CA and whose TPM activates the credential
+/// passes; another CA fails "does not chain"; a TPM without an EK certificate fails naming
+/// it; a credential made for another TPM's EK, or for another AK Name, is refused by the TPM
+/// (422); ours is accepted, and so is tpm2-tools' own TPM2_MakeCredential (`-T none`).
+#[test]
+fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
+    use swarmseal::attest::{check_ek_cert, make_credential, parse_ak_public, Activation};
+    let t0 = std::time::Instant::now();
+    let fleet = FleetKey::new();
+    let docker_config = tempfile::tempdir().unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let mut a = Manager::boot("tpm-a", Swtpm::start_with_ek_cert(), "image-v1", true, &fleet, docker_config.path());
+    let b = Manager::boot("tpm-b", Swtpm::start_with_ek_cert(), "image-v1", true, &fleet, docker_config.path());
+    let bare = Manager::boot("no-ek-cert", Swtpm::start(), "image-v1", true, &fleet, docker_config.path());
+    // The maker's CA: swtpm-localca's issuer and root (both trust anchors in one PEM file).
+    let localca = Path::new("/var/lib/swtpm-localca");
+    let ca = pins.path().join("ek-ca.pem");
+    let pem: Vec<u8> = ["issuercert.pem", "swtpm-localca-rootca-cert.pem"].iter().flat_map(|f| std::fs::read(localca.join(f)).unwrap_or_else(|e| panic!("{f} of swtpm-localca: {e}"))).collect();
+    std::fs::write(&ca, pem).unwrap();
+    // Another maker's CA (openssl).
+    run(pins.path(), &["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=another-maker", "-keyout", "other-key.pem", "-out", "other-ca.pem", "-days", "2"]);
+    let other_ca = pins.path().join("other-ca.pem");
+    let fleet_pem = fleet.public_pem();
+    let attest = |contexts: &str, ek_ca: &Path| -> Output {
+        let args = ["fleet", "attest", "--allow-no-firmware-log", "--contexts", contexts, "--pin-dir", path_str(pins.path()), "--public-key", path_str(&fleet_pem), "--ek-ca", path_str(ek_ca)];
+        swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None)
+    };
+    let row = |o: &Output, ctx: &str| -> String {
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let table = out.lines().skip_while(|l| l.split(' ').next() != Some(ctx)).skip(1).take_while(|l| l.starts_with(' ')).find(|l| l.trim_start().starts_with("AK identity"));
+        table.unwrap_or_else(|| panic!("no AK identity row for {ctx}: {}", text(o))).to_string()
+    };
+
+    // The EK certificate chains to the CA and the TPM activates the credential: PASS, and the
+    // AK is pinned on first contact, then matches its pin.
+    let o = attest("tpm-a", &ca);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = row(&o, "tpm-a");
+    assert!(r.contains("PASS") && r.contains("credential activation: the AK is on the TPM whose EK certificate") && r.contains("chains to \"CN=swtpm-localca\"") && r.contains("pinned on first contact"), "{}", text(&o));
+    let o = attest("tpm-a", &ca);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(row(&o, "tpm-a").contains("matches pin"), "{}", text(&o));
+    assert_eq!(a.tpm.transient_handles(), 0, "the AK or the EK was left loaded");
+    assert_eq!(a.tpm.tpm2(&["getcap", "handles-loaded-session"]).trim(), "", "the policy session was left loaded");
+    // Another maker's CA: the EK certificate does not chain to it.
+    let o = attest("tpm-a", &other_ca);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "tpm-a").contains("FAIL") && row(&o, "tpm-a").contains("does not chain to a CA of --ek-ca"), "{}", text(&o));
+    // A TPM without an EK certificate: named, not a silent TOFU pass.
+    let o = attest("no-ek-cert", &ca);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "no-ek-cert").contains("no EK certificate on the manager"), "{}", text(&o));
+    assert!(!pins.path().join("no-ek-cert").exists(), "a failed activation wrote a pin");
+    // An --ek-ca file that holds no certificate: the operator's mistake (exit 2).
+    let o = attest("tpm-a", &fleet_pem);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--ek-ca"), "{}", text(&o));
+
+    // A lying manager: TPM A answers with TPM B's EK certificate. The credential made for B's
+    // EK (and A's AK) is refused by A's TPM, as is one for A's EK and B's AK.
+    let answer = |m: &Manager| -> Answer {
+        let (status, body) = m.get(&format!("/swarmseal/v1/attest?nonce={}", hex::encode([0x66u8; 32])));
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    };
+    let (ans_a, ans_b) = (answer(&a), answer(&b));
+    let cas: Vec<Vec<u8>> = vec![pem_der(&localca.join("issuercert.pem"))];
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ek_a = check_ek_cert(&ans_a.ek_certificate.bytes().unwrap(), &cas, now).unwrap();
+    let ek_b = check_ek_cert(&ans_b.ek_certificate.bytes().unwrap(), &cas, now).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let ak_name = |ans: &Answer| parse_ak_public(&b64.decode(&ans.ak_public).unwrap()).unwrap().name;
+    let (ak_a, ak_b) = (ak_name(&ans_a), ak_name(&ans_b));
+    assert_ne!((&ek_a.key, &ak_a), (&ek_b.key, &ak_b), "two TPMs, two EKs and AKs");
+    let post = |m: &Manager, blob: &[u8], secret: &[u8]| {
+        m.post("/swarmseal/v1/attest/activate", serde_json::json!({"credential_blob": b64.encode(blob), "secret": b64.encode(secret)}).to_string().as_bytes())
+    };
+    let mut rng = rand_core::OsRng;
+    for (what, key, name) in [("B's EK", &ek_b.key, &ak_a), ("B's AK", &ek_a.key, &ak_b)] {
+        let cred = make_credential(key, name, &mut rng).unwrap();
+        let (status, body) = post(&a, &cred.credential_blob, &cred.secret);
+        assert_eq!(status, 422, "{what}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("credential activation refused"), "{what}: {}", String::from_utf8_lossy(&body));
+    }
+    // An altered blob (one bit of the HMAC): refused too.
+    let cred = make_credential(&ek_a.key, &ak_a, &mut rng).unwrap();
+    let mut altered = cred.credential_blob.clone();
+    altered[5] ^= 1;
+    let (status, body) = post(&a, &altered, &cred.secret);
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    // Ours, made for A's EK and A's AK: the TPM recovers the secret (TPM2_MakeCredential in
+    // software agrees with the TPM's TPM2_ActivateCredential).
+    let (status, body) = post(&a, &cred.credential_blob, &cred.secret);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let got: Activation = serde_json::from_slice(&body).unwrap();
+    assert_eq!(b64.decode(got.cert_info).unwrap(), *cred.expected);
+    // tpm2-tools' TPM2_MakeCredential (offline, -T none) for the same EK and Name: the same
+    // structure sizes as ours, and the endpoint activates it.
+    let d = pins.path();
+    std::fs::write(d.join("ek-a.der"), ans_a.ek_certificate.bytes().unwrap()).unwrap();
+    run(d, &["openssl", "x509", "-inform", "DER", "-in", "ek-a.der", "-pubkey", "-noout", "-out", "ek-a.pub.pem"]);
+    std::fs::write(d.join("secret.bin"), [0x5au8; 32]).unwrap();
+    run(d, &["tpm2_makecredential", "-T", "none", "-G", "rsa", "-u", "ek-a.pub.pem", "-s", "secret.bin", "-n", &hex::encode(&ak_a), "-o", "cred.out"]);
+    let out = std::fs::read(d.join("cred.out")).unwrap();
+    // tpm2-tools' file: magic 0xBADCC0DE, version 1, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
+    assert_eq!(&out[..8], &[0xba, 0xdc, 0xc0, 0xde, 0, 0, 0, 1], "tpm2-tools credential file");
+    let blob_len = 2 + usize::from(u16::from_be_bytes([out[8], out[9]]));
+    let (blob, secret) = out[8..].split_at(blob_len);
+    assert_eq!((blob.len(), secret.len()), (cred.credential_blob.len(), cred.secret.len()), "tpm2-tools' structures and ours differ in size");
+    let (status, body) = post(&a, blob, secret);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let got: Activation = serde_json::from_slice(&body).unwrap();
+    assert_eq!(b64.decode(got.cert_info).unwrap(), vec![0x5au8; 32]);
+
+    // Bodies that are not an activation request: 400 (malformed) and 413 (too large).
+    let (status, body) = a.post("/swarmseal/v1/attest/activate", b"{\"credential_blob\": 1}");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = a.post("/swarmseal/v1/attest/activate", &vec![b' '; 5000]);
+    assert_eq!(status, 413);
+    // A TPM without an EK certificate: 409, said.
+    let (status, body) = post(&bare, &cred.credential_blob, &cred.secret);
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("no EK certificate"), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(a.tpm.transient_handles(), 0, "a refused activation left the AK or the EK loaded");
+    assert_eq!(a.tpm.tpm2(&["getcap", "handles-loaded-session"]).trim(), "", "a refused activation left its policy session loaded");
+    // The TPM stops answering: 503.
+    a.tpm.kill();
+    let (status, body) = post(&a, &cred.credential_blob, &cred.secret);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    drop((a, b, bare));
+    eprintln!("credential activation test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The DER of a PEM certificate file.
+fn pem_der(path: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject as _;
+    rustls_pki_types::CertificateDer::from_pem_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_vec()
 }
