@@ -561,6 +561,23 @@ mod tests {
         assert_eq!(cz("/../../etc").path(), "/etc");
     }
 
+    /// Credential activation is a POST that every role that may attest may send (monitor
+    /// included, though it sends no other POST); only POST, no upgrade, only that path.
+    #[test]
+    fn every_attesting_role_may_post_an_activation() {
+        let c = cz("/swarmseal/v1/attest/activate");
+        for role in [Role::Admin, Role::ReadOnly, Role::Deploy, Role::Monitor] {
+            assert_eq!(decide(Some(role), "POST", &c, false), Decision::Allow, "{role:?}");
+            assert_eq!(decide(Some(role), "GET", &cz("/swarmseal/v1/attest"), false), Decision::Allow, "{role:?}");
+            if role != Role::Admin {
+                assert!(matches!(decide(Some(role), "POST", &c, true), Decision::Deny(_)), "{role:?} upgrade");
+                assert!(matches!(decide(Some(role), "POST", &cz("/swarmseal/v1/attest"), false), Decision::Deny(_)), "{role:?} POST attest");
+                assert!(matches!(decide(Some(role), "POST", &cz("/swarmseal/v1/attest/activate/x"), false), Decision::Deny(_)), "{role:?} below");
+            }
+        }
+        assert!(matches!(decide(None, "POST", &c, false), Decision::Deny(_)), "no role");
+    }
+
     #[test]
     fn readonly_rules() {
         let ro = Some(Role::ReadOnly);
