@@ -445,6 +445,9 @@ fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let ek_a = check_ek_cert(&ans_a.ek_certificate.bytes().unwrap(), &cas, now).unwrap();
     let ek_b = check_ek_cert(&ans_b.ek_certificate.bytes().unwrap(), &cas, now).unwrap();
+    // Before the certificate's notBefore (1970): not valid, said with its dates.
+    let e = check_ek_cert(&ans_a.ek_certificate.bytes().unwrap(), &cas, 0).unwrap_err();
+    assert!(e.contains("is not valid now: valid from"), "{e}");
     let b64 = base64::engine::general_purpose::STANDARD;
     let ak_name = |ans: &Answer| parse_ak_public(&b64.decode(&ans.ak_public).unwrap()).unwrap().name;
     let (ak_a, ak_b) = (ak_name(&ans_a), ak_name(&ans_b));
