@@ -178,6 +178,13 @@ fn start_proxy(dir: &Path, cfg: &Path, tpm: &Swtpm) -> AgentProcess {
     )
 }
 
+/// The row of `check` in the table of manager `ctx` of a `fleet attest` run.
+fn row(o: &Output, ctx: &str, check: &str) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let table = out.lines().skip_while(|l| l.split(' ').next() != Some(ctx)).skip(1).take_while(|l| l.starts_with(' ')).find(|l| l.trim_start().starts_with(check));
+    table.unwrap_or_else(|| panic!("no {check} row for {ctx}: {}", text(o))).to_string()
+}
+
 fn docker(config: &Path, args: &[&str]) -> Output {
     Command::new("docker").env("DOCKER_CONFIG", config).env_remove("DOCKER_HOST").env_remove("DOCKER_CONTEXT").args(args).output().expect("the docker CLI must be installed")
 }
@@ -198,12 +205,6 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
             args.extend(["--public-key", path_str(&fleet_pem)]);
         }
         swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None)
-    };
-    // The row of `check` in the table of manager `ctx`.
-    let row = |o: &Output, ctx: &str, check: &str| -> String {
-        let out = String::from_utf8_lossy(&o.stdout).to_string();
-        let table = out.lines().skip_while(|l| l.split(' ').next() != Some(ctx)).skip(1).take_while(|l| l.starts_with(' ')).find(|l| l.trim_start().starts_with(check));
-        table.unwrap_or_else(|| panic!("no {check} row for {ctx}: {}", text(o))).to_string()
     };
 
     // A good manager: every check passes (Secure Boot n/a: no firmware log here); the AK is
@@ -402,11 +403,7 @@ fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
         let args = ["fleet", "attest", "--allow-no-firmware-log", "--contexts", contexts, "--pin-dir", path_str(pins.path()), "--public-key", path_str(&fleet_pem), "--ek-ca", path_str(ek_ca)];
         swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None)
     };
-    let row = |o: &Output, ctx: &str| -> String {
-        let out = String::from_utf8_lossy(&o.stdout).to_string();
-        let table = out.lines().skip_while(|l| l.split(' ').next() != Some(ctx)).skip(1).take_while(|l| l.starts_with(' ')).find(|l| l.trim_start().starts_with("AK identity"));
-        table.unwrap_or_else(|| panic!("no AK identity row for {ctx}: {}", text(o))).to_string()
-    };
+    let row = |o: &Output, ctx: &str| row(o, ctx, "AK identity");
 
     // The EK certificate chains to the CA and the TPM activates the credential: PASS, and the
     // AK is pinned on first contact, then matches its pin.
