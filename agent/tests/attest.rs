@@ -416,6 +416,14 @@ fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
     assert!(row(&o, "tpm-a").contains("matches pin"), "{}", text(&o));
     assert_eq!(a.tpm.transient_handles(), 0, "the AK or the EK was left loaded");
     assert_eq!(a.tpm.tpm2(&["getcap", "handles-loaded-session"]).trim(), "", "the policy session was left loaded");
+    // Another genuine TPM (its EK certificate chains to the same CA, it activates) answering
+    // under a pinned name: activation passes, the pin does not.
+    let o = attest("tpm-b", &ca);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::copy(pins.path().join("tpm-a"), pins.path().join("tpm-b")).unwrap();
+    let o = attest("tpm-b", &ca);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "tpm-b").contains("FAIL") && row(&o, "tpm-b").contains("not the AK pinned for this manager"), "{}", text(&o));
     // Another maker's CA: the EK certificate does not chain to it.
     let o = attest("tpm-a", &other_ca);
     assert_eq!(o.status.code(), Some(21), "{}", text(&o));
