@@ -516,6 +516,40 @@ fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
     eprintln!("credential activation test took {:.1} s", t0.elapsed().as_secs_f64());
 }
 
+/// `--ek-ca` with an ECC NIST P-256 EK: swtpm_setup provisions no P-256 EK certificate (its
+/// ECC one is P-384 at 0x01c00016), so the test makes one as a maker would: the RSA
+/// certificate is removed (platform auth), the EK of the TCG template L-2 is created
+/// (tpm2_createek -G ecc), a test CA (openssl, ECDSA) certifies its key, and the certificate
+/// is written to NV 0x01c0000a. The agent activates with the ECC EK; the verifier's
+/// MakeCredential shares the seed by ECDH (KDFe); the TPM accepts it.
+#[test]
+fn fleet_attest_with_ek_ca_activates_with_an_ecc_p256_ek() {
+    let t0 = std::time::Instant::now();
+    let fleet = FleetKey::new();
+    let docker_config = tempfile::tempdir().unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let d = pins.path();
+    let tpm = Swtpm::start_with_ek_cert();
+    run(d, &["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=test-ecc-ek-ca", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
+    tpm.tpm2(&["nvundefine", "-C", "p", "0x01c00002"]);
+    tpm.tpm2(&["createek", "-G", "ecc", "-c", path_str(&d.join("ek.ctx")), "-u", path_str(&d.join("ek.pem")), "-f", "pem"]);
+    tpm.tpm2(&["flushcontext", "-t"]);
+    run(d, &["openssl", "x509", "-new", "-subj", "/CN=ecc-ek", "-force_pubkey", "ek.pem", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "2", "-outform", "DER", "-out", "ek.der"]);
+    let size = std::fs::metadata(d.join("ek.der")).unwrap().len().to_string();
+    tpm.tpm2(&["nvdefine", "0x01c0000a", "-C", "p", "-s", &size, "-a", "ppwrite|ppread|ownerread|authread|no_da|platformcreate"]);
+    tpm.tpm2(&["nvwrite", "0x01c0000a", "-C", "p", "-i", path_str(&d.join("ek.der"))]);
+    let m = Manager::boot("ecc", tpm, "image-v1", true, &fleet, docker_config.path());
+    let (fleet_pem, ca) = (fleet.public_pem(), d.join("ca.pem"));
+    let args = ["fleet", "attest", "--allow-no-firmware-log", "--contexts", "ecc", "--pin-dir", path_str(d), "--public-key", path_str(&fleet_pem), "--ek-ca", path_str(&ca)];
+    let o = swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = row(&o, "ecc", "AK identity");
+    assert!(r.contains("PASS") && r.contains("credential activation") && r.contains("subject \"CN=ecc-ek\"") && r.contains("chains to \"CN=test-ecc-ek-ca\""), "{}", text(&o));
+    assert_eq!(m.tpm.transient_handles(), 0, "the AK or the EK was left loaded");
+    drop(m);
+    eprintln!("ECC credential activation test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
 /// The DER of a PEM certificate file.
 fn pem_der(path: &Path) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject as _;

@@ -13,8 +13,10 @@
 //!    Part 1, B.10.3; symKey = KDFa(SHA-256, seed, "STORAGE", AK Name, "", 128); encIdentity
 //!    = AES-128-CFB(symKey, IV 0) of TPM2B_DIGEST(secret); HMACkey = KDFa(SHA-256, seed,
 //!    "INTEGRITY", "", "", 256); outerHMAC = HMAC-SHA256(HMACkey, encIdentity || AK Name);
-//!    credentialBlob = TPM2B_ID_OBJECT(TPM2B_DIGEST(outerHMAC) || encIdentity). RSA EKs only
-//!    (an ECC EK needs ECDH and KDFe: not done).
+//!    credentialBlob = TPM2B_ID_OBJECT(TPM2B_DIGEST(outerHMAC) || encIdentity). For an ECC
+//!    P-256 EK the seed is shared by ECDH instead (Part 1, C.6.4): an ephemeral key Qe, Z =
+//!    x of (de · Q_EK), seed = KDFe(SHA-256, Z, "IDENTITY", Qe.x, Q_EK.x, 256), and the
+//!    secret is the TPMS_ECC_POINT Qe.
 //! 3. The manager answers `POST /swarmseal/v1/attest/activate` with the secret its TPM
 //!    recovered ([`Activation`]); [`secret_matches`] compares it in constant time.
 
@@ -140,8 +142,9 @@ const HMAC_BITS: u32 = 256;
 /// 32 bytes) with the EK's `key`, from the RNG `rng`. Errors: an ECC EK (not supported), a
 /// key that is not RSA 2048.
 pub fn make_credential(key: &EkKey, ak_name: &[u8], rng: &mut (impl rand_core::CryptoRng + rand_core::RngCore)) -> Result<Credential, String> {
-    let EkKey::Rsa { modulus, exponent } = key else {
-        return Err("the EK certificate holds an ECC key: credential activation with an ECC EK (ECDH, KDFe) is not done yet; the manager's TPM has no RSA EK certificate".into());
+    let (modulus, exponent) = match key {
+        EkKey::Rsa { modulus, exponent } => (modulus, exponent),
+        EkKey::Ecc { x, y } => return make_credential_ecc(x, y, ak_name, rng),
     };
     let public = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(modulus), rsa::BigUint::from_bytes_be(exponent)).map_err(|e| format!("the EK's RSA key: {e}"))?;
     if rsa::traits::PublicKeyParts::size(&public) != 256 {
@@ -155,6 +158,49 @@ pub fn make_credential(key: &EkKey, ak_name: &[u8], rng: &mut (impl rand_core::C
     let encrypted_seed = public.encrypt(rng, padding, seed.as_ref()).map_err(|e| format!("RSA-OAEP to the EK: {e}"))?;
     let (credential_blob, _) = wrap_credential(seed.as_ref(), ak_name, &secret);
     Ok(Credential { credential_blob, secret: tpm2b(&encrypted_seed), expected: secret })
+}
+
+/// [`make_credential`] for an ECC NIST P-256 EK (Part 1, C.6.4, 11.4.10.3).
+fn make_credential_ecc(x: &[u8], y: &[u8], ak_name: &[u8], rng: &mut (impl rand_core::CryptoRng + rand_core::RngCore)) -> Result<Credential, String> {
+    use p256::elliptic_curve::sec1::{FromEncodedPoint as _, ToEncodedPoint as _};
+    let (Ok(x32), Ok(y32)) = (<[u8; 32]>::try_from(x), <[u8; 32]>::try_from(y)) else {
+        return Err("the EK's ECC key is not a P-256 point (32-byte coordinates)".into());
+    };
+    let point = p256::EncodedPoint::from_affine_coordinates(&x32.into(), &y32.into(), false);
+    let ek = Option::<p256::PublicKey>::from(p256::PublicKey::from_encoded_point(&point)).ok_or("the EK's ECC key is not a point on P-256")?;
+    let ephemeral = p256::ecdh::EphemeralSecret::random(rng);
+    let q = ephemeral.public_key().to_encoded_point(false);
+    let (Some(qx), Some(qy)) = (q.x(), q.y()) else { return Err("the ephemeral ECC point is the identity".into()) };
+    let z = ephemeral.diffie_hellman(&ek);
+    let seed = kdfe(z.raw_secret_bytes(), "IDENTITY", qx, x, 256);
+    let mut secret = zeroize::Zeroizing::new(vec![0u8; 32]);
+    rng.fill_bytes(&mut secret);
+    let (credential_blob, _) = wrap_credential(&seed, ak_name, &secret);
+    let mut ecc_point = tpm2b(qx);
+    ecc_point.extend_from_slice(&tpm2b(qy));
+    Ok(Credential { credential_blob, secret: tpm2b(&ecc_point), expected: secret })
+}
+
+/// KDFe with SHA-256 (TPM 2.0 Part 1, 11.4.10.3, SP 800-56A concatenation KDF): `bits` of
+/// SHA-256([i]32 || Z || label || 0x00 || partyUInfo || partyVInfo), i = 1, 2, ….
+fn kdfe(z: &[u8], label: &str, party_u: &[u8], party_v: &[u8], bits: u32) -> zeroize::Zeroizing<Vec<u8>> {
+    use sha2::Digest as _;
+    let bytes = bits.div_ceil(8) as usize;
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(bytes + 32));
+    let mut counter: u32 = 0;
+    while out.len() < bytes {
+        counter += 1;
+        let mut h = Sha256::new();
+        h.update(counter.to_be_bytes());
+        h.update(z);
+        h.update(label.as_bytes());
+        h.update([0]);
+        h.update(party_u);
+        h.update(party_v);
+        out.extend_from_slice(&h.finalize());
+    }
+    out.truncate(bytes);
+    out
 }
 
 /// The TPM2B_ID_OBJECT protecting `secret` for Name `name` under `seed` (Part 1, 24.4–24.5),
