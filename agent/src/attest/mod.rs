@@ -324,7 +324,7 @@ async fn activate_one(docker: &Path, context: &str, answer: &Answer, cas: &[Vec<
         Err(e) => return Outcome::Fail(format!("credential activation: {e}")),
     };
     if status == hyper::StatusCode::UNPROCESSABLE_ENTITY {
-        return Outcome::Fail(format!("activation refused: the manager's TPM could not activate a credential made for this AK with the EK of its certificate ({}): another TPM holds this AK, or the EK certificate is not this TPM's", answer_message(&body)));
+        return Outcome::Fail(format!("activation refused: the manager says \"{}\": this AK is not shown to be on the TPM of that EK certificate (another TPM holds the AK, or the certificate is not this TPM's)", answer_message(&body)));
     }
     if !status.is_success() {
         return Outcome::Fail(format!("credential activation: POST {ACTIVATE_PATH}: HTTP {status}: {}", answer_message(&body)));
