@@ -270,6 +270,27 @@ mod tests {
         assert_eq!(kdfa(b"seed", "INTEGRITY", &[], &[], 512).len(), 64);
     }
 
+    /// For an ECC EK the secret is the ephemeral point (TPM2B of two 32-byte TPM2Bs), a
+    /// point on P-256; a key off the curve is refused.
+    #[test]
+    fn an_ecc_credential_sends_the_ephemeral_point() {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        let ek = p256::SecretKey::random(&mut rand_core::OsRng).public_key().to_encoded_point(false);
+        let key = EkKey::Ecc { x: ek.x().unwrap().to_vec(), y: ek.y().unwrap().to_vec() };
+        let name = [&[0x00, 0x0b][..], &[7u8; 32]].concat();
+        let c = make_credential(&key, &name, &mut rand_core::OsRng).unwrap();
+        assert_eq!((c.secret.len(), &c.secret[..4], c.secret[36..38].to_vec()), (2 + 68, &[0, 68, 0, 32][..], vec![0, 32]));
+        let mut sec1 = vec![4u8];
+        sec1.extend_from_slice(&c.secret[4..36]);
+        sec1.extend_from_slice(&c.secret[38..]);
+        assert!(p256::PublicKey::from_sec1_bytes(&sec1).is_ok(), "the ephemeral point is on the curve");
+        assert_eq!((c.credential_blob.len(), c.expected.len()), (2 + 2 + 32 + 34, 32));
+        let off = EkKey::Ecc { x: vec![1; 32], y: vec![2; 32] };
+        assert!(make_credential(&off, &name, &mut rand_core::OsRng).err().unwrap_or_default().contains("not a point on P-256"));
+        assert_eq!(kdfe(b"z", "IDENTITY", b"u", b"v", 256).len(), 32);
+        assert_ne!(*kdfe(b"z", "IDENTITY", b"u", b"v", 256), *kdfe(b"z", "IDENTITY", b"v", b"u", 256));
+    }
+
     #[test]
     fn the_credential_blob_is_hmac_then_encrypted_identity() {
         let name = [&[0x00, 0x0b][..], &[7u8; 32]].concat();
