@@ -65,6 +65,7 @@
 //! max_bytes = 2147483648                             # largest release tar accepted (413 beyond)
 //! socket = "/run/swarmseal-update.sock"              # the privileged apply service
 //! sysupdate = "systemd-sysupdate"
+//! stage_definitions = "/usr/lib/swarmseal/sysupdate-stage.d"  # ?stage=1: root + verity only
 //! systemctl = "systemctl"
 //! os_release = "/etc/os-release"                     # IMAGE_ID, IMAGE_VERSION for status
 //! sbom = "/usr/share/swarmseal/sbom.cdx.json"        # the image's SBOM: status digest, update verify
@@ -257,6 +258,11 @@ pub struct UpdateConfig {
     pub socket: PathBuf,
     /// The systemd-sysupdate binary `update apply` runs (`sysupdate update V`).
     pub sysupdate: String,
+    /// The sysupdate definitions that write only a release's root and root-verity partitions
+    /// (no UKI, so no boot entry): what `POST /swarmseal/v1/update?stage=1` installs, so that
+    /// `fleet update` can write the next manager's slot while the previous one reboots
+    /// (`sysupdate --definitions=DIR update V`). Default `/usr/lib/swarmseal/sysupdate-stage.d`.
+    pub stage_definitions: PathBuf,
     /// The systemctl binary `update apply --reboot` runs (`systemctl reboot`).
     pub systemctl: String,
     /// os-release file whose `IMAGE_ID` and `IMAGE_VERSION` `status` reports.
@@ -286,6 +292,7 @@ impl Default for UpdateConfig {
             max_bytes: DEFAULT_UPDATE_MAX_BYTES,
             socket: "/run/swarmseal-update.sock".into(),
             sysupdate: "systemd-sysupdate".into(),
+            stage_definitions: "/usr/lib/swarmseal/sysupdate-stage.d".into(),
             systemctl: "systemctl".into(),
             os_release: "/etc/os-release".into(),
             sbom: format!("/{}", swarmseal_release::sbom::IMAGE_PATH).into(),

@@ -75,6 +75,12 @@ pub struct UpdateArgs {
     /// The docker CLI that resolves the contexts.
     #[arg(long, default_value = "docker", value_name = "PATH")]
     pub docker: PathBuf,
+    /// Write each manager's slot only at its turn. By default the next manager's root and
+    /// root-verity partitions are written (`POST /swarmseal/v1/update?stage=1`: no boot entry,
+    /// no reboot) while the previous manager reboots, and at its turn only its UKI remains
+    /// (`?staged=V&reboot=1`).
+    #[arg(long)]
+    pub no_prestage: bool,
     /// How each manager is attested after its reboot (with --public-key; as `fleet attest`).
     #[command(flatten)]
     pub attest: crate::attest::VerifyArgs,
@@ -505,6 +511,8 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
     ));
 
     let mut done: Vec<String> = Vec::new();
+    // Whether todo[k]'s partitions were written while the manager before it rebooted.
+    let mut prestaged = vec![false; todo.len()];
     for (k, &i) in todo.iter().enumerate() {
         let m = &managers[i];
         let stop = |reason: String, done: &[String]| FleetError::Stopped {
@@ -526,12 +534,70 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
         }
         clock.say(format_args!("{}: uploading the release ({others_ok} of {} managers stay up, quorum {q})", m.context, nodes.len()));
         let say = |line: String| clock.say(format_args!("{}: {line}", m.context));
-        let (status, answer) = upload_release(m, "/swarmseal/v1/update?reboot=1", &a.release, &say).await.map_err(|e| stop(format!("upload failed: {e}"), &done))?;
+        let mut answered = None;
+        if prestaged[k] {
+            // Its root and root-verity were written while the previous manager rebooted: the
+            // UKI is what remains (the release is verified again on the manager first).
+            let path = format!("/swarmseal/v1/update?staged={}&reboot=1", query_escape(&version));
+            match m.call(Method::POST, &path, empty(), UPLOAD_TIMEOUT).await {
+                Ok((status, answer)) if status == StatusCode::CONFLICT => say(format!("its pre-staged release is gone ({}): uploading it", answer_message(&answer))),
+                Ok(answer) => answered = Some(answer),
+                Err(e) => return Err(stop(format!("installing its pre-staged release failed: {e}"), &done)),
+            }
+        }
+        let (status, answer) = match answered {
+            Some(answer) => answer,
+            None => upload_release(m, "/swarmseal/v1/update?reboot=1", &a.release, &say).await.map_err(|e| stop(format!("upload failed: {e}"), &done))?,
+        };
         if !status.is_success() {
             return Err(stop(format!("the manager refused the release: HTTP {status}: {}", answer_message(&answer)), &done));
         }
-        clock.say(format_args!("{}: staged and rebooting ({:.0} s)", m.context, t.elapsed().as_secs_f64()));
-        match wait_back(m, &ids[i].0, &version, &others, Duration::from_secs(a.timeout), poll, &clock).await {
+        clock.say(format_args!("{}: {} and rebooting ({:.0} s)", m.context, if prestaged[k] { "UKI installed" } else { "staged" }, t.elapsed().as_secs_f64()));
+        // While it reboots, the next manager's partitions are written (no boot entry, no
+        // reboot: it stays a voting manager). A failure there only means it gets the whole
+        // release at its turn.
+        let next = todo.get(k + 1).filter(|_| !a.no_prestage).map(|&j| &managers[j]);
+        let prestage = async {
+            let n = next?;
+            let say = |line: String| clock.say(format_args!("{}: {line}", n.context));
+            say(format!("writing {version}'s partitions into its inactive slot while {} reboots", m.context));
+            let t = Instant::now();
+            Some(match upload_release(n, "/swarmseal/v1/update?stage=1", &a.release, &say).await {
+                Ok((status, _)) if status.is_success() => {
+                    say(format!("partitions of {version} written, no boot entry yet ({:.0} s)", t.elapsed().as_secs_f64()));
+                    true
+                }
+                Ok((status, answer)) => {
+                    say(format!("pre-staging refused (HTTP {status}: {}): it gets the whole release at its turn", answer_message(&answer)));
+                    false
+                }
+                Err(e) => {
+                    say(format!("pre-staging failed ({e}): it gets the whole release at its turn"));
+                    false
+                }
+            })
+        };
+        let mut prestage = std::pin::pin!(prestage);
+        let mut back = std::pin::pin!(wait_back(m, &ids[i].0, &version, &others, Duration::from_secs(a.timeout), poll, &clock));
+        let mut staged_next = None;
+        let back = loop {
+            tokio::select! {
+                r = &mut back => break r,
+                r = &mut prestage, if staged_next.is_none() => staged_next = Some(r),
+            }
+        };
+        // A stop drops the pre-staging in flight: a partial upload stays resumable, written
+        // partitions without a UKI boot nothing (the next release overwrites them).
+        if back.is_ok() {
+            let staged = match staged_next {
+                Some(s) => s,
+                None => prestage.await,
+            };
+            if let Some(p) = prestaged.get_mut(k + 1) {
+                *p = staged == Some(true);
+            }
+        }
+        match back {
             Ok((min_up, no_answer)) => {
                 // While the leader reboots, the others answer GET /nodes only once they elected a
                 // new one: that gap is reported as such, not as "0 reachable".
@@ -562,6 +628,14 @@ async fn update(a: UpdateArgs) -> Result<(), FleetError> {
     }
     clock.say(format_args!("done: {} updated to {version}, quorum kept throughout", list_or_none(&done)));
     Ok(())
+}
+
+/// `v` for a query value: RFC 3986 unreserved bytes as they are, the rest percent-encoded
+/// (a version may hold `^` and `~`).
+fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }
 
 fn list_or_none(names: &[String]) -> String {

@@ -44,6 +44,10 @@ pub const STAGED: &str = "staged";
 /// The line `swarmseal update apply` prints once systemd-sysupdate installed a release
 /// (followed by the version).
 pub const APPLIED: &str = "installed by systemd-sysupdate: version";
+/// The line `swarmseal update apply --stage` prints once systemd-sysupdate wrote a release's
+/// root and root-verity partitions without its UKI (followed by the version): nothing boots it
+/// until a later apply of the same version writes the UKI.
+pub const PARTITIONS_WRITTEN: &str = "root and root-verity written by systemd-sysupdate, no boot entry yet: version";
 /// How long the agent waits for the apply service (systemd-sysupdate copies ~0.5 GB).
 const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
@@ -91,6 +95,10 @@ pub enum UpdateError {
     /// or the rest came from another file): it was discarded; the sentence names the file.
     #[error("{0}")]
     Altered(String),
+    /// `?staged=V` asked to install the release this manager holds, and it holds none, or
+    /// another version; the sentence says which.
+    #[error("{0}")]
+    NotStaged(String),
 }
 
 impl UpdateError {
@@ -237,6 +245,29 @@ pub async fn receive_resume<R: AsyncRead + Unpin>(key: &ReleaseKey, staging: &Pa
         return Err(UpdateError::Release(ReleaseError::TooLarge { max }));
     }
     receive_from(key, staging, max, body, Start::Resume { offset, sums: sums_sha256 }).await
+}
+
+/// The release `version` this manager already holds in `<staging>/staged` (received by an
+/// earlier upload, e.g. `?stage=1`), taken under the staging lock so no upload replaces it until
+/// the caller has handed it to the apply service. Only its `SHA256SUMS` is read here (the version
+/// line); the apply service verifies the signature and every file again before installing.
+/// Errors: [`UpdateError::Busy`], [`UpdateError::NotStaged`] (none staged, another version, an
+/// unreadable manifest: upload the release instead).
+pub async fn held_staged(staging: &Path, version: &str) -> Result<Staged, UpdateError> {
+    let dir = staging.to_path_buf();
+    let lock = blocking(move || try_lock(&dir)).await?;
+    let staged = staging.join(STAGED);
+    let sums = staged.join(SUMS);
+    let held = match tokio::fs::read(&sums).await {
+        Ok(text) => Manifest::parse(&text).map(|m| m.version).map_err(|e| format!("its {SUMS} does not parse ({e})")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("none".to_string()),
+        Err(e) => Err(format!("{}: {e}", sums.display())),
+    };
+    match held {
+        Ok(v) if v == version => Ok(Staged { version: v, dir: staged, lock }),
+        Ok(v) => Err(UpdateError::NotStaged(format!("this manager's staged release is {v}, not {version}: upload release {version} instead"))),
+        Err(why) => Err(UpdateError::NotStaged(format!("this manager holds no staged release ({why}): upload release {version} instead"))),
+    }
 }
 
 /// Where a receive starts.
@@ -600,22 +631,27 @@ pub struct ApplyRequest {
     pub version: String,
     /// `systemctl reboot` after installing.
     pub reboot: bool,
+    /// Write only the root and root-verity partitions (`[update] stage_definitions`), not the
+    /// UKI; never with `reboot`. Absent in requests of older agents: false.
+    #[serde(default)]
+    pub stage: bool,
 }
 
 /// Ask the privileged apply service at `socket` (`swarmseal-update.socket`) to install the
-/// staged release `version`. Returns its output lines once it says [`APPLIED`].
+/// staged release `version` (only its partitions when `stage`). Returns its output lines once it
+/// says [`APPLIED`] (with `stage`: [`PARTITIONS_WRITTEN`]).
 /// Errors: [`UpdateError::ApplyUnavailable`] (no socket, no answer, timeout),
 /// [`UpdateError::Tool`] (it answered with a failure: its lines).
-pub async fn apply_via(socket: &Path, version: &str, reboot: bool) -> Result<Vec<String>, UpdateError> {
+pub async fn apply_via(socket: &Path, version: &str, reboot: bool, stage: bool) -> Result<Vec<String>, UpdateError> {
     use tokio::io::AsyncBufReadExt;
     let mut s = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
         UpdateError::ApplyUnavailable(format!("the release is staged, but the apply service at {} cannot be reached: {e} (swarmseal-update.socket exists on the appliance image only)", socket.display()))
     })?;
-    let mut req = serde_json::to_vec(&ApplyRequest { version: version.to_string(), reboot }).unwrap_or_default();
+    let mut req = serde_json::to_vec(&ApplyRequest { version: version.to_string(), reboot, stage }).unwrap_or_default();
     req.push(b'\n');
     s.write_all(&req).await.map_err(|e| UpdateError::ApplyUnavailable(e.to_string()))?;
     s.shutdown().await.map_err(|e| UpdateError::ApplyUnavailable(e.to_string()))?;
-    let done = format!("{APPLIED} {version}");
+    let done = format!("{} {version}", if stage { PARTITIONS_WRITTEN } else { APPLIED });
     let read = async {
         let mut lines = tokio::io::BufReader::new(s.take(1 << 20)).lines();
         let mut out = Vec::new();
@@ -671,10 +707,14 @@ pub enum UpdateCommand {
         #[arg(long, value_name = "DIR")]
         staged: Option<PathBuf>,
         /// `systemctl reboot` once installed.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "stage")]
         reboot: bool,
-        /// Read the request {"version": V, "reboot": bool} as one JSON line from stdin (how the
-        /// socket-activated service is run); its version must be the staged one.
+        /// Write only the root and root-verity partitions ([update] stage_definitions), not the
+        /// UKI: nothing boots the release until a later apply of the same version.
+        #[arg(long)]
+        stage: bool,
+        /// Read the request {"version": V, "reboot": bool, "stage": bool} as one JSON line from
+        /// stdin (how the socket-activated service is run); its version must be the staged one.
         #[arg(long)]
         stdin_request: bool,
     },
@@ -730,7 +770,7 @@ pub async fn run(cfg: &Config, c: UpdateCommand) -> Result<(), UpdateError> {
             }
             Ok(())
         }
-        UpdateCommand::Apply { staged, reboot, stdin_request } => {
+        UpdateCommand::Apply { staged, reboot, stage, stdin_request } => {
             let cfg = cfg.clone();
             // Reading stdin, hashing the release, systemd-sysupdate and the pause before the
             // reboot all block: the whole command runs on the blocking pool.
@@ -739,25 +779,44 @@ pub async fn run(cfg: &Config, c: UpdateCommand) -> Result<(), UpdateError> {
                 // By hand, hold the staging lock so no upload replaces the release meanwhile;
                 // run by the socket, the agent that asked holds it.
                 let _lock = if stdin_request { None } else { Some(try_lock(&cfg.update_dir())?) };
-                let (want, reboot) = if stdin_request {
+                let (want, reboot, stage) = if stdin_request {
                     let mut line = Vec::new();
                     std::io::stdin().take(4096).read_to_end(&mut line).map_err(|e| ReleaseError::Body(e.to_string()))?;
-                    let r: ApplyRequest = serde_json::from_slice(&line).map_err(|e| UpdateError::invalid(format!("the request on stdin is not {{\"version\", \"reboot\"}}: {e}")))?;
-                    (Some(r.version), r.reboot)
+                    let r: ApplyRequest = serde_json::from_slice(&line).map_err(|e| UpdateError::invalid(format!("the request on stdin is not {{\"version\", \"reboot\", \"stage\"}}: {e}")))?;
+                    (Some(r.version), r.reboot, r.stage)
                 } else {
-                    (None, reboot)
+                    (None, reboot, stage)
                 };
-                apply(&cfg, &key, &staged, want.as_deref(), reboot, stdin_request)
+                let install = match (stage, reboot) {
+                    (true, true) => return Err(UpdateError::Request("stage writes the partitions only and never reboots: ask for one or the other".into())),
+                    (true, false) => Install::PartitionsOnly,
+                    (false, reboot) => Install::Full { reboot },
+                };
+                apply(&cfg, &key, &staged, want.as_deref(), install, stdin_request)
             })
             .await
         }
     }
 }
 
+/// What [`apply`] installs of a staged release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// Every transfer of /usr/lib/sysupdate.d (root-verity, root, then the UKI, which makes it
+    /// the boot default); `systemctl reboot` after when `reboot`.
+    Full { reboot: bool },
+    /// Only root-verity and root (`[update] stage_definitions`): the inactive slot holds the
+    /// release, nothing boots it. A later `Full` of the same version finds them installed
+    /// (systemd-sysupdate: "No need to acquire …, already installed") and writes the UKI only.
+    PartitionsOnly,
+}
+
 /// Verify `staged` again (it was written by the less privileged agent), check it is `want`,
-/// run `<sysupdate> update V`, print [`APPLIED`], then `<systemctl> reboot` when asked
-/// (after a pause when `answer_first`: the agent relays the answer before it goes down).
-pub fn apply(cfg: &Config, key: &ReleaseKey, staged: &Path, want: Option<&str>, reboot: bool, answer_first: bool) -> Result<(), UpdateError> {
+/// run `<sysupdate> update V` (with `--definitions=<stage_definitions>` for
+/// [`Install::PartitionsOnly`]), print [`APPLIED`] (or [`PARTITIONS_WRITTEN`]), then
+/// `<systemctl> reboot` when asked (after a pause when `answer_first`: the agent relays the
+/// answer before it goes down).
+pub fn apply(cfg: &Config, key: &ReleaseKey, staged: &Path, want: Option<&str>, install: Install, answer_first: bool) -> Result<(), UpdateError> {
     use std::io::Write;
     let m = verify_dir(key, staged)?;
     if let Some(w) = want {
@@ -765,15 +824,20 @@ pub fn apply(cfg: &Config, key: &ReleaseKey, staged: &Path, want: Option<&str>, 
             return Err(UpdateError::invalid(format!("the staged release is {}, not {w}: another upload replaced it", m.version)));
         }
     }
-    tracing::info!(event = "update_apply", security = true, version = %m.version, reboot, "installing a verified release with systemd-sysupdate");
-    let out = run_tool(&cfg.update.sysupdate, &["update", &m.version])?;
+    let (reboot, definitions, done) = match install {
+        Install::Full { reboot } => (reboot, None, APPLIED),
+        Install::PartitionsOnly => (false, Some(format!("--definitions={}", cfg.update.stage_definitions.display())), PARTITIONS_WRITTEN),
+    };
+    tracing::info!(event = "update_apply", security = true, version = %m.version, reboot, partitions_only = definitions.is_some(), "installing a verified release with systemd-sysupdate");
+    let args: Vec<&str> = definitions.iter().map(String::as_str).chain(["update", m.version.as_str()]).collect();
+    let out = run_tool(&cfg.update.sysupdate, &args)?;
     let mut so = std::io::stdout();
     let mut text = String::new();
     for l in out.lines().filter(|l| !l.trim().is_empty()) {
         let _ = writeln!(text, "{l}");
     }
     let _ = write!(so, "{text}");
-    let _ = writeln!(so, "{APPLIED} {}", m.version);
+    let _ = writeln!(so, "{done} {}", m.version);
     let _ = so.flush();
     if reboot {
         if answer_first {

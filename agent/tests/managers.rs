@@ -475,7 +475,14 @@ fn fleet_update_rolls_one_manager_at_a_time_and_keeps_quorum() {
     }
     for (m, sl) in c.m.iter().zip(&slots) {
         assert_eq!(sl.version(), "1.0.2", "{} runs the new version", m.name);
-        assert_eq!(sl.log("sysupdate").trim(), "update 1.0.2", "{}: sysupdate ran once for the release", m.name);
+        // The first manager gets the whole release at its turn; each later one had its
+        // partitions written (the stage definitions) while the one before it rebooted, then
+        // the full install at its turn.
+        let want = if order.first() == Some(&m.name) { "update 1.0.2" } else { "--definitions=/usr/lib/swarmseal/sysupdate-stage.d update 1.0.2\nupdate 1.0.2" };
+        assert_eq!(sl.log("sysupdate").trim(), want, "{}: sysupdate for the release", m.name);
+    }
+    for n in &order[1..] {
+        assert!(out.contains(&format!("{n}: partitions of 1.0.2 written, no boot entry yet")) && out.contains(&format!("{n}: UKI installed and rebooting")), "{n} pre-staged: {out}");
     }
     assert!(out.contains("quorum kept throughout"), "{out}");
     assert!(out.contains("m1: not attested (no --public-key"), "{out}");

@@ -289,7 +289,7 @@ fn a_signed_release_is_staged_and_installed_and_health_gates_the_boot() {
     // ---- a signed release: staged, verified again and installed by the apply service.
     let (code_, body) = post("admin", &good, "");
     assert_eq!(code_, 200, "{body}\nagent log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-    assert_eq!(body, serde_json::json!({"version": V1, "staged": true, "reboot": false}));
+    assert_eq!(body, serde_json::json!({"version": V1, "staged": true, "reboot": false, "partitions_only": false}));
     let staged = updates.join("staged");
     for (n, b) in release_files(V1, 300_000) {
         assert_eq!(std::fs::read(staged.join(&n)).unwrap(), b, "{n} staged as sent");
@@ -303,7 +303,7 @@ fn a_signed_release_is_staged_and_installed_and_health_gates_the_boot() {
     let good2 = build_release(work, V2, &fleet_key, 200_000, false);
     let (code_, body) = post("admin", &good2, "?reboot=1");
     assert_eq!(code_, 200, "{body}");
-    assert_eq!(body, serde_json::json!({"version": V2, "staged": true, "reboot": true}));
+    assert_eq!(body, serde_json::json!({"version": V2, "staged": true, "reboot": true, "partitions_only": false}));
     let mut want: Vec<String> = names(V2).to_vec();
     want.extend(["SHA256SUMS".into(), "SHA256SUMS.sig".into()]);
     want.sort();
@@ -319,6 +319,47 @@ fn a_signed_release_is_staged_and_installed_and_health_gates_the_boot() {
     all.push("staged".into());
     all.sort();
     assert_eq!(tree(&updates), all, "no partial release left behind");
+
+    // ---- pre-staging (what `fleet update` does for the next manager while one reboots):
+    // ?stage=1 writes root and root-verity only (the stage definitions), never reboots.
+    let v3 = "1.3.0";
+    let good3 = build_release(work, v3, &fleet_key, 100_000, false);
+    let (code_, body) = post("admin", &good3, "?stage=1");
+    assert_eq!(code_, 200, "{body}");
+    assert_eq!(body, serde_json::json!({"version": v3, "staged": true, "reboot": false, "partitions_only": true}));
+    assert!(
+        argv("sysupdate").ends_with(&format!("update {V2}\n--definitions=/usr/lib/swarmseal/sysupdate-stage.d update {v3}\n")),
+        "{}",
+        argv("sysupdate")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(argv("systemctl"), "reboot\n", "?stage=1 rebooted");
+    // Then ?staged=V with an empty body installs the held release in full and reboots.
+    let empty = work.join("empty-body");
+    std::fs::write(&empty, b"").unwrap();
+    for (query, status, says) in [
+        ("?stage=1&reboot=1", 400, "not both"),
+        ("?staged=1.3.0&stage=1", 400, "not with ?stage"),
+        ("?staged=1.0.0&reboot=1", 409, "staged release is 1.3.0, not 1.0.0"),
+        ("?staged=1.3.0%2F..", 400, "not a release version"),
+    ] {
+        let (code_, body) = post("admin", &empty, query);
+        assert_eq!(code_, status, "{query}: {body}");
+        assert!(body["message"].as_str().unwrap_or_default().contains(says), "{query}: {body}");
+    }
+    let (code_, body) = post("admin", &good3, "?staged=1.3.0");
+    assert_eq!(code_, 400, "a body with ?staged=: {body}");
+    let (code_, body) = post("ro", &empty, "?staged=1.3.0&reboot=1");
+    assert_eq!(code_, 403, "{body}");
+    let (code_, body) = post("admin", &empty, "?staged=1.3.0&reboot=1");
+    assert_eq!(code_, 200, "{body}");
+    assert_eq!(body, serde_json::json!({"version": v3, "staged": true, "reboot": true, "partitions_only": false}));
+    assert!(argv("sysupdate").ends_with(&format!("sysupdate-stage.d update {v3}\nupdate {v3}\n")), "{}", argv("sysupdate"));
+    wait_until("systemctl reboot", Duration::from_secs(10), || argv("systemctl") == "reboot\nreboot\n");
+    let mut want: Vec<String> = names(v3).to_vec();
+    want.extend(["SHA256SUMS".into(), "SHA256SUMS.sig".into()]);
+    want.sort();
+    assert_eq!(tree(&staged), want, "the held release was installed as it was");
 
     // The operator's (and CI's) check of a release file or directory.
     let verify = |p: &Path| swarmseal(&["--config", path_str(&cfg), "update", "verify", path_str(p)], &[], None);
@@ -583,7 +624,7 @@ fn a_release_is_fetched_from_the_https_source() {
     // ---- the release, fetched: staged, installed, rebooted, as an upload would be.
     let (c, b) = post(with_source, &format!("?version={V1}&reboot=1"), None);
     assert_eq!(c, 200, "{b}\nlog:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-    assert_eq!(b, serde_json::json!({"version": V1, "staged": true, "reboot": true}));
+    assert_eq!(b, serde_json::json!({"version": V1, "staged": true, "reboot": true, "partitions_only": false}));
     for (n, bytes) in release_files(V1, 300_000) {
         assert_eq!(std::fs::read(updates.join("staged").join(&n)).unwrap(), bytes, "{n} staged as served");
     }

@@ -22,7 +22,7 @@ use super::policy;
 use super::redact;
 use super::gojson::{self, GoValue};
 use super::route::Route;
-use super::{ApiError, ApiErrorKind, ConnCtx, EscrowFile, UpdateFrom};
+use super::{ApiError, ApiErrorKind, ConnCtx, EscrowFile, UpdateFrom, UpdateInstall};
 use swarmseal_common::secret::UnlockKey;
 
 /// The engine connection dedicated to one client connection.
@@ -796,6 +796,21 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
         }
         Route::Update => {
             let reboot = authz::query_flag(query, "reboot");
+            let install = match (authz::query_flag(query, "stage"), reboot) {
+                (true, true) => return message(ApiErrorKind::BadRequest, "?stage=1 writes the release's partitions only and never reboots: ask for ?stage=1 or ?reboot=1, not both", audit),
+                (true, false) => UpdateInstall::PartitionsOnly,
+                (false, reboot) => UpdateInstall::Full { reboot },
+            };
+            if let Some(version) = authz::query_value(query, "staged") {
+                // The release this manager already holds: nothing else may come with it.
+                if install == UpdateInstall::PartitionsOnly || ["version", "resume"].iter().any(|k| authz::query_value(query, k).is_some()) {
+                    return message(ApiErrorKind::BadRequest, "?staged=V installs the release this manager already holds: not with ?stage, ?version or ?resume", audit);
+                }
+                if !empty_body(body, content_length, ctx.shared.header_timeout).await {
+                    return message(ApiErrorKind::BadRequest, "?staged=V takes an empty body: the release is already on this manager", audit);
+                }
+                return answer(api.update(UpdateFrom::Staged { version }, install).await, audit);
+            }
             let from = match authz::query_value(query, "version") {
                 // The rest of an interrupted upload, from byte `resume` on.
                 None if authz::query_value(query, "resume").is_some() => {
@@ -819,7 +834,7 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
                 // Streamed to the agent; the bytes counted for the audit line, never logged.
                 None => UpdateFrom::Upload { body: stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))).boxed_unsync(), content_length },
             };
-            answer(api.update(from, reboot).await, audit)
+            answer(api.update(from, install).await, audit)
         }
         Route::UpdatePartial => answer(api.update_partial().await, audit),
         Route::Attest => {

@@ -102,13 +102,14 @@ pub trait AgentApi: Send + Sync + 'static {
     /// `POST /swarmseal/v1/update[?reboot=1]` with a release tar as the body
     /// ([`UpdateFrom::Upload`]), or `POST /swarmseal/v1/update?version=V[&reboot=1]` with an
     /// empty body ([`UpdateFrom::Source`]: fetched from `[update] source`), or
-    /// `?resume=N&sums=HEX` with the rest of an interrupted upload ([`UpdateFrom::Resume`]):
-    /// verify and stage it,
-    /// have the apply service install it (the agent's `update` module). Ok(JSON
-    /// `{"version","staged":true,"reboot"}`) or the refusal. The default answers 404 (no
-    /// update support here).
-    fn update(&self, from: UpdateFrom, reboot: bool) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
-        drop((from, reboot));
+    /// `?resume=N&sums=HEX` with the rest of an interrupted upload ([`UpdateFrom::Resume`]),
+    /// or `?staged=V` with an empty body (the release this manager already holds,
+    /// [`UpdateFrom::Staged`]): verify and stage it, have the apply service install it as
+    /// `install` says (the agent's `update` module; `?stage=1` is
+    /// [`UpdateInstall::PartitionsOnly`]). Ok(JSON `{"version","staged":true,"reboot",
+    /// "partitions_only"}`) or the refusal. The default answers 404 (no update support here).
+    fn update(&self, from: UpdateFrom, install: UpdateInstall) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
+        drop((from, install));
         Box::pin(async { Err(ApiError::not_found("not available here: image updates exist on the appliance agent only")) })
     }
     /// `GET /swarmseal/v1/update/partial`: what this manager holds of an interrupted upload,
@@ -154,6 +155,20 @@ pub enum UpdateFrom {
     /// `?version=V` with an empty body: `<[update] source>swarmseal_V.tar`. `version` is the
     /// query value as sent (percent-decoded), not yet validated.
     Source { version: String },
+    /// `?staged=V` with an empty body: the release V this manager already staged (an earlier
+    /// `?stage=1`), verified again before it is installed. `version` is the query value as sent.
+    Staged { version: String },
+}
+
+/// What `POST /swarmseal/v1/update` installs of the verified release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateInstall {
+    /// Every partition and the UKI (the new boot default); `systemctl reboot` after when
+    /// `reboot` (`?reboot=1`).
+    Full { reboot: bool },
+    /// `?stage=1`: only the root and root-verity partitions of the inactive slot, no UKI and
+    /// no reboot, so nothing boots it yet; a later `?staged=V` installs the rest.
+    PartitionsOnly,
 }
 
 /// Which escrow file an admin asks for.

@@ -106,13 +106,23 @@ impl crate::proxy::AgentApi for AgentImpl {
             }
         })
     }
-    fn update(&self, from: crate::proxy::UpdateFrom, reboot: bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
+    fn update(&self, from: crate::proxy::UpdateFrom, install: crate::proxy::UpdateInstall) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
+        use crate::update::Install;
+        let install = match install {
+            crate::proxy::UpdateInstall::Full { reboot } => Install::Full { reboot },
+            crate::proxy::UpdateInstall::PartitionsOnly => Install::PartitionsOnly,
+        };
         Box::pin(async move {
-            let r = receive_and_apply(&self.ctx.cfg, from, reboot).await;
+            let r = receive_and_apply(&self.ctx.cfg, from, install).await;
+            let (reboot, partitions_only) = (install == Install::Full { reboot: true }, install == Install::PartitionsOnly);
             match r {
+                Ok(version) if partitions_only => {
+                    tracing::warn!(event = "image_update_partitions", security = true, version = %version, "a signed release was staged and its root and root-verity written into the inactive slot (no boot entry yet) on request through the proxy");
+                    Ok(serde_json::json!({"version": version, "staged": true, "reboot": false, "partitions_only": true}))
+                }
                 Ok(version) => {
                     tracing::warn!(event = "image_update", security = true, version = %version, reboot, "a signed release was staged and installed into the inactive slot on request through the proxy");
-                    Ok(serde_json::json!({"version": version, "staged": true, "reboot": reboot}))
+                    Ok(serde_json::json!({"version": version, "staged": true, "reboot": reboot, "partitions_only": false}))
                 }
                 Err(e) => {
                     let refusal = ApiError::from(&e);
@@ -182,7 +192,7 @@ impl From<&crate::update::UpdateError> for ApiError {
             E::Release(R::TooLarge { .. }) => ApiErrorKind::PayloadTooLarge,
             E::Release(R::Body(_)) => ApiErrorKind::BadRequest,
             E::Release(R::Key { .. } | R::Io { .. } | R::Pack(_)) => ApiErrorKind::Internal,
-            E::Busy | E::Resume(_) => ApiErrorKind::Conflict,
+            E::Busy | E::Resume(_) | E::NotStaged(_) => ApiErrorKind::Conflict,
             E::Request(_) | E::NoSource => ApiErrorKind::BadRequest,
             E::ApplyUnavailable(_) | E::NoSpace { .. } => ApiErrorKind::Unavailable,
             E::Tool { .. } | E::Source { .. } => ApiErrorKind::BadGateway,
@@ -195,8 +205,9 @@ impl From<&crate::update::UpdateError> for ApiError {
 /// `POST /swarmseal/v1/update`: check the size, receive (the upload, or the release fetched
 /// from `[update] source`: [`crate::update::source::fetch_and_receive`]), verify and stage it
 /// (see [`crate::update::receive`]), then hand it to the apply service, holding the staging
-/// lock until it answered. Returns the version.
-async fn receive_and_apply(cfg: &Config, from: crate::proxy::UpdateFrom, reboot: bool) -> Result<String, crate::update::UpdateError> {
+/// lock until it answered; `?staged=V` takes the release already staged
+/// ([`crate::update::held_staged`]). Returns the version.
+async fn receive_and_apply(cfg: &Config, from: crate::proxy::UpdateFrom, install: crate::update::Install) -> Result<String, crate::update::UpdateError> {
     use crate::proxy::UpdateFrom;
     use crate::update::{self, UpdateError};
     let max = cfg.update.max_bytes;
@@ -219,9 +230,19 @@ async fn receive_and_apply(cfg: &Config, from: crate::proxy::UpdateFrom, reboot:
             let key = update::load_key(&cfg.update.public_key)?;
             update::source::fetch_and_receive(cfg, &key, &version).await?
         }
+        UpdateFrom::Staged { version } => {
+            if !update::valid_version(&version) {
+                return Err(UpdateError::Request(format!("?staged={}: not a release version (letters, digits, '.', '-', '~', '^')", version.escape_debug())));
+            }
+            update::held_staged(&cfg.update_dir(), &version).await?
+        }
     };
     tracing::info!(event = "image_update_staged", version = %staged.version, dir = %staged.dir.display(), "release verified and staged; asking the apply service to install it");
-    let lines = update::apply_via(&cfg.update.socket, &staged.version, reboot).await?;
+    let (reboot, stage) = match install {
+        update::Install::Full { reboot } => (reboot, false),
+        update::Install::PartitionsOnly => (false, true),
+    };
+    let lines = update::apply_via(&cfg.update.socket, &staged.version, reboot, stage).await?;
     for l in &lines {
         tracing::info!(event = "image_update_apply", version = %staged.version, "{l}");
     }
