@@ -506,6 +506,16 @@ fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
     let (status, body) = post(&bare, &cred.credential_blob, &cred.secret);
     assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("no EK certificate"), "{}", String::from_utf8_lossy(&body));
+    // A manager whose NV holds another TPM's EK certificate (A's, written into the bare TPM):
+    // the certificate chains, but the EK this TPM derives is not its key — said, and FAIL.
+    let der_a = ans_a.ek_certificate.bytes().unwrap();
+    std::fs::write(d.join("ek-a.der"), &der_a).unwrap();
+    bare.tpm.tpm2(&["nvdefine", "0x01c00002", "-C", "p", "-s", &der_a.len().to_string(), "-a", "ppwrite|ppread|ownerread|authread|no_da|platformcreate"]);
+    bare.tpm.tpm2(&["nvwrite", "0x01c00002", "-C", "p", "-i", path_str(&d.join("ek-a.der"))]);
+    let o = attest("no-ek-cert", &ca);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "no-ek-cert").contains("activation refused") && row(&o, "no-ek-cert").contains("is not the key of its EK certificate"), "{}", text(&o));
+    assert_eq!(bare.tpm.transient_handles(), 0, "an EK mismatch left the AK or the EK loaded");
     assert_eq!(a.tpm.transient_handles(), 0, "a refused activation left the AK or the EK loaded");
     assert_eq!(a.tpm.tpm2(&["getcap", "handles-loaded-session"]).trim(), "", "a refused activation left its policy session loaded");
     // The TPM stops answering: 503.
