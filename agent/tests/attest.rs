@@ -396,7 +396,7 @@ fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
     let pem: Vec<u8> = ["issuercert.pem", "swtpm-localca-rootca-cert.pem"].iter().flat_map(|f| std::fs::read(localca.join(f)).unwrap_or_else(|e| panic!("{f} of swtpm-localca: {e}"))).collect();
     std::fs::write(&ca, pem).unwrap();
     // Another maker's CA (openssl).
-    run(pins.path(), &["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=another-maker", "-keyout", "other-key.pem", "-out", "other-ca.pem", "-days", "2"]);
+    run(pins.path(), &["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=another-maker", "-addext", "keyUsage=critical,keyCertSign", "-keyout", "other-key.pem", "-out", "other-ca.pem", "-days", "2"]);
     let other_ca = pins.path().join("other-ca.pem");
     let fleet_pem = fleet.public_pem();
     let attest = |contexts: &str, ek_ca: &Path| -> Output {
@@ -540,11 +540,22 @@ fn fleet_attest_with_ek_ca_activates_with_an_ecc_p256_ek() {
     let pins = tempfile::tempdir().unwrap();
     let d = pins.path();
     let tpm = Swtpm::start_with_ek_cert();
-    run(d, &["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=test-ecc-ek-ca", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
+    run(d, &["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=test-ecc-ek-ca", "-addext", "keyUsage=critical,keyCertSign", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
     tpm.tpm2(&["nvundefine", "-C", "p", "0x01c00002"]);
     tpm.tpm2(&["createek", "-G", "ecc", "-c", path_str(&d.join("ek.ctx")), "-u", path_str(&d.join("ek.pem")), "-f", "pem"]);
     tpm.tpm2(&["flushcontext", "-t"]);
-    run(d, &["openssl", "x509", "-new", "-subj", "/CN=ecc-ek", "-force_pubkey", "ek.pem", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "2", "-outform", "DER", "-out", "ek.der"]);
+    // An EK certificate as the TCG EK Credential Profile 2.0 (3.2) has it, as swtpm-localca
+    // writes them: not a CA, keyAgreement (ECC), the EK usage, the TPM attributes in the SAN
+    // (openssl's `N.` prefix lets a section repeat a field; it is not part of the OID).
+    let ext = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,keyAgreement\nextendedKeyUsage=2.23.133.8.1\nsubjectAltName=critical,dirName:tpm\n[tpm]\n1.2.23.133.2.1=id:00001014\n2.2.23.133.2.2=swtpm\n3.2.23.133.2.3=id:20191023\n";
+    std::fs::write(d.join("ek.ext"), ext).unwrap();
+    let ek_cert = |sig: &str, out: &str| run(d, &["openssl", "x509", "-new", sig, "-subj", "/CN=ecc-ek", "-force_pubkey", "ek.pem", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "2", "-extfile", "ek.ext", "-outform", "DER", "-out", out]);
+    ek_cert("-sha256", "ek.der");
+    // The same certificate signed over SHA-1: refused, said.
+    ek_cert("-sha1", "ek-sha1.der");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let e = swarmseal::attest::check_ek_cert(&std::fs::read(d.join("ek-sha1.der")).unwrap(), &[pem_der(&d.join("ca.pem"))], now).unwrap_err();
+    assert!(e.contains("is not an EK certificate: it is signed with SHA-1 (1.2.840.10045.4.1)"), "{e}");
     let size = std::fs::metadata(d.join("ek.der")).unwrap().len().to_string();
     tpm.tpm2(&["nvdefine", "0x01c0000a", "-C", "p", "-s", &size, "-a", "ppwrite|ppread|ownerread|authread|no_da|platformcreate"]);
     tpm.tpm2(&["nvwrite", "0x01c0000a", "-C", "p", "-i", path_str(&d.join("ek.der"))]);
