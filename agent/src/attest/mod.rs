@@ -310,6 +310,12 @@ async fn activate_one(docker: &Path, context: &str, answer: &Answer, cas: &[Vec<
         Ok(ak) => ak,
         Err(e) => return Outcome::Fail(format!("credential activation impossible: the AK: {e}")),
     };
+    // Only a restricted signing key that cannot leave its TPM vouches for quotes: activating a
+    // credential for any other key would show nothing about the quote (the quote row checks it
+    // too; here no credential is made for it).
+    if !ak.restricted_signing {
+        return Outcome::Fail("credential activation refused: the AK is not a restricted, fixedTPM signing key (objectAttributes restricted|sign|fixedTPM): no credential is made for it".into());
+    }
     let cred = match make_credential(&id.key, &ak.name, &mut rand_core::OsRng) {
         Ok(c) => c,
         Err(e) => return Outcome::Fail(e),
