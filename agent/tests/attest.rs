@@ -526,6 +526,119 @@ fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
     eprintln!("credential activation test took {:.1} s", t0.elapsed().as_secs_f64());
 }
 
+/// A lying manager in front of a genuine one (a stub with the manager's server certificate,
+/// answering as its agent would): it relays the quote of the real TPM, then answers
+/// `POST attest/activate` 200 with a `cert_info` that is not the credential's secret — as a
+/// machine would that made its AK in software and cannot activate. The AK identity row FAILs
+/// and `fleet attest` exits 21. The same stub clearing the AK's `restricted` attribute: no
+/// credential is made for it (no POST), the row says why.
+#[test]
+fn fleet_attest_with_ek_ca_fails_a_manager_that_lies_about_activation() {
+    use http_body_util::{BodyExt as _, Full};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let t0 = std::time::Instant::now();
+    let fleet = FleetKey::new();
+    let docker_config = tempfile::tempdir().unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let real = Manager::boot("genuine", Swtpm::start_with_ek_cert(), "image-v1", true, &fleet, docker_config.path());
+    let localca = Path::new("/var/lib/swtpm-localca");
+    let ca = pins.path().join("ek-ca.pem");
+    std::fs::write(&ca, std::fs::read(localca.join("issuercert.pem")).unwrap()).unwrap();
+
+    // The stub: TLS with the manager's own server certificate (the context's CA trusts it).
+    let pki = real.dir.path().join("pki");
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.join("server-cert.pem")).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.join("server-key.pem")).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clear_restricted = Arc::new(AtomicBool::new(false));
+    let ops = real.dir.path().join("ops");
+    let real_port = real.port;
+    let (seen2, clear2) = (seen.clone(), clear_restricted.clone());
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let (acceptor, seen, clear, ops) = (acceptor.clone(), seen2.clone(), clear2.clone(), ops.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (seen, clear, ops) = (seen.clone(), clear.clone(), ops.clone());
+                    async move {
+                        let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                        seen.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
+                        let _ = req.into_body().collect().await;
+                        let body = if target.starts_with("/swarmseal/v1/attest?") {
+                            // The genuine TPM's quote, relayed (curl, as the readonly client).
+                            let o = Command::new("curl")
+                                .args(["-sS", "--max-time", "60", "--fail", "--cacert", path_str(&ops.join("ca.pem")), "--cert", path_str(&ops.join("cert.pem")), "--key", path_str(&ops.join("key.pem"))])
+                                .arg(format!("https://127.0.0.1:{real_port}{target}"))
+                                .output()
+                                .unwrap();
+                            assert!(o.status.success(), "relay: {}", text(&o));
+                            let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                            if clear.load(Ordering::SeqCst) {
+                                // TPM2B_PUBLIC: size, type, nameAlg, objectAttributes (bit 16: restricted).
+                                let b64 = base64::engine::general_purpose::STANDARD;
+                                let mut ak = b64.decode(v["ak_public"].as_str().unwrap()).unwrap();
+                                assert_eq!(ak[7] & 1, 1, "the genuine AK is restricted");
+                                ak[7] &= !1;
+                                v["ak_public"] = b64.encode(ak).into();
+                            }
+                            v.to_string()
+                        } else {
+                            // "Activated": 32 bytes, not the credential's secret.
+                            serde_json::json!({"cert_info": base64::engine::general_purpose::STANDARD.encode([0x42u8; 32])}).to_string()
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::builder().status(200).header("content-type", "application/json").body(Full::new(bytes::Bytes::from(body))).unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    let ep = format!("host=tcp://127.0.0.1:{port},ca={},cert={},key={}", path_str(&real.dir.path().join("ops/ca.pem")), path_str(&real.dir.path().join("ops/cert.pem")), path_str(&real.dir.path().join("ops/key.pem")));
+    let o = docker(docker_config.path(), &["context", "create", "liar", "--docker", &ep]);
+    assert!(o.status.success(), "{}", text(&o));
+    let fleet_pem = fleet.public_pem();
+    let attest = |context: &str| -> Output {
+        let args = ["fleet", "attest", "--allow-no-firmware-log", "--contexts", context, "--pin-dir", path_str(pins.path()), "--public-key", path_str(&fleet_pem), "--ek-ca", path_str(&ca)];
+        swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None)
+    };
+    // The genuine manager passes directly (the stub's relayed quote is a good one).
+    let o = attest("genuine");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Through the liar: the quote rows pass, the activation answer is wrong: FAIL, exit 21.
+    let o = attest("liar");
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    let r = row(&o, "liar", "AK identity");
+    assert!(r.contains("FAIL") && r.contains("the manager answered a secret that is not the credential's"), "{}", text(&o));
+    assert!(row(&o, "liar", "PCR 11 signed").contains("PASS"), "the relayed quote is genuine, only the activation lies: {}", text(&o));
+    assert_eq!(*seen.lock().unwrap(), ["GET /swarmseal/v1/attest", "POST /swarmseal/v1/attest/activate"]);
+    // An AK without `restricted`: refused before any credential is made.
+    seen.lock().unwrap().clear();
+    clear_restricted.store(true, Ordering::SeqCst);
+    let o = attest("liar");
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    let r = row(&o, "liar", "AK identity");
+    assert!(r.contains("FAIL") && r.contains("the AK is not a restricted, fixedTPM signing key (objectAttributes restricted|sign|fixedTPM): no credential is made for it"), "{}", text(&o));
+    assert_eq!(*seen.lock().unwrap(), ["GET /swarmseal/v1/attest"], "a credential was sent for an unrestricted AK");
+    drop(rt);
+    drop(real);
+    eprintln!("lying manager test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
 /// `--ek-ca` with an ECC NIST P-256 EK: swtpm_setup provisions no P-256 EK certificate (its
 /// ECC one is P-384 at 0x01c00016), so the test makes one as a maker would: the RSA
 /// certificate is removed (platform auth), the EK of the TCG template L-2 is created
