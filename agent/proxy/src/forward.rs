@@ -849,7 +849,9 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
             // {"credential_blob": base64, "secret": base64}: a few hundred bytes; 4 KiB is plenty.
             let body = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), ACTIVATE_BODY_LIMIT).collect()).await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => return message(PayloadTooLarge, "the body must be {\"credential_blob\": base64, \"secret\": base64} (at most 4 KiB)", audit),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => return message(PayloadTooLarge, "the body must be {\"credential_blob\": base64, \"secret\": base64} (at most 4 KiB)", audit),
+                // The client broke the body (abort, timeout): not too large, so not 413.
+                Err(e) => return message(ApiErrorKind::BadRequest, &format!("the request body is malformed or was cut short ({e})"), audit),
             };
             match activation_request(&body) {
                 Ok((blob, secret)) => answer(api.attest_activate(blob, secret).await, audit),
@@ -942,9 +944,19 @@ mod tests {
     #[test]
     fn activation_bodies() {
         assert_eq!(activation_request(br#"{"credential_blob": "AAEC", "secret": "AwQ="}"#).unwrap(), (vec![0, 1, 2], vec![3, 4]));
-        for bad in [&b""[..], b"{}", br#"{"credential_blob": "AAEC"}"#, br#"{"credential_blob": "!!", "secret": "AwQ="}"#, br#"{"credential_blob": "AAEC", "secret": "AwQ=", "x": 1}"#] {
+        // Each refused with the shape and its own reason (every message names the shape, so
+        // the reason is what is checked).
+        let cases: [(&[u8], &str); 6] = [
+            (b"", "EOF while parsing"),
+            (b"{}", "missing field `credential_blob`"),
+            (br#"{"credential_blob": "AAEC"}"#, "missing field `secret`"),
+            (br#"{"credential_blob": "!!", "secret": "AwQ="}"#, "credential_blob is not base64"),
+            (br#"{"credential_blob": "AAEC", "secret": "A"}"#, "secret is not base64"),
+            (br#"{"credential_blob": "AAEC", "secret": "AwQ=", "x": 1}"#, "unknown field `x`"),
+        ];
+        for (bad, why) in cases {
             let e = activation_request(bad).unwrap_err();
-            assert!(e.contains("credential_blob"), "{e}");
+            assert!(e.starts_with("the body must be JSON {\"credential_blob\": base64 TPM2B_ID_OBJECT") && e.contains(why), "{why}: {e}");
         }
     }
 
