@@ -504,20 +504,9 @@ fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
     assert_eq!(status, 413);
     // A body the client cut short (Content-Length 100, 10 bytes, then it closes its side): 400
     // saying so, not 413 (it was not too large).
-    {
-        use std::io::{Read as _, Write as _};
-        let ops = a.dir.path().join("ops");
-        let mut s = connect(format!("127.0.0.1:{}", a.port).parse().unwrap(), client_config(&ops.join("ca.pem"), Some(&ops)));
-        s.write_all(b"POST /swarmseal/v1/attest/activate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"credenti").unwrap();
-        s.flush().unwrap();
-        s.conn.send_close_notify();
-        s.conn.complete_io(&mut s.sock).unwrap();
-        let _ = s.sock.shutdown(std::net::Shutdown::Write);
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-        let answer = String::from_utf8_lossy(&buf);
-        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("malformed or was cut short"), "cut short: {answer}");
-    }
+    let ops = a.dir.path().join("ops");
+    let answer = post_cut_short(format!("127.0.0.1:{}", a.port).parse().unwrap(), client_config(&ops.join("ca.pem"), Some(&ops)), "/swarmseal/v1/attest/activate", "{\"credenti");
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("malformed or was cut short"), "cut short: {answer}");
     // A TPM without an EK certificate: 409, said.
     let (status, body) = post(&bare, &cred.credential_blob, &cred.secret);
     assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
