@@ -101,7 +101,7 @@ impl Exit {
         (Exit::AgentDown, "`health --agent-unit`: the agent's unit failed or is stopped (the swarm stays locked in this boot)"),
         (Exit::NotSealed, "the engine's unlock key changed but could not be sealed (TPM or disk failed after the change): it was shown on the terminal and written to the escrow file if configured; fix the cause, then `swarmseal seal`"),
         (Exit::Refused, "`--context`: the manager refused the request (this certificate's role may not, the swarm's state, or the operation failed there); its answer is shown"),
-        (Exit::NotAttested, "`fleet attest`: a manager failed an attestation check (quote signature, nonce, AK pin, event log replay, PCR 11 not signed by the fleet key, phase marker, Secure Boot) or did not answer; its table says which"),
+        (Exit::NotAttested, "`fleet attest`: a manager failed an attestation check (quote signature, nonce, AK pin or credential activation (--ek-ca), event log replay, PCR 11 not signed by the fleet key, phase marker, Secure Boot) or did not answer; its table says which"),
     ];
 }
 
@@ -298,7 +298,7 @@ impl From<&BootError> for Exit {
             | BootError::SignatureFile(_) => Exit::PolicyMismatch,
             BootError::SealRefused { .. } => Exit::SealRefused,
             BootError::Tpm(TpmError::SrkMismatch) => Exit::BadSealedKey,
-            BootError::Tpm(TpmError::Command { .. }) => Exit::Failure,
+            BootError::Tpm(TpmError::Command { .. } | TpmError::EkMismatch { .. } | TpmError::ActivationRefused { .. }) => Exit::Failure,
             BootError::Keystore(KeystoreError::NoSealedKey { .. }) => Exit::NoSealedKey,
             BootError::Keystore(KeystoreError::Corrupt { .. }) => Exit::BadSealedKey,
             BootError::Keystore(KeystoreError::Io { .. }) => Exit::Failure,

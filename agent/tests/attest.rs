@@ -139,12 +139,24 @@ impl Manager {
 
     /// `GET path` with the readonly certificate (curl): (HTTP status, body).
     fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        self.request(path, None)
+    }
+
+    /// `POST path` with `body` and the readonly certificate (curl): (HTTP status, body).
+    fn post(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        self.request(path, Some(body))
+    }
+
+    fn request(&self, path: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
         let b = self.dir.path().join("ops");
-        let o = Command::new("curl")
-            .args(["-sS", "--max-time", "60", "-w", "\n%{http_code}", "--cacert", path_str(&b.join("ca.pem")), "--cert", path_str(&b.join("cert.pem")), "--key", path_str(&b.join("key.pem"))])
-            .arg(format!("https://127.0.0.1:{}{path}", self.port))
-            .output()
-            .expect("curl must be installed");
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "60", "-w", "\n%{http_code}", "--cacert", path_str(&b.join("ca.pem")), "--cert", path_str(&b.join("cert.pem")), "--key", path_str(&b.join("key.pem"))]);
+        if let Some(body) = body {
+            let file = self.dir.path().join("post-body");
+            std::fs::write(&file, body).unwrap();
+            c.args(["-X", "POST", "-H", "content-type: application/json", "--data-binary", &format!("@{}", path_str(&file))]);
+        }
+        let o = c.arg(format!("https://127.0.0.1:{}{path}", self.port)).output().expect("curl must be installed");
         assert!(o.status.success(), "curl {path}: {}", text(&o));
         let out = o.stdout;
         let cut = out.iter().rposition(|&c| c == b'\n').unwrap();
@@ -164,6 +176,13 @@ fn start_proxy(dir: &Path, cfg: &Path, tpm: &Swtpm) -> AgentProcess {
             .spawn()
             .unwrap(),
     )
+}
+
+/// The row of `check` in the table of manager `ctx` of a `fleet attest` run.
+fn row(o: &Output, ctx: &str, check: &str) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let table = out.lines().skip_while(|l| l.split(' ').next() != Some(ctx)).skip(1).take_while(|l| l.starts_with(' ')).find(|l| l.trim_start().starts_with(check));
+    table.unwrap_or_else(|| panic!("no {check} row for {ctx}: {}", text(o))).to_string()
 }
 
 fn docker(config: &Path, args: &[&str]) -> Output {
@@ -186,12 +205,6 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
             args.extend(["--public-key", path_str(&fleet_pem)]);
         }
         swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None)
-    };
-    // The row of `check` in the table of manager `ctx`.
-    let row = |o: &Output, ctx: &str, check: &str| -> String {
-        let out = String::from_utf8_lossy(&o.stdout).to_string();
-        let table = out.lines().skip_while(|l| l.split(' ').next() != Some(ctx)).skip(1).take_while(|l| l.starts_with(' ')).find(|l| l.trim_start().starts_with(check));
-        table.unwrap_or_else(|| panic!("no {check} row for {ctx}: {}", text(o))).to_string()
     };
 
     // A good manager: every check passes (Secure Boot n/a: no firmware log here); the AK is
@@ -263,7 +276,7 @@ fn fleet_attest_passes_a_good_manager_and_names_each_failure() {
     let answer: Answer = serde_json::from_slice(&body).unwrap();
     let key = swarmseal_common::signing::SigningKey::load(&fleet.public_pem()).unwrap();
     let pin = pins.path().join("good");
-    let expect = |nonce: &'static [u8]| Expect { nonce, fleet_key: None, pin: &pin, phase_pcr: 11, allow_no_firmware_log: true, secure_boot_cert: None, allow_any_secure_boot_keys: false };
+    let expect = |nonce: &'static [u8]| Expect { nonce, fleet_key: None, pin: &pin, phase_pcr: 11, allow_no_firmware_log: true, secure_boot_cert: None, allow_any_secure_boot_keys: false, activation: None };
     let rows = verify(&answer, &Expect { fleet_key: Some(&key), ..expect(&[0x22u8; 32]) });
     let nonce = rows.iter().find(|r| r.name == "nonce").unwrap();
     assert!(matches!(&nonce.outcome, Outcome::Fail(t) if t.contains("nonce") && t.contains(&hex::encode([0x11u8; 32]))), "{rows:?}");
@@ -359,4 +372,325 @@ fn the_agent_flushes_transient_objects_left_in_the_tpm() {
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(said.contains("flushed 2 transient TPM object(s)"), "{said}");
     eprintln!("flush test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// `fleet attest --ek-ca` (credential activation, issue 20): the EK certificates swtpm_setup
+/// provisions are issued by swtpm-localca (`/var/lib/swtpm-localca`, made on its first use).
+/// A manager whose EK certificate chains to the CA and whose TPM activates the credential
+/// passes; another CA fails "does not chain"; a TPM without an EK certificate fails naming
+/// it; a credential made for another TPM's EK, or for another AK Name, is refused by the TPM
+/// (422); ours is accepted, and so is tpm2-tools' own TPM2_MakeCredential (`-T none`).
+#[test]
+fn fleet_attest_with_ek_ca_activates_a_credential_on_the_ek_certificates_tpm() {
+    use swarmseal::attest::{check_ek_cert, make_credential, parse_ak_public, Activation};
+    let t0 = std::time::Instant::now();
+    let fleet = FleetKey::new();
+    let docker_config = tempfile::tempdir().unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let mut a = Manager::boot("tpm-a", Swtpm::start_with_ek_cert(), "image-v1", true, &fleet, docker_config.path());
+    let b = Manager::boot("tpm-b", Swtpm::start_with_ek_cert(), "image-v1", true, &fleet, docker_config.path());
+    let bare = Manager::boot("no-ek-cert", Swtpm::start(), "image-v1", true, &fleet, docker_config.path());
+    // The maker's CA: swtpm-localca's issuer and root (both trust anchors in one PEM file).
+    let localca = Path::new("/var/lib/swtpm-localca");
+    let ca = pins.path().join("ek-ca.pem");
+    let pem: Vec<u8> = ["issuercert.pem", "swtpm-localca-rootca-cert.pem"].iter().flat_map(|f| std::fs::read(localca.join(f)).unwrap_or_else(|e| panic!("{f} of swtpm-localca: {e}"))).collect();
+    std::fs::write(&ca, pem).unwrap();
+    // Another maker's CA (openssl).
+    run(pins.path(), &["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=another-maker", "-addext", "keyUsage=critical,keyCertSign", "-keyout", "other-key.pem", "-out", "other-ca.pem", "-days", "2"]);
+    let other_ca = pins.path().join("other-ca.pem");
+    let fleet_pem = fleet.public_pem();
+    let attest = |contexts: &str, ek_ca: &Path| -> Output {
+        let args = ["fleet", "attest", "--allow-no-firmware-log", "--contexts", contexts, "--pin-dir", path_str(pins.path()), "--public-key", path_str(&fleet_pem), "--ek-ca", path_str(ek_ca)];
+        swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None)
+    };
+    let row = |o: &Output, ctx: &str| row(o, ctx, "AK identity");
+
+    // The EK certificate chains to the CA and the TPM activates the credential: PASS, and the
+    // AK is pinned on first contact, then matches its pin.
+    let o = attest("tpm-a", &ca);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = row(&o, "tpm-a");
+    assert!(r.contains("PASS") && r.contains("credential activation: the AK is on the TPM whose EK certificate") && r.contains("chains to \"CN=swtpm-localca\"") && r.contains("pinned on first contact"), "{}", text(&o));
+    let o = attest("tpm-a", &ca);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(row(&o, "tpm-a").contains("matches pin"), "{}", text(&o));
+    assert_eq!(a.tpm.transient_handles(), 0, "the AK or the EK was left loaded");
+    assert_eq!(a.tpm.tpm2(&["getcap", "handles-loaded-session"]).trim(), "", "the policy session was left loaded");
+    // Another genuine TPM (its EK certificate chains to the same CA, it activates) answering
+    // under a pinned name: activation passes, the pin does not.
+    let o = attest("tpm-b", &ca);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::copy(pins.path().join("tpm-a"), pins.path().join("tpm-b")).unwrap();
+    let o = attest("tpm-b", &ca);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "tpm-b").contains("FAIL") && row(&o, "tpm-b").contains("not the AK pinned for this manager"), "{}", text(&o));
+    // Another maker's CA: the EK certificate does not chain to it.
+    let o = attest("tpm-a", &other_ca);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "tpm-a").contains("FAIL") && row(&o, "tpm-a").contains("does not chain to a CA of --ek-ca"), "{}", text(&o));
+    // A TPM without an EK certificate: named, not a silent TOFU pass.
+    let o = attest("no-ek-cert", &ca);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "no-ek-cert").contains("no EK certificate on the manager"), "{}", text(&o));
+    assert!(!pins.path().join("no-ek-cert").exists(), "a failed activation wrote a pin");
+    // An --ek-ca file that holds no certificate: the operator's mistake (exit 2).
+    let o = attest("tpm-a", &fleet_pem);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--ek-ca"), "{}", text(&o));
+
+    // A lying manager: TPM A answers with TPM B's EK certificate. The credential made for B's
+    // EK (and A's AK) is refused by A's TPM, as is one for A's EK and B's AK.
+    let answer = |m: &Manager| -> Answer {
+        let (status, body) = m.get(&format!("/swarmseal/v1/attest?nonce={}", hex::encode([0x66u8; 32])));
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    };
+    let (ans_a, ans_b) = (answer(&a), answer(&b));
+    let cas: Vec<Vec<u8>> = vec![pem_der(&localca.join("issuercert.pem"))];
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ek_a = check_ek_cert(&ans_a.ek_certificate.bytes().unwrap(), &cas, now).unwrap();
+    let ek_b = check_ek_cert(&ans_b.ek_certificate.bytes().unwrap(), &cas, now).unwrap();
+    // Before the certificate's notBefore (1970): not valid, said with its dates.
+    let e = check_ek_cert(&ans_a.ek_certificate.bytes().unwrap(), &cas, 0).unwrap_err();
+    assert!(e.contains("is not valid now: valid from"), "{e}");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let ak_name = |ans: &Answer| parse_ak_public(&b64.decode(&ans.ak_public).unwrap()).unwrap().name;
+    let (ak_a, ak_b) = (ak_name(&ans_a), ak_name(&ans_b));
+    assert_ne!((&ek_a.key, &ak_a), (&ek_b.key, &ak_b), "two TPMs, two EKs and AKs");
+    let post = |m: &Manager, blob: &[u8], secret: &[u8]| {
+        m.post("/swarmseal/v1/attest/activate", serde_json::json!({"credential_blob": b64.encode(blob), "secret": b64.encode(secret)}).to_string().as_bytes())
+    };
+    let mut rng = rand_core::OsRng;
+    for (what, key, name) in [("B's EK", &ek_b.key, &ak_a), ("B's AK", &ek_a.key, &ak_b)] {
+        let cred = make_credential(key, name, &mut rng).unwrap();
+        let (status, body) = post(&a, &cred.credential_blob, &cred.secret);
+        assert_eq!(status, 422, "{what}: {}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("credential activation refused"), "{what}: {}", String::from_utf8_lossy(&body));
+    }
+    // An altered blob (one bit of the HMAC): refused too.
+    let cred = make_credential(&ek_a.key, &ak_a, &mut rng).unwrap();
+    let mut altered = cred.credential_blob.clone();
+    altered[5] ^= 1;
+    let (status, body) = post(&a, &altered, &cred.secret);
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    // Ours, made for A's EK and A's AK: the TPM recovers the secret (TPM2_MakeCredential in
+    // software agrees with the TPM's TPM2_ActivateCredential).
+    let (status, body) = post(&a, &cred.credential_blob, &cred.secret);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let got: Activation = serde_json::from_slice(&body).unwrap();
+    assert_eq!(b64.decode(got.cert_info).unwrap(), *cred.expected);
+    // tpm2-tools' TPM2_MakeCredential (offline, -T none) for the same EK and Name: the same
+    // structure sizes as ours, and the endpoint activates it.
+    let d = pins.path();
+    std::fs::write(d.join("ek-a.der"), ans_a.ek_certificate.bytes().unwrap()).unwrap();
+    run(d, &["openssl", "x509", "-inform", "DER", "-in", "ek-a.der", "-pubkey", "-noout", "-out", "ek-a.pub.pem"]);
+    std::fs::write(d.join("secret.bin"), [0x5au8; 32]).unwrap();
+    run(d, &["tpm2_makecredential", "-T", "none", "-G", "rsa", "-u", "ek-a.pub.pem", "-s", "secret.bin", "-n", &hex::encode(&ak_a), "-o", "cred.out"]);
+    let out = std::fs::read(d.join("cred.out")).unwrap();
+    // tpm2-tools' file: magic 0xBADCC0DE, version 1, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
+    assert_eq!(&out[..8], &[0xba, 0xdc, 0xc0, 0xde, 0, 0, 0, 1], "tpm2-tools credential file");
+    let blob_len = 2 + usize::from(u16::from_be_bytes([out[8], out[9]]));
+    let (blob, secret) = out[8..].split_at(blob_len);
+    assert_eq!((blob.len(), secret.len()), (cred.credential_blob.len(), cred.secret.len()), "tpm2-tools' structures and ours differ in size");
+    let (status, body) = post(&a, blob, secret);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let got: Activation = serde_json::from_slice(&body).unwrap();
+    assert_eq!(b64.decode(got.cert_info).unwrap(), vec![0x5au8; 32]);
+
+    // Bodies that are not an activation request: 400 (malformed) and 413 (too large).
+    let (status, body) = a.post("/swarmseal/v1/attest/activate", b"{\"credential_blob\": 1}");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = a.post("/swarmseal/v1/attest/activate", &vec![b' '; 5000]);
+    assert_eq!(status, 413);
+    // A body the client cut short (Content-Length 100, 10 bytes, then it closes its side): 400
+    // saying so, not 413 (it was not too large).
+    let ops = a.dir.path().join("ops");
+    let answer = post_cut_short(format!("127.0.0.1:{}", a.port).parse().unwrap(), client_config(&ops.join("ca.pem"), Some(&ops)), "/swarmseal/v1/attest/activate", "{\"credenti");
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("malformed or was cut short"), "cut short: {answer}");
+    // A TPM without an EK certificate: 409, said.
+    let (status, body) = post(&bare, &cred.credential_blob, &cred.secret);
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("no EK certificate"), "{}", String::from_utf8_lossy(&body));
+    // A manager whose NV holds another TPM's EK certificate (A's, written into the bare TPM):
+    // the certificate chains, but the EK this TPM derives is not its key — said, and FAIL.
+    let der_a = ans_a.ek_certificate.bytes().unwrap();
+    std::fs::write(d.join("ek-a.der"), &der_a).unwrap();
+    bare.tpm.tpm2(&["nvdefine", "0x01c00002", "-C", "p", "-s", &der_a.len().to_string(), "-a", "ppwrite|ppread|ownerread|authread|no_da|platformcreate"]);
+    bare.tpm.tpm2(&["nvwrite", "0x01c00002", "-C", "p", "-i", path_str(&d.join("ek-a.der"))]);
+    let o = attest("no-ek-cert", &ca);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    assert!(row(&o, "no-ek-cert").contains("activation refused") && row(&o, "no-ek-cert").contains("is not the key of its EK certificate"), "{}", text(&o));
+    assert_eq!(bare.tpm.transient_handles(), 0, "an EK mismatch left the AK or the EK loaded");
+    assert_eq!(a.tpm.transient_handles(), 0, "a refused activation left the AK or the EK loaded");
+    assert_eq!(a.tpm.tpm2(&["getcap", "handles-loaded-session"]).trim(), "", "a refused activation left its policy session loaded");
+    // The TPM stops answering: 503.
+    a.tpm.kill();
+    let (status, body) = post(&a, &cred.credential_blob, &cred.secret);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    drop((a, b, bare));
+    eprintln!("credential activation test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// A lying manager in front of a genuine one (a stub with the manager's server certificate,
+/// answering as its agent would): it relays the quote of the real TPM, then answers
+/// `POST attest/activate` 200 with a `cert_info` that is not the credential's secret — as a
+/// machine would that made its AK in software and cannot activate. The AK identity row FAILs
+/// and `fleet attest` exits 21. The same stub clearing the AK's `restricted` attribute: no
+/// credential is made for it (no POST), the row says why.
+#[test]
+fn fleet_attest_with_ek_ca_fails_a_manager_that_lies_about_activation() {
+    use http_body_util::{BodyExt as _, Full};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let t0 = std::time::Instant::now();
+    let fleet = FleetKey::new();
+    let docker_config = tempfile::tempdir().unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let real = Manager::boot("genuine", Swtpm::start_with_ek_cert(), "image-v1", true, &fleet, docker_config.path());
+    let localca = Path::new("/var/lib/swtpm-localca");
+    let ca = pins.path().join("ek-ca.pem");
+    std::fs::write(&ca, std::fs::read(localca.join("issuercert.pem")).unwrap()).unwrap();
+
+    // The stub: TLS with the manager's own server certificate (the context's CA trusts it).
+    let pki = real.dir.path().join("pki");
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.join("server-cert.pem")).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.join("server-key.pem")).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clear_restricted = Arc::new(AtomicBool::new(false));
+    let ops = real.dir.path().join("ops");
+    let real_port = real.port;
+    let (seen2, clear2) = (seen.clone(), clear_restricted.clone());
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let (acceptor, seen, clear, ops) = (acceptor.clone(), seen2.clone(), clear2.clone(), ops.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (seen, clear, ops) = (seen.clone(), clear.clone(), ops.clone());
+                    async move {
+                        let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                        seen.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
+                        let _ = req.into_body().collect().await;
+                        let body = if target.starts_with("/swarmseal/v1/attest?") {
+                            // The genuine TPM's quote, relayed (curl, as the readonly client).
+                            let o = Command::new("curl")
+                                .args(["-sS", "--max-time", "60", "--fail", "--cacert", path_str(&ops.join("ca.pem")), "--cert", path_str(&ops.join("cert.pem")), "--key", path_str(&ops.join("key.pem"))])
+                                .arg(format!("https://127.0.0.1:{real_port}{target}"))
+                                .output()
+                                .unwrap();
+                            assert!(o.status.success(), "relay: {}", text(&o));
+                            let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                            if clear.load(Ordering::SeqCst) {
+                                // TPM2B_PUBLIC: size, type, nameAlg, objectAttributes (bit 16: restricted).
+                                let b64 = base64::engine::general_purpose::STANDARD;
+                                let mut ak = b64.decode(v["ak_public"].as_str().unwrap()).unwrap();
+                                assert_eq!(ak[7] & 1, 1, "the genuine AK is restricted");
+                                ak[7] &= !1;
+                                v["ak_public"] = b64.encode(ak).into();
+                            }
+                            v.to_string()
+                        } else {
+                            // "Activated": 32 bytes, not the credential's secret.
+                            serde_json::json!({"cert_info": base64::engine::general_purpose::STANDARD.encode([0x42u8; 32])}).to_string()
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::builder().status(200).header("content-type", "application/json").body(Full::new(bytes::Bytes::from(body))).unwrap())
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    let ep = format!("host=tcp://127.0.0.1:{port},ca={},cert={},key={}", path_str(&real.dir.path().join("ops/ca.pem")), path_str(&real.dir.path().join("ops/cert.pem")), path_str(&real.dir.path().join("ops/key.pem")));
+    let o = docker(docker_config.path(), &["context", "create", "liar", "--docker", &ep]);
+    assert!(o.status.success(), "{}", text(&o));
+    let fleet_pem = fleet.public_pem();
+    let attest = |context: &str| -> Output {
+        let args = ["fleet", "attest", "--allow-no-firmware-log", "--contexts", context, "--pin-dir", path_str(pins.path()), "--public-key", path_str(&fleet_pem), "--ek-ca", path_str(&ca)];
+        swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None)
+    };
+    // The genuine manager passes directly (the stub's relayed quote is a good one).
+    let o = attest("genuine");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Through the liar: the quote rows pass, the activation answer is wrong: FAIL, exit 21.
+    let o = attest("liar");
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    let r = row(&o, "liar", "AK identity");
+    assert!(r.contains("FAIL") && r.contains("the manager answered a secret that is not the credential's"), "{}", text(&o));
+    assert!(row(&o, "liar", "PCR 11 signed").contains("PASS"), "the relayed quote is genuine, only the activation lies: {}", text(&o));
+    assert_eq!(*seen.lock().unwrap(), ["GET /swarmseal/v1/attest", "POST /swarmseal/v1/attest/activate"]);
+    // An AK without `restricted`: refused before any credential is made.
+    seen.lock().unwrap().clear();
+    clear_restricted.store(true, Ordering::SeqCst);
+    let o = attest("liar");
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
+    let r = row(&o, "liar", "AK identity");
+    assert!(r.contains("FAIL") && r.contains("the AK is not a restricted, fixedTPM signing key (objectAttributes restricted|sign|fixedTPM): no credential is made for it"), "{}", text(&o));
+    assert_eq!(*seen.lock().unwrap(), ["GET /swarmseal/v1/attest"], "a credential was sent for an unrestricted AK");
+    drop(rt);
+    drop(real);
+    eprintln!("lying manager test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// `--ek-ca` with an ECC NIST P-256 EK: swtpm_setup provisions no P-256 EK certificate (its
+/// ECC one is P-384 at 0x01c00016), so the test makes one as a maker would: the RSA
+/// certificate is removed (platform auth), the EK of the TCG template L-2 is created
+/// (tpm2_createek -G ecc), a test CA (openssl, ECDSA) certifies its key, and the certificate
+/// is written to NV 0x01c0000a. The agent activates with the ECC EK; the verifier's
+/// MakeCredential shares the seed by ECDH (KDFe); the TPM accepts it.
+#[test]
+fn fleet_attest_with_ek_ca_activates_with_an_ecc_p256_ek() {
+    let t0 = std::time::Instant::now();
+    let fleet = FleetKey::new();
+    let docker_config = tempfile::tempdir().unwrap();
+    let pins = tempfile::tempdir().unwrap();
+    let d = pins.path();
+    let tpm = Swtpm::start_with_ek_cert();
+    run(d, &["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=test-ecc-ek-ca", "-addext", "keyUsage=critical,keyCertSign", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
+    tpm.tpm2(&["nvundefine", "-C", "p", "0x01c00002"]);
+    tpm.tpm2(&["createek", "-G", "ecc", "-c", path_str(&d.join("ek.ctx")), "-u", path_str(&d.join("ek.pem")), "-f", "pem"]);
+    tpm.tpm2(&["flushcontext", "-t"]);
+    // An EK certificate as the TCG EK Credential Profile 2.0 (3.2) has it, as swtpm-localca
+    // writes them: not a CA, keyAgreement (ECC), the EK usage, the TPM attributes in the SAN
+    // (openssl's `N.` prefix lets a section repeat a field; it is not part of the OID).
+    let ext = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,keyAgreement\nextendedKeyUsage=2.23.133.8.1\nsubjectAltName=critical,dirName:tpm\n[tpm]\n1.2.23.133.2.1=id:00001014\n2.2.23.133.2.2=swtpm\n3.2.23.133.2.3=id:20191023\n";
+    std::fs::write(d.join("ek.ext"), ext).unwrap();
+    let ek_cert = |sig: &str, out: &str| run(d, &["openssl", "x509", "-new", sig, "-subj", "/CN=ecc-ek", "-force_pubkey", "ek.pem", "-CA", "ca.pem", "-CAkey", "ca.key", "-days", "2", "-extfile", "ek.ext", "-outform", "DER", "-out", out]);
+    ek_cert("-sha256", "ek.der");
+    // The same certificate signed over SHA-1: refused, said.
+    ek_cert("-sha1", "ek-sha1.der");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let e = swarmseal::attest::check_ek_cert(&std::fs::read(d.join("ek-sha1.der")).unwrap(), &[pem_der(&d.join("ca.pem"))], now).unwrap_err();
+    assert!(e.contains("is not an EK certificate: it is signed with SHA-1 (1.2.840.10045.4.1)"), "{e}");
+    let size = std::fs::metadata(d.join("ek.der")).unwrap().len().to_string();
+    tpm.tpm2(&["nvdefine", "0x01c0000a", "-C", "p", "-s", &size, "-a", "ppwrite|ppread|ownerread|authread|no_da|platformcreate"]);
+    tpm.tpm2(&["nvwrite", "0x01c0000a", "-C", "p", "-i", path_str(&d.join("ek.der"))]);
+    let m = Manager::boot("ecc", tpm, "image-v1", true, &fleet, docker_config.path());
+    let (fleet_pem, ca) = (fleet.public_pem(), d.join("ca.pem"));
+    let args = ["fleet", "attest", "--allow-no-firmware-log", "--contexts", "ecc", "--pin-dir", path_str(d), "--public-key", path_str(&fleet_pem), "--ek-ca", path_str(&ca)];
+    let o = swarmseal(&args, &[("DOCKER_CONFIG", path_str(docker_config.path()))], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = row(&o, "ecc", "AK identity");
+    assert!(r.contains("PASS") && r.contains("credential activation") && r.contains("subject \"CN=ecc-ek\"") && r.contains("chains to \"CN=test-ecc-ek-ca\""), "{}", text(&o));
+    assert_eq!(m.tpm.transient_handles(), 0, "the AK or the EK was left loaded");
+    drop(m);
+    eprintln!("ECC credential activation test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The DER of a PEM certificate file.
+fn pem_der(path: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject as _;
+    rustls_pki_types::CertificateDer::from_pem_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_vec()
 }

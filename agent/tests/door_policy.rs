@@ -458,15 +458,7 @@ fn a_body_the_client_broke_is_a_400_not_a_502() {
         assert_eq!(st, 400, "{target} malformed chunk: {body}");
         assert!(body.contains("malformed or was cut short"), "{body}");
         // Cut short: Content-Length 100, 10 bytes, then the client closes its side.
-        let mut s = connect(a, admin.clone());
-        s.write_all(format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"Image\":1").as_bytes()).unwrap();
-        s.flush().unwrap();
-        s.conn.send_close_notify();
-        s.conn.complete_io(&mut s.sock).unwrap();
-        let _ = s.sock.shutdown(std::net::Shutdown::Write);
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-        let text = String::from_utf8_lossy(&buf);
+        let text = post_cut_short(a, admin.clone(), target, "{\"Image\":1");
         assert!(text.starts_with("HTTP/1.1 400"), "{target} cut short: {text}");
     }
     // The connection's engine side is unharmed: the next request is served.

@@ -266,6 +266,11 @@ pub fn decide_rule(policy: Option<&crate::policy::RolePolicy>, method: &str, c: 
         }
     }
     let route = Route::parse(c);
+    // Credential activation is part of attestation (a POST only to carry its body): every
+    // role that may attest, monitor and readonly included. It changes nothing on the manager.
+    if route == Some(Route::AttestActivate) && method == "POST" && !upgrade {
+        return Ok(());
+    }
     if let Some(why) = route.filter(|r| matches!(r, Route::Update | Route::UpdatePartial)).and_then(Route::admin_only) {
         // Named before the method check, so the reason says so for a POST too.
         return Err(Denial::new("admin-only", format!("{why} ({name} certificate)")));
@@ -554,6 +559,23 @@ mod tests {
         }
         assert_eq!(cz("/V1.41/Nodes/AbC/update").raw_segs, vec!["Nodes", "AbC", "update"]);
         assert_eq!(cz("/../../etc").path(), "/etc");
+    }
+
+    /// Credential activation is a POST that every role that may attest may send (monitor
+    /// included, though it sends no other POST); only POST, no upgrade, only that path.
+    #[test]
+    fn every_attesting_role_may_post_an_activation() {
+        let c = cz("/swarmseal/v1/attest/activate");
+        for role in [Role::Admin, Role::ReadOnly, Role::Deploy, Role::Monitor] {
+            assert_eq!(decide(Some(role), "POST", &c, false), Decision::Allow, "{role:?}");
+            assert_eq!(decide(Some(role), "GET", &cz("/swarmseal/v1/attest"), false), Decision::Allow, "{role:?}");
+            if role != Role::Admin {
+                assert!(matches!(decide(Some(role), "POST", &c, true), Decision::Deny(_)), "{role:?} upgrade");
+                assert!(matches!(decide(Some(role), "POST", &cz("/swarmseal/v1/attest"), false), Decision::Deny(_)), "{role:?} POST attest");
+                assert!(matches!(decide(Some(role), "POST", &cz("/swarmseal/v1/attest/activate/x"), false), Decision::Deny(_)), "{role:?} below");
+            }
+        }
+        assert!(matches!(decide(None, "POST", &c, false), Decision::Deny(_)), "no role");
     }
 
     #[test]

@@ -845,6 +845,19 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
                 None => message(ApiErrorKind::BadRequest, "attestation needs ?nonce=HEX: 16 to 64 fresh random bytes (32 to 128 hex digits), a new one for every request", audit),
             }
         }
+        Route::AttestActivate => {
+            // {"credential_blob": base64, "secret": base64}: a few hundred bytes; 4 KiB is plenty.
+            let body = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), ACTIVATE_BODY_LIMIT).collect()).await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => return message(PayloadTooLarge, "the body must be {\"credential_blob\": base64, \"secret\": base64} (at most 4 KiB)", audit),
+                // The client broke the body (abort, timeout): not too large, so not 413.
+                Err(e) => return message(ApiErrorKind::BadRequest, &format!("the request body is malformed or was cut short ({e})"), audit),
+            };
+            match activation_request(&body) {
+                Ok((blob, secret)) => answer(api.attest_activate(blob, secret).await, audit),
+                Err(e) => message(ApiErrorKind::BadRequest, &e, audit),
+            }
+        }
         Route::Recover => {
             // Optional body: the unlock key, as text or {"UnlockKey": "…"} (as POST /swarm/unlock).
             let body = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {
@@ -867,6 +880,24 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
         },
         Route::EscrowOther => no_such(audit),
     }
+}
+
+/// Largest body of `POST /swarmseal/v1/attest/activate`.
+const ACTIVATE_BODY_LIMIT: usize = 4096;
+
+/// The body of `POST /swarmseal/v1/attest/activate`: (credential_blob, secret), decoded.
+fn activation_request(body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+    use base64::Engine as _;
+    const SHAPE: &str = "the body must be JSON {\"credential_blob\": base64 TPM2B_ID_OBJECT, \"secret\": base64 TPM2B_ENCRYPTED_SECRET}";
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Activate {
+        credential_blob: String,
+        secret: String,
+    }
+    let a: Activate = serde_json::from_slice(body).map_err(|e| format!("{SHAPE}: {e}"))?;
+    let b64 = |what: &str, v: &str| base64::engine::general_purpose::STANDARD.decode(v).map_err(|e| format!("{SHAPE}: {what} is not base64: {e}"));
+    Ok((b64("credential_blob", &a.credential_blob)?, b64("secret", &a.secret)?))
 }
 
 /// Copy both ways between the client and the engine after `101`. When one side
@@ -908,7 +939,26 @@ async fn pipe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut r: R, mut w: W, c
 
 #[cfg(test)]
 mod tests {
-    use super::{key_from_body, ApiErrorKind, Esc};
+    use super::{activation_request, key_from_body, ApiErrorKind, Esc};
+
+    #[test]
+    fn activation_bodies() {
+        assert_eq!(activation_request(br#"{"credential_blob": "AAEC", "secret": "AwQ="}"#).unwrap(), (vec![0, 1, 2], vec![3, 4]));
+        // Each refused with the shape and its own reason (every message names the shape, so
+        // the reason is what is checked).
+        let cases: [(&[u8], &str); 6] = [
+            (b"", "EOF while parsing"),
+            (b"{}", "missing field `credential_blob`"),
+            (br#"{"credential_blob": "AAEC"}"#, "missing field `secret`"),
+            (br#"{"credential_blob": "!!", "secret": "AwQ="}"#, "credential_blob is not base64"),
+            (br#"{"credential_blob": "AAEC", "secret": "A"}"#, "secret is not base64"),
+            (br#"{"credential_blob": "AAEC", "secret": "AwQ=", "x": 1}"#, "unknown field `x`"),
+        ];
+        for (bad, why) in cases {
+            let e = activation_request(bad).unwrap_err();
+            assert!(e.starts_with("the body must be JSON {\"credential_blob\": base64 TPM2B_ID_OBJECT") && e.contains(why), "{why}: {e}");
+        }
+    }
 
     #[test]
     fn body_key_forms() {

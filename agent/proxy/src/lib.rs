@@ -125,6 +125,15 @@ pub trait AgentApi: Send + Sync + 'static {
         drop(nonce);
         Box::pin(async { Err(ApiError::not_found("not available here: attestation needs the agent's TPM")) })
     }
+    /// `POST /swarmseal/v1/attest/activate`: TPM2_ActivateCredential of `credential_blob`
+    /// (TPM2B_ID_OBJECT) and `secret` (TPM2B_ENCRYPTED_SECRET), made by the verifier for the
+    /// AK's Name with the EK certificate's key (docs/attestation.md). Ok(JSON `{"cert_info":
+    /// base64}`) or the refusal (422: the TPM refused the credential; 503: TPM down). The
+    /// default answers 404 (no TPM here).
+    fn attest_activate(&self, credential_blob: Vec<u8>, secret: Vec<u8>) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
+        drop((credential_blob, secret));
+        Box::pin(async { Err(ApiError::not_found("not available here: credential activation needs the agent's TPM")) })
+    }
     /// `GET /swarmseal/v1/escrow` (the unlock key) and
     /// `GET /swarmseal/v1/escrow/var-recovery-key` (the appliance's `/var`
     /// recovery key): the age-encrypted file, if it exists.

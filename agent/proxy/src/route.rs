@@ -37,6 +37,9 @@ pub enum Route {
     /// `GET|HEAD /swarmseal/v1/attest?nonce=HEX`: a TPM2_Quote with the nonce, the AK, the EK
     /// certificate and the event logs (docs/attestation.md).
     Attest,
+    /// `POST /swarmseal/v1/attest/activate`, body `{"credential_blob", "secret"}` (base64):
+    /// TPM2_ActivateCredential with the AK and the EK (docs/attestation.md).
+    AttestActivate,
 }
 
 /// What a route accepts.
@@ -52,7 +55,7 @@ pub enum Methods {
 
 impl Route {
     /// Every endpoint, in the order the 404 answer lists them.
-    pub const ALL: [Route; 12] = [
+    pub const ALL: [Route; 13] = [
         Route::Status,
         Route::Bench,
         Route::Metrics,
@@ -65,6 +68,7 @@ impl Route {
         Route::Update,
         Route::UpdatePartial,
         Route::Attest,
+        Route::AttestActivate,
     ];
 
     /// The path below `/swarmseal/v1/` (`*`: any one segment).
@@ -82,6 +86,7 @@ impl Route {
             Route::Update => &["update"],
             Route::UpdatePartial => &["update", "partial"],
             Route::Attest => &["attest"],
+            Route::AttestActivate => &["attest", "activate"],
         }
     }
 
@@ -101,7 +106,7 @@ impl Route {
     pub fn methods(self) -> Methods {
         match self {
             Route::Status | Route::Bench | Route::Metrics | Route::Escrow | Route::EscrowVarRecoveryKey | Route::UpdatePartial | Route::Attest => Methods::Read,
-            Route::Reseal | Route::Recover | Route::VarEnrollTpm | Route::Update => Methods::Post,
+            Route::Reseal | Route::Recover | Route::VarEnrollTpm | Route::Update | Route::AttestActivate => Methods::Post,
             Route::EscrowOther => Methods::None,
         }
     }
@@ -119,7 +124,7 @@ impl Route {
     pub fn admin_only(self) -> Option<&'static str> {
         match self {
             // Attestation shows measurements, as status does: every role that reads status.
-            Route::Status | Route::Bench | Route::Metrics | Route::Attest => None,
+            Route::Status | Route::Bench | Route::Metrics | Route::Attest | Route::AttestActivate => None,
             Route::Escrow => Some("the escrowed key is admin-only"),
             Route::EscrowVarRecoveryKey | Route::EscrowOther => Some("the escrowed keys are admin-only"),
             Route::Reseal => Some("resealing is admin-only"),
@@ -132,7 +137,7 @@ impl Route {
     /// The security event a request to this endpoint is (whatever its method).
     pub fn event(self) -> Option<KeyEvent> {
         match self {
-            Route::Status | Route::Bench | Route::Metrics | Route::Attest => None,
+            Route::Status | Route::Bench | Route::Metrics | Route::Attest | Route::AttestActivate => None,
             Route::Escrow | Route::EscrowVarRecoveryKey | Route::EscrowOther => Some(KeyEvent::EscrowRead),
             Route::Reseal => Some(KeyEvent::Reseal),
             Route::Recover => Some(KeyEvent::Recover),
@@ -175,6 +180,6 @@ mod tests {
 
     #[test]
     fn the_listing_names_the_endpoints_in_order() {
-        assert_eq!(Route::listing(), "status, bench, metrics, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update, update/partial, attest");
+        assert_eq!(Route::listing(), "status, bench, metrics, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update, update/partial, attest, attest/activate");
     }
 }

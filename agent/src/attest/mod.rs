@@ -6,13 +6,16 @@
 //!
 //! Per manager, one row per check ([`Check`]): the quote's signature by the AK; the nonce
 //! (fresh random bytes per run); the quoted PCR digest is SHA-256 of the reported values; the
-//! AK is the one pinned for this context on first contact (TOFU, one file per context); the
+//! AK is on the TPM whose EK certificate chains to the operator's `--ek-ca` (credential
+//! activation, `activate`), and the one pinned for this context on first contact (one file
+//! per context; without `--ek-ca` the pin alone, TOFU); the
 //! event logs (firmware TCG log, systemd's `tpm2-measure.log`) replay to the quoted PCRs;
 //! PCR 11 before swarmseal's phase marker is a value the fleet's PCR-signing key signed; the
 //! phase marker is there exactly once; Secure Boot is on with the fleet's keys (db and the
 //! authority that verified the boot applications). See docs/attestation.md.
 //!
 //! Files: `tpm2` (TPM structures), `log` (event logs, replay), `secure_boot` (PCR 7),
+//! `activate` (the EK certificate's chain, TPM2_MakeCredential),
 //! `verify` (the checks), this file (the answer, the command).
 
 use std::collections::BTreeMap;
@@ -28,11 +31,13 @@ use swarmseal_common::signing::SigningKey;
 
 use crate::fleet::{answer_message, empty, FleetError, Manager};
 
+mod activate;
 mod log;
 mod secure_boot;
 mod tpm2;
 mod verify;
 
+pub use activate::{check_ek_cert, ek_public_key, load_ek_ca, make_credential, secret_matches, Activation, Credential, EkIdentity, EkKey};
 pub use log::{parse_firmware_log, parse_measure_log, replay, Event, FirmwareLog, EV_EFI_VARIABLE_DRIVER_CONFIG};
 pub use secure_boot::{describe_cert, secure_boot, secure_boot_keys, EV_EFI_VARIABLE_AUTHORITY};
 pub use tpm2::{parse_ak_public, parse_attest, verify_quote, AkPublic, QuoteInfo};
@@ -147,6 +152,12 @@ pub struct VerifyArgs {
     /// Without --secure-boot-cert: accept any Secure Boot keys (the row is a WARN, not a failure).
     #[arg(long, conflicts_with = "secure_boot_cert")]
     pub allow_any_secure_boot_keys: bool,
+    /// The TPM makers' CA certificates (PEM, one or more, or DER): each manager's EK certificate
+    /// must be signed by one of them, and its TPM must activate a credential made for the AK
+    /// with that EK (TPM2_ActivateCredential): the AK is shown to be that TPM's, not only
+    /// pinned on first contact.
+    #[arg(long, value_name = "CA.pem")]
+    pub ek_ca: Option<PathBuf>,
 }
 
 const ATTEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -157,6 +168,7 @@ pub struct Verifier {
     docker: PathBuf,
     fleet_key: Option<SigningKey>,
     secure_boot_cert: Option<Vec<u8>>,
+    ek_ca: Option<Vec<Vec<u8>>>,
     pin_dir: PathBuf,
     args: VerifyArgs,
 }
@@ -204,11 +216,15 @@ impl Verifier {
             Some(p) => Some(load_cert(p).map_err(|e| FleetError::Usage(format!("--secure-boot-cert {}: {e}", p.display())))?),
             None => None,
         };
+        let ek_ca = match &args.ek_ca {
+            Some(p) => Some(load_ek_ca(p).map_err(|e| FleetError::Usage(format!("--ek-ca {}: {e}", p.display())))?),
+            None => None,
+        };
         let pin_dir = match args.pin_dir.clone() {
             Some(d) => d,
             None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/swarmseal/ak-pins")).ok_or_else(|| FleetError::Usage("HOME is not set: give --pin-dir DIR".into()))?,
         };
-        Ok(Verifier { docker: docker.to_path_buf(), fleet_key, secure_boot_cert, pin_dir, args: args.clone() })
+        Ok(Verifier { docker: docker.to_path_buf(), fleet_key, secure_boot_cert, ek_ca, pin_dir, args: args.clone() })
     }
 
     /// Ask the manager of `context` for a quote with a fresh nonce and check it.
@@ -225,6 +241,10 @@ impl Verifier {
         };
         let (me, pin) = (self.clone(), self.pin_dir.join(context));
         let version = answer.image_version.clone();
+        let activation = match &self.ek_ca {
+            Some(cas) => Some(activate_one(&self.docker, context, &answer, cas).await),
+            None => None,
+        };
         let rows = tokio::task::spawn_blocking(move || {
             let expect = Expect {
                 nonce: &nonce,
@@ -234,6 +254,7 @@ impl Verifier {
                 allow_no_firmware_log: me.args.allow_no_firmware_log,
                 secure_boot_cert: me.secure_boot_cert.as_deref(),
                 allow_any_secure_boot_keys: me.args.allow_any_secure_boot_keys,
+                activation,
             };
             verify(&answer, &expect)
         })
@@ -269,6 +290,65 @@ pub async fn run(a: AttestArgs) -> Result<(), FleetError> {
     } else {
         Err(FleetError::NotAttested { managers: failed })
     }
+}
+
+/// Credential activation with the manager of `context` (`--ek-ca`): its EK certificate must
+/// chain to one of `cas`; a credential made for the AK's Name with the EK's key is sent to
+/// `POST /swarmseal/v1/attest/activate`, and the secret must come back. The "AK identity"
+/// row's outcome (the pin is compared after it, in [`verify`]).
+async fn activate_one(docker: &Path, context: &str, answer: &Answer, cas: &[Vec<u8>]) -> Outcome {
+    let ek = match answer.ek_certificate.bytes() {
+        Ok(der) => der,
+        Err(why) => return Outcome::Fail(format!("credential activation impossible: no EK certificate on the manager ({why})")),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let id = match check_ek_cert(&ek, cas, now) {
+        Ok(id) => id,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let ak = match B64.decode(&answer.ak_public).map_err(|e| e.to_string()).and_then(|b| parse_ak_public(&b)) {
+        Ok(ak) => ak,
+        Err(e) => return Outcome::Fail(format!("credential activation impossible: the AK: {e}")),
+    };
+    // Only a restricted signing key that cannot leave its TPM vouches for quotes: activating a
+    // credential for any other key would show nothing about the quote (the quote row checks it
+    // too; here no credential is made for it).
+    if !ak.restricted_signing {
+        return Outcome::Fail("credential activation refused: the AK is not a restricted, fixedTPM signing key (objectAttributes restricted|sign|fixedTPM): no credential is made for it".into());
+    }
+    let cred = match make_credential(&id.key, &ak.name, &mut rand_core::OsRng) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let body = serde_json::json!({"credential_blob": B64.encode(&cred.credential_blob), "secret": B64.encode(&cred.secret)}).to_string();
+    let result = async {
+        let m = Manager::from_context(docker, context).map_err(|e| e.to_string())?;
+        m.call(Method::POST, ACTIVATE_PATH, full(body), ATTEST_TIMEOUT).await.map_err(|e| format!("the manager does not answer: {e}"))
+    };
+    let (status, body) = match result.await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Fail(format!("credential activation: {e}")),
+    };
+    if status == hyper::StatusCode::UNPROCESSABLE_ENTITY {
+        return Outcome::Fail(format!("activation refused: the manager says \"{}\": this AK is not shown to be on the TPM of that EK certificate (another TPM holds the AK, or the certificate is not this TPM's)", answer_message(&body)));
+    }
+    if !status.is_success() {
+        return Outcome::Fail(format!("credential activation: POST {ACTIVATE_PATH}: HTTP {status}: {}", answer_message(&body)));
+    }
+    let got = serde_json::from_slice::<Activation>(&body).map_err(|e| e.to_string()).and_then(|a| B64.decode(a.cert_info).map_err(|e| e.to_string()));
+    match got {
+        Ok(got) if secret_matches(&cred.expected, &got) => Outcome::Pass(format!("credential activation: the AK is on the TPM whose EK certificate ({}) chains to \"{}\"", id.ek, id.ca)),
+        Ok(_) => Outcome::Fail("activation failed: the manager answered a secret that is not the credential's: the AK is not shown to be on the TPM of its EK certificate".into()),
+        Err(e) => Outcome::Fail(format!("credential activation: POST {ACTIVATE_PATH} is not an activation answer ({e}): is the manager's agent another version?")),
+    }
+}
+
+/// The credential activation endpoint.
+pub const ACTIVATE_PATH: &str = "/swarmseal/v1/attest/activate";
+
+fn full(body: String) -> crate::fleet::ReqBody {
+    use http_body_util::BodyExt as _;
+    http_body_util::Full::new(bytes::Bytes::from(body)).map_err(|never| match never {}).boxed()
 }
 
 /// `GET /swarmseal/v1/attest?nonce=HEX` of the manager of `context`.

@@ -50,6 +50,10 @@ pub struct Expect<'a> {
     pub secure_boot_cert: Option<&'a [u8]>,
     /// Without `secure_boot_cert`: SecureBoot = 1 is a WARN instead of a failure.
     pub allow_any_secure_boot_keys: bool,
+    /// With `--ek-ca`: the outcome of credential activation (made by the caller, which talks
+    /// to the manager); the pin is compared (and written on first contact) after it passes.
+    /// `None`: no `--ek-ca`, the pin alone (TOFU).
+    pub activation: Option<Outcome>,
 }
 
 /// The PCRs every quote must cover, whatever the manager chooses to report: the firmware's
@@ -111,7 +115,14 @@ pub fn verify(answer: &Answer, expect: &Expect) -> Vec<Check> {
     } else {
         Outcome::Pass(format!("the quoted digest is SHA-256 of the reported PCRs {listed:?}"))
     });
-    row("AK identity", check_pin(expect.pin, &ak.name));
+    let (identity, first_contact) = match (&expect.activation, check_pin(expect.pin, &ak.name)) {
+        (Some(Outcome::Pass(activated)), (Outcome::Pass(pin), first)) => (Outcome::Pass(format!("{activated}; {pin}")), first),
+        (Some(Outcome::Pass(_)), (failed, _)) => (failed, false),
+        (Some(failed), _) => (failed.clone(), false),
+        (None, (Outcome::Pass(pin), first)) => (Outcome::Pass(format!("{pin}, no --ek-ca: the AK is not shown to be a genuine TPM's")), first),
+        (None, (other, _)) => (other, false),
+    };
+    row("AK identity", identity);
     let (replay_row, before, markers) = check_replay(answer, &pcrs);
     row("event log replay", replay_row);
     row("PCR 11 signed", check_pcr11(answer, expect.fleet_key, before.as_deref()));
@@ -127,7 +138,7 @@ pub fn verify(answer: &Answer, expect: &Expect) -> Vec<Check> {
     let Some(pin_row) = rows.iter().position(|r| r.name == "AK identity") else { return rows };
     let others_pass = rows.iter().enumerate().all(|(i, r)| i == pin_row || !matches!(r.outcome, Outcome::Fail(_)));
     if let Outcome::Pass(text) = &rows[pin_row].outcome {
-        if text.starts_with(FIRST_CONTACT) {
+        if first_contact {
             rows[pin_row].outcome = if others_pass {
                 write_pin(expect.pin, &ak.name).map_or_else(Outcome::Fail, |()| Outcome::Pass(text.clone()))
             } else {
@@ -148,20 +159,22 @@ fn write_pin(pin: &Path, name: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot write the AK pin {}: {e}", pin.display()))
 }
 
-/// TOFU: the AK's Name against the pin file. On first contact the row passes as
-/// [`FIRST_CONTACT`]; [`verify`] writes the pin only if every other check passed.
-fn check_pin(pin: &Path, name: &[u8]) -> Outcome {
+/// The AK's Name against the pin file, and whether this is the first contact (no pin yet).
+/// On first contact the row passes as [`FIRST_CONTACT`]; [`verify`] writes the pin only if
+/// every other check passed.
+fn check_pin(pin: &Path, name: &[u8]) -> (Outcome, bool) {
     let name = hex::encode(name);
-    match std::fs::read_to_string(pin) {
+    let outcome = match std::fs::read_to_string(pin) {
         Ok(pinned) if pinned.trim() == name => Outcome::Pass(format!("matches pin ({})", pin.display())),
         Ok(pinned) => Outcome::Fail(format!(
             "the AK {name} is not the AK pinned for this manager ({}): another TPM answered, or this TPM's endorsement seed changed; if the machine was replaced on purpose, remove {} and run again",
             pinned.trim(),
             pin.display()
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outcome::Pass(format!("{FIRST_CONTACT}: AK {name} ({})", pin.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Outcome::Pass(format!("{FIRST_CONTACT}: AK {name} ({})", pin.display())), true),
         Err(e) => Outcome::Fail(format!("cannot read the AK pin {}: {e}", pin.display())),
-    }
+    };
+    (outcome, false)
 }
 
 /// Replay the logs to the quoted PCRs. Returns the row, the phase PCR's value before the

@@ -146,6 +146,15 @@ impl crate::proxy::AgentApi for AgentImpl {
             attest(&self.ctx, nonce).await.map(|a| serde_json::to_value(a).unwrap_or_default())
         })
     }
+    fn attest_activate(&self, credential_blob: Vec<u8>, secret: Vec<u8>) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
+        Box::pin(async move {
+            // The same TPM work as a quote (two CreatePrimary and a command): the same limit.
+            let _admitted = self.attest_limit.admit()?;
+            let cert_info = activate(&self.ctx, credential_blob, secret).await?;
+            use base64::Engine as _;
+            Ok(serde_json::json!({ "cert_info": base64::engine::general_purpose::STANDARD.encode(&*cert_info) }))
+        })
+    }
     fn escrow(&self, file: crate::proxy::EscrowFile) -> BoxFuture<'_, Option<Vec<u8>>> {
         let dir = &self.ctx.cfg.state_dir;
         let path = match file {
@@ -280,6 +289,39 @@ async fn attest(ctx: &Ctx, nonce: Vec<u8>) -> Result<crate::attest::Answer, ApiE
         pcr_signature,
         image_version: image["version"].as_str().map(str::to_string),
     })
+}
+
+/// `POST /swarmseal/v1/attest/activate`: the EK certificate from NV, its public key, then
+/// TPM2_ActivateCredential with the AK and the EK of the TCG template of that key
+/// (`swarmseal_tpm::tpm::Tpm::activate_credential`). Returns certInfo (the verifier's
+/// secret). Errors: 409 no EK certificate on this TPM (or one the agent cannot read); 422
+/// the TPM refused the credential, or the EK of the template is not the certificate's;
+/// 503 the TPM does not answer; 500 another failure.
+async fn activate(ctx: &Ctx, credential_blob: Vec<u8>, secret: Vec<u8>) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    use crate::tpm::{EkCert, EkPublicKey, TpmError};
+    enum Refusal {
+        NoCert(String),
+    }
+    let r = ctx
+        .tpm_retry(move |t| {
+            let der = match t.ek_certificate()? {
+                EkCert::Present { der, .. } => der,
+                EkCert::Absent { reason } => return Ok(Err(Refusal::NoCert(reason))),
+            };
+            let key = match crate::attest::ek_public_key(&der) {
+                Ok(crate::attest::EkKey::Rsa { modulus, .. }) => EkPublicKey::Rsa { modulus },
+                Ok(crate::attest::EkKey::Ecc { x, y }) => EkPublicKey::Ecc { x, y },
+                Err(e) => return Ok(Err(Refusal::NoCert(format!("the EK certificate in NV is not usable: {e}")))),
+            };
+            t.activate_credential(&key, &credential_blob, &secret).map(Ok)
+        })
+        .await;
+    match r {
+        Ok(Ok(cert_info)) => Ok(cert_info),
+        Ok(Err(Refusal::NoCert(why))) => Err(ApiError::new(ApiErrorKind::Conflict, format!("no EK certificate to activate a credential with: {why}"))),
+        Err(e @ (TpmError::ActivationRefused { .. } | TpmError::EkMismatch { .. })) => Err(ApiError::new(ApiErrorKind::Unprocessable, e.to_string())),
+        Err(e) => Err(ApiError::new(if e.is_retryable() { ApiErrorKind::Unavailable } else { ApiErrorKind::Internal }, e.to_string())),
+    }
 }
 
 #[cfg(test)]

@@ -287,6 +287,22 @@ pub fn connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Tls {
     rustls::StreamOwned::new(conn, tcp)
 }
 
+/// `POST target` with `Content-Length: 100` and only `partial` (fewer bytes) of the body, then
+/// the client closes its side (close_notify, TCP write shutdown): a body cut short. Returns
+/// the raw answer (status line, headers, body) as text.
+pub fn post_cut_short(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, target: &str, partial: &str) -> String {
+    assert!(partial.len() < 100);
+    let mut s = connect(addr, cfg);
+    s.write_all(format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{partial}").as_bytes()).unwrap();
+    s.flush().unwrap();
+    s.conn.send_close_notify();
+    s.conn.complete_io(&mut s.sock).unwrap();
+    let _ = s.sock.shutdown(std::net::Shutdown::Write);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Send one raw request (`Connection: close` added) and return (status, body), or Err on a TLS/IO failure.
 pub fn raw(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, method: &str, target: &str, extra: &str) -> Result<(u16, String), String> {
     let mut s = connect(addr, cfg);

@@ -21,6 +21,14 @@ pub enum TpmError {
     /// Signed PCR policy: the entry is there but the TPM says its signature is not the key's.
     #[error("the signature in {file} for {} does not verify with the PCR signing key {key} (TPM2_VerifySignature: {message}): the file is damaged or forged", list_values(.signed))]
     BadSignature { file: String, key: String, signed: Vec<PcrValue>, message: String },
+    /// Credential activation: the EK the TPM derives from the TCG default template is not the
+    /// key of its EK certificate.
+    #[error("{message}")]
+    EkMismatch { message: String },
+    /// Credential activation: the TPM refused the credential blob or its secret (or they were
+    /// malformed): made for another EK or another AK Name, or altered.
+    #[error("credential activation refused: {message}")]
+    ActivationRefused { message: String },
     #[error("the TPM operation {op} failed: {message}")]
     Command { op: &'static str, message: String },
     /// A transient TPM condition (TPM 2.0 Part 2, 6.6.3 format-zero warnings: TPM_RC_RETRY,

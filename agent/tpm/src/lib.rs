@@ -16,6 +16,7 @@
 //! - `seal.rs`: TPM2_Create of the sealed object, and its marshalled form;
 //! - `unseal.rs`: TPM2_Load, the policy session, TPM2_Unseal;
 //! - `quote.rs`: the attestation key and TPM2_Quote, the EK certificate (remote attestation);
+//! - `activate.rs`: TPM2_ActivateCredential with the AK and the TCG default EK (`fleet attest --ek-ca`);
 //! - `signature.rs`: TPM2_VerifySignature of a PCR signature (signed policies);
 //! - `error.rs`: [`tpm::TpmError`] and the mapping of TSS response codes to it.
 //!
@@ -24,6 +25,7 @@
 //! HTTP statuses are chosen by the callers, not here.
 #![forbid(unsafe_code)]
 
+mod activate;
 mod context;
 mod error;
 mod handles;

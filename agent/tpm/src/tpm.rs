@@ -34,4 +34,5 @@ pub use crate::pcr::{pcr_diffs, pcr_value_list, PcrDiff, PcrValue, PcrValues, MA
 pub use crate::policy::{authorize_policy_digest, pcr_policy_digest, Policy};
 pub use crate::seal::{SealedObject, MAX_SECRET_LEN};
 pub use crate::srk::SRK_PERSISTENT_HANDLE;
+pub use crate::activate::{EkPublicKey, MAX_CREDENTIAL_BLOB, MAX_ENCRYPTED_SECRET};
 pub use crate::quote::{ak_template, EkCert, Quote, EK_CERT_NV_INDICES, NONCE_LEN};
