@@ -570,6 +570,86 @@ mod tests {
         assert!(read_request(&b"rm -rf\n"[..]).is_err());
     }
 
+    /// The boot-time flow against stand-ins for systemd-cryptenroll and cryptsetup (they record
+    /// their arguments): armed; the same PCR 7 waits; a dbx change is accepted and re-binds
+    /// /var to PCR 7 (one cryptenroll, the record gone, `last` says so); Secure Boot off is
+    /// refused and only the window's slot (found in luksDump's JSON) is wiped; an expired
+    /// window is wiped. One test: the tools are chosen by environment variables.
+    #[test]
+    fn check_waits_accepts_refuses_and_expires() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path();
+        let tool = |name: &str, body: &str| {
+            let p = w.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\necho \"$*\" >>{}/{name}.argv\n{body}\n", w.display())).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let luks = r#"{"tokens":{"0":{"type":"systemd-tpm2","keyslots":["1"],"tpm2-pcrs":[7]},"2":{"type":"systemd-tpm2","keyslots":["3"],"tpm2-pcrs":[4]}}}"#;
+        std::env::set_var("SWARMSEAL_CRYPTENROLL", tool("cryptenroll", "cat >/dev/null; exit 0"));
+        std::env::set_var("SWARMSEAL_CRYPTSETUP", tool("cryptsetup", &format!("cat >/dev/null; [ \"$1\" = luksDump ] && echo '{luks}'; exit 0")));
+        let argv = |name: &str| std::fs::read_to_string(w.join(format!("{name}.argv"))).unwrap_or_default();
+        let device = w.join("var.luks");
+        std::fs::write(&device, b"").unwrap();
+        let paths = Paths { device: device.clone(), pcr7: w.join("pcr7"), firmware_log: w.join("log"), tpm2_public_key: w.join("pcr-public-key.pem") };
+        std::fs::write(&paths.tpm2_public_key, b"PEM").unwrap();
+        let boot = |l: &[u8]| {
+            let parsed = parse_firmware_log(l).unwrap();
+            std::fs::write(w.join("log"), l).unwrap();
+            std::fs::write(w.join("pcr7"), format!("{}\n", hex::encode(replay(&parsed.events, parsed.locality).remove(&7).unwrap()))).unwrap();
+        };
+        let raw = |sb: u8, dbx: &[[u8; 32]]| {
+            let ev = |guid: &[u8; 16], name: &str, value: &[u8]| (7u32, EV_EFI_VARIABLE_DRIVER_CONFIG, variable_data(guid, name, value));
+            test_log(&[ev(&GLOBAL, "SecureBoot", &[sb]), ev(&GLOBAL, "PK", &hashes(&[[1; 32]])), ev(&GLOBAL, "KEK", &hashes(&[[2; 32]])), ev(&SECDB, "db", &hashes(&[[3; 32]])), ev(&SECDB, "dbx", &hashes(dbx))])
+        };
+        let mut cfg = Config::default();
+        cfg.state_dir = w.join("state");
+        std::fs::create_dir_all(&cfg.state_dir).unwrap();
+        const KEY: &str = "fhkcdjbl-nihbggtc-krkhvvtl-ecdbbtuc-bcrkijcn-lgjbeuij-tbhrclgi-ktibfbuj";
+
+        assert_eq!(check(&cfg, &paths).unwrap(), Outcome::NotArmed);
+        boot(&raw(0, &[]));
+        assert!(matches!(arm(&cfg, &paths, KEY, 7), Err(WindowError::NotArmable(_))), "Secure Boot off: no window");
+        boot(&raw(1, &[]));
+        assert!(matches!(arm(&cfg, &paths, KEY, 31), Err(WindowError::Request(_))));
+        assert!(matches!(arm(&cfg, &paths, "not a key", 7), Err(WindowError::Var(VarError::BadKey))));
+        let rec = arm(&cfg, &paths, KEY, 7).unwrap();
+        assert!(argv("cryptenroll").contains("--unlock-key-file=/dev/stdin --tpm2-device=auto --tpm2-pcrs=4 --tpm2-public-key="), "{}", argv("cryptenroll"));
+        assert!(argv("cryptenroll").contains("--tpm2-public-key-pcrs=11"), "{}", argv("cryptenroll"));
+        assert_eq!(record(&cfg.state_dir).unwrap(), Some(rec.clone()));
+        // The same PCR 7: the window waits.
+        assert_eq!(check(&cfg, &paths).unwrap(), Outcome::Waiting { expires_at: rec.expires_at });
+        // A dbx update: accepted, /var bound to the new PCR 7, the window closed.
+        boot(&raw(1, &[[9; 32]]));
+        match check(&cfg, &paths).unwrap() {
+            Outcome::Accepted { changed, .. } => assert!(changed.starts_with("dbx changed (0 → 1 entries"), "{changed}"),
+            o => panic!("{o:?}"),
+        }
+        assert!(argv("cryptenroll").lines().last().unwrap().starts_with("--unlock-tpm2-device=auto --tpm2-device=auto --tpm2-pcrs=7 --tpm2-public-key="), "{}", argv("cryptenroll"));
+        assert!(argv("cryptenroll").lines().last().unwrap().contains("--wipe-slot=tpm2"));
+        assert_eq!(record(&cfg.state_dir).unwrap(), None);
+        assert!(matches!(last(&cfg.state_dir), Some(Outcome::Accepted { .. })));
+        // Armed again, then Secure Boot off: refused, only the window's slot 3 wiped.
+        arm(&cfg, &paths, KEY, 7).unwrap();
+        boot(&raw(0, &[[9; 32]]));
+        match check(&cfg, &paths).unwrap() {
+            Outcome::Refused { why, .. } => assert!(why.starts_with("Secure Boot: off"), "{why}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(argv("cryptenroll").lines().last(), Some(format!("--wipe-slot=3 {}", device.display()).as_str()));
+        assert_eq!(record(&cfg.state_dir).unwrap(), None);
+        // Armed, then past its expiry with PCR 7 unchanged: wiped.
+        boot(&raw(1, &[[9; 32]]));
+        let mut rec = arm(&cfg, &paths, KEY, 1).unwrap();
+        rec.expires_at = 1;
+        write_json(&cfg.state_dir.join(RECORD), &rec).unwrap();
+        assert!(matches!(check(&cfg, &paths).unwrap(), Outcome::Expired { .. }));
+        assert_eq!(record(&cfg.state_dir).unwrap(), None);
+        std::env::remove_var("SWARMSEAL_CRYPTENROLL");
+        std::env::remove_var("SWARMSEAL_CRYPTSETUP");
+    }
+
     /// The real OVMF log of the image (QEMU scenario 1): armed on it, the same log is judged
     /// "unchanged", and the record names its dbx.
     #[test]
