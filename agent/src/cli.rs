@@ -74,6 +74,9 @@ pub enum Exit {
     Refused = 20,
     /// `fleet attest`: a manager failed a check or did not answer.
     NotAttested = 21,
+    /// `var firmware-window`: not armed (Secure Boot off, the firmware log unreadable or not
+    /// replaying to PCR 7).
+    FirmwareWindow = 22,
 }
 
 impl Exit {
@@ -239,6 +242,9 @@ pub enum Error {
     #[cfg(feature = "appliance")]
     #[error(transparent)]
     Var(#[from] VarError),
+    #[cfg(feature = "appliance")]
+    #[error(transparent)]
+    Window(#[from] crate::firmware::WindowError),
     #[error(transparent)]
     Health(#[from] Unhealthy),
     #[error(transparent)]
@@ -271,6 +277,13 @@ pub fn exit_code(e: &Error) -> Exit {
         },
         #[cfg(feature = "appliance")]
         Error::Var(v) => v.into(),
+        #[cfg(feature = "appliance")]
+        Error::Window(w) => match w {
+            crate::firmware::WindowError::Var(v) => v.into(),
+            crate::firmware::WindowError::NotArmable(_) => Exit::FirmwareWindow,
+            crate::firmware::WindowError::Request(_) => Exit::Usage,
+            crate::firmware::WindowError::Io { .. } => Exit::Failure,
+        },
         Error::Health(h) => h.into(),
         Error::Update(u) => u.into(),
         Error::Fleet(f) => f.into(),
@@ -462,6 +475,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             })
             .await,
             Command::Bench(a) => crate::bench_cmd::run(&cfg, a).await,
+            #[cfg(feature = "appliance")]
+            Command::Var(crate::var::VarCommand::FirmwareWindow { command }) => on_blocking_pool(cfg, move |cfg| crate::firmware::run_command(&cfg, command).map_err(Error::from)).await,
             #[cfg(feature = "appliance")]
             Command::Var(c) => on_blocking_pool(cfg, move |cfg| crate::var::run(&cfg, c).map_err(Error::from)).await,
             Command::Health { wait, agent_unit } => crate::health::run(&cfg, wait, agent_unit.as_deref()).await.map_err(Error::from),

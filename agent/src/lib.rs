@@ -34,6 +34,8 @@ pub mod config;
 pub mod console;
 #[cfg(feature = "appliance")]
 pub mod escrow;
+#[cfg(feature = "appliance")]
+pub mod firmware;
 pub mod fleet;
 pub mod health;
 pub mod logging;

@@ -125,6 +125,13 @@ pub enum VarCommand {
         #[arg(long, value_name = "PCRS", default_value = "11")]
         tpm2_public_key_pcrs: String,
     },
+    /// A planned Secure Boot dbx or firmware update without a console visit: arm a window (a
+    /// second /var slot without PCR 7), and at boot accept the change and re-bind /var to the
+    /// new PCR 7 (see `crate::firmware`).
+    FirmwareWindow {
+        #[command(subcommand)]
+        command: crate::firmware::WindowCommand,
+    },
 }
 
 /// Errors of the `/var` recovery commands.
@@ -298,6 +305,8 @@ pub fn enroll_tpm(device: &Path, recovery_key: &str, binding: &TpmBinding) -> Re
 /// Run a `swarmseal var` command.
 pub fn run(cfg: &Config, c: VarCommand) -> Result<(), VarError> {
     match c {
+        // Run by the CLI through `crate::firmware::run_command` (its own error type).
+        VarCommand::FirmwareWindow { .. } => Err(VarError::Spawn("var firmware-window".into(), std::io::Error::other("dispatched by the CLI"))),
         VarCommand::EscrowRecoveryKey { device, force } => {
             let p = escrow_recovery_key(cfg, &device, force, None)?;
             println!("{}", p.display());

@@ -335,6 +335,15 @@ impl Vm {
         Ok(())
     }
 
+    /// A dbx update on this (stopped) machine: one SHA-256 entry added to the dbx of its OVMF
+    /// variable store (`scripts/lib/dbx-add`), so the next boot measures another dbx into PCR 7.
+    pub fn add_dbx_entry(&self, sha256_hex: &str) -> Check {
+        ensure!(!self.running(), "{}: power it off before changing its firmware variables", self.name);
+        run(Command::new(self.suite.repo.join("scripts/lib/dbx-add")).arg(self.dir.join("OVMF_VARS.fd")).arg(sha256_hex))?;
+        println!("    [{}] dbx update: SHA-256 {sha256_hex} revoked in OVMF_VARS.fd", self.name);
+        Ok(())
+    }
+
     /// Plug in (`up`) or pull the cable of NIC `nic` (`nic0`…): `scripts/run-qemu --set-link`
     /// (QMP set_link). Pulled, QEMU drops every frame to and from that NIC, and the guest sees
     /// its carrier go.

@@ -79,7 +79,7 @@ fn main() {
     let mut story = Story { suite, manager: None, escrow: Escrow::default(), key: None, var_key: None, moves: 0 };
     let s4_times: usize = std::env::var("SWARMSEAL_SCENARIO4_TIMES").ok().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or(1);
     type Scenario = fn(&mut Story) -> Check;
-    let scenarios: [(&str, &str, Scenario); 13] = [
+    let scenarios: [(&str, &str, Scenario); 14] = [
         ("1", "first boot: swarm up with autolock, key sealed, only the admin bundle gets in, bench reported", first_boot),
         ("2", "reboot: unlocked again with nobody typing a key", reboot),
         ("5", "key rotation through the proxy: resealed, next boot unlocks with the new key", rotation),
@@ -88,6 +88,7 @@ fn main() {
         ("8", "image update v1 → v2 (same fleet key) through the proxy: A/B slot, reboot, unlocked with no reseal", update_same_key),
         ("9", "a release signed by another fleet key: refused before anything is written, manager untouched", update_other_key),
         ("10", "a release that fails its health gate: its boot tries, then back on the previous version, unlocked with no reseal", update_rolls_back),
+        ("13", "a dbx update (a firmware window armed through the proxy first): /var opens with no console, re-bound to the new PCR 7; the swarm locked, unlocked and resealed through the proxy; the next boot needs nobody", firmware_window),
         ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
         ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
         ("11", "a bond of 2 NICs with a static address and a VLAN, by first-boot credential (network.*): the swarm advertises it, the screen shows both, the proxy answers on it and again through the 2nd NIC once the active one's cable is pulled", static_address),
@@ -857,10 +858,6 @@ fn run_out(cmd: &mut std::process::Command) -> Check<Vec<u8>> {
     swarmseal_qemu_tests::run(cmd).map(|o| o.stdout)
 }
 
-// ---------------------------------------------------------------- 8
-
-/// The running image version and when the current seal was made (`image.version`,
-/// `sealed.current.created` of the agent's status): an update must not replace the seal.
 // ---------------------------------------------------------------- fleet
 
 /// Three managers of their own (the story's manager is shut down first: four TCG VMs on
@@ -872,6 +869,10 @@ fn fleet(s: &mut Story) -> Check {
     swarmseal_qemu_tests::fleet::rolling_update(&s.suite)
 }
 
+// ---------------------------------------------------------------- 8
+
+/// The running image version and when the current seal was made (`image.version`,
+/// `sealed.current.created` of the agent's status): an update must not replace the seal.
 fn version_and_seal(st: &Value) -> (String, Value) {
     let doc = typed(st).ok();
     let version = doc.as_ref().and_then(|d| d.image.version.clone()).unwrap_or_else(|| "?".into());
@@ -968,6 +969,88 @@ fn update_rolls_back(s: &mut Story) -> Check {
     f.check(now_created == created, || format!("the sealed key was replaced (created {created} → {now_created}): the previous version should unseal its own seal"));
     let ls = vm.docker(&["node", "ls"]);
     f.check(ls.ok && ls.stdout.contains("Leader"), || format!("docker node ls after the rollback: {ls}"));
+    f.done()
+}
+
+// ---------------------------------------------------------------- 13
+
+/// Boot on with no console visit: `/var` must not ask for its passphrase within `BOOT`.
+fn var_opened_without_console(vm: &mut Vm) -> Check<bool> {
+    let t = Instant::now();
+    loop {
+        let c = vm.console();
+        if c.contains("for disk var") && !c.contains("Mounted var.mount") {
+            return Ok(false);
+        }
+        if c.contains("Mounted var.mount") || t.elapsed() > BOOT {
+            return Ok(c.contains("Mounted var.mount"));
+        }
+        ensure!(vm.running(), "QEMU exited; console:\n{}", vm.console_tail(30));
+        vm.retry_after_kernel_panic()?;
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+fn firmware_window(s: &mut Story) -> Check {
+    let key = s.key.clone().ok_or("the operator never read the unlock key (scenario 1)")?;
+    let var_key = s.var_key.clone().ok_or("no escrowed /var recovery key (scenario 1)")?;
+    let vm = s.manager.as_mut().ok_or("no manager")?;
+    if !vm.running() {
+        vm.boot_expect("before the firmware window", Outcome::Unlocked, BOOT)?;
+    }
+    let mut f = Findings::default();
+    // Bad requests first: nothing armed.
+    let (bad, body) = vm.api_post("/swarmseal/v1/var/firmware-window?days=99", &var_key)?;
+    f.check(bad == 400, || format!("?days=99 answered HTTP {bad} {}, not 400", text(&body)));
+    let (bad, body) = vm.api_post("/swarmseal/v1/var/firmware-window", "not-a-recovery-key")?;
+    f.check(bad == 400, || format!("a body that is no recovery key answered HTTP {bad} {}, not 400", text(&body)));
+    // The operator arms the window before the dbx update.
+    let (code, body) = vm.api_post("/swarmseal/v1/var/firmware-window?days=7", &var_key)?;
+    ensure!(code == 200, "POST /swarmseal/v1/var/firmware-window?days=7: HTTP {code} {}", text(&body));
+    println!("    armed: {}", text(&body).chars().take(300).collect::<String>());
+    let st = vm.status()?;
+    let armed = st.pointer("/firmware_window/armed").cloned().unwrap_or(Value::Null);
+    f.check(armed.get("expires_at").and_then(Value::as_u64).is_some() && armed.get("pcr7").is_some(), || format!("status does not show the armed window: {}", st.get("firmware_window").cloned().unwrap_or(Value::Null)));
+    let pcr7_before = armed.get("pcr7").and_then(Value::as_str).unwrap_or_default().to_string();
+
+    // The dbx update: the firmware measures another dbx into PCR 7 at the next boot.
+    vm.shutdown()?;
+    vm.add_dbx_entry("5f1e6cf5d3b0e63d8e3a5ff4c6b6a8a0f0b1c2d3e4f5061728394a5b6c7d8e9f")?;
+    vm.power_on("after a dbx update, the window armed")?;
+    let opened = var_opened_without_console(vm)?;
+    f.check(opened, || format!("/var asked for its passphrase after the dbx update although the window was armed; console:\n{}", vm.console_lines(&["cryptsetup"]).join("\n")));
+    if !opened {
+        vm.power_cut()?;
+        return f.done();
+    }
+    let said = vm.wait_console(&["firmware change accepted"], BOOT);
+    f.check(said.is_ok(), || format!("the console does not say the firmware change was accepted: {:?}", vm.console_lines(&["firmware"])));
+    if let Ok(l) = &said {
+        println!("    console: {}", l.trim());
+    }
+    // The swarm's key is sealed to PCR 7 too: locked, PCR 7 named; unlocked through the proxy.
+    let (outcome, st) = vm.wait_for_decision(BOOT)?;
+    f.check(outcome == Outcome::Locked, || format!("after the dbx update the swarm is {outcome:?}, expected locked (its key is sealed to the old PCR 7)"));
+    let d = differs(&st);
+    f.check(d.iter().any(|x| x.starts_with("PCR 7") || x.contains("7:") || x.contains("PCR 7")), || format!("the status does not name PCR 7 as changed: {d:?}"));
+    let last = st.pointer("/firmware_window/last").cloned().unwrap_or(Value::Null);
+    f.check(last.get("outcome").and_then(Value::as_str) == Some("accepted") && last.get("changed").and_then(Value::as_str).is_some_and(|c| c.starts_with("dbx changed")), || format!("status firmware_window.last: {last}"));
+    f.check(st.pointer("/firmware_window/armed").is_some_and(Value::is_null), || format!("the window is still armed after it was used: {}", st.get("firmware_window").cloned().unwrap_or(Value::Null)));
+    f.check(!pcr7_before.is_empty(), || "no PCR 7 in the armed record".into());
+    unlock_by_hand_and_reseal(vm, &key)?;
+    // The next boot needs nobody: /var bound to the new PCR 7, the key resealed to it.
+    vm.shutdown()?;
+    vm.power_on("after the dbx update, recovered through the proxy")?;
+    let opened = var_opened_without_console(vm)?;
+    f.check(opened, || "the boot after the window asked for /var's passphrase: the re-bound slot does not open /var".into());
+    if !opened {
+        vm.power_cut()?;
+        return f.done();
+    }
+    let (outcome, st) = vm.wait_for_decision(BOOT)?;
+    f.check(outcome == Outcome::Unlocked, || format!("the boot after recovery: the swarm is {outcome:?}; status {st}"));
+    f.check(differs(&st).is_empty(), || format!("after the reseal the sealed key's PCRs differ: {:?}", differs(&st)));
+    f.check(!vm.console().contains(&var_key), || "the /var recovery key appears on the serial console".into());
     f.done()
 }
 

@@ -38,6 +38,11 @@ pub struct Status {
     /// `null` from an agent that does not ask (absent from older agents' documents).
     #[serde(default)]
     pub time: Option<crate::time::TimeSync>,
+    /// The firmware window (`POST /swarmseal/v1/var/firmware-window`): `{"armed": RECORD or
+    /// null, "last": the last boot decision on a changed PCR 7 or an expiry, or null}`; `null`
+    /// outside the appliance (absent from older agents' documents).
+    #[serde(default)]
+    pub firmware_window: Option<serde_json::Value>,
 }
 
 /// `swarm`: the engine's state, or only `error` when the engine does not answer.

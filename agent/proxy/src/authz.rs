@@ -353,6 +353,8 @@ pub enum KeyEvent {
     Recover,
     /// `POST /swarmseal/v1/var/enroll-tpm` (the body is the /var recovery key)
     VarEnrollTpm,
+    /// `POST /swarmseal/v1/var/firmware-window` (arm: the body is the /var recovery key; or disarm)
+    VarFirmwareWindow,
     /// `POST /swarmseal/v1/update`: a new image for this manager (its release key decides).
     ImageUpdate,
 }
@@ -373,6 +375,7 @@ impl KeyEvent {
             KeyEvent::Reseal => "reseal",
             KeyEvent::Recover => "recover",
             KeyEvent::VarEnrollTpm => "var_enroll_tpm",
+            KeyEvent::VarFirmwareWindow => "var_firmware_window",
             KeyEvent::ImageUpdate => "image_update",
         }
     }

@@ -794,6 +794,24 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
             };
             answer(api.var_enroll_tpm(key).await, audit)
         }
+        Route::VarFirmwareWindow => {
+            if authz::query_flag(query, "disarm") {
+                if !empty_body(body, content_length, ctx.shared.header_timeout).await {
+                    return message(ApiErrorKind::BadRequest, "?disarm=1 takes no body", audit);
+                }
+                return answer(api.var_firmware_window(None).await, audit);
+            }
+            let days = match authz::query_value(query, "days").map(|d| d.parse::<u32>()) {
+                None => 7,
+                Some(Ok(d)) if (1..=30).contains(&d) => d,
+                Some(_) => return message(ApiErrorKind::BadRequest, "?days= is a whole number of days from 1 to 30 (default 7): how long the window stays armed", audit),
+            };
+            let key = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {
+                Ok(b) => zeroize::Zeroizing::new(String::from_utf8_lossy(&b.to_bytes()).trim().to_string()),
+                Err(_) => return message(PayloadTooLarge, "the body must be the /var recovery key (at most 1 KiB of text)", audit),
+            };
+            answer(api.var_firmware_window(Some((days, key))).await, audit)
+        }
         Route::Update => {
             let reboot = authz::query_flag(query, "reboot");
             let install = match (authz::query_flag(query, "stage"), reboot) {

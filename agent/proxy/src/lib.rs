@@ -112,6 +112,13 @@ pub trait AgentApi: Send + Sync + 'static {
         drop((from, install));
         Box::pin(async { Err(ApiError::not_found("not available here: image updates exist on the appliance agent only")) })
     }
+    /// `POST /swarmseal/v1/var/firmware-window`: arm a firmware window for `days` with the
+    /// `/var` recovery key (`Some`), or wipe it (`None`, `?disarm=1`). Ok(JSON) or the refusal.
+    /// The default answers 404 (not the appliance).
+    fn var_firmware_window(&self, arm: Option<(u32, zeroize::Zeroizing<String>)>) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
+        drop(arm);
+        Box::pin(async { Err(ApiError::not_found("not available here: the firmware window exists on the appliance image only")) })
+    }
     /// `GET /swarmseal/v1/update/partial`: what this manager holds of an interrupted upload,
     /// `{"partial": null}` or `{"partial": {"version", "sums_sha256", "offset"}}` (resume with
     /// [`UpdateFrom::Resume`]). The default answers 404 (no update support here).

@@ -29,6 +29,9 @@ pub enum Route {
     EscrowOther,
     /// `POST /swarmseal/v1/var/enroll-tpm`: bind `/var` to this TPM again (body: the recovery key).
     VarEnrollTpm,
+    /// `POST /swarmseal/v1/var/firmware-window[?days=N]` (body: the recovery key) arms a firmware
+    /// window; `?disarm=1` (no body) wipes it (docs/operating.md "Firmware and dbx updates").
+    VarFirmwareWindow,
     /// `POST /swarmseal/v1/update[?version=V | ?resume=N&sums=HEX][&reboot=1]`: stage and
     /// install a signed release (uploaded, fetched, or the rest of an interrupted upload).
     Update,
@@ -55,7 +58,7 @@ pub enum Methods {
 
 impl Route {
     /// Every endpoint, in the order the 404 answer lists them.
-    pub const ALL: [Route; 13] = [
+    pub const ALL: [Route; 14] = [
         Route::Status,
         Route::Bench,
         Route::Metrics,
@@ -65,6 +68,7 @@ impl Route {
         Route::EscrowVarRecoveryKey,
         Route::EscrowOther,
         Route::VarEnrollTpm,
+        Route::VarFirmwareWindow,
         Route::Update,
         Route::UpdatePartial,
         Route::Attest,
@@ -83,6 +87,7 @@ impl Route {
             Route::EscrowVarRecoveryKey => &["escrow", "var-recovery-key"],
             Route::EscrowOther => &["escrow", "*"],
             Route::VarEnrollTpm => &["var", "enroll-tpm"],
+            Route::VarFirmwareWindow => &["var", "firmware-window"],
             Route::Update => &["update"],
             Route::UpdatePartial => &["update", "partial"],
             Route::Attest => &["attest"],
@@ -106,7 +111,7 @@ impl Route {
     pub fn methods(self) -> Methods {
         match self {
             Route::Status | Route::Bench | Route::Metrics | Route::Escrow | Route::EscrowVarRecoveryKey | Route::UpdatePartial | Route::Attest => Methods::Read,
-            Route::Reseal | Route::Recover | Route::VarEnrollTpm | Route::Update | Route::AttestActivate => Methods::Post,
+            Route::Reseal | Route::Recover | Route::VarEnrollTpm | Route::VarFirmwareWindow | Route::Update | Route::AttestActivate => Methods::Post,
             Route::EscrowOther => Methods::None,
         }
     }
@@ -130,6 +135,7 @@ impl Route {
             Route::Reseal => Some("resealing is admin-only"),
             Route::Recover => Some("lost-quorum recovery is admin-only"),
             Route::VarEnrollTpm => Some("re-enrolling /var is admin-only"),
+            Route::VarFirmwareWindow => Some("a firmware window is admin-only"),
             Route::Update | Route::UpdatePartial => Some("image updates are admin-only"),
         }
     }
@@ -142,6 +148,7 @@ impl Route {
             Route::Reseal => Some(KeyEvent::Reseal),
             Route::Recover => Some(KeyEvent::Recover),
             Route::VarEnrollTpm => Some(KeyEvent::VarEnrollTpm),
+            Route::VarFirmwareWindow => Some(KeyEvent::VarFirmwareWindow),
             Route::Update => Some(KeyEvent::ImageUpdate),
             // A look at the staging area: no key, no image changed.
             Route::UpdatePartial => None,
@@ -180,6 +187,6 @@ mod tests {
 
     #[test]
     fn the_listing_names_the_endpoints_in_order() {
-        assert_eq!(Route::listing(), "status, bench, metrics, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, update, update/partial, attest, attest/activate");
+        assert_eq!(Route::listing(), "status, bench, metrics, reseal, recover, escrow, escrow/var-recovery-key, var/enroll-tpm, var/firmware-window, update, update/partial, attest, attest/activate");
     }
 }

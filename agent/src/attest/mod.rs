@@ -39,7 +39,13 @@ mod verify;
 
 pub use activate::{check_ek_cert, ek_public_key, load_ek_ca, make_credential, secret_matches, Activation, Credential, EkIdentity, EkKey};
 pub use log::{parse_firmware_log, parse_measure_log, replay, Event, FirmwareLog, EV_EFI_VARIABLE_DRIVER_CONFIG};
-pub use secure_boot::{describe_cert, secure_boot, secure_boot_keys, EV_EFI_VARIABLE_AUTHORITY};
+pub use secure_boot::{describe_cert, secure_boot, secure_boot_keys, variables, Variables, EV_EFI_VARIABLE_AUTHORITY};
+/// Synthetic firmware logs for other modules' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    pub(crate) use super::log::test_log;
+    pub(crate) use super::secure_boot::tests::variable_data;
+}
 pub use tpm2::{parse_ak_public, parse_attest, verify_quote, AkPublic, QuoteInfo};
 pub use verify::{verify, Check, Expect, Outcome};
 

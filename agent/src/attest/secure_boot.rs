@@ -165,13 +165,54 @@ pub fn secure_boot_keys(log: &FirmwareLog, fleet_cert: &[u8]) -> Result<String, 
     Ok(format!("db holds only {}, which verified the boot applications ({authorities} authority event(s))", describe_cert(fleet_cert)))
 }
 
+/// The Secure Boot variables PCR 7's events measured (EV_EFI_VARIABLE_DRIVER_CONFIG data:
+/// EFI_GLOBAL_VARIABLE `PK`, `KEK`; EFI_IMAGE_SECURITY_DATABASE_GUID `db`, `dbx`), each as the
+/// SHA-256 of its value and its number of EFI_SIGNATURE_LIST entries. Judged by the data, not
+/// the event type: an EV_EFI_VARIABLE_AUTHORITY's data (one EFI_SIGNATURE_DATA) does not read
+/// as signature lists, so it is not taken for db's contents. Every PCR 7 event must hash to its digest; a variable measured twice
+/// with different values is an error naming it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Variables {
+    /// name (`PK`, `KEK`, `db`, `dbx`) → (SHA-256 of the value, entries)
+    pub measured: std::collections::BTreeMap<String, ([u8; 32], usize)>,
+}
+
+impl Variables {
+    /// The digest of `name` as hex, or "not measured".
+    pub fn describe(&self, name: &str) -> String {
+        match self.measured.get(name) {
+            Some((d, n)) => format!("{n} entries, sha256 {}", hex::encode(d)),
+            None => "not measured".into(),
+        }
+    }
+}
+
+/// Read [`Variables`] from PCR 7's events of `log`.
+pub fn variables(log: &FirmwareLog) -> Result<Variables, String> {
+    let mut out = Variables::default();
+    for (i, e) in pcr7(log)? {
+        let Some(v) = variable(&e.data) else { continue };
+        let known = (v.guid == EFI_GLOBAL_VARIABLE && (v.name == "PK" || v.name == "KEK")) || (v.guid == EFI_IMAGE_SECURITY_DATABASE && (v.name == "db" || v.name == "dbx"));
+        if !known {
+            continue;
+        }
+        let Some(entries) = signature_lists(v.value) else { continue };
+        let d: [u8; 32] = Sha256::digest(v.value).into();
+        match out.measured.insert(v.name.clone(), (d, entries.len())) {
+            Some((old, _)) if old != d => return Err(format!("{} is measured twice in PCR 7 with different values (event {i})", v.name)),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::attest::log::{parse_firmware_log, test_log, EV_EFI_VARIABLE_DRIVER_CONFIG};
 
     /// A UEFI_VARIABLE_DATA: GUID, name length, data length, UTF-16LE name, data.
-    pub(in crate::attest) fn variable_data(guid: &[u8; 16], name: &str, value: &[u8]) -> Vec<u8> {
+    pub(crate) fn variable_data(guid: &[u8; 16], name: &str, value: &[u8]) -> Vec<u8> {
         let name: Vec<u8> = name.encode_utf16().flat_map(u16::to_le_bytes).collect();
         let mut v = guid.to_vec();
         v.extend((name.len() as u64 / 2).to_le_bytes());

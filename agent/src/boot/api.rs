@@ -106,6 +106,20 @@ impl crate::proxy::AgentApi for AgentImpl {
             }
         })
     }
+    fn var_firmware_window(&self, arm: Option<(u32, Zeroizing<String>)>) -> BoxFuture<'_, Result<serde_json::Value, ApiError>> {
+        Box::pin(async move {
+            let socket = std::path::Path::new(crate::firmware::SOCKET);
+            let r = crate::firmware::request_via(socket, arm.as_ref().map(|(d, k)| (*d, k.as_str()))).await;
+            match r {
+                Ok(lines) => Ok(serde_json::json!({"armed": arm.is_some(), "output": lines, "window": crate::firmware::record(&self.ctx.cfg.state_dir).ok().flatten()})),
+                Err(e) => {
+                    let refusal = ApiError::from(&e);
+                    tracing::warn!(event = "var_firmware_window_failed", security = true, status = refusal.status(), "{e}");
+                    Err(refusal)
+                }
+            }
+        })
+    }
     fn update(&self, from: crate::proxy::UpdateFrom, install: crate::proxy::UpdateInstall) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, ApiError>> + Send + '_>> {
         use crate::update::Install;
         let install = match install {

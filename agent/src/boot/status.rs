@@ -79,6 +79,10 @@ pub async fn status_and_engine_error(ctx: &Ctx) -> (Status, Option<crate::swarm:
             ..serde_json::from_value(crate::update::os_image(&ctx.cfg.update.os_release)).unwrap_or_default()
         },
         time: Some(time_sync().await),
+        firmware_window: Some(serde_json::json!({
+            "armed": crate::firmware::record(&ctx.cfg.state_dir).ok().flatten(),
+            "last": crate::firmware::last(&ctx.cfg.state_dir),
+        })),
     };
     (st, engine_error)
 }
