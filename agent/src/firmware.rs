@@ -5,20 +5,25 @@
 //! image/README.md "PCR 7 with Secure Boot on"). A dbx update or a firmware update changes PCR 7,
 //! and the next boot would stop at `/var`'s passphrase prompt. Before such an update the operator
 //! **arms** a window (`POST /swarmseal/v1/var/firmware-window?days=N`, admin, body: the `/var`
-//! recovery key): a **second TPM2 slot** is enrolled, bound to **PCR 4 literally** (the boot
-//! applications' Authenticode digests: this systemd-boot and this UKI, measured by the firmware
-//! before they run) and PCR 11 signed by the fleet's key — everything the main slot binds but
-//! PCR 7. With Secure Boot off a foreign boot loader would have to run first, and the firmware
-//! measures it into PCR 4 before it runs: the window slot does not open for it. What the window
-//! gives up, for its lifetime, is PCR 7's statement about *which keys* Secure Boot used.
+//! recovery key): a **second TPM2 slot** is enrolled, bound literally to **PCR 2** (option ROMs
+//! and UEFI drivers from outside the firmware), **PCR 4** (the boot applications' Authenticode
+//! digests: this systemd-boot and this UKI, measured by the firmware before they run) and
+//! **PCR 12** (the kernel command line from outside the UKI, addons, credentials on the ESP),
+//! and to PCR 11 signed by the fleet's key — everything the main slot binds but PCR 7. With
+//! Secure Boot off, a foreign loader, a driver, or the genuine UKI with another command line
+//! (systemd-stub takes the loader's command line only then) each change one of those before
+//! they matter: the window slot does not open for them. What the window gives up, for its
+//! lifetime, is PCR 7's statement about *which keys* Secure Boot used.
 //!
 //! At every boot `swarmseal var firmware-window check` (`swarmseal-firmware-window.service`,
-//! after `/var` is open, before the agent) looks at an armed window:
-//! - PCR 7 as armed, not expired: nothing to do (the main slot opened `/var`);
-//! - expired: the window slot is wiped, the record removed (`firmware_window_expired`);
-//! - PCR 7 changed: the firmware log must replay to this PCR 7, say Secure Boot is on, and
-//!   show PK, KEK and db unchanged since arming (only dbx, or the firmware's own PCR 7 events,
-//!   may change). Then `/var` is **re-enrolled to the new PCR 7** (`systemd-cryptenroll
+//! after `/var` is open, before the agent) looks at the window:
+//! - a window slot without a readable record: wiped (`firmware_window_orphan_wiped`);
+//! - expired (or the clock before its arming): the window slot is wiped, the record removed
+//!   (`firmware_window_expired`), whatever PCR 7 says;
+//! - PCR 7 as armed: nothing to do (the main slot opened `/var`);
+//! - PCR 7 changed: the firmware log must replay to this PCR 7, say Secure Boot is on, show PK,
+//!   KEK, db and every other PCR 7 event unchanged since arming, and dbx holding every entry
+//!   it held (a revocation list may only grow). Then `/var` is **re-enrolled to the new PCR 7** (`systemd-cryptenroll
 //!   --unlock-tpm2-device=auto --tpm2-device=auto --tpm2-pcrs=7 --tpm2-public-key=…
 //!   --tpm2-public-key-pcrs=11 --wipe-slot=tpm2`: the new main slot in, the old one and the
 //!   window's out) — `firmware_change_accepted`. Otherwise the window slot is wiped without a
@@ -60,7 +65,7 @@ pub const DISARMED: &str = "firmware window disarmed";
 pub const DEFAULT_DAYS: u32 = 7;
 pub const MAX_DAYS: u32 = 30;
 /// The PCR the window slot binds literally (instead of PCR 7).
-pub const WINDOW_PCRS: &str = "4";
+pub const WINDOW_PCRS: &str = "2+4+12";
 
 /// An armed window: when, until when, and the Secure Boot state it was armed under.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +78,10 @@ pub struct Record {
     pub pcr7: String,
     /// SHA-256 (hex) and entry count of PK, KEK, db and dbx as PCR 7's events measured them.
     pub variables: std::collections::BTreeMap<String, (String, usize)>,
+    /// dbx's entries when armed ([`Variables::dbx_entries`]): a new dbx must still hold them all.
+    pub dbx_entries: Vec<String>,
+    /// PCR 7's other events when armed ([`Variables::others`]): they must not change.
+    pub others: Vec<String>,
 }
 
 impl Record {
@@ -82,6 +91,8 @@ impl Record {
             expires_at: armed_at + u64::from(days) * 86_400,
             pcr7: hex::encode(pcr7),
             variables: vars.measured.iter().map(|(k, (d, n))| (k.clone(), (hex::encode(d), *n))).collect(),
+            dbx_entries: vars.dbx_entries.iter().cloned().collect(),
+            others: vars.others.clone(),
         }
     }
 }
@@ -141,7 +152,7 @@ pub struct Paths {
 #[derive(Debug, clap::Subcommand)]
 pub enum WindowCommand {
     /// Arm a window (the /var recovery key on stdin): enroll a second TPM2 slot for /var bound to
-    /// PCR 4 + PCR 11 signed, not PCR 7, valid for --days.
+    /// PCRs 2, 4, 12 + PCR 11 signed, not PCR 7, valid for --days.
     Arm {
         #[arg(long, default_value_t = DEFAULT_DAYS, value_name = "DAYS")]
         days: u32,
@@ -210,11 +221,28 @@ fn measured(paths: &Paths) -> Result<(Vec<u8>, FirmwareLog), String> {
     Ok((pcr7, log))
 }
 
-/// Whether a changed PCR 7 is one the window accepts: Secure Boot on, PK, KEK and db as
-/// `armed` recorded them. Ok: what changed (for the journal and the console); Err: why not.
+/// Whether a changed PCR 7 is one the window accepts: Secure Boot on; PK, KEK and db as
+/// `armed` recorded them; every other PCR 7 event (the SecureBoot variable, the authorities,
+/// the firmware's actions such as "DMA Protection Disabled") exactly as armed; and dbx holding
+/// every entry it held (a revocation list may only grow). Ok: what changed (for the journal and
+/// the console); Err: why not.
 pub fn judge(armed: &Record, log: &FirmwareLog) -> Result<String, String> {
     secure_boot(log).map_err(|e| format!("Secure Boot: {e}"))?;
     let now = variables(log)?;
+    if now.others != armed.others {
+        let i = now.others.iter().zip(&armed.others).position(|(a, b)| a != b).unwrap_or(now.others.len().min(armed.others.len()));
+        return Err(format!(
+            "PCR 7's events other than the Secure Boot variables changed ({} then, {} now; the first difference is event {i} of them: {} → {}): only dbx may change under the window",
+            armed.others.len(),
+            now.others.len(),
+            armed.others.get(i).map_or("none", String::as_str),
+            now.others.get(i).map_or("none", String::as_str)
+        ));
+    }
+    let lost: Vec<&String> = armed.dbx_entries.iter().filter(|e| !now.dbx_entries.contains(*e)).collect();
+    if !lost.is_empty() {
+        return Err(format!("dbx no longer holds {} of its entries (e.g. {}): a revocation list may only grow; a smaller dbx lets revoked boot applications run", lost.len(), lost[0]));
+    }
     let hexed = |name: &str| now.measured.get(name).map(|(d, n)| (hex::encode(d), *n));
     for name in ["PK", "KEK", "db"] {
         let (before, after) = (armed.variables.get(name).cloned(), hexed(name));
@@ -229,7 +257,7 @@ pub fn judge(armed: &Record, log: &FirmwareLog) -> Result<String, String> {
             Ok(format!("dbx changed ({n} → {} entries, sha256 {}); PK, KEK and db unchanged, Secure Boot on", after.1, after.0))
         }
         (_, None) => Err("dbx is not measured in PCR 7 any more".into()),
-        _ => Ok("PK, KEK, db and dbx unchanged, Secure Boot on: the firmware's own PCR 7 events changed".into()),
+        _ => Err("PCR 7 changed, but none of its events the window judges did: the log and PCR 7 disagree".into()),
     }
 }
 
@@ -272,12 +300,12 @@ fn cryptenroll() -> String {
 
 /// The signed-PCR 11 arguments (`--tpm2-public-key=`, `--tpm2-public-key-pcrs=11`), or an
 /// empty `--tpm2-public-key=` when the key file is missing (no signed binding).
-fn signed_args(paths: &Paths) -> Vec<String> {
-    if paths.tpm2_public_key.is_file() {
-        vec![format!("--tpm2-public-key={}", paths.tpm2_public_key.display()), "--tpm2-public-key-pcrs=11".into()]
-    } else {
-        vec!["--tpm2-public-key=".into()]
+fn signed_args(paths: &Paths) -> Result<Vec<String>, WindowError> {
+    // Fail closed: without the fleet's key neither slot would bind PCR 11 at all.
+    if !paths.tpm2_public_key.is_file() {
+        return Err(WindowError::NotArmable(format!("the fleet's PCR-signing public key {} is missing: no slot is enrolled without PCR 11 signed by it", paths.tpm2_public_key.display())));
     }
+    Ok(vec![format!("--tpm2-public-key={}", paths.tpm2_public_key.display()), "--tpm2-public-key-pcrs=11".into()])
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), WindowError> {
@@ -298,6 +326,10 @@ pub fn arm(cfg: &Config, paths: &Paths, recovery_key: &str, days: u32) -> Result
     let (pcr7, log) = measured(paths).map_err(WindowError::NotArmable)?;
     secure_boot(&log).map_err(|e| WindowError::NotArmable(format!("Secure Boot {e}: the window would have nothing to hold PCR 7 to")))?;
     let vars = variables(&log).map_err(WindowError::NotArmable)?;
+    if let Some(missing) = ["PK", "KEK", "db", "dbx"].into_iter().find(|v| !vars.measured.contains_key(*v)) {
+        return Err(WindowError::NotArmable(format!("the firmware log measures no {missing} in PCR 7: a change of it could not be judged")));
+    }
+    let signed = signed_args(paths)?;
     if !paths.device.exists() {
         return Err(VarError::NoDevice(paths.device.clone()).into());
     }
@@ -307,16 +339,27 @@ pub fn arm(cfg: &Config, paths: &Paths, recovery_key: &str, days: u32) -> Result
             WindowError::Var(VarError::Cryptenroll { .. }) => VarError::KeyRefused.into(),
             e => e,
         })?;
-    let mut args: Vec<String> = vec!["--unlock-key-file=/dev/stdin".into(), "--tpm2-device=auto".into(), format!("--tpm2-pcrs={WINDOW_PCRS}")];
-    args.extend(signed_args(paths));
-    let mut os: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    os.push(paths.device.as_os_str());
-    // An unchanged PCR 4 + signed PCR 11 policy is "already enrolled" for systemd-cryptenroll:
-    // re-arming keeps the slot and moves the expiry.
-    run(&cryptenroll(), "systemd-cryptenroll --tpm2-pcrs=4 (the firmware window's slot)", &os, Some(recovery_key.as_bytes()))?;
+    // The record first: a slot must never exist without a record (and an expiry) behind it.
+    // At boot, `check` wipes window slots that have none.
     let rec = Record::from_vars(now(), days, &pcr7, &vars);
     write_json(&cfg.state_dir.join(RECORD), &rec)?;
-    tracing::warn!(event = "firmware_window_armed", security = true, expires_at = rec.expires_at, pcr7 = %rec.pcr7, "a firmware window was armed: /var also opens with PCR 4 + PCR 11 signed (not PCR 7) until the first boot after a PCR 7 change or the expiry");
+    let enrolled = (|| {
+        // Re-arming: the old window slot goes first (systemd-cryptenroll would keep a slot with
+        // the same policy digest as "already enrolled", even one sealed under a cleared SRK).
+        for s in window_slots(&paths.device)? {
+            run(&cryptenroll(), "systemd-cryptenroll --wipe-slot (the previous firmware window's slot)", &[format!("--wipe-slot={s}").as_ref(), paths.device.as_os_str()], None)?;
+        }
+        let mut args: Vec<String> = vec!["--unlock-key-file=/dev/stdin".into(), "--tpm2-device=auto".into(), format!("--tpm2-pcrs={WINDOW_PCRS}")];
+        args.extend(signed.iter().cloned());
+        let mut os: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        os.push(paths.device.as_os_str());
+        run(&cryptenroll(), "systemd-cryptenroll --tpm2-pcrs=2+4+12 (the firmware window's slot)", &os, Some(recovery_key.as_bytes()))
+    })();
+    if let Err(e) = enrolled {
+        let _ = std::fs::remove_file(cfg.state_dir.join(RECORD));
+        return Err(e);
+    }
+    tracing::warn!(event = "firmware_window_armed", security = true, expires_at = rec.expires_at, pcr7 = %rec.pcr7, "a firmware window was armed: /var also opens with PCRs 2, 4, 12 + PCR 11 signed (not PCR 7) until the first boot after a PCR 7 change or the expiry");
     Ok(rec)
 }
 
@@ -339,54 +382,90 @@ pub fn disarm(cfg: &Config, paths: &Paths) -> Result<usize, WindowError> {
 }
 
 /// The boot-time decision (module docs). Writes [`LAST`] for anything but "not armed" and
-/// "waiting".
+/// "waiting". Without a record, window slots found on `/var` (a crash between enrolling and
+/// writing the record cannot leave one, since the record is written first; but an unreadable
+/// record or a restored header could) are wiped. An expired window (or a clock before its
+/// arming) is wiped first, whatever PCR 7 says.
 pub fn check(cfg: &Config, paths: &Paths) -> Result<Outcome, WindowError> {
-    let Some(armed) = record(&cfg.state_dir)? else { return Ok(Outcome::NotArmed) };
+    let armed = match record(&cfg.state_dir) {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => {
+            let orphans = if paths.device.exists() { window_slots(&paths.device).unwrap_or_default() } else { Vec::new() };
+            if orphans.is_empty() {
+                return Ok(Outcome::NotArmed);
+            }
+            disarm(cfg, paths)?;
+            tracing::warn!(event = "firmware_window_orphan_wiped", security = true, slots = %orphans.join(","), "a firmware window slot on /var had no readable record: wiped");
+            let outcome = Outcome::Expired { at: now() };
+            write_json(&cfg.state_dir.join(LAST), &outcome)?;
+            return Ok(outcome);
+        }
+    };
     let at = now();
+    if at > armed.expires_at || at < armed.armed_at {
+        disarm(cfg, paths)?;
+        tracing::warn!(event = "firmware_window_expired", security = true, "the firmware window expired (or the clock is before its arming): its /var slot was wiped");
+        let outcome = Outcome::Expired { at };
+        write_json(&cfg.state_dir.join(LAST), &outcome)?;
+        return Ok(outcome);
+    }
     let (pcr7, log) = match measured(paths) {
         Ok(m) => m,
-        // No PCR 7 or log this boot: nothing to judge by; the window waits (or expires below).
-        Err(why) if at <= armed.expires_at => {
+        // No PCR 7 or log this boot: nothing to judge by; the window waits until its expiry.
+        Err(why) => {
             tracing::warn!(event = "firmware_window_unjudged", security = true, "the firmware window is armed but this boot's measurements cannot be read: {why}");
             return Ok(Outcome::Waiting { expires_at: armed.expires_at });
         }
-        Err(_) => (Vec::new(), FirmwareLog::default()),
     };
-    let outcome = if hex::encode(&pcr7) == armed.pcr7 {
-        if at <= armed.expires_at {
-            return Ok(Outcome::Waiting { expires_at: armed.expires_at });
+    if hex::encode(&pcr7) == armed.pcr7 {
+        return Ok(Outcome::Waiting { expires_at: armed.expires_at });
+    }
+    let outcome = match judge(&armed, &log) {
+        Ok(changed) => {
+            let mut args: Vec<String> = vec!["--unlock-tpm2-device=auto".into(), "--tpm2-device=auto".into(), "--tpm2-pcrs=7".into()];
+            args.extend(signed_args(paths)?);
+            args.push("--wipe-slot=tpm2".into());
+            let mut os: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+            os.push(paths.device.as_os_str());
+            // The window's slot opens the volume for this; the new PCR 7 slot goes in before
+            // the others (the stale PCR 7 slot, the window's) are wiped. A failure leaves the
+            // record: the next boot tries again, until the expiry wipes the window.
+            run(&cryptenroll(), "systemd-cryptenroll --tpm2-pcrs=7 (re-binding /var to the new PCR 7)", &os, None)?;
+            let p = cfg.state_dir.join(RECORD);
+            std::fs::remove_file(&p).map_err(io(&p))?;
+            tracing::warn!(event = "firmware_change_accepted", security = true, pcr7_before = %armed.pcr7, pcr7 = %hex::encode(&pcr7), "PCR 7 changed within the firmware window and the change was accepted ({changed}): /var is bound to the new PCR 7, the window is closed; the swarm stays locked until unlocked through the proxy and resealed");
+            Outcome::Accepted { at, changed }
         }
-        disarm(cfg, paths)?;
-        tracing::warn!(event = "firmware_window_expired", security = true, "the firmware window expired unused: its /var slot was wiped");
-        Outcome::Expired { at }
-    } else if pcr7.is_empty() {
-        disarm(cfg, paths)?;
-        Outcome::Expired { at }
-    } else {
-        match judge(&armed, &log) {
-            Ok(changed) => {
-                let mut args: Vec<String> = vec!["--unlock-tpm2-device=auto".into(), "--tpm2-device=auto".into(), "--tpm2-pcrs=7".into()];
-                args.extend(signed_args(paths));
-                args.push("--wipe-slot=tpm2".into());
-                let mut os: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-                os.push(paths.device.as_os_str());
-                // The window's slot opens the volume for this; the new PCR 7 slot goes in before
-                // the others (the stale PCR 7 slot, the window's) are wiped.
-                run(&cryptenroll(), "systemd-cryptenroll --tpm2-pcrs=7 (re-binding /var to the new PCR 7)", &os, None)?;
-                let p = cfg.state_dir.join(RECORD);
-                std::fs::remove_file(&p).map_err(io(&p))?;
-                tracing::warn!(event = "firmware_change_accepted", security = true, pcr7_before = %armed.pcr7, pcr7 = %hex::encode(&pcr7), "PCR 7 changed within the firmware window and the change was accepted ({changed}): /var is bound to the new PCR 7, the window is closed; the swarm stays locked until unlocked through the proxy and resealed");
-                Outcome::Accepted { at, changed }
-            }
-            Err(why) => {
-                disarm(cfg, paths)?;
-                tracing::error!(event = "firmware_change_refused", security = true, pcr7_before = %armed.pcr7, pcr7 = %hex::encode(&pcr7), "PCR 7 changed within the firmware window and the change was refused ({why}): the window's /var slot was wiped; the next boot needs the /var recovery key");
-                Outcome::Refused { at, why }
-            }
+        Err(why) => {
+            disarm(cfg, paths)?;
+            tracing::error!(event = "firmware_change_refused", security = true, pcr7_before = %armed.pcr7, pcr7 = %hex::encode(&pcr7), "PCR 7 changed within the firmware window and the change was refused ({why}): the window's /var slot was wiped; the next boot needs the /var recovery key");
+            Outcome::Refused { at, why }
         }
     };
     write_json(&cfg.state_dir.join(LAST), &outcome)?;
     Ok(outcome)
+}
+
+/// `/var`'s TPM2 slots as "keyslot N: PCRs a+b (+ signed c)" for the console after a decision.
+pub fn tpm2_slots(device: &Path) -> String {
+    let cryptsetup = std::env::var("SWARMSEAL_CRYPTSETUP").unwrap_or_else(|_| "cryptsetup".into());
+    let Ok(out) = run(&cryptsetup, "cryptsetup luksDump --dump-json-metadata", &["luksDump".as_ref(), "--dump-json-metadata".as_ref(), device.as_os_str()], None) else {
+        return "unreadable".into();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+    let pcrs = |t: &serde_json::Value, k: &str| t[k].as_array().map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p.to_string()).collect::<Vec<_>>().join("+")).unwrap_or_default();
+    let slots: Vec<String> = v["tokens"]
+        .as_object()
+        .into_iter()
+        .flat_map(|t| t.values())
+        .filter(|t| t["type"] == "systemd-tpm2")
+        .map(|t| format!("keyslot {}: PCRs {} + signed {}", t["keyslots"][0].as_str().unwrap_or("?"), pcrs(t, "tpm2-pcrs"), pcrs(t, "tpm2_pubkey_pcrs")))
+        .collect();
+    if slots.is_empty() {
+        "none".into()
+    } else {
+        slots.join("; ")
+    }
 }
 
 /// Read one socket request from `input`: `arm DAYS\n<recovery key>\n` or `disarm\n`.
@@ -414,7 +493,7 @@ enum Request {
 
 /// Run a `swarmseal var firmware-window` command (stdout: the result lines).
 pub fn run_command(cfg: &Config, c: WindowCommand) -> Result<(), WindowError> {
-    let print_armed = |r: &Record| println!("{ARMED} until {} (unix {}): /var also opens with PCR {WINDOW_PCRS} + PCR 11 signed until the first boot after a PCR 7 change", utc(r.expires_at), r.expires_at);
+    let print_armed = |r: &Record| println!("{ARMED} until {} (unix {}): /var also opens with PCRs {WINDOW_PCRS} + PCR 11 signed until the first boot after a PCR 7 change or after the expiry", utc(r.expires_at), r.expires_at);
     match c {
         WindowCommand::Arm { days, paths } => {
             let mut buf = Zeroizing::new(Vec::new());
@@ -443,10 +522,11 @@ pub fn run_command(cfg: &Config, c: WindowCommand) -> Result<(), WindowError> {
             match check(cfg, &paths)? {
                 Outcome::NotArmed => {}
                 Outcome::Waiting { expires_at } => println!("firmware window armed, PCR 7 unchanged; it expires {}", utc(expires_at)),
-                Outcome::Expired { .. } => println!("firmware window expired unused: its /var slot was wiped"),
-                Outcome::Accepted { changed, .. } => println!(
-                    "firmware change accepted ({changed}): /var is bound to the new PCR 7; the swarm stays locked: unlock it through the proxy with the escrowed key, then POST /swarmseal/v1/reseal"
-                ),
+                Outcome::Expired { .. } => println!("firmware window expired (or without a record): its /var slot was wiped"),
+                Outcome::Accepted { changed, .. } => {
+                    println!("firmware change accepted ({changed}): /var is bound to the new PCR 7; the swarm stays locked: unlock it through the proxy with the escrowed key, then POST /swarmseal/v1/reseal");
+                    println!("/var's TPM2 slots now: {}", tpm2_slots(&paths.device));
+                }
                 Outcome::Refused { why, .. } => println!("firmware change REFUSED ({why}): the window's /var slot was wiped; the next boot asks for the /var recovery key"),
             }
             Ok(())
@@ -534,8 +614,22 @@ mod tests {
         let after = log(1, &[[3; 32]], &[[9; 32], [8; 32]]);
         let said = judge(&rec, &after).unwrap();
         assert!(said.starts_with("dbx changed (0 → 2 entries"), "{said}");
-        let same = judge(&rec, &before).unwrap();
-        assert!(same.contains("firmware's own PCR 7 events changed"), "{same}");
+        let same = judge(&rec, &before).unwrap_err();
+        assert!(same.contains("none of its events the window judges did"), "{same}");
+    }
+
+    /// A dbx that lost entries, or any other PCR 7 event changed (here an EV_EFI_ACTION the
+    /// firmware logs when its setup turned DMA protection off), is refused, naming it.
+    #[test]
+    fn a_shrunk_dbx_or_another_changed_pcr7_event_is_refused() {
+        let rec = armed(&log(1, &[[3; 32]], &[[9; 32], [8; 32]]));
+        let shrunk = judge(&rec, &log(1, &[[3; 32]], &[[9; 32]])).unwrap_err();
+        assert!(shrunk.starts_with("dbx no longer holds 1 of its entries"), "{shrunk}");
+        let mut l = log(1, &[[3; 32]], &[[9; 32], [8; 32], [7; 32]]);
+        let extra = parse_firmware_log(&test_log(&[(7, 0x0000_0005, b"DMA Protection Disabled".to_vec())])).unwrap();
+        l.events.extend(extra.events);
+        let e = judge(&rec, &l).unwrap_err();
+        assert!(e.starts_with("PCR 7's events other than the Secure Boot variables changed"), "{e}");
     }
 
     #[test]
@@ -548,12 +642,13 @@ mod tests {
     }
 
     #[test]
-    fn the_window_slot_is_the_token_bound_to_pcr_4_only() {
+    fn the_window_slot_is_the_token_bound_to_pcrs_2_4_12_only() {
         let luks = serde_json::json!({"tokens": {
             "0": {"type": "systemd-tpm2", "keyslots": ["1"], "tpm2-pcrs": [7], "tpm2_pubkey_pcrs": [11]},
             "1": {"type": "systemd-recovery", "keyslots": ["2"]},
-            "2": {"type": "systemd-tpm2", "keyslots": ["3"], "tpm2-pcrs": [4], "tpm2_pubkey_pcrs": [11]},
-            "3": {"type": "systemd-tpm2", "keyslots": ["4"], "tpm2-pcrs": [4, 7]}
+            "2": {"type": "systemd-tpm2", "keyslots": ["3"], "tpm2-pcrs": [2, 4, 12], "tpm2_pubkey_pcrs": [11]},
+            "3": {"type": "systemd-tpm2", "keyslots": ["4"], "tpm2-pcrs": [4]},
+            "4": {"type": "systemd-tpm2", "keyslots": ["5"], "tpm2-pcrs": [2, 4, 7, 12]}
         }});
         assert_eq!(slots_of(&luks), vec!["3".to_string()]);
         assert!(slots_of(&serde_json::json!({})).is_empty());
@@ -586,7 +681,7 @@ mod tests {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
             p
         };
-        let luks = r#"{"tokens":{"0":{"type":"systemd-tpm2","keyslots":["1"],"tpm2-pcrs":[7]},"2":{"type":"systemd-tpm2","keyslots":["3"],"tpm2-pcrs":[4]}}}"#;
+        let luks = r#"{"tokens":{"0":{"type":"systemd-tpm2","keyslots":["1"],"tpm2-pcrs":[7]},"2":{"type":"systemd-tpm2","keyslots":["3"],"tpm2-pcrs":[2,4,12]}}}"#;
         std::env::set_var("SWARMSEAL_CRYPTENROLL", tool("cryptenroll", "cat >/dev/null; exit 0"));
         std::env::set_var("SWARMSEAL_CRYPTSETUP", tool("cryptsetup", &format!("cat >/dev/null; [ \"$1\" = luksDump ] && echo '{luks}'; exit 0")));
         let argv = |name: &str| std::fs::read_to_string(w.join(format!("{name}.argv"))).unwrap_or_default();
@@ -608,14 +703,16 @@ mod tests {
         std::fs::create_dir_all(&cfg.state_dir).unwrap();
         const KEY: &str = "fhkcdjbl-nihbggtc-krkhvvtl-ecdbbtuc-bcrkijcn-lgjbeuij-tbhrclgi-ktibfbuj";
 
-        assert_eq!(check(&cfg, &paths).unwrap(), Outcome::NotArmed);
+        // No record, but a window slot on /var: wiped.
+        assert!(matches!(check(&cfg, &paths).unwrap(), Outcome::Expired { .. }));
+        assert_eq!(argv("cryptenroll"), format!("--wipe-slot=3 {}\n", device.display()));
         boot(&raw(0, &[]));
         assert!(matches!(arm(&cfg, &paths, KEY, 7), Err(WindowError::NotArmable(_))), "Secure Boot off: no window");
         boot(&raw(1, &[]));
         assert!(matches!(arm(&cfg, &paths, KEY, 31), Err(WindowError::Request(_))));
         assert!(matches!(arm(&cfg, &paths, "not a key", 7), Err(WindowError::Var(VarError::BadKey))));
         let rec = arm(&cfg, &paths, KEY, 7).unwrap();
-        assert!(argv("cryptenroll").contains("--unlock-key-file=/dev/stdin --tpm2-device=auto --tpm2-pcrs=4 --tpm2-public-key="), "{}", argv("cryptenroll"));
+        assert!(argv("cryptenroll").contains("--unlock-key-file=/dev/stdin --tpm2-device=auto --tpm2-pcrs=2+4+12 --tpm2-public-key="), "{}", argv("cryptenroll"));
         assert!(argv("cryptenroll").contains("--tpm2-public-key-pcrs=11"), "{}", argv("cryptenroll"));
         assert_eq!(record(&cfg.state_dir).unwrap(), Some(rec.clone()));
         // The same PCR 7: the window waits.
@@ -659,6 +756,6 @@ mod tests {
         for v in ["PK", "KEK", "db", "dbx"] {
             assert!(rec.variables.contains_key(v), "{v} measured: {rec:?}");
         }
-        assert!(judge(&rec, &l).unwrap().contains("unchanged"));
+        assert!(judge(&rec, &l).unwrap_err().contains("none of its events"));
     }
 }

@@ -1028,6 +1028,12 @@ fn firmware_window(s: &mut Story) -> Check {
     if let Ok(l) = &said {
         println!("    console: {}", l.trim());
     }
+    // Exactly one TPM2 slot left, bound to PCR 7 (+ PCR 11 signed): the window's slot is gone.
+    let slots = vm.wait_console(&["/var's TPM2 slots now:"], BOOT);
+    f.check(slots.as_ref().is_ok_and(|l| l.contains("PCRs 7 + signed 11") && !l.contains(';')), || format!("after the accepted change /var's TPM2 slots are not one PCR 7 slot: {slots:?}"));
+    if let Ok(l) = &slots {
+        println!("    console: {}", l.trim());
+    }
     // The swarm's key is sealed to PCR 7 too: locked, PCR 7 named; unlocked through the proxy.
     let (outcome, st) = vm.wait_for_decision(BOOT)?;
     f.check(outcome == Outcome::Locked, || format!("after the dbx update the swarm is {outcome:?}, expected locked (its key is sealed to the old PCR 7)"));

@@ -175,6 +175,12 @@ pub fn secure_boot_keys(log: &FirmwareLog, fleet_cert: &[u8]) -> Result<String, 
 pub struct Variables {
     /// name (`PK`, `KEK`, `db`, `dbx`) → (SHA-256 of the value, entries)
     pub measured: std::collections::BTreeMap<String, ([u8; 32], usize)>,
+    /// dbx's entries, each as hex: an image hash as it is, anything else as the SHA-256 of its
+    /// data (a certificate's DER) — what a dbx that only grew must still hold.
+    pub dbx_entries: std::collections::BTreeSet<String>,
+    /// Every other PCR 7 event, in order, as `TYPE:DIGEST` (hex): the SecureBoot variable, the
+    /// separator, the authorities that verified boot applications, the firmware's own actions.
+    pub others: Vec<String>,
 }
 
 impl Variables {
@@ -191,12 +197,24 @@ impl Variables {
 pub fn variables(log: &FirmwareLog) -> Result<Variables, String> {
     let mut out = Variables::default();
     for (i, e) in pcr7(log)? {
-        let Some(v) = variable(&e.data) else { continue };
-        let known = (v.guid == EFI_GLOBAL_VARIABLE && (v.name == "PK" || v.name == "KEK")) || (v.guid == EFI_IMAGE_SECURITY_DATABASE && (v.name == "db" || v.name == "dbx"));
-        if !known {
+        let other = format!("{:#x}:{}", e.event_type, hex::encode(&e.digest));
+        let Some(v) = variable(&e.data) else {
+            out.others.push(other);
             continue;
+        };
+        let known = (v.guid == EFI_GLOBAL_VARIABLE && (v.name == "PK" || v.name == "KEK")) || (v.guid == EFI_IMAGE_SECURITY_DATABASE && (v.name == "db" || v.name == "dbx"));
+        let entries = if known { signature_lists(v.value) } else { None };
+        let Some(entries) = entries else {
+            out.others.push(other);
+            continue;
+        };
+        if v.name == "dbx" {
+            out.dbx_entries.extend(entries.iter().map(|en| match en {
+                Entry::Sha256(h) => hex::encode(h),
+                Entry::X509(der) => hex::encode(Sha256::digest(der)),
+                Entry::Other(t) => hex::encode(Sha256::digest(t)),
+            }));
         }
-        let Some(entries) = signature_lists(v.value) else { continue };
         let d: [u8; 32] = Sha256::digest(v.value).into();
         match out.measured.insert(v.name.clone(), (d, entries.len())) {
             Some((old, _)) if old != d => return Err(format!("{} is measured twice in PCR 7 with different values (event {i})", v.name)),

@@ -111,7 +111,14 @@ impl crate::proxy::AgentApi for AgentImpl {
             let socket = std::path::Path::new(crate::firmware::SOCKET);
             let r = crate::firmware::request_via(socket, arm.as_ref().map(|(d, k)| (*d, k.as_str()))).await;
             match r {
-                Ok(lines) => Ok(serde_json::json!({"armed": arm.is_some(), "output": lines, "window": crate::firmware::record(&self.ctx.cfg.state_dir).ok().flatten()})),
+                Ok(lines) => {
+                    let window = crate::firmware::record(&self.ctx.cfg.state_dir).ok().flatten();
+                    match &window {
+                        Some(w) if arm.is_some() => tracing::warn!(event = "firmware_window_armed", security = true, expires_at = w.expires_at, "a firmware window was armed on request through the proxy: /var also opens without PCR 7 until the first boot after a PCR 7 change or the expiry"),
+                        _ => tracing::warn!(event = "firmware_window_disarmed", security = true, "the firmware window was disarmed on request through the proxy"),
+                    }
+                    Ok(serde_json::json!({"armed": arm.is_some(), "output": lines, "window": window}))
+                }
                 Err(e) => {
                     let refusal = ApiError::from(&e);
                     tracing::warn!(event = "var_firmware_window_failed", security = true, status = refusal.status(), "{e}");
