@@ -537,54 +537,30 @@ pub fn run_command(cfg: &Config, c: WindowCommand) -> Result<(), WindowError> {
 /// Ask the privileged window service at `socket` to arm (`Some((days, key))`) or disarm
 /// (`None`). Returns its output lines; Ok only when it says [`ARMED`] / [`DISARMED`].
 pub async fn request_via(socket: &Path, arm: Option<(u32, &str)>) -> Result<Vec<String>, crate::var::EnrollError> {
-    use crate::var::EnrollError;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let req = match arm {
-        Some((_, key)) if !is_recovery_key(key) => return Err(EnrollError::BadKey),
+        Some((_, key)) if !is_recovery_key(key) => return Err(crate::var::EnrollError::BadKey),
         Some((days, key)) => Zeroizing::new(format!("arm {days}\n{key}\n")),
         None => Zeroizing::new("disarm\n".to_string()),
     };
-    let mut s = tokio::net::UnixStream::connect(socket).await.map_err(|source| EnrollError::NoService { socket: socket.to_path_buf(), source })?;
-    s.write_all(req.as_bytes()).await.map_err(EnrollError::Io)?;
-    s.shutdown().await.map_err(EnrollError::Io)?;
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(crate::var::ENROLL_TIMEOUT, (&mut s).take(64 << 10).read_to_end(&mut out)).await;
-    let lines: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect();
-    let done = if arm.is_some() { ARMED } else { DISARMED };
-    match read {
-        Ok(Ok(_)) if lines.iter().any(|l| l.starts_with(done)) => Ok(lines),
-        Ok(Ok(_)) if lines.is_empty() => Err(EnrollError::NoAnswer),
-        Ok(Ok(_)) => Err(EnrollError::NotFinished(lines.join("; "))),
-        Ok(Err(e)) => Err(EnrollError::Io(e)),
-        Err(_) => Err(EnrollError::Timeout),
-    }
+    crate::var::ask_service(socket, req.as_bytes(), if arm.is_some() { ARMED } else { DISARMED }).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attest::testing::{test_log, variable_data};
+    use crate::attest::testing::{signature_list, test_log, variable_data};
     use crate::attest::EV_EFI_VARIABLE_DRIVER_CONFIG;
 
     const GLOBAL: [u8; 16] = [0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c];
     const SECDB: [u8; 16] = [0xcb, 0xb2, 0x19, 0xd7, 0x3a, 0x3d, 0x96, 0x45, 0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f];
     const SHA256_TYPE: [u8; 16] = [0x26, 0x16, 0xc4, 0xc1, 0x4c, 0x50, 0x92, 0x40, 0xac, 0xa9, 0x41, 0xf9, 0x36, 0x93, 0x43, 0x28];
 
-    /// An EFI_SIGNATURE_LIST of SHA-256 entries (UEFI 2.10, 32.4.1).
+    /// An EFI_SIGNATURE_LIST of SHA-256 entries (UEFI 2.10, 32.4.1); empty for none.
     fn hashes(entries: &[[u8; 32]]) -> Vec<u8> {
         if entries.is_empty() {
             return Vec::new();
         }
-        let size = 16 + 32;
-        let mut v = SHA256_TYPE.to_vec();
-        v.extend(((28 + size * entries.len()) as u32).to_le_bytes());
-        v.extend(0u32.to_le_bytes());
-        v.extend((size as u32).to_le_bytes());
-        for e in entries {
-            v.extend([0u8; 16]);
-            v.extend(e);
-        }
-        v
+        signature_list(&SHA256_TYPE, &entries.iter().map(|e| &e[..]).collect::<Vec<_>>())
     }
 
     /// A firmware log's PCR 7 events: SecureBoot, PK, KEK, db, dbx.

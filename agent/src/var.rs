@@ -75,18 +75,25 @@ pub const ENROLL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 /// Ask the privileged enroll service (at `socket`) to bind `/var` to this TPM
 /// with `recovery_key`. Returns its output lines; Ok only when it says [`ENROLLED`].
 pub async fn enroll_tpm_via(socket: &Path, recovery_key: &str) -> Result<Vec<String>, EnrollError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if !is_recovery_key(recovery_key) {
         return Err(EnrollError::BadKey);
     }
+    ask_service(socket, recovery_key.as_bytes(), ENROLLED).await
+}
+
+/// Send `request` to a privileged socket-activated service at `socket` (one connection: the
+/// request, then its output lines until it closes, within [`ENROLL_TIMEOUT`]); Ok only when a
+/// line starts with `done`.
+pub(crate) async fn ask_service(socket: &Path, request: &[u8], done: &str) -> Result<Vec<String>, EnrollError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::UnixStream::connect(socket).await.map_err(|source| EnrollError::NoService { socket: socket.to_path_buf(), source })?;
-    s.write_all(recovery_key.as_bytes()).await.map_err(EnrollError::Io)?;
+    s.write_all(request).await.map_err(EnrollError::Io)?;
     s.shutdown().await.map_err(EnrollError::Io)?;
     let mut out = Vec::new();
     let read = tokio::time::timeout(ENROLL_TIMEOUT, (&mut s).take(64 << 10).read_to_end(&mut out)).await;
     let lines: Vec<String> = String::from_utf8_lossy(&out).lines().map(str::to_string).filter(|l| !l.trim().is_empty()).collect();
     match read {
-        Ok(Ok(_)) if lines.iter().any(|l| l.starts_with(ENROLLED)) => Ok(lines),
+        Ok(Ok(_)) if lines.iter().any(|l| l.starts_with(done)) => Ok(lines),
         Ok(Ok(_)) if lines.is_empty() => Err(EnrollError::NoAnswer),
         Ok(Ok(_)) => Err(EnrollError::NotFinished(lines.join("; "))),
         Ok(Err(e)) => Err(EnrollError::Io(e)),

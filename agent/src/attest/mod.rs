@@ -44,7 +44,7 @@ pub use secure_boot::{describe_cert, secure_boot, secure_boot_keys, variables, V
 #[cfg(test)]
 pub(crate) mod testing {
     pub(crate) use super::log::test_log;
-    pub(crate) use super::secure_boot::tests::variable_data;
+    pub(crate) use super::secure_boot::tests::{signature_list, variable_data};
 }
 pub use tpm2::{parse_ak_public, parse_attest, verify_quote, AkPublic, QuoteInfo};
 pub use verify::{verify, Check, Expect, Outcome};

@@ -241,7 +241,7 @@ pub(crate) mod tests {
     }
 
     /// One EFI_SIGNATURE_LIST of `ty` with these entries (all the same size), owner 0x11….
-    fn signature_list(ty: &[u8; 16], entries: &[&[u8]]) -> Vec<u8> {
+    pub(crate) fn signature_list(ty: &[u8; 16], entries: &[&[u8]]) -> Vec<u8> {
         let size = 16 + entries[0].len();
         let mut v = ty.to_vec();
         v.extend(((28 + size * entries.len()) as u32).to_le_bytes());
