@@ -461,6 +461,14 @@ fn a_body_the_client_broke_is_a_400_not_a_502() {
         let text = post_cut_short(a, admin.clone(), target, "{\"Image\":1");
         assert!(text.starts_with("HTTP/1.1 400"), "{target} cut short: {text}");
     }
+    // The agent's endpoints that read a body (a key): a broken body is 400 too, never 413.
+    for target in ["/swarmseal/v1/recover", "/swarmseal/v1/var/enroll-tpm", "/swarmseal/v1/var/firmware-window?days=7"] {
+        let (st, body) = send_body(a, admin.clone(), "POST", target, "Transfer-Encoding: chunked\r\n", b"zz\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(st, 400, "{target} malformed chunk: {body}");
+        assert!(body.contains("malformed or was cut short"), "{body}");
+        let text = post_cut_short(a, admin.clone(), target, "fhkcdjbl-n");
+        assert!(text.starts_with("HTTP/1.1 400"), "{target} cut short: {text}");
+    }
     // The connection's engine side is unharmed: the next request is served.
     assert_eq!(raw(a, admin, "GET", "/_ping", "").unwrap().0, 200);
 }

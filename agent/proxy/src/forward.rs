@@ -790,7 +790,9 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
             // The recovery key: 71 characters; anything much longer is not one.
             let key = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {
                 Ok(b) => zeroize::Zeroizing::new(String::from_utf8_lossy(&b.to_bytes()).trim().to_string()),
-                Err(_) => return message(PayloadTooLarge, "the body must be the /var recovery key (at most 1 KiB of text)", audit),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => return message(PayloadTooLarge, "the body must be the /var recovery key (at most 1 KiB of text)", audit),
+                // The client broke the body (abort, timeout): not too large, so not 413.
+                Err(e) => return message(ApiErrorKind::BadRequest, &format!("the request body is malformed or was cut short ({e})"), audit),
             };
             answer(api.var_enroll_tpm(key).await, audit)
         }
@@ -882,7 +884,8 @@ async fn agent_endpoint(ctx: &ConnCtx, method: &Method, route: Option<Route>, qu
             // Optional body: the unlock key, as text or {"UnlockKey": "…"} (as POST /swarm/unlock).
             let body = match Box::pin(http_body_util::Limited::new(stream_body(ctx, body, audit.bytes_in.clone(), Arc::new(AtomicBool::new(false))), 1024).collect()).await {
                 Ok(b) => zeroize::Zeroizing::new(b.to_bytes().to_vec()),
-                Err(_) => return message(PayloadTooLarge, "the body must be empty or the swarm's unlock key (at most 1 KiB)", audit),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => return message(PayloadTooLarge, "the body must be empty or the swarm's unlock key (at most 1 KiB)", audit),
+                Err(e) => return message(ApiErrorKind::BadRequest, &format!("the request body is malformed or was cut short ({e})"), audit),
             };
             match key_from_body(&body) {
                 Ok(key) => answer(api.recover(key).await, audit),
