@@ -41,7 +41,7 @@ pub struct Status {
     /// The firmware window (`POST /swarmseal/v1/var/firmware-window`): `{"armed": RECORD or
     /// null, "last": the last boot decision on a changed PCR 7 or an expiry, or null}`; `null`
     /// outside the appliance (absent from older agents' documents).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware_window: Option<serde_json::Value>,
 }
 
