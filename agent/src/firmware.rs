@@ -47,7 +47,7 @@ use zeroize::Zeroizing;
 
 use crate::attest::{parse_firmware_log, replay, secure_boot, variables, FirmwareLog, Variables};
 use crate::config::Config;
-use crate::var::{is_recovery_key, VarError};
+use crate::var::{cryptenroll, cryptsetup, is_recovery_key, run_tool as run, VarError};
 
 /// The window's record, under the state dir (0644: the agent's status reads it).
 pub const RECORD: &str = "firmware-window.json";
@@ -264,10 +264,13 @@ pub fn judge(armed: &Record, log: &FirmwareLog) -> Result<String, String> {
 /// The key slots of `/var`'s window (systemd-tpm2 tokens bound literally to exactly
 /// [`WINDOW_PCRS`]) from `cryptsetup luksDump --dump-json-metadata`.
 fn window_slots(device: &Path) -> Result<Vec<String>, WindowError> {
-    let cryptsetup = std::env::var("SWARMSEAL_CRYPTSETUP").unwrap_or_else(|_| "cryptsetup".into());
-    let out = run(&cryptsetup, "cryptsetup luksDump --dump-json-metadata", &["luksDump".as_ref(), "--dump-json-metadata".as_ref(), device.as_os_str()], None)?;
-    let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| WindowError::Request(format!("cryptsetup luksDump --dump-json-metadata: not JSON: {e}")))?;
-    Ok(slots_of(&v))
+    Ok(slots_of(&luks_json(device)?))
+}
+
+/// `cryptsetup luksDump --dump-json-metadata DEVICE`, parsed.
+fn luks_json(device: &Path) -> Result<serde_json::Value, WindowError> {
+    let out = run(&cryptsetup(), "cryptsetup luksDump --dump-json-metadata", &["luksDump".as_ref(), "--dump-json-metadata".as_ref(), device.as_os_str()], None)?;
+    serde_json::from_slice(&out).map_err(|e| WindowError::Request(format!("cryptsetup luksDump --dump-json-metadata: not JSON: {e}")))
 }
 
 fn slots_of(luks: &serde_json::Value) -> Vec<String> {
@@ -283,19 +286,6 @@ fn slots_of(luks: &serde_json::Value) -> Vec<String> {
     out.sort();
     out.dedup();
     out
-}
-
-fn run(bin: &str, what: &'static str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, WindowError> {
-    use swarmseal_common::tool::{self, Stdout, ToolError};
-    match tool::run(bin, args, stdin, Stdout::Secret) {
-        Ok(o) => Ok(o.stdout),
-        Err(ToolError::Spawn { tool, source }) => Err(VarError::Spawn(tool, source).into()),
-        Err(ToolError::Failed { status, output, .. }) => Err(VarError::Cryptenroll { what, status, stderr: output }.into()),
-    }
-}
-
-fn cryptenroll() -> String {
-    std::env::var("SWARMSEAL_CRYPTENROLL").unwrap_or_else(|_| "systemd-cryptenroll".into())
 }
 
 /// The signed-PCR 11 arguments (`--tpm2-public-key=`, `--tpm2-public-key-pcrs=11`), or an
@@ -333,17 +323,16 @@ pub fn arm(cfg: &Config, paths: &Paths, recovery_key: &str, days: u32) -> Result
     if !paths.device.exists() {
         return Err(VarError::NoDevice(paths.device.clone()).into());
     }
-    let cryptsetup = std::env::var("SWARMSEAL_CRYPTSETUP").unwrap_or_else(|_| "cryptsetup".into());
-    run(&cryptsetup, "cryptsetup open --test-passphrase", &["open".as_ref(), "--test-passphrase".as_ref(), "--key-file=-".as_ref(), paths.device.as_os_str()], Some(recovery_key.as_bytes()))
+    run(&cryptsetup(), "cryptsetup open --test-passphrase", &["open".as_ref(), "--test-passphrase".as_ref(), "--key-file=-".as_ref(), paths.device.as_os_str()], Some(recovery_key.as_bytes()))
         .map_err(|e| match e {
-            WindowError::Var(VarError::Cryptenroll { .. }) => VarError::KeyRefused.into(),
+            VarError::Cryptenroll { .. } => VarError::KeyRefused,
             e => e,
         })?;
     // The record first: a slot must never exist without a record (and an expiry) behind it.
     // At boot, `check` wipes window slots that have none.
     let rec = Record::from_vars(now(), days, &pcr7, &vars);
     write_json(&cfg.state_dir.join(RECORD), &rec)?;
-    let enrolled = (|| {
+    let enrolled = (|| -> Result<(), WindowError> {
         // Re-arming: the old window slot goes first (systemd-cryptenroll would keep a slot with
         // the same policy digest as "already enrolled", even one sealed under a cleared SRK).
         for s in window_slots(&paths.device)? {
@@ -353,7 +342,8 @@ pub fn arm(cfg: &Config, paths: &Paths, recovery_key: &str, days: u32) -> Result
         args.extend(signed.iter().cloned());
         let mut os: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
         os.push(paths.device.as_os_str());
-        run(&cryptenroll(), "systemd-cryptenroll --tpm2-pcrs=2+4+12 (the firmware window's slot)", &os, Some(recovery_key.as_bytes()))
+        run(&cryptenroll(), "systemd-cryptenroll --tpm2-pcrs=2+4+12 (the firmware window's slot)", &os, Some(recovery_key.as_bytes()))?;
+        Ok(())
     })();
     if let Err(e) = enrolled {
         let _ = std::fs::remove_file(cfg.state_dir.join(RECORD));
@@ -448,11 +438,9 @@ pub fn check(cfg: &Config, paths: &Paths) -> Result<Outcome, WindowError> {
 
 /// `/var`'s TPM2 slots as "keyslot N: PCRs a+b (+ signed c)" for the console after a decision.
 pub fn tpm2_slots(device: &Path) -> String {
-    let cryptsetup = std::env::var("SWARMSEAL_CRYPTSETUP").unwrap_or_else(|_| "cryptsetup".into());
-    let Ok(out) = run(&cryptsetup, "cryptsetup luksDump --dump-json-metadata", &["luksDump".as_ref(), "--dump-json-metadata".as_ref(), device.as_os_str()], None) else {
+    let Ok(v) = luks_json(device) else {
         return "unreadable".into();
     };
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
     let pcrs = |t: &serde_json::Value, k: &str| t[k].as_array().map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p.to_string()).collect::<Vec<_>>().join("+")).unwrap_or_default();
     let slots: Vec<String> = v["tokens"]
         .as_object()

@@ -167,8 +167,13 @@ pub fn escrow_path(state_dir: &Path) -> PathBuf {
     state_dir.join("escrow").join("var-recovery-key.age")
 }
 
+/// The cryptsetup binary (`SWARMSEAL_CRYPTSETUP` overrides, for tests).
+pub(crate) fn cryptsetup() -> String {
+    std::env::var("SWARMSEAL_CRYPTSETUP").unwrap_or_else(|_| "cryptsetup".into())
+}
+
 /// The systemd-cryptenroll binary (`SWARMSEAL_CRYPTENROLL` overrides, for tests).
-fn cryptenroll() -> String {
+pub(crate) fn cryptenroll() -> String {
     std::env::var("SWARMSEAL_CRYPTENROLL").unwrap_or_else(|_| "systemd-cryptenroll".into())
 }
 
@@ -191,7 +196,7 @@ fn run_cryptenroll(what: &'static str, args: &[&std::ffi::OsStr], stdin: Option<
 /// Run `bin args` ([`swarmseal_common::tool::run`]), `stdin` piped in; stdout returned
 /// (zeroized on drop, never in an error), stderr only in the error (the key is never on
 /// stderr). A non-zero exit is [`VarError::Cryptenroll`] described by `what`.
-fn run_tool(bin: &str, what: &'static str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, VarError> {
+pub(crate) fn run_tool(bin: &str, what: &'static str, args: &[&std::ffi::OsStr], stdin: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, VarError> {
     use swarmseal_common::tool::{self, Stdout, ToolError};
     match tool::run(bin, args, stdin, Stdout::Secret) {
         Ok(o) => Ok(o.stdout),
@@ -293,8 +298,7 @@ pub fn enroll_tpm(device: &Path, recovery_key: &str, binding: &TpmBinding) -> Re
     if !device.exists() {
         return Err(VarError::NoDevice(device.to_path_buf()));
     }
-    let cryptsetup = std::env::var("SWARMSEAL_CRYPTSETUP").unwrap_or_else(|_| "cryptsetup".into());
-    run_tool(&cryptsetup, "cryptsetup open --test-passphrase", &["open".as_ref(), "--test-passphrase".as_ref(), "--key-file=-".as_ref(), device.as_os_str()], Some(recovery_key.as_bytes()))
+    run_tool(&cryptsetup(), "cryptsetup open --test-passphrase", &["open".as_ref(), "--test-passphrase".as_ref(), "--key-file=-".as_ref(), device.as_os_str()], Some(recovery_key.as_bytes()))
         .map_err(|e| match e {
             VarError::Cryptenroll { .. } => VarError::KeyRefused,
             e => e,
