@@ -76,7 +76,32 @@ impl Suite {
 
     /// A release tar named by an environment variable (set by `scripts/test-fleet`). Unset or
     /// missing is an error: the fleet scenarios fail, they never skip.
+    ///
+    /// With `SWARMSEAL_RELEASES_READY=FILE` (scripts/test, whose second lane of scenarios boots
+    /// while the releases are still being built beside it) this first waits up to 60 min for
+    /// FILE: `ok` once every release is built, `failed: …` if a build failed.
     pub fn release(&self, var: &str) -> Check<(PathBuf, String)> {
+        if let Some(ready) = std::env::var_os("SWARMSEAL_RELEASES_READY").map(PathBuf::from) {
+            let t = std::time::Instant::now();
+            let mut said = false;
+            let state = loop {
+                match std::fs::read_to_string(&ready) {
+                    Ok(s) if !s.trim().is_empty() => break s.trim().to_string(),
+                    _ if t.elapsed() > std::time::Duration::from_secs(3600) => return Err(format!("{}: the releases were not built within 60 min", ready.display())),
+                    _ => {
+                        if !said {
+                            println!("    waiting for the releases ({} is written once scripts/test has built them)", ready.display());
+                            said = true;
+                        }
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                    }
+                }
+            };
+            ensure!(state == "ok", "the releases could not be built: {state}");
+            if said {
+                println!("    the releases were ready after {:.0} s of waiting", t.elapsed().as_secs_f64());
+            }
+        }
         let path = std::env::var_os(var).map(PathBuf::from).ok_or_else(|| format!("{var} is not set: run the fleet scenarios with scripts/test-fleet (it builds the releases)"))?;
         ensure!(path.is_file(), "{var}={}: no such release", path.display());
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -603,16 +628,19 @@ fn p(path: &Path) -> String {
 /// A free TCP port on 127.0.0.1 for a QEMU host forward (the proxy, the swarm port): free
 /// now and not handed out before by this process (VMs made side by side bind theirs only
 /// when they power on). Below the kernel's ephemeral range, which outgoing connections use.
+/// The 100 ports from `SWARMSEAL_QEMU_PORTS` (default 23760): two test processes side by
+/// side (scripts/test's two lanes) get ranges of their own, as neither sees the other's.
 pub fn free_port() -> Check<u16> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let base: u16 = std::env::var("SWARMSEAL_QEMU_PORTS").ok().and_then(|p| p.parse().ok()).filter(|&p| (1024..=65000).contains(&p)).unwrap_or(23760);
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    for port in 23760..23860 {
+    for port in base..base + 100 {
         if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return Ok(port);
         }
     }
-    Err("no free port in 23760..23860".into())
+    Err(format!("no free port in {base}..{}", base + 100))
 }
 
 pub fn strip_ansi(s: &str) -> String {

@@ -1,8 +1,11 @@
 //! The operator's story, on the real image in QEMU (OVMF + swtpm).
 //!
-//! One manager lives through scenarios 1 → 2 → 5 → 6 → 3 → 8 → 9 → 10 (boots are
+//! One manager lives through scenarios 1 → 2 → 5 → 6 → 3 → 8 → 9 → 10 → 13 (boots are
 //! shared: each one costs minutes under TCG); 4 moves its disk to a new machine;
-//! 7 is a manager of its own. 8, 9 and 10 need releases (scripts/test-fleet builds them). Scenarios run in order, one VM at a time; a failed
+//! 7, 11 and 12 are managers of their own. 8, 9 and 10 need releases (scripts/test-fleet
+//! builds them). Scenarios run in this file's order whatever order SWARMSEAL_SCENARIOS
+//! names them in, one VM at a time (scripts/test runs two such processes side by side:
+//! `scripts/test-fleet --lanes`); a failed
 //! check is reported and the story goes on where it can; the run fails at the
 //! end if anything failed. Each scenario's duration and every boot's
 //! power-on → unlocked/locked time are printed.
@@ -81,9 +84,9 @@ fn main() {
     type Scenario = fn(&mut Story) -> Check;
     let scenarios: [(&str, &str, Scenario); 14] = [
         ("1", "first boot: swarm up with autolock, key sealed, only the admin bundle gets in, bench reported", first_boot),
-        ("2", "reboot: unlocked again with nobody typing a key", reboot),
+        ("2", "reboot (a power cut in normal operation): unlocked again with nobody typing a key", reboot),
         ("5", "key rotation through the proxy: resealed, next boot unlocks with the new key", rotation),
-        ("6", "power cut in normal operation and right after a rotation", power_cut),
+        ("6", "power cut right after a rotation (one in normal operation was scenario 2)", power_cut),
         ("3", "boot chain the fleet did not sign: locked, reason named, unlocked by hand, reseal refused, own UKI unlocks", changed_uki),
         ("8", "image update v1 → v2 (same fleet key) through the proxy: A/B slot, reboot, unlocked with no reseal", update_same_key),
         ("9", "a release signed by another fleet key: refused before anything is written, manager untouched", update_other_key),
@@ -299,9 +302,13 @@ fn first_boot(s: &mut Story) -> Check {
 
 // ---------------------------------------------------------------- 2
 
+/// The reboot is a power cut in normal operation (QEMU killed, no shutdown at all): the
+/// harder case, and one boot fewer than a clean reboot and a cut each — clean reboots
+/// follow in 5, 3 and 13.
 fn reboot(s: &mut Story) -> Check {
     let vm = s.manager()?;
-    let st = vm.reboot_expect("reboot", Outcome::Unlocked, BOOT)?;
+    vm.power_cut()?;
+    let st = vm.boot_expect("after a power cut in normal operation", Outcome::Unlocked, BOOT)?;
     let mut f = Findings::default();
     f.check(differs(&st).is_empty(), || format!("the sealed key's PCRs differ from this boot: {:?}", differs(&st)));
     let ls = vm.docker(&["node", "ls"]);
@@ -330,13 +337,10 @@ fn rotation(s: &mut Story) -> Check {
 
 // ---------------------------------------------------------------- 6
 
+/// A power cut in normal operation is scenario 2's reboot.
 fn power_cut(s: &mut Story) -> Check {
     let vm = s.manager.as_mut().ok_or("no manager")?;
-    // a. in normal operation
-    vm.power_cut()?;
-    vm.boot_expect("after a power cut", Outcome::Unlocked, BOOT)?;
-
-    // b. right after a rotation: the operator holds the new key the CLI printed.
+    // Right after a rotation: the operator holds the new key the CLI printed.
     let r = vm.docker(&["swarm", "unlock-key", "--rotate", "-q"]);
     ensure!(r.ok && r.stdout.starts_with("SWMKEY-1-"), "docker swarm unlock-key --rotate -q: {r}");
     vm.power_cut()?;
