@@ -39,8 +39,9 @@ pub struct Status {
     #[serde(default)]
     pub time: Option<crate::time::TimeSync>,
     /// The firmware window (`POST /swarmseal/v1/var/firmware-window`): `{"armed": RECORD or
-    /// null, "last": the last boot decision on a changed PCR 7 or an expiry, or null}`; `null`
-    /// outside the appliance (absent from older agents' documents).
+    /// null, "last": the last boot decision on a changed PCR 7 or an expiry, or null,
+    /// "key_sealed": true}` (`key_sealed` only while the window copy of the unlock key exists);
+    /// `null` outside the appliance (absent from older agents' documents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware_window: Option<serde_json::Value>,
 }

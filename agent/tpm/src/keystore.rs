@@ -1,5 +1,7 @@
 //! Sealed unlock keys on disk: two slots, `current` and `previous`, under
-//! `<state_dir>/keys/`, plus the phase-lock record `<state_dir>/phase.json`.
+//! `<state_dir>/keys/`, plus the phase-lock record `<state_dir>/phase.json`. While a firmware
+//! window is armed (the agent's `crate::firmware`), a third slot `window` holds a copy of the
+//! key sealed without PCR 7 ([`Keystore::store_window`], [`Keystore::drop_window`]).
 //!
 //! Files hold TPM blobs and metadata only, never the key. They are JSON,
 //! versioned (`format`, `version`), written atomically (temp file, fsync,
@@ -66,6 +68,9 @@ pub enum KeystoreError {
 pub enum Slot {
     Current,
     Previous,
+    /// The firmware window's copy (PCRs 2, 4, 12, 15 literal + PCR 11 signed, not PCR 7): tried
+    /// only after a firmware change the window accepted in this boot.
+    Window,
 }
 
 impl Slot {
@@ -73,6 +78,7 @@ impl Slot {
         match self {
             Slot::Current => "current",
             Slot::Previous => "previous",
+            Slot::Window => "window",
         }
     }
 }
@@ -452,6 +458,29 @@ impl Keystore {
         }
     }
 
+    /// Write the firmware window's copy (`keys/window.json`, atomic, 0600), replacing any
+    /// earlier one (an unreadable one is kept aside). `current` and `previous` are not touched.
+    pub fn store_window(&self, new: &SlotFile) -> Result<(), KeystoreError> {
+        self.make_keys_dir()?;
+        if self.load(Slot::Window).is_err() {
+            keep_bad(&self.slot_path(Slot::Window))?;
+        }
+        let mut w = new.clone();
+        w.slot = Slot::Window;
+        self.write_json(&self.slot_path(Slot::Window), &w)
+    }
+
+    /// Remove the firmware window's copy (disarmed, expired, refused, or used). Returns whether
+    /// there was one.
+    pub fn drop_window(&self) -> Result<bool, KeystoreError> {
+        let p = self.slot_path(Slot::Window);
+        match std::fs::remove_file(&p) {
+            Ok(()) => fsync_dir(&self.keys_dir()).map(|()| true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(KeystoreError::Io { path: p, source: e }),
+        }
+    }
+
     /// Every readable phase record: the runtime dir's copy first, then the state dir's.
     pub fn load_phases(&self) -> Vec<PhaseRecord> {
         self.phase_paths().iter().filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok()).collect()
@@ -660,6 +689,23 @@ nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
         assert!(text.contains("\"kind\":\"pcr\""));
         let (_, policy) = serde_json::from_str::<SlotFile>(&text).unwrap().decode(Path::new("c.json")).unwrap();
         assert!(matches!(policy, Policy::Pcr { .. }));
+    }
+
+    #[test]
+    fn the_window_copy_is_its_own_file_and_leaves_current_and_previous_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(d.path());
+        let (a, b) = (key("a"), key("b"));
+        ks.store_current(&slot(&a), &a).unwrap();
+        ks.store_window(&slot(&b)).unwrap();
+        let w = ks.load(Slot::Window).unwrap().unwrap();
+        assert_eq!((w.slot, w.key_fingerprint.clone()), (Slot::Window, b.fingerprint(b"salt")));
+        assert!(ks.slot_path(Slot::Window).ends_with("keys/window.json"));
+        assert!(ks.load(Slot::Previous).unwrap().is_none());
+        assert_eq!(ks.load(Slot::Current).unwrap().unwrap().key_fingerprint, a.fingerprint(b"salt"));
+        assert!(ks.drop_window().unwrap());
+        assert!(!ks.drop_window().unwrap(), "nothing left to drop");
+        assert!(ks.load(Slot::Window).unwrap().is_none());
     }
 
     #[test]
