@@ -371,6 +371,16 @@ async fn activate(ctx: &Ctx, credential_blob: Vec<u8>, secret: Vec<u8>) -> Resul
 mod tests {
     use super::*;
 
+    /// A window copy that could not be sealed is said (`key_sealed: false`, why, what it means
+    /// for the swarm), and the answer still reports `/var`'s window as armed.
+    #[test]
+    fn a_window_copy_that_failed_is_said_and_var_stays_armed() {
+        let failed = window_answer(vec!["firmware window armed until …".into()], None, Err(BootError::Tpm(crate::tpm::TpmError::Unavailable { tcti: "device:/dev/tpmrm0".into(), message: "connection refused".into() })));
+        assert_eq!((failed["armed"].as_bool(), failed["key_sealed"].as_bool()), (Some(true), Some(false)), "{failed}");
+        let why = failed["key_error"].as_str().unwrap();
+        assert!(why.contains("connection refused") && why.contains("/var's window is armed") && why.contains("stays locked after the firmware change"), "{why}");
+    }
+
     #[test]
     fn attestations_are_one_at_a_time_and_limited_per_minute() {
         let limit = AttestLimit::default();
