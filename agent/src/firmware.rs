@@ -46,8 +46,11 @@
 //! ID** (`/proc/sys/kernel/random/boot_id`, written by `check`, [`accepted_this_boot`]) lets it
 //! unseal the window copy — a decision of an earlier boot never counts. It unlocks the swarm,
 //! reseals `current` to this boot's PCRs (the new PCR 7; the escrow copy refreshed as every
-//! seal does), and only then deletes the window copy (`firmware_window_unlocked`). Killed
-//! before the copy is deleted, the agent restarted in the same boot finishes the reseal. After
+//! seal does), and only then deletes the window copy (`firmware_window_unlocked`). Before it
+//! unseals the copy it writes a claim (`keys/window-claim.json`: the decision's boot ID and this
+//! PCR 7). Killed before the copy is deleted, the agent restarted in the same boot finishes
+//! the reseal; a boot cut short there (power loss) is finished by the next boot, which may use
+//! the copy once more only for that claimed decision and at the very PCR 7 it claimed. After
 //! a refused change (or without a copy) the swarm stays locked, and the operator unlocks
 //! through the proxy with the escrowed key and reseals (docs/operating.md "When the boot chain
 //! changed").
@@ -246,8 +249,13 @@ pub fn boot_id() -> Option<String> {
 /// never tried.
 pub fn accepted_this_boot(state_dir: &Path) -> Option<String> {
     let this = boot_id()?;
+    accepted(state_dir).filter(|(_, b)| *b == this).map(|(changed, _)| changed)
+}
+
+/// The last decision if it is `accepted` with a boot ID: what changed, and that boot's ID.
+pub fn accepted(state_dir: &Path) -> Option<(String, String)> {
     match last(state_dir)? {
-        Outcome::Accepted { changed, boot_id: Some(b), .. } if b == this => Some(changed),
+        Outcome::Accepted { changed, boot_id: Some(b), .. } => Some((changed, b)),
         _ => None,
     }
 }

@@ -92,17 +92,18 @@ impl Manager {
             run: tempfile::tempdir().unwrap(),
             rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
         };
-        m.measure(false);
+        m.measure(0);
         m
     }
 
-    /// What firmware, systemd-stub and systemd measure; `dbx_updated`: PCR 7 after a dbx update.
-    fn measure(&self, dbx_updated: bool) {
+    /// What firmware, systemd-stub and systemd measure; `dbx`: PCR 7 after that many dbx
+    /// updates (0: as armed; each another PCR 7).
+    fn measure(&self, dbx: u8) {
         self.tpm.extend(2, "option roms");
         self.tpm.extend(4, "systemd-boot and the uki");
         self.tpm.extend(7, "secure boot: pk kek db dbx-v1");
-        if dbx_updated {
-            self.tpm.extend(7, "dbx-v2");
+        if dbx > 0 {
+            self.tpm.extend(7, &format!("dbx-v{}", dbx + 1));
         }
         self.tpm.extend(11, "uki v1");
         self.tpm.extend(12, "command line");
@@ -116,9 +117,9 @@ impl Manager {
     }
 
     /// Reboot: TPM power cycle, the chain measured again, the engine back locked.
-    fn reboot(&mut self, dbx_updated: bool) {
+    fn reboot(&mut self, dbx: u8) {
         self.tpm.power_cycle();
-        self.measure(dbx_updated);
+        self.measure(dbx);
         self.d.restart();
     }
 
@@ -209,7 +210,7 @@ fn the_swarm_comes_back_unlocked_after_an_accepted_firmware_change_of_this_boot(
 
     // The dbx update: PCR 7 moves.
     let pcr7_before = m.pcr(7);
-    m.reboot(true);
+    m.reboot(1);
     assert_ne!(m.pcr(7), pcr7_before);
     let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_string();
     for (what, o) in [("another boot's acceptance", accepted(Some("0e3c0ae4-66c4-4d8a-a2b1-5f2d9c4b1e77".into()))), ("an acceptance without a boot ID", accepted(None)), ("a refusal", Outcome::Refused { at: 2, why: "Secure Boot: off".into() })] {
@@ -230,36 +231,78 @@ fn the_swarm_comes_back_unlocked_after_an_accepted_firmware_change_of_this_boot(
     assert_eq!(m.tpm.transient_handles(), 0);
 
     // The next boot of the same chain: current unseals.
-    m.reboot(true);
+    m.reboot(1);
     assert_eq!(m.decide().unwrap(), "swarm unlocked with the sealed key (current slot)");
 }
 
 /// An agent killed after unlocking with the window copy but before `current` was resealed
-/// (here: the unlock done by hand with the copy, as the killed agent left it): the next boot
-/// decision of this boot reseals `current` to the new PCR 7 and only then deletes the copy;
-/// the next boot unlocks from `current`.
+/// (here: the claim, unseal and unlock done as the killed agent did them, `unseal_window_for`):
+/// restarted in the same boot, the next decision reseals `current` to the new PCR 7 and only
+/// then deletes the copy.
 #[test]
-fn a_decision_killed_between_the_window_unlock_and_the_reseal_is_finished() {
+fn a_decision_killed_between_the_window_unlock_and_the_reseal_is_finished_in_the_same_boot() {
     let mut m = Manager::new();
     let k0 = m.d.swarm_init_autolock();
     m.decide().unwrap();
     m.arm_var();
     m.seal_window_key().unwrap();
-    m.reboot(true);
-    m.decided(&accepted(swarmseal::firmware::boot_id()));
-    let ctx = m.ctx();
-    m.rt.block_on(async {
-        let key = ctx.unseal_window().await.unwrap();
-        Engine::connect(&ctx.cfg.docker_socket()).await.unwrap().unlock(&key).await.unwrap();
-    });
-    assert!(m.slot(Slot::Window).is_some());
+    m.reboot(1);
+    let this_boot = swarmseal::firmware::boot_id().unwrap();
+    m.decided(&accepted(Some(this_boot.clone())));
+    killed_after_the_window_unlock(&m, &this_boot);
     assert_ne!(m.slot(Slot::Current).unwrap().policy.literal_pcrs()["7"], m.pcr(7), "current still has the old PCR 7");
     m.decide().unwrap();
     assert!(m.holds(Slot::Current, &k0));
     assert_eq!(m.slot(Slot::Current).unwrap().policy.literal_pcrs()["7"], m.pcr(7), "current resealed to the new PCR 7");
     assert!(m.slot(Slot::Window).is_none(), "the copy is deleted once current is written");
-    m.reboot(true);
+    assert!(!m.state.path().join("keys/window-claim.json").exists(), "and its claim");
+    m.reboot(1);
     assert_eq!(m.decide().unwrap(), "swarm unlocked with the sealed key (current slot)");
+}
+
+/// What a killed agent leaves: the copy claimed for the decision of boot `decided_in`,
+/// unsealed, the swarm unlocked with it; `current` not resealed, the copy still there.
+fn killed_after_the_window_unlock(m: &Manager, decided_in: &str) {
+    let ctx = m.ctx();
+    m.rt.block_on(async {
+        let key = ctx.unseal_window_for(decided_in).await.unwrap();
+        Engine::connect(&ctx.cfg.docker_socket()).await.unwrap().unlock(&key).await.unwrap();
+    });
+    assert_eq!(m.d.swarm_state(), "active");
+    assert!(m.slot(Slot::Window).is_some());
+}
+
+/// The same, but the boot is cut short (power loss) before the reseal: its decision is now
+/// another boot's. The next boot uses the copy only because that boot claimed it, and only at
+/// the PCR 7 it claimed: at a third PCR 7 the swarm stays locked; at the claimed one it
+/// unlocks, `current` is resealed and the copy deleted.
+#[test]
+fn a_boot_cut_short_after_the_window_unlock_is_finished_by_the_next_at_the_same_pcr7_only() {
+    let mut m = Manager::new();
+    let k0 = m.d.swarm_init_autolock();
+    m.decide().unwrap();
+    m.arm_var();
+    m.seal_window_key().unwrap();
+    m.reboot(1);
+    // The boot of the decision, as the test cannot change the kernel's boot ID: another one.
+    const THAT_BOOT: &str = "6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1";
+    m.decided(&accepted(Some(THAT_BOOT.into())));
+    killed_after_the_window_unlock(&m, THAT_BOOT);
+    let claimed7 = m.pcr(7);
+    m.reboot(2);
+    assert_ne!(m.pcr(7), claimed7);
+    let e = m.decide().unwrap_err();
+    assert!(e.to_string().contains("PCR 7"), "{e}");
+    assert_eq!(m.d.swarm_state(), "locked", "another PCR 7 than the claimed one: locked");
+    assert!(m.slot(Slot::Window).is_some());
+    m.reboot(1);
+    let line = m.decide().unwrap();
+    assert!(line.starts_with("swarm unlocked after the accepted firmware change"), "{line}");
+    assert!(m.holds(Slot::Current, &k0));
+    assert_eq!(m.slot(Slot::Current).unwrap().policy.literal_pcrs()["7"], claimed7);
+    assert!(m.slot(Slot::Window).is_none());
+    // Without a claim, the same stale decision grants nothing (the first test: another boot's
+    // acceptance leaves the swarm locked).
 }
 
 /// The TPM stops answering while the window is armed: the copy is not sealed, the error says

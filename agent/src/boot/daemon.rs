@@ -60,8 +60,8 @@ pub async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootErr
         NodeState::Inactive => Ok("no swarm on this engine and swarm init is off; waiting".into()),
         NodeState::Locked => {
             let r = match ctx.unlock_from_tpm(engine).await.map(|(slot, _)| slot) {
-                Err(e) if window_may_follow(&e) => match crate::firmware::accepted_this_boot(&ctx.cfg.state_dir) {
-                    Some(changed) if ctx.ks.slot_path(Slot::Window).exists() => match unlock_with_window(ctx, engine, &changed).await {
+                Err(e) if window_may_follow(&e) => match ctx.window_permit().await {
+                    Some((changed, decided_in)) => match unlock_with_window(ctx, engine, &changed, &decided_in).await {
                         Ok(()) => {
                             ctx.metrics.unlock("unlocked", "firmware_window");
                             return Ok(format!("swarm unlocked after the accepted firmware change ({changed}); unlock key resealed to the new PCR 7"));
@@ -73,7 +73,7 @@ pub async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootErr
                             Err(e)
                         }
                     },
-                    _ => Err(e),
+                    None => Err(e),
                 },
                 r => r,
             };
@@ -123,19 +123,20 @@ fn window_may_follow(e: &BootError) -> bool {
     !matches!(e, BootError::PhaseLocked { .. }) && !matches!(e, BootError::Tpm(t) if t.is_retryable())
 }
 
-/// The boot after an accepted firmware change (`crate::firmware` module docs): unseal the
-/// window copy, unlock the engine with it, then [`finish_window`]. Call with the lock held,
-/// only when [`crate::firmware::accepted_this_boot`] said so.
-async fn unlock_with_window(ctx: &Ctx, engine: &Engine, changed: &str) -> Result<(), BootError> {
-    let key = ctx.unseal_window().await?;
+/// The boot after an accepted firmware change (`crate::firmware` module docs): claim and
+/// unseal the window copy, unlock the engine with it, then [`finish_window`]. Call with the
+/// lock held, only when [`Ctx::window_permit`] said so (for the decision of boot `decided_in`).
+async fn unlock_with_window(ctx: &Ctx, engine: &Engine, changed: &str, decided_in: &str) -> Result<(), BootError> {
+    let key = ctx.unseal_window_for(decided_in).await?;
     engine.unlock(&key).await?;
     tracing::info!(event = "unlock", slot = "window", "swarm unlocked with the firmware window's copy of the key");
     finish_window(ctx, &key, changed).await
 }
 
 /// Reseal `key` to `current` under this boot's PCRs (the new PCR 7; the escrow copy refreshed
-/// as every seal does), and only then delete the window copy: a process killed in between
-/// leaves the copy for [`ensure_sealed`] to finish in this boot. Logs
+/// as every seal does), and only then delete the window copy (and its claim): a process killed
+/// in between leaves the copy for [`ensure_sealed`] to finish in this boot, a boot cut short
+/// leaves it to the next one ([`Ctx::window_permit`]). Logs
 /// `firmware_window_unlocked` and says it on the console.
 async fn finish_window(ctx: &Ctx, key: &crate::secret::UnlockKey, changed: &str) -> Result<(), BootError> {
     ctx.seal(key).await?;

@@ -264,11 +264,44 @@ impl Ctx {
         }
     }
 
-    /// Unseal the firmware window's copy of the key (slot `window`). TPM 2.0 Part 3,
-    /// TPM2_Unseal ([`Tpm::unseal_signed`]); transient failures retried. Only after an accepted
-    /// change of this boot (`crate::firmware::accepted_this_boot`): the caller checks.
-    /// Errors: `Keystore(NoSealedKey | Corrupt)`, `SignatureFile`, `Tpm`.
-    pub async fn unseal_window(&self) -> Result<UnlockKey, BootError> {
+    /// This boot's PCR 7 (sha256, hex).
+    async fn pcr7(&self) -> Result<String, TpmError> {
+        let v = self.tpm_retry(|t| t.read_pcrs(&[7])).await?;
+        Ok(v.get(&7).map(hex::encode).unwrap_or_default())
+    }
+
+    /// Whether the firmware window's copy may be tried in this boot, and for which decision
+    /// (what changed, the deciding boot's ID): an `accepted` decision of this boot
+    /// (`crate::firmware::accepted_this_boot`); or, after a boot cut short between the window
+    /// unlock and the reseal, the accepted decision a claim names
+    /// ([`crate::keystore::WindowClaim`]) at the PCR 7 it claimed. Anything else: `None`.
+    pub async fn window_permit(&self) -> Option<(String, String)> {
+        if !self.ks.slot_path(Slot::Window).exists() {
+            return None;
+        }
+        let (changed, decided_in) = crate::firmware::accepted(&self.cfg.state_dir)?;
+        if crate::firmware::boot_id().as_deref() == Some(decided_in.as_str()) {
+            return Some((changed, decided_in));
+        }
+        let claim = self.ks.load_window_claim().filter(|c| c.boot_id == decided_in)?;
+        let now = self.pcr7().await.ok()?;
+        if now != claim.pcr7 {
+            tracing::warn!(event = "firmware_window_claim_refused", security = true, claimed = %claim.pcr7, pcr7 = %now, "a window copy claimed in an earlier boot is not used: PCR 7 is not the one that boot accepted");
+            return None;
+        }
+        tracing::warn!(event = "firmware_window_claim_resumed", security = true, pcr7 = %now, "an earlier boot claimed the window copy for its accepted firmware change and was cut short: finishing at the same PCR 7");
+        Some((changed, decided_in))
+    }
+
+    /// Claim the window copy for the accepted decision of boot `decided_in` at this boot's PCR 7
+    /// ([`crate::keystore::Keystore::store_window_claim`]), then unseal it. TPM 2.0 Part 3,
+    /// TPM2_Unseal ([`Tpm::unseal_signed`]); transient failures retried. Only after
+    /// [`Ctx::window_permit`] said so. Errors: `Keystore(NoSealedKey | Corrupt | Io)`,
+    /// `SignatureFile`, `Tpm`.
+    pub async fn unseal_window_for(&self, decided_in: &str) -> Result<UnlockKey, BootError> {
+        let claim = crate::keystore::WindowClaim { boot_id: decided_in.to_string(), pcr7: self.pcr7().await? };
+        let ks = self.ks.clone();
+        blocking(move || ks.store_window_claim(&claim)).await?;
         let path = self.ks.slot_path(Slot::Window);
         let file = self.ks.load(Slot::Window)?.ok_or_else(|| KeystoreError::NoSealedKey { dir: self.ks.keys_dir() })?;
         let (obj, policy) = file.decode(&path)?;

@@ -234,6 +234,16 @@ impl SlotFile {
     }
 }
 
+/// The window copy in use (`keys/window-claim.json`, no secret): the boot whose accepted
+/// firmware decision it serves (that decision's boot ID) and the PCR 7 (sha256, hex) it was
+/// accepted at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowClaim {
+    pub boot_id: String,
+    pub pcr7: String,
+}
+
 /// Phase-lock record: PCR values of this boot before and after the agent's extend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -470,15 +480,41 @@ impl Keystore {
         self.write_json(&self.slot_path(Slot::Window), &w)
     }
 
-    /// Remove the firmware window's copy (disarmed, expired, refused, or used). Returns whether
-    /// there was one.
+    /// Remove the firmware window's copy (disarmed, expired, refused, or used) and its claim
+    /// ([`Keystore::store_window_claim`]). Returns whether there was a copy.
     pub fn drop_window(&self) -> Result<bool, KeystoreError> {
         let p = self.slot_path(Slot::Window);
-        match std::fs::remove_file(&p) {
-            Ok(()) => fsync_dir(&self.keys_dir()).map(|()| true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(KeystoreError::Io { path: p, source: e }),
+        let had = match std::fs::remove_file(&p) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(KeystoreError::Io { path: p, source: e }),
+        };
+        match std::fs::remove_file(self.claim_path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(KeystoreError::Io { path: self.claim_path(), source: e }),
         }
+        if had {
+            fsync_dir(&self.keys_dir())?;
+        }
+        Ok(had)
+    }
+
+    fn claim_path(&self) -> PathBuf {
+        self.keys_dir().join("window-claim.json")
+    }
+
+    /// Record (atomic, 0600) that the window copy is being used for the accepted decision of
+    /// boot `claim.boot_id` at PCR 7 = `claim.pcr7`, before it is unsealed: a boot cut short
+    /// between the unlock and the reseal of `current` can then finish at the same PCR 7.
+    pub fn store_window_claim(&self, claim: &WindowClaim) -> Result<(), KeystoreError> {
+        self.make_keys_dir()?;
+        self.write_json(&self.claim_path(), claim)
+    }
+
+    /// The window copy's claim, if any (an unreadable one counts as none: it grants nothing).
+    pub fn load_window_claim(&self) -> Option<WindowClaim> {
+        serde_json::from_slice(&std::fs::read(self.claim_path()).ok()?).ok()
     }
 
     /// Every readable phase record: the runtime dir's copy first, then the state dir's.
@@ -703,7 +739,11 @@ nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
         assert!(ks.slot_path(Slot::Window).ends_with("keys/window.json"));
         assert!(ks.load(Slot::Previous).unwrap().is_none());
         assert_eq!(ks.load(Slot::Current).unwrap().unwrap().key_fingerprint, a.fingerprint(b"salt"));
+        let claim = WindowClaim { boot_id: "b".into(), pcr7: "00".repeat(32) };
+        ks.store_window_claim(&claim).unwrap();
+        assert_eq!(ks.load_window_claim(), Some(claim));
         assert!(ks.drop_window().unwrap());
+        assert_eq!(ks.load_window_claim(), None, "the claim goes with the copy");
         assert!(!ks.drop_window().unwrap(), "nothing left to drop");
         assert!(ks.load(Slot::Window).unwrap().is_none());
     }
