@@ -11,9 +11,6 @@
 //! files are written as it writes them.
 mod support;
 
-use std::path::{Path, PathBuf};
-
-use sha2::{Digest as _, Sha256};
 use support::*;
 use swarmseal::boot::{boot_decision, Ctx};
 use swarmseal::config::{Config, PolicyKind};
@@ -21,56 +18,6 @@ use swarmseal::firmware::{Outcome, Record, LAST, RECORD};
 use swarmseal::keystore::{Slot, SlotFile, StoredPolicy};
 use swarmseal::secret::UnlockKey;
 use swarmseal::swarm::Engine;
-use swarmseal::tpm::pcr_policy_digest;
-
-fn run(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = support::cmd(args[0]).args(&args[1..]).current_dir(dir).output().unwrap_or_else(|e| panic!("{} must be installed: {e}", args[0]));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-/// The fleet's PCR-signing key (openssl, P-256, as `ukify genkey` can make) and what
-/// systemd-measure signs with it.
-struct FleetKey {
-    dir: tempfile::TempDir,
-}
-
-impl FleetKey {
-    fn new() -> FleetKey {
-        let dir = tempfile::tempdir().unwrap();
-        run(dir.path(), &["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "key.pem"]);
-        run(dir.path(), &["openssl", "pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"]);
-        FleetKey { dir }
-    }
-
-    fn public_pem(&self) -> PathBuf {
-        self.dir.path().join("pub.pem")
-    }
-
-    /// systemd's `pkfp`: sha256 of the SubjectPublicKeyInfo's key bits.
-    fn pkfp(&self) -> String {
-        let der = run(self.dir.path(), &["openssl", "pkey", "-in", "key.pem", "-pubout", "-outform", "DER"]);
-        let parsed = run(self.dir.path(), &["sh", "-c", "openssl pkey -in key.pem -pubout -outform DER | openssl asn1parse -inform DER"]);
-        let line = String::from_utf8_lossy(&parsed).lines().rev().find(|l| l.contains("BIT STRING")).expect("a BIT STRING").to_string();
-        let num = |t: &str| -> usize { t.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap() };
-        let off = num(line.split(':').next().unwrap());
-        let hl = num(line.split("hl=").nth(1).unwrap());
-        let l = num(line.split(" l=").nth(1).unwrap());
-        hex::encode(Sha256::digest(&der[off + hl + 1..off + hl + l]))
-    }
-
-    /// The signature file systemd-stub leaves for a boot whose PCR 11 is `pcr11`.
-    fn sign_pcr11(&self, pcr11: &[u8], file: &Path) {
-        let pol = pcr_policy_digest(&[(11u8, pcr11.to_vec())].into_iter().collect());
-        let d = self.dir.path();
-        std::fs::write(d.join("pol.bin"), &pol).unwrap();
-        run(d, &["openssl", "dgst", "-sha256", "-sign", "key.pem", "-out", "sig.bin", "pol.bin"]);
-        let sig = std::fs::read(d.join("sig.bin")).unwrap();
-        use base64::Engine as _;
-        let entry = serde_json::json!({"pcrs": [11], "pkfp": self.pkfp(), "pol": hex::encode(&pol), "sig": base64::engine::general_purpose::STANDARD.encode(sig)});
-        std::fs::write(file, serde_json::to_vec(&serde_json::json!({ "sha256": [entry] })).unwrap()).unwrap();
-    }
-}
 
 /// A manager with the appliance's policy: PCRs 7, 12, 15 literal + PCR 11 signed.
 struct Manager {
@@ -87,13 +34,19 @@ impl Manager {
         let m = Manager {
             d: Dockerd::start(),
             tpm: Swtpm::start(),
-            key: FleetKey::new(),
+            key: FleetKey::ecc_p256(),
             state: tempfile::tempdir().unwrap(),
             run: tempfile::tempdir().unwrap(),
             rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
         };
         m.measure(0);
         m
+    }
+
+    /// The signature file systemd-stub leaves for this boot's PCR 11.
+    fn sign_pcr11(&self) {
+        let pcr11 = hex::decode(self.pcr(11)).unwrap();
+        signature_file(self.run.path(), "tpm2-pcr-signature.json", vec![self.key.sign_pcr11(&pcr11)]);
     }
 
     /// What firmware, systemd-stub and systemd measure; `dbx`: PCR 7 after that many dbx
@@ -108,8 +61,7 @@ impl Manager {
         self.tpm.extend(11, "uki v1");
         self.tpm.extend(12, "command line");
         self.tpm.extend(15, "var volume key");
-        let pcr11 = hex::decode(self.tpm.tpm2(&["pcrread", "sha256:11"]).split("0x").nth(1).unwrap().trim()).unwrap();
-        self.key.sign_pcr11(&pcr11, &self.run.path().join("tpm2-pcr-signature.json"));
+        self.sign_pcr11();
     }
 
     fn pcr(&self, n: u8) -> String {
@@ -241,12 +193,7 @@ fn the_swarm_comes_back_unlocked_after_an_accepted_firmware_change_of_this_boot(
 /// then deletes the copy.
 #[test]
 fn a_decision_killed_between_the_window_unlock_and_the_reseal_is_finished_in_the_same_boot() {
-    let mut m = Manager::new();
-    let k0 = m.d.swarm_init_autolock();
-    m.decide().unwrap();
-    m.arm_var();
-    m.seal_window_key().unwrap();
-    m.reboot(1);
+    let (mut m, k0) = armed_then_dbx_updated();
     let this_boot = swarmseal::firmware::boot_id().unwrap();
     m.decided(&accepted(Some(this_boot.clone())));
     killed_after_the_window_unlock(&m, &this_boot);
@@ -258,6 +205,18 @@ fn a_decision_killed_between_the_window_unlock_and_the_reseal_is_finished_in_the
     assert!(!m.state.path().join("keys/window-claim.json").exists(), "and its claim");
     m.reboot(1);
     assert_eq!(m.decide().unwrap(), "swarm unlocked with the sealed key (current slot)");
+}
+
+/// A manager whose key is sealed, a window armed with its copy, then rebooted after a dbx
+/// update (PCR 7 moved); its key.
+fn armed_then_dbx_updated() -> (Manager, String) {
+    let mut m = Manager::new();
+    let k0 = m.d.swarm_init_autolock();
+    m.decide().unwrap();
+    m.arm_var();
+    m.seal_window_key().unwrap();
+    m.reboot(1);
+    (m, k0)
 }
 
 /// What a killed agent leaves: the copy claimed for the decision of boot `decided_in`,
@@ -278,12 +237,7 @@ fn killed_after_the_window_unlock(m: &Manager, decided_in: &str) {
 /// unlocks, `current` is resealed and the copy deleted.
 #[test]
 fn a_boot_cut_short_after_the_window_unlock_is_finished_by_the_next_at_the_same_pcr7_only() {
-    let mut m = Manager::new();
-    let k0 = m.d.swarm_init_autolock();
-    m.decide().unwrap();
-    m.arm_var();
-    m.seal_window_key().unwrap();
-    m.reboot(1);
+    let (mut m, k0) = armed_then_dbx_updated();
     // The boot of the decision, as the test cannot change the kernel's boot ID: another one.
     const THAT_BOOT: &str = "6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1";
     m.decided(&accepted(Some(THAT_BOOT.into())));
