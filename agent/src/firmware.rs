@@ -730,8 +730,7 @@ mod tests {
             let ev = |guid: &[u8; 16], name: &str, value: &[u8]| (7u32, EV_EFI_VARIABLE_DRIVER_CONFIG, variable_data(guid, name, value));
             test_log(&[ev(&GLOBAL, "SecureBoot", &[sb]), ev(&GLOBAL, "PK", &hashes(&[[1; 32]])), ev(&GLOBAL, "KEK", &hashes(&[[2; 32]])), ev(&SECDB, "db", &hashes(&[[3; 32]])), ev(&SECDB, "dbx", &hashes(dbx))])
         };
-        let mut cfg = Config::default();
-        cfg.state_dir = w.join("state");
+        let cfg = Config { state_dir: w.join("state"), ..Default::default() };
         std::fs::create_dir_all(&cfg.state_dir).unwrap();
         const KEY: &str = "fhkcdjbl-nihbggtc-krkhvvtl-ecdbbtuc-bcrkijcn-lgjbeuij-tbhrclgi-ktibfbuj";
 

@@ -9,6 +9,7 @@ use std::process::Stdio;
 pub use swarmseal_testkit::*;
 
 mod fleet_key;
+#[allow(unused_imports)]
 pub use fleet_key::*;
 mod proxy_env;
 #[allow(unused_imports)]
