@@ -184,10 +184,10 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
             return Ok(true);
         }
     };
-    // Killed between the window unlock and its reseal (this boot's accepted change, the
-    // window closed, its copy still there): finish now.
+    // Killed between the window unlock and its reseal (the window closed by an accepted change,
+    // its copy still there, and this boot may use it: Ctx::window_permit): finish now.
     if ctx.ks.slot_path(Slot::Window).exists() && matches!(crate::firmware::record(&ctx.cfg.state_dir), Ok(None)) {
-        if let Some(changed) = crate::firmware::accepted_this_boot(&ctx.cfg.state_dir) {
+        if let Some((changed, _)) = ctx.window_permit().await {
             finish_window(ctx, &key, &changed).await?;
             return Ok(true);
         }
