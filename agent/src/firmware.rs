@@ -50,7 +50,8 @@
 //! unseals the copy it writes a claim (`keys/window-claim.json`: the decision's boot ID and this
 //! PCR 7). Killed before the copy is deleted, the agent restarted in the same boot finishes
 //! the reseal; a boot cut short there (power loss) is finished by the next boot, which may use
-//! the copy once more only for that claimed decision and at the very PCR 7 it claimed. After
+//! the copy once more only for that claimed decision and at the very PCR 7 it claimed. A
+//! closed window's copy that no boot may use any more is deleted once the swarm is active. After
 //! a refused change (or without a copy) the swarm stays locked, and the operator unlocks
 //! through the proxy with the escrowed key and reseals (docs/operating.md "When the boot chain
 //! changed").

@@ -259,6 +259,22 @@ fn a_boot_cut_short_after_the_window_unlock_is_finished_by_the_next_at_the_same_
     // acceptance leaves the swarm locked).
 }
 
+/// A closed window whose copy this boot may not use (a decision of another boot, no claim):
+/// once the swarm is unlocked by hand, the next decision deletes the copy (a key without PCR 7
+/// must not linger); `current` is left to the operator's reseal, as after any hand unlock.
+#[test]
+fn an_unusable_window_copy_is_deleted_once_the_swarm_is_unlocked_by_hand() {
+    let (m, k0) = armed_then_dbx_updated();
+    m.decided(&accepted(Some("6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1".into())));
+    assert!(m.decide().is_err());
+    assert!(m.slot(Slot::Window).is_some(), "kept while the swarm is locked");
+    let ctx = m.ctx();
+    m.rt.block_on(async { Engine::connect(&ctx.cfg.docker_socket()).await.unwrap().unlock(&UnlockKey::new(k0.clone()).unwrap()).await.unwrap() });
+    m.decide().unwrap();
+    assert!(m.slot(Slot::Window).is_none(), "the unusable copy is deleted");
+    assert!(m.holds(Slot::Current, &k0));
+}
+
 /// The TPM stops answering while the window is armed: the copy is not sealed, the error says
 /// why, and `/var`'s window (its record) is left armed.
 #[test]

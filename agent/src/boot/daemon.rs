@@ -191,6 +191,12 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
             finish_window(ctx, &key, &changed).await?;
             return Ok(true);
         }
+        // A closed window's copy this boot may not use (unlocked by hand after a stale or
+        // missing decision): nothing will ever use it, and a key without PCR 7 must not linger.
+        let ks = ctx.ks.clone();
+        if super::blocking(move || ks.drop_window()).await? {
+            tracing::warn!(event = "firmware_window_key_dropped", security = true, "the window copy of the unlock key was deleted: its window is closed and no accepted change of this boot (nor a claimed one) lets it be used");
+        }
     }
     if ctx.sealed_holds(&key) {
         // Escrow configured after the key was sealed: the operator's copy is written now.
