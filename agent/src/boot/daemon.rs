@@ -193,8 +193,9 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
         }
         // A closed window's copy this boot may not use (unlocked by hand after a stale or
         // missing decision): nothing will ever use it, and a key without PCR 7 must not linger.
+        // Not while the TPM does not answer: window_permit could not judge a claim then.
         let ks = ctx.ks.clone();
-        if super::blocking(move || ks.drop_window()).await? {
+        if ctx.pcr7().await.is_ok() && super::blocking(move || ks.drop_window()).await? {
             tracing::warn!(event = "firmware_window_key_dropped", security = true, "the window copy of the unlock key was deleted: its window is closed and no accepted change of this boot (nor a claimed one) lets it be used");
         }
     }

@@ -265,7 +265,7 @@ impl Ctx {
     }
 
     /// This boot's PCR 7 (sha256, hex).
-    async fn pcr7(&self) -> Result<String, TpmError> {
+    pub(super) async fn pcr7(&self) -> Result<String, TpmError> {
         let v = self.tpm_retry(|t| t.read_pcrs(&[7])).await?;
         Ok(v.get(&7).map(hex::encode).unwrap_or_default())
     }
