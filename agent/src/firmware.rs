@@ -30,9 +30,31 @@
 //!   new main slot — `firmware_change_refused`, naming why: the next boot asks for the recovery
 //!   key, as it would without a window.
 //!
-//! The swarm's unlock key is sealed to PCR 7 too: after an accepted change the swarm stays
-//! locked, and the operator unlocks through the proxy with the escrowed key and reseals
-//! (docs/operating.md "When the boot chain changed") — an end state issue #19 accepts.
+//! The swarm's unlock key follows the same window. When the agent forwards an arming that
+//! answered [`ARMED`], it reads the engine's unlock key (`GET /swarm/unlockkey`) and seals a
+//! **window copy** (keystore slot `window`, `keys/window.json`) under **PCRs 2, 4, 12, 15
+//! literal** (this boot's values) **+ PCR 11 signed** (the main slot's TPM2_PolicyAuthorize) —
+//! the main slot's policy with PCR 7 swapped for the window's PCRs. A key rotation or reseal
+//! while the window is armed seals the copy again with the new key. Disarming, an expiry, an
+//! orphan wipe and a refused change delete the copy (`check` and `disarm` do, as root, in the
+//! same state dir). A copy that could not be sealed does not disarm `/var`'s window: the answer
+//! says so (`key_sealed: false`), and after an accepted change the swarm then stays locked as
+//! before.
+//!
+//! At the boot after an accepted change, `current` and `previous` no longer unseal (PCR 7
+//! moved). The agent then reads [`LAST`]: only an `accepted` decision carrying **this boot's
+//! ID** (`/proc/sys/kernel/random/boot_id`, written by `check`, [`accepted_this_boot`]) lets it
+//! unseal the window copy — a decision of an earlier boot never counts. It unlocks the swarm,
+//! reseals `current` to this boot's PCRs (the new PCR 7; the escrow copy refreshed as every
+//! seal does), and only then deletes the window copy (`firmware_window_unlocked`). Before it
+//! unseals the copy it writes a claim (`keys/window-claim.json`: the decision's boot ID and this
+//! PCR 7). Killed before the copy is deleted, the agent restarted in the same boot finishes
+//! the reseal; a boot cut short there (power loss) is finished by the next boot, which may use
+//! the copy once more only for that claimed decision and at the very PCR 7 it claimed. A
+//! closed window's copy that no boot may use any more is deleted once the swarm is active. After
+//! a refused change (or without a copy) the swarm stays locked, and the operator unlocks
+//! through the proxy with the escrowed key and reseals (docs/operating.md "When the boot chain
+//! changed").
 //!
 //! Sources: TCG PC Client Platform Firmware Profile 2.0 (PCR 4: EV_EFI_BOOT_SERVICES_APPLICATION;
 //! PCR 7: EV_EFI_VARIABLE_DRIVER_CONFIG, 3.3.4.8), systemd-cryptenroll(1) (`--tpm2-pcrs=`,
@@ -107,8 +129,15 @@ pub enum Outcome {
     Waiting { expires_at: u64 },
     /// The window expired unused: its slot was wiped.
     Expired { at: u64 },
-    /// PCR 7 changed and the change was accepted: `/var` bound to the new PCR 7.
-    Accepted { at: u64, changed: String },
+    /// PCR 7 changed and the change was accepted: `/var` bound to the new PCR 7. `boot_id`: the
+    /// boot that judged it ([`boot_id`]); the agent uses the window copy of the unlock key only
+    /// in that boot (absent from records written before it existed: they never count).
+    Accepted {
+        at: u64,
+        changed: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot_id: Option<String>,
+    },
     /// PCR 7 changed and the change was refused: the window slot was wiped, nothing re-bound.
     Refused { at: u64, why: String },
 }
@@ -205,6 +234,41 @@ pub fn record(state_dir: &Path) -> Result<Option<Record>, WindowError> {
 /// The last `check` decision under `state_dir` (for status and the console).
 pub fn last(state_dir: &Path) -> Option<Outcome> {
     std::fs::read(state_dir.join(LAST)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Where the kernel gives this boot's random ID (proc(5): `/proc/sys/kernel/random/boot_id`).
+pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// This boot's ID ([`BOOT_ID`], trimmed), or `None` when unreadable.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string(BOOT_ID).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// What an `accepted` decision of **this boot** said changed: [`LAST`] must be `accepted` and
+/// carry this boot's [`boot_id`]. `None` for any other decision, a decision of another boot,
+/// one without a boot ID, or an unreadable boot ID: the window copy of the unlock key is then
+/// never tried.
+pub fn accepted_this_boot(state_dir: &Path) -> Option<String> {
+    let this = boot_id()?;
+    accepted(state_dir).filter(|(_, b)| *b == this).map(|(changed, _)| changed)
+}
+
+/// The last decision if it is `accepted` with a boot ID: what changed, and that boot's ID.
+pub fn accepted(state_dir: &Path) -> Option<(String, String)> {
+    match last(state_dir)? {
+        Outcome::Accepted { changed, boot_id: Some(b), .. } => Some((changed, b)),
+        _ => None,
+    }
+}
+
+/// Delete the window copy of the unlock key (keystore slot `window`) with the window: its key
+/// must not outlive the window. Failures are logged, not fatal (`check` must go on to its decision).
+fn drop_window_key(cfg: &Config) {
+    match crate::keystore::Keystore::new(&cfg.state_dir).drop_window() {
+        Ok(true) => tracing::warn!(event = "firmware_window_key_dropped", security = true, "the window copy of the swarm unlock key was deleted with the window"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(event = "firmware_window_key_drop_failed", security = true, error = %e, "could not delete the window copy of the swarm unlock key"),
+    }
 }
 
 /// This boot's PCR 7 and firmware log, checked against each other: the log's PCR 7 events must
@@ -365,6 +429,7 @@ pub fn disarm(cfg: &Config, paths: &Paths) -> Result<usize, WindowError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&p)(e)),
     }
+    drop_window_key(cfg);
     if !slots.is_empty() {
         tracing::warn!(event = "firmware_window_disarmed", security = true, slots = %slots.join(","), "the firmware window's /var slot was wiped");
     }
@@ -423,8 +488,8 @@ pub fn check(cfg: &Config, paths: &Paths) -> Result<Outcome, WindowError> {
             run(&cryptenroll(), "systemd-cryptenroll --tpm2-pcrs=7 (re-binding /var to the new PCR 7)", &os, None)?;
             let p = cfg.state_dir.join(RECORD);
             std::fs::remove_file(&p).map_err(io(&p))?;
-            tracing::warn!(event = "firmware_change_accepted", security = true, pcr7_before = %armed.pcr7, pcr7 = %hex::encode(&pcr7), "PCR 7 changed within the firmware window and the change was accepted ({changed}): /var is bound to the new PCR 7, the window is closed; the swarm stays locked until unlocked through the proxy and resealed");
-            Outcome::Accepted { at, changed }
+            tracing::warn!(event = "firmware_change_accepted", security = true, pcr7_before = %armed.pcr7, pcr7 = %hex::encode(&pcr7), "PCR 7 changed within the firmware window and the change was accepted ({changed}): /var is bound to the new PCR 7, the window is closed; the agent unlocks the swarm with the window copy of the key and reseals it to the new PCR 7 (without a copy the swarm stays locked until unlocked through the proxy and resealed)");
+            Outcome::Accepted { at, changed, boot_id: boot_id() }
         }
         Err(why) => {
             disarm(cfg, paths)?;
@@ -512,7 +577,11 @@ pub fn run_command(cfg: &Config, c: WindowCommand) -> Result<(), WindowError> {
                 Outcome::Waiting { expires_at } => println!("firmware window armed, PCR 7 unchanged; it expires {}", utc(expires_at)),
                 Outcome::Expired { .. } => println!("firmware window expired (or without a record): its /var slot was wiped"),
                 Outcome::Accepted { changed, .. } => {
-                    println!("firmware change accepted ({changed}): /var is bound to the new PCR 7; the swarm stays locked: unlock it through the proxy with the escrowed key, then POST /swarmseal/v1/reseal");
+                    if crate::keystore::Keystore::new(&cfg.state_dir).slot_path(crate::keystore::Slot::Window).exists() {
+                        println!("firmware change accepted ({changed}): /var is bound to the new PCR 7; the agent unlocks the swarm with the window copy of the key and reseals it to the new PCR 7");
+                    } else {
+                        println!("firmware change accepted ({changed}): /var is bound to the new PCR 7; no window copy of the swarm key: the swarm stays locked: unlock it through the proxy with the escrowed key, then POST /swarmseal/v1/reseal");
+                    }
                     println!("/var's TPM2 slots now: {}", tpm2_slots(&paths.device));
                 }
                 Outcome::Refused { why, .. } => println!("firmware change REFUSED ({why}): the window's /var slot was wiped; the next boot asks for the /var recovery key"),
@@ -662,8 +731,7 @@ mod tests {
             let ev = |guid: &[u8; 16], name: &str, value: &[u8]| (7u32, EV_EFI_VARIABLE_DRIVER_CONFIG, variable_data(guid, name, value));
             test_log(&[ev(&GLOBAL, "SecureBoot", &[sb]), ev(&GLOBAL, "PK", &hashes(&[[1; 32]])), ev(&GLOBAL, "KEK", &hashes(&[[2; 32]])), ev(&SECDB, "db", &hashes(&[[3; 32]])), ev(&SECDB, "dbx", &hashes(dbx))])
         };
-        let mut cfg = Config::default();
-        cfg.state_dir = w.join("state");
+        let cfg = Config { state_dir: w.join("state"), ..Default::default() };
         std::fs::create_dir_all(&cfg.state_dir).unwrap();
         const KEY: &str = "fhkcdjbl-nihbggtc-krkhvvtl-ecdbbtuc-bcrkijcn-lgjbeuij-tbhrclgi-ktibfbuj";
 
@@ -684,20 +752,29 @@ mod tests {
         // A dbx update: accepted, /var bound to the new PCR 7, the window closed.
         boot(&raw(1, &[[9; 32]]));
         match check(&cfg, &paths).unwrap() {
-            Outcome::Accepted { changed, .. } => assert!(changed.starts_with("dbx changed (0 → 1 entries"), "{changed}"),
+            Outcome::Accepted { changed, boot_id: b, .. } => {
+                assert!(changed.starts_with("dbx changed (0 → 1 entries"), "{changed}");
+                assert_eq!(b, boot_id(), "the decision names the boot that took it");
+            }
             o => panic!("{o:?}"),
         }
+        assert!(accepted_this_boot(&cfg.state_dir).is_some());
         assert!(argv("cryptenroll").lines().last().unwrap().starts_with("--unlock-tpm2-device=auto --tpm2-device=auto --tpm2-pcrs=7 --tpm2-public-key="), "{}", argv("cryptenroll"));
         assert!(argv("cryptenroll").lines().last().unwrap().contains("--wipe-slot=tpm2"));
         assert_eq!(record(&cfg.state_dir).unwrap(), None);
         assert!(matches!(last(&cfg.state_dir), Some(Outcome::Accepted { .. })));
-        // Armed again, then Secure Boot off: refused, only the window's slot 3 wiped.
+        // Armed again (with a window copy of the swarm key), then Secure Boot off: refused, only
+        // the window's slot 3 wiped, and the window copy of the key deleted with it.
         arm(&cfg, &paths, KEY, 7).unwrap();
+        let copy = crate::keystore::Keystore::new(&cfg.state_dir).slot_path(crate::keystore::Slot::Window);
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::write(&copy, b"{}").unwrap();
         boot(&raw(0, &[[9; 32]]));
         match check(&cfg, &paths).unwrap() {
             Outcome::Refused { why, .. } => assert!(why.starts_with("Secure Boot: off"), "{why}"),
             o => panic!("{o:?}"),
         }
+        assert!(!copy.exists(), "a refused change deletes the window copy of the swarm key");
         assert_eq!(argv("cryptenroll").lines().last(), Some(format!("--wipe-slot=3 {}", device.display()).as_str()));
         assert_eq!(record(&cfg.state_dir).unwrap(), None);
         // Armed, then past its expiry with PCR 7 unchanged: wiped.
@@ -709,6 +786,26 @@ mod tests {
         assert_eq!(record(&cfg.state_dir).unwrap(), None);
         std::env::remove_var("SWARMSEAL_CRYPTENROLL");
         std::env::remove_var("SWARMSEAL_CRYPTSETUP");
+    }
+
+    /// The window copy of the unlock key counts only for an `accepted` decision that carries
+    /// this boot's ID: not another boot's, not one without an ID, not a refusal.
+    #[test]
+    fn only_an_accepted_decision_of_this_boot_counts() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |o: &Outcome| write_json(&d.path().join(LAST), o).unwrap();
+        assert_eq!(accepted_this_boot(d.path()), None, "no decision");
+        let this = boot_id().expect("a readable boot ID");
+        write(&Outcome::Accepted { at: 1, changed: "dbx changed".into(), boot_id: Some(this.clone()) });
+        assert_eq!(accepted_this_boot(d.path()).as_deref(), Some("dbx changed"));
+        assert!(std::fs::read_to_string(d.path().join(LAST)).unwrap().contains(&this));
+        write(&Outcome::Accepted { at: 1, changed: "dbx changed".into(), boot_id: Some("0e3c0ae4-66c4-4d8a-a2b1-5f2d9c4b1e77".into()) });
+        assert_eq!(accepted_this_boot(d.path()), None, "another boot's decision");
+        std::fs::write(d.path().join(LAST), br#"{"outcome":"accepted","at":1,"changed":"dbx changed"}"#).unwrap();
+        assert!(matches!(last(d.path()), Some(Outcome::Accepted { boot_id: None, .. })), "an older record still reads");
+        assert_eq!(accepted_this_boot(d.path()), None, "a decision without a boot ID");
+        write(&Outcome::Refused { at: 1, why: "Secure Boot: off".into() });
+        assert_eq!(accepted_this_boot(d.path()), None, "a refusal");
     }
 
     /// The real OVMF log of the image (QEMU scenario 1): armed on it, the same log is judged

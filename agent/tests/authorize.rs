@@ -9,13 +9,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use base64::Engine as _;
-use sha2::{Digest as _, Sha256};
 use support::*;
-use swarmseal::pcrsig::{PcrPublicKey, PcrSignatures};
+use swarmseal::pcrsig::PcrSignatures;
 use swarmseal::tpm::{authorize_policy_digest, pcr_policy_digest, PcrValues, Policy, SealedObject, Tpm, TpmError};
 
 const SECRET: &[u8] = b"SWMKEY-1-7c37Cc8654o6p38HnroywCi19pllOnGtbdZEgtKxZu8";
@@ -37,88 +35,6 @@ fn assert_no_handles(tpm: &Swtpm) {
     assert_eq!(tpm.transient_handles(), 0, "a transient object was left loaded");
     let sessions = tpm.tpm2(&["getcap", "handles-loaded-session"]);
     assert!(!sessions.contains("0x"), "a session was left open: {sessions}");
-}
-
-fn run(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = support::cmd(args[0])
-        .args(&args[1..])
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{} must be installed: {e}", args[0]));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-/// A PCR-signing key pair made with openssl, as `ukify genkey` would (RSA 2048 by default).
-struct FleetKey {
-    dir: tempfile::TempDir,
-}
-
-impl FleetKey {
-    fn rsa() -> FleetKey {
-        FleetKey::generate(&["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
-    }
-
-    fn ecc_p256() -> FleetKey {
-        FleetKey::generate(&["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
-    }
-
-    fn generate(opts: &[&str]) -> FleetKey {
-        let dir = tempfile::tempdir().unwrap();
-        let mut args = vec!["openssl", "genpkey"];
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&["-out", "key.pem"]);
-        run(dir.path(), &args);
-        run(dir.path(), &["openssl", "pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"]);
-        FleetKey { dir }
-    }
-
-    fn public_pem(&self) -> PathBuf {
-        self.dir.path().join("pub.pem")
-    }
-
-    fn public(&self) -> PcrPublicKey {
-        PcrPublicKey::load(&self.public_pem()).unwrap()
-    }
-
-    /// systemd's `pkfp`: sha256 of `i2d_PublicKey` — the subjectPublicKey bits of the
-    /// SubjectPublicKeyInfo (PKCS#1 RSAPublicKey for RSA, the EC point for ECC).
-    fn pkfp(&self) -> String {
-        let der = run(self.dir.path(), &["openssl", "pkey", "-in", "key.pem", "-pubout", "-outform", "DER"]);
-        // The last element of the SPKI SEQUENCE is the BIT STRING; ask openssl where it is.
-        let parsed = run(self.dir.path(), &["sh", "-c", "openssl pkey -in key.pem -pubout -outform DER | openssl asn1parse -inform DER"]);
-        let line = String::from_utf8_lossy(&parsed).lines().rev().find(|l| l.contains("BIT STRING")).expect("a BIT STRING").to_string();
-        // e.g. "   19:d=1  hl=4 l= 271 prim: BIT STRING"
-        let num = |t: &str| -> usize { t.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap() };
-        let off = num(line.split(':').next().unwrap());
-        let hl = num(line.split("hl=").nth(1).unwrap());
-        let l = num(line.split(" l=").nth(1).unwrap());
-        // Content = unused-bits byte + the key bits.
-        hex::encode(Sha256::digest(&der[off + hl + 1..off + hl + l]))
-    }
-
-    /// Sign the TPM2_PolicyPCR digest of PCR 11 = `pcr11` the way systemd-measure does:
-    /// `openssl dgst -sha256 -sign` over the binary digest. Returns one JSON entry.
-    fn sign_pcr11(&self, pcr11: &[u8]) -> serde_json::Value {
-        let pol = pcr_policy_digest(&[(11u8, pcr11.to_vec())].into_iter().collect());
-        let d = self.dir.path();
-        std::fs::write(d.join("pol.bin"), &pol).unwrap();
-        run(d, &["openssl", "dgst", "-sha256", "-sign", "key.pem", "-out", "sig.bin", "pol.bin"]);
-        let sig = std::fs::read(d.join("sig.bin")).unwrap();
-        serde_json::json!({
-            "pcrs": [11],
-            "pkfp": self.pkfp(),
-            "pol": hex::encode(&pol),
-            "sig": base64::engine::general_purpose::STANDARD.encode(sig),
-        })
-    }
-}
-
-/// systemd's signature JSON with these sha256 entries (one per boot phase / image).
-fn signature_file(dir: &Path, name: &str, entries: Vec<serde_json::Value>) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, serde_json::to_vec_pretty(&serde_json::json!({ "sha256": entries })).unwrap()).unwrap();
-    p
 }
 
 fn pcr11(t: &mut Tpm) -> Vec<u8> {

@@ -1014,9 +1014,15 @@ fn firmware_window(s: &mut Story) -> Check {
     let (code, body) = vm.api_post("/swarmseal/v1/var/firmware-window?days=7", &var_key)?;
     ensure!(code == 200, "POST /swarmseal/v1/var/firmware-window?days=7: HTTP {code} {}", text(&body));
     println!("    armed: {}", text(&body).chars().take(300).collect::<String>());
+    // The agent sealed a window copy of the swarm key: PCRs 2, 4, 12, 15 literal + 11 signed.
+    let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    f.check(answer.get("key_sealed") == Some(&Value::Bool(true)), || format!("the arming answer does not say the window copy of the swarm key was sealed: {answer}"));
+    let copy_pcrs = answer.pointer("/key_policy/pcrs").and_then(Value::as_object).map(|o| o.keys().cloned().collect::<Vec<_>>());
+    f.check(copy_pcrs == Some(vec!["12".into(), "15".into(), "2".into(), "4".into()]) && answer.pointer("/key_policy/signed_pcrs") == Some(&serde_json::json!([11])), || format!("the window copy's policy is not PCRs 2, 4, 12, 15 + 11 signed: {}", answer["key_policy"]));
     let st = vm.status()?;
     let armed = st.pointer("/firmware_window/armed").cloned().unwrap_or(Value::Null);
     f.check(armed.get("expires_at").and_then(Value::as_u64).is_some() && armed.get("pcr7").is_some(), || format!("status does not show the armed window: {}", st.get("firmware_window").cloned().unwrap_or(Value::Null)));
+    f.check(st.pointer("/firmware_window/key_sealed") == Some(&Value::Bool(true)), || format!("status does not show the window copy of the swarm key: {}", st.get("firmware_window").cloned().unwrap_or(Value::Null)));
     let pcr7_before = armed.get("pcr7").and_then(Value::as_str).unwrap_or_default().to_string();
 
     // The dbx update: the firmware measures another dbx into PCR 7 at the next boot.
@@ -1040,19 +1046,28 @@ fn firmware_window(s: &mut Story) -> Check {
     if let Ok(l) = &slots {
         println!("    console: {}", l.trim());
     }
-    // The swarm's key is sealed to PCR 7 too: locked, PCR 7 named; unlocked through the proxy.
+    // The swarm's key follows the window: the agent unlocks with the window copy (this boot's
+    // accepted decision), reseals the current slot to the new PCR 7 and deletes the copy.
+    let back = vm.wait_console(&["the swarm came back unlocked after the accepted firmware change"], BOOT);
+    f.check(back.is_ok(), || format!("the console does not say the swarm came back unlocked: {:?}", vm.console_lines(&["swarm"])));
+    if let Ok(l) = &back {
+        println!("    console: {}", l.trim());
+    }
     let (outcome, st) = vm.wait_for_decision(BOOT)?;
-    f.check(outcome == Outcome::Locked, || format!("after the dbx update the swarm is {outcome:?}, expected locked (its key is sealed to the old PCR 7)"));
-    let d = differs(&st);
-    f.check(d.iter().any(|x| x.starts_with("PCR 7") || x.contains("7:") || x.contains("PCR 7")), || format!("the status does not name PCR 7 as changed: {d:?}"));
+    f.check(outcome == Outcome::Unlocked, || format!("after the dbx update the swarm is {outcome:?}, expected unlocked with the window copy of its key"));
     let last = st.pointer("/firmware_window/last").cloned().unwrap_or(Value::Null);
     f.check(last.get("outcome").and_then(Value::as_str) == Some("accepted") && last.get("changed").and_then(Value::as_str).is_some_and(|c| c.starts_with("dbx changed")), || format!("status firmware_window.last: {last}"));
+    f.check(last.get("boot_id").and_then(Value::as_str).is_some_and(|b| !b.is_empty()), || format!("the accepted decision carries no boot ID: {last}"));
     f.check(st.pointer("/firmware_window/armed").is_some_and(Value::is_null), || format!("the window is still armed after it was used: {}", st.get("firmware_window").cloned().unwrap_or(Value::Null)));
+    f.check(st.pointer("/firmware_window/key_sealed").is_none(), || format!("the window copy of the swarm key is still there after it was used: {}", st.get("firmware_window").cloned().unwrap_or(Value::Null)));
+    let sealed7 = st.pointer("/sealed/current/policy/pcrs/7").and_then(Value::as_str).unwrap_or_default().to_string();
+    let now7 = st.pointer("/tpm/pcrs/7").and_then(Value::as_str).unwrap_or_default().to_string();
+    f.check(!now7.is_empty() && sealed7 == now7 && sealed7 != pcr7_before, || format!("the current slot is not sealed to the new PCR 7: sealed {sealed7:?}, PCR 7 now {now7:?}, armed at {pcr7_before:?}"));
+    f.check(differs(&st).is_empty(), || format!("after the window unlock the sealed key's PCRs differ: {:?}", differs(&st)));
     f.check(!pcr7_before.is_empty(), || "no PCR 7 in the armed record".into());
-    unlock_by_hand_and_reseal(vm, &key)?;
     // The next boot needs nobody: /var bound to the new PCR 7, the key resealed to it.
     vm.shutdown()?;
-    vm.power_on("after the dbx update, recovered through the proxy")?;
+    vm.power_on("after the dbx update, unlocked with the window copy")?;
     let opened = var_opened_without_console(vm)?;
     f.check(opened, || "the boot after the window asked for /var's passphrase: the re-bound slot does not open /var".into());
     if !opened {
@@ -1060,9 +1075,10 @@ fn firmware_window(s: &mut Story) -> Check {
         return f.done();
     }
     let (outcome, st) = vm.wait_for_decision(BOOT)?;
-    f.check(outcome == Outcome::Unlocked, || format!("the boot after recovery: the swarm is {outcome:?}; status {st}"));
+    f.check(outcome == Outcome::Unlocked, || format!("the boot after the window: the swarm is {outcome:?}; status {st}"));
     f.check(differs(&st).is_empty(), || format!("after the reseal the sealed key's PCRs differ: {:?}", differs(&st)));
     f.check(!vm.console().contains(&var_key), || "the /var recovery key appears on the serial console".into());
+    f.check(!vm.console().contains(&key), || "the swarm unlock key appears on the serial console".into());
     f.done()
 }
 

@@ -39,8 +39,9 @@ pub struct Status {
     #[serde(default)]
     pub time: Option<crate::time::TimeSync>,
     /// The firmware window (`POST /swarmseal/v1/var/firmware-window`): `{"armed": RECORD or
-    /// null, "last": the last boot decision on a changed PCR 7 or an expiry, or null}`; `null`
-    /// outside the appliance (absent from older agents' documents).
+    /// null, "last": the last boot decision on a changed PCR 7 or an expiry, or null,
+    /// "key_sealed": true}` (`key_sealed` only while the window copy of the unlock key exists);
+    /// `null` outside the appliance (absent from older agents' documents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware_window: Option<serde_json::Value>,
 }
@@ -178,6 +179,7 @@ mod tests {
                 "bench": {"checks": 117, "score": 80, "end": null},
                 "image": {"id": "swarmseal", "version": "1.2", "sbom_sha256": "sha256:5e"},
                 "time": {"synchronised": true, "offset_seconds": -0.25, "source": "time.cloudflare.com", "authenticated": true, "problems": [], "error": null},
+                "firmware_window": {"armed": null, "last": {"outcome": "accepted", "at": 1765036800u64, "changed": "dbx changed", "boot_id": "6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1"}, "key_sealed": true},
             }),
             json!({
                 "swarm": {"error": "cannot reach the engine"},

@@ -54,6 +54,22 @@ impl AttestLimit {
     }
 }
 
+/// The answer to an arming that the root service confirmed (`lines`, `window`), with what
+/// became of the window copy of the swarm unlock key (`sealed`): `key_sealed`, and when it
+/// failed `key_error` and what that means — `/var`'s window stays armed either way.
+fn window_answer(lines: Vec<String>, window: Option<crate::firmware::Record>, sealed: Result<SlotFile, BootError>) -> serde_json::Value {
+    match sealed {
+        Ok(slot) => serde_json::json!({"armed": true, "output": lines, "window": window, "key_sealed": true, "key_policy": slot.policy}),
+        Err(e) => {
+            tracing::error!(event = "firmware_window_key_failed", security = true, error = %e, "the firmware window is armed for /var, but the swarm unlock key could not be sealed for it: after the firmware change the swarm stays locked (unlock it through the proxy with the escrowed key, then reseal)");
+            serde_json::json!({
+                "armed": true, "output": lines, "window": window, "key_sealed": false,
+                "key_error": format!("{e}. /var's window is armed; without the window copy of the unlock key the swarm stays locked after the firmware change: unlock it through the proxy with the escrowed key, then POST /swarmseal/v1/reseal (or arm again once this is fixed)"),
+            })
+        }
+    }
+}
+
 impl crate::proxy::AgentApi for AgentImpl {
     fn metrics(&self) -> Arc<swarmseal_common::metrics::Metrics> {
         self.ctx.metrics.clone()
@@ -117,7 +133,13 @@ impl crate::proxy::AgentApi for AgentImpl {
                         Some(w) if arm.is_some() => tracing::warn!(event = "firmware_window_armed", security = true, expires_at = w.expires_at, "a firmware window was armed on request through the proxy: /var also opens without PCR 7 until the first boot after a PCR 7 change or the expiry"),
                         _ => tracing::warn!(event = "firmware_window_disarmed", security = true, "the firmware window was disarmed on request through the proxy"),
                     }
-                    Ok(serde_json::json!({"armed": arm.is_some(), "output": lines, "window": window}))
+                    if arm.is_none() {
+                        // The root service deleted it with the window; this covers an older one.
+                        let ks = self.ctx.ks.clone();
+                        let _ = super::blocking(move || ks.drop_window()).await;
+                        return Ok(serde_json::json!({"armed": false, "output": lines, "window": window}));
+                    }
+                    Ok(window_answer(lines, window, self.ctx.seal_window_key().await))
                 }
                 Err(e) => {
                     let refusal = ApiError::from(&e);
@@ -348,6 +370,16 @@ async fn activate(ctx: &Ctx, credential_blob: Vec<u8>, secret: Vec<u8>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A window copy that could not be sealed is said (`key_sealed: false`, why, what it means
+    /// for the swarm), and the answer still reports `/var`'s window as armed.
+    #[test]
+    fn a_window_copy_that_failed_is_said_and_var_stays_armed() {
+        let failed = window_answer(vec!["firmware window armed until …".into()], None, Err(BootError::Tpm(crate::tpm::TpmError::Unavailable { tcti: "device:/dev/tpmrm0".into(), message: "connection refused".into() })));
+        assert_eq!((failed["armed"].as_bool(), failed["key_sealed"].as_bool()), (Some(true), Some(false)), "{failed}");
+        let why = failed["key_error"].as_str().unwrap();
+        assert!(why.contains("connection refused") && why.contains("/var's window is armed") && why.contains("stays locked after the firmware change"), "{why}");
+    }
 
     #[test]
     fn attestations_are_one_at_a_time_and_limited_per_minute() {

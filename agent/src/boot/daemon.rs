@@ -9,6 +9,7 @@ use super::custody::{change_key, repair_pending};
 use super::notify::{notify, status_line};
 use super::{appliance_facts, apply_credentials, BootError, Ctx, Custody, WATCH_INTERVAL};
 use crate::config::Config;
+use crate::keystore::Slot;
 use crate::swarm::{Engine, NodeState};
 use crate::tpm::TpmError;
 
@@ -41,7 +42,7 @@ async fn shutdown_signal() {
 }
 
 /// The boot decision for one engine state. Returns a one-line STATUS.
-async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> {
+pub async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> {
     let _lock = ctx.lock().await?;
     let st = engine.status().await?;
     if st.state != NodeState::Locked {
@@ -58,7 +59,24 @@ async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> 
         }
         NodeState::Inactive => Ok("no swarm on this engine and swarm init is off; waiting".into()),
         NodeState::Locked => {
-            let r = ctx.unlock_from_tpm(engine).await.map(|(slot, _)| slot);
+            let r = match ctx.unlock_from_tpm(engine).await.map(|(slot, _)| slot) {
+                Err(e) if window_may_follow(&e) => match ctx.window_permit().await {
+                    Some((changed, decided_in)) => match unlock_with_window(ctx, engine, &changed, &decided_in).await {
+                        Ok(()) => {
+                            ctx.metrics.unlock("unlocked", "firmware_window");
+                            return Ok(format!("swarm unlocked after the accepted firmware change ({changed}); unlock key resealed to the new PCR 7"));
+                        }
+                        // A transient TPM failure: the whole decision is taken again.
+                        Err(w @ BootError::Tpm(_)) if matches!(&w, BootError::Tpm(t) if t.is_retryable()) => Err(w),
+                        Err(w) => {
+                            tracing::error!(event = "firmware_window_unlock_failed", security = true, error = %w, "the firmware change of this boot was accepted, but the window copy of the unlock key did not unlock the swarm");
+                            Err(e)
+                        }
+                    },
+                    None => Err(e),
+                },
+                r => r,
+            };
             match &r {
                 Err(e) => {
                     // A transient TPM failure is decided again (run_agent): not an outcome yet.
@@ -98,6 +116,37 @@ async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootError> 
     }
 }
 
+/// Whether a failed unlock from `current` / `previous` leaves room for the window copy: the
+/// TPM refused (or something else failed for good), not a transient TPM failure (decided
+/// again) nor an already locked phase.
+fn window_may_follow(e: &BootError) -> bool {
+    !matches!(e, BootError::PhaseLocked { .. }) && !matches!(e, BootError::Tpm(t) if t.is_retryable())
+}
+
+/// The boot after an accepted firmware change (`crate::firmware` module docs): claim and
+/// unseal the window copy, unlock the engine with it, then [`finish_window`]. Call with the
+/// lock held, only when [`Ctx::window_permit`] said so (for the decision of boot `decided_in`).
+async fn unlock_with_window(ctx: &Ctx, engine: &Engine, changed: &str, decided_in: &str) -> Result<(), BootError> {
+    let key = ctx.unseal_window_for(decided_in).await?;
+    engine.unlock(&key).await?;
+    tracing::info!(event = "unlock", slot = "window", "swarm unlocked with the firmware window's copy of the key");
+    finish_window(ctx, &key, changed).await
+}
+
+/// Reseal `key` to `current` under this boot's PCRs (the new PCR 7; the escrow copy refreshed
+/// as every seal does), and only then delete the window copy (and its claim): a process killed
+/// in between leaves the copy for [`ensure_sealed`] to finish in this boot, a boot cut short
+/// leaves it to the next one ([`Ctx::window_permit`]). Logs
+/// `firmware_window_unlocked` and says it on the console.
+async fn finish_window(ctx: &Ctx, key: &crate::secret::UnlockKey, changed: &str) -> Result<(), BootError> {
+    ctx.seal(key).await?;
+    let ks = ctx.ks.clone();
+    super::blocking(move || ks.drop_window()).await?;
+    tracing::warn!(event = "firmware_window_unlocked", security = true, changed = %changed, "the swarm came back unlocked after the firmware change the window accepted: the unlock key is resealed to the new PCR 7 and the window copy is deleted");
+    println!("swarmseal: the swarm came back unlocked after the accepted firmware change ({changed}); its key is sealed to the new PCR 7");
+    Ok(())
+}
+
 /// The `reason` label of a refused unlock (`swarmseal_unlocks_total`): the words of the
 /// `unlock_refused` journal event.
 fn refusal_reason(e: &BootError) -> &'static str {
@@ -135,6 +184,21 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
             return Ok(true);
         }
     };
+    // Killed between the window unlock and its reseal (the window closed by an accepted change,
+    // its copy still there, and this boot may use it: Ctx::window_permit): finish now.
+    if ctx.ks.slot_path(Slot::Window).exists() && matches!(crate::firmware::record(&ctx.cfg.state_dir), Ok(None)) {
+        if let Some((changed, _)) = ctx.window_permit().await {
+            finish_window(ctx, &key, &changed).await?;
+            return Ok(true);
+        }
+        // A closed window's copy this boot may not use (unlocked by hand after a stale or
+        // missing decision): nothing will ever use it, and a key without PCR 7 must not linger.
+        // Not while the TPM does not answer: window_permit could not judge a claim then.
+        let ks = ctx.ks.clone();
+        if ctx.pcr7().await.is_ok() && super::blocking(move || ks.drop_window()).await? {
+            tracing::warn!(event = "firmware_window_key_dropped", security = true, "the window copy of the unlock key was deleted: its window is closed and no accepted change of this boot (nor a claimed one) lets it be used");
+        }
+    }
     if ctx.sealed_holds(&key) {
         // Escrow configured after the key was sealed: the operator's copy is written now.
         if let Some(r) = &ctx.cfg.escrow.recipient {

@@ -47,10 +47,10 @@ mod terminal;
 pub use commands::{cmd_init, cmd_rotate, cmd_seal, cmd_status, cmd_unlock};
 pub use credentials::apply_credentials;
 pub use custody::repair_pending;
-pub use daemon::{run_agent, run_proxy_only};
+pub use daemon::{boot_decision, run_agent, run_proxy_only};
 pub use notify::notify;
 pub use phase::{consumes_unlock, PHASE_MARKER};
-pub use seal::{describe_pcrs, diff_pcrs, tcti, Ctx, Custody, PreparedSeal, Sealed, StateLock};
+pub use seal::{describe_pcrs, diff_pcrs, tcti, Ctx, Custody, PreparedSeal, Sealed, StateLock, WINDOW_KEY_PCRS};
 pub use status::{appliance_facts, latest_bench_report, status, status_and_engine_error};
 pub(crate) use terminal::{read_key_from_stdin, show_key_on_terminal};
 

@@ -13,6 +13,11 @@ use crate::secret::UnlockKey;
 use crate::swarm::Engine;
 use crate::tpm::{PcrValues, Policy, SealedObject, Tpm, TpmError};
 
+/// The PCRs the firmware window's copy of the key binds literally instead of PCR 7 (as
+/// `/var`'s window slot, `crate::firmware::WINDOW_PCRS`): option ROMs and drivers (2), the boot
+/// applications (4), the command line from outside the UKI (12).
+pub const WINDOW_KEY_PCRS: [u8; 3] = [2, 4, 12];
+
 /// Pauses between attempts of a TPM operation that failed transiently (3 s in all).
 const TPM_RETRY_DELAYS: [Duration; 5] = [Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800), Duration::from_millis(1500)];
 
@@ -186,7 +191,126 @@ impl Ctx {
             tracing::info!(event = "escrow", file = %p.display(), "escrow copy of the unlock key written (age-encrypted)");
         }
         drop(_room);
+        self.refresh_window(key).await;
         Ok(Sealed { slot, in_place })
+    }
+
+    /// The PCRs the firmware window's copy of the key binds: the sealing policy's PCRs
+    /// ([`crate::config::TpmConfig::policy_pcrs`]) with PCR 7 swapped for [`WINDOW_KEY_PCRS`]
+    /// (with the appliance's `pcrs = [7, 12, 15]`, `signed_pcrs = [11]`: 2, 4, 12, 15 literal
+    /// + 11 signed), ascending.
+    pub fn window_pcrs(&self) -> Vec<u8> {
+        let mut p: Vec<u8> = self.cfg.tpm.policy_pcrs().into_iter().filter(|p| *p != 7).chain(WINDOW_KEY_PCRS).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+
+    /// Seal `key` as the firmware window's copy (keystore slot `window`, module docs of
+    /// `crate::firmware`): [`Ctx::window_pcrs`] at this boot's values (in a phase-locked boot,
+    /// the phase record's pre-lock values for the PCRs it holds), under the same kind of policy
+    /// as `current` ([`Ctx::sealing_policy`]: for `authorize`, PCR 11 signed). TPM 2.0 Part 3,
+    /// TPM2_Create; every handle flushed ([`Tpm::seal`]). `current` and `previous` are not
+    /// touched. Errors: `SealRefused`, `Tpm`, `Keystore(Io)`.
+    pub async fn seal_window(&self, key: &UnlockKey) -> Result<SlotFile, BootError> {
+        let pcrs = self.window_pcrs();
+        let mut values = self.tpm_retry(move |t| t.read_pcrs(&pcrs)).await?;
+        let (boot, locked) = self.boot_pcrs().await?;
+        if locked {
+            for (k, v) in boot {
+                if let Some(slot) = values.get_mut(&k) {
+                    *slot = v;
+                }
+            }
+        }
+        let policy = self.sealing_policy(values.clone()).await?;
+        let secret = Zeroizing::new(key.expose().as_bytes().to_vec());
+        let p = policy.clone();
+        let obj = self.tpm_retry(move |t| t.seal(&secret, &p)).await?;
+        let mut salt = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+        let slot = SlotFile::new(Slot::Window, &obj, &policy, key.fingerprint(&salt), &salt);
+        let (ks, s) = (self.ks.clone(), slot.clone());
+        blocking(move || ks.store_window(&s)).await?;
+        tracing::warn!(event = "firmware_window_key_sealed", security = true, pcrs = %describe_pcrs(&values), "the firmware window's copy of the swarm unlock key was sealed without PCR 7 (until the window closes)");
+        Ok(slot)
+    }
+
+    /// The arming side of the window copy: read the engine's unlock key (`GET
+    /// /swarm/unlockkey`, an active manager with autolock on) and [`Ctx::seal_window`] it, with
+    /// the state-dir lock held. Errors: `State` (not an active manager, autolock off), `Swarm`,
+    /// and [`Ctx::seal_window`]'s.
+    pub async fn seal_window_key(&self) -> Result<SlotFile, BootError> {
+        let engine = super::commands::engine(&self.cfg).await?;
+        super::commands::active_manager(&engine).await?;
+        let _lock = self.lock().await?;
+        let key = engine.unlock_key().await?.ok_or_else(|| super::commands::state_error(crate::swarm::NodeState::Active, "autolock is off: there is no unlock key to keep through the window"))?;
+        self.seal_window(&key).await
+    }
+
+    /// After a seal of `current`: while a window is armed and its copy holds another key (a
+    /// rotation, a reseal of a changed key), seal the copy again with `key` — a stale copy would
+    /// not unlock the swarm after the change. A failure is logged (the swarm would then stay
+    /// locked after the change, as without a copy), not returned: `current` is sealed.
+    async fn refresh_window(&self, key: &UnlockKey) {
+        let holds = matches!(self.ks.load(Slot::Window), Ok(Some(w)) if key.fingerprint(&w.salt()) == w.key_fingerprint);
+        let armed = matches!(crate::firmware::record(&self.cfg.state_dir), Ok(Some(_)));
+        if !armed || holds || !self.ks.slot_path(Slot::Window).exists() {
+            return;
+        }
+        match self.seal_window(key).await {
+            Ok(_) => tracing::warn!(event = "firmware_window_key_resealed", security = true, "the unlock key changed while a firmware window is armed: its copy was sealed again with the new key"),
+            Err(e) => tracing::error!(event = "firmware_window_key_stale", security = true, error = %e, "the unlock key changed while a firmware window is armed, but its copy could not be sealed again: after the firmware change the swarm stays locked (unlock it through the proxy with the escrowed key)"),
+        }
+    }
+
+    /// This boot's PCR 7 (sha256, hex).
+    pub(super) async fn pcr7(&self) -> Result<String, TpmError> {
+        let v = self.tpm_retry(|t| t.read_pcrs(&[7])).await?;
+        Ok(v.get(&7).map(hex::encode).unwrap_or_default())
+    }
+
+    /// Whether the firmware window's copy may be tried in this boot, and for which decision
+    /// (what changed, the deciding boot's ID): an `accepted` decision of this boot
+    /// (`crate::firmware::accepted_this_boot`); or, after a boot cut short between the window
+    /// unlock and the reseal, the accepted decision a claim names
+    /// ([`crate::keystore::WindowClaim`]) at the PCR 7 it claimed. Anything else: `None`.
+    pub async fn window_permit(&self) -> Option<(String, String)> {
+        if !self.ks.slot_path(Slot::Window).exists() {
+            return None;
+        }
+        let (changed, decided_in) = crate::firmware::accepted(&self.cfg.state_dir)?;
+        if crate::firmware::boot_id().as_deref() == Some(decided_in.as_str()) {
+            return Some((changed, decided_in));
+        }
+        let claim = self.ks.load_window_claim().filter(|c| c.boot_id == decided_in)?;
+        let now = self.pcr7().await.ok()?;
+        if now != claim.pcr7 {
+            tracing::warn!(event = "firmware_window_claim_refused", security = true, claimed = %claim.pcr7, pcr7 = %now, "a window copy claimed in an earlier boot is not used: PCR 7 is not the one that boot accepted");
+            return None;
+        }
+        tracing::warn!(event = "firmware_window_claim_resumed", security = true, pcr7 = %now, "an earlier boot claimed the window copy for its accepted firmware change and was cut short: finishing at the same PCR 7");
+        Some((changed, decided_in))
+    }
+
+    /// Claim the window copy for the accepted decision of boot `decided_in` at this boot's PCR 7
+    /// ([`crate::keystore::Keystore::store_window_claim`]), then unseal it. TPM 2.0 Part 3,
+    /// TPM2_Unseal ([`Tpm::unseal_signed`]); transient failures retried. Only after
+    /// [`Ctx::window_permit`] said so. Errors: `Keystore(NoSealedKey | Corrupt | Io)`,
+    /// `SignatureFile`, `Tpm`.
+    pub async fn unseal_window_for(&self, decided_in: &str) -> Result<UnlockKey, BootError> {
+        let claim = crate::keystore::WindowClaim { boot_id: decided_in.to_string(), pcr7: self.pcr7().await? };
+        let ks = self.ks.clone();
+        blocking(move || ks.store_window_claim(&claim)).await?;
+        let path = self.ks.slot_path(Slot::Window);
+        let file = self.ks.load(Slot::Window)?.ok_or_else(|| KeystoreError::NoSealedKey { dir: self.ks.keys_dir() })?;
+        let (obj, policy) = file.decode(&path)?;
+        let signatures = match &policy {
+            Policy::Pcr { .. } => None,
+            Policy::Authorize { .. } => Some(PcrSignatures::load(&self.cfg.tpm.pcr_signature).map_err(BootError::SignatureFile)?),
+        };
+        let bytes = self.tpm_retry(move |t| t.unseal_signed(&obj, &policy, signatures.as_ref())).await?;
+        Ok(UnlockKey::from_bytes(&bytes).map_err(|_| KeystoreError::Corrupt { path, message: "the unsealed data is not an unlock key".into() })?)
     }
 
     /// Whether the `current` slot holds `key`.

@@ -79,10 +79,17 @@ pub async fn status_and_engine_error(ctx: &Ctx) -> (Status, Option<crate::swarm:
             ..serde_json::from_value(crate::update::os_image(&ctx.cfg.update.os_release)).unwrap_or_default()
         },
         time: Some(time_sync().await),
-        firmware_window: Some(serde_json::json!({
-            "armed": crate::firmware::record(&ctx.cfg.state_dir).ok().flatten(),
-            "last": crate::firmware::last(&ctx.cfg.state_dir),
-        })),
+        firmware_window: Some({
+            let mut w = serde_json::json!({
+                "armed": crate::firmware::record(&ctx.cfg.state_dir).ok().flatten(),
+                "last": crate::firmware::last(&ctx.cfg.state_dir),
+            });
+            // Only when there is one: older documents (and readers) stay as they were.
+            if ctx.ks.slot_path(crate::keystore::Slot::Window).exists() {
+                w["key_sealed"] = serde_json::Value::Bool(true);
+            }
+            w
+        }),
     };
     (st, engine_error)
 }

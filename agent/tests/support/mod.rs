@@ -8,6 +8,9 @@ use std::process::Stdio;
 
 pub use swarmseal_testkit::*;
 
+mod fleet_key;
+#[allow(unused_imports)]
+pub use fleet_key::*;
 mod proxy_env;
 #[allow(unused_imports)]
 pub use proxy_env::*;

@@ -1,5 +1,7 @@
 //! Sealed unlock keys on disk: two slots, `current` and `previous`, under
-//! `<state_dir>/keys/`, plus the phase-lock record `<state_dir>/phase.json`.
+//! `<state_dir>/keys/`, plus the phase-lock record `<state_dir>/phase.json`. While a firmware
+//! window is armed (the agent's `crate::firmware`), a third slot `window` holds a copy of the
+//! key sealed without PCR 7 ([`Keystore::store_window`], [`Keystore::drop_window`]).
 //!
 //! Files hold TPM blobs and metadata only, never the key. They are JSON,
 //! versioned (`format`, `version`), written atomically (temp file, fsync,
@@ -66,6 +68,9 @@ pub enum KeystoreError {
 pub enum Slot {
     Current,
     Previous,
+    /// The firmware window's copy (PCRs 2, 4, 12, 15 literal + PCR 11 signed, not PCR 7): tried
+    /// only after a firmware change the window accepted in this boot.
+    Window,
 }
 
 impl Slot {
@@ -73,6 +78,7 @@ impl Slot {
         match self {
             Slot::Current => "current",
             Slot::Previous => "previous",
+            Slot::Window => "window",
         }
     }
 }
@@ -226,6 +232,16 @@ impl SlotFile {
     pub fn salt(&self) -> Vec<u8> {
         hex::decode(&self.fingerprint_salt).unwrap_or_default()
     }
+}
+
+/// The window copy in use (`keys/window-claim.json`, no secret): the boot whose accepted
+/// firmware decision it serves (that decision's boot ID) and the PCR 7 (sha256, hex) it was
+/// accepted at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowClaim {
+    pub boot_id: String,
+    pub pcr7: String,
 }
 
 /// Phase-lock record: PCR values of this boot before and after the agent's extend.
@@ -452,6 +468,55 @@ impl Keystore {
         }
     }
 
+    /// Write the firmware window's copy (`keys/window.json`, atomic, 0600), replacing any
+    /// earlier one (an unreadable one is kept aside). `current` and `previous` are not touched.
+    pub fn store_window(&self, new: &SlotFile) -> Result<(), KeystoreError> {
+        self.make_keys_dir()?;
+        if self.load(Slot::Window).is_err() {
+            keep_bad(&self.slot_path(Slot::Window))?;
+        }
+        let mut w = new.clone();
+        w.slot = Slot::Window;
+        self.write_json(&self.slot_path(Slot::Window), &w)
+    }
+
+    /// Remove the firmware window's copy (disarmed, expired, refused, or used) and its claim
+    /// ([`Keystore::store_window_claim`]). Returns whether there was a copy.
+    pub fn drop_window(&self) -> Result<bool, KeystoreError> {
+        let p = self.slot_path(Slot::Window);
+        let had = match std::fs::remove_file(&p) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(KeystoreError::Io { path: p, source: e }),
+        };
+        match std::fs::remove_file(self.claim_path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(KeystoreError::Io { path: self.claim_path(), source: e }),
+        }
+        if had {
+            fsync_dir(&self.keys_dir())?;
+        }
+        Ok(had)
+    }
+
+    fn claim_path(&self) -> PathBuf {
+        self.keys_dir().join("window-claim.json")
+    }
+
+    /// Record (atomic, 0600) that the window copy is being used for the accepted decision of
+    /// boot `claim.boot_id` at PCR 7 = `claim.pcr7`, before it is unsealed: a boot cut short
+    /// between the unlock and the reseal of `current` can then finish at the same PCR 7.
+    pub fn store_window_claim(&self, claim: &WindowClaim) -> Result<(), KeystoreError> {
+        self.make_keys_dir()?;
+        self.write_json(&self.claim_path(), claim)
+    }
+
+    /// The window copy's claim, if any (an unreadable one counts as none: it grants nothing).
+    pub fn load_window_claim(&self) -> Option<WindowClaim> {
+        serde_json::from_slice(&std::fs::read(self.claim_path()).ok()?).ok()
+    }
+
     /// Every readable phase record: the runtime dir's copy first, then the state dir's.
     pub fn load_phases(&self) -> Vec<PhaseRecord> {
         self.phase_paths().iter().filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok()).collect()
@@ -660,6 +725,27 @@ nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
         assert!(text.contains("\"kind\":\"pcr\""));
         let (_, policy) = serde_json::from_str::<SlotFile>(&text).unwrap().decode(Path::new("c.json")).unwrap();
         assert!(matches!(policy, Policy::Pcr { .. }));
+    }
+
+    #[test]
+    fn the_window_copy_is_its_own_file_and_leaves_current_and_previous_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = Keystore::new(d.path());
+        let (a, b) = (key("a"), key("b"));
+        ks.store_current(&slot(&a), &a).unwrap();
+        ks.store_window(&slot(&b)).unwrap();
+        let w = ks.load(Slot::Window).unwrap().unwrap();
+        assert_eq!((w.slot, w.key_fingerprint.clone()), (Slot::Window, b.fingerprint(b"salt")));
+        assert!(ks.slot_path(Slot::Window).ends_with("keys/window.json"));
+        assert!(ks.load(Slot::Previous).unwrap().is_none());
+        assert_eq!(ks.load(Slot::Current).unwrap().unwrap().key_fingerprint, a.fingerprint(b"salt"));
+        let claim = WindowClaim { boot_id: "b".into(), pcr7: "00".repeat(32) };
+        ks.store_window_claim(&claim).unwrap();
+        assert_eq!(ks.load_window_claim(), Some(claim));
+        assert!(ks.drop_window().unwrap());
+        assert_eq!(ks.load_window_claim(), None, "the claim goes with the copy");
+        assert!(!ks.drop_window().unwrap(), "nothing left to drop");
+        assert!(ks.load(Slot::Window).unwrap().is_none());
     }
 
     #[test]
