@@ -93,7 +93,7 @@ fn main() {
         ("8", "image update v1 → v2 (same fleet key) through the proxy: A/B slot, reboot, unlocked with no reseal", update_same_key),
         ("9", "a release signed by another fleet key: refused before anything is written, manager untouched", update_other_key),
         ("10", "a release that fails its health gate: its boot tries, then back on the previous version, unlocked with no reseal", update_rolls_back),
-        ("13", "a dbx update (a firmware window armed through the proxy first): /var opens with no console, re-bound to the new PCR 7; the swarm locked, unlocked and resealed through the proxy; the next boot needs nobody", firmware_window),
+        ("13", "a dbx update (a firmware window armed through the proxy first): /var opens with no console, re-bound to the new PCR 7; the swarm comes back unlocked with the window copy of its key, resealed to the new PCR 7; the next boot needs nobody", firmware_window),
         ("4", "disk moved to another machine: nothing opens, console says why", moved_disk),
         ("7", "bad first-boot credentials: boots, says what is wrong, exposes nothing", bad_credentials),
         ("11", "a bond of 2 NICs with a static address and a VLAN, by first-boot credential (network.*): the swarm advertises it, the screen shows both, the proxy answers on it and again through the 2nd NIC once the active one's cable is pulled", static_address),
