@@ -273,6 +273,12 @@ impl Vm {
         if let Some(u) = &self.uki {
             cmd.arg("--uki").arg(u);
         }
+        // SWARMSEAL_QEMU_CPUS=1 (scripts/test-fleet --lanes): two VMs side by side on 2 host
+        // cores must not have 4 vCPU threads — a guest spinning on a lock that its other,
+        // descheduled vCPU holds stretched a 200 s first boot to 607 s.
+        if let Some(n) = std::env::var("SWARMSEAL_QEMU_CPUS").ok().filter(|n| n.parse::<u8>().is_ok_and(|n| n > 0)) {
+            cmd.arg("--cpus").arg(n);
+        }
         // No time server outside this host: the image's NTS defaults are public servers, which
         // QEMU's user network would reach. A scenario that wants time names its own server.
         if !self.options.iter().any(|o| o.starts_with("swarmseal.ntp-servers=")) {
