@@ -3,8 +3,11 @@
 //! 12, 15 + PCR 11 signed; a rotation while armed seals it again; after a PCR 7 change the boot
 //! decision unlocks with it only for an `accepted` decision of this boot, reseals `current` to
 //! the new PCR 7 and deletes the copy; any other decision leaves the swarm locked; a process
-//! killed between the unlock and the reseal is finished by the next decision; a TPM that stops
-//! during arming leaves `/var`'s window armed and says the copy failed.
+//! killed between the unlock and the reseal is finished by the next decision (only for a claim
+//! marked unlocked); a hand unlock after the copy failed never reseals `current`; a failed
+//! reseal after the window unlock is deferred; no copy in a boot that is not the sealed one; a
+//! stale claim never consumes a new copy; every arming drops the earlier copy; a TPM that
+//! stops during arming leaves `/var`'s window armed and says the copy failed.
 //!
 //! `/var`'s side (the root service's `arm` / `check`) is not run here (it needs LUKS and root's
 //! socket; `firmware.rs`'s unit tests and QEMU scenario 13 cover it): its record and decision
@@ -249,17 +252,25 @@ fn killed_after_the_window_unlock(m: &Manager, decided_in: &str) {
     assert!(m.slot(Slot::Window).is_some());
 }
 
+/// The boot of a decision other than this one (the test cannot change the kernel's boot ID).
+const ANOTHER_BOOT: &str = "6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1";
+
+/// [`armed_then_dbx_updated`], accepted by [`ANOTHER_BOOT`], which unlocked with the window
+/// copy and was cut short before the reseal (its claim left, marked unlocked); its key.
+fn cut_short_after_the_window_unlock() -> (Manager, String) {
+    let (m, k0) = armed_then_dbx_updated();
+    m.decided(&accepted(Some(ANOTHER_BOOT.into())));
+    killed_after_the_window_unlock(&m, ANOTHER_BOOT);
+    (m, k0)
+}
+
 /// The same, but the boot is cut short (power loss) before the reseal: its decision is now
 /// another boot's. The next boot uses the copy only because that boot claimed it, and only at
 /// the PCR 7 it claimed: at a third PCR 7 the swarm stays locked; at the claimed one it
 /// unlocks, `current` is resealed and the copy deleted.
 #[test]
 fn a_boot_cut_short_after_the_window_unlock_is_finished_by_the_next_at_the_same_pcr7_only() {
-    let (mut m, k0) = armed_then_dbx_updated();
-    // The boot of the decision, as the test cannot change the kernel's boot ID: another one.
-    const THAT_BOOT: &str = "6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1";
-    m.decided(&accepted(Some(THAT_BOOT.into())));
-    killed_after_the_window_unlock(&m, THAT_BOOT);
+    let (mut m, k0) = cut_short_after_the_window_unlock();
     let claimed7 = m.pcr(7);
     m.reboot(2);
     assert_ne!(m.pcr(7), claimed7);
@@ -283,7 +294,7 @@ fn a_boot_cut_short_after_the_window_unlock_is_finished_by_the_next_at_the_same_
 #[test]
 fn an_unusable_window_copy_is_deleted_once_the_swarm_is_unlocked_by_hand() {
     let (m, k0) = armed_then_dbx_updated();
-    m.decided(&accepted(Some("6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1".into())));
+    m.decided(&accepted(Some(ANOTHER_BOOT.into())));
     assert!(m.decide().is_err());
     assert!(m.slot(Slot::Window).is_some(), "kept while the swarm is locked");
     let ctx = m.ctx();
@@ -375,10 +386,7 @@ fn arming_in_a_boot_that_is_not_the_sealed_one_seals_no_copy() {
 /// never used, and a claim of another copy grants nothing.
 #[test]
 fn a_stale_claim_never_consumes_a_new_window_copy() {
-    let (mut m, k0) = armed_then_dbx_updated();
-    const THAT_BOOT: &str = "6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1";
-    m.decided(&accepted(Some(THAT_BOOT.into())));
-    killed_after_the_window_unlock(&m, THAT_BOOT);
+    let (mut m, k0) = cut_short_after_the_window_unlock();
     let stale = std::fs::read(m.claim_path()).unwrap();
     // Another boot (PCR 7 = P2): the operator unlocks by hand, reseals, and arms again.
     m.reboot(2);
@@ -406,7 +414,7 @@ fn a_stale_claim_never_consumes_a_new_window_copy() {
 #[test]
 fn arming_when_the_swarm_is_locked_drops_the_earlier_copy() {
     let (m, _k0) = armed_then_dbx_updated();
-    m.decided(&accepted(Some("6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1".into())));
+    m.decided(&accepted(Some(ANOTHER_BOOT.into())));
     std::fs::write(m.claim_path(), b"{}").unwrap();
     assert_eq!(m.d.swarm_state(), "locked");
     m.arm_var();
