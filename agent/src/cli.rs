@@ -309,7 +309,7 @@ impl From<&BootError> for Exit {
             BootError::Tpm(TpmError::PolicyMismatch { .. } | TpmError::NotSigned { .. } | TpmError::BadSignature { .. })
             | BootError::PhaseLocked { .. }
             | BootError::SignatureFile(_) => Exit::PolicyMismatch,
-            BootError::SealRefused { .. } => Exit::SealRefused,
+            BootError::SealRefused { .. } | BootError::WindowRefused { .. } => Exit::SealRefused,
             BootError::Tpm(TpmError::SrkMismatch) => Exit::BadSealedKey,
             BootError::Tpm(TpmError::Command { .. } | TpmError::EkMismatch { .. } | TpmError::ActivationRefused { .. }) => Exit::Failure,
             BootError::Keystore(KeystoreError::NoSealedKey { .. }) => Exit::NoSealedKey,

@@ -35,23 +35,30 @@
 //! **window copy** (keystore slot `window`, `keys/window.json`) under **PCRs 2, 4, 12, 15
 //! literal** (this boot's values) **+ PCR 11 signed** (the main slot's TPM2_PolicyAuthorize) —
 //! the main slot's policy with PCR 7 swapped for the window's PCRs. A key rotation or reseal
-//! while the window is armed seals the copy again with the new key. Disarming, an expiry, an
-//! orphan wipe and a refused change delete the copy (`check` and `disarm` do, as root, in the
-//! same state dir). A copy that could not be sealed does not disarm `/var`'s window: the answer
-//! says so (`key_sealed: false`), and after an accepted change the swarm then stays locked as
-//! before.
+//! while the window is armed seals the copy again with the new key. Every arming first deletes
+//! any earlier copy and its claim; no copy is sealed in a boot that is not the sealed one
+//! (`current`'s PCRs differ: status `seal_stale`, "reseal first"). Disarming (the copy first,
+//! before the wipes that can fail), an expiry, an orphan wipe and a refused change delete the
+//! copy (`check` and `disarm` do, as root, in the same state dir). A copy that could not be
+//! sealed does not disarm `/var`'s window: the answer says so (HTTP 500, `key_sealed: false`),
+//! and after an accepted change the swarm then stays locked as before.
 //!
 //! At the boot after an accepted change, `current` and `previous` no longer unseal (PCR 7
 //! moved). The agent then reads [`LAST`]: only an `accepted` decision carrying **this boot's
 //! ID** (`/proc/sys/kernel/random/boot_id`, written by `check`, [`accepted_this_boot`]) lets it
 //! unseal the window copy — a decision of an earlier boot never counts. It unlocks the swarm,
 //! reseals `current` to this boot's PCRs (the new PCR 7; the escrow copy refreshed as every
-//! seal does), and only then deletes the window copy (`firmware_window_unlocked`). Before it
-//! unseals the copy it writes a claim (`keys/window-claim.json`: the decision's boot ID and this
-//! PCR 7). Killed before the copy is deleted, the agent restarted in the same boot finishes
-//! the reseal; a boot cut short there (power loss) is finished by the next boot, which may use
-//! the copy once more only for that claimed decision and at the very PCR 7 it claimed. A
-//! closed window's copy that no boot may use any more is deleted once the swarm is active. After
+//! seal does), and only then deletes the window copy (`firmware_window_unlocked`); a failed
+//! reseal is left to the watch loop (the unlock is consumed). Before it unseals the copy it
+//! writes a claim (`keys/window-claim.json`: the decision's boot ID, this PCR 7, the copy's
+//! fingerprint, this boot's ID), and marks it `unlocked` once the copy unlocked the engine.
+//! Killed before the copy is deleted, the agent restarted in the same boot finishes the reseal
+//! only for a claim of this boot marked `unlocked`; a boot cut short there (power loss) is
+//! finished by the next boot, which may unseal the copy once more only for that claimed
+//! decision, at the very PCR 7 it claimed, for that very copy, and with no window armed. An
+//! unlock by hand never finishes the window (the operator's reseal accepts a boot chain, as
+//! `seal_stale` says): a closed window's copy not used in this boot is deleted with its claim
+//! once the swarm is active. After
 //! a refused change (or without a copy) the swarm stays locked, and the operator unlocks
 //! through the proxy with the escrowed key and reseals (docs/operating.md "When the boot chain
 //! changed").
@@ -419,6 +426,8 @@ pub fn arm(cfg: &Config, paths: &Paths, recovery_key: &str, days: u32) -> Result
 
 /// Wipe the window's slots and its record. Without a window: nothing to do.
 pub fn disarm(cfg: &Config, paths: &Paths) -> Result<usize, WindowError> {
+    // First: the key copy must not outlive the window, even when a wipe below fails.
+    drop_window_key(cfg);
     let slots = if paths.device.exists() { window_slots(&paths.device)? } else { Vec::new() };
     for s in &slots {
         run(&cryptenroll(), "systemd-cryptenroll --wipe-slot (the firmware window's slot)", &[format!("--wipe-slot={s}").as_ref(), paths.device.as_os_str()], None)?;
@@ -429,7 +438,6 @@ pub fn disarm(cfg: &Config, paths: &Paths) -> Result<usize, WindowError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&p)(e)),
     }
-    drop_window_key(cfg);
     if !slots.is_empty() {
         tracing::warn!(event = "firmware_window_disarmed", security = true, slots = %slots.join(","), "the firmware window's /var slot was wiped");
     }
@@ -784,6 +792,13 @@ mod tests {
         write_json(&cfg.state_dir.join(RECORD), &rec).unwrap();
         assert!(matches!(check(&cfg, &paths).unwrap(), Outcome::Expired { .. }));
         assert_eq!(record(&cfg.state_dir).unwrap(), None);
+        // Armed with a window copy, then a disarm whose wipe fails: the copy is deleted anyway
+        // (first), the error is returned.
+        arm(&cfg, &paths, KEY, 7).unwrap();
+        std::fs::write(&copy, b"{}").unwrap();
+        tool("cryptenroll", "cat >/dev/null; echo 'wipe failed' >&2; exit 1");
+        assert!(disarm(&cfg, &paths).is_err(), "the failed wipe is an error");
+        assert!(!copy.exists(), "a disarm deletes the window copy of the swarm key before the wipes that can fail");
         std::env::remove_var("SWARMSEAL_CRYPTENROLL");
         std::env::remove_var("SWARMSEAL_CRYPTSETUP");
     }

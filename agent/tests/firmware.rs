@@ -3,8 +3,11 @@
 //! 12, 15 + PCR 11 signed; a rotation while armed seals it again; after a PCR 7 change the boot
 //! decision unlocks with it only for an `accepted` decision of this boot, reseals `current` to
 //! the new PCR 7 and deletes the copy; any other decision leaves the swarm locked; a process
-//! killed between the unlock and the reseal is finished by the next decision; a TPM that stops
-//! during arming leaves `/var`'s window armed and says the copy failed.
+//! killed between the unlock and the reseal is finished by the next decision (only for a claim
+//! marked unlocked); a hand unlock after the copy failed never reseals `current`; a failed
+//! reseal after the window unlock is deferred; no copy in a boot that is not the sealed one; a
+//! stale claim never consumes a new copy; every arming drops the earlier copy; a TPM that
+//! stops during arming leaves `/var`'s window armed and says the copy failed.
 //!
 //! `/var`'s side (the root service's `arm` / `check`) is not run here (it needs LUKS and root's
 //! socket; `firmware.rs`'s unit tests and QEMU scenario 13 cover it): its record and decision
@@ -87,7 +90,11 @@ impl Manager {
     }
 
     fn decide(&self) -> Result<String, swarmseal::boot::BootError> {
-        let ctx = self.ctx();
+        self.decide_with(self.ctx())
+    }
+
+    /// The boot decision with `ctx` (a changed configuration).
+    fn decide_with(&self, ctx: Ctx) -> Result<String, swarmseal::boot::BootError> {
         self.rt.block_on(async {
             let engine = Engine::connect(&ctx.cfg.docker_socket()).await.unwrap();
             boot_decision(&ctx, &engine).await
@@ -115,6 +122,17 @@ impl Manager {
             let _ = std::fs::remove_file(self.state.path().join(RECORD));
         }
         std::fs::write(self.state.path().join(LAST), serde_json::to_vec(o).unwrap()).unwrap();
+    }
+
+    /// The operator unlocks by hand (`docker swarm unlock` through the proxy) with `key`.
+    fn unlock_by_hand(&self, key: &str) {
+        let ctx = self.ctx();
+        self.rt.block_on(async { Engine::connect(&ctx.cfg.docker_socket()).await.unwrap().unlock(&UnlockKey::new(key.to_string()).unwrap()).await.unwrap() });
+        assert_eq!(self.d.swarm_state(), "active");
+    }
+
+    fn claim_path(&self) -> std::path::PathBuf {
+        self.state.path().join("keys/window-claim.json")
     }
 
     fn seal_window_key(&self) -> Result<SlotFile, swarmseal::boot::BootError> {
@@ -171,6 +189,7 @@ fn the_swarm_comes_back_unlocked_after_an_accepted_firmware_change_of_this_boot(
         assert!(e.to_string().contains("PCR 7"), "{what}: the refusal names PCR 7: {e}");
         assert_eq!(m.d.swarm_state(), "locked", "{what}: the swarm stays locked");
         assert!(m.holds(Slot::Window, &k1), "{what}: the window copy is left untried");
+        assert!(!m.claim_path().exists(), "{what}: no claim is written for a copy left untried");
     }
     m.decided(&accepted(Some(this_boot)));
     let line = m.decide().unwrap();
@@ -220,15 +239,29 @@ fn armed_then_dbx_updated() -> (Manager, String) {
 }
 
 /// What a killed agent leaves: the copy claimed for the decision of boot `decided_in`,
-/// unsealed, the swarm unlocked with it; `current` not resealed, the copy still there.
+/// unsealed, the swarm unlocked with it (the claim says so); `current` not resealed, the copy
+/// still there.
 fn killed_after_the_window_unlock(m: &Manager, decided_in: &str) {
     let ctx = m.ctx();
     m.rt.block_on(async {
         let key = ctx.unseal_window_for(decided_in).await.unwrap();
         Engine::connect(&ctx.cfg.docker_socket()).await.unwrap().unlock(&key).await.unwrap();
+        ctx.window_unlocked().await.unwrap();
     });
     assert_eq!(m.d.swarm_state(), "active");
     assert!(m.slot(Slot::Window).is_some());
+}
+
+/// The boot of a decision other than this one (the test cannot change the kernel's boot ID).
+const ANOTHER_BOOT: &str = "6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1";
+
+/// [`armed_then_dbx_updated`], accepted by [`ANOTHER_BOOT`], which unlocked with the window
+/// copy and was cut short before the reseal (its claim left, marked unlocked); its key.
+fn cut_short_after_the_window_unlock() -> (Manager, String) {
+    let (m, k0) = armed_then_dbx_updated();
+    m.decided(&accepted(Some(ANOTHER_BOOT.into())));
+    killed_after_the_window_unlock(&m, ANOTHER_BOOT);
+    (m, k0)
 }
 
 /// The same, but the boot is cut short (power loss) before the reseal: its decision is now
@@ -237,11 +270,7 @@ fn killed_after_the_window_unlock(m: &Manager, decided_in: &str) {
 /// unlocks, `current` is resealed and the copy deleted.
 #[test]
 fn a_boot_cut_short_after_the_window_unlock_is_finished_by_the_next_at_the_same_pcr7_only() {
-    let (mut m, k0) = armed_then_dbx_updated();
-    // The boot of the decision, as the test cannot change the kernel's boot ID: another one.
-    const THAT_BOOT: &str = "6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1";
-    m.decided(&accepted(Some(THAT_BOOT.into())));
-    killed_after_the_window_unlock(&m, THAT_BOOT);
+    let (mut m, k0) = cut_short_after_the_window_unlock();
     let claimed7 = m.pcr(7);
     m.reboot(2);
     assert_ne!(m.pcr(7), claimed7);
@@ -265,7 +294,7 @@ fn a_boot_cut_short_after_the_window_unlock_is_finished_by_the_next_at_the_same_
 #[test]
 fn an_unusable_window_copy_is_deleted_once_the_swarm_is_unlocked_by_hand() {
     let (m, k0) = armed_then_dbx_updated();
-    m.decided(&accepted(Some("6b1d7c52-93a0-4e57-8f4e-2a9a3cb0d4e1".into())));
+    m.decided(&accepted(Some(ANOTHER_BOOT.into())));
     assert!(m.decide().is_err());
     assert!(m.slot(Slot::Window).is_some(), "kept while the swarm is locked");
     let ctx = m.ctx();
@@ -288,4 +317,109 @@ fn a_tpm_that_stops_during_arming_leaves_var_armed_and_no_copy() {
     assert!(matches!(e, swarmseal::boot::BootError::Tpm(_)), "{e}");
     assert!(m.slot(Slot::Window).is_none(), "no window copy");
     assert!(swarmseal::firmware::record(m.state.path()).unwrap().is_some(), "/var's window stays armed");
+}
+
+/// The window copy fails to unseal after an accepted change of this boot (PCR 12 differs: an
+/// ESP addon): the decision returns the window's error (PCR 12), not the earlier PCR 7 one.
+/// The operator then unlocks by hand: the next decision does not reseal `current` on their
+/// behalf (it stays at the old PCR 7: `seal_stale`), and deletes the useless copy and claim.
+#[test]
+fn a_hand_unlock_after_the_window_copy_failed_never_finishes_the_window() {
+    let (m, k0) = armed_then_dbx_updated();
+    m.tpm.extend(12, "an esp addon's command line");
+    m.decided(&accepted(Some(swarmseal::firmware::boot_id().unwrap())));
+    let old7 = m.slot(Slot::Current).unwrap().policy.literal_pcrs()["7"].clone();
+    let e = m.decide().unwrap_err();
+    assert!(e.to_string().contains("PCR 12") && !e.to_string().contains("PCR 7"), "the window copy's own refusal (PCR 12, it does not bind PCR 7) is returned: {e}");
+    assert_eq!(m.d.swarm_state(), "locked");
+    m.unlock_by_hand(&k0);
+    let line = m.decide().unwrap();
+    assert!(line.starts_with("swarm active; sealed key does not match this boot"), "the hand unlock gets the seal_stale path: {line}");
+    assert_eq!(m.slot(Slot::Current).unwrap().policy.literal_pcrs()["7"], old7, "current is not resealed to this boot chain");
+    assert!(m.slot(Slot::Window).is_none(), "the useless copy is deleted");
+    assert!(!m.claim_path().exists(), "and its claim");
+}
+
+/// The window copy unlocks, but the reseal of `current` fails (here: the PCR signing public key
+/// is unreadable, so the signed policy is refused): the decision is still Ok (the unlock is
+/// consumed) and says the reseal is deferred; the watch loop's next decision reseals `current`
+/// to the new PCR 7 and deletes the copy.
+#[test]
+fn a_failed_reseal_after_the_window_unlock_is_deferred_to_the_watch_loop() {
+    let (m, k0) = armed_then_dbx_updated();
+    m.decided(&accepted(Some(swarmseal::firmware::boot_id().unwrap())));
+    let mut ctx = m.ctx();
+    ctx.cfg.tpm.pcr_public_key = m.run.path().join("no-such-key.pem");
+    let line = m.decide_with(ctx).expect("the unlock with the window copy is an outcome");
+    assert!(line.contains("resealing to the new PCR 7 deferred"), "{line}");
+    assert_eq!(m.d.swarm_state(), "active");
+    assert!(m.slot(Slot::Window).is_some(), "the copy stays until current is resealed");
+    assert_eq!(m.decide().unwrap(), "swarm active; sealed key up to date");
+    assert!(m.holds(Slot::Current, &k0));
+    assert_eq!(m.slot(Slot::Current).unwrap().policy.literal_pcrs()["7"], m.pcr(7), "current resealed to the new PCR 7");
+    assert!(m.slot(Slot::Window).is_none() && !m.claim_path().exists());
+}
+
+/// Arming in a boot that is not the sealed one (unlocked by hand, PCR 12 differs from
+/// `current`): the copy is refused, naming PCR 12 and "reseal first"; no copy is written.
+#[test]
+fn arming_in_a_boot_that_is_not_the_sealed_one_seals_no_copy() {
+    let mut m = Manager::new();
+    let k0 = m.d.swarm_init_autolock();
+    m.decide().unwrap();
+    m.tpm.power_cycle();
+    m.measure(0);
+    m.tpm.extend(12, "an esp addon's command line");
+    m.d.restart();
+    assert!(m.decide().is_err());
+    m.unlock_by_hand(&k0);
+    m.arm_var();
+    let e = m.seal_window_key().unwrap_err();
+    assert!(matches!(e, swarmseal::boot::BootError::WindowRefused { .. }), "{e}");
+    let why = e.to_string();
+    assert!(why.contains("PCR 12") && why.contains("Reseal first"), "{why}");
+    assert!(m.slot(Slot::Window).is_none(), "no window copy");
+}
+
+/// A claim left by a boot cut short (copy A, unlocked at PCR 7 = P1) must not consume the
+/// copy of a later arming (copy B): the new copy removes the claim, a window still armed is
+/// never used, and a claim of another copy grants nothing.
+#[test]
+fn a_stale_claim_never_consumes_a_new_window_copy() {
+    let (mut m, k0) = cut_short_after_the_window_unlock();
+    let stale = std::fs::read(m.claim_path()).unwrap();
+    // Another boot (PCR 7 = P2): the operator unlocks by hand, reseals, and arms again.
+    m.reboot(2);
+    assert!(m.decide().is_err());
+    m.unlock_by_hand(&k0);
+    m.rt.block_on(m.ctx().seal(&UnlockKey::new(k0.clone()).unwrap())).unwrap();
+    m.arm_var();
+    m.seal_window_key().unwrap();
+    assert!(!m.claim_path().exists(), "a new copy removes the earlier claim");
+    // Back at the stale claim's PCR 7 while the new window is armed: current does not unseal,
+    // and the new copy is not used.
+    m.reboot(1);
+    assert!(m.decide().is_err());
+    assert_eq!(m.d.swarm_state(), "locked", "an armed window's copy is never used");
+    assert!(m.slot(Slot::Window).is_some());
+    // The stale claim back, the window closed without a decision of this boot: still locked.
+    std::fs::write(m.claim_path(), &stale).unwrap();
+    std::fs::remove_file(m.state.path().join(RECORD)).unwrap();
+    assert!(m.decide().is_err());
+    assert_eq!(m.d.swarm_state(), "locked", "a claim of another copy grants nothing");
+}
+
+/// Arming again while the swarm is locked: the earlier copy and its claim are deleted before
+/// anything else, so no older copy survives an arming that could not seal one.
+#[test]
+fn arming_when_the_swarm_is_locked_drops_the_earlier_copy() {
+    let (m, _k0) = armed_then_dbx_updated();
+    m.decided(&accepted(Some(ANOTHER_BOOT.into())));
+    std::fs::write(m.claim_path(), b"{}").unwrap();
+    assert_eq!(m.d.swarm_state(), "locked");
+    m.arm_var();
+    let e = m.seal_window_key().unwrap_err();
+    assert!(matches!(e, swarmseal::boot::BootError::State { .. } | swarmseal::boot::BootError::Swarm(_)), "{e}");
+    assert!(m.slot(Slot::Window).is_none(), "the earlier copy is deleted");
+    assert!(!m.claim_path().exists(), "and its claim");
 }

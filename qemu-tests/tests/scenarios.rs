@@ -1063,7 +1063,11 @@ fn firmware_window(s: &mut Story) -> Check {
     let sealed7 = st.pointer("/sealed/current/policy/pcrs/7").and_then(Value::as_str).unwrap_or_default().to_string();
     let now7 = st.pointer("/tpm/pcrs/7").and_then(Value::as_str).unwrap_or_default().to_string();
     f.check(!now7.is_empty() && sealed7 == now7 && sealed7 != pcr7_before, || format!("the current slot is not sealed to the new PCR 7: sealed {sealed7:?}, PCR 7 now {now7:?}, armed at {pcr7_before:?}"));
+    // `differs` is empty also without a sealed current slot: the slot must be there first.
+    let current = typed(&st).map(|s| s.sealed.current);
+    f.check(matches!(current, Ok(Some(Slot::Sealed { differs: Some(_), .. }))), || format!("after the window unlock status has no readable sealed.current: {}", st.get("sealed").cloned().unwrap_or(Value::Null)));
     f.check(differs(&st).is_empty(), || format!("after the window unlock the sealed key's PCRs differ: {:?}", differs(&st)));
+    f.check(st.get("phase_locked") == Some(&Value::Bool(true)), || format!("after the window unlock this boot is not phase-locked: phase_locked {:?}", st.get("phase_locked")));
     f.check(!pcr7_before.is_empty(), || "no PCR 7 in the armed record".into());
     // The next boot needs nobody: /var bound to the new PCR 7, the key resealed to it.
     vm.shutdown()?;

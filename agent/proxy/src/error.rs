@@ -107,17 +107,30 @@ impl ApiErrorKind {
 }
 
 /// An error answer: its kind and the operator's sentence (sent as `{"message": …}`; never a
-/// secret).
+/// secret), and optionally further fields of the answer (`details`, a JSON object sent next to
+/// `message`: what was done before the failure, e.g. an arming that took effect).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
     pub kind: ApiErrorKind,
     pub message: String,
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
     pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> ApiError {
-        ApiError { kind, message: message.into() }
+        ApiError { kind, message: message.into(), details: None }
+    }
+    /// The same error with `details` sent next to `message` (a `message` among them is
+    /// replaced by this error's).
+    pub fn with_details(self, details: serde_json::Map<String, serde_json::Value>) -> ApiError {
+        ApiError { details: Some(details), ..self }
+    }
+    /// The answer's JSON body: `details` (if any) and `message`.
+    pub fn body(&self) -> serde_json::Value {
+        let mut b = self.details.clone().unwrap_or_default();
+        b.insert("message".into(), serde_json::Value::String(self.message.clone()));
+        serde_json::Value::Object(b)
     }
     /// The HTTP status of this answer.
     pub fn status(&self) -> u16 {

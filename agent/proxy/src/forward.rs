@@ -245,9 +245,9 @@ fn json_response(status: u16, body: &serde_json::Value, audit: Audit) -> Respons
     r
 }
 
-/// An error answer: `{"message": …}` with the status of its kind.
+/// An error answer: `{"message": …}` (and the error's `details`) with the status of its kind.
 fn refusal(e: &ApiError, audit: Audit) -> Response<OutBody> {
-    json_response(e.status(), &serde_json::json!({ "message": e.message }), audit)
+    json_response(e.status(), &e.body(), audit)
 }
 
 fn message(kind: ApiErrorKind, msg: &str, audit: Audit) -> Response<OutBody> {

@@ -55,17 +55,43 @@ impl AttestLimit {
 }
 
 /// The answer to an arming that the root service confirmed (`lines`, `window`), with what
-/// became of the window copy of the swarm unlock key (`sealed`): `key_sealed`, and when it
-/// failed `key_error` and what that means — `/var`'s window stays armed either way.
-fn window_answer(lines: Vec<String>, window: Option<crate::firmware::Record>, sealed: Result<SlotFile, BootError>) -> serde_json::Value {
+/// became of the window copy of the swarm unlock key (`sealed`): `key_sealed: true` (HTTP 200);
+/// when it failed, HTTP 500 with the same fields (`armed: true`, `key_sealed: false`,
+/// `key_error`) and a `message` saying that `/var`'s window IS armed but the swarm will stay
+/// locked after the firmware change.
+fn window_answer(lines: Vec<String>, window: Option<crate::firmware::Record>, sealed: Result<SlotFile, BootError>) -> Result<serde_json::Value, ApiError> {
     match sealed {
-        Ok(slot) => serde_json::json!({"armed": true, "output": lines, "window": window, "key_sealed": true, "key_policy": slot.policy}),
+        Ok(slot) => Ok(serde_json::json!({"armed": true, "output": lines, "window": window, "key_sealed": true, "key_policy": slot.policy})),
         Err(e) => {
             tracing::error!(event = "firmware_window_key_failed", security = true, error = %e, "the firmware window is armed for /var, but the swarm unlock key could not be sealed for it: after the firmware change the swarm stays locked (unlock it through the proxy with the escrowed key, then reseal)");
-            serde_json::json!({
+            let serde_json::Value::Object(details) = serde_json::json!({
                 "armed": true, "output": lines, "window": window, "key_sealed": false,
                 "key_error": format!("{e}. /var's window is armed; without the window copy of the unlock key the swarm stays locked after the firmware change: unlock it through the proxy with the escrowed key, then POST /swarmseal/v1/reseal (or arm again once this is fixed)"),
-            })
+            }) else {
+                unreachable!("a JSON object literal")
+            };
+            Err(ApiError::new(
+                ApiErrorKind::Internal,
+                "/var's firmware window IS armed, but the window copy of the swarm unlock key could not be sealed (key_error): the swarm will stay locked after the firmware change. Disarm (?disarm=1), fix the cause and arm again — or go ahead knowing that the swarm must then be unlocked by hand through the proxy with the escrowed key and resealed",
+            )
+            .with_details(details))
+        }
+    }
+}
+
+/// The answer to a disarming the root service confirmed: the window copy of the swarm unlock
+/// key is deleted here too (`dropped`, an older one the root service missed). A failed delete
+/// is HTTP 500 with `armed: false` and `key_error`: `/var`'s window is disarmed, but a key
+/// without PCR 7 is still on disk.
+fn disarm_answer(lines: Vec<String>, window: Option<crate::firmware::Record>, dropped: Result<bool, crate::keystore::KeystoreError>) -> Result<serde_json::Value, ApiError> {
+    match dropped {
+        Ok(_) => Ok(serde_json::json!({"armed": false, "output": lines, "window": window})),
+        Err(e) => {
+            tracing::error!(event = "firmware_window_key_drop_failed", security = true, error = %e, "the firmware window was disarmed, but the window copy of the swarm unlock key could not be deleted");
+            let serde_json::Value::Object(details) = serde_json::json!({"armed": false, "output": lines, "window": window, "key_error": format!("could not delete the window copy of the swarm unlock key: {e}")}) else {
+                unreachable!("a JSON object literal")
+            };
+            Err(ApiError::new(ApiErrorKind::Internal, "/var's firmware window is disarmed, but the window copy of the swarm unlock key (sealed without PCR 7) could not be deleted (key_error): fix the cause and disarm again").with_details(details))
         }
     }
 }
@@ -136,10 +162,9 @@ impl crate::proxy::AgentApi for AgentImpl {
                     if arm.is_none() {
                         // The root service deleted it with the window; this covers an older one.
                         let ks = self.ctx.ks.clone();
-                        let _ = super::blocking(move || ks.drop_window()).await;
-                        return Ok(serde_json::json!({"armed": false, "output": lines, "window": window}));
+                        return disarm_answer(lines, window, super::blocking(move || ks.drop_window()).await);
                     }
-                    Ok(window_answer(lines, window, self.ctx.seal_window_key().await))
+                    window_answer(lines, window, self.ctx.seal_window_key().await)
                 }
                 Err(e) => {
                     let refusal = ApiError::from(&e);
@@ -375,10 +400,26 @@ mod tests {
     /// for the swarm), and the answer still reports `/var`'s window as armed.
     #[test]
     fn a_window_copy_that_failed_is_said_and_var_stays_armed() {
-        let failed = window_answer(vec!["firmware window armed until …".into()], None, Err(BootError::Tpm(crate::tpm::TpmError::Unavailable { tcti: "device:/dev/tpmrm0".into(), message: "connection refused".into() })));
+        let err = window_answer(vec!["firmware window armed until …".into()], None, Err(BootError::Tpm(crate::tpm::TpmError::Unavailable { tcti: "device:/dev/tpmrm0".into(), message: "connection refused".into() }))).unwrap_err();
+        assert_eq!(err.status(), 500, "an arming whose key copy failed is not a success");
+        let failed = err.body();
         assert_eq!((failed["armed"].as_bool(), failed["key_sealed"].as_bool()), (Some(true), Some(false)), "{failed}");
+        let message = failed["message"].as_str().unwrap();
+        assert!(message.contains("IS armed") && message.contains("stay locked after the firmware change") && message.contains("disarm"), "{message}");
         let why = failed["key_error"].as_str().unwrap();
         assert!(why.contains("connection refused") && why.contains("/var's window is armed") && why.contains("stays locked after the firmware change"), "{why}");
+    }
+
+    /// A window copy that could not be deleted on disarm is said (HTTP 500, `key_error`), the
+    /// window reported disarmed.
+    #[test]
+    fn a_failed_drop_on_disarm_is_said() {
+        assert!(disarm_answer(vec![], None, Ok(true)).is_ok());
+        let err = disarm_answer(vec![], None, Err(crate::keystore::KeystoreError::Io { path: "/var/lib/swarmseal/keys/window.json".into(), source: std::io::Error::from(std::io::ErrorKind::PermissionDenied) })).unwrap_err();
+        assert_eq!(err.status(), 500);
+        let b = err.body();
+        assert_eq!(b["armed"].as_bool(), Some(false), "{b}");
+        assert!(b["key_error"].as_str().unwrap().contains("window.json"), "{b}");
     }
 
     #[test]

@@ -61,16 +61,25 @@ pub async fn boot_decision(ctx: &Ctx, engine: &Engine) -> Result<String, BootErr
         NodeState::Locked => {
             let r = match ctx.unlock_from_tpm(engine).await.map(|(slot, _)| slot) {
                 Err(e) if window_may_follow(&e) => match ctx.window_permit().await {
-                    Some((changed, decided_in)) => match unlock_with_window(ctx, engine, &changed, &decided_in).await {
-                        Ok(()) => {
+                    Some((changed, decided_in)) => match unlock_with_window(ctx, engine, &decided_in).await {
+                        // The unlock is consumed (the phase lock follows): a failed reseal of
+                        // `current` is left to the watch loop (ensure_sealed, the claim says
+                        // the copy unlocked in this boot).
+                        Ok(key) => {
                             ctx.metrics.unlock("unlocked", "firmware_window");
-                            return Ok(format!("swarm unlocked after the accepted firmware change ({changed}); unlock key resealed to the new PCR 7"));
+                            return Ok(match finish_window(ctx, &key, &changed).await {
+                                Ok(()) => format!("swarm unlocked after the accepted firmware change ({changed}); unlock key resealed to the new PCR 7"),
+                                Err(f) => {
+                                    tracing::warn!(event = "reseal_deferred", error = %f, "unlocked with the window copy after the accepted firmware change, but could not reseal the unlock key to the new PCR 7; the watch loop retries");
+                                    format!("swarm unlocked after the accepted firmware change ({changed}); resealing to the new PCR 7 deferred ({f})")
+                                }
+                            });
                         }
                         // A transient TPM failure: the whole decision is taken again.
                         Err(w @ BootError::Tpm(_)) if matches!(&w, BootError::Tpm(t) if t.is_retryable()) => Err(w),
                         Err(w) => {
-                            tracing::error!(event = "firmware_window_unlock_failed", security = true, error = %w, "the firmware change of this boot was accepted, but the window copy of the unlock key did not unlock the swarm");
-                            Err(e)
+                            tracing::error!(event = "firmware_window_unlock_failed", security = true, error = %w, before = %e, "the firmware change of this boot was accepted, but the window copy of the unlock key did not unlock the swarm");
+                            Err(w)
                         }
                     },
                     None => Err(e),
@@ -124,13 +133,18 @@ fn window_may_follow(e: &BootError) -> bool {
 }
 
 /// The boot after an accepted firmware change (`crate::firmware` module docs): claim and
-/// unseal the window copy, unlock the engine with it, then [`finish_window`]. Call with the
-/// lock held, only when [`Ctx::window_permit`] said so (for the decision of boot `decided_in`).
-async fn unlock_with_window(ctx: &Ctx, engine: &Engine, changed: &str, decided_in: &str) -> Result<(), BootError> {
+/// unseal the window copy, unlock the engine with it, and mark the claim `unlocked`
+/// ([`Ctx::window_unlocked`]; a failure there is logged: the key is in hand, and only a
+/// restart would need the mark). Returns the key for [`finish_window`]. Call with the lock
+/// held, only when [`Ctx::window_permit`] said so (for the decision of boot `decided_in`).
+async fn unlock_with_window(ctx: &Ctx, engine: &Engine, decided_in: &str) -> Result<crate::secret::UnlockKey, BootError> {
     let key = ctx.unseal_window_for(decided_in).await?;
     engine.unlock(&key).await?;
     tracing::info!(event = "unlock", slot = "window", "swarm unlocked with the firmware window's copy of the key");
-    finish_window(ctx, &key, changed).await
+    if let Err(e) = ctx.window_unlocked().await {
+        tracing::warn!(event = "firmware_window_claim_failed", error = %e, "could not mark the window copy's claim as used: a restart before the reseal leaves the swarm to the operator's reseal");
+    }
+    Ok(key)
 }
 
 /// Reseal `key` to `current` under this boot's PCRs (the new PCR 7; the escrow copy refreshed
@@ -184,19 +198,21 @@ async fn ensure_sealed(ctx: &Ctx, engine: &Engine) -> Result<bool, BootError> {
             return Ok(true);
         }
     };
-    // Killed between the window unlock and its reseal (the window closed by an accepted change,
-    // its copy still there, and this boot may use it: Ctx::window_permit): finish now.
+    // A closed window's copy (the window ended by a firmware decision, the copy still there).
+    // Only when the copy itself unsealed and unlocked the engine in this boot (its claim says
+    // so: killed before the reseal, or the reseal failed) is the window finished: `current`
+    // resealed to this boot's PCRs. Any other unlock (by hand) never accepts the boot chain on
+    // the operator's behalf: the copy is useless now and is deleted with its claim, and
+    // `current` is left to the operator's reseal (`seal_stale`).
     if ctx.ks.slot_path(Slot::Window).exists() && matches!(crate::firmware::record(&ctx.cfg.state_dir), Ok(None)) {
-        if let Some((changed, _)) = ctx.window_permit().await {
+        if ctx.window_unlocked_this_boot() {
+            let changed = crate::firmware::accepted(&ctx.cfg.state_dir).map(|(c, _)| c).unwrap_or_else(|| "the change the window accepted".into());
             finish_window(ctx, &key, &changed).await?;
             return Ok(true);
         }
-        // A closed window's copy this boot may not use (unlocked by hand after a stale or
-        // missing decision): nothing will ever use it, and a key without PCR 7 must not linger.
-        // Not while the TPM does not answer: window_permit could not judge a claim then.
         let ks = ctx.ks.clone();
-        if ctx.pcr7().await.is_ok() && super::blocking(move || ks.drop_window()).await? {
-            tracing::warn!(event = "firmware_window_key_dropped", security = true, "the window copy of the unlock key was deleted: its window is closed and no accepted change of this boot (nor a claimed one) lets it be used");
+        if super::blocking(move || ks.drop_window()).await? {
+            tracing::warn!(event = "firmware_window_key_dropped", security = true, "the window copy of the unlock key was deleted: its window is closed and the swarm was not unlocked with it in this boot (a key without PCR 7 must not linger)");
         }
     }
     if ctx.sealed_holds(&key) {

@@ -85,6 +85,10 @@ pub enum BootError {
     /// Sealing refused before anything was written: this boot could not unseal a signed policy.
     #[error("not sealing to the signed PCR policy (tpm.policy = \"authorize\"): {reason}. {advice} The sealed key on disk was left as it was.")]
     SealRefused { reason: String, advice: String },
+    /// The firmware window's copy of the key was not sealed: this boot is not the one the key
+    /// is sealed to (`why`: the PCRs that differ), or nothing is sealed.
+    #[error("not sealing the firmware window's copy of the unlock key: this boot is not the one the key is sealed to ({why}); the copy would accept this boot chain on the operator's behalf. Reseal first (POST /swarmseal/v1/reseal), then arm the window again")]
+    WindowRefused { why: String },
     /// Unsealing a signed-policy slot without a usable signature file for this boot.
     #[error("the unlock key is sealed to a signed PCR policy, but {0}: this boot's image carries no usable PCR signature (systemd-stub copies the UKI's .pcrsig section there); the swarm stays locked")]
     SignatureFile(PcrSigError),
@@ -110,6 +114,7 @@ impl BootError {
             BootError::State { .. } => "swarm_state",
             BootError::PhaseLocked { .. } => "phase_locked",
             BootError::SealRefused { .. } => "seal_refused",
+            BootError::WindowRefused { .. } => "window_refused",
             BootError::SignatureFile(_) => "signature_file",
             BootError::NotSealed { .. } => "not_sealed",
             BootError::Input(_) => "input",

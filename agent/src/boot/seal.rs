@@ -211,8 +211,19 @@ impl Ctx {
     /// the phase record's pre-lock values for the PCRs it holds), under the same kind of policy
     /// as `current` ([`Ctx::sealing_policy`]: for `authorize`, PCR 11 signed). TPM 2.0 Part 3,
     /// TPM2_Create; every handle flushed ([`Tpm::seal`]). `current` and `previous` are not
-    /// touched. Errors: `SealRefused`, `Tpm`, `Keystore(Io)`.
+    /// touched. Refused when this boot is not the one `current` is sealed to (status
+    /// `seal_stale`, [`Ctx::sealed_key_fact`]) or nothing is sealed: the copy would accept this
+    /// boot chain on the operator's behalf. Errors: `WindowRefused` (the PCRs that differ),
+    /// `SealRefused`, `Tpm`, `Keystore(Io | Corrupt)`.
     pub async fn seal_window(&self, key: &UnlockKey) -> Result<SlotFile, BootError> {
+        // What status calls `seal_stale` (Ctx::sealed_key_fact), with its errors typed.
+        let current = self.ks.load(Slot::Current)?.ok_or_else(|| BootError::WindowRefused { why: "no unlock key is sealed (the current slot is empty)".into() })?;
+        let (_, sealed) = current.decode(&self.ks.slot_path(Slot::Current))?;
+        let now = self.read_pcrs_now(&sealed).await?;
+        let differ = self.policy_mismatches(&sealed, &now);
+        if !differ.is_empty() {
+            return Err(BootError::WindowRefused { why: format!("PCRs differ from sealing time: {}", differ.join("; ")) });
+        }
         let pcrs = self.window_pcrs();
         let mut values = self.tpm_retry(move |t| t.read_pcrs(&pcrs)).await?;
         let (boot, locked) = self.boot_pcrs().await?;
@@ -238,12 +249,17 @@ impl Ctx {
 
     /// The arming side of the window copy: read the engine's unlock key (`GET
     /// /swarm/unlockkey`, an active manager with autolock on) and [`Ctx::seal_window`] it, with
-    /// the state-dir lock held. Errors: `State` (not an active manager, autolock off), `Swarm`,
-    /// and [`Ctx::seal_window`]'s.
+    /// the state-dir lock held. Any earlier copy (and its claim) is deleted first, whatever
+    /// follows: an arming never leaves an older copy behind. Errors: `State` (not an active
+    /// manager, autolock off), `Swarm`, `Keystore(Io)` and [`Ctx::seal_window`]'s.
     pub async fn seal_window_key(&self) -> Result<SlotFile, BootError> {
+        let _lock = self.lock().await?;
+        let ks = self.ks.clone();
+        if blocking(move || ks.drop_window()).await? {
+            tracing::warn!(event = "firmware_window_key_dropped", security = true, "the earlier window copy of the unlock key was deleted: the window is being armed again");
+        }
         let engine = super::commands::engine(&self.cfg).await?;
         super::commands::active_manager(&engine).await?;
-        let _lock = self.lock().await?;
         let key = engine.unlock_key().await?.ok_or_else(|| super::commands::state_error(crate::swarm::NodeState::Active, "autolock is off: there is no unlock key to keep through the window"))?;
         self.seal_window(&key).await
     }
@@ -264,10 +280,11 @@ impl Ctx {
         }
     }
 
-    /// This boot's PCR 7 (sha256, hex).
+    /// This boot's PCR 7 (sha256, hex). TPM 2.0 Part 3, TPM2_PCR_Read. Errors: `Tpm`, also
+    /// `Command` when the TPM returns no sha256 PCR 7.
     pub(super) async fn pcr7(&self) -> Result<String, TpmError> {
         let v = self.tpm_retry(|t| t.read_pcrs(&[7])).await?;
-        Ok(v.get(&7).map(hex::encode).unwrap_or_default())
+        v.get(&7).map(hex::encode).ok_or_else(|| TpmError::Command { op: "TPM2_PCR_Read", message: "the TPM returned no sha256 PCR 7 (is the sha256 bank allocated?)".into() })
     }
 
     /// Whether the firmware window's copy may be tried in this boot, and for which decision
@@ -276,7 +293,8 @@ impl Ctx {
     /// unlock and the reseal, the accepted decision a claim names
     /// ([`crate::keystore::WindowClaim`]) at the PCR 7 it claimed. Anything else: `None`.
     pub async fn window_permit(&self) -> Option<(String, String)> {
-        if !self.ks.slot_path(Slot::Window).exists() {
+        // A window still armed (or an unreadable record) is not a closed one: its copy waits.
+        if !self.ks.slot_path(Slot::Window).exists() || !matches!(crate::firmware::record(&self.cfg.state_dir), Ok(None)) {
             return None;
         }
         let (changed, decided_in) = crate::firmware::accepted(&self.cfg.state_dir)?;
@@ -299,11 +317,11 @@ impl Ctx {
     /// [`Ctx::window_permit`] said so. Errors: `Keystore(NoSealedKey | Corrupt | Io)`,
     /// `SignatureFile`, `Tpm`.
     pub async fn unseal_window_for(&self, decided_in: &str) -> Result<UnlockKey, BootError> {
-        let claim = crate::keystore::WindowClaim { boot_id: decided_in.to_string(), pcr7: self.pcr7().await? };
-        let ks = self.ks.clone();
-        blocking(move || ks.store_window_claim(&claim)).await?;
         let path = self.ks.slot_path(Slot::Window);
         let file = self.ks.load(Slot::Window)?.ok_or_else(|| KeystoreError::NoSealedKey { dir: self.ks.keys_dir() })?;
+        let claim = crate::keystore::WindowClaim { boot_id: decided_in.to_string(), pcr7: self.pcr7().await?, copy: file.key_fingerprint.clone(), claimed_in: crate::firmware::boot_id(), unlocked: false };
+        let ks = self.ks.clone();
+        blocking(move || ks.store_window_claim(&claim)).await?;
         let (obj, policy) = file.decode(&path)?;
         let signatures = match &policy {
             Policy::Pcr { .. } => None,
@@ -311,6 +329,25 @@ impl Ctx {
         };
         let bytes = self.tpm_retry(move |t| t.unseal_signed(&obj, &policy, signatures.as_ref())).await?;
         Ok(UnlockKey::from_bytes(&bytes).map_err(|_| KeystoreError::Corrupt { path, message: "the unsealed data is not an unlock key".into() })?)
+    }
+
+    /// Mark the window copy's claim as used: its key unsealed and unlocked the engine in this
+    /// boot ([`crate::keystore::WindowClaim::unlocked`]). Only then may a restart in the same
+    /// boot finish the window (reseal `current`). Errors: `Keystore(Io)`; `Other` when there
+    /// is no claim of the copy written in this boot.
+    pub async fn window_unlocked(&self) -> Result<(), BootError> {
+        let this = crate::firmware::boot_id();
+        let claim = self.ks.load_window_claim().filter(|c| this.is_some() && c.claimed_in == this).ok_or_else(|| BootError::Other("no claim of the window copy was written in this boot".into()))?;
+        let ks = self.ks.clone();
+        blocking(move || ks.store_window_claim(&crate::keystore::WindowClaim { unlocked: true, ..claim })).await?;
+        Ok(())
+    }
+
+    /// Whether the window copy unsealed and unlocked the engine in this boot (its claim says
+    /// so, [`Ctx::window_unlocked`]): what may finish the window after a restart.
+    pub fn window_unlocked_this_boot(&self) -> bool {
+        let this = crate::firmware::boot_id();
+        self.ks.load_window_claim().is_some_and(|c| c.unlocked && this.is_some() && c.claimed_in == this)
     }
 
     /// Whether the `current` slot holds `key`.

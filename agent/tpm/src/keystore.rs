@@ -235,13 +235,22 @@ impl SlotFile {
 }
 
 /// The window copy in use (`keys/window-claim.json`, no secret): the boot whose accepted
-/// firmware decision it serves (that decision's boot ID) and the PCR 7 (sha256, hex) it was
-/// accepted at.
+/// firmware decision it serves (that decision's boot ID), the PCR 7 (sha256, hex) it was
+/// accepted at, the copy it claims (that copy's `key_fingerprint`: a claim of another copy
+/// grants nothing, [`Keystore::load_window_claim`]), the boot that wrote it (`claimed_in`), and
+/// whether the copy unsealed and unlocked the engine in that boot (`unlocked`). Fields after
+/// `pcr7` default (older claims: no copy named, so they never count).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowClaim {
     pub boot_id: String,
     pub pcr7: String,
+    #[serde(default)]
+    pub copy: String,
+    #[serde(default)]
+    pub claimed_in: Option<String>,
+    #[serde(default)]
+    pub unlocked: bool,
 }
 
 /// Phase-lock record: PCR values of this boot before and after the agent's extend.
@@ -469,9 +478,11 @@ impl Keystore {
     }
 
     /// Write the firmware window's copy (`keys/window.json`, atomic, 0600), replacing any
-    /// earlier one (an unreadable one is kept aside). `current` and `previous` are not touched.
+    /// earlier one (an unreadable one is kept aside) and removing any claim (it was of an
+    /// earlier copy). `current` and `previous` are not touched.
     pub fn store_window(&self, new: &SlotFile) -> Result<(), KeystoreError> {
         self.make_keys_dir()?;
+        self.remove_window_claim()?;
         if self.load(Slot::Window).is_err() {
             keep_bad(&self.slot_path(Slot::Window))?;
         }
@@ -489,15 +500,20 @@ impl Keystore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(KeystoreError::Io { path: p, source: e }),
         };
-        match std::fs::remove_file(self.claim_path()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(KeystoreError::Io { path: self.claim_path(), source: e }),
-        }
-        if had {
+        let claimed = self.remove_window_claim()?;
+        if had || claimed {
             fsync_dir(&self.keys_dir())?;
         }
         Ok(had)
+    }
+
+    /// Remove the window copy's claim; whether there was one.
+    fn remove_window_claim(&self) -> Result<bool, KeystoreError> {
+        match std::fs::remove_file(self.claim_path()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(KeystoreError::Io { path: self.claim_path(), source: e }),
+        }
     }
 
     fn claim_path(&self) -> PathBuf {
@@ -512,9 +528,13 @@ impl Keystore {
         self.write_json(&self.claim_path(), claim)
     }
 
-    /// The window copy's claim, if any (an unreadable one counts as none: it grants nothing).
+    /// The window copy's claim, if any and if it names the copy on disk (its `copy` is that
+    /// copy's `key_fingerprint`). An unreadable claim, one of another copy, or one without a
+    /// copy counts as none: it grants nothing.
     pub fn load_window_claim(&self) -> Option<WindowClaim> {
-        serde_json::from_slice(&std::fs::read(self.claim_path()).ok()?).ok()
+        let claim: WindowClaim = serde_json::from_slice(&std::fs::read(self.claim_path()).ok()?).ok()?;
+        let copy = self.load(Slot::Window).ok()??;
+        (claim.copy == copy.key_fingerprint).then_some(claim)
     }
 
     /// Every readable phase record: the runtime dir's copy first, then the state dir's.
@@ -739,9 +759,16 @@ nPR3ol5o7I+bfPJwTaTkJOqvmSfHlCBRVlylSUGOhoc6AVaN3Y5bFycnHQ==
         assert!(ks.slot_path(Slot::Window).ends_with("keys/window.json"));
         assert!(ks.load(Slot::Previous).unwrap().is_none());
         assert_eq!(ks.load(Slot::Current).unwrap().unwrap().key_fingerprint, a.fingerprint(b"salt"));
-        let claim = WindowClaim { boot_id: "b".into(), pcr7: "00".repeat(32) };
+        let claim = WindowClaim { boot_id: "b".into(), pcr7: "00".repeat(32), copy: w.key_fingerprint.clone(), claimed_in: Some("b".into()), unlocked: false };
         ks.store_window_claim(&claim).unwrap();
-        assert_eq!(ks.load_window_claim(), Some(claim));
+        assert_eq!(ks.load_window_claim(), Some(claim.clone()));
+        // A claim of another copy grants nothing; a new copy removes any claim.
+        ks.store_window_claim(&WindowClaim { copy: "another copy".into(), ..claim.clone() }).unwrap();
+        assert_eq!(ks.load_window_claim(), None, "a claim of another copy");
+        ks.store_window_claim(&claim).unwrap();
+        ks.store_window(&slot(&b)).unwrap();
+        assert!(!ks.claim_path().exists(), "a new copy removes the claim");
+        ks.store_window_claim(&WindowClaim { copy: ks.load(Slot::Window).unwrap().unwrap().key_fingerprint, ..claim.clone() }).unwrap();
         assert!(ks.drop_window().unwrap());
         assert_eq!(ks.load_window_claim(), None, "the claim goes with the copy");
         assert!(!ks.drop_window().unwrap(), "nothing left to drop");
