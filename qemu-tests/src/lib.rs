@@ -79,27 +79,32 @@ impl Suite {
     ///
     /// With `SWARMSEAL_RELEASES_READY=FILE` (scripts/test, whose second lane of scenarios boots
     /// while the releases are still being built beside it) this first waits up to 60 min for
-    /// FILE: `ok` once every release is built, `failed: …` if a build failed.
+    /// the release's own marker `<tar>.ready` (written as soon as that release is built), or
+    /// for FILE: `ok` once every release is built, `failed: …` if a build failed.
     pub fn release(&self, var: &str) -> Check<(PathBuf, String)> {
-        if let Some(ready) = std::env::var_os("SWARMSEAL_RELEASES_READY").map(PathBuf::from) {
+        if let (Some(ready), Some(tar)) = (std::env::var_os("SWARMSEAL_RELEASES_READY").map(PathBuf::from), std::env::var_os(var)) {
+            let mine = PathBuf::from(format!("{}.ready", PathBuf::from(tar).display()));
             let t = std::time::Instant::now();
             let mut said = false;
-            let state = loop {
+            loop {
+                if mine.exists() {
+                    break;
+                }
                 match std::fs::read_to_string(&ready) {
-                    Ok(s) if !s.trim().is_empty() => break s.trim().to_string(),
-                    _ if t.elapsed() > std::time::Duration::from_secs(3600) => return Err(format!("{}: the releases were not built within 60 min", ready.display())),
+                    Ok(s) if s.trim() == "ok" => break,
+                    Ok(s) if !s.trim().is_empty() => return Err(format!("the releases could not be built: {}", s.trim())),
+                    _ if t.elapsed() > std::time::Duration::from_secs(3600) => return Err(format!("{}: not built within 60 min", mine.display())),
                     _ => {
                         if !said {
-                            println!("    waiting for the releases ({} is written once scripts/test has built them)", ready.display());
+                            println!("    waiting for the release ({} is written once scripts/test has built it)", mine.display());
                             said = true;
                         }
                         std::thread::sleep(std::time::Duration::from_secs(5));
                     }
                 }
-            };
-            ensure!(state == "ok", "the releases could not be built: {state}");
+            }
             if said {
-                println!("    the releases were ready after {:.0} s of waiting", t.elapsed().as_secs_f64());
+                println!("    the release was ready after {:.0} s of waiting", t.elapsed().as_secs_f64());
             }
         }
         let path = std::env::var_os(var).map(PathBuf::from).ok_or_else(|| format!("{var} is not set: run the fleet scenarios with scripts/test-fleet (it builds the releases)"))?;
