@@ -339,11 +339,10 @@ impl Keystore {
     }
 
     pub fn clear_pending(&self) -> Result<(), KeystoreError> {
-        match std::fs::remove_file(self.pending_path()) {
-            Ok(()) => fsync_dir(&self.keys_dir()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(KeystoreError::Io { path: self.pending_path(), source: e }),
+        if remove_if_present(&self.pending_path())? {
+            fsync_dir(&self.keys_dir())?;
         }
+        Ok(())
     }
 
     fn make_keys_dir(&self) -> Result<(), KeystoreError> {
@@ -469,12 +468,10 @@ impl Keystore {
 
     /// Remove the `previous` slot (after every manager re-encrypted under the new key).
     pub fn drop_previous(&self) -> Result<(), KeystoreError> {
-        let p = self.slot_path(Slot::Previous);
-        match std::fs::remove_file(&p) {
-            Ok(()) => fsync_dir(&self.keys_dir()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(KeystoreError::Io { path: p, source: e }),
+        if remove_if_present(&self.slot_path(Slot::Previous))? {
+            fsync_dir(&self.keys_dir())?;
         }
+        Ok(())
     }
 
     /// Write the firmware window's copy (`keys/window.json`, atomic, 0600), replacing any
@@ -494,12 +491,7 @@ impl Keystore {
     /// Remove the firmware window's copy (disarmed, expired, refused, or used) and its claim
     /// ([`Keystore::store_window_claim`]). Returns whether there was a copy.
     pub fn drop_window(&self) -> Result<bool, KeystoreError> {
-        let p = self.slot_path(Slot::Window);
-        let had = match std::fs::remove_file(&p) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(KeystoreError::Io { path: p, source: e }),
-        };
+        let had = remove_if_present(&self.slot_path(Slot::Window))?;
         let claimed = self.remove_window_claim()?;
         if had || claimed {
             fsync_dir(&self.keys_dir())?;
@@ -509,11 +501,7 @@ impl Keystore {
 
     /// Remove the window copy's claim; whether there was one.
     fn remove_window_claim(&self) -> Result<bool, KeystoreError> {
-        match std::fs::remove_file(self.claim_path()) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(KeystoreError::Io { path: self.claim_path(), source: e }),
-        }
+        remove_if_present(&self.claim_path())
     }
 
     fn claim_path(&self) -> PathBuf {
@@ -607,6 +595,15 @@ fn keep_bad(path: &Path) -> Result<Option<PathBuf>, KeystoreError> {
         }
     }
     Err(KeystoreError::Io { path: path.to_path_buf(), source: std::io::Error::other("too many .bad copies") })
+}
+
+/// Remove `path`; whether it was there (a missing file is no error). Errors: `Io`.
+fn remove_if_present(path: &Path) -> Result<bool, KeystoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(KeystoreError::Io { path: path.to_path_buf(), source: e }),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), KeystoreError> {
