@@ -187,7 +187,7 @@ fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {
     let t = Instant::now();
     let kill_at = total / 5 + seed % (total * 3 / 5);
     eprintln!("seed {seed}: SIGKILL of the agent after {kill_at} bytes of {total}");
-    fwd.arm(kill_at, Fault::Kill(agent.0.id()));
+    fwd.arm(kill_at, Fault::Kill { pid: agent.0.id(), staging: staging.clone() });
     let client = remote_cmd("fwd", &["update", path_str(&rel)]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_until("the forwarder kills the agent", Duration::from_secs(60), || fwd.fired());
     let st_ = agent.0.wait().unwrap();

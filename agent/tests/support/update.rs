@@ -121,17 +121,31 @@ pub fn make_keys(dir: &Path) {
 pub const CUT_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the forwarder does once an upload passed its byte count.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Fault {
     /// Close both connections (a cut link), after a pause of [`CUT_PAUSE`] in which the
     /// receiver consumes what was forwarded (what sits in socket and TLS buffers at a cut is
     /// lost to it, as on a real link; the pause makes the held offset close to N under load).
     Cut,
-    /// `kill -9` this process (the agent), then close.
-    Kill(u32),
+    /// `kill -9` the agent (`pid`), then close: once a `*.partial` folder under `staging`
+    /// holds a non-empty file (at most [`KILL_WAIT`] after the byte count), so the kill
+    /// lands in an upload the agent has begun to keep, however slow the host — bytes
+    /// forwarded may still sit in socket and TLS buffers.
+    Kill { pid: u32, staging: std::path::PathBuf },
     /// Stop forwarding the upload (the connection stays open, silent) for [`STALL_PAUSE`]:
     /// longer than the agent's idle limit, so the agent answers and keeps what it has.
     Stall,
+}
+
+/// The longest a [`Fault::Kill`] waits for the agent to hold part of the upload on disk.
+pub const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a `*.partial` folder under `staging` holds a non-empty file.
+pub fn holds_partial(staging: &Path) -> bool {
+    let nonempty = |d: &Path| std::fs::read_dir(d).map(|rd| rd.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0))).unwrap_or(false);
+    std::fs::read_dir(staging)
+        .map(|rd| rd.flatten().map(|e| e.path()).any(|p| p.to_string_lossy().ends_with(".partial") && nonempty(&p)))
+        .unwrap_or(false)
 }
 
 /// How long a [`Fault::Stall`] holds the upload: the agent's 60 s idle limit and a margin.
@@ -180,17 +194,19 @@ impl Forwarder {
                         let fault = {
                             let mut g = a.lock().unwrap();
                             match *g {
-                                Some((at, f)) if sent > at => {
-                                    *g = None;
-                                    Some(f)
-                                }
+                                Some((at, _)) if sent > at => g.take().map(|(_, f)| f),
                                 _ => None,
                             }
                         };
                         if let Some(f) = fault {
                             eprintln!("forwarder: {f:?} after {sent} bytes of the upload");
                             match f {
-                                Fault::Kill(pid) => {
+                                Fault::Kill { pid, staging } => {
+                                    let _ = to.write_all(&buf[..n]);
+                                    let t = std::time::Instant::now();
+                                    while !holds_partial(&staging) && t.elapsed() < KILL_WAIT {
+                                        std::thread::sleep(std::time::Duration::from_millis(20));
+                                    }
                                     Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
                                 }
                                 Fault::Cut => {
