@@ -8,11 +8,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::update::{big_release, make_keys, serve_apply, Fault, Forwarder, Slots};
+use support::update::{big_release, make_keys, partials, serve_apply, Fault, Forwarder, Slots};
 use support::*;
 
 fn text(o: &Output) -> String {
@@ -32,10 +32,6 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-/// The partial uploads under the staging dir.
-fn partials(staging: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(staging).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".partial")).collect()).unwrap_or_default()
-}
 
 #[test]
 fn a_cut_or_killed_upload_is_resumed_and_staged_as_an_uninterrupted_one() {

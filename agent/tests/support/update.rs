@@ -131,7 +131,7 @@ pub enum Fault {
     /// holds a non-empty file (at most [`KILL_WAIT`] after the byte count), so the kill
     /// lands in an upload the agent has begun to keep, however slow the host — bytes
     /// forwarded may still sit in socket and TLS buffers.
-    Kill { pid: u32, staging: std::path::PathBuf },
+    Kill { pid: u32, staging: PathBuf },
     /// Stop forwarding the upload (the connection stays open, silent) for [`STALL_PAUSE`]:
     /// longer than the agent's idle limit, so the agent answers and keeps what it has.
     Stall,
@@ -140,12 +140,14 @@ pub enum Fault {
 /// The longest a [`Fault::Kill`] waits for the agent to hold part of the upload on disk.
 pub const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Whether a `*.partial` folder under `staging` holds a non-empty file.
+/// The partial uploads (`*.partial` folders) under the staging dir.
+pub fn partials(staging: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(staging).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".partial")).collect()).unwrap_or_default()
+}
+
+/// Whether a partial upload under `staging` ([`partials`]) holds a non-empty file.
 pub fn holds_partial(staging: &Path) -> bool {
-    let nonempty = |d: &Path| std::fs::read_dir(d).map(|rd| rd.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0))).unwrap_or(false);
-    std::fs::read_dir(staging)
-        .map(|rd| rd.flatten().map(|e| e.path()).any(|p| p.to_string_lossy().ends_with(".partial") && nonempty(&p)))
-        .unwrap_or(false)
+    partials(staging).iter().any(|d| std::fs::read_dir(d).is_ok_and(|rd| rd.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0))))
 }
 
 /// How long a [`Fault::Stall`] holds the upload: the agent's 60 s idle limit and a margin.
